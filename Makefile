@@ -1,0 +1,25 @@
+PY := .venv/bin/python
+export RAY_AUTH_MODE := disabled
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export TOKENIZERS_PARALLELISM := false
+export WANDB_MODE ?= offline
+
+.PHONY: env test demo demo-i bench clean
+
+env:
+	bash scripts/setup_cpu_env.sh
+
+test: env
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
+
+demo: env
+	$(PY) scripts/demo.py --method co_rewarding_ii
+
+demo-i: env
+	$(PY) scripts/demo.py --method co_rewarding_i
+
+bench: env
+	$(PY) benchmarks/rollout.py
+
+clean:
+	rm -rf .venv .pytest_cache outputs .cache

@@ -1,0 +1,54 @@
+"""The interface every rollout engine implements (`hf` and `vllm`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What one `generate` call samples: `n` responses per prompt."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass
+class RolloutOutput:
+    """One sampled response: its token ids (EOS included when it stopped) and, where the engine
+    provides them, the sampler's log-probs of those tokens."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    finish_reason: str = "length"
+    extra: dict = field(default_factory=dict)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[RolloutOutput]:
+        """`n` responses for each prompt (token ids, no padding), prompt-major:
+        [p0s0, p0s1, ..., p1s0, ...] -> len(prompts) * sampling.n outputs."""
+        ...
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights in place with full (unsharded) HF-named tensors."""
+        ...
+
+    def sleep(self) -> None:
+        """Free what the engine can while the trainer needs the memory (no-op where unsupported)."""
+        ...
+
+    def wake_up(self) -> None:
+        ...

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real SmolLM2 model (converted once, cached), a tiny random model with the
+same tokenizer, and the shared data folder beside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"{SHARED_DATA} is missing: CI and tests expect ../shared/data beside the repository")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from corewarding.model_zoo import prepare_smollm2
+
+    return prepare_smollm2()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(smollm2_path: Path) -> Path:
+    from corewarding.model_zoo import cache_dir, make_tiny_model
+
+    return make_tiny_model(cache_dir() / "tiny-llama-2l-64h", tokenizer_path=smollm2_path)
