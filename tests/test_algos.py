@@ -1,0 +1,370 @@
+"""The algorithm core against numbers worked out by hand (SPEC.md section 2; verl semantics)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from corewarding.algos import (
+    agg_loss,
+    build_lr_scheduler,
+    ema_update_,
+    ema_weight,
+    entropy_from_logits,
+    grpo_advantages,
+    kl_penalty,
+    logprobs_from_logits,
+    lr_lambda,
+    masked_mean,
+    masked_sum,
+    masked_whiten,
+    policy_loss,
+    self_certainty_from_logits,
+    spread_over_tokens,
+)
+
+LN2 = math.log(2.0)
+
+
+def close(actual, expected, tol=1e-5):
+    actual = torch.as_tensor(actual, dtype=torch.float64)
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.allclose(actual, expected, atol=tol, rtol=0), f"{actual.tolist()} != {expected.tolist()}"
+
+
+# --------------------------------------------------------------------------- GRPO advantages
+
+# ids interleaved (groups are not contiguous) and strings, as uids are:
+#   q1: scores [1, 3]    mean 2, unbiased std sqrt((1+1)/1) = sqrt(2)   -> -+1/sqrt(2)
+#   q2: scores [0, 0, 3] mean 1, unbiased std sqrt((1+1+4)/2) = sqrt(3) -> -1/sqrt(3), -1/sqrt(3), 2/sqrt(3)
+#   q3: scores [5]       group of one: mean 0, std 1                     -> 5 / (1 + 1e-6)
+IDS = ["q1", "q2", "q1", "q3", "q2", "q2"]
+SCORES = torch.tensor([1.0, 0.0, 3.0, 5.0, 0.0, 3.0])
+R2, R3 = math.sqrt(2.0), math.sqrt(3.0)
+
+
+def test_grpo_unbiased_std_string_ids_group_of_one():
+    adv = grpo_advantages(SCORES, IDS)
+    expected = [-1 / (R2 + 1e-6), -1 / (R3 + 1e-6), 1 / (R2 + 1e-6), 5 / (1 + 1e-6), -1 / (R3 + 1e-6), 2 / (R3 + 1e-6)]
+    close(adv, expected, tol=1e-6)
+    # the biased std would give q1 -> -+1.0 exactly: make sure we are far from that
+    assert abs(adv[0].item() + 1.0) > 0.2
+
+
+def test_grpo_without_std_normalisation():
+    # A = s - mean: q1 mean 2, q2 mean 1, q3 (alone) mean 0
+    close(grpo_advantages(SCORES, IDS, norm_by_std=False), [-1.0, -1.0, 1.0, 5.0, -1.0, 2.0])
+
+
+def test_grpo_eps_and_constant_group_and_tensor_ids():
+    # group 7: [2, 4] mean 3, std sqrt(2); group 3: [1, 1] std 0 -> 0 / (0 + eps) = 0
+    adv = grpo_advantages(torch.tensor([2.0, 1.0, 4.0, 1.0]), torch.tensor([7, 3, 7, 3]))
+    close(adv, [-1 / (R2 + 1e-6), 0.0, 1 / (R2 + 1e-6), 0.0], tol=1e-6)
+    # eps matters: group [0, 1] has std 1/sqrt(2); with eps=0.5 -> (-0.5)/(0.70711+0.5) = -0.41421
+    adv = grpo_advantages(torch.tensor([0.0, 1.0]), ["a", "a"], eps=0.5)
+    close(adv, [-0.5 / (1 / R2 + 0.5), 0.5 / (1 / R2 + 0.5)])
+    # integer scores are accepted and give float advantages; tuple ids are hashable too
+    adv = grpo_advantages(torch.tensor([1, 0]), [("p", 0), ("p", 0)])
+    assert adv.dtype == torch.float32
+    close(adv, [0.5 / (1 / R2 + 1e-6), -0.5 / (1 / R2 + 1e-6)])
+
+
+def test_grpo_groups_by_id_not_position():
+    perm = torch.tensor([5, 3, 0, 4, 2, 1])
+    shuffled = grpo_advantages(SCORES[perm], [IDS[i] for i in perm.tolist()])
+    close(shuffled, grpo_advantages(SCORES, IDS)[perm], tol=1e-7)
+
+
+def test_grpo_rejects_bad_input():
+    with pytest.raises(ValueError):
+        grpo_advantages(SCORES, IDS[:-1])
+    with pytest.raises(ValueError):
+        grpo_advantages(SCORES.reshape(2, 3), IDS)
+
+
+def test_spread_over_tokens():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    close(spread_over_tokens(torch.tensor([2.0, -1.0]), mask), [[2.0, 2.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
+# --------------------------------------------------------------------------- masked ops, agg
+
+def test_masked_ops():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    m = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    close(masked_sum(x, m), 10.0)  # 1 + 3 + 6
+    close(masked_mean(x, m), 10.0 / 3)
+    close(masked_mean(x, m, dim=-1), [2.0, 6.0])  # (1+3)/2, 6/1
+    close(masked_mean(x, torch.zeros_like(m)), 0.0)  # empty mask: 0, not NaN
+    # x = [1, 2, 3] (+ a masked 100): mean 2, unbiased var ((1+0+1)/2) = 1 -> [-1, 0, 1]
+    w = masked_whiten(torch.tensor([1.0, 2.0, 3.0, 100.0]), torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    close(w[:3], [-1.0, 0.0, 1.0])
+    w = masked_whiten(torch.tensor([1.0, 2.0, 3.0]), torch.ones(3), shift_mean=False)
+    close(w, [1.0, 2.0, 3.0])  # [-1, 0, 1] + mean 2
+
+
+LOSS = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [9.0, 9.0, 9.0]])
+LMASK = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])  # last row fully masked
+
+
+@pytest.mark.parametrize(
+    "mode, expected",
+    [
+        ("token-mean", 2.5),  # (1 + 2 + 3 + 4) / 4 tokens
+        ("seq-mean-token-sum", 5.0),  # (6 + 4) / 2 sequences (the empty row is left out)
+        ("seq-mean-token-mean", 3.0),  # (6/3 + 4/1) / 2
+    ],
+)
+def test_agg_loss_modes(mode, expected):
+    close(agg_loss(LOSS, LMASK, mode), expected)
+
+
+def test_agg_loss_unknown_mode():
+    with pytest.raises(ValueError, match="seq-mean-token-mean"):
+        agg_loss(LOSS, LMASK, "seq-sum")
+
+
+# --------------------------------------------------------------------------- policy loss
+
+# Two rollouts, A = +1 and A = -1; ratios chosen per token (old_logp = -1, logp = -1 + ln r):
+#   row 0 (A=+1): r = 1.5 -> l1=-1.5, l2=-1.2 (clip 1.2), max -1.2   [clipped]
+#                 r = 0.5 -> l1=-0.5, l2=-0.8,            max -0.5
+#                 r = 1.0 -> l1=l2=-1.0                   -1.0
+#                 r = 10  (masked)
+#   row 1 (A=-1): r = 5.0 -> l1=5, l2=1.2, max 5, dual clip min(5, 3) = 3   [lower-clipped]
+#                 r = 0.5 -> l1=0.5, l2=0.8, max 0.8      [clipped]
+#                 two masked tokens (r = 0.01, 7)
+# token losses: row0 [-1.2, -0.5, -1.0] (sum -2.7), row1 [3.0, 0.8] (sum 3.8)
+RATIOS = torch.tensor([[1.5, 0.5, 1.0, 10.0], [5.0, 0.5, 0.01, 7.0]])
+PMASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+ADV = torch.tensor([1.0, -1.0])
+OLD = torch.full((2, 4), -1.0)
+
+
+def _logp():
+    return (OLD + RATIOS.log()).clone().requires_grad_(True)
+
+
+@pytest.mark.parametrize(
+    "agg, expected",
+    [
+        ("token-mean", 1.1 / 5),  # (-2.7 + 3.8) / 5 tokens
+        ("seq-mean-token-sum", 1.1 / 2),  # (-2.7 + 3.8) / 2
+        ("seq-mean-token-mean", (-0.9 + 1.9) / 2),  # (-2.7/3 + 3.8/2) / 2
+    ],
+)
+def test_policy_loss_values_and_metrics(agg, expected):
+    loss, metrics = policy_loss(_logp(), OLD, ADV.unsqueeze(-1).expand(2, 4), PMASK, agg=agg)
+    close(loss, expected)
+    assert set(metrics) == {"pg_clipfrac", "pg_clipfrac_lower", "ppo_kl"}
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert metrics["pg_clipfrac"] == pytest.approx(2 / 5, abs=1e-6)  # row0 r=1.5, row1 r=0.5
+    assert metrics["pg_clipfrac_lower"] == pytest.approx(1 / 5, abs=1e-6)  # row1 r=5
+    # approx KL = mean(old - logp) = -mean(ln r) over the 5 unmasked tokens
+    kl = -(math.log(1.5) + math.log(0.5) + 0.0 + math.log(5.0) + math.log(0.5)) / 5
+    assert metrics["ppo_kl"] == pytest.approx(kl, abs=1e-6)
+
+
+def test_policy_loss_dual_clip_and_gradients():
+    logp = _logp()
+    loss, _ = policy_loss(logp, OLD, ADV, PMASK)  # per-rollout advantages are spread
+    close(loss, 1.1 / 5)
+    loss.backward()
+    # only unclipped tokens carry gradient: d(-A r)/d logp = -A r, divided by 5 tokens
+    close(logp.grad, [[0.0, -0.5 / 5, -1.0 / 5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    # without the dual clip row1/r=5 keeps loss 5: (-2.7 + 5 + 0.8) / 5
+    loss, metrics = policy_loss(_logp(), OLD, ADV, PMASK, clip_c=None)
+    close(loss, 3.1 / 5)
+    assert metrics["pg_clipfrac_lower"] == 0.0
+    # dual clip with c = 4 still bites at r = 5: min(5, 4) -> (-2.7 + 4 + 0.8) / 5
+    close(policy_loss(_logp(), OLD, ADV, PMASK, clip_c=4.0)[0], 2.1 / 5)
+    with pytest.raises(ValueError):
+        policy_loss(_logp(), OLD, ADV, PMASK, clip_c=1.0)
+
+
+def test_policy_loss_asymmetric_clip():
+    # clip_high 0.28: row0 r=1.5 -> max(-1.5, -1.28) = -1.28; clip_low 0.1: row0 r=0.5 -> l2=-0.9,
+    # max(-0.5, -0.9) = -0.5; row1 r=0.5 -> l2 = 0.9 -> 0.9. Sum: -1.28-0.5-1.0+3.0+0.9 = 1.12
+    loss, _ = policy_loss(_logp(), OLD, ADV, PMASK, clip_low=0.1, clip_high=0.28)
+    close(loss, 1.12 / 5)
+    # that sum would not notice swapped bounds; one sign of advantage at a time does.
+    # A = +1 everywhere: r=1.5 -> -1.28, r=0.5 -> -0.5, r=1 -> -1, r=5 -> max(-5, -1.28) = -1.28, r=0.5 -> -0.5
+    loss, _ = policy_loss(_logp(), OLD, torch.tensor([1.0, 1.0]), PMASK, clip_low=0.1, clip_high=0.28)
+    close(loss, (-1.28 - 0.5 - 1.0 - 1.28 - 0.5) / 5)
+    # A = -1 everywhere: r=1.5 -> max(1.5, 1.28) = 1.5, r=0.5 -> max(0.5, 0.9) = 0.9, r=1 -> 1,
+    # r=5 -> min(max(5, 1.28), 3) = 3, r=0.5 -> 0.9
+    loss, _ = policy_loss(_logp(), OLD, torch.tensor([-1.0, -1.0]), PMASK, clip_low=0.1, clip_high=0.28)
+    close(loss, (1.5 + 0.9 + 1.0 + 3.0 + 0.9) / 5)
+
+
+# --------------------------------------------------------------------------- KL estimators
+
+LOGP = torch.tensor([-1.0, -2.0, -0.5, -1.0, -31.0])
+REF = torch.tensor([-2.0, -1.0, -0.5, 14.0, -1.0])
+# logp - ref = [1, -1, 0, -15, -30]; d = ref - logp = [-1, 1, 0, 15, 30]
+
+
+@pytest.mark.parametrize(
+    "kinds, expected",
+    [
+        (("k1", "kl"), [1.0, -1.0, 0.0, -15.0, -30.0]),
+        (("abs",), [1.0, 1.0, 0.0, 15.0, 30.0]),
+        (("k2", "mse"), [0.5, 0.5, 0.0, 112.5, 450.0]),  # 0.5 * diff^2
+        # exp(d) - d - 1: d=-1 -> e^-1 = 0.367879; d=1 -> e - 2 = 0.718282; d=0 -> 0;
+        # d=15 -> 3.3e6 clamped to 10; d=30 (clamped to 20 first) -> huge, clamped to 10
+        (("k3", "low_var_kl"), [math.exp(-1.0), math.e - 2.0, 0.0, 10.0, 10.0]),
+    ],
+)
+def test_kl_penalty_kinds(kinds, expected):
+    for kind in kinds:
+        close(kl_penalty(LOGP, REF, kind), expected)
+
+
+def test_kl_low_var_lower_branch_and_unknown_kind():
+    # d = -30 -> clamp to -20 -> exp(-20) + 20 - 1 = 19.000000002 -> clamped to 10
+    close(kl_penalty(torch.tensor([5.0]), torch.tensor([-25.0]), "low_var_kl"), [10.0])
+    # d = -5 -> e^-5 + 5 - 1 = 4.006738
+    close(kl_penalty(torch.tensor([0.0]), torch.tensor([-5.0]), "k3"), [math.exp(-5.0) + 4.0])
+    with pytest.raises(ValueError, match="low_var_kl"):
+        kl_penalty(LOGP, REF, "full")
+
+
+# --------------------------------------------------------------------------- logits
+
+P = torch.tensor([0.5, 0.25, 0.25])
+
+
+def test_entropy_and_self_certainty_known_values():
+    logits = P.log() + 7.0  # shift must not matter
+    # H = 0.5 ln 2 + 2 * 0.25 ln 4 = 1.5 ln 2
+    close(entropy_from_logits(logits), 1.5 * LN2)
+    # logsumexp(log p + 7) - mean(log p + 7) = 0 - (ln .5 + 2 ln .25)/3 = 5 ln2 / 3
+    close(self_certainty_from_logits(logits), 5 * LN2 / 3)
+    # uniform over V = 6: entropy ln 6; self-certainty = ln 6, i.e. KL(U || p) = sc - ln V = 0
+    uniform = torch.full((2, 3, 6), 0.3)
+    close(entropy_from_logits(uniform), torch.full((2, 3), math.log(6.0)))
+    close(self_certainty_from_logits(uniform) - math.log(6.0), torch.zeros(2, 3))
+    # one-hot-ish logits: entropy -> 0
+    close(entropy_from_logits(torch.tensor([[100.0, 0.0, 0.0]])), [0.0])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 10_000])
+def test_chunked_logit_functions_match_direct_formulas(chunk_size):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g) * 3
+    logsm = torch.log_softmax(logits.double(), dim=-1)
+    ent = -(logsm.exp() * logsm).sum(-1)
+    sc = -logsm.mean(-1)  # = KL(U||p) + ln V = logsumexp - mean
+    close(entropy_from_logits(logits, chunk_size=chunk_size), ent)
+    close(self_certainty_from_logits(logits, chunk_size=chunk_size), sc)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    close(logprobs_from_logits(logits, labels, chunk_size=chunk_size), logsm.gather(-1, labels[..., None])[..., 0])
+
+
+def test_logit_functions_gradients_dtype_and_labels():
+    close(logprobs_from_logits((P.log() + 2.0)[None], torch.tensor([0])), [-LN2])
+    close(logprobs_from_logits(P.log()[None], torch.tensor([2])), [-2 * LN2])
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 9, generator=g, dtype=torch.float64)
+    a = logits.clone().requires_grad_(True)
+    entropy_from_logits(a, chunk_size=3).sum().backward()
+    b = logits.clone().requires_grad_(True)
+    lsm = torch.log_softmax(b, -1)
+    (-(lsm.exp() * lsm).sum(-1)).sum().backward()
+    close(a.grad, b.grad)
+    out = entropy_from_logits(torch.zeros(3, 8, dtype=torch.bfloat16), chunk_size=2)
+    assert out.dtype == torch.float32 and out.shape == (3,)
+    close(out, torch.full((3,), math.log(8.0)))
+    with pytest.raises(ValueError):
+        logprobs_from_logits(logits, torch.zeros(3, dtype=torch.long))
+
+
+# --------------------------------------------------------------------------- EMA teacher
+
+def test_ema_weight_schedule():
+    assert ema_weight(0, 100) == pytest.approx(0.99, abs=1e-12)
+    assert ema_weight(100, 100) == pytest.approx(0.9999, abs=1e-12)
+    assert ema_weight(50, 100) == pytest.approx((0.99 + 0.9999) / 2, abs=1e-12)  # 0.99495
+    # k = K/4: cos(pi/4) = 0.7071068 -> 0.9999 - 0.00495 * 1.7071068 = 0.99144982
+    assert ema_weight(25, 100) == pytest.approx(0.9999 - 0.00495 * (1 + math.sqrt(0.5)), abs=1e-12)
+    assert ema_weight(25, 100) == pytest.approx(0.9914498, abs=1e-7)
+    # clamped to [0, K]
+    assert ema_weight(-3, 100) == pytest.approx(0.99, abs=1e-12)
+    assert ema_weight(250, 100) == pytest.approx(0.9999, abs=1e-12)
+    # custom ends, K = 3, k = 1: cos(pi/3) = 0.5 -> 1.0 - 0.25 * 1.5 = 0.625
+    assert ema_weight(1, 3, start=0.5, end=1.0) == pytest.approx(0.625, abs=1e-12)
+    weights = [ema_weight(k, 10) for k in range(11)]
+    assert all(a < b for a, b in zip(weights, weights[1:]))
+    with pytest.raises(ValueError):
+        ema_weight(0, 0)
+
+
+def test_ema_update_in_place():
+    teacher = torch.tensor([1.0, 2.0])
+    policy = torch.tensor([3.0, 6.0])
+    storage = teacher.data_ptr()
+    ema_update_([teacher], [policy], 0.75)
+    close(teacher, [1.5, 3.0])  # 0.75*1 + 0.25*3, 0.75*2 + 0.25*6
+    assert teacher.data_ptr() == storage
+    close(policy, [3.0, 6.0])
+    # a view (like a local shard) updates its base; twice with w = 0.5: 0 -> 2 -> 3
+    full = torch.zeros(4)
+    ema_update_([full[1:3]], [torch.tensor([4.0, 8.0])], 0.5)
+    ema_update_([full[1:3]], [torch.tensor([4.0, 8.0])], 0.5)
+    close(full, [0.0, 3.0, 6.0, 0.0])
+    # mappings are matched by name; module parameters (requires_grad) work
+    lin_t, lin_p = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        lin_t.weight.fill_(1.0), lin_t.bias.fill_(0.0), lin_p.weight.fill_(-1.0), lin_p.bias.fill_(10.0)
+    ema_update_(dict(lin_t.named_parameters()), dict(reversed(list(lin_p.named_parameters()))), 0.9)
+    close(lin_t.weight.detach(), [[0.8, 0.8]])  # 0.9*1 + 0.1*(-1)
+    close(lin_t.bias.detach(), [1.0])  # 0.9*0 + 0.1*10
+    with pytest.raises(ValueError):
+        ema_update_([teacher], [policy, policy], 0.5)
+
+
+# --------------------------------------------------------------------------- LR schedules
+
+def test_lr_lambda_cosine_and_constant():
+    # total 110, warm-up 10: linear 0 -> 1, then 0.5 (1 + cos(pi p)), p = (step - 10) / 100
+    assert lr_lambda(0, 110, 10) == 0.0
+    assert lr_lambda(5, 110, 10) == pytest.approx(0.5)
+    assert lr_lambda(10, 110, 10) == pytest.approx(1.0)
+    assert lr_lambda(35, 110, 10) == pytest.approx(0.5 * (1 + math.sqrt(0.5)))  # p=1/4: 0.853553
+    assert lr_lambda(60, 110, 10) == pytest.approx(0.5)  # p = 1/2
+    assert lr_lambda(110, 110, 10) == pytest.approx(0.0, abs=1e-12)  # p = 1
+    # min_lr_ratio 0.1: 0.1 + 0.9 * 0.5 (1 + cos(pi p)) -> p=1/2: 0.55, p=1: 0.1
+    assert lr_lambda(60, 110, 10, min_lr_ratio=0.1) == pytest.approx(0.55)
+    assert lr_lambda(110, 110, 10, min_lr_ratio=0.1) == pytest.approx(0.1)
+    # constant: warm-up, then 1
+    assert lr_lambda(5, 110, 10, style="constant") == pytest.approx(0.5)
+    assert lr_lambda(80, 110, 10, style="constant") == 1.0
+    # no warm-up: step 0 already gives full LR
+    assert lr_lambda(0, 100, 0) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        lr_lambda(0, 100, 0, style="linear")
+
+
+def test_build_lr_scheduler():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=2.0)
+    sched = build_lr_scheduler(opt, total_steps=20, warmup_steps_ratio=0.1, style="cosine")  # warm-up 2
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # step 0: 0; 1: 2 * 1/2; 2: 2 * 1; 11: p = 9/18 -> 2 * 0.5; 20: 0
+    close([lrs[0], lrs[1], lrs[2], lrs[11], lrs[20]], [0.0, 1.0, 2.0, 1.0, 0.0], tol=1e-9)
+    # explicit warm-up steps override the ratio; constant style
+    opt = torch.optim.SGD([param], lr=1.0)
+    sched = build_lr_scheduler(opt, 20, warmup_steps_ratio=0.5, warmup_steps=4, style="constant")
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(6):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    close(lrs, [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0], tol=1e-9)
