@@ -67,6 +67,10 @@ class Batch:
 
     def chunk(self, num_chunks: int) -> list[Batch]:
         """Exactly `num_chunks` equal pieces; the row count must divide evenly."""
+        if num_chunks <= 0:
+            raise ValueError(f"num_chunks must be positive, got {num_chunks}")
+        if len(self) == 0:
+            return [self.select([]) for _ in range(num_chunks)]
         if len(self) % num_chunks:
             raise ValueError(f"cannot split {len(self)} rows into {num_chunks} equal chunks")
         return self.split(len(self) // num_chunks)

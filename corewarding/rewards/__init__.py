@@ -1,0 +1,37 @@
+"""Reward library: answer extraction, math equivalence, majority vote, one function per method."""
+
+from corewarding.rewards.answers import (
+    Vote,
+    answers_equivalent,
+    extract_boxed_answer,
+    majority_vote,
+    normalize_answer,
+)
+from corewarding.rewards.functions import (
+    REWARD_FUNCTIONS,
+    RewardOutput,
+    co_rewarding_i,
+    co_rewarding_ii,
+    entropy,
+    get_reward_fn,
+    gt,
+    majority_voting,
+    self_certainty,
+)
+
+__all__ = [
+    "REWARD_FUNCTIONS",
+    "RewardOutput",
+    "Vote",
+    "answers_equivalent",
+    "co_rewarding_i",
+    "co_rewarding_ii",
+    "entropy",
+    "extract_boxed_answer",
+    "get_reward_fn",
+    "gt",
+    "majority_vote",
+    "majority_voting",
+    "normalize_answer",
+    "self_certainty",
+]

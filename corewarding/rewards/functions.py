@@ -1,0 +1,266 @@
+"""One reward function per method, and the registry.
+
+Every function has the signature ``fn(batch, teacher=None, **options) -> RewardOutput`` and sees
+the whole batch. Input rows: ``response_text``, ``uid``, ``ground_truth`` (optional; None or absent
+for label-free data), ``pair_id`` + ``view`` ("original" / "rephrased") for Co-rewarding-I; tensors
+``entropy`` / ``self_certainty`` with ``response_mask`` [N, R] for the certainty methods.
+
+Grouping is by ids, never by position. Votes inside a group are taken over the group's answers in
+a canonical order (sorted spellings) rather than row order, so ties between classes do not depend
+on how the batch was reordered: shuffling the rows never changes a reward. (The release breaks
+such exact ties by generation order, which is arbitrary in the same way; with
+``equivalence="string"`` the vote is otherwise the release's.)
+
+Metrics: ``score_mean``, ``answer_present`` (fraction of rollouts with an extracted answer),
+``majority_ratio`` (mean over groups, vote-based methods), and wherever ground truth exists
+``gt_acc`` (fraction of rollouts whose answer matches the ground truth: what the GT reward would
+give) and ``pseudo_label_acc`` (fraction of groups whose pseudo-label matches the ground truth).
+GT metrics are computed over the rows / groups that have a ground truth and left out when none do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+
+from corewarding.batch import Batch
+from corewarding.rewards.answers import answers_equivalent, extract_boxed_answer, majority_vote, Vote
+
+VIEWS = ("original", "rephrased")
+
+
+@dataclass
+class RewardOutput:
+    scores: torch.Tensor  # [N] float32
+    metrics: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, list] = field(default_factory=dict)  # per rollout: "answer", "pseudo_label"
+
+
+RewardFn = Callable[..., RewardOutput]
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _answers(batch: Batch) -> list[str | None]:
+    if "response_text" not in batch.rows:
+        return [None] * len(batch)
+    return [extract_boxed_answer(t) for t in batch.rows["response_text"]]
+
+
+def _ground_truth(batch: Batch) -> list[str | None]:
+    values = batch.rows.get("ground_truth")
+    if values is None:
+        return [None] * len(batch)
+    return [None if v is None or str(v).strip() == "" else str(v) for v in values]
+
+
+def _require_rows(batch: Batch, keys: Sequence[str], who: str) -> None:
+    missing = [k for k in keys if k not in batch.rows]
+    if missing:
+        raise KeyError(f"{who} needs batch rows {missing}; the batch has {sorted(batch.rows)}")
+
+
+def _groups(ids: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    out: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(ids):
+        out.setdefault(key, []).append(i)
+    return out
+
+
+def _canonical_vote(answers: Sequence[str | None], equivalence: str) -> Vote:
+    """`majority_vote` over the answers in a canonical (sorted) order: independent of row order."""
+    ordered = sorted(answers, key=lambda a: (a is None, "" if a is None else a.strip(), a or ""))
+    return majority_vote(ordered, equivalence)
+
+
+def _matches(answer: str | None, label: str | None, equivalence: str) -> bool:
+    if answer is None or label is None:
+        return False
+    if equivalence == "string":
+        return answer.strip() == label
+    return answers_equivalent(answer, label)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def _common_metrics(scores: list[float], answers: list[str | None], gts: list[str | None]) -> dict[str, float]:
+    metrics = {
+        "score_mean": _mean(scores),
+        "answer_present": _mean([a is not None for a in answers]),
+    }
+    with_gt = [i for i, g in enumerate(gts) if g is not None]
+    if with_gt:
+        metrics["gt_acc"] = _mean([answers_equivalent(answers[i], gts[i]) for i in with_gt])
+    return metrics
+
+
+def _group_gt(indices: Sequence[int], gts: list[str | None]) -> str | None:
+    for i in indices:
+        if gts[i] is not None:
+            return gts[i]
+    return None
+
+
+def _vote_metrics(
+    metrics: dict[str, float], group_votes: list[tuple[Vote, str | None]]
+) -> dict[str, float]:
+    """Adds majority_ratio (all groups) and pseudo_label_acc (groups with a ground truth)."""
+    metrics["majority_ratio"] = _mean([vote.ratio for vote, _ in group_votes])
+    judged = [answers_equivalent(vote.label, gt) for vote, gt in group_votes if gt is not None]
+    if judged:
+        metrics["pseudo_label_acc"] = _mean(judged)
+    return metrics
+
+
+def _output(scores: list[float], metrics: dict[str, float], answers, labels) -> RewardOutput:
+    return RewardOutput(
+        scores=torch.tensor(scores, dtype=torch.float32).reshape(len(scores)),
+        metrics={k: float(v) for k, v in metrics.items()},
+        rows={"answer": list(answers), "pseudo_label": list(labels)},
+    )
+
+
+def _label_rewards(
+    answers: list[str | None],
+    gts: list[str | None],
+    groups: dict[Hashable, list[int]],
+    group_vote: dict[Hashable, Vote],
+    equivalence: str,
+) -> RewardOutput:
+    """Reward 1 where a rollout agrees with its group's pseudo-label; metrics over groups."""
+    n = len(answers)
+    labels: list[str | None] = [None] * n
+    scores = [0.0] * n
+    for key, indices in groups.items():
+        label = group_vote[key].label
+        for i in indices:
+            labels[i] = label
+            scores[i] = 1.0 if _matches(answers[i], label, equivalence) else 0.0
+    metrics = _common_metrics(scores, answers, gts)
+    _vote_metrics(metrics, [(group_vote[k], _group_gt(idx, gts)) for k, idx in groups.items()])
+    return _output(scores, metrics, answers, labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# reward functions
+# ---------------------------------------------------------------------------------------------
+
+
+def gt(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
+    """GT-Reward: 1 if the answer is mathematically equal to the ground truth, else 0."""
+    _require_rows(batch, ["response_text", "ground_truth"], "gt")
+    answers, gts = _answers(batch), _ground_truth(batch)
+    scores = [1.0 if answers_equivalent(a, g) else 0.0 for a, g in zip(answers, gts)]
+    return _output(scores, _common_metrics(scores, answers, gts), answers, [None] * len(batch))
+
+
+def majority_voting(batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string") -> RewardOutput:
+    """Majority-Voting (TTRL / SRT): pseudo-label = majority answer of the rollouts with the same
+    ``uid``; reward 1 on agreement. ``equivalence="string"`` (default) is the release."""
+    _require_rows(batch, ["response_text", "uid"], "majority_voting")
+    answers, gts = _answers(batch), _ground_truth(batch)
+    groups = _groups(batch.rows["uid"])
+    votes = {k: _canonical_vote([answers[i] for i in idx], equivalence) for k, idx in groups.items()}
+    return _label_rewards(answers, gts, groups, votes, equivalence)
+
+
+def co_rewarding_i(batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string") -> RewardOutput:
+    """Co-rewarding-I: for each ``pair_id`` the pseudo-label of the "original" rollouts is the
+    majority answer of the "rephrased" rollouts, and vice versa; reward 1 on agreement with the
+    own pseudo-label. Both views of every pair must be present."""
+    _require_rows(batch, ["response_text", "pair_id", "view"], "co_rewarding_i")
+    answers, gts = _answers(batch), _ground_truth(batch)
+    views = batch.rows["view"]
+    bad = sorted({str(v) for v in views if v not in VIEWS})
+    if bad:
+        raise ValueError(f"co_rewarding_i: view must be one of {VIEWS}, got {bad}")
+    groups = _groups(list(zip(batch.rows["pair_id"], views)))
+    own_vote = {k: _canonical_vote([answers[i] for i in idx], equivalence) for k, idx in groups.items()}
+    cross_vote: dict[Hashable, Vote] = {}
+    for pair_id, view in groups:
+        other = (pair_id, VIEWS[1 - VIEWS.index(view)])
+        if other not in own_vote:
+            raise ValueError(f"co_rewarding_i: pair_id {pair_id!r} has {view!r} rollouts but no {other[1]!r} ones")
+        cross_vote[(pair_id, view)] = own_vote[other]
+    return _label_rewards(answers, gts, groups, cross_vote, equivalence)
+
+
+def co_rewarding_ii(batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string") -> RewardOutput:
+    """Co-rewarding-II: pseudo-label of a rollout = majority answer of the teacher's rollouts
+    (``teacher`` rows ``uid``, ``response_text``) with the same ``uid``; reward 1 on agreement."""
+    if teacher is None:
+        raise ValueError("co_rewarding_ii needs the teacher batch (rows uid, response_text)")
+    _require_rows(batch, ["response_text", "uid"], "co_rewarding_ii")
+    _require_rows(teacher, ["response_text", "uid"], "co_rewarding_ii (teacher)")
+    answers, gts = _answers(batch), _ground_truth(batch)
+    teacher_answers = _answers(teacher)
+    teacher_groups = _groups(teacher.rows["uid"])
+    groups = _groups(batch.rows["uid"])
+    missing = [k for k in groups if k not in teacher_groups]
+    if missing:
+        raise ValueError(f"co_rewarding_ii: no teacher rollouts for uids {missing[:5]}")
+    votes = {
+        k: _canonical_vote([teacher_answers[i] for i in teacher_groups[k]], equivalence) for k in groups
+    }
+    return _label_rewards(answers, gts, groups, votes, equivalence)
+
+
+def _masked_mean(batch: Batch, key: str, who: str) -> torch.Tensor:
+    for name in (key, "response_mask"):
+        if name not in batch.tensors:
+            raise KeyError(f"{who} needs batch tensor {name!r}; the batch has {sorted(batch.tensors)}")
+    values = batch.tensors[key].float()
+    mask = batch.tensors["response_mask"].to(values.dtype)
+    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def _certainty_output(batch: Batch, scores: torch.Tensor) -> RewardOutput:
+    answers, gts = _answers(batch), _ground_truth(batch)
+    score_list = scores.tolist()
+    metrics = _common_metrics(score_list, answers, gts)
+    return RewardOutput(scores.to(torch.float32), metrics, {"answer": answers, "pseudo_label": [None] * len(batch)})
+
+
+def self_certainty(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
+    """Self-Certainty (Intuitor): masked mean over response tokens of the per-token self-certainty."""
+    return _certainty_output(batch, _masked_mean(batch, "self_certainty", "self_certainty"))
+
+
+def entropy(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
+    """Entropy (RENT / EMPO): minus the masked mean over response tokens of the per-token entropy."""
+    return _certainty_output(batch, -_masked_mean(batch, "entropy", "entropy"))
+
+
+# ---------------------------------------------------------------------------------------------
+# registry
+# ---------------------------------------------------------------------------------------------
+
+REWARD_FUNCTIONS: dict[str, RewardFn] = {
+    "gt": gt,
+    "majority_voting": majority_voting,
+    "co_rewarding_i": co_rewarding_i,
+    "co_rewarding_ii": co_rewarding_ii,
+    "self_certainty": self_certainty,
+    "entropy": entropy,
+    # the release's names
+    "naive": gt,
+    "co_reward": co_rewarding_i,
+    "co_rewarding_II": co_rewarding_ii,
+}
+
+
+def get_reward_fn(name: str, **options: Any) -> RewardFn:
+    """The reward function registered as `name` (release aliases included); `options` (e.g.
+    ``equivalence="math"``) are bound as keyword arguments."""
+    try:
+        fn = REWARD_FUNCTIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown reward function {name!r}; known: {sorted(REWARD_FUNCTIONS)}") from None
+    return partial(fn, **options) if options else fn

@@ -1,0 +1,279 @@
+"""The reward functions on hand-made batches, the registry, and invariance to row order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from corewarding.batch import Batch
+from corewarding.rewards import answers as answers_mod
+from corewarding.rewards import (
+    REWARD_FUNCTIONS,
+    RewardOutput,
+    co_rewarding_i,
+    co_rewarding_ii,
+    entropy,
+    get_reward_fn,
+    gt,
+    majority_voting,
+    self_certainty,
+)
+
+
+@pytest.fixture(autouse=True)
+def generous_default_timeout(monkeypatch):
+    """Rewards must not depend on machine load in the tests (see test_rewards_answers.py)."""
+    monkeypatch.setattr(answers_mod, "DEFAULT_TIMEOUT", 30.0)
+
+
+def resp(answer: str | None) -> str:
+    return "no final answer" if answer is None else f"Reasoning... so the answer is \\boxed{{{answer}}}."
+
+
+def make_batch(answers, uids, ground_truth=None, **rows) -> Batch:
+    data = {"response_text": [resp(a) for a in answers], "uid": list(uids), **rows}
+    if ground_truth is not None:
+        data["ground_truth"] = list(ground_truth)
+    return Batch(rows=data)
+
+
+def check_output(out: RewardOutput, n: int) -> None:
+    assert out.scores.dtype == torch.float32 and out.scores.shape == (n,)
+    assert set(out.rows) == {"answer", "pseudo_label"}
+    assert len(out.rows["answer"]) == len(out.rows["pseudo_label"]) == n
+    assert all(isinstance(v, float) for v in out.metrics.values())
+
+
+# --------------------------------------------------------------------------------------------
+# gt
+# --------------------------------------------------------------------------------------------
+
+
+def test_gt_reward():
+    batch = make_batch(["0.5", r"\frac{1}{3}", None, "x=3"], ["a", "a", "b", "b"], [r"\frac12", "0.5", "3", "3"])
+    out = gt(batch)
+    check_output(out, 4)
+    assert out.scores.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert out.rows["answer"] == ["0.5", r"\frac{1}{3}", None, "x=3"]
+    assert out.rows["pseudo_label"] == [None] * 4
+    assert out.metrics == {"score_mean": 0.5, "answer_present": 0.75, "gt_acc": 0.5}
+
+
+def test_gt_reward_needs_ground_truth():
+    with pytest.raises(KeyError, match="ground_truth"):
+        gt(make_batch(["1"], ["a"]))
+
+
+# --------------------------------------------------------------------------------------------
+# majority voting
+# --------------------------------------------------------------------------------------------
+
+
+def test_majority_voting_string_is_the_release():
+    # uid a: "2" x2, "0.5", "1/2", None -> "2" wins under string match (2 of 5)
+    # uid b: "7", "7", "8"                -> "7" (2 of 3)
+    answers = ["2", "0.5", "2", "1/2", None, "7", "8", "7"]
+    uids = ["a", "a", "a", "a", "a", "b", "b", "b"]
+    out = majority_voting(make_batch(answers, uids, ["0.5"] * 5 + ["8"] * 3))
+    check_output(out, 8)
+    assert out.scores.tolist() == [1, 0, 1, 0, 0, 1, 0, 1]
+    assert out.rows["pseudo_label"] == ["2"] * 5 + ["7"] * 3
+    assert out.metrics["majority_ratio"] == pytest.approx((2 / 5 + 2 / 3) / 2)
+    assert out.metrics["pseudo_label_acc"] == 0.0  # "2" != 0.5, "7" != 8
+    assert out.metrics["gt_acc"] == pytest.approx(3 / 8)  # 0.5, 1/2, 8
+    assert out.metrics["answer_present"] == pytest.approx(7 / 8)
+    assert out.metrics["score_mean"] == pytest.approx(4 / 8)
+
+
+def test_majority_voting_math_merges_spellings():
+    answers = ["2", "0.5", "2", "1/2", None, "7", "8", "7"]
+    uids = ["a", "a", "a", "a", "a", "b", "b", "b"]
+    out = majority_voting(make_batch(answers, uids, ["0.5"] * 5 + ["8"] * 3), equivalence="math")
+    # uid a: classes {2: 2}, {0.5, 1/2: 2} tie -> canonical order: sorted spellings are
+    # "0.5" < "1/2" < "2", so the class of "0.5" is seen first and its first spelling "0.5" wins
+    assert out.rows["pseudo_label"][:5] == ["0.5"] * 5
+    assert out.scores.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
+    assert out.metrics["pseudo_label_acc"] == 0.5
+
+
+def test_majority_voting_all_missing_gives_zero():
+    out = majority_voting(make_batch([None, None], ["a", "a"]))
+    assert out.scores.tolist() == [0.0, 0.0]
+    assert out.rows["pseudo_label"] == [None, None]
+    assert out.metrics["majority_ratio"] == 0.0
+
+
+def test_no_ground_truth_leaves_gt_metrics_out():
+    for batch in (
+        make_batch(["1", "1"], ["a", "a"]),
+        make_batch(["1", "1"], ["a", "a"], [None, None]),
+    ):
+        out = majority_voting(batch)
+        assert set(out.metrics) == {"score_mean", "answer_present", "majority_ratio"}
+
+
+# --------------------------------------------------------------------------------------------
+# co-rewarding-I
+# --------------------------------------------------------------------------------------------
+
+
+def test_co_rewarding_i_cross_view():
+    # pair 0: original answers 5,5,6 (majority 5); rephrased answers 6,6,5 (majority 6)
+    #   -> original rollouts are rewarded for 6, rephrased ones for 5
+    # pair 1: original 1,None (majority 1); rephrased None,None (no label)
+    answers = ["5", "6", "5", "6", "6", "5", "1", None, None, None]
+    views = ["original"] * 3 + ["rephrased"] * 3 + ["original"] * 2 + ["rephrased"] * 2
+    pair_ids = [0] * 6 + [1] * 4
+    uids = ["o0"] * 3 + ["r0"] * 3 + ["o1"] * 2 + ["r1"] * 2
+    batch = make_batch(answers, uids, ["5"] * 6 + ["1"] * 4, pair_id=pair_ids, view=views)
+    out = co_rewarding_i(batch)
+    check_output(out, 10)
+    assert out.rows["pseudo_label"] == ["6"] * 3 + ["5"] * 3 + [None] * 2 + ["1"] * 2
+    assert out.scores.tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 0, 0]
+    # groups (pair, view): labels 6 (wrong), 5 (right), None (wrong), 1 (right)
+    assert out.metrics["pseudo_label_acc"] == 0.5
+    # ratios of the votes that made each group's label: r0 2/3, o0 2/3, r1 0, o1 1/2
+    assert out.metrics["majority_ratio"] == pytest.approx((2 / 3 + 2 / 3 + 0 + 1 / 2) / 4)
+    assert out.metrics["gt_acc"] == pytest.approx(4 / 10)  # 5, 5, 5 and 1
+
+
+def test_co_rewarding_i_needs_both_views():
+    batch = make_batch(["1", "1"], ["u", "u"], pair_id=[3, 3], view=["original", "original"])
+    with pytest.raises(ValueError, match="rephrased"):
+        co_rewarding_i(batch)
+    batch = make_batch(["1"], ["u"], pair_id=[3], view=["other"])
+    with pytest.raises(ValueError, match="view"):
+        co_rewarding_i(batch)
+
+
+# --------------------------------------------------------------------------------------------
+# co-rewarding-II
+# --------------------------------------------------------------------------------------------
+
+
+def test_co_rewarding_ii_teacher_labels():
+    batch = make_batch(["4", "5", "4", "9"], ["p", "p", "q", "q"], ["4", "4", "9", "9"])
+    teacher = Batch(rows={"uid": ["q", "p", "p", "q", "p"], "response_text": [resp(a) for a in ["9", "4", "5", "9", "4"]]})
+    out = co_rewarding_ii(batch, teacher)
+    check_output(out, 4)
+    assert out.rows["pseudo_label"] == ["4", "4", "9", "9"]
+    assert out.scores.tolist() == [1, 0, 0, 1]
+    assert out.metrics["pseudo_label_acc"] == 1.0
+    assert out.metrics["majority_ratio"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_co_rewarding_ii_errors():
+    batch = make_batch(["4"], ["p"])
+    with pytest.raises(ValueError, match="teacher"):
+        co_rewarding_ii(batch)
+    with pytest.raises(ValueError, match="no teacher rollouts"):
+        co_rewarding_ii(batch, Batch(rows={"uid": ["other"], "response_text": [resp("4")]}))
+
+
+# --------------------------------------------------------------------------------------------
+# self-certainty and entropy
+# --------------------------------------------------------------------------------------------
+
+
+def test_self_certainty_and_entropy_masked_mean():
+    values = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 0.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    batch = Batch(
+        tensors={"self_certainty": values, "entropy": values, "response_mask": mask},
+        rows={"response_text": [resp("1"), resp(None), resp("2")], "ground_truth": ["1", "1", "3"]},
+    )
+    sc = self_certainty(batch)
+    check_output(sc, 3)
+    assert sc.scores.tolist() == [2.0, 4.0, 0.0]  # (1+2+3)/3, 4/1, empty response -> 0
+    ent = entropy(batch)
+    assert ent.scores.tolist() == [-2.0, -4.0, 0.0]
+    assert ent.metrics["gt_acc"] == pytest.approx(1 / 3)
+    assert ent.metrics["answer_present"] == pytest.approx(2 / 3)
+    assert ent.metrics["score_mean"] == pytest.approx(-2.0)
+    assert ent.rows["answer"] == ["1", None, "2"]
+    with pytest.raises(KeyError, match="response_mask"):
+        entropy(Batch(tensors={"entropy": values}))
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------
+
+
+def test_registry_and_aliases():
+    assert get_reward_fn("naive") is gt
+    assert get_reward_fn("co_reward") is co_rewarding_i
+    assert get_reward_fn("co_rewarding_II") is co_rewarding_ii
+    for name in ("gt", "majority_voting", "co_rewarding_i", "co_rewarding_ii", "self_certainty", "entropy"):
+        assert REWARD_FUNCTIONS[name] is get_reward_fn(name)
+    with pytest.raises(ValueError, match="co_reward"):
+        get_reward_fn("nope")
+    fn = get_reward_fn("majority_voting", equivalence="math")
+    out = fn(make_batch(["0.5", "1/2", "3"], ["a", "a", "a"]))
+    assert out.scores.tolist() == [1.0, 1.0, 0.0]
+
+
+# --------------------------------------------------------------------------------------------
+# grouping by ids: shuffling the rows changes no reward
+# --------------------------------------------------------------------------------------------
+
+POOL = ["1", "2", "0.5", "1/2", r"\frac{1}{2}", "3", " 3", None]
+
+
+@st.composite
+def paired_batches(draw):
+    n_pairs = draw(st.integers(1, 3))
+    answers, uids, pair_ids, views, gts = [], [], [], [], []
+    for p in range(n_pairs):
+        truth = draw(st.sampled_from(["1", "0.5", "3", None]))
+        for view in ("original", "rephrased"):
+            for _ in range(draw(st.integers(1, 4))):
+                answers.append(draw(st.sampled_from(POOL)))
+                uids.append(f"{view}-{p}")
+                pair_ids.append(p)
+                views.append(view)
+                gts.append(truth)
+    batch = make_batch(answers, uids, gts, pair_id=pair_ids, view=views)
+    n = len(batch)
+    batch.tensors["entropy"] = torch.tensor(draw(st.lists(st.floats(0, 5), min_size=3 * n, max_size=3 * n))).reshape(n, 3)
+    batch.tensors["self_certainty"] = batch.tensors["entropy"] * 2
+    batch.tensors["response_mask"] = torch.tensor(draw(st.lists(st.integers(0, 1), min_size=3 * n, max_size=3 * n))).reshape(n, 3)
+    teacher_uids = sorted(set(uids)) * 2 + draw(st.lists(st.sampled_from(sorted(set(uids))), max_size=4))
+    teacher = Batch(rows={"uid": teacher_uids, "response_text": [resp(draw(st.sampled_from(POOL))) for _ in teacher_uids]})
+    return batch, teacher
+
+
+METHODS = [
+    ("gt", {}),
+    ("majority_voting", {}),
+    ("majority_voting", {"equivalence": "math"}),
+    ("co_rewarding_i", {}),
+    ("co_rewarding_i", {"equivalence": "math"}),
+    ("co_rewarding_ii", {}),
+    ("co_rewarding_ii", {"equivalence": "math"}),
+    ("self_certainty", {}),
+    ("entropy", {}),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(paired_batches(), st.randoms(use_true_random=False))
+def test_property_shuffling_rows_changes_no_reward(data, rnd):
+    batch, teacher = data
+    perm = list(range(len(batch)))
+    rnd.shuffle(perm)
+    tperm = list(range(len(teacher)))
+    rnd.shuffle(tperm)
+    shuffled, shuffled_teacher = batch.reorder(perm), teacher.reorder(tperm)
+    for name, options in METHODS:
+        fn = get_reward_fn(name, **options)
+        base = fn(batch, teacher)
+        moved = fn(shuffled, shuffled_teacher)
+        assert torch.equal(moved.scores, base.scores[perm]), name
+        for key in ("answer", "pseudo_label"):
+            assert moved.rows[key] == [base.rows[key][i] for i in perm], (name, key)
+        assert moved.metrics.keys() == base.metrics.keys()
+        for key, value in base.metrics.items():
+            assert moved.metrics[key] == pytest.approx(value), (name, key)
