@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-from transformers import PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel
 
 from corewarding.workers.rollout.base import RolloutOutput, SamplingSettings
 
@@ -46,26 +46,37 @@ class HFRolloutEngine:
             input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
             attention_mask[row, width - len(prompt) :] = 1
         stop_ids = self.eos_token_ids + [t for t in sampling.stop_token_ids if t not in self.eos_token_ids]
-        sample_kwargs = (
-            {"do_sample": False}
-            if sampling.greedy
-            else {
-                "do_sample": True,
-                "temperature": sampling.temperature,
-                "top_p": sampling.top_p,
-                "top_k": sampling.top_k if sampling.top_k > 0 else None,
-            }
-        )
         generated = self.model.generate(
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
+            generation_config=self._generation_config(sampling, stop_ids),
+        )[:, width:].cpu()
+        return [self._cut_at_stop(row.tolist(), stop_ids) for row in generated]
+
+    def _generation_config(self, sampling: SamplingSettings, stop_ids: list[int]) -> GenerationConfig:
+        """Every sampling knob set explicitly: `generate` fills unset ones from the model's
+        generation_config.json and then from global defaults (top_k=50!), which would silently
+        change the sampling distribution (and make log-probs disagree with the trainer's)."""
+        common = dict(
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=stop_ids,
             pad_token_id=self.pad_token_id,
             use_cache=True,
-            **sample_kwargs,
-        )[:, width:].cpu()
-        return [self._cut_at_stop(row.tolist(), stop_ids) for row in generated]
+            num_beams=1,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+        )
+        if sampling.greedy:
+            return GenerationConfig(do_sample=False, **common)
+        return GenerationConfig(
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else 0,
+            typical_p=1.0,
+            min_p=None,
+            **common,
+        )
 
     @staticmethod
     def _cut_at_stop(token_ids: list[int], stop_ids: list[int]) -> RolloutOutput:

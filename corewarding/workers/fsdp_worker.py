@@ -1,0 +1,718 @@
+"""The worker that holds, on one device, the FSDP2-sharded policy (AdamW + LR schedule), the
+FSDP2-sharded reference model (the EMA teacher of Co-rewarding-II) and a rollout engine.
+
+`RayWorkerGroup` (group.py) starts one per device, wrapped with `ray.remote`, and sets
+MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK; `init_model` forms the
+torch.distributed group (gloo on CPU, NCCL on GPU). Every method is called on all ranks at once
+(FSDP2 all-gathers are collectives), each rank with its own equal share of the rows.
+
+Numerics, as verl:
+- logits are divided by `rollout.temperature` before log-probs / entropy / self-certainty, in
+  `compute_log_prob` and in `update_actor`;
+- gradient accumulation scales each micro-batch's loss by micro_rows / mini_rows, so with
+  `token-mean` the mini-batch loss is the row-weighted mean of the micro-batches' token means
+  (not the token mean over the whole mini-batch), and FSDP averages the gradients over ranks;
+- master weights are float32 everywhere; on GPU FSDP2 computes in `model.dtype` (bf16) with
+  float32 gradient reduction. The reference model keeps float32 shards too, so that a 1e-4 EMA
+  step is not lost to bf16 rounding.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from corewarding.batch import Batch
+from corewarding.workers.rollout import SamplingSettings, build_rollout_engine, eos_token_ids, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.safetensors"
+RESPONSE_KEYS_FOR_FORWARD = ("responses", "input_ids", "attention_mask", "position_ids")
+
+
+class ActorRolloutRefWorker:
+    def __init__(self, config: dict, rank: int, world_size: int) -> None:
+        self.config = config
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.arr = config["actor_rollout_ref"]
+        self.actor_cfg = self.arr["actor"]
+        self.rollout_cfg = self.arr["rollout"]
+        self.ref_cfg = self.arr["ref"]
+        self.model_cfg = self.arr["model"]
+        self.policy_version = 0
+        self.teacher_version = 0
+        self.skipped_steps = 0
+        # Which weights the rollout engine holds now: a set of equivalent (which, version) labels.
+        self._engine_holds: set[tuple[str, int]] = set()
+
+    # ------------------------------------------------------------------ setup
+    def init_model(self) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from transformers import AutoTokenizer
+
+        trainer = self.config["trainer"]
+        path = self.model_cfg.get("path")
+        self.model_path = str(Path(os.path.expanduser(str(path)))) if path else ""
+        if not path or not (Path(self.model_path) / "config.json").exists():
+            raise FileNotFoundError(
+                f"actor_rollout_ref.model.path={path!r} is not a HF model folder (no config.json): "
+                "set actor_rollout_ref.model.path=/path/to/model (e.g. LLM_PATH for the run scripts)"
+            )
+        want = str(trainer.get("device", "cuda"))
+        if want == "cpu":
+            torch.set_num_threads(1)
+            self.device = torch.device("cpu")
+            backend = "gloo"
+        else:
+            if not torch.cuda.is_available():
+                raise RuntimeError("trainer.device=cuda but no GPU is visible: set trainer.device=cpu for a CPU run")
+            local = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+            backend = "nccl"
+        if not dist.is_initialized():
+            os.environ.setdefault("RANK", str(self.rank))
+            os.environ.setdefault("WORLD_SIZE", str(self.world_size))
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            kwargs: dict[str, Any] = dict(backend=backend, rank=self.rank, world_size=self.world_size)
+            if self.device.type == "cuda":
+                kwargs["device_id"] = self.device
+            dist.init_process_group(**kwargs)
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("fsdp",))
+
+        seed = int(self.rollout_cfg.get("seed") or 0) + self.rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+        tok_path = self.model_cfg.get("tokenizer_path") or self.model_path
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            os.path.expanduser(str(tok_path)), trust_remote_code=bool(self.model_cfg.get("trust_remote_code", False))
+        )
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+        self.eos_ids = eos_token_ids(self.tokenizer, self.model_path)
+
+        self.compute_dtype = resolve_dtype(self.model_cfg.get("dtype"), self.device)
+        self.attn_impl = self._attn_implementation()
+
+        actor_fsdp = self.actor_cfg.get("fsdp_config") or {}
+        self.actor = self._load_model(train=True)
+        self._shard(
+            self.actor,
+            offload=self.device.type == "cuda"
+            and bool(actor_fsdp.get("param_offload") or actor_fsdp.get("optimizer_offload")),
+            reshard=bool(actor_fsdp.get("reshard_after_forward", True)),
+        )
+        optim = self.actor_cfg["optim"]
+        self.optimizer = torch.optim.AdamW(
+            self.actor.parameters(),
+            lr=float(optim["lr"]),
+            betas=tuple(float(b) for b in optim.get("betas", (0.9, 0.999))),
+            eps=float(optim.get("eps", 1e-8)),
+            weight_decay=float(optim.get("weight_decay", 0.01)),
+        )
+        from corewarding.algos import build_lr_scheduler
+
+        total = int(optim.get("total_training_steps") or -1)
+        if total <= 0:
+            raise ValueError(
+                "actor_rollout_ref.actor.optim.total_training_steps is not set (the trainer sets it before "
+                "init_model; set it yourself when using the workers directly)"
+            )
+        warmup = optim.get("lr_warmup_steps")
+        self.lr_scheduler = build_lr_scheduler(
+            self.optimizer,
+            total_steps=total,
+            warmup_steps_ratio=float(optim.get("lr_warmup_steps_ratio") or 0.0),
+            warmup_steps=None if warmup is None else int(warmup),
+            style=str(optim.get("warmup_style") or "constant"),
+            min_lr_ratio=float(optim.get("min_lr_ratio") or 0.0),
+        )
+
+        self.ref = self._load_model(train=False)
+        self._shard(
+            self.ref,
+            offload=self.device.type == "cuda" and bool((self.ref_cfg.get("fsdp_config") or {}).get("param_offload")),
+            reshard=True,
+        )
+
+        self.engine = build_rollout_engine(self.config, self.model_path, None, self.tokenizer, self.device)
+        # Policy and teacher start from the same folder, which the engine has just loaded.
+        self._engine_holds = {("policy", 0), ("teacher", 0)}
+
+    def _attn_implementation(self) -> str:
+        impl = self.model_cfg.get("attn_implementation")
+        if impl:
+            return str(impl)
+        if self.device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        return "sdpa"
+
+    def _load_model(self, train: bool) -> torch.nn.Module:
+        """Rank 0 reads the weights (float32 master copy); the other ranks build the model on the
+        meta device and receive their shards from rank 0 in `_shard`, so a node holds one full copy
+        in host memory, not one per GPU."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        kwargs = dict(
+            dtype=torch.float32,  # master weights; FSDP2 mixed precision casts for compute
+            attn_implementation=self.attn_impl,
+            trust_remote_code=bool(self.model_cfg.get("trust_remote_code", False)),
+        )
+        if self.rank == 0:
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs)
+        else:
+            config = AutoConfig.from_pretrained(self.model_path, trust_remote_code=kwargs["trust_remote_code"])
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, **kwargs)
+        model.config.use_cache = False
+        if train:
+            if self.model_cfg.get("enable_gradient_checkpointing"):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.train()
+        else:
+            model.requires_grad_(False)
+            model.eval()
+        return model
+
+    def _shard(self, model: torch.nn.Module, offload: bool, reshard: bool) -> None:
+        """fully_shard per decoder layer + root, then rank 0's weights and buffers to every rank."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        kwargs: dict[str, Any] = dict(mesh=self.mesh, reshard_after_forward=reshard)
+        if self.compute_dtype != torch.float32:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=self.compute_dtype, reduce_dtype=torch.float32)
+        if offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=True)
+        full = dict(model.state_dict()) if self.rank == 0 else {}
+        layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+        layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+        if not layers:
+            layers = list(model.model.layers)
+        for layer in layers:
+            fully_shard(layer, **kwargs)
+        fully_shard(model, **kwargs)  # moves parameters and buffers to the mesh's device (CPU when offloaded)
+        if self.rank != 0:
+            model.to_empty(device="cpu" if offload else self.device)
+            if offload:
+                for module in model.modules():
+                    for name, buf in module.named_buffers(recurse=False):
+                        module._buffers[name] = buf.to(self.device)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full
+        for buf in model.buffers():  # non-persistent buffers (rotary inv_freq) are not in the state dict
+            dist.broadcast(buf, src=0)
+
+    def _model(self, which: str) -> torch.nn.Module:
+        if which in ("actor", "policy"):
+            return self.actor
+        if which in ("ref", "teacher"):
+            return self.ref
+        raise ValueError(f"unknown model {which!r}: use 'actor' or 'ref'")
+
+    # --------------------------------------------------------------- weights
+    def _full_params(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, full tensor) per parameter, one all-gather at a time (a collective: every rank
+        must consume the whole iterator). Tied aliases (lm_head.weight) are not repeated."""
+        from torch.distributed.tensor import DTensor
+
+        for name, param in model.named_parameters():
+            value = param.detach()
+            if isinstance(value, DTensor):
+                if value.device.type != self.device.type:
+                    value = value.to(self.device)
+                value = value.full_tensor()
+            yield name, value
+
+    def _push_weights(self, which: str) -> float:
+        version = self.policy_version if which == "policy" else self.teacher_version
+        if (which, version) in self._engine_holds:
+            return 0.0
+        start = time.perf_counter()
+        self.engine.load_weights(self._full_params(self.actor if which == "policy" else self.ref))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self._engine_holds = {(which, version)}
+        return time.perf_counter() - start
+
+    # -------------------------------------------------------------- rollout
+    def _sampling(self, use_teacher: bool, validate: bool) -> SamplingSettings:
+        r = self.rollout_cfg
+        max_new = int(self.config["data"]["max_response_length"])
+        if validate:
+            v = r.get("val_kwargs") or {}
+            greedy = not v.get("do_sample", True) or float(v.get("temperature", 0.8)) == 0.0
+            return SamplingSettings(
+                n=int(v.get("n", 1)),
+                temperature=0.0 if greedy else float(v.get("temperature", 0.8)),
+                top_p=float(v.get("top_p", 1.0)),
+                top_k=int(v.get("top_k", -1)),
+                max_new_tokens=max_new,
+                stop_token_ids=tuple(self.eos_ids),
+            )
+        n = int(r.get("teacher_n") or r["n"]) if use_teacher else int(r["n"])
+        return SamplingSettings(
+            n=n,
+            temperature=float(r.get("temperature", 1.0)),
+            top_p=float(r.get("top_p", 1.0)),
+            top_k=int(r.get("top_k", -1)),
+            max_new_tokens=max_new,
+            stop_token_ids=tuple(self.eos_ids),
+        )
+
+    def generate_sequences(self, batch: Batch, use_teacher: bool = False, validate: bool = False) -> Batch:
+        """This rank's prompts (left-padded `input_ids` / `attention_mask`) -> each prompt's rollouts
+        (prompt-major), with `prompts` [N, P] (the input width), `responses` [N, R] right-padded to
+        R = data.max_response_length, `response_mask`, `input_ids` / `attention_mask` /
+        `position_ids` [N, P + R], optional `rollout_log_probs`, and row `response_text`."""
+        sampling = self._sampling(use_teacher, validate)
+        free_cache = bool(self.rollout_cfg.get("free_cache_engine", False))
+        if free_cache:
+            self.engine.wake_up()
+        sync_s = self._push_weights("teacher" if use_teacher else "policy")
+        input_ids = batch.tensors["input_ids"].cpu()
+        attention_mask = batch.tensors["attention_mask"].cpu()
+        prompts = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
+        start = time.perf_counter()
+        outputs = self.engine.generate(prompts, sampling)
+        gen_s = time.perf_counter() - start
+        if free_cache:
+            self.engine.sleep()
+        if len(outputs) != len(prompts) * sampling.n:
+            raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(prompts)} prompts x n={sampling.n}")
+
+        n_rows, width = len(outputs), int(self.config["data"]["max_response_length"])
+        responses = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
+        response_mask = torch.zeros((n_rows, width), dtype=torch.long)
+        have_logprobs = all(o.logprobs is not None for o in outputs) and n_rows > 0
+        rollout_log_probs = torch.zeros((n_rows, width), dtype=torch.float32) if have_logprobs else None
+        for i, out in enumerate(outputs):
+            ids = list(out.token_ids)[:width]
+            responses[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            response_mask[i, : len(ids)] = 1
+            if rollout_log_probs is not None:
+                lp = list(out.logprobs)[: len(ids)]
+                rollout_log_probs[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+        texts = self.tokenizer.batch_decode(
+            [responses[i, : int(response_mask[i].sum())].tolist() for i in range(n_rows)], skip_special_tokens=True
+        )
+
+        repeated = batch.repeat_interleave(sampling.n)
+        prompt_ids = repeated.tensors["input_ids"].cpu()
+        prompt_mask = repeated.tensors["attention_mask"].cpu()
+        full_mask = torch.cat([prompt_mask, response_mask], dim=1)
+        # Other input tensors ride along, repeated; the prompt-width ones are replaced.
+        replaced = ("input_ids", "attention_mask", "position_ids")
+        tensors = {k: v for k, v in repeated.tensors.items() if k not in replaced}
+        tensors |= {
+            "prompts": prompt_ids,
+            "responses": responses,
+            "response_mask": response_mask,
+            "input_ids": torch.cat([prompt_ids, responses], dim=1),
+            "attention_mask": full_mask,
+            "position_ids": (full_mask.cumsum(dim=1) - 1).clamp(min=0),
+        }
+        if rollout_log_probs is not None:
+            tensors["rollout_log_probs"] = rollout_log_probs
+        rows = dict(repeated.rows)
+        rows["response_text"] = texts
+        meta = dict(batch.meta)
+        meta["timing/weight_sync"] = sync_s
+        meta["timing/generate_engine"] = gen_s
+        return Batch(tensors=tensors, rows=rows, meta=meta)
+
+    # ------------------------------------------------------------ log-probs
+    def _forward(
+        self,
+        model: torch.nn.Module,
+        mb: Batch,
+        temperature: float,
+        entropy: bool = False,
+        self_certainty: bool = False,
+        entropy_grad: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        from corewarding.algos import entropy_from_logits, logprobs_from_logits, self_certainty_from_logits
+
+        responses = mb.tensors["responses"]
+        width = responses.shape[1]
+        out = model(
+            input_ids=mb.tensors["input_ids"],
+            attention_mask=mb.tensors["attention_mask"],
+            position_ids=mb.tensors["position_ids"],
+            use_cache=False,
+            logits_to_keep=width + 1,
+        )
+        logits = out.logits[:, :-1, :] / temperature  # position t predicts token t + 1
+        result = {"log_probs": logprobs_from_logits(logits, responses)}
+        if entropy:
+            if entropy_grad:
+                result["entropy"] = entropy_from_logits(logits)
+            else:  # a metric only: no autograd graph through a second softmax of the logits
+                with torch.no_grad():
+                    result["entropy"] = entropy_from_logits(logits.detach())
+        if self_certainty:
+            result["self_certainty"] = self_certainty_from_logits(logits)
+        return result
+
+    def compute_log_prob(
+        self,
+        batch: Batch,
+        model: str = "actor",
+        calculate_entropy: bool = False,
+        calculate_self_certainty: bool = False,
+    ) -> Batch:
+        """`old_log_probs` (model="actor") or `ref_log_probs` (model="ref") of the response tokens
+        [N, R], plus `entropy` / `self_certainty` [N, R] when asked (values on padding are not
+        masked). Logits are divided by rollout.temperature."""
+        net = self._model(model)
+        is_actor = net is self.actor
+        micro = int(
+            (self.rollout_cfg if is_actor else self.ref_cfg).get("log_prob_micro_batch_size_per_gpu") or len(batch) or 1
+        )
+        temperature = float(self.rollout_cfg.get("temperature", 1.0))
+        data = batch.pop(RESPONSE_KEYS_FOR_FORWARD).to(self.device)
+        parts: dict[str, list[torch.Tensor]] = {}
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            for mb in data.split(micro):
+                out = self._forward(net, mb, temperature, calculate_entropy, calculate_self_certainty)
+                for key, value in out.items():
+                    parts.setdefault(key, []).append(value.float().cpu())
+        net.train(was_training)
+        name = "old_log_probs" if is_actor else "ref_log_probs"
+        tensors = {name: torch.cat(parts["log_probs"])}
+        if calculate_entropy:
+            tensors["entropy"] = torch.cat(parts["entropy"])
+        if calculate_self_certainty:
+            tensors["self_certainty"] = torch.cat(parts["self_certainty"])
+        return Batch(tensors=tensors)
+
+    # ---------------------------------------------------------------- update
+    def update_actor(self, batch: Batch) -> dict[str, float]:
+        """PPO/GRPO update on this rank's rows.
+
+        Mini-batch = actor.ppo_mini_batch_size prompts x rollouts per prompt / world size rows,
+        where rollouts per prompt is `batch.meta["rollouts_per_prompt"]` when the trainer sets it
+        (e.g. Co-rewarding-I trains both views of a pair in one mini-batch: 2 x n) and rollout.n
+        otherwise. One optimizer step per mini-batch and epoch, micro-batches of
+        actor.ppo_micro_batch_size_per_gpu rows with gradient accumulation (loss x micro/mini rows,
+        as verl). The LR scheduler steps once per call. Metrics are averaged over micro-batches
+        (grad_norm over optimizer steps) and then over ranks, so every rank returns the same dict."""
+        from corewarding.algos import agg_loss, kl_penalty, policy_loss
+
+        a = self.actor_cfg
+        use_kl = bool(a.get("use_kl_loss", False))
+        need = [*RESPONSE_KEYS_FOR_FORWARD, "response_mask", "old_log_probs", "advantages"]
+        if use_kl:
+            need.append("ref_log_probs")
+        missing = [k for k in need if k not in batch.tensors]
+        if missing:
+            raise KeyError(f"update_actor needs tensors {missing} (have {sorted(batch.tensors)})")
+        per_prompt = int(batch.meta.get("rollouts_per_prompt") or self.rollout_cfg["n"])
+        mini = int(a["ppo_mini_batch_size"]) * per_prompt // self.world_size
+        micro = int(a.get("ppo_micro_batch_size_per_gpu") or 1)
+        if mini <= 0 or len(batch) % mini:
+            raise ValueError(
+                f"{len(batch)} rows per worker do not split into mini-batches of {mini} rows "
+                f"(actor_rollout_ref.actor.ppo_mini_batch_size={a['ppo_mini_batch_size']} x {per_prompt} rollouts "
+                f"per prompt / {self.world_size} workers): make data.train_batch_size a multiple of "
+                "actor_rollout_ref.actor.ppo_mini_batch_size"
+            )
+        if mini % micro:
+            raise ValueError(
+                f"mini-batch of {mini} rows per worker is not a multiple of "
+                f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}"
+            )
+        clip = float(a.get("clip_ratio", 0.2))
+        clip_low = float(a["clip_ratio_low"]) if a.get("clip_ratio_low") is not None else clip
+        clip_high = float(a["clip_ratio_high"]) if a.get("clip_ratio_high") is not None else clip
+        clip_c = a.get("clip_ratio_c", 3.0)
+        clip_c = float(clip_c) if clip_c is not None else None
+        agg = str(a.get("loss_agg_mode", "token-mean"))
+        entropy_coeff = float(a.get("entropy_coeff", 0.0))
+        kl_coef = float(a.get("kl_loss_coef", 0.0))
+        kl_type = str(a.get("kl_loss_type", "low_var_kl"))
+        temperature = float(self.rollout_cfg.get("temperature", 1.0))
+        grad_clip = float(a.get("grad_clip", 1.0) or 0.0)
+
+        data = batch.pop(need).to(self.device)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def record(key: str, value: float) -> None:
+            sums[key] = sums.get(key, 0.0) + float(value)
+            counts[key] = counts.get(key, 0) + 1
+
+        lr = float(self.lr_scheduler.get_last_lr()[0])
+        skipped = 0
+        self.actor.train()
+        for _ in range(int(a.get("ppo_epochs", 1))):
+            if a.get("shuffle"):
+                data = data.select(torch.randperm(len(data)))
+            for mb_data in data.split(mini):
+                self.optimizer.zero_grad(set_to_none=True)
+                for mb in mb_data.split(micro):
+                    mask = mb.tensors["response_mask"]
+                    out = self._forward(self.actor, mb, temperature, entropy=True, entropy_grad=entropy_coeff != 0.0)
+                    logp, ent = out["log_probs"], out["entropy"]
+                    pg_loss, pg_metrics = policy_loss(
+                        logp,
+                        mb.tensors["old_log_probs"],
+                        mb.tensors["advantages"],
+                        mask,
+                        clip_low=clip_low,
+                        clip_high=clip_high,
+                        clip_c=clip_c,
+                        agg=agg,
+                    )
+                    loss = pg_loss
+                    if entropy_coeff != 0.0:
+                        ent_loss = agg_loss(ent, mask, agg)
+                        loss = loss - entropy_coeff * ent_loss
+                    else:
+                        ent_loss = agg_loss(ent, mask, agg)
+                    if use_kl:
+                        kl = agg_loss(kl_penalty(logp, mb.tensors["ref_log_probs"], kl_type), mask, agg)
+                        loss = loss + kl_coef * kl
+                        record("actor/kl_loss", kl.item())
+                    else:
+                        record("actor/kl_loss", 0.0)
+                    (loss * (len(mb) / len(mb_data))).backward()
+                    record("actor/pg_loss", pg_loss.item())
+                    record("actor/entropy", ent_loss.item())
+                    for key, value in pg_metrics.items():
+                        record(f"actor/{key}", value)
+                grad_norm = self._clip_grad_norm(grad_clip)
+                record("actor/grad_norm", grad_norm)
+                if math.isfinite(grad_norm):
+                    self.optimizer.step()
+                else:
+                    skipped += 1
+                    logger.warning("rank %d: grad norm %s is not finite, optimizer step skipped", self.rank, grad_norm)
+                self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        self.policy_version += 1
+        self.skipped_steps += skipped
+
+        metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
+        metrics = self._mean_over_ranks(metrics)
+        metrics["actor/lr"] = lr
+        metrics["actor/skipped_steps"] = float(skipped)
+        return metrics
+
+    def _clip_grad_norm(self, max_norm: float) -> float:
+        params = [p for p in self.actor.parameters() if p.grad is not None]
+        if max_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.world_size == 1 or not metrics:
+            return metrics
+        keys = sorted(metrics)
+        device = self.device if self.device.type == "cuda" else torch.device("cpu")
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        values /= self.world_size
+        return {k: float(v) for k, v in zip(keys, values.tolist())}
+
+    # ----------------------------------------------------------------- teacher
+    def update_teacher(self, weight: float) -> None:
+        """In place on the local shards: ref = weight * ref + (1 - weight) * policy."""
+        from torch.distributed.tensor import DTensor
+
+        weight = float(weight)
+        policy = dict(self.actor.named_parameters())
+        with torch.no_grad():
+            for name, t in self.ref.named_parameters():
+                p = policy[name]
+                t_local = t.to_local() if isinstance(t, DTensor) else t
+                p_local = p.to_local() if isinstance(p, DTensor) else p
+                if t_local.shape != p_local.shape:
+                    raise RuntimeError(f"teacher and policy shards of {name} differ: {t_local.shape}, {p_local.shape}")
+                t_local.mul_(weight).add_(p_local.detach().to(t_local.device, t_local.dtype), alpha=1.0 - weight)
+        self.teacher_version += 1
+
+    # ------------------------------------------------------------- state I/O
+    def _aliases(self, model: torch.nn.Module) -> dict[str, str]:
+        """Tied-parameter aliases: alias name -> canonical name (e.g. lm_head.weight -> embed)."""
+        canonical = {id(p): n for n, p in model.named_parameters()}
+        return {
+            n: canonical[id(p)]
+            for n, p in model.named_parameters(remove_duplicate=False)
+            if canonical.get(id(p)) not in (None, n)
+        }
+
+    def _gather_full(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The full state dict on rank 0 (CPU; empty on other ranks), tied aliases left out."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        for alias in self._aliases(model):
+            state.pop(alias, None)
+        return {k: v.contiguous() for k, v in state.items()}
+
+    def _load_full(self, model: torch.nn.Module, file: Path) -> None:
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        state: dict[str, torch.Tensor] = {}
+        if self.rank == 0:
+            state = load_file(str(file))
+            for alias, canonical in self._aliases(model).items():
+                if alias not in state and canonical in state:
+                    state[alias] = state[canonical]
+        set_model_state_dict(
+            model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
+        )
+
+    def _write_hf_folder(self, out_dir: Path, state: dict[str, torch.Tensor], with_config: bool = True) -> None:
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(out_dir / MODEL_FILE), metadata={"format": "pt"})
+        if with_config:
+            self.actor.config.save_pretrained(out_dir)
+            if getattr(self.actor, "generation_config", None) is not None:
+                self.actor.generation_config.save_pretrained(out_dir)
+            self.tokenizer.save_pretrained(out_dir)
+
+    def export_hf(self, out_dir: str, which: str = "actor") -> None:
+        """A plain HF folder (model.safetensors in float32, config, generation config, tokenizer)
+        of the policy (`actor`) or the reference / teacher (`ref`). Call on all ranks."""
+        state = self._gather_full(self._model(which))
+        if self.rank == 0:
+            self._write_hf_folder(Path(out_dir), state)
+        dist.barrier()
+
+    def save_checkpoint(self, step_dir: str) -> None:
+        """step_dir/actor/ (HF folder of the policy), actor/optim/ (optimizer via
+        torch.distributed.checkpoint, scheduler + counters in actor/optim/extra.pt),
+        ref/model.safetensors, rng/rank_<r>.pt. Call on all ranks."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        root = Path(step_dir)
+        rng = _rng_state(self.device)
+        actor_state = self._gather_full(self.actor)
+        ref_state = self._gather_full(self.ref)
+        if self.rank == 0:
+            self._write_hf_folder(root / "actor", actor_state)
+            self._write_hf_folder(root / "ref", ref_state, with_config=False)
+            (root / "actor" / "optim").mkdir(parents=True, exist_ok=True)
+            (root / "rng").mkdir(parents=True, exist_ok=True)
+        del actor_state, ref_state
+        dist.barrier()
+        # An optimizer that never stepped has no state; asking DCP for it would fake a step.
+        has_state = bool(self.optimizer.state)
+        if has_state:
+            optim_state = {"optim": get_optimizer_state_dict(self.actor, self.optimizer)}
+            dcp.save(optim_state, checkpoint_id=str(root / "actor" / "optim"))
+        if self.rank == 0:
+            torch.save(
+                {
+                    "scheduler": self.lr_scheduler.state_dict(),
+                    "optimizer_has_state": has_state,
+                    "policy_version": self.policy_version,
+                    "teacher_version": self.teacher_version,
+                    "skipped_steps": self.skipped_steps,
+                    "world_size": self.world_size,
+                },
+                root / "actor" / "optim" / "extra.pt",
+            )
+        torch.save(rng, root / "rng" / f"rank_{self.rank}.pt")
+        dist.barrier()
+
+    def load_checkpoint(self, step_dir: str) -> None:
+        """Restore what `save_checkpoint` wrote (policy, optimizer, scheduler, reference model,
+        this rank's RNG states). Call on all ranks."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        root = Path(step_dir)
+        needed = [root / "actor" / MODEL_FILE, root / "ref" / MODEL_FILE, root / "actor" / "optim" / "extra.pt"]
+        missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"checkpoint {root} is incomplete (missing {', '.join(missing)}): delete it or point "
+                "trainer.resume_from_path at a complete one"
+            )
+        extra = torch.load(root / "actor" / "optim" / "extra.pt", weights_only=False)
+        rng_file = root / "rng" / f"rank_{self.rank}.pt"
+        same_world = int(extra.get("world_size", self.world_size)) == self.world_size
+        # Every rank checks every rank's file, so that all raise together (no rank left in a collective).
+        lost = [r for r in range(self.world_size) if not (root / "rng" / f"rank_{r}.pt").exists()]
+        if same_world and lost:
+            raise FileNotFoundError(f"checkpoint {root} is incomplete (missing rng/rank_{lost[0]}.pt): delete it")
+        self._load_full(self.actor, root / "actor" / MODEL_FILE)
+        self._load_full(self.ref, root / "ref" / MODEL_FILE)
+        if extra["optimizer_has_state"]:
+            state = {"optim": get_optimizer_state_dict(self.actor, self.optimizer)}
+            dcp.load(state, checkpoint_id=str(root / "actor" / "optim"))
+            set_optimizer_state_dict(self.actor, self.optimizer, state["optim"])
+        else:
+            self.optimizer.state.clear()
+        self.lr_scheduler.load_state_dict(extra["scheduler"])
+        for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
+            group["lr"] = lr
+        self.policy_version = int(extra["policy_version"])
+        self.teacher_version = int(extra["teacher_version"])
+        self.skipped_steps = int(extra.get("skipped_steps", 0))
+        self._engine_holds = set()
+        if same_world:
+            _set_rng_state(torch.load(rng_file, weights_only=False), self.device)
+        else:  # weights and optimizer reshard; per-rank sampling streams cannot
+            logger.warning(
+                "checkpoint %s was written by %s workers, not %d: RNG states not restored",
+                root,
+                extra["world_size"],
+                self.world_size,
+            )
+        dist.barrier()
+
+    # -------------------------------------------------------------- helpers
+    def get_versions(self) -> dict[str, int]:
+        return {"policy": self.policy_version, "teacher": self.teacher_version, "skipped_steps": self.skipped_steps}
+
+    def get_full_state_dict(self, which: str = "actor") -> dict[str, torch.Tensor]:
+        """Full CPU state dict on rank 0 (empty elsewhere); for tests and small models only."""
+        return self._gather_full(self._model(which))
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)

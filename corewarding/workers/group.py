@@ -1,0 +1,118 @@
+"""N worker actors in one Ray placement group, forming one torch.distributed group.
+
+The caller (the trainer) initialises Ray, builds the group, then calls
+`group.call_all("init_model")`; every worker method is then called on all ranks at once, either
+with the same arguments (`call_all`) or with an equal share of a batch's rows (`dispatch`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from corewarding.batch import Batch
+from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return int(sock.getsockname()[1])
+
+
+@ray.remote(num_cpus=1)
+def _rendezvous(loopback: bool) -> tuple[str, int]:
+    """Run inside rank 0's bundle: that node's address and a port free there."""
+    address = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
+    return address, _free_port()
+
+
+class RayWorkerGroup:
+    def __init__(self, config: dict, worker_cls: type = ActorRolloutRefWorker) -> None:
+        trainer = config["trainer"]
+        self.config = config
+        self.on_gpu = str(trainer.get("device", "cuda")) != "cpu"
+        self.nnodes = int(trainer.get("nnodes", 1))
+        self.per_node = int(trainer["n_gpus_per_node"])
+        self.world_size = self.nnodes * self.per_node
+        if self.world_size < 1:
+            raise ValueError("trainer.nnodes x trainer.n_gpus_per_node must be at least 1")
+        bundle = {"GPU": 1, "CPU": 1} if self.on_gpu else {"CPU": 1}
+        self.placement_group = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
+        try:
+            ray.get(self.placement_group.ready(), timeout=float(os.environ.get("COREWARDING_PG_TIMEOUT", 600)))
+        except ray.exceptions.GetTimeoutError as exc:
+            remove_placement_group(self.placement_group)
+            unit = "GPUs" if self.on_gpu else "CPUs"
+            raise RuntimeError(
+                f"Ray cannot place {self.world_size} workers (1 {unit[:-1]} each; trainer.nnodes={self.nnodes} x "
+                f"trainer.n_gpus_per_node={self.per_node}); cluster resources: {ray.cluster_resources()}. "
+                f"Lower trainer.n_gpus_per_node / trainer.nnodes or add {unit}."
+            ) from exc
+
+        loopback = not self.on_gpu and self.nnodes == 1
+        first_bundle = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=0)
+        master_addr, master_port = ray.get(_rendezvous.options(scheduling_strategy=first_bundle).remote(loopback))
+        remote_cls = ray.remote(worker_cls)
+        self.workers = []
+        for rank in range(self.world_size):
+            env = {
+                "MASTER_ADDR": master_addr,
+                "MASTER_PORT": str(master_port),
+                "RANK": str(rank),
+                "WORLD_SIZE": str(self.world_size),
+                "LOCAL_RANK": str(rank % self.per_node),
+            }
+            if loopback:
+                env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+            options: dict[str, Any] = dict(
+                num_cpus=1,
+                num_gpus=1 if self.on_gpu else 0,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.placement_group, placement_group_bundle_index=rank
+                ),
+                runtime_env={"env_vars": env},
+            )
+            self.workers.append(remote_cls.options(**options).remote(config, rank, self.world_size))
+
+    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list:
+        """`method(*args, **kwargs)` on every rank; the results in rank order."""
+        return ray.get([getattr(worker, method).remote(*args, **kwargs) for worker in self.workers])
+
+    def dispatch(self, method: str, batch: Batch, **kwargs: Any) -> Any:
+        """Split `batch` into world_size equal consecutive chunks, run `method(chunk, **kwargs)` on
+        each rank, and gather: Batch results are concatenated in rank order (row order preserved);
+        dict results (update_actor's metrics, already averaged over ranks) come back as rank 0's
+        dict; anything else as the list of per-rank results."""
+        if len(batch) % self.world_size:
+            raise ValueError(
+                f"{method}: {len(batch)} rows cannot be split evenly over {self.world_size} workers "
+                f"(trainer.nnodes x trainer.n_gpus_per_node): choose data.train_batch_size (prompts; rows = "
+                "prompts x actor_rollout_ref.rollout.n) and data.val_batch_size as multiples of the worker count"
+            )
+        chunks = batch.chunk(self.world_size)
+        results = ray.get([getattr(w, method).remote(chunk, **kwargs) for w, chunk in zip(self.workers, chunks)])
+        if all(isinstance(r, Batch) for r in results):
+            return Batch.concat(results)
+        if all(isinstance(r, dict) for r in results):
+            return results[0]
+        return results
+
+    def shutdown(self) -> None:
+        for worker in getattr(self, "workers", []):
+            try:
+                ray.kill(worker)
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                pass
+        self.workers = []
+        if getattr(self, "placement_group", None) is not None:
+            try:
+                remove_placement_group(self.placement_group)
+            except Exception:  # noqa: BLE001
+                pass
+            self.placement_group = None

@@ -1,0 +1,95 @@
+"""HFRolloutEngine on the tiny random model: n expansion order, stop tokens, left padding, weight loads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corewarding.workers.rollout import build_rollout_engine
+from corewarding.workers.rollout.base import SamplingSettings
+from corewarding.workers.rollout.hf_engine import HFRolloutEngine
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    engine = HFRolloutEngine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id], micro_batch_size=4)
+    return engine, tokenizer
+
+
+GREEDY = SamplingSettings(n=1, temperature=0.0, max_new_tokens=6)
+
+
+def test_n_expansion_is_prompt_major(parts):
+    engine, tok = parts
+    prompts = [tok.encode("one two"), tok.encode("the quick brown fox")]
+    out = engine.generate(prompts, SamplingSettings(n=3, temperature=0.0, max_new_tokens=5))
+    assert len(out) == 6
+    alone = [engine.generate([p], GREEDY)[0].token_ids[:5] for p in prompts]
+    assert [o.token_ids for o in out] == [alone[0]] * 3 + [alone[1]] * 3
+
+
+def test_sampling_is_seeded_and_varied(parts):
+    engine, tok = parts
+    sampling = SamplingSettings(n=4, temperature=1.0, max_new_tokens=5, seed=3)
+    a = engine.generate([tok.encode("hello")], sampling)
+    b = engine.generate([tok.encode("hello")], sampling)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    assert len({tuple(o.token_ids) for o in a}) > 1  # n samples, not n copies
+
+
+def test_stop_token_cuts_and_is_kept(parts):
+    engine, tok = parts
+    prompt = tok.encode("count with me")
+    full = engine.generate([prompt], GREEDY)[0]
+    assert full.finish_reason == "length" and len(full.token_ids) == 6
+    stop = full.token_ids[2]
+    first = full.token_ids.index(stop)
+    cut = engine.generate([prompt], SamplingSettings(n=1, temperature=0.0, max_new_tokens=6, stop_token_ids=(stop,)))[0]
+    assert cut.token_ids == full.token_ids[: first + 1] and cut.finish_reason == "stop"
+
+
+def test_left_padding_does_not_change_greedy_output(parts):
+    engine, tok = parts
+    short, long = tok.encode("hi"), tok.encode("a much longer prompt than the other one")
+    batched = engine.generate([short, long], GREEDY)
+    assert batched[0].token_ids == engine.generate([short], GREEDY)[0].token_ids
+    assert batched[1].token_ids == engine.generate([long], GREEDY)[0].token_ids
+
+
+def test_load_weights_changes_output_and_back(parts):
+    engine, tok = parts
+    prompt = [tok.encode("the answer is")]
+    before = engine.generate(prompt, GREEDY)[0].token_ids
+    original = {k: v.clone() for k, v in engine.model.named_parameters()}
+    g = torch.Generator().manual_seed(0)
+    engine.load_weights((k, v + 0.05 * torch.randn(v.shape, generator=g)) for k, v in original.items())
+    assert engine.generate(prompt, GREEDY)[0].token_ids != before
+    engine.load_weights([*original.items(), ("lm_head.weight", original["model.embed_tokens.weight"])])  # tied: skipped
+    assert engine.generate(prompt, GREEDY)[0].token_ids == before
+    with pytest.raises(KeyError):
+        engine.load_weights([("no.such.weight", torch.zeros(1))])
+
+
+def test_generation_config_is_explicit(parts):
+    engine, _ = parts
+    cfg = engine._generation_config(SamplingSettings(temperature=1.0, top_k=-1), [2])
+    assert cfg.do_sample and cfg.top_k == 0 and cfg.top_p == 1.0 and cfg.repetition_penalty == 1.0
+
+
+def test_factory_builds_hf_and_rejects_unknown(tiny_model_path, parts):
+    _, tok = parts
+    config = {
+        "actor_rollout_ref": {"rollout": {"name": "hf", "micro_batch_size": 2}, "model": {}},
+        "data": {"max_prompt_length": 8, "max_response_length": 4},
+    }
+    engine = build_rollout_engine(config, str(tiny_model_path), None, tok, "cpu")
+    assert isinstance(engine, HFRolloutEngine) and engine.micro_batch_size == 2
+    assert tok.eos_token_id in engine.eos_token_ids
+    config["actor_rollout_ref"]["rollout"]["name"] = "sglang"
+    with pytest.raises(ValueError, match="rollout.name"):
+        build_rollout_engine(config, str(tiny_model_path), None, tok, "cpu")

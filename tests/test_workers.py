@@ -1,0 +1,396 @@
+"""The FSDP2 worker group on CPU: 2 Ray actors (gloo), a tiny random Llama, checked against plain
+single-process torch computations."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from corewarding.batch import Batch
+
+pytestmark = pytest.mark.slow
+
+ray = pytest.importorskip("ray")
+
+TEMPERATURE = 0.9
+N = 2  # rollouts per prompt
+R = 6  # max response length
+LR = 1e-3
+
+
+def make_config(model_path: Path, **extra: str) -> dict:
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "corewarding" / "config" / "ppo_trainer.yaml")
+    overrides = {
+        "trainer.device": "cpu",
+        "trainer.nnodes": 1,
+        "trainer.n_gpus_per_node": 2,
+        "actor_rollout_ref.model.path": str(model_path),
+        "actor_rollout_ref.model.enable_gradient_checkpointing": True,
+        "actor_rollout_ref.rollout.name": "hf",
+        "actor_rollout_ref.rollout.n": N,
+        "actor_rollout_ref.rollout.temperature": TEMPERATURE,
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 3,
+        "actor_rollout_ref.rollout.val_kwargs.do_sample": False,
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 2,
+        "data.max_prompt_length": 16,
+        "data.max_response_length": R,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 4,  # prompts -> 4 x 2 / 2 = 4 rows per rank
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
+        "actor_rollout_ref.actor.optim.lr": LR,
+        "actor_rollout_ref.actor.optim.lr_warmup_steps": 0,
+        "actor_rollout_ref.actor.optim.warmup_style": "constant",
+        "actor_rollout_ref.actor.optim.total_training_steps": 10,
+        "actor_rollout_ref.actor.use_kl_loss": True,
+        "actor_rollout_ref.actor.kl_loss_coef": 0.1,
+        "actor_rollout_ref.actor.entropy_coeff": 0.01,
+        **extra,
+    }
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_path):
+    from corewarding.workers.group import RayWorkerGroup
+
+    tmp = Path(tempfile.mkdtemp(prefix="cw_wk_", dir="/tmp"))
+    config = make_config(tiny_model_path)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "ray"), log_to_driver=False)
+    group = RayWorkerGroup(config)
+    try:
+        group.call_all("init_model")
+        initial = tmp / "initial"
+        group.call_all("save_checkpoint", str(initial))  # fresh optimizer: no state saved
+        yield {"group": group, "config": config, "tmp": tmp, "initial": initial, "path": tiny_model_path}
+    finally:
+        group.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_path)
+
+
+def reset(setup) -> None:
+    setup["group"].call_all("load_checkpoint", str(setup["initial"]))
+
+
+def prompt_batch(tokenizer, texts: list[str]) -> Batch:
+    from corewarding.data.dataset import left_pad
+
+    ids, mask = left_pad([tokenizer.encode(t) for t in texts], tokenizer.pad_token_id)
+    return Batch(tensors={"input_ids": ids, "attention_mask": mask}, rows={"uid": [f"u{i}" for i in range(len(texts))]})
+
+
+def rollout_batch(num_prompts: int, seed: int, vocab: int = 49152, prompt_width: int = 7) -> Batch:
+    """Synthetic rollouts: left-padded random prompts, right-padded random responses."""
+    g = torch.Generator().manual_seed(seed)
+    rows = num_prompts * N
+    prompt_len = torch.randint(2, prompt_width + 1, (rows,), generator=g)
+    resp_len = torch.randint(1, R + 1, (rows,), generator=g)
+    prompts = torch.randint(3, vocab, (rows, prompt_width), generator=g)
+    pmask = (torch.arange(prompt_width)[None] >= prompt_width - prompt_len[:, None]).long()
+    prompts = torch.where(pmask.bool(), prompts, torch.full_like(prompts, 2))
+    responses = torch.randint(3, vocab, (rows, R), generator=g)
+    rmask = (torch.arange(R)[None] < resp_len[:, None]).long()
+    responses = torch.where(rmask.bool(), responses, torch.full_like(responses, 2))
+    attn = torch.cat([pmask, rmask], dim=1)
+    return Batch(
+        tensors={
+            "prompts": prompts,
+            "responses": responses,
+            "response_mask": rmask,
+            "input_ids": torch.cat([prompts, responses], dim=1),
+            "attention_mask": attn,
+            "position_ids": (attn.cumsum(1) - 1).clamp(min=0),
+        },
+        rows={"uid": [f"u{i // N}" for i in range(rows)]},
+    )
+
+
+def reference_logits(model, batch: Batch) -> torch.Tensor:
+    with torch.no_grad():
+        out = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+        )
+    return out.logits[:, -R - 1 : -1].float() / TEMPERATURE
+
+
+def load_plain(path: Path, state: dict | None = None):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    if state is not None:
+        model.load_state_dict(state, strict=False)
+        model.tie_weights()
+    return model
+
+
+def full_state(setup, which: str = "actor") -> dict[str, torch.Tensor]:
+    return setup["group"].call_all("get_full_state_dict", which)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def test_generate_shapes_and_masks(setup, tokenizer):
+    reset(setup)
+    group = setup["group"]
+    texts = ["hello there", "what is 1+1?", "a", "the quick brown fox jumps"]
+    batch = prompt_batch(tokenizer, texts)
+    out = group.dispatch("generate_sequences", batch)
+    rows, width = len(texts) * N, batch["input_ids"].shape[1]
+    assert out.rows["uid"] == [u for u in batch.rows["uid"] for _ in range(N)]
+    assert out["prompts"].shape == (rows, width)
+    assert torch.equal(out["prompts"], batch["input_ids"].repeat_interleave(N, 0))
+    assert out["responses"].shape == out["response_mask"].shape == (rows, R)
+    assert out["input_ids"].shape == out["attention_mask"].shape == out["position_ids"].shape == (rows, width + R)
+    assert torch.equal(out["input_ids"], torch.cat([out["prompts"], out["responses"]], 1))
+    mask = out["response_mask"]
+    lengths = mask.sum(1)
+    assert torch.equal(mask, (torch.arange(R)[None] < lengths[:, None]).long())  # contiguous from the left
+    assert torch.all(out["responses"][mask == 0] == tokenizer.pad_token_id)
+    assert torch.equal(out["attention_mask"], torch.cat([batch["attention_mask"].repeat_interleave(N, 0), mask], 1))
+    assert torch.equal(out["position_ids"], (out["attention_mask"].cumsum(1) - 1).clamp(min=0))
+    for i in range(rows):
+        ids = out["responses"][i, : lengths[i]].tolist()
+        assert out.rows["response_text"][i] == tokenizer.decode(ids, skip_special_tokens=True)
+        if lengths[i] < R:  # stopped early: only at EOS, which is kept as the last response token
+            assert ids[-1] == tokenizer.eos_token_id
+    assert "timing/weight_sync" in out.meta
+
+
+def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
+    """EOS cut / padding / log-probs / text, through the worker's packing code with a scripted engine."""
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+    from corewarding.workers.rollout.base import RolloutOutput
+
+    eos = tokenizer.eos_token_id
+    scripted = [[10, 11, eos], [12] * R, [eos], [13, 14]]
+
+    class Engine:
+        def __init__(self):
+            self.seen = None
+
+        def generate(self, prompts, sampling):
+            self.seen = (prompts, sampling)
+            return [RolloutOutput(token_ids=ids, logprobs=[-0.5] * len(ids)) for ids in scripted]
+
+        def load_weights(self, named):
+            raise AssertionError("weights are current: no push expected")
+
+        def sleep(self):
+            pass
+
+        def wake_up(self):
+            pass
+
+    worker = ActorRolloutRefWorker(make_config(tiny_model_path), rank=0, world_size=1)
+    worker.engine, worker.tokenizer = Engine(), tokenizer
+    worker.pad_token_id, worker.eos_ids = tokenizer.pad_token_id, [eos]
+    worker._engine_holds = {("policy", 0), ("teacher", 0)}
+    batch = prompt_batch(tokenizer, ["one two three", "four"])
+    out = worker.generate_sequences(batch)
+    prompts, sampling = worker.engine.seen
+    assert prompts == [tokenizer.encode("one two three"), tokenizer.encode("four")]  # padding stripped
+    assert sampling.n == N and sampling.max_new_tokens == R and sampling.temperature == TEMPERATURE
+    assert eos in sampling.stop_token_ids
+    assert out["response_mask"].sum(1).tolist() == [3, R, 1, 2]
+    assert out["responses"][0].tolist() == [10, 11, eos] + [tokenizer.pad_token_id] * (R - 3)
+    assert out["rollout_log_probs"][0].tolist() == [-0.5] * 3 + [0.0] * (R - 3)
+    assert out.rows["response_text"][2] == ""
+    assert out.rows["uid"] == ["u0", "u0", "u1", "u1"]
+    val = worker._sampling(use_teacher=False, validate=True)
+    assert val.greedy and val.n == 1
+
+
+def test_compute_log_prob_matches_plain_hf(setup):
+    reset(setup)
+    batch = rollout_batch(num_prompts=5, seed=1)
+    got = setup["group"].dispatch("compute_log_prob", batch, calculate_entropy=True, calculate_self_certainty=True)
+    ref = setup["group"].dispatch("compute_log_prob", batch, model="ref")
+    assert set(got.tensors) == {"old_log_probs", "entropy", "self_certainty"} and set(ref.tensors) == {"ref_log_probs"}
+    logits = reference_logits(load_plain(setup["path"]), batch)
+    logp = torch.log_softmax(logits, -1).gather(-1, batch["responses"][..., None]).squeeze(-1)
+    probs = torch.softmax(logits, -1)
+    entropy = -(probs * torch.log_softmax(logits, -1)).sum(-1)
+    self_certainty = torch.logsumexp(logits, -1) - logits.mean(-1)
+    torch.testing.assert_close(got["old_log_probs"], logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref["ref_log_probs"], logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["entropy"], entropy, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got["self_certainty"], self_certainty, atol=1e-4, rtol=0)
+
+
+def training_batch(setup, seed: int, num_prompts: int = 8) -> Batch:
+    batch = rollout_batch(num_prompts=num_prompts, seed=seed)
+    group = setup["group"]
+    old = group.dispatch("compute_log_prob", batch)["old_log_probs"]
+    refl = group.dispatch("compute_log_prob", batch, model="ref")["ref_log_probs"]
+    g = torch.Generator().manual_seed(seed + 100)
+    tensors = dict(batch.tensors)
+    tensors["old_log_probs"] = old + 0.2 * torch.randn(old.shape, generator=g)  # ratios off 1: clipping bites
+    tensors["ref_log_probs"] = refl + 0.1 * torch.randn(refl.shape, generator=g)
+    tensors["advantages"] = torch.randn(len(batch), generator=g)
+    return Batch(tensors=tensors, rows=batch.rows)
+
+
+def reference_update(model, batch: Batch, config: dict, world: int = 2):
+    """One update_actor call in plain single-process torch: per rank and mini-batch j the verl
+    micro-batch scaling, gradients averaged over ranks, clip, AdamW."""
+    from corewarding.algos import agg_loss, entropy_from_logits, kl_penalty, logprobs_from_logits, policy_loss
+
+    a = config["actor_rollout_ref"]["actor"]
+    optim = torch.optim.AdamW(
+        model.parameters(),
+        lr=LR,
+        betas=tuple(a["optim"]["betas"]),
+        eps=a["optim"]["eps"],
+        weight_decay=a["optim"]["weight_decay"],
+    )
+    mini = a["ppo_mini_batch_size"] * N // world
+    micro = a["ppo_micro_batch_size_per_gpu"]
+    chunks = batch.chunk(world)
+    model.train()
+    norms = []
+    for j in range(len(chunks[0]) // mini):
+        optim.zero_grad()
+        for chunk in chunks:
+            mb_data = chunk.select(range(j * mini, (j + 1) * mini))
+            for mb in mb_data.split(micro):
+                out = model(
+                    input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"]
+                )
+                logits = out.logits[:, -R - 1 : -1] / TEMPERATURE
+                logp = logprobs_from_logits(logits, mb["responses"])
+                mask = mb["response_mask"]
+                pg, _ = policy_loss(logp, mb["old_log_probs"], mb["advantages"], mask, 0.2, 0.2, 3.0, "token-mean")
+                ent = agg_loss(entropy_from_logits(logits), mask, "token-mean")
+                kl = agg_loss(kl_penalty(logp, mb["ref_log_probs"], "low_var_kl"), mask, "token-mean")
+                loss = pg - a["entropy_coeff"] * ent + a["kl_loss_coef"] * kl
+                (loss * len(mb) / mini / world).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), a["grad_clip"])))
+        optim.step()
+    return norms
+
+
+def assert_states_close(a: dict, b: dict, atol: float) -> None:
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=lambda m: f"{key}: {m}")
+
+
+def test_update_actor_matches_single_process(setup):
+    reset(setup)
+    group = setup["group"]
+    batch = training_batch(setup, seed=2)
+    results = ray.get([w.update_actor.remote(c) for w, c in zip(group.workers, batch.chunk(2))])
+    metrics = results[0]
+    assert results[0] == results[1]  # averaged over ranks: the same dict everywhere
+    for key in ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "kl_loss", "entropy", "grad_norm", "lr"):
+        assert f"actor/{key}" in metrics and torch.isfinite(torch.tensor(metrics[f"actor/{key}"]))
+    assert metrics["actor/lr"] == pytest.approx(LR)
+    assert metrics["actor/pg_clipfrac"] > 0
+    after = full_state(setup)
+
+    model = load_plain(setup["path"])
+    before = {k: v.clone() for k, v in model.state_dict().items() if k in after}
+    norms = reference_update(model, batch, setup["config"])
+    expected = {k: v for k, v in model.state_dict().items() if k in after}
+    assert metrics["actor/grad_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-4)
+    assert max((after[k] - before[k]).abs().max().item() for k in after) > 1e-4  # the weights moved
+    assert_states_close(after, expected, atol=1e-5)
+    assert group.call_all("get_versions")[0]["policy"] == 1
+
+
+def test_update_teacher_is_ema(setup):
+    reset(setup)
+    group = setup["group"]
+    batch = training_batch(setup, seed=3)
+    group.dispatch("update_actor", batch)
+    policy, teacher = full_state(setup, "actor"), full_state(setup, "ref")
+    group.call_all("update_teacher", 0.7)
+    new_teacher = full_state(setup, "ref")
+    expected = {k: 0.7 * teacher[k] + 0.3 * policy[k] for k in teacher}
+    assert_states_close(new_teacher, expected, atol=1e-6)  # fp32 rounding of mul_ + add_
+    assert torch.equal(full_state(setup, "actor")["model.norm.weight"], policy["model.norm.weight"])
+    assert group.call_all("get_versions")[0]["teacher"] == 1
+
+
+def test_teacher_generation_uses_teacher_weights(setup, tokenizer):
+    reset(setup)
+    group = setup["group"]
+    prompts = prompt_batch(tokenizer, ["one plus one", "the sky is", "count: 1 2 3", "x"])
+    first = group.dispatch("generate_sequences", prompts, use_teacher=True, validate=True)  # greedy
+    assert first.meta["timing/weight_sync"] > 0  # load_checkpoint invalidated the engine's weights
+    again = group.dispatch("generate_sequences", prompts, use_teacher=True, validate=True)
+    assert again.meta["timing/weight_sync"] == 0.0  # teacher already in the engine
+    assert torch.equal(first["responses"], again["responses"])
+    policy = group.dispatch("generate_sequences", prompts, validate=True)
+    assert torch.equal(policy["responses"], first["responses"])  # teacher == policy so far
+
+    for seed in (4, 5):
+        batch = training_batch(setup, seed=seed)
+        group.dispatch("update_actor", batch)
+    policy = group.dispatch("generate_sequences", prompts, validate=True)
+    teacher = group.dispatch("generate_sequences", prompts, use_teacher=True, validate=True)
+    assert torch.equal(teacher["responses"], first["responses"])  # the teacher did not move
+    assert not torch.equal(policy["responses"], first["responses"])  # the policy did
+
+
+def test_checkpoint_round_trip_is_exact(setup):
+    reset(setup)
+    group = setup["group"]
+    b1, b2 = training_batch(setup, seed=6), training_batch(setup, seed=7)
+    group.dispatch("update_actor", b1)
+    group.call_all("update_teacher", 0.5)
+    ckpt = setup["tmp"] / "step1"
+    group.call_all("save_checkpoint", str(ckpt))
+    assert (ckpt / "actor" / "model.safetensors").exists() and (ckpt / "actor" / "config.json").exists()
+    assert (ckpt / "ref" / "model.safetensors").exists() and (ckpt / "rng" / "rank_1.pt").exists()
+    straight = group.dispatch("update_actor", b2)
+    sample_straight = group.dispatch("generate_sequences", prompt_batch_from(b2))
+    state_straight = full_state(setup)
+
+    reset(setup)  # something else in between
+    group.call_all("load_checkpoint", str(ckpt))
+    resumed = group.dispatch("update_actor", b2)
+    sample_resumed = group.dispatch("generate_sequences", prompt_batch_from(b2))
+    assert resumed == straight
+    assert_states_close(full_state(setup), state_straight, atol=0.0)
+    assert torch.equal(sample_resumed["responses"], sample_straight["responses"])  # RNG restored too
+
+    export = setup["tmp"] / "export"
+    group.call_all("export_hf", str(export), "ref")
+    plain = load_plain(export)
+    ref_state = full_state(setup, "ref")
+    assert_states_close({k: v for k, v in plain.state_dict().items() if k in ref_state}, ref_state, atol=0.0)
+
+
+def prompt_batch_from(batch: Batch) -> Batch:
+    first = batch.select(range(0, len(batch), N))
+    width = first["prompts"].shape[1]
+    return Batch(tensors={"input_ids": first["prompts"], "attention_mask": first["attention_mask"][:, :width]})
+
+
+def test_errors(setup, tiny_model_path):
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+    group = setup["group"]
+    with pytest.raises(ValueError, match="data.train_batch_size"):
+        group.dispatch("compute_log_prob", rollout_batch(num_prompts=3, seed=0).select(range(5)))
+    batch = training_batch(setup, seed=8, num_prompts=6)  # 6 rows per rank, mini-batch of 4
+    with pytest.raises(Exception, match="ppo_mini_batch_size"):
+        group.dispatch("update_actor", batch)
+    bad = make_config(tiny_model_path, **{"actor_rollout_ref.model.path": "/nonexistent/model"})
+    with pytest.raises(FileNotFoundError, match="actor_rollout_ref.model.path"):
+        ActorRolloutRefWorker(bad, rank=0, world_size=1).init_model()
+    with pytest.raises(Exception, match="incomplete"):
+        group.call_all("load_checkpoint", str(setup["tmp"] / "nothing-here"))
