@@ -1,0 +1,167 @@
+"""The built-in offline dataset: easy generated arithmetic and word problems with real rephrased twins.
+
+Each problem is a few numbers and an operation. It is rendered through one of several surface
+templates for the original file and through a *different* template (other wording, other names
+and objects for word problems) for the rewrite file, so every question has a genuine rephrased
+twin with the same answer and the same `extra_info.index`. Everything is deterministic by seed.
+
+The demo model (SmolLM2-135M-Instruct) only boxes its answers with a one-shot system prompt, so
+the built-in files use `ONE_SHOT_SYSTEM_PROMPT` by default (pass `system_prompt=SYSTEM_PROMPT`
+for the paper's prompt).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from corewarding.data.schema import make_row, write_verl_parquet
+
+ONE_SHOT_SYSTEM_PROMPT = (
+    "Solve the math problem. Answer in one short line that ends with 'The answer is \\boxed{N}.'\n"
+    "Example:\n"
+    "Question: What is 23 + 45?\n"
+    "Answer: 23 + 45 = 68. The answer is \\boxed{68}."
+)
+
+# "What is ..."-style wordings: SmolLM2-135M boxes those far more often than "Compute"/"Calculate".
+ARITHMETIC_TEMPLATES = {
+    "+": [
+        "What is {a} + {b}?",
+        "What is the sum of {a} and {b}?",
+        "How much is {a} plus {b}?",
+        "What do you get when you add {b} to {a}?",
+    ],
+    "-": [
+        "What is {a} - {b}?",
+        "What is {a} minus {b}?",
+        "How much is {b} less than {a}?",
+        "What do you get when you subtract {b} from {a}?",
+    ],
+    "*": [
+        "What is {a} * {b}?",
+        "What is {a} times {b}?",
+        "What is the product of {a} and {b}?",
+        "How much is {a} multiplied by {b}?",
+    ],
+}
+
+WORD_TEMPLATES = {
+    "+": [
+        "{name} has {a} {item} and buys {b} more. How many {item} does {name} have now?",
+        "A basket holds {a} {item}. {name} puts in {b} more {item}. How many {item} are in the basket?",
+        "{name} collected {a} {item} in the morning and {b} {item} in the afternoon. How many {item} did {name} collect in total?",
+        "There are {a} {item} on a table and {name} brings {b} more. How many {item} are on the table now?",
+    ],
+    "-": [
+        "{name} has {a} {item} and gives {b} of them away. How many {item} does {name} have left?",
+        "A box contains {a} {item}. {name} takes out {b} {item}. How many {item} remain in the box?",
+        "{name} baked {a} {item} and sold {b} of them. How many {item} were not sold?",
+        "There were {a} {item} in a shop. After {name} bought {b}, how many {item} were left in the shop?",
+    ],
+    "*": [
+        "{name} has {a} bags with {b} {item} in each bag. How many {item} does {name} have?",
+        "There are {a} rows of {item} with {b} {item} in every row. How many {item} are there?",
+        "{name} buys {a} packs of {item}. Each pack has {b} {item}. How many {item} does {name} buy?",
+        "Each of {a} children gets {b} {item} from {name}. How many {item} does {name} give out?",
+    ],
+}
+
+NAMES = ["Tom", "Sara", "Ali", "Mia", "Ben", "Lena", "Omar", "Zoe", "Ivan", "Nora", "Ken", "Rosa"]
+ITEMS = ["apples", "pencils", "cookies", "marbles", "stickers", "oranges", "books", "shells", "cards", "eggs"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # "arithmetic" | "word"
+    op: str
+    a: int
+    b: int
+
+    @property
+    def answer(self) -> int:
+        return self.a + self.b if self.op == "+" else self.a - self.b if self.op == "-" else self.a * self.b
+
+
+def _draw_problem(rng: random.Random, word_fraction: float) -> Problem:
+    kind = "word" if rng.random() < word_fraction else "arithmetic"
+    op = rng.choice("+-*")
+    if op == "+":
+        a, b = rng.randint(10, 99), rng.randint(10, 99) if kind == "arithmetic" else rng.randint(2, 30)
+    elif op == "-":
+        a = rng.randint(20, 99)
+        b = rng.randint(10, a - 1) if kind == "arithmetic" else rng.randint(1, min(30, a - 1))
+    else:
+        a, b = rng.randint(2, 12), rng.randint(2, 12)
+    return Problem(kind, op, a, b)
+
+
+def render(problem: Problem, template_id: int, rng: random.Random) -> str:
+    """The problem through surface template `template_id` (names/items drawn from `rng`)."""
+    if problem.kind == "arithmetic":
+        templates = ARITHMETIC_TEMPLATES[problem.op]
+        return templates[template_id % len(templates)].format(a=problem.a, b=problem.b)
+    templates = WORD_TEMPLATES[problem.op]
+    return templates[template_id % len(templates)].format(
+        a=problem.a, b=problem.b, name=rng.choice(NAMES), item=rng.choice(ITEMS)
+    )
+
+
+def builtin_problems(n: int, seed: int = 0, word_fraction: float = 0.3, exclude: set[str] | None = None) -> list[dict]:
+    """`n` distinct problems: dicts with `question`, `rephrased` (another template, other names and
+    items for word problems), `answer` (str), `kind`, `op`. Questions in `exclude` are skipped."""
+    rng = random.Random(seed)
+    seen = set(exclude or ())
+    out: list[dict] = []
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise RuntimeError(f"could not draw {n} distinct built-in problems")
+        problem = _draw_problem(rng, word_fraction)
+        templates = (ARITHMETIC_TEMPLATES if problem.kind == "arithmetic" else WORD_TEMPLATES)[problem.op]
+        first = rng.randrange(len(templates))
+        second = (first + rng.randrange(1, len(templates))) % len(templates)
+        question = render(problem, first, rng)
+        if question in seen:
+            continue
+        rephrased = render(problem, second, rng)
+        seen.add(question)
+        out.append({
+            "question": question, "rephrased": rephrased, "answer": str(problem.answer),
+            "kind": problem.kind, "op": problem.op,
+        })
+    return out
+
+
+def write_builtin_dataset(
+    out_dir: str | Path,
+    n_train: int = 512,
+    n_val: int = 64,
+    seed: int = 0,
+    system_prompt: str | None = ONE_SHOT_SYSTEM_PROMPT,
+    word_fraction: float = 0.3,
+) -> dict[str, Path]:
+    """Write `train.parquet`, `train_rewrite.parquet` (same indices and answers, other wording) and
+    `val.parquet` (questions not in train) in the verl schema. Returns {"train", "train_rewrite",
+    "val"} -> path. data_source is "builtin_arithmetic" or "builtin_word"."""
+    out = Path(out_dir)
+    train = builtin_problems(n_train, seed=seed, word_fraction=word_fraction)
+    val = builtin_problems(n_val, seed=seed + 1_000_003, word_fraction=word_fraction, exclude={p["question"] for p in train})
+
+    def rows(problems: list[dict], split: str, field: str) -> list[dict]:
+        return [
+            make_row(
+                p[field], p["answer"], index=i, split=split, data_source=f"builtin_{p['kind']}",
+                system_prompt=system_prompt, extra_info={"op": p["op"], "rephrased": field == "rephrased"},
+            )
+            for i, p in enumerate(problems)
+        ]
+
+    return {
+        "train": write_verl_parquet(rows(train, "train", "question"), out / "train.parquet"),
+        "train_rewrite": write_verl_parquet(rows(train, "train", "rephrased"), out / "train_rewrite.parquet"),
+        "val": write_verl_parquet(rows(val, "test", "question"), out / "val.parquet"),
+    }
+

@@ -1,0 +1,307 @@
+"""RL datasets over verl-schema parquet files, batching into `Batch`, and a resumable loader.
+
+- `RLDataset`: one prompt per item, chat template applied (add_generation_prompt=True), then the
+  `data.max_prompt_length` filter / truncation.
+- `PairedRLDataset` (Co-rewarding-I): one (original, rephrased) pair per item, built on
+  `load_pairs`; a pair is dropped when either side is too long.
+- `to_batch(items, pad_token_id)`: items -> `Batch` with left-padded `input_ids`, `attention_mask`
+  and the rows `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`.
+  A batch of B pairs becomes 2B prompt rows: **the B originals first, then the B rephrased
+  questions in the same pair order** (row i and row B+i share `pair_id`); rows `pair_id` and
+  `view` ("original" / "rephrased") say which is which.
+- `StatefulLoader`: deterministic shuffling per (seed, epoch), `state_dict()` / `load_state_dict()`
+  with (epoch, position) so a checkpoint resumes at the exact next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from corewarding.batch import Batch
+from corewarding.data.pairs import load_pairs
+from corewarding.data.schema import DataError, read_verl_parquet
+
+logger = logging.getLogger(__name__)
+
+TRUNCATION_MODES = ("error", "left", "right")
+ROW_KEYS = ("prompt_messages", "ground_truth", "data_source", "index", "uid")
+
+
+def _apply_template(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+    """Chat template (text) then tokenisation without extra special tokens: the token ids of the
+    generation prompt exactly as the template writes them."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template")
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _fit(ids: list[int], max_len: int, truncation: str, where: str) -> list[int]:
+    if len(ids) <= max_len:
+        return ids
+    if truncation == "left":
+        return ids[-max_len:]
+    if truncation == "right":
+        return ids[:max_len]
+    raise DataError(
+        f"{where}: prompt has {len(ids)} tokens > data.max_prompt_length={max_len} "
+        "(set data.filter_overlong_prompts=true or data.truncation=left|right)"
+    )
+
+
+def _check_truncation(truncation: str) -> None:
+    if truncation not in TRUNCATION_MODES:
+        raise ValueError(f"data.truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(tokenizer, "eos_token_id", None)
+    if pad is None:
+        raise DataError("tokenizer has neither a pad nor an EOS token")
+    return int(pad)
+
+
+class RLDataset:
+    """Prompts from verl-schema parquet file(s), tokenised with the model's chat template.
+
+    Items are dicts: `input_ids` (list[int]), `prompt_messages`, `ground_truth` (None only with
+    `require_ground_truth=False`), `data_source`, `index` (extra_info.index), `ability`,
+    `extra_info`, `uid` (a string unique in the dataset: "<data_source>/<index>" plus the file when
+    several files are given).
+    """
+
+    def __init__(
+        self,
+        files: str | Path | Sequence[str | Path],
+        tokenizer: Any,
+        max_prompt_length: int = 512,
+        prompt_key: str = "prompt",
+        filter_overlong_prompts: bool = True,
+        truncation: str = "error",
+        require_ground_truth: bool = True,
+        max_samples: int | None = None,
+    ) -> None:
+        _check_truncation(truncation)
+        self.tokenizer = tokenizer
+        self.pad_token_id = _pad_token_id(tokenizer)
+        self.max_prompt_length = max_prompt_length
+        frame = read_verl_parquet(files, prompt_key, require_ground_truth)
+        if max_samples is not None:
+            frame = frame.iloc[:max_samples]
+        ids = _apply_template(tokenizer, frame["prompt"].tolist())
+        several_files = frame["file"].nunique() > 1
+        items, dropped = [], 0
+        for i, rec in enumerate(frame.itertuples(index=False)):
+            if filter_overlong_prompts and len(ids[i]) > max_prompt_length:
+                dropped += 1
+                continue
+            uid = f"{rec.data_source}/{rec.index}"
+            if several_files:
+                uid = f"{Path(rec.file).name}:{uid}"
+            items.append({
+                "input_ids": _fit(ids[i], max_prompt_length, truncation, f"{rec.file}: row {rec.row}"),
+                "prompt_messages": rec.prompt,
+                "ground_truth": rec.ground_truth,
+                "data_source": rec.data_source,
+                "index": rec.index,
+                "ability": rec.ability,
+                "extra_info": rec.extra_info,
+                "uid": uid,
+            })
+        if dropped:
+            logger.info("RLDataset: dropped %d of %d prompts longer than %d tokens", dropped, len(frame), max_prompt_length)
+        if not items:
+            raise DataError(f"{files}: no prompts left (after the max_prompt_length={max_prompt_length} filter)")
+        self.items = items
+        self.num_filtered = dropped
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+class PairedRLDataset:
+    """Pairs (original, rephrased) for Co-rewarding-I, joined on extra_info.index by `load_pairs`.
+
+    Items: {"pair_id": index, "original": item, "rephrased": item} where each sub-item is like an
+    `RLDataset` item plus `pair_id` and `view`. The ground truth is shared by both views.
+    """
+
+    def __init__(
+        self,
+        original_files: str | Path | Sequence[str | Path],
+        rephrased_files: str | Path | Sequence[str | Path],
+        tokenizer: Any,
+        max_prompt_length: int = 512,
+        prompt_key: str = "prompt",
+        filter_overlong_prompts: bool = True,
+        truncation: str = "error",
+        require_ground_truth: bool = True,
+        max_samples: int | None = None,
+    ) -> None:
+        _check_truncation(truncation)
+        self.tokenizer = tokenizer
+        self.pad_token_id = _pad_token_id(tokenizer)
+        self.max_prompt_length = max_prompt_length
+        pairs = load_pairs(original_files, rephrased_files, prompt_key, require_ground_truth)
+        if max_samples is not None:
+            pairs = pairs.iloc[:max_samples]
+        ids_o = _apply_template(tokenizer, pairs["original_prompt"].tolist())
+        ids_r = _apply_template(tokenizer, pairs["rephrased_prompt"].tolist())
+        items, dropped = [], 0
+        for i, rec in enumerate(pairs.itertuples(index=False)):
+            if filter_overlong_prompts and max(len(ids_o[i]), len(ids_r[i])) > max_prompt_length:
+                dropped += 1
+                continue
+            item: dict[str, Any] = {"pair_id": rec.index}
+            for view, ids, messages in (("original", ids_o[i], rec.original_prompt), ("rephrased", ids_r[i], rec.rephrased_prompt)):
+                item[view] = {
+                    "input_ids": _fit(ids, max_prompt_length, truncation, f"pair with extra_info.index {rec.index} ({view})"),
+                    "prompt_messages": messages,
+                    "ground_truth": rec.ground_truth,
+                    "data_source": rec.data_source,
+                    "index": rec.index,
+                    "ability": rec.ability,
+                    "extra_info": rec.extra_info,
+                    "uid": f"{rec.data_source}/{rec.index}/{view}",
+                    "pair_id": rec.index,
+                    "view": view,
+                }
+            items.append(item)
+        if dropped or filter_overlong_prompts:
+            logger.info(
+                "PairedRLDataset: dropped %d of %d pairs with a side longer than %d tokens", dropped, len(pairs), max_prompt_length
+            )
+        if not items:
+            raise DataError(f"{original_files} + {rephrased_files}: no pairs left (after the length filter)")
+        self.items = items
+        self.num_filtered = dropped
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (input_ids, attention_mask) of shape (len(sequences), longest)."""
+    width = max((len(s) for s in sequences), default=0)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            input_ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+            attention_mask[row, width - len(seq):] = 1
+    return input_ids, attention_mask
+
+
+def to_batch(items: Sequence[dict[str, Any]], pad_token_id: int) -> Batch:
+    """Items of `RLDataset` or `PairedRLDataset` -> one `Batch` of prompts.
+
+    Tensors: `input_ids`, `attention_mask` (left-padded). Rows: `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`; for
+    pairs also `pair_id` and `view`: B pairs give 2B rows, originals first (rows 0..B-1) then the
+    rephrased twins in the same order (rows B..2B-1). meta["paired"] says which kind it is.
+    """
+    items = list(items)
+    if not items:
+        raise ValueError("to_batch needs at least one item")
+    paired = "original" in items[0]
+    prompts = [it["original"] for it in items] + [it["rephrased"] for it in items] if paired else items
+    input_ids, attention_mask = left_pad([p["input_ids"] for p in prompts], pad_token_id)
+    keys = ROW_KEYS + (("pair_id", "view") if paired else ())
+    rows = {key: [p[key] for p in prompts] for key in keys}
+    return Batch(
+        tensors={"input_ids": input_ids, "attention_mask": attention_mask},
+        rows=rows,
+        meta={"paired": paired},
+    )
+
+
+collate = to_batch
+
+
+class StatefulLoader:
+    """Deterministic, resumable batches over a dataset.
+
+    `for batch in loader` runs over what is left of the current epoch. The order of epoch e is a
+    permutation drawn from (seed, e) alone, so a resumed run sees the same batches. `position` is
+    the number of batches of the current epoch already handed out; it advances *before* a batch is
+    yielded, and after the last batch of an epoch the state is already (epoch + 1, 0): saving
+    `state_dict()` after training on a batch resumes at the next one.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if drop_last and len(dataset) < batch_size:
+            raise ValueError(
+                f"data.train_batch_size={batch_size} is larger than the dataset ({len(dataset)} items): no full batch"
+            )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        pad = getattr(dataset, "pad_token_id", 0)
+        self.collate_fn = collate_fn or (lambda items: to_batch(items, pad))
+        self.epoch = 0
+        self.position = 0
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self, epoch: int) -> list[int]:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return list(range(n))
+        return np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch, order = self.epoch, self.order(self.epoch)
+        while self.epoch == epoch and self.position < len(self):
+            start = self.position * self.batch_size
+            chosen = order[start:start + self.batch_size]
+            self.position += 1
+            if self.position >= len(self):
+                self.epoch, self.position = epoch + 1, 0
+            batch = self.collate_fn([self.dataset[i] for i in chosen])
+            if isinstance(batch, Batch):
+                batch.meta.update({"epoch": epoch, "batch_in_epoch": start // self.batch_size})
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.epoch, "position": self.position, "seed": self.seed,
+            "batch_size": self.batch_size, "dataset_size": len(self.dataset),
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("seed", "batch_size", "dataset_size"):
+            current = self.seed if key == "seed" else self.batch_size if key == "batch_size" else len(self.dataset)
+            if key in state and int(state[key]) != current:
+                raise ValueError(
+                    f"cannot resume the data loader: the checkpoint has {key}={state[key]} but this run has {current} "
+                    "(resume with the same data and batch size)"
+                )
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -1,0 +1,67 @@
+"""Preprocess a public math dataset into the verl parquet schema (SPEC.md section 3).
+
+    python scripts/preprocess.py math                       # hub -> data/math/{train,test}.parquet
+    python scripts/preprocess.py gsm8k --local_path ../shared/data/eval/gsm8k_test.jsonl --output_dir data/gsm8k
+    python scripts/preprocess.py builtin                    # the offline set -> data/builtin/{train,train_rewrite,val}.parquet
+
+Datasets: math (DigitalLearningGmbH/MATH-lighteval), dapo (open-r1/DAPO-Math-17k-Processed),
+openrs (knoveleng/open-rs), gsm8k (openai/gsm8k), math500 (HuggingFaceH4/MATH-500),
+amc (AI-MO/aimo-validation-amc), amc23 (math-ai/amc23), aime24 (HuggingFaceH4/aime_2024).
+Without --local_path the records come from the hub through `datasets` (needs network access).
+`builtin` writes the generated offline dataset (one-shot system prompt unless --system_prompt is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from corewarding.data.builtin import ONE_SHOT_SYSTEM_PROMPT, write_builtin_dataset  # noqa: E402
+from corewarding.data.preprocess import DATASETS, preprocess  # noqa: E402
+from corewarding.data.schema import SYSTEM_PROMPT, DataError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(DATASETS) + ["builtin"], help="which dataset")
+    parser.add_argument("--local_path", default=None, help="read this .parquet/.jsonl/.json instead of the hub")
+    parser.add_argument("--split", default=None, help="split to write (default: all hub splits, or inferred from --local_path)")
+    parser.add_argument("--output_dir", default=None, help="folder for <split>.parquet (default: data/<dataset>)")
+    parser.add_argument("--output", default=None, help="exact output file (one split)")
+    parser.add_argument("--system_prompt", default=None, help="system message (default: the paper's; '' for none)")
+    parser.add_argument("--limit", type=int, default=None, help="keep only the first N usable rows")
+    parser.add_argument("--n_train", type=int, default=512, help="builtin: training problems")
+    parser.add_argument("--n_val", type=int, default=64, help="builtin: validation problems")
+    parser.add_argument("--seed", type=int, default=0, help="builtin: generator seed")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.dataset == "builtin":
+        prompt = ONE_SHOT_SYSTEM_PROMPT if args.system_prompt is None else args.system_prompt or None
+        written = write_builtin_dataset(args.output_dir or "data/builtin", args.n_train, args.n_val, args.seed, prompt)
+        for name, path in written.items():
+            print(f"builtin/{name}: {path}")
+        return 0
+    try:
+        written = preprocess(
+            args.dataset,
+            output_dir=args.output_dir or Path("data") / args.dataset,
+            local_path=args.local_path,
+            split=args.split,
+            system_prompt=SYSTEM_PROMPT if args.system_prompt is None else args.system_prompt or None,
+            limit=args.limit,
+            output=args.output,
+        )
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for split, path in written.items():
+        print(f"{args.dataset}/{split}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The built-in offline dataset and the preprocessing scripts (on the files in ../shared/data)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from corewarding.data import (
+    ONE_SHOT_SYSTEM_PROMPT,
+    SYSTEM_PROMPT,
+    DataError,
+    builtin_problems,
+    load_pairs,
+    read_verl_parquet,
+    write_builtin_dataset,
+)
+from corewarding.data.preprocess import convert_records, gsm8k_answer, preprocess
+from corewarding.rewards import extract_boxed_answer
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _solve(question: str) -> int:
+    a, b = (int(x) for x in re.findall(r"\d+", question)[:2])
+    q = question.lower()
+    if "from" in q and ("subtract" in q):
+        return b - a
+    if "less than" in q:
+        return b - a
+    if any(w in q for w in (" - ", "minus", "away", "left", "remain", "not sold", "sold")):
+        return a - b
+    if any(w in q for w in ("*", "times", "product", "multiplied", "each", "every", "bags", "packs")):
+        return a * b
+    return a + b
+
+
+def test_builtin_problems_are_right_and_have_real_twins():
+    problems = builtin_problems(300, seed=0)
+    assert problems == builtin_problems(300, seed=0)
+    assert problems != builtin_problems(300, seed=1)
+    assert len({p["question"] for p in problems}) == 300
+    for p in problems:
+        assert p["question"] != p["rephrased"]
+        assert _solve(p["question"]) == _solve(p["rephrased"]) == int(p["answer"]), p
+    kinds = {p["kind"] for p in problems}
+    assert kinds == {"arithmetic", "word"}
+
+
+def test_one_shot_prompt():
+    assert ONE_SHOT_SYSTEM_PROMPT.endswith("The answer is \\boxed{68}.")
+    assert extract_boxed_answer(ONE_SHOT_SYSTEM_PROMPT) == "68"
+
+
+def test_write_builtin_dataset(tmp_path):
+    paths = write_builtin_dataset(tmp_path, n_train=64, n_val=16, seed=3)
+    assert set(paths) == {"train", "train_rewrite", "val"}
+    train, val = read_verl_parquet(paths["train"]), read_verl_parquet(paths["val"])
+    assert len(train) == 64 and len(val) == 16
+    assert train["prompt"][0][0] == {"role": "system", "content": ONE_SHOT_SYSTEM_PROMPT}
+    assert not {m[-1]["content"] for m in train["prompt"]} & {m[-1]["content"] for m in val["prompt"]}
+    pairs = load_pairs(paths["train"], paths["train_rewrite"])
+    assert len(pairs) == 64
+    assert all(o[-1]["content"] != r[-1]["content"] for o, r in zip(pairs["original_prompt"], pairs["rephrased_prompt"]))
+    again = write_builtin_dataset(tmp_path / "again", n_train=64, n_val=16, seed=3, system_prompt=SYSTEM_PROMPT)
+    again_train = read_verl_parquet(again["train"])
+    assert [m[-1] for m in again_train["prompt"]] == [m[-1] for m in train["prompt"]]
+    assert again_train["prompt"][0][0]["content"] == SYSTEM_PROMPT
+
+
+@pytest.mark.parametrize(
+    "name, source, split, count, known",
+    [
+        ("gsm8k", "eval/gsm8k_test.jsonl", "test", 1319, {0: "18", 1: "3"}),
+        ("math500", "eval/math500_test.jsonl", "test", 500, {0: "\\left( 3, \\frac{\\pi}{2} \\right)"}),
+        ("amc", "eval/amc_test.parquet", "test", 83, {0: "142"}),
+        ("aime24", "eval/aime24_test.jsonl", "test", 30, {0: "204"}),
+        ("amc23", "eval/amc23_test.jsonl", "test", 40, {0: "27"}),
+        ("dapo", "dapo/train.parquet", "train", 14116, {0: "34"}),
+        ("math", "math/test.parquet", "test", 5000, {0: "2"}),
+    ],
+)
+def test_preprocess_shared_files(shared_data, tmp_path, name, source, split, count, known):
+    path = preprocess(name, tmp_path, local_path=shared_data / source)[split]
+    assert path == tmp_path / f"{split}.parquet"
+    frame = read_verl_parquet(path, require_index=True)
+    assert len(frame) == count
+    assert frame["index"].is_unique
+    assert set(frame["split"]) == {split} and set(frame["data_source"]) == {name}
+    assert all(p[0] == {"role": "system", "content": SYSTEM_PROMPT} and p[1]["role"] == "user" for p in frame["prompt"])
+    for row, answer in known.items():
+        assert frame["ground_truth"][row] == answer
+    raw = pd.read_parquet(path)
+    assert set(raw.columns) >= {"prompt", "data_source", "ability", "reward_model", "extra_info"}
+    assert raw["reward_model"][0]["style"] == "rule"
+
+
+def test_preprocess_cli(shared_data, tmp_path):
+    out = tmp_path / "gsm8k.parquet"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "preprocess.py"), "gsm8k", "--local_path",
+         str(shared_data / "eval" / "gsm8k_train.jsonl"), "--output", str(out), "--limit", "50"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    frame = read_verl_parquet(out)
+    assert len(frame) == 50 and frame["ground_truth"][0] == "72" and set(frame["split"]) == {"train"}
+
+
+def test_preprocess_cli_builtin_and_errors(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("preprocess_script", REPO / "scripts" / "preprocess.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["builtin", "--output_dir", str(tmp_path / "b"), "--n_train", "12", "--n_val", "4"]) == 0
+    assert len(load_pairs(tmp_path / "b" / "train.parquet", tmp_path / "b" / "train_rewrite.parquet")) == 12
+    assert read_verl_parquet(tmp_path / "b" / "val.parquet")["prompt"][0][0]["content"] == ONE_SHOT_SYSTEM_PROMPT
+    assert script.main(["gsm8k", "--local_path", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_answer_extraction_from_raw_records():
+    assert gsm8k_answer({"answer": "so 1,234 total\n#### 1,234"}) == "1234"
+    assert gsm8k_answer({"answer": "no marker"}) is None
+    raw_math = [
+        {"problem": "Compute $1+1$.", "solution": "Clearly $1+1=\\boxed{2}$.", "level": "Level 1", "type": "Algebra"},
+        {"problem": "Nested?", "solution": "So the answer is $\\boxed{\\frac{1}{2}}$."},
+        {"problem": "No answer", "solution": "We give up."},
+    ]
+    rows = convert_records("math", raw_math, "train")
+    assert [r["reward_model"]["ground_truth"] for r in rows] == ["2", "\\frac{1}{2}"]
+    assert [r["extra_info"]["index"] for r in rows] == [0, 1]
+    assert rows[0]["extra_info"]["level"] == "Level 1"
+    openrs = convert_records("openrs", [{"problem": "p", "solution": "s", "answer": "7", "level": 2}], "train")
+    assert openrs[0]["reward_model"]["ground_truth"] == "7"
+    dapo = convert_records("dapo", [{"prompt": "What is x?", "solution": "5", "data_source": "math_dapo"}], "train")
+    assert dapo[0]["prompt"][1]["content"] == "What is x?" and dapo[0]["reward_model"]["ground_truth"] == "5"
+    with pytest.raises(DataError, match="unknown dataset"):
+        preprocess("nope", "/tmp/never-written")

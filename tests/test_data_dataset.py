@@ -1,0 +1,207 @@
+"""RLDataset / PairedRLDataset / to_batch / StatefulLoader, with the SmolLM2 tokenizer."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from corewarding.batch import Batch
+from corewarding.data import (
+    ONE_SHOT_SYSTEM_PROMPT,
+    DataError,
+    PairedRLDataset,
+    RLDataset,
+    StatefulLoader,
+    make_row,
+    to_batch,
+    write_builtin_dataset,
+    write_verl_parquet,
+)
+from corewarding.data.preprocess import preprocess
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def builtin(tmp_path_factory):
+    return write_builtin_dataset(tmp_path_factory.mktemp("builtin"), n_train=40, n_val=8, seed=0)
+
+
+def _expected_ids(tokenizer, messages):
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_rl_dataset_items(tokenizer, builtin):
+    ds = RLDataset(builtin["train"], tokenizer, max_prompt_length=256)
+    assert len(ds) == 40
+    item = ds[3]
+    assert item["prompt_messages"][0] == {"role": "system", "content": ONE_SHOT_SYSTEM_PROMPT}
+    assert item["input_ids"] == _expected_ids(tokenizer, item["prompt_messages"])
+    assert tokenizer.decode(item["input_ids"]).endswith("<|im_start|>assistant\n")
+    assert item["index"] == 3 and item["ground_truth"].lstrip("-").isdigit()
+    assert item["data_source"] in {"builtin_arithmetic", "builtin_word"}
+    assert len({it["uid"] for it in ds.items}) == len(ds)
+
+
+def _long_file(tmp_path, lengths):
+    rows = [make_row(" ".join(["apple"] * n) + " ?", str(i), index=i, split="train", data_source="t") for i, n in enumerate(lengths)]
+    return write_verl_parquet(rows, tmp_path / "long.parquet")
+
+
+def test_length_filter_and_truncation(tokenizer, tmp_path, caplog):
+    path = _long_file(tmp_path, [5, 200, 5])
+    limit = 100
+    with caplog.at_level(logging.INFO, logger="corewarding.data.dataset"):
+        ds = RLDataset(path, tokenizer, max_prompt_length=limit)
+    assert [it["index"] for it in ds.items] == [0, 2] and ds.num_filtered == 1
+    assert any("dropped 1 of 3 prompts longer than 100" in r.getMessage() for r in caplog.records)
+
+    with pytest.raises(DataError, match=r"long\.parquet: row 1: prompt has \d+ tokens > data\.max_prompt_length=100"):
+        RLDataset(path, tokenizer, max_prompt_length=limit, filter_overlong_prompts=False, truncation="error")
+    full = _expected_ids(tokenizer, RLDataset(path, tokenizer, 10_000).items[1]["prompt_messages"])
+    left = RLDataset(path, tokenizer, limit, filter_overlong_prompts=False, truncation="left").items[1]["input_ids"]
+    right = RLDataset(path, tokenizer, limit, filter_overlong_prompts=False, truncation="right").items[1]["input_ids"]
+    assert left == full[-limit:] and right == full[:limit]
+    with pytest.raises(ValueError, match="truncation"):
+        RLDataset(path, tokenizer, limit, truncation="middle")
+
+
+def test_label_free_dataset(tokenizer, tmp_path):
+    rows = [make_row("What is 1 + 1?", None, index=0, split="train", data_source="t")]
+    path = write_verl_parquet(rows, tmp_path / "nogt.parquet")
+    with pytest.raises(DataError, match="row 0, column 'reward_model.ground_truth'"):
+        RLDataset(path, tokenizer, 128)
+    assert RLDataset(path, tokenizer, 128, require_ground_truth=False)[0]["ground_truth"] is None
+
+
+def test_rl_dataset_on_preprocessed_math500(tokenizer, shared_data, tmp_path):
+    path = preprocess("math500", tmp_path, local_path=shared_data / "eval" / "math500_test.jsonl")["test"]
+    ds = RLDataset(path, tokenizer, max_prompt_length=4096)
+    assert len(ds) == 500
+    assert ds[0]["ground_truth"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+
+
+def test_to_batch_left_pads(tokenizer, builtin):
+    ds = RLDataset(builtin["train"], tokenizer, 256)
+    items = [ds[i] for i in range(4)]
+    batch = to_batch(items, pad_token_id=ds.pad_token_id)
+    assert isinstance(batch, Batch) and len(batch) == 4
+    assert set(batch.tensors) == {"input_ids", "attention_mask"}
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape == mask.shape == (4, max(len(it["input_ids"]) for it in items))
+    for row, it in enumerate(items):
+        n = len(it["input_ids"])
+        assert ids[row, -n:].tolist() == it["input_ids"]
+        assert mask[row].tolist() == [0] * (ids.shape[1] - n) + [1] * n
+        assert (ids[row, : ids.shape[1] - n] == ds.pad_token_id).all()
+    assert batch["index"] == [0, 1, 2, 3]
+    assert batch["ground_truth"] == [it["ground_truth"] for it in items]
+    assert batch["prompt_messages"][2] == items[2]["prompt_messages"]
+    assert batch.meta["paired"] is False
+
+
+def test_paired_dataset_and_batch(tokenizer, builtin):
+    ds = PairedRLDataset(builtin["train"], builtin["train_rewrite"], tokenizer, 256)
+    assert len(ds) == 40
+    item = ds[5]
+    assert item["pair_id"] == item["original"]["index"] == item["rephrased"]["index"] == 5
+    assert item["original"]["prompt_messages"] != item["rephrased"]["prompt_messages"]
+    assert item["original"]["ground_truth"] == item["rephrased"]["ground_truth"]
+    batch = to_batch([ds[i] for i in (7, 2, 9)], ds.pad_token_id)
+    assert len(batch) == 6 and batch.meta["paired"]
+    assert batch["pair_id"] == [7, 2, 9, 7, 2, 9]
+    assert batch["view"] == ["original"] * 3 + ["rephrased"] * 3
+    assert batch["ground_truth"][:3] == batch["ground_truth"][3:]
+    assert len(set(batch["uid"])) == 6
+    assert batch["input_ids"][4, -len(ds[2]["rephrased"]["input_ids"]):].tolist() == ds[2]["rephrased"]["input_ids"]
+
+
+def test_paired_length_filter_drops_pair_when_either_side_is_long(tokenizer, tmp_path, caplog):
+    short = lambda i: make_row(f"What is {i} + 1?", str(i + 1), index=i, split="train", data_source="t")  # noqa: E731
+    long = lambda i: make_row("apple " * 300 + f"{i}?", str(i + 1), index=i, split="train", data_source="t")  # noqa: E731
+    original = write_verl_parquet([short(0), long(1), short(2)], tmp_path / "o.parquet")
+    rephrased = write_verl_parquet([short(0), short(1), long(2)], tmp_path / "r.parquet")
+    with caplog.at_level(logging.INFO, logger="corewarding.data.dataset"):
+        ds = PairedRLDataset(original, rephrased, tokenizer, max_prompt_length=128)
+    assert [it["pair_id"] for it in ds.items] == [0]
+    assert any("dropped 2 of 3 pairs" in r.getMessage() for r in caplog.records)
+
+
+class _Items:
+    def __init__(self, n):
+        self.items = [{"input_ids": [1] * (1 + i % 3), "prompt_messages": [], "ground_truth": str(i), "data_source": "t",
+                       "index": i, "uid": f"t/{i}"} for i in range(n)]
+        self.pad_token_id = 0
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def _indices(batches):
+    return [b["index"] for b in batches]
+
+
+def test_loader_epochs_are_permutations_and_deterministic():
+    data = _Items(10)
+    loader = StatefulLoader(data, batch_size=3, shuffle=True, seed=1)
+    assert len(loader) == 3
+    epoch0 = _indices(loader)
+    epoch1 = _indices(loader)
+    assert len(epoch0) == 3 and all(len(b) == 3 for b in epoch0)
+    assert len({i for b in epoch0 for i in b}) == 9  # drop_last: one item left out
+    assert epoch0 != epoch1
+    again = StatefulLoader(data, batch_size=3, shuffle=True, seed=1)
+    assert _indices(again) == epoch0 and _indices(again) == epoch1
+    assert _indices(StatefulLoader(data, 3, shuffle=False)) == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert _indices(StatefulLoader(data, 4, shuffle=False, drop_last=False))[-1] == [8, 9]
+
+
+def test_loader_resumes_at_the_exact_batch():
+    data = _Items(11)
+    straight = StatefulLoader(data, batch_size=2, seed=7)
+    reference = [_indices(straight) for _ in range(3)]
+    flat = [b for epoch in reference for b in epoch]
+    for stop in range(1, len(flat)):  # stop after `stop` batches, save, resume in a new loader
+        first = StatefulLoader(data, batch_size=2, seed=7)
+        seen = []
+        while len(seen) < stop:
+            for batch in first:
+                seen.append(batch["index"])
+                if len(seen) == stop:
+                    break
+        state = first.state_dict()
+        second = StatefulLoader(data, batch_size=2, seed=7)
+        second.load_state_dict(state)
+        while second.epoch < 3:
+            seen.extend(_indices(second))
+        assert seen == flat, stop
+    # after the last batch of an epoch the state already points at the next epoch
+    loader = StatefulLoader(data, batch_size=2, seed=7)
+    _indices(loader)
+    assert loader.state_dict()["epoch"] == 1 and loader.state_dict()["position"] == 0
+
+
+def test_loader_state_mismatch_is_an_error():
+    loader = StatefulLoader(_Items(10), batch_size=2)
+    with pytest.raises(ValueError, match="batch_size=4"):
+        loader.load_state_dict({**loader.state_dict(), "batch_size": 4})
+    with pytest.raises(ValueError, match="larger than the dataset"):
+        StatefulLoader(_Items(3), batch_size=4)
+
+
+def test_loader_yields_batches_of_pairs(tokenizer, builtin):
+    ds = PairedRLDataset(builtin["train"], builtin["train_rewrite"], tokenizer, 256)
+    batch = next(iter(StatefulLoader(ds, batch_size=4, seed=0)))
+    assert len(batch) == 8 and batch["pair_id"][:4] == batch["pair_id"][4:]
+    assert batch["input_ids"].dtype == torch.long and batch.meta["epoch"] == 0

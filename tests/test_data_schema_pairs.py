@@ -1,0 +1,129 @@
+"""verl-schema reading with validation, and `load_pairs` on the real DAPO / MATH files."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+
+from corewarding.data import SYSTEM_PROMPT, DataError, load_pairs, make_row, read_verl_parquet, write_verl_parquet
+from corewarding.data.preprocess import preprocess
+
+
+def _rows(answers, start=0, question="What is {i} + 1?"):
+    return [make_row(question.format(i=i), a, index=start + i, split="train", data_source="t") for i, a in enumerate(answers)]
+
+
+def test_system_prompt_is_the_papers():
+    assert SYSTEM_PROMPT == "Let's think step by step and output the final answer within \\boxed{}."
+
+
+def test_round_trip(tmp_path):
+    path = write_verl_parquet(_rows(["1", "2"]), tmp_path / "a.parquet")
+    frame = read_verl_parquet(path)
+    assert frame["ground_truth"].tolist() == ["1", "2"]
+    assert frame["index"].tolist() == [0, 1]
+    assert frame["prompt"][0] == [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "What is 0 + 1?"}]
+    assert frame["split"].tolist() == ["train", "train"]
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pd.DataFrame(_rows(["1"])).drop(columns=["reward_model"]).to_parquet(path)
+    with pytest.raises(DataError, match=r"bad\.parquet.*missing column.*reward_model"):
+        read_verl_parquet(path)
+    # label-free methods may read it
+    assert read_verl_parquet(path, require_ground_truth=False)["ground_truth"].tolist() == [None]
+    with pytest.raises(DataError, match=r"bad\.parquet.*'question'"):
+        read_verl_parquet(path, prompt_key="question")
+
+
+def test_row_without_ground_truth_names_file_row_column(tmp_path):
+    path = write_verl_parquet(_rows(["1", "2", None, ""]), tmp_path / "gt.parquet")
+    with pytest.raises(DataError, match=r"gt\.parquet: row 2, column 'reward_model\.ground_truth'"):
+        read_verl_parquet(path)
+    frame = read_verl_parquet(path, require_ground_truth=False)
+    assert frame["ground_truth"].tolist() == ["1", "2", None, None]
+
+
+def test_bad_prompt_names_row(tmp_path):
+    rows = _rows(["1", "2"])
+    rows[1]["prompt"] = [{"role": "system", "content": "only a system message"}]
+    path = write_verl_parquet(rows, tmp_path / "p.parquet")
+    with pytest.raises(DataError, match=r"p\.parquet: row 1, column 'prompt': no user message"):
+        read_verl_parquet(path)
+
+
+def test_release_math_file_has_two_rows_without_answer(shared_data):
+    # The release's MATH train file has empty ground truths at rows 5341 and 5343: the reader says
+    # so instead of training on them; scripts/preprocess.py drops them.
+    with pytest.raises(DataError, match=r"train\.parquet: row 5341, column 'reward_model\.ground_truth'"):
+        read_verl_parquet(shared_data / "math" / "train.parquet")
+
+
+def test_load_pairs_dapo(shared_data, caplog):
+    original = shared_data / "dapo" / "train.parquet"
+    rephrased = shared_data / "dapo" / "train_rewrite_Qwen3-32B.parquet"
+    with caplog.at_level(logging.INFO, logger="corewarding.data.pairs"):
+        pairs = load_pairs(original, rephrased)
+    assert len(pairs) == 14109
+    assert {"index", "ground_truth", "original_prompt", "rephrased_prompt", "data_source"} <= set(pairs.columns)
+    assert pairs["index"].is_unique
+    assert any("dropped 7 originals without a rewrite and 0 rewrites" in r.getMessage() for r in caplog.records)
+
+    # Every pair matches both files on the index (not on the position) and has one ground truth.
+    raw_o, raw_r = pd.read_parquet(original), pd.read_parquet(rephrased)
+    by_index_o = {e["index"]: (p[-1]["content"], rm["ground_truth"]) for e, p, rm in zip(raw_o.extra_info, raw_o.prompt, raw_o.reward_model)}
+    by_index_r = {e["index"]: (p[-1]["content"], rm["ground_truth"]) for e, p, rm in zip(raw_r.extra_info, raw_r.prompt, raw_r.reward_model)}
+    for rec in pairs.itertuples():
+        assert rec.original_prompt[-1]["content"] == by_index_o[rec.index][0]
+        assert rec.rephrased_prompt[-1]["content"] == by_index_r[rec.index][0]
+        assert rec.ground_truth == by_index_o[rec.index][1] == by_index_r[rec.index][1]
+    # By position the files disagree from row 1308 on; by index they do not.
+    assert raw_o.extra_info[1308]["index"] != raw_r.extra_info[1308]["index"]
+    assert 1308 not in set(pairs["index"])
+
+
+def test_load_pairs_math(shared_data, tmp_path, caplog):
+    # Originals preprocessed from the release file (2 rows without an answer dropped) + its rewrites.
+    originals = preprocess("math", tmp_path, local_path=shared_data / "math" / "train.parquet")["train"]
+    with caplog.at_level(logging.INFO, logger="corewarding.data.pairs"):
+        pairs = load_pairs(originals, shared_data / "math" / "train_rewrite_Qwen3-32B.parquet")
+    assert len(pairs) == 7498
+    assert not {5341, 5343} & set(pairs["index"])
+    assert any("dropped 0 originals without a rewrite and 2 rewrites" in r.getMessage() for r in caplog.records)
+    assert pairs.loc[pairs["index"] == 0, "ground_truth"].item() == "0"
+
+
+def test_load_pairs_joins_on_index_not_position(tmp_path, caplog):
+    original = write_verl_parquet(_rows(["10", "11", "12", "13"]), tmp_path / "o.parquet")
+    rewrites = _rows(["10", "11", "12", "13"], question="Rewritten {i}")
+    rewrites = [rewrites[3], rewrites[1], rewrites[0]]  # reordered, index 2 missing
+    rewrites.append(make_row("orphan", "99", index=42, split="train", data_source="t"))
+    rephrased = write_verl_parquet(rewrites, tmp_path / "r.parquet")
+    with caplog.at_level(logging.INFO, logger="corewarding.data.pairs"):
+        pairs = load_pairs(original, rephrased)
+    assert pairs["index"].tolist() == [0, 1, 3]  # order of the originals
+    assert [p[-1]["content"] for p in pairs["rephrased_prompt"]] == ["Rewritten 0", "Rewritten 1", "Rewritten 3"]
+    assert pairs["ground_truth"].tolist() == ["10", "11", "13"]
+    assert any("dropped 1 originals without a rewrite and 1 rewrites without an original" in r.getMessage() for r in caplog.records)
+
+
+def test_load_pairs_errors(tmp_path):
+    original = write_verl_parquet(_rows(["1", "2"]), tmp_path / "o.parquet")
+    same_number = write_verl_parquet(_rows(["1.0", "2"]), tmp_path / "same.parquet")
+    assert load_pairs(original, same_number)["ground_truth"].tolist() == ["1", "2"]  # "1" == "1.0"
+    differing = write_verl_parquet(_rows(["1", "3"]), tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=r"extra_info\.index 1: ground truths differ"):
+        load_pairs(original, differing)
+    duplicated = write_verl_parquet(_rows(["1", "2"]) + _rows(["2"], start=1), tmp_path / "dup.parquet")
+    with pytest.raises(DataError, match=r"dup\.parquet: duplicate extra_info\.index 1"):
+        load_pairs(original, duplicated)
+    no_index = tmp_path / "noindex.parquet"
+    pd.DataFrame(_rows(["1"])).drop(columns=["extra_info"]).to_parquet(no_index)
+    with pytest.raises(DataError, match=r"noindex\.parquet.*extra_info"):
+        load_pairs(original, no_index)
+    # Several files: indices must be unique across them.
+    with pytest.raises(DataError, match=r"index 0 appears in several original files"):
+        load_pairs([original, write_verl_parquet(_rows(["1"]), tmp_path / "o2.parquet")], original)
