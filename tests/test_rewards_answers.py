@@ -225,9 +225,21 @@ def test_process_backend_agrees_with_signal_backend(monkeypatch):
 def test_results_are_cached():
     answers_mod.clear_cache()
     answers_equivalent("0.5", r"\frac12")
-    before = answers_mod._equivalent_normalised.cache_info().hits
+    before = answers_mod._RESULTS.hits
     answers_equivalent(" 0.5 ", r"\dfrac12")  # same normalised pair
-    assert answers_mod._equivalent_normalised.cache_info().hits == before + 1
+    assert answers_mod._RESULTS.hits == before + 1
+
+
+def test_timed_out_check_is_not_cached(monkeypatch):
+    """A timeout (e.g. a CPU starved by other work) must not become a permanent false negative."""
+    answers_mod.clear_cache()
+    outcomes = iter([None, True])  # first call times out, the retry succeeds
+    monkeypatch.setattr(answers_mod, "_check_with_alarm", lambda pred, gold, timeout: next(outcomes))
+    monkeypatch.setattr(answers_mod._WORKER, "check", lambda pred, gold, timeout: next(outcomes))
+    assert answers_equivalent("0.25", r"\frac{1}{4}") is False
+    assert answers_equivalent("0.25", r"\frac{1}{4}") is True
+    assert answers_equivalent("0.25", r"\frac{1}{4}") is True  # now cached: no third check
+    answers_mod.clear_cache()
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ goes through three layers:
    the next call. A subprocess is the only limit that also stops C-level work a signal cannot
    interrupt. Calls from several threads are serialised by a lock.
 
-A timed-out or failed check counts as "not equivalent". Results are cached on the normalised pair.
+A timed-out or failed check counts as "not equivalent". Definite results are cached on the normalised pair (timeouts are not).
 The limit is wall-clock time, ``DEFAULT_TIMEOUT`` = 1 s (env ``COREWARDING_VERIFY_TIMEOUT``): an
 ordinary check takes ~5 ms, but on a heavily oversubscribed CPU a legitimate check can pass 1 s.
 """
@@ -45,7 +45,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from functools import lru_cache
 from typing import Iterable, NamedTuple, Sequence
 
 DEFAULT_TIMEOUT = float(os.environ.get("COREWARDING_VERIFY_TIMEOUT", "1.0"))  # seconds, wall clock
@@ -196,7 +195,8 @@ def _alarm_handler(signum, frame):  # pragma: no cover - runs only on a timeout
     raise _Timeout()
 
 
-def _check_with_alarm(pred: str, gold: str, timeout: float) -> bool:
+def _check_with_alarm(pred: str, gold: str, timeout: float) -> bool | None:
+    """math-verify under a SIGALRM timer; None when the time limit was hit."""
     _load_math_verify()
     old_handler = signal.getsignal(signal.SIGALRM)
     start = time.monotonic()
@@ -208,7 +208,7 @@ def _check_with_alarm(pred: str, gold: str, timeout: float) -> bool:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
     except _Timeout:
-        result = False
+        result = None
     except Exception:
         result = False
     finally:
@@ -294,7 +294,8 @@ class _VerifyWorker:
                         pass
             self._proc = None
 
-    def check(self, pred: str, gold: str, timeout: float) -> bool:
+    def check(self, pred: str, gold: str, timeout: float) -> bool | None:
+        """math-verify in the worker process; None when the time limit was hit."""
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
@@ -309,7 +310,7 @@ class _VerifyWorker:
             if line is None:  # timed out (or died): a fresh worker next time
                 self.stop()
                 self.restarts += 1
-                return False
+                return None
             return line == b"1"
 
 
@@ -325,7 +326,29 @@ def _backend() -> str:
     return "signal" if in_main and hasattr(signal, "setitimer") else "process"
 
 
-@lru_cache(maxsize=1 << 16)
+class _ResultCache:
+    """Definite math-verify results keyed on the normalised pair (timed-out checks are not kept:
+    a timeout caused by a starved CPU must not turn into a permanent false negative)."""
+
+    def __init__(self, max_size: int = 1 << 16) -> None:
+        self.max_size = max_size
+        self.results: dict[tuple[str, str], bool] = {}
+        self.hits = 0
+
+    def get(self, key: tuple[str, str]) -> bool | None:
+        result = self.results.get(key)
+        self.hits += result is not None
+        return result
+
+    def put(self, key: tuple[str, str], result: bool) -> None:
+        if len(self.results) >= self.max_size:
+            self.results.clear()
+        self.results[key] = result
+
+
+_RESULTS = _ResultCache()
+
+
 def _equivalent_normalised(pred: str, gold: str, timeout: float) -> bool:
     if not pred or not gold:
         return False
@@ -333,9 +356,15 @@ def _equivalent_normalised(pred: str, gold: str, timeout: float) -> bool:
         return True
     if not (_verifiable(pred) and _verifiable(gold)):
         return False
-    if _backend() == "signal":
-        return _check_with_alarm(pred, gold, timeout)
-    return _WORKER.check(pred, gold, timeout)
+    cached = _RESULTS.get((pred, gold))
+    if cached is not None:
+        return cached
+    check = _check_with_alarm if _backend() == "signal" else _WORKER.check
+    result = check(pred, gold, timeout)
+    if result is None:
+        return False
+    _RESULTS.put((pred, gold), result)
+    return result
 
 
 def answers_equivalent(a: str | None, b: str | None, timeout: float | None = None) -> bool:
@@ -344,10 +373,8 @@ def answers_equivalent(a: str | None, b: str | None, timeout: float | None = Non
     Order: None / empty -> False; equal after `normalize_answer` -> True; too long or too deeply
     nested for math-verify -> False; otherwise math-verify (each side wrapped in ``$...$``) under
     a hard `timeout` in seconds (None: the module's `DEFAULT_TIMEOUT`, 1 s unless the environment
-    sets ``COREWARDING_VERIFY_TIMEOUT``; see the module docstring). Cached on the normalised pair,
-    timed-out checks included (a pair that timed out once stays "not equivalent" in this process:
-    bounded cost per step, at the price of a false negative if the timeout came from a CPU
-    starved for other reasons - raise the timeout on oversubscribed machines).
+    sets ``COREWARDING_VERIFY_TIMEOUT``; see the module docstring). Definite results are cached on
+    the normalised pair; a timed-out check returns False and is tried again next time.
 
     Decisions (inherited from math-verify, pinned by tests): ``x=3`` == ``3``; ``10\\%`` == ``10``
     but != ``0.1``; ``1,2`` == ``2,1`` (comma lists compare as sets); ``\\pi`` != ``3.14``.
@@ -360,7 +387,7 @@ def _timeout(timeout: float | None) -> float:
 
 
 def clear_cache() -> None:
-    _equivalent_normalised.cache_clear()
+    _RESULTS.results.clear()
 
 
 # --------------------------------------------------------------------------------------------
