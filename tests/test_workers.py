@@ -306,7 +306,10 @@ def test_update_actor_matches_single_process(setup):
     expected = {k: v for k, v in model.state_dict().items() if k in after}
     assert metrics["actor/grad_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-4)
     assert max((after[k] - before[k]).abs().max().item() for k in after) > 1e-4  # the weights moved
-    assert_states_close(after, expected, atol=1e-5)
+    # Adam's first steps move every weight by about LR whatever the gradient's size, so a weight
+    # whose gradient is near Adam's eps amplifies the different summation order of the two-rank
+    # reduce-scatter: allow 2 % of one step (seen: 1.7e-5 on 1 of 6.3M weights).
+    assert_states_close(after, expected, atol=0.02 * LR)
     assert group.call_all("get_versions")[0]["policy"] == 1
 
 

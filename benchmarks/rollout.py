@@ -1,0 +1,141 @@
+"""Rollout throughput of vLLM vs transformers on the same prompts and settings, and the time of a
+full-model weight push into each engine.
+
+    python benchmarks/rollout.py                      # SmolLM2-135M-Instruct, 16 prompts x 4, 128 tokens
+    python benchmarks/rollout.py --prompts 8 --n 2 --max-tokens 64 --json out.json
+
+tokens/s counts generated tokens (up to and including the stop token) over wall time; the HF engine
+keeps stepping a micro-batch until its longest row ends, vLLM stops each sequence on its own, so on
+sampled runs the two also differ in wasted work. The weight push is the full state dict (fp32, as
+the trainer gathers it) streamed layer by layer; the first push is a warm-up and the median of
+`--push-repeats` is reported. Each engine runs in this process, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+QUESTIONS = [
+    "What is {a} plus {b}?",
+    "Write a short sentence about the number {a}.",
+    "Is {a} larger than {b}? Explain briefly.",
+    "What is {a} times {b}? Think step by step.",
+]
+
+
+def build_prompts(tokenizer, count: int) -> list[list[int]]:
+    prompts = []
+    for i in range(count):
+        text = QUESTIONS[i % len(QUESTIONS)].format(a=3 + 7 * i, b=11 + 5 * i)
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        prompts.append(list(ids))
+    return prompts
+
+
+def time_generate(engine, prompts, settings) -> dict:
+    engine.generate(prompts[:1], settings.__class__(**{**settings.__dict__, "n": 1, "max_new_tokens": 4}))  # warm-up
+    started = time.perf_counter()
+    outputs = engine.generate(prompts, settings)
+    seconds = time.perf_counter() - started
+    tokens = sum(len(o.token_ids) for o in outputs)
+    return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
+            "stopped": sum(o.finish_reason == "stop" for o in outputs) / len(outputs)}
+
+
+def time_push(engine, state: dict, repeats: int) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        engine.load_weights(iter(state.items()))
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:]) if repeats > 0 else times[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M-Instruct, prepared offline)")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--n", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on GPU")
+    parser.add_argument("--hf-micro-batch", type=int, default=32)
+    parser.add_argument("--push-repeats", type=int, default=3)
+    parser.add_argument("--engines", default="vllm,hf")
+    parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="vLLM KV cache on CPU")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from corewarding.model_zoo import prepare_smollm2
+    from corewarding.workers.rollout import eos_token_ids, resolve_dtype
+    from corewarding.workers.rollout.base import SamplingSettings
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+    model_path = Path(args.model) if args.model else prepare_smollm2()
+    dtype = resolve_dtype(args.dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = build_prompts(tokenizer, args.prompts)
+    settings = SamplingSettings(n=args.n, temperature=args.temperature, max_new_tokens=args.max_tokens, seed=0)
+    state = {k: v.to(dtype) for k, v in AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).state_dict().items()}
+    results: dict = {
+        "model": str(model_path), "device": device, "dtype": str(dtype).removeprefix("torch."),
+        "prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens, "temperature": args.temperature,
+        "push_mb": sum(t.numel() * t.element_size() for t in state.values()) / 2**20, "engines": {},
+    }
+
+    for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        started = time.perf_counter()
+        if name == "vllm":
+            from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
+
+            engine = VLLMRolloutEngine(
+                str(model_path), dtype=results["dtype"], max_model_len=1024, kv_cache_gb=args.kv_cache_gb,
+                max_num_seqs=256, max_num_batched_tokens=8192, gpu_memory_utilization=0.5,
+            )
+        elif name == "hf":
+            from corewarding.workers.rollout.hf_engine import HFRolloutEngine
+
+            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            engine = HFRolloutEngine(model, int(pad), eos_token_ids(tokenizer, model_path), micro_batch_size=args.hf_micro_batch)
+        else:
+            raise SystemExit(f"unknown engine {name!r}")
+        start_s = time.perf_counter() - started
+        gen = time_generate(engine, prompts, settings)
+        push_s = time_push(engine, state, args.push_repeats)
+        results["engines"][name] = {"start_s": start_s, **gen, "push_s": push_s}
+        del engine
+        print(f"[{name}] done: {gen['tokens_per_s']:.1f} tokens/s, push {push_s:.2f} s", file=sys.stderr, flush=True)
+
+    print(f"\nmodel {Path(results['model']).name} on {device} ({results['dtype']}), {args.prompts} prompts x n={args.n}, "
+          f"<= {args.max_tokens} new tokens, T={args.temperature}; weight push = full model ({results['push_mb']:.0f} MB)")
+    header = f"{'engine':<8}{'start s':>9}{'tokens':>9}{'gen s':>9}{'tokens/s':>10}{'stopped':>9}{'push s':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results["engines"].items():
+        print(f"{name:<8}{r['start_s']:>9.1f}{r['tokens']:>9d}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}"
+              f"{r['stopped']:>9.0%}{r['push_s']:>9.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

