@@ -1,0 +1,442 @@
+"""Evaluate a model or one of our checkpoints on math benchmarks: pass@1, avg@k, maj@k, pass@k.
+
+    python -m corewarding.eval --model checkpoints/co-rewarding/run1 --benchmarks math500,gsm8k,amc \\
+        --k 8 --temperature 0.8 --max_tokens 3072 --output_dir outputs/eval/run1
+
+Every question is sampled k times with the chat template of the model's tokenizer applied to the
+row's prompt messages; the last `\\boxed{}` of each response is graded against
+`reward_model.ground_truth` with the reward library's math equivalence (math-verify).
+
+Per benchmark:
+  pass@1          mean over questions of the fraction of the k samples that are correct
+  avg@k           the same number under the name the paper uses for AMC (avg@8)
+  maj@k           the majority answer of the k samples (reward library's vote, math equivalence;
+                  empty answers never win) graded against the ground truth
+  pass@k          a question counts when any of its k samples is correct
+  answer_present  fraction of samples with a non-empty \\boxed{} answer
+
+Writes `summary.json` and `samples.jsonl` (one line per sample) into --output_dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from corewarding import rewards
+
+logger = logging.getLogger(__name__)
+
+# Benchmark name -> parquet paths tried in order under --data_dir (the first that exists wins).
+# `scripts/preprocess.py NAME --local_path ...` writes data/NAME/test.parquet (see the README).
+BENCHMARK_FILES: dict[str, tuple[str, ...]] = {
+    name: (f"{name}/test.parquet", f"eval/{name}.parquet", f"eval/{name}_test.parquet")
+    for name in ("math500", "gsm8k", "amc", "amc23", "aime24", "math")
+}
+DEFAULT_BENCHMARKS = "math500,gsm8k,amc"
+
+
+class EvalError(ValueError):
+    """A bad argument or input file; the message says what to fix."""
+
+
+# ----------------------------------------------------------------------------- scoring (pure)
+
+
+@dataclass
+class GradedSample:
+    response: str
+    answer: str | None
+    correct: bool
+
+
+@dataclass
+class QuestionScore:
+    """The k samples of one question, graded."""
+
+    n_samples: int
+    n_correct: int
+    n_present: int
+    majority_answer: str | None
+    majority_ratio: float
+    majority_correct: bool
+
+    @property
+    def mean_correct(self) -> float:
+        return self.n_correct / self.n_samples if self.n_samples else 0.0
+
+    @property
+    def any_correct(self) -> bool:
+        return self.n_correct > 0
+
+
+VERIFY_TIMEOUT_S = 5.0  # per math-verify check: evaluation is off the hot path, so be generous
+
+
+def grade_response(response: str, ground_truth: str) -> GradedSample:
+    """Extract the last \\boxed{} answer of a response and grade it against the ground truth."""
+    answer = rewards.extract_boxed_answer(response)
+    if answer is not None and not str(answer).strip():
+        answer = None
+    correct = bool(answer is not None and rewards.answers_equivalent(answer, ground_truth, timeout=VERIFY_TIMEOUT_S))
+    return GradedSample(response=response, answer=answer, correct=correct)
+
+
+def score_question(answers: Sequence[str | None], correct: Sequence[bool], ground_truth: str) -> QuestionScore:
+    """Score one question's k samples: correctness per sample is given; the majority answer of the
+    extracted answers (math equivalence, empty answers never win) is graded here."""
+    if len(answers) != len(correct):
+        raise ValueError(f"{len(answers)} answers but {len(correct)} correctness flags")
+    present = [a for a in answers if a is not None and str(a).strip()]
+    vote = rewards.majority_vote(list(answers), equivalence="math")
+    label = vote.label if vote.label is not None and str(vote.label).strip() else None
+    majority_correct = bool(label is not None and rewards.answers_equivalent(label, ground_truth, timeout=VERIFY_TIMEOUT_S))
+    return QuestionScore(
+        n_samples=len(answers),
+        n_correct=sum(bool(c) for c in correct),
+        n_present=len(present),
+        majority_answer=label,
+        majority_ratio=float(vote.ratio) if label is not None else 0.0,
+        majority_correct=majority_correct,
+    )
+
+
+def aggregate(scores: Sequence[QuestionScore]) -> dict[str, float | int]:
+    """Benchmark metrics from per-question scores. All accuracies are fractions in [0, 1]."""
+    if not scores:
+        raise ValueError("no questions to aggregate")
+    ks = {s.n_samples for s in scores}
+    k = ks.pop() if len(ks) == 1 else max(ks)
+    n = len(scores)
+    pass1 = sum(s.mean_correct for s in scores) / n
+    total_samples = sum(s.n_samples for s in scores)
+    return {
+        "n_questions": n,
+        "k": k,
+        "pass@1": pass1,
+        f"avg@{k}": pass1,
+        f"maj@{k}": sum(s.majority_correct for s in scores) / n,
+        f"pass@{k}": sum(s.any_correct for s in scores) / n,
+        "answer_present": sum(s.n_present for s in scores) / total_samples if total_samples else 0.0,
+    }
+
+
+def score_samples(
+    responses: Sequence[Sequence[str]], ground_truths: Sequence[str]
+) -> tuple[dict[str, float | int], list[list[GradedSample]], list[QuestionScore]]:
+    """Grade k responses for each question and aggregate: `responses[i]` are the samples of the
+    question whose ground truth is `ground_truths[i]`. Returns (metrics, graded, per-question)."""
+    if len(responses) != len(ground_truths):
+        raise ValueError(f"{len(responses)} response groups but {len(ground_truths)} ground truths")
+    graded = [[grade_response(r, gt) for r in group] for group, gt in zip(responses, ground_truths)]
+    scores = [
+        score_question([g.answer for g in group], [g.correct for g in group], gt)
+        for group, gt in zip(graded, ground_truths)
+    ]
+    return aggregate(scores), graded, scores
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def resolve_benchmark(spec: str, data_dir: str | Path = "data") -> tuple[str, Path]:
+    """A benchmark name from BENCHMARK_FILES or a path to a verl-schema parquet -> (name, path)."""
+    spec = spec.strip()
+    path = Path(spec).expanduser()
+    if spec.endswith(".parquet") or path.is_file():
+        if not path.is_file():
+            raise EvalError(f"{path}: file not found")
+        name = path.stem
+        if name in ("test", "train", "validation") and path.parent.name:
+            name = f"{path.parent.name}_{name}" if name != "test" else path.parent.name
+        return name, path
+    key = spec.lower()
+    if key not in BENCHMARK_FILES:
+        raise EvalError(f"unknown benchmark {spec!r}: use one of {sorted(BENCHMARK_FILES)} or a path to a parquet file")
+    data_dir = Path(data_dir).expanduser()
+    for candidate in BENCHMARK_FILES[key]:
+        if (data_dir / candidate).is_file():
+            return key, data_dir / candidate
+    tried = ", ".join(str(data_dir / c) for c in BENCHMARK_FILES[key])
+    raise EvalError(
+        f"benchmark {spec!r}: none of {tried} exists; preprocess it first (`python scripts/preprocess.py {key} "
+        f"--output_dir {data_dir / key}`, with --local_path FILE when offline) or pass --data_dir / a parquet path"
+    )
+
+
+@dataclass
+class Benchmark:
+    name: str
+    path: Path
+    questions: list[str]
+    ground_truths: list[str]
+    indices: list[int]
+    messages: list[list[dict[str, str]]]
+    k: int = 1
+    prompt_ids: list[list[int]] = field(default_factory=list)
+
+
+def parse_benchmark_spec(spec: str, default_k: int) -> tuple[str, int]:
+    """`amc:8` -> ("amc", 8); `gsm8k` -> ("gsm8k", default_k)."""
+    spec = spec.strip()
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.isdigit() and head:
+        if int(tail) < 1:
+            raise EvalError(f"{spec!r}: k must be at least 1")
+        return head, int(tail)
+    return spec, default_k
+
+
+def load_benchmark(name: str, path: Path, limit: int | None = None) -> Benchmark:
+    from corewarding.data.schema import read_verl_parquet, user_content
+
+    frame = read_verl_parquet(path)
+    if limit is not None and limit > 0:
+        frame = frame.head(limit)
+    messages = list(frame["prompt"])
+    return Benchmark(
+        name=name,
+        path=path,
+        questions=[user_content(m) for m in messages],
+        ground_truths=[str(g) for g in frame["ground_truth"]],
+        indices=[int(i) for i in frame["index"]],
+        messages=messages,
+    )
+
+
+def apply_chat_template(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Prompt token ids: the tokenizer's chat template with the generation prompt, or (for a base
+    model without a template) the messages' contents joined by blank lines."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def eos_token_ids(tokenizer: Any, model_path: Path) -> list[int]:
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    config_path = model_path / "generation_config.json"
+    if config_path.is_file():
+        eos = json.loads(config_path.read_text()).get("eos_token_id")
+        for token in eos if isinstance(eos, list) else [eos]:
+            if token is not None and int(token) not in ids:
+                ids.append(int(token))
+    return ids
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+def _default_dtype(device: str) -> str:
+    return "bfloat16" if device == "cuda" else "float32"
+
+
+def make_engine(args: argparse.Namespace, model_path: Path, tokenizer: Any, max_model_len: int):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype if args.dtype != "auto" else _default_dtype(device)
+    if args.backend == "vllm":
+        from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
+
+        return VLLMRolloutEngine(
+            str(model_path),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enforce_eager=args.enforce_eager,
+            seed=args.seed,
+        )
+    from transformers import AutoModelForCausalLM
+
+    from corewarding.workers.rollout.hf_engine import HFRolloutEngine
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
+    eos = eos_token_ids(tokenizer, model_path)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    return HFRolloutEngine(model, pad_token_id=pad, eos_token_ids=eos, micro_batch_size=args.batch_size * args.k)
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _batches(n: int, size: int) -> Iterable[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from corewarding.export import resolve_model_path
+    from corewarding.workers.rollout.base import SamplingSettings
+
+    if args.k < 1:
+        raise EvalError("--k must be at least 1")
+    if args.batch_size is None:
+        args.batch_size = 256 if args.backend == "vllm" else 8
+    model_path = resolve_model_path(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    names = [b for b in args.benchmarks.split(",") if b.strip()]
+    if not names:
+        raise EvalError("--benchmarks is empty")
+    benchmarks = []
+    for item in names:
+        spec, k = parse_benchmark_spec(item, args.k)
+        name, path = resolve_benchmark(spec, args.data_dir)
+        bench = load_benchmark(name, path, args.limit)
+        bench.k = k
+        bench.prompt_ids = [apply_chat_template(tokenizer, m) for m in bench.messages]
+        benchmarks.append(bench)
+    longest = max(len(p) for b in benchmarks for p in b.prompt_ids)
+    max_model_len = args.max_model_len or longest + args.max_tokens
+    if longest + args.max_tokens > max_model_len:
+        raise EvalError(f"--max_model_len {max_model_len} < longest prompt {longest} + --max_tokens {args.max_tokens}")
+
+    started = time.time()
+    engine = make_engine(args, model_path, tokenizer, max_model_len)
+    logger.info("engine %s ready in %.1fs", args.backend, time.time() - started)
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {
+        "model": str(args.model),
+        "model_path": str(model_path),
+        "backend": args.backend,
+        "k": args.k,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "limit": args.limit,
+        "benchmarks": {},
+    }
+    samples_path = output_dir / "samples.jsonl"
+    with samples_path.open("w") as samples_file:
+        for bench in benchmarks:
+            t0 = time.time()
+            responses: list[list[str]] = []
+            lengths: list[int] = []
+            truncated = 0
+            bar = tqdm(total=len(bench.prompt_ids), desc=f"{bench.name} (k={bench.k})", unit="q", file=sys.stderr)
+            for start, end in _batches(len(bench.prompt_ids), args.batch_size):
+                sampling = SamplingSettings(
+                    n=bench.k,
+                    temperature=args.temperature,
+                    top_p=args.top_p,
+                    max_new_tokens=args.max_tokens,
+                    seed=args.seed + start * bench.k,  # vLLM: question g's sample j uses seed + g * k + j
+                )
+                outputs = engine.generate(bench.prompt_ids[start:end], sampling)
+                for q in range(end - start):
+                    group = outputs[q * bench.k : (q + 1) * bench.k]
+                    responses.append([tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in group])
+                    lengths.extend(len(o.token_ids) for o in group)
+                    truncated += sum(o.finish_reason == "length" for o in group)
+                bar.update(end - start)
+            bar.close()
+            metrics, graded, scores = score_samples(responses, bench.ground_truths)
+            metrics.update(
+                {
+                    "file": str(bench.path),
+                    "mean_response_tokens": sum(lengths) / len(lengths),
+                    "truncated": truncated / len(lengths),
+                    "seconds": time.time() - t0,
+                }
+            )
+            summary["benchmarks"][bench.name] = metrics
+            for i, (group, score) in enumerate(zip(graded, scores)):
+                for j, sample in enumerate(group):
+                    record = {
+                        "benchmark": bench.name,
+                        "index": bench.indices[i],
+                        "sample": j,
+                        "question": bench.questions[i],
+                        "response": sample.response,
+                        "extracted_answer": sample.answer,
+                        "ground_truth": bench.ground_truths[i],
+                        "correct": sample.correct,
+                        "majority_answer": score.majority_answer,
+                    }
+                    samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            samples_file.flush()
+    summary["seconds"] = time.time() - started
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary))
+    print(f"wrote {output_dir / 'summary.json'} and {samples_path}")
+    return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Text table of a summary, accuracies in %; avg/maj/pass@k use each benchmark's own k."""
+    columns = ["pass@1", "avg@k", "maj@k", "pass@k", "answer_present"]
+    header = ["benchmark", "n", "k"] + columns
+    rows = []
+    for name, m in summary["benchmarks"].items():
+        k = m["k"]
+        cells = [f"{100 * m[c.replace('@k', f'@{k}')]:.2f}" for c in columns]
+        rows.append([name, str(m["n_questions"]), str(k)] + cells)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    mapping = "\n".join(f"  {name:8s} {' | '.join(paths)}" for name, paths in BENCHMARK_FILES.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m corewarding.eval",
+        description=__doc__.split("\n\n")[0],
+        epilog=f"Benchmark names and the files they read under --data_dir (first that exists):\n{mapping}\n"
+        "Any other value of --benchmarks is taken as a path to a verl-schema parquet file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="HF folder, a global_step_N checkpoint dir, or a run dir with latest_checkpointed_iteration.txt")
+    parser.add_argument(
+        "--benchmarks",
+        default=DEFAULT_BENCHMARKS,
+        help=f"comma-separated names or parquet paths, each optionally NAME:K for its own k, e.g. "
+        f"math500,gsm8k,amc:8 (the paper's setting with --k 1; default {DEFAULT_BENCHMARKS})",
+    )
+    parser.add_argument("--data_dir", default="data", help="folder of the preprocessed files (default data/)")
+    parser.add_argument("--k", type=int, default=1, help="samples per question unless NAME:K says otherwise (default 1)")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--max_tokens", type=int, default=3072, help="max new tokens per response")
+    parser.add_argument("--max_model_len", type=int, default=None, help="vLLM context length (default: longest prompt + max_tokens)")
+    parser.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions of each benchmark")
+    parser.add_argument("--output_dir", default="outputs/eval", help="where summary.json and samples.jsonl go")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=None, help="questions per generate call (default 256 vllm, 8 hf)")
+    parser.add_argument("--gpu_memory_utilization", type=float, default=0.85, help="vLLM on GPU: fraction of GPU memory it may take (one GPU per eval)")
+    parser.add_argument("--no_enforce_eager", dest="enforce_eager", action="store_false", help="let vLLM use CUDA graphs (faster on GPU, slower start)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from corewarding.data.schema import DataError
+    from corewarding.export import CheckpointError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return evaluate(args)
+    except (EvalError, CheckpointError, DataError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Turn a saved training checkpoint into a plain HF folder (safetensors + config + tokenizer).
+
+Checkpoint layout written by the trainer::
+
+    <run_dir>/
+      latest_checkpointed_iteration.txt      the step of the newest complete checkpoint
+      global_step_N/
+        actor/        HF folder of the policy (config.json, *.safetensors, tokenizer files)
+        ref/          the reference model (the EMA teacher in Co-rewarding-II): model.safetensors
+                      (or an HF folder of its own)
+        ...           optimizer, scheduler, dataloader and RNG states (not exported)
+
+`export_checkpoint(src, out_dir, which="actor")` accepts the run dir, a `global_step_N` dir or an
+HF folder and writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` and
+`vllm.LLM(model=...)` load. Tensors are streamed file by file (never the whole model twice in
+memory); a tied `lm_head.weight` that FSDP's full state dict carries is dropped, as
+`save_pretrained` does.
+
+    python -m corewarding.export checkpoints/co-rewarding/run1 --out exported/run1
+    python -m corewarding.export checkpoints/co-rewarding/run1/global_step_40 --which ref --out exported/teacher
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+STEP_DIR = re.compile(r"^global_step_(\d+)$")
+
+# Everything of an HF folder that is not a weight file: config, generation config, tokenizer.
+META_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
+# Prefixes that wrappers (FSDP1, DDP, torch.compile) put in front of parameter names.
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "module.", "_orig_mod.")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CheckpointError(ValueError):
+    """A path is neither an HF folder nor a checkpoint of ours; the message says what was expected."""
+
+
+def is_hf_folder(path: Path) -> bool:
+    if not (path / "config.json").is_file():
+        return False
+    return any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+
+
+def resolve_step_dir(path: str | Path) -> Path:
+    """A run dir (via `latest_checkpointed_iteration.txt`, else its newest complete `global_step_N`)
+    or a `global_step_N` dir -> the `global_step_N` dir."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if (path / "actor").is_dir():
+        return path
+    latest = path / LATEST_FILE
+    if latest.is_file():
+        text = latest.read_text().strip()
+        if not text.isdigit():
+            raise CheckpointError(f"{latest}: expected a step number, found {text[:40]!r}")
+        step_dir = path / f"global_step_{int(text)}"
+        if not (step_dir / "actor").is_dir():
+            raise CheckpointError(f"{latest} names step {text} but {step_dir}/actor is missing")
+        return step_dir
+    steps = sorted(
+        (int(m.group(1)), child)
+        for child in path.iterdir()
+        if child.is_dir() and (m := STEP_DIR.match(child.name)) and (child / "actor").is_dir()
+    )
+    if steps:
+        return steps[-1][1]
+    raise CheckpointError(
+        f"{path}: not a checkpoint: expected an HF folder (config.json + *.safetensors), a global_step_N "
+        f"folder with actor/ in it, or a run folder with {LATEST_FILE}"
+    )
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """Any model argument -> an HF folder that transformers / vLLM can load directly.
+
+    An HF folder is returned as it is; for a checkpoint (run dir or step dir) the policy's
+    `global_step_N/actor/` folder. (The reference model has no config of its own: export it.)"""
+    path = Path(path).expanduser()
+    if path.is_dir() and is_hf_folder(path):
+        return path
+    step_dir = resolve_step_dir(path)
+    actor = step_dir / "actor"
+    if not is_hf_folder(actor):
+        raise CheckpointError(f"{actor}: expected an HF folder (config.json + *.safetensors)")
+    return actor
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{folder}: no *.safetensors weight file")
+    return files
+
+
+def _clean_name(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, changed = name[len(prefix) :], True
+    return name.replace("._fsdp_wrapped_module", "").replace("._orig_mod", "")
+
+
+def _copy_meta(src: Path, out: Path) -> None:
+    for name in META_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+    if not (out / "config.json").is_file():
+        raise CheckpointError(f"{src}: no config.json")
+
+
+def _write_weights(weight_files: list[Path], out: Path, tied: bool, dtype: str | None) -> list[str]:
+    """Stream tensors file by file into out/; returns the output file names."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    target = getattr(torch, dtype) if dtype else None
+    names: list[str] = []
+    index: dict[str, str] = {}
+    total_size = 0
+    multi = len(weight_files) > 1
+    for number, path in enumerate(weight_files, start=1):
+        tensors = {}
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                name = _clean_name(key)
+                if tied and name == "lm_head.weight":
+                    continue
+                tensor = handle.get_tensor(key)
+                if target is not None and tensor.is_floating_point():
+                    tensor = tensor.to(target)
+                tensors[name] = tensor.contiguous()
+        if not tensors:
+            continue
+        file_name = f"model-{number:05d}-of-{len(weight_files):05d}.safetensors" if multi else "model.safetensors"
+        save_file(tensors, str(out / file_name), metadata={"format": "pt"})
+        names.append(file_name)
+        for name, tensor in tensors.items():
+            index[name] = file_name
+            total_size += tensor.numel() * tensor.element_size()
+        del tensors
+    if not names:
+        raise CheckpointError(f"no tensors in {[str(p) for p in weight_files]}")
+    if len(names) > 1:
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total_size}, "weight_map": dict(sorted(index.items()))}, indent=2)
+        )
+    elif names[0] != "model.safetensors":
+        (out / names[0]).rename(out / "model.safetensors")
+        names = ["model.safetensors"]
+    return names
+
+
+def export_checkpoint(
+    src: str | Path,
+    out_dir: str | Path,
+    which: str = "actor",
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a plain HF folder for the policy (`which="actor"`) or the reference / EMA teacher
+    (`which="ref"`) of a checkpoint. `src` is a run dir, a `global_step_N` dir or (actor only) an
+    HF folder. `dtype` (float32 | bfloat16 | float16) casts floating-point weights; None keeps them.
+    The folder is written to a temp dir and renamed, so a crash never leaves half a model."""
+    if which not in ("actor", "ref"):
+        raise CheckpointError(f"which must be 'actor' or 'ref', got {which!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    src = Path(src).expanduser()
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise CheckpointError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+
+    if src.is_dir() and is_hf_folder(src) and not (src / "actor").is_dir():
+        if which == "ref":
+            raise CheckpointError(f"{src} is an HF folder, not a checkpoint: it has no reference model")
+        meta_dir, weight_dir = src, src
+    else:
+        step_dir = resolve_step_dir(src)
+        meta_dir = step_dir / "actor"
+        weight_dir = step_dir / which
+        if not weight_dir.is_dir():
+            raise CheckpointError(f"{step_dir}: no {which}/ folder")
+        if which == "ref" and (weight_dir / "config.json").is_file():
+            meta_dir = weight_dir  # a ref saved as a full HF folder brings its own config
+    if any(meta_dir.glob("pytorch_model*.bin")) and not any(weight_dir.glob("*.safetensors")):
+        raise CheckpointError(f"{weight_dir}: only .bin weights; re-save with safetensors")
+
+    config = json.loads((meta_dir / "config.json").read_text())
+    tied = bool(config.get("tie_word_embeddings", False))
+
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _copy_meta(meta_dir, tmp)
+        _write_weights(_weight_files(weight_dir), tmp, tied, dtype)
+        if dtype is not None:
+            config["torch_dtype"] = dtype
+            if "dtype" in config:
+                config["dtype"] = dtype
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m corewarding.export",
+        description="Export a training checkpoint (run dir or global_step_N dir) as a plain HF folder "
+        "(safetensors + config + tokenizer) that transformers and vLLM load.",
+    )
+    parser.add_argument("src", help="run dir (uses latest_checkpointed_iteration.txt), global_step_N dir, or HF folder")
+    parser.add_argument("--out", "--out_dir", dest="out", required=True, help="output folder")
+    parser.add_argument("--which", choices=["actor", "ref"], default="actor", help="policy (actor) or reference / EMA teacher (ref)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast floating-point weights (default: keep)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    args = parser.parse_args(argv)
+    try:
+        out = export_checkpoint(args.src, args.out, which=args.which, dtype=args.dtype, overwrite=args.overwrite)
+    except CheckpointError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""A markdown table across runs and benchmarks from `python -m corewarding.eval` summaries,
+shaped like the paper's Table 1: rows = methods (optionally in groups, e.g. per base model and
+training set), columns = benchmarks, values in %, the best of each column (within its group) in
+bold, an average column.
+
+    python scripts/compare_runs.py --runs "Before RL=outputs/eval/base" "GT-Reward=outputs/eval/gt" \\
+        "Co-rewarding-II=outputs/eval/co2" --baseline "Before RL" --out figs/table1.md
+
+A run is `NAME=PATH` or a PATH (name = its folder); PATH is a summary.json or the folder holding
+one. `GROUP::NAME=PATH` puts the row under a group heading. The metric of a column is pass@1,
+except AMC columns, which use avg@k as the paper does (avg@8 with --k 8 in the eval); change it
+with --metric (e.g. `--metric maj@k`, or per benchmark `--metric amc=avg@k`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+PRETTY = {"math500": "MATH500", "gsm8k": "GSM8K", "amc": "AMC", "amc23": "AMC23", "aime24": "AIME24", "math": "MATH"}
+
+
+def parse_run_arg(text: str) -> tuple[str | None, str, Path]:
+    group = None
+    spec = text
+    if "::" in spec and not Path(spec).exists():
+        group, spec = spec.split("::", 1)
+    if "=" in spec and not Path(spec).exists():
+        name, path = spec.split("=", 1)
+        return group, name, _summary_file(Path(path))
+    path = _summary_file(Path(spec))
+    return group, path.parent.name, path
+
+
+def _summary_file(path: Path) -> Path:
+    path = path.expanduser()
+    if path.is_dir():
+        path = path / "summary.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no such summary file (run python -m corewarding.eval first)")
+    return path
+
+
+def default_metric(benchmark: str) -> str:
+    return "avg@k" if benchmark.lower().startswith("amc") else "pass@1"
+
+
+def cell_value(summary: dict[str, Any], benchmark: str, metric: str) -> tuple[float | None, str]:
+    """(value in %, metric name with k filled in) of one benchmark of one summary."""
+    metrics = summary.get("benchmarks", {}).get(benchmark)
+    if metrics is None:
+        return None, metric
+    k = metrics.get("k", summary.get("k", 1))
+    name = metric.replace("@k", f"@{k}")
+    value = metrics.get(name)
+    return (100.0 * float(value) if value is not None else None), name
+
+
+def markdown_table(
+    runs: list[tuple[str | None, str, dict[str, Any]]],
+    benchmarks: list[str] | None = None,
+    metrics: dict[str, str] | None = None,
+    digits: int = 1,
+    average: bool = True,
+    baseline: str | None = None,
+    bold_best: bool = True,
+) -> str:
+    """runs: (group or None, row name, summary dict). metrics: benchmark -> metric ("pass@1",
+    "avg@k", "maj@k", "pass@k"; "*" for every benchmark)."""
+    metrics = metrics or {}
+    if benchmarks is None:
+        benchmarks = []
+        for _, _, summary in runs:
+            for name in summary.get("benchmarks", {}):
+                if name not in benchmarks:
+                    benchmarks.append(name)
+    chosen = {b: metrics.get(b, metrics.get("*", default_metric(b))) for b in benchmarks}
+
+    # values[row][col]; the header shows the metric with k filled in from the first run that has it
+    header_metric = {b: None for b in benchmarks}
+    values: list[list[float | None]] = []
+    for _, _, summary in runs:
+        row = []
+        for b in benchmarks:
+            value, metric_name = cell_value(summary, b, chosen[b])
+            if value is not None and header_metric[b] is None:
+                header_metric[b] = metric_name
+            row.append(value)
+        if average:
+            present = [v for v in row if v is not None]
+            row.append(sum(present) / len(present) if len(present) == len(benchmarks) and present else None)
+        values.append(row)
+    columns = [f"{PRETTY.get(b, b)} ({header_metric[b] or chosen[b]})" for b in benchmarks]
+    if average:
+        columns.append("Avg")
+
+    groups = [g for g, _, _ in runs]
+    best: dict[tuple[str | None, int], float] = {}
+    for g, row in zip(groups, values):
+        for c, v in enumerate(row):
+            if v is not None and (best.get((g, c)) is None or v > best[(g, c)]):
+                best[(g, c)] = v
+    base_rows = {g: values[i] for i, (g, name, _) in enumerate(runs) if baseline is not None and name == baseline}
+
+    lines = ["| Method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    last_group: object = object()
+    for (group, name, _), row in zip(runs, values):
+        if group != last_group and group is not None:
+            lines.append(f"| ***{group}*** |" + " |" * len(columns))
+        last_group = group
+        cells = []
+        base = base_rows.get(group)
+        for c, v in enumerate(row):
+            if v is None:
+                cells.append("–")
+                continue
+            text = f"{v:.{digits}f}"
+            if bold_best and len(runs) > 1 and abs(v - best[(group, c)]) < 0.5 * 10**-digits:
+                text = f"**{text}**"
+            if base is not None and name != baseline and base[c] is not None:
+                text += f" ({v - base[c]:+.{digits}f})"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_metrics(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        if "=" in item:
+            bench, metric = item.split("=", 1)
+            out[bench.strip().lower()] = metric.strip()
+        else:
+            out["*"] = item.strip()
+    for metric in out.values():
+        if metric not in ("pass@1", "avg@k", "maj@k", "pass@k", "answer_present") and "@" not in metric:
+            raise SystemExit(f"error: unknown metric {metric!r} (pass@1, avg@k, maj@k, pass@k, answer_present)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", help="summary.json files or eval output dirs")
+    parser.add_argument("--runs", nargs="+", default=[], help="[GROUP::]NAME=PATH (summary.json or its folder)")
+    parser.add_argument("--benchmarks", default=None, help="comma-separated column order (default: all, first seen)")
+    parser.add_argument("--metric", nargs="+", default=[], help="pass@1 | avg@k | maj@k | pass@k, or BENCH=METRIC")
+    parser.add_argument("--baseline", default=None, help="row name to show differences against (e.g. 'Before RL')")
+    parser.add_argument("--digits", type=int, default=1)
+    parser.add_argument("--no_average", dest="average", action="store_false", help="leave out the Avg column")
+    parser.add_argument("--no_bold", dest="bold", action="store_false", help="do not bold the best value per column")
+    parser.add_argument("--out", default=None, help="also write the table to this file")
+    args = parser.parse_args(argv)
+    specs = [parse_run_arg(p) for p in args.runs + args.paths]
+    if not specs:
+        parser.error("give at least one summary (positional or --runs)")
+    runs = [(group, name, json.loads(path.read_text())) for group, name, path in specs]
+    benchmarks = [b.strip() for b in args.benchmarks.split(",")] if args.benchmarks else None
+    table = markdown_table(runs, benchmarks, parse_metrics(args.metric), args.digits, args.average, args.baseline, args.bold)
+    print(table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Training curves of one or more runs from their metrics.jsonl files, as one PNG.
+
+    python scripts/plot_curves.py --runs co-II=checkpoints/co-rewarding/co2/metrics.jsonl \\
+        maj=checkpoints/co-rewarding/maj/metrics.jsonl --out figs/curves.png
+    python scripts/plot_curves.py checkpoints/co-rewarding/*/metrics.jsonl   # names from the folders
+
+Panels (a panel no run has data for is left out): validation accuracy, reward, pseudo-label
+accuracy (vs the ground truth), entropy, response length; x axis: training step; one line per run
+(per validation data source when a run logs several). A run dir may be given instead of its
+metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+# Panel title -> key patterns tried in order; the first pattern that matches any key of a run is
+# used for that run (a pattern may match several keys, e.g. one per validation data source).
+PANELS: list[tuple[str, tuple[str, ...]]] = [
+    ("validation accuracy", (r"^val/acc$", r"^val[-/].*(acc|score|reward/mean)[^/]*$", r"^val.*acc")),
+    ("reward", (r"^reward/mean$", r"^critic/score/mean$", r"^critic/rewards/mean$", r"^reward$")),
+    ("pseudo-label accuracy", (r"^reward/pseudo_label_acc$", r"pseudo_label.*acc")),
+    ("entropy", (r"^actor/entropy$", r"^actor/entropy.*mean", r"(^|/)entropy$")),
+    ("response length", (r"^response_length/mean$", r"response_length.*mean", r"^response_length$")),
+]
+STEP_KEYS = ("step", "global_step", "_step", "training/global_step")
+
+
+def parse_run_arg(text: str) -> tuple[str, Path]:
+    """`name=path` or a path (the name is the folder holding metrics.jsonl)."""
+    if "=" in text and not Path(text).exists():
+        name, path = text.split("=", 1)
+        return name, _metrics_file(Path(path))
+    path = _metrics_file(Path(text))
+    return path.parent.name or path.stem, path
+
+
+def _metrics_file(path: Path) -> Path:
+    path = path.expanduser()
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: no such metrics file")
+    return path
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file; a truncated last line (run still writing) is skipped."""
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"warning: {path}:{number}: not JSON, skipped", file=sys.stderr)
+    return entries
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def series(entries: list[dict[str, Any]], patterns: tuple[str, ...]) -> dict[str, tuple[list[float], list[float]]]:
+    """key -> (steps, values) for the first pattern that matches a numeric key of these entries.
+    A step logged twice (a resumed run) keeps its last value."""
+    keys: list[str] = []
+    for entry in entries:
+        for key in entry:
+            if key not in keys and key not in STEP_KEYS:
+                keys.append(key)
+    for pattern in patterns:
+        regex = re.compile(pattern)
+        matched = [k for k in keys if regex.search(k)]
+        out = {}
+        for key in matched:
+            points: dict[float, float] = {}
+            for position, entry in enumerate(entries):
+                value = _number(entry.get(key))
+                if value is None:
+                    continue
+                step = next((_number(entry[s]) for s in STEP_KEYS if s in entry), None)
+                points[step if step is not None else float(position)] = value
+            if points:
+                steps = sorted(points)
+                out[key] = (steps, [points[s] for s in steps])
+        if out:
+            return out
+    return {}
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    if weight <= 0:
+        return values
+    out, last = [], values[0]
+    for value in values:
+        last = weight * last + (1 - weight) * value
+        out.append(last)
+    return out
+
+
+def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothing: float = 0.0, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for panel_title, patterns in PANELS:
+        lines = []
+        for name, entries in runs:
+            found = series(entries, patterns)
+            for key, (steps, values) in found.items():
+                label = name if len(found) == 1 else f"{name} ({key})"
+                lines.append((label, steps, values))
+        if lines:
+            panels.append((panel_title, lines))
+    if not panels:
+        raise SystemExit("error: none of the runs has a metric to plot (" + ", ".join(t for t, _ in PANELS) + ")")
+
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows), squeeze=False)
+    for ax, (panel_title, lines) in zip(axes.flat, panels):
+        for label, steps, values in lines:
+            sparse = len(steps) <= 30
+            ax.plot(steps, smooth(values, smoothing), label=label, marker="o" if sparse else None, markersize=3, linewidth=1.5)
+        ax.set_title(panel_title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", help="metrics.jsonl files or run dirs (name = folder name)")
+    parser.add_argument("--runs", nargs="+", default=[], help="name=path/metrics.jsonl (or name=run_dir)")
+    parser.add_argument("--out", default="figs/curves.png", help="PNG to write (default figs/curves.png)")
+    parser.add_argument("--smooth", type=float, default=0.0, help="EMA smoothing weight in [0, 1) (default 0: raw)")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    specs = [parse_run_arg(p) for p in args.runs + args.paths]
+    if not specs:
+        parser.error("give at least one metrics file (positional or --runs)")
+    if not 0 <= args.smooth < 1:
+        parser.error("--smooth must be in [0, 1)")
+    runs = [(name, read_metrics(path)) for name, path in specs]
+    out = plot_curves(runs, Path(args.out), args.smooth, args.title)
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
