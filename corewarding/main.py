@@ -1,0 +1,43 @@
+"""Hydra entry point: `python -m corewarding.main key=value ...` (verl-style overrides).
+
+    python -m corewarding.main reward_model.reward_manager=co_rewarding_II \\
+        actor_rollout_ref.model.path=/models/Qwen3-8B-Base data.train_files=data/math/train.parquet ...
+
+The configuration is `corewarding/config/ppo_trainer.yaml`; the run scripts in Co-rewarding-I/ and
+Co-rewarding-II/ show the paper's settings. Bad input (missing model, data files or columns,
+batch sizes that do not divide, a corrupt checkpoint) ends with one line `error: ...` and exit
+status 2. A multi-node run joins a cluster started with `ray start`: `ray_init.address=auto`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+# A local run needs no Ray token auth and keeps its traffic on loopback; a cluster run
+# (ray_init.address=...) takes whatever the environment says.
+if not any(arg.startswith("ray_init.address=") and arg.split("=", 1)[1] not in ("", "null") for arg in sys.argv[1:]):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
+def main(cfg: DictConfig) -> None:
+    from corewarding.trainer.run import USER_ERRORS, run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = run_training(cfg)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(f"done: {result['global_step']} steps, checkpoints and metrics.jsonl in {result['checkpoint_dir']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

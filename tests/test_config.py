@@ -1,0 +1,273 @@
+"""Configuration, entry point and driver-side pieces that need no Ray: override parsing (the
+release's exact lists), checks with one-line errors, checkpoint folders, metric files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from corewarding.data import DataError, write_builtin_dataset
+from corewarding.trainer import CheckpointError, ConfigError, compose_config, prepare_config, resolve_method
+from corewarding.trainer import checkpoint as ckpt
+from corewarding.trainer.ray_trainer import balanced_order, merge_worker_metrics
+from corewarding.trainer.tracking import Tracker, dump_rollouts, format_console, read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The original release's run scripts, override for override (SPEC.md section 5).
+RELEASE_I = """algorithm.adv_estimator=co_reward data.train_files={train} data.train_aug_files={aug}
+data.val_files={val} data.train_batch_size=128 data.max_prompt_length=512 data.max_response_length=3072
+data.filter_overlong_prompts=True data.truncation='error' actor_rollout_ref.record_entropy=False
+actor_rollout_ref.model.path={model} actor_rollout_ref.rollout.tensor_model_parallel_size=1
+actor_rollout_ref.model.use_fused_kernels=False actor_rollout_ref.actor.optim.lr=3e-6
+actor_rollout_ref.actor.optim.warmup_style=cosine actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1
+actor_rollout_ref.model.use_remove_padding=True actor_rollout_ref.actor.ppo_mini_batch_size=128
+actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 actor_rollout_ref.actor.use_kl_loss=True
+actor_rollout_ref.actor.kl_loss_coef=0.005 actor_rollout_ref.actor.kl_loss_type=low_var_kl
+actor_rollout_ref.actor.entropy_coeff=0 actor_rollout_ref.model.enable_gradient_checkpointing=True
+actor_rollout_ref.actor.fsdp_config.param_offload=False actor_rollout_ref.actor.fsdp_config.optimizer_offload=False
+actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.rollout.name=vllm
+actor_rollout_ref.rollout.gpu_memory_utilization=0.8 actor_rollout_ref.rollout.n=8
+actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.ref.fsdp_config.param_offload=True
+algorithm.use_kl_in_reward=False reward_model.reward_manager=co_reward trainer.critic_warmup=0
+trainer.val_before_train=True trainer.rollout_data_dir=rollout_log/Co-rewarding-I trainer.n_gpus_per_node=4
+trainer.nnodes=1 trainer.logger=['console','wandb'] trainer.project_name=verl trainer.experiment_name=Co-rewarding-I
+trainer.save_freq=10 trainer.test_freq=10 trainer.total_epochs=3"""
+
+RELEASE_II = """algorithm.adv_estimator=grpo data.train_files={train} data.val_files={val} data.use_aug=False
+data.train_batch_size=128 data.max_prompt_length=512 data.max_response_length=3072 data.filter_overlong_prompts=True
+data.truncation='error' actor_rollout_ref.model.path={model} actor_rollout_ref.rollout.tensor_model_parallel_size=1
+actor_rollout_ref.model.use_fused_kernels=False actor_rollout_ref.actor.optim.lr=3e-6
+actor_rollout_ref.actor.optim.warmup_style=cosine actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1
+actor_rollout_ref.model.use_remove_padding=True actor_rollout_ref.actor.ppo_mini_batch_size=128
+actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 actor_rollout_ref.actor.use_kl_loss=True
+actor_rollout_ref.actor.kl_loss_coef=0.001 actor_rollout_ref.actor.kl_loss_type=low_var_kl
+actor_rollout_ref.actor.entropy_coeff=0 actor_rollout_ref.model.enable_gradient_checkpointing=True
+actor_rollout_ref.actor.fsdp_config.param_offload=False actor_rollout_ref.actor.fsdp_config.optimizer_offload=False
+actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.rollout.name=vllm
+actor_rollout_ref.rollout.gpu_memory_utilization=0.6 actor_rollout_ref.rollout.n=8
+actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.ref.fsdp_config.param_offload=True
+actor_rollout_ref.ref.sliding_average.enable=True actor_rollout_ref.ref.sliding_average.update_interval=1
+actor_rollout_ref.ref.sliding_average.alpha_start=0.01 actor_rollout_ref.ref.sliding_average.alpha_end=1e-5
+algorithm.use_kl_in_reward=False reward_model.reward_manager=co_rewarding_II reward_model.val_reward_manager=naive
+trainer.critic_warmup=0 trainer.val_before_train=True trainer.rollout_data_dir=rollout_log/x/policy
+trainer.rollout_data_dir=rollout_log/x/ref trainer.n_gpus_per_node=4 trainer.nnodes=1
+trainer.logger=['console','wandb'] trainer.project_name=DAPO_Dataset trainer.experiment_name=x
+trainer.save_freq=30 trainer.test_freq=10 trainer.total_epochs=3"""
+
+CPU = ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_builtin_dataset(tmp_path_factory.mktemp("data"), n_train=16, n_val=4)
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A folder that looks like a HF model (config checks only look for config.json)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def base(model, data, method="naive", out=None) -> list[str]:
+    out = out or model.parent
+    return CPU + [
+        f"reward_model.reward_manager={method}", f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={data['train']}", f"data.train_aug_files={data['train_rewrite']}", f"data.val_files={data['val']}",
+        "data.train_batch_size=4", "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "trainer.n_gpus_per_node=2",
+        f"trainer.default_local_dir={out / 'ckpt'}",
+    ]
+
+
+def release(text: str, **paths) -> list[str]:
+    return text.format(**{k: str(v) for k, v in paths.items()}).split()
+
+
+# ----------------------------------------------------------------------------- overrides
+def test_release_I_overrides_verbatim(model, data):
+    cfg = prepare_config(compose_config(release(RELEASE_I, train=data["train"], aug=data["train_rewrite"], val=data["val"], model=model) + CPU))
+    assert cfg.method == "co_rewarding_i"
+    assert cfg.trainer.logger == ["console", "wandb"]
+    assert cfg.data.truncation == "error" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
+    assert cfg.data.train_files == [str(data["train"].resolve())]
+    assert not cfg.actor_rollout_ref.ref.sliding_average.enable
+
+
+def test_release_II_overrides_need_the_parametrisation(model, data):
+    overrides = release(RELEASE_II, train=data["train"], val=data["val"], model=model) + CPU
+    with pytest.raises(ConfigError, match="parametrisation=release"):
+        prepare_config(compose_config(overrides))
+    cfg = prepare_config(compose_config(overrides + ["actor_rollout_ref.ref.sliding_average.parametrisation=release"]))
+    sa = cfg.actor_rollout_ref.ref.sliding_average
+    assert sa.enable and sa.alpha_start == pytest.approx(0.99) and sa.alpha_end == pytest.approx(1 - 1e-5)
+    assert cfg.trainer.rollout_data_dir.endswith("rollout_log/x/ref")  # the last of a repeated key wins
+    assert cfg.actor_rollout_ref.rollout.teacher_n == 8
+
+
+@pytest.mark.parametrize("script", ["Co-rewarding-I/run_corewarding-I.sh", "Co-rewarding-II/run_corewarding-II.sh"])
+def test_run_scripts_parse(script, model, data):
+    env = {**os.environ, "DRY_RUN": "1", "LLM_PATH": str(model), "NUM_GPUS": "8", "TRAIN_FILES": str(data["train"]),
+           "TRAIN_AUG_FILES": str(data["train_rewrite"]), "VAL_FILES": str(data["val"])}
+    lines = subprocess.run(["bash", str(REPO / script), "trainer.total_epochs=1"], env=env, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert lines[-1] == "trainer.total_epochs=1"  # extra arguments come last and win
+    cfg = prepare_config(compose_config(lines + ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf"]))
+    assert cfg.data.train_batch_size == 128 and cfg.actor_rollout_ref.rollout.n == 8
+    assert cfg.actor_rollout_ref.actor.optim.lr == 3e-6 and cfg.trainer.total_epochs == 1
+    assert cfg.data.max_prompt_length == 512 and cfg.data.max_response_length == 3072
+    if "II" in script:
+        assert cfg.method == "co_rewarding_ii" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
+        sa = cfg.actor_rollout_ref.ref.sliding_average
+        assert (sa.alpha_start, sa.alpha_end, sa.enable) == (0.99, 0.9999, True)
+    else:
+        assert cfg.method == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
+
+
+def test_method_aliases():
+    assert resolve_method("naive").name == "gt"
+    assert resolve_method("co_reward").name == "co_rewarding_i" and resolve_method("co_reward").paired
+    assert resolve_method("co_rewarding_II").teacher
+    assert resolve_method("self_certainty").self_certainty and resolve_method("entropy").entropy
+    with pytest.raises(ConfigError, match="reward_model.reward_manager='foo' is unknown"):
+        resolve_method("foo")
+
+
+def test_teacher_defaults(model, data):
+    cfg = prepare_config(compose_config(base(model, data, "co_rewarding_II")))
+    assert cfg.actor_rollout_ref.ref.sliding_average.enable is True
+    assert cfg.actor_rollout_ref.rollout.teacher_n == 2
+    cfg = prepare_config(compose_config(base(model, data, "majority_voting")))
+    assert cfg.actor_rollout_ref.ref.sliding_average.enable is False
+    assert cfg.actor_rollout_ref.model.dtype == "float32"
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.train_batch_size=3"], "does not divide by the 2 workers"),
+        (["data.train_batch_size=6", "actor_rollout_ref.actor.ppo_mini_batch_size=4"], "does not divide by actor_rollout_ref.actor.ppo_mini_batch_size=4"),
+        (["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"], "ppo_micro_batch_size_per_gpu=3"),
+        (["actor_rollout_ref.actor.ppo_mini_batch_size=8"], "larger than data.train_batch_size"),
+        (["reward_model.reward_manager=bogus"], "reward_model.reward_manager='bogus' is unknown"),
+        (["actor_rollout_ref.model.path=/nonexistent/model"], "no such model folder"),
+        (["data.train_files=/nonexistent/train.parquet"], "data.train_files: /nonexistent/train.parquet does not exist"),
+        (["reward_model.reward_manager=co_reward", "data.train_aug_files=null"], "needs data.train_aug_files"),
+        (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator='gae' is not supported"),
+        (["algorithm.use_kl_in_reward=True"], "use_kl_in_reward"),
+        (["trainer.resume_mode=resume_path"], "needs trainer.resume_from_path"),
+    ],
+)
+def test_config_errors(extra, message, model, data):
+    with pytest.raises(ConfigError) as info:
+        prepare_config(compose_config(base(model, data) + extra))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_model_path_cli(tmp_path, data):
+    """The entry point ends bad input with one `error:` line and exit status 2 (no Ray started)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "corewarding.main", "actor_rollout_ref.model.path=/nonexistent/model",
+         f"data.train_files={data['train']}", f"data.val_files={data['val']}", *CPU,
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "actor_rollout_ref.model.path=/nonexistent/model" in errors[0]
+
+
+def test_parquet_without_columns(tiny_model_path, data, tmp_path):
+    from corewarding.trainer.run import run_training
+
+    bad = tmp_path / "bad.parquet"
+    pd.DataFrame({"question": ["1+1?"] * 8, "answer": ["2"] * 8}).to_parquet(bad)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['prompt'"):
+        run_training(compose_config(base(tiny_model_path, data, out=tmp_path) + [f"data.train_files={bad}"]))
+
+
+def test_corrupt_resume_dir(tiny_model_path, data, tmp_path):
+    from corewarding.trainer.run import run_training
+
+    root = tmp_path / "ckpt"
+    (root / "global_step_2").mkdir(parents=True)
+    (root / ckpt.LATEST_FILE).write_text("2")
+    overrides = base(tiny_model_path, data, out=tmp_path) + ["trainer.resume_mode=auto"]
+    with pytest.raises(CheckpointError, match="incomplete"):
+        run_training(compose_config(overrides))
+    (root / "global_step_2" / ckpt.STATE_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_training(compose_config(overrides))
+    (root / ckpt.LATEST_FILE).write_text("7")
+    with pytest.raises(CheckpointError, match="global_step_7, which does not exist"):
+        run_training(compose_config(overrides))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_training(compose_config(base(tiny_model_path, data, out=tmp_path) + [
+            "trainer.resume_mode=resume_path", f"trainer.resume_from_path={tmp_path / 'nowhere'}"]))
+
+
+# ----------------------------------------------------------------------------- driver pieces
+def test_checkpoint_commit_and_latest(tmp_path):
+    import random
+
+    rng = random.Random(5)
+    for step in (1, 2, 3):
+        tmp = ckpt.begin(tmp_path, step)
+        (tmp / "payload").write_text(str(step))
+        ckpt.commit(tmp_path, step, tmp, {"rng": ckpt.rng_state(rng)}, keep=2)
+    assert ckpt.latest_dir(tmp_path) == tmp_path / "global_step_3"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["global_step_2", "global_step_3"]
+    state = ckpt.read_state(tmp_path / "global_step_3")
+    assert state["global_step"] == 3 and state["complete"]
+    expected = rng.random()
+    other = random.Random(0)
+    ckpt.set_rng_state(other, state["rng"])
+    assert other.random() == expected
+    assert ckpt.latest_dir(tmp_path / "empty") is None
+
+
+def test_tracker_jsonl_and_resume_truncation(tmp_path):
+    lines = []
+    tracker = Tracker(tmp_path, ["console"], printer=lines.append)
+    for step in range(1, 5):
+        tracker.log({"reward/mean": step / 10, "timing/step": 1.0}, step)
+    tracker.close()
+    assert len(lines) == 4 and lines[0].startswith("step 1 | reward 0.100")
+    tracker = Tracker(tmp_path, ["console"], resume_step=2, printer=lines.append)
+    tracker.log({"reward/mean": 0.9}, 3)
+    tracker.close()
+    assert [m["step"] for m in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    Tracker(tmp_path, [], resume_step=None).close()  # a fresh start drops the old file
+    assert read_metrics(tmp_path / "metrics.jsonl") == []
+
+
+def test_tensorboard_and_dump(tmp_path):
+    tracker = Tracker(tmp_path, ["tensorboard"])
+    tracker.log({"reward/mean": 0.5}, 1)
+    tracker.close()
+    assert list((tmp_path / "tensorboard").iterdir())
+    path = dump_rollouts(tmp_path / "r", 7, [{"uid": "7-0", "reward": 1.0, "answer": None}])
+    assert path.name == "7.jsonl" and json.loads(path.read_text()) == {"uid": "7-0", "reward": 1.0, "answer": None}
+    assert "val_acc 0.250" in format_console(3, {"val/acc": 0.25})
+
+
+def test_balanced_order_and_metric_merge():
+    lengths = [100, 1, 90, 2, 80, 3, 70, 4]
+    order = balanced_order(lengths, 2)
+    assert sorted(order) == list(range(8))
+    halves = [sum(lengths[i] for i in order[:4]), sum(lengths[i] for i in order[4:])]
+    assert abs(halves[0] - halves[1]) <= 30
+    assert balanced_order([1, 2, 3], 2) == [0, 1, 2]
+    merged = merge_worker_metrics([{"actor/pg_loss": 1.0, "x": [1.0, 3.0]}, {"actor/pg_loss": 3.0, "x": 2.0}])
+    assert merged == {"actor/pg_loss": 2.0, "x": 2.0}
