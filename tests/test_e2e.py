@@ -1,0 +1,328 @@
+"""End-to-end training runs on CPU: 2 Ray workers (FSDP2 over gloo), the HF rollout engine, the
+real driver loop (`run_training`), a tiny model. One Ray session is shared by the whole module.
+
+The tiny random model never writes `\\boxed{}`, so every vote-based reward would be 0 and nothing
+would train; the `boxing_model` fixture first teaches it (a few seconds) to answer any prompt with
+"The answer is \\boxed{d}." for a random d in {1, 2, 3}, and the data fixture gives the built-in
+problems ground truths in {1, 2, 3}. Rewards then vary, and the dumps can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from corewarding.algos import ema_weight
+from corewarding.rewards import answers_equivalent, extract_boxed_answer
+from corewarding.trainer import compose_config
+from corewarding.trainer.tracking import read_metrics
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ["naive", "majority_voting", "self_certainty", "entropy", "co_reward", "co_rewarding_II"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    temp = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp),
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def boxing_model(tiny_model_path):
+    """The tiny model, trained for a few seconds to answer "The answer is \\boxed{d}." (d in 1..3)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from corewarding.data import ONE_SHOT_SYSTEM_PROMPT, builtin_problems
+    from corewarding.model_zoo import cache_dir
+
+    out = cache_dir() / "tiny-llama-2l-64h-boxing-v1"
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    prompts = [
+        tok.apply_chat_template([{"role": "system", "content": ONE_SHOT_SYSTEM_PROMPT}, {"role": "user", "content": p["question"]}],
+                                add_generation_prompt=True, tokenize=False)
+        for p in builtin_problems(64, seed=5)
+    ]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rng = random.Random(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        pairs = [(rng.choice(ids), tok(f"The answer is \\boxed{{{rng.choice('123')}}}.", add_special_tokens=False)["input_ids"]
+                  + [tok.eos_token_id]) for _ in range(16)]
+        resp_len, width = len(pairs[0][1]), max(len(p) for p, _ in pairs)
+        x = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p + r for p, r in pairs])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + resp_len) for p, _ in pairs])
+        hidden = model.model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state
+        logits = model.lm_head(hidden[:, width - 1:width + resp_len - 1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, width:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    torch.set_num_threads(threads)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def _small_truths(path: Path) -> None:
+    frame = pd.read_parquet(path)
+    frame["reward_model"] = [{"ground_truth": str(1 + int(info["index"]) % 3), "style": "rule"} for info in frame["extra_info"]]
+    frame.to_parquet(path, index=False)
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory):
+    from corewarding.data import write_builtin_dataset
+
+    paths = write_builtin_dataset(tmp_path_factory.mktemp("data"), n_train=32, n_val=8, seed=0)
+    for path in paths.values():
+        _small_truths(path)
+    return paths
+
+
+def cpu_overrides(model: Path, data: dict, out: Path, method: str = "naive") -> list[str]:
+    return [
+        f"reward_model.reward_manager={method}",
+        f"actor_rollout_ref.model.path={model}",
+        f"data.train_files={data['train']}",
+        f"data.train_aug_files={data['train_rewrite']}",
+        f"data.val_files={data['val']}",
+        "data.train_batch_size=4",
+        "data.max_prompt_length=192",
+        "data.max_response_length=16",
+        "data.seed=3",
+        "actor_rollout_ref.rollout.name=hf",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
+        "trainer.device=cpu",
+        "trainer.nnodes=1",
+        "trainer.n_gpus_per_node=2",
+        "trainer.total_training_steps=2",
+        "trainer.logger=[console]",
+        f"trainer.default_local_dir={out / 'ckpt'}",
+        f"trainer.rollout_data_dir={out / 'rollouts'}",
+        "trainer.resume_mode=disable",
+        "trainer.val_before_train=False",
+        "trainer.test_freq=-1",
+        "trainer.save_freq=1",
+        "data.val_max_samples=4",
+    ]
+
+
+def run(overrides: list[str]) -> dict:
+    from corewarding.trainer.run import run_training
+
+    return run_training(compose_config(overrides), progress=False)
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def read_dump(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def top_answers(answers: list[str | None]) -> set[str]:
+    counts = Counter(a.strip() for a in answers if a is not None and a.strip())
+    if not counts:
+        return set()
+    best = max(counts.values())
+    return {a for a, c in counts.items() if c == best}
+
+
+# ----------------------------------------------------------------------------- hand checks
+def check_dump(method: str, records: list[dict]) -> None:
+    policy = [r for r in records if r["role"] == "policy"]
+    teacher = [r for r in records if r["role"] == "teacher"]
+    assert policy
+    for r in policy:
+        assert r["answer"] == extract_boxed_answer(r["response"])
+    if method in ("self_certainty", "entropy"):
+        assert all(isinstance(r["reward"], float) for r in policy)
+        assert len({round(r["reward"], 6) for r in policy}) > 1  # continuous scores
+        return
+    if method == "naive":
+        for r in policy:
+            assert r["reward"] == float(answers_equivalent(r["answer"], r["ground_truth"]))
+        return
+    if method == "majority_voting":
+        voters = {uid: [r["answer"] for r in policy if r["uid"] == uid] for uid in {r["uid"] for r in policy}}
+        label_of = lambda r: voters[r["uid"]]  # noqa: E731
+    elif method == "co_reward":
+        other = {"original": "rephrased", "rephrased": "original"}
+        label_of = lambda r: [q["answer"] for q in policy if q["pair_id"] == r["pair_id"] and q["view"] == other[r["view"]]]  # noqa: E731
+        assert {r["view"] for r in policy} == {"original", "rephrased"}
+    else:  # co_rewarding_II: the teacher's rollouts with the same uid vote
+        assert teacher and {r["uid"] for r in teacher} == {r["uid"] for r in policy}
+        label_of = lambda r: [t["answer"] for t in teacher if t["uid"] == r["uid"]]  # noqa: E731
+    for r in policy:
+        best = top_answers(label_of(r))
+        if not best:
+            assert r["pseudo_label"] is None and r["reward"] == 0.0
+            continue
+        assert r["pseudo_label"] in best
+        assert r["reward"] == float(r["answer"] is not None and r["answer"].strip() == r["pseudo_label"])
+
+
+# ----------------------------------------------------------------------------- tests
+@pytest.mark.parametrize("method", METHODS)
+def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
+    extra = []
+    if method == "co_rewarding_II":
+        extra = ["actor_rollout_ref.ref.sliding_average.alpha_start=0.5",
+                 "actor_rollout_ref.ref.sliding_average.alpha_end=0.8"]
+    if method == "naive":
+        extra = ["trainer.val_before_train=True", "trainer.test_freq=2", f"trainer.validation_data_dir={tmp_path / 'val'}",
+                 "data.val_batch_size=2"]
+    result = run(cpu_overrides(boxing_model, data_files, tmp_path, method) + extra)
+    history = [h for h in result["history"] if h["step"] > 0]
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:
+        for key in ("actor/pg_loss", "actor/kl_loss", "actor/grad_norm", "actor/entropy", "reward/mean"):
+            assert torch.isfinite(torch.tensor(h[key])), (key, h[key])
+        for key in ("timing/gen", "timing/old_log_prob", "timing/ref", "timing/reward", "timing/adv",
+                    "timing/update_actor", "timing/step", "perf/tokens_per_s", "response_length/mean",
+                    "response_length/clip_ratio", "actor/lr"):
+            assert key in h, key
+    assert any(h["actor/grad_norm"] > 0 for h in history)
+    metrics_file = read_metrics(tmp_path / "ckpt" / "metrics.jsonl")
+    assert [m["step"] for m in metrics_file if m["step"] > 0] == [1, 2]
+
+    # the policy moved
+    ckpt = tmp_path / "ckpt"
+    start = load_weights(boxing_model)
+    after = load_weights(ckpt / "global_step_2" / "actor")
+    assert max(float((after[k] - start[k]).abs().max()) for k in after) > 0
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+    # the rewards in the dump are what a hand check of the dumped answers gives
+    for step in (1, 2):
+        check_dump(method, read_dump(tmp_path / "rollouts" / f"{step}.jsonl"))
+
+    if method == "naive":
+        val = [h for h in result["history"] if "val/acc" in h]
+        assert [h["step"] for h in val] == [0, 2]
+        assert all(0.0 <= h["val/acc"] <= 1.0 for h in val)
+        assert any(k.startswith("val/builtin_") and k.endswith("/acc") for k in val[0])
+        assert (tmp_path / "val" / "0.jsonl").exists()
+    if method == "co_reward":
+        assert "reward/pseudo_label_acc" in history[0] and "reward/majority_ratio" in history[0]
+    if method == "co_rewarding_II":
+        # teacher_k = a_k teacher_{k-1} + (1 - a_k) policy_k, policy_k = the policy saved after step k-1
+        a1, a2 = ema_weight(1, 2, 0.5, 0.8), ema_weight(2, 2, 0.5, 0.8)
+        assert [h["teacher/ema_weight"] for h in history] == pytest.approx([a1, a2])
+        ref1, ref2 = load_weights(ckpt / "global_step_1" / "ref"), load_weights(ckpt / "global_step_2" / "ref")
+        pol1 = load_weights(ckpt / "global_step_1" / "actor")
+        for key in ref2:
+            torch.testing.assert_close(ref1[key], start[key], rtol=0, atol=1e-6)  # step 1: policy == teacher
+            torch.testing.assert_close(ref2[key], a2 * ref1[key] + (1 - a2) * pol1[key], rtol=1e-5, atol=1e-6)
+        assert max(float((ref2[k] - ref1[k]).abs().max()) for k in ref2) > 0
+
+
+def _comparable(entries: list[dict]) -> list[dict]:
+    skip = ("timing/", "perf/tokens_per_s")
+    return [{k: v for k, v in e.items() if not k.startswith(skip)} for e in entries if e["step"] > 0]
+
+
+def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
+    """4 steps straight == 2 steps, stop, resume, 2 more steps (Co-rewarding-II: teacher, loader,
+    optimizer, scheduler and the workers' sampling RNG all come back from the checkpoint)."""
+    common = ["trainer.total_training_steps=4", "trainer.save_freq=2"]
+    straight = cpu_overrides(boxing_model, data_files, tmp_path / "a", "co_rewarding_II") + common
+    run(straight)
+    split = cpu_overrides(boxing_model, data_files, tmp_path / "b", "co_rewarding_II") + common
+    first = run(split + ["trainer.max_steps_this_run=2"])
+    assert first["global_step"] == 2
+    second = run(split + ["trainer.resume_mode=auto"])
+    assert second["global_step"] == 4
+    assert [h["step"] for h in second["history"]] == [3, 4]
+    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
+    b = _comparable(read_metrics(tmp_path / "b" / "ckpt" / "metrics.jsonl"))
+    assert [e["step"] for e in a] == [e["step"] for e in b] == [1, 2, 3, 4]
+    assert a == b
+    for step in (3, 4):
+        assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
+
+
+def release_overrides(script: Path, env: dict) -> list[str]:
+    out = subprocess.run(["bash", str(script)], env={**os.environ, **env, "DRY_RUN": "1"}, capture_output=True,
+                         text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("script", ["Co-rewarding-I/run_corewarding-I.sh", "Co-rewarding-II/run_corewarding-II.sh"])
+def test_release_overrides(script, ray_session, boxing_model, data_files, tmp_path):
+    """One step with the run script's exact override list, then the tiny model and CPU settings."""
+    env = {"LLM_PATH": str(boxing_model), "NUM_GPUS": "2", "WANDB_MODE": "offline", "TRAIN_FILES": str(data_files["train"]),
+           "TRAIN_AUG_FILES": str(data_files["train_rewrite"]), "VAL_FILES": str(data_files["val"])}
+    overrides = release_overrides(REPO / script, env)
+    assert "actor_rollout_ref.rollout.n=8" in overrides and "trainer.total_epochs=3" in overrides
+    cpu = [
+        "trainer.device=cpu", "actor_rollout_ref.rollout.name=hf", "data.train_batch_size=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.teacher_n=2", "data.max_prompt_length=192",
+        "data.max_response_length=16", "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "trainer.total_training_steps=1", "trainer.val_before_train=False", "trainer.save_freq=-1",
+        f"trainer.default_local_dir={tmp_path / 'ckpt'}", f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
+        "trainer.resume_mode=disable",
+    ]
+    result = run(overrides + cpu)
+    assert result["global_step"] == 1
+    cfg = result["config"]
+    assert cfg.trainer.logger == ["console", "wandb"]
+    assert (tmp_path / "ckpt" / "wandb").is_dir()
+    assert (tmp_path / "rollouts" / "1.jsonl").exists()
+    if "II" in script:
+        assert cfg.actor_rollout_ref.ref.sliding_average.enable and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
+    else:
+        assert cfg.method == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
+
+
+def test_smollm2_short_run(ray_session, smollm2_path, data_files, tmp_path):
+    """The real model, a very short Co-rewarding-II run (one step, 2 prompts x 2 rollouts)."""
+    over = cpu_overrides(smollm2_path, data_files, tmp_path, "co_rewarding_II") + [
+        "data.train_batch_size=2", "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1", "data.max_response_length=24",
+        "trainer.total_training_steps=1", "trainer.save_freq=-1", "actor_rollout_ref.actor.optim.lr=3e-6",
+    ]
+    result = run(over)
+    (h,) = [h for h in result["history"] if h["step"] == 1]
+    assert torch.isfinite(torch.tensor(h["actor/pg_loss"])) and h["actor/grad_norm"] >= 0
+    assert 0 < h["response_length/mean"] <= 24
+    records = read_dump(tmp_path / "rollouts" / "1.jsonl")
+    check_dump("co_rewarding_II", records)
+    assert any(r["role"] == "teacher" for r in records)
