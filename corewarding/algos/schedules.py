@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Iterable
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR

@@ -276,21 +276,24 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
             "model (a frozen-teacher ablation), not the paper's EMA teacher"
         )
     sa.update_interval = _positive("actor_rollout_ref.ref.sliding_average.update_interval", sa.update_interval)
-    param = str(sa.get("parametrisation") or "paper")
-    if param not in ("paper", "release"):
-        raise ConfigError(f"actor_rollout_ref.ref.sliding_average.parametrisation={param!r}: use paper or release")
+    param = str(sa.get("parametrisation") or "auto")
+    if param not in ("auto", "paper", "release"):
+        raise ConfigError(f"actor_rollout_ref.ref.sliding_average.parametrisation={param!r}: use auto, paper or release")
     a0, a1 = float(sa.alpha_start), float(sa.alpha_end)
     for key, value in (("alpha_start", a0), ("alpha_end", a1)):
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"actor_rollout_ref.ref.sliding_average.{key}={value} must be in [0, 1]")
+    if param == "auto":  # a weight below 0.5 on the teacher would make it a copy of the policy: the release's
+        param = "release" if a0 < 0.5 and a1 < 0.5 else "paper"
+        if param == "release" and sa.enable:
+            logger.warning(
+                "actor_rollout_ref.ref.sliding_average.alpha_start=%s, alpha_end=%s read as the release's weight on the "
+                "policy: the teacher's weight goes %s -> %s (set parametrisation=paper to mean the teacher's weight)",
+                a0, a1, 1.0 - a0, 1.0 - a1,
+            )
     if param == "release":  # the release writes the weight on the policy; convert to the paper's a_k
-        sa.alpha_start, sa.alpha_end, sa.parametrisation = 1.0 - a0, 1.0 - a1, "paper"
-    elif sa.enable and a0 < 0.5 and a1 < 0.5:
-        raise ConfigError(
-            f"actor_rollout_ref.ref.sliding_average.alpha_start={a0}, alpha_end={a1} look like the release's weight on the "
-            "policy; here alpha is the weight on the teacher (paper: 0.99 -> 0.9999), or set "
-            "actor_rollout_ref.ref.sliding_average.parametrisation=release"
-        )
+        sa.alpha_start, sa.alpha_end = 1.0 - a0, 1.0 - a1
+    sa.parametrisation = "paper"
     if method.teacher and not actor.use_kl_loss:
         logger.info("co_rewarding_II without the KL loss: the reference model is used only as the teacher")
 

@@ -51,13 +51,6 @@ REWARD_METRICS = {
     "majority_ratio": "reward/majority_ratio",
     "gt_acc": "reward/gt_acc",
 }
-# names the workers may use for per-token outputs -> the names used here
-LOG_PROB_ALIASES = {
-    "old_log_probs": ("old_log_probs", "log_probs", "log_prob", "old_log_prob"),
-    "ref_log_probs": ("ref_log_probs", "ref_log_prob", "log_probs", "log_prob"),
-    "entropy": ("entropy", "entropys", "entropies"),
-    "self_certainty": ("self_certainty", "self_certainties"),
-}
 
 
 def _mean(values) -> float:
@@ -84,26 +77,6 @@ def balanced_order(lengths: list[int], parts: int) -> list[int]:
         buckets[k].append(i)
         totals[k] += lengths[i]
     return [i for bucket in buckets for i in sorted(bucket)]
-
-
-def merge_worker_metrics(result: Any) -> dict[str, float]:
-    """Worker results (a dict, a list of dicts, or a Batch with meta["metrics"]) -> one dict:
-    numbers averaged over the workers; lists (one value per micro/mini-batch) averaged too."""
-    if isinstance(result, Batch):
-        result = result.meta.get("metrics", {})
-    items = result if isinstance(result, list) else [result]
-    merged: dict[str, list[float]] = {}
-    for item in items:
-        if isinstance(item, Batch):
-            item = item.meta.get("metrics", {})
-        for key, value in (item or {}).items():
-            values = value if isinstance(value, (list, tuple)) else [value]
-            for v in values:
-                if hasattr(v, "item"):
-                    v = v.item()
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    merged.setdefault(key, []).append(float(v))
-    return {k: _mean(v) for k, v in merged.items()}
 
 
 class Trainer:
@@ -155,20 +128,6 @@ class Trainer:
             out = out.select(range(n * per_row))
         return out
 
-    def _dispatch_for_metrics(self, method: str, batch: Batch, **kwargs: Any) -> list[Any]:
-        """Like `dispatch`, for worker methods that return metrics dicts rather than a Batch
-        (the group's `dispatch` concatenates Batches): one equal chunk per worker, results in
-        rank order."""
-        actors = getattr(self.workers, "workers", None)
-        if actors is None:  # a group without Ray actors (tests' fakes): let it handle the call
-            return self.workers.dispatch(method, batch, **kwargs)
-        import ray
-
-        if len(batch) % len(actors):
-            raise ValueError(f"{method}: {len(batch)} rows do not split over {len(actors)} workers")
-        chunks = batch.chunk(len(actors))
-        return ray.get([getattr(w, method).remote(c, **kwargs) for w, c in zip(actors, chunks)])
-
     def _repad(self, batch: Batch) -> Batch:
         """Left-pad the prompt tensors of `batch` to the narrowest common width."""
         if "attention_mask" not in batch.tensors or "input_ids" not in batch.tensors:
@@ -192,19 +151,10 @@ class Trainer:
         ids = [r[m.bool()].tolist() for r, m in zip(responses, mask)]
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
 
-    def _log_probs(self, rollouts: Batch, model: str, **kwargs: Any) -> dict[str, torch.Tensor]:
-        out = self._dispatch("compute_log_prob", rollouts, model=model, **kwargs)
-        tensors = out.tensors if isinstance(out, Batch) else dict(out)
-        wanted = {"actor": "old_log_probs", "ref": "ref_log_probs"}[model]
-        found: dict[str, torch.Tensor] = {}
-        for name in (wanted, "entropy", "self_certainty"):
-            for alias in LOG_PROB_ALIASES[name]:
-                if alias in tensors:
-                    found[name] = tensors[alias]
-                    break
-        if wanted not in found:
-            raise RuntimeError(f"compute_log_prob(model={model!r}) returned {sorted(tensors)}, no log-probs")
-        return found
+    def _log_probs(self, rollouts: Batch, model: str, **kwargs: Any) -> Batch:
+        """Per-token log-probs of the responses under the policy ("actor": `old_log_probs`, plus
+        `entropy` / `self_certainty` when asked) or the reference model ("ref": `ref_log_probs`)."""
+        return self._dispatch("compute_log_prob", rollouts, model=model, **kwargs)
 
     # ------------------------------------------------------------------ one step
     def _prepare_prompts(self, batch: Batch, step: int) -> tuple[Batch, Batch | None]:
@@ -263,15 +213,12 @@ class Trainer:
 
         # 3. old log-probs (+ entropy / self-certainty) and reference log-probs
         with self._timer(timing, "old_log_prob"):
-            found = self._log_probs(rollouts, "actor", calculate_entropy=True,
-                                    calculate_self_certainty=self.method.self_certainty)
-        rollouts.tensors["old_log_probs"] = found["old_log_probs"]
-        for key in ("entropy", "self_certainty"):
-            if key in found:
-                rollouts.tensors[key] = found[key]
+            policy = self._log_probs(rollouts, "actor", calculate_entropy=True,
+                                     calculate_self_certainty=self.method.self_certainty)
+        rollouts.tensors.update(policy.tensors)
         if self.use_kl:
             with self._timer(timing, "ref"):
-                rollouts.tensors["ref_log_probs"] = self._log_probs(rollouts, "ref")["ref_log_probs"]
+                rollouts.tensors.update(self._log_probs(rollouts, "ref").tensors)
 
         # 4. rewards and GRPO advantages (per uid)
         with self._timer(timing, "reward"):
@@ -289,8 +236,7 @@ class Trainer:
         # 5. PPO update (a mini-batch counts prompts; Co-rewarding-I: pairs, both views together)
         rollouts.meta["rollouts_per_prompt"] = int(self.cfg.actor_rollout_ref.rollout.n) * (2 if self.method.paired else 1)
         with self._timer(timing, "update_actor"):
-            update = self._dispatch_for_metrics("update_actor", rollouts)
-        metrics.update(self._actor_metrics(merge_worker_metrics(update)))
+            metrics.update(self.workers.dispatch("update_actor", rollouts))  # averaged over ranks by the workers
         timing["step"] = time.perf_counter() - start
 
         metrics.update(self._batch_metrics(rollouts, teacher_rollouts, scores, advantages))
@@ -315,15 +261,6 @@ class Trainer:
                 name = prefix + key[len("timing/"):]
                 timing[name] = timing.get(name, 0.0) + float(value)
 
-    def _actor_metrics(self, raw: dict[str, float]) -> dict[str, float]:
-        out = {}
-        for key, value in raw.items():
-            name = key if "/" in key else f"actor/{key}"
-            out[name] = value
-        if "actor/clipfrac" not in out and "actor/pg_clipfrac" in out:
-            out["actor/clipfrac"] = out["actor/pg_clipfrac"]
-        return out
-
     def _batch_metrics(self, rollouts: Batch, teacher: Batch | None, scores, advantages) -> dict[str, float]:
         mask = rollouts.tensors["response_mask"].float()
         lengths = mask.sum(-1)
@@ -344,6 +281,10 @@ class Trainer:
             metrics["actor/entropy"] = _masked_mean(rollouts.tensors["entropy"], mask)
         if "self_certainty" in rollouts.tensors:
             metrics["actor/self_certainty"] = _masked_mean(rollouts.tensors["self_certainty"], mask)
+        if "rollout_log_probs" in rollouts.tensors:  # vLLM's sampler vs the trainer's forward
+            diff = (rollouts.tensors["rollout_log_probs"] - rollouts.tensors["old_log_probs"]).abs()
+            metrics["rollout/log_prob_diff_mean"] = _masked_mean(diff, mask)
+            metrics["rollout/log_prob_diff_max"] = float((diff * mask).max())
         if "ref_log_probs" in rollouts.tensors:
             kl = kl_penalty(rollouts.tensors["old_log_probs"].float(), rollouts.tensors["ref_log_probs"].float(),
                             str(self.cfg.actor_rollout_ref.actor.kl_loss_type))

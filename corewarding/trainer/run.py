@@ -84,8 +84,6 @@ def build_datasets(cfg: DictConfig, method: Method, tokenizer) -> tuple[Any, Any
         tokenizer=tokenizer, max_prompt_length=int(data.max_prompt_length), prompt_key=str(data.prompt_key),
         filter_overlong_prompts=bool(data.filter_overlong_prompts), truncation=str(data.truncation),
     )
-    if data.get("system_prompt"):
-        raise ConfigError("data.system_prompt is not supported yet: write the system message into the parquet files")
     paired = method.paired or (method.teacher and bool(data.use_aug))
     if paired:
         train = PairedRLDataset(list(data.train_files), list(data.train_aug_files), require_ground_truth=bool(require_gt),
