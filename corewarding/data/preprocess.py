@@ -27,7 +27,7 @@ import pandas as pd
 from corewarding.data.schema import (
     SYSTEM_PROMPT,
     DataError,
-    _plain,
+    to_plain,
     ground_truth_to_str,
     make_row,
     normalise_messages,
@@ -117,7 +117,7 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: file not found")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return [_plain(r) for r in pd.read_parquet(path).to_dict("records")]
+        return [to_plain(r) for r in pd.read_parquet(path).to_dict("records")]
     if suffix == ".jsonl":
         records = []
         with path.open(encoding="utf-8") as fh:
@@ -164,7 +164,7 @@ def convert_records(
     for position, record in enumerate(records):
         if limit is not None and len(rows) >= limit:
             break
-        record = _plain(record)
+        record = to_plain(record)
         extra: dict[str, Any] = {}
         if _is_verl(record):  # already preprocessed: keep its question, answer and index
             question = user_content(normalise_messages(record["prompt"], f"record {position}"))

@@ -35,14 +35,14 @@ class DataError(ValueError):
     """A data file does not follow the verl schema; the message names file, row and column."""
 
 
-def _plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     """numpy arrays / scalars (what pandas gives for nested parquet columns) -> plain Python."""
     if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
+        return [to_plain(v) for v in value.tolist()]
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -71,7 +71,7 @@ def as_files(files: str | Path | Sequence[str | Path]) -> list[Path]:
 def normalise_messages(value: Any, where: str) -> list[dict[str, str]]:
     """A prompt cell -> list of {role, content}. A plain string becomes one user message."""
     if isinstance(value, (np.ndarray, tuple)):
-        value = _plain(value)
+        value = to_plain(value)
     if isinstance(value, str):
         if not value.strip():
             raise DataError(f"{where}: empty prompt")
@@ -101,7 +101,7 @@ def user_content(messages: list[dict[str, str]]) -> str:
 def ground_truth_to_str(value: Any) -> str | None:
     """Ground truths are strings; integral floats (AMC's 142.0) become '142'. None/NaN/'' -> None."""
     if isinstance(value, (np.ndarray, np.generic)):
-        value = _plain(value)
+        value = to_plain(value)
     if _missing(value):
         return None
     if isinstance(value, bool):

@@ -61,6 +61,9 @@ class ActorRolloutRefWorker:
     def init_model(self) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # Ray forwards every worker's per-load bars to the driver
 
         trainer = self.config["trainer"]
         path = self.model_cfg.get("path")
