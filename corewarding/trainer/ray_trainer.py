@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import sys
 import time
 from contextlib import contextmanager
@@ -101,7 +100,6 @@ class Trainer:
         self.total_steps = int(total_steps)
         self.world_size = int(getattr(workers, "world_size", 1))
         self.global_step = 0
-        self.rng = random.Random(int(cfg.trainer.seed))
         self.history: list[dict[str, Any]] = []
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         options = {"equivalence": str(cfg.reward_model.vote_equivalence)} if method.name in VOTE_METHODS else {}
@@ -117,11 +115,11 @@ class Trainer:
     # ------------------------------------------------------------------ worker calls
     def _dispatch(self, method: str, batch: Batch, **kwargs: Any) -> Any:
         """`workers.dispatch` with the batch padded to a multiple of the worker count (copies of
-        row 0); the rows produced for the padding are dropped again."""
+        row 0, so the tensors keep their width); the rows produced for the padding are dropped."""
         n = len(batch)
         pad = (-n) % self.world_size
         if pad:
-            batch = self._repad(batch.select(list(range(n)) + [0] * pad))
+            batch = batch.select(list(range(n)) + [0] * pad)
         out = self.workers.dispatch(method, batch, **kwargs)
         if pad and isinstance(out, Batch) and len(out):
             per_row = len(out) // (n + pad)
@@ -380,7 +378,6 @@ class Trainer:
         self.workers.call_all("save_checkpoint", str(tmp))
         state = {
             "dataloader": self.loader.state_dict(),
-            "rng": ckpt.rng_state(self.rng),
             "total_training_steps": self.total_steps,
             "method": self.method.name,
             "world_size": self.world_size,
@@ -398,14 +395,16 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"checkpoint {path} has {state['world_size']} worker shards, this run has {self.world_size} workers"
             )
+        try:  # first: it is cheap and says clearly when the data or batch size changed
+            self.loader.load_state_dict(state["dataloader"])
+        except ValueError as exc:
+            raise ckpt.CheckpointError(f"checkpoint {path}: {exc}") from exc
         try:
             self.workers.call_all("load_checkpoint", str(path))
         except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise ckpt.CheckpointError(f"checkpoint {path} cannot be loaded by the workers ({first[:300]}); "
                                        "delete it or resume from an earlier one") from exc
-        self.loader.load_state_dict(state["dataloader"])
-        ckpt.set_rng_state(self.rng, state["rng"])
         self.global_step = int(state["global_step"])
         self.last_ema_weight = state.get("last_ema_weight")
 
@@ -418,8 +417,8 @@ class Trainer:
             self._log(val, self.global_step)
             if trainer_cfg.get("val_only"):
                 return self.history
-        # trainer.max_steps_this_run: stop (after a checkpoint) once this process has trained N
-        # steps, e.g. to fit a job's time slot; the next run resumes from there.
+        # trainer.max_steps_this_run: stop after a checkpoint (whatever save_freq says) once this
+        # process has trained N steps, e.g. to fit a job's time slot; the next run resumes there.
         stop_after = trainer_cfg.get("max_steps_this_run")
         stop_at = self.total_steps if not stop_after else min(self.total_steps, self.global_step + int(stop_after))
         bar, printer = None, self.tracker.printer
@@ -437,7 +436,8 @@ class Trainer:
                     stopping = self.global_step >= stop_at
                     if self.val_dataset is not None and test_freq > 0 and (self.global_step % test_freq == 0 or last):
                         metrics.update(self.validate())
-                    if save_freq > 0 and (self.global_step % save_freq == 0 or stopping):
+                    periodic = save_freq > 0 and (self.global_step % save_freq == 0 or stopping)
+                    if periodic or (stop_after and stopping):
                         started = time.perf_counter()
                         self.save_checkpoint()
                         metrics["timing/save_checkpoint"] = time.perf_counter() - started

@@ -1,0 +1,227 @@
+"""The driver's training step without Ray: `Trainer.train_step` / `validate` against a recording
+worker group whose rollouts come from the real worker's packing code and a scripted engine.
+
+The engine answers by role and view, so every reward and advantage below is worked out by hand:
+the order of the worker calls (EMA update before the teacher's rollouts), which prompts the
+teacher sees (`data.use_aug`), `teacher_n`, `update_interval`, Co-rewarding-I's per-view groups
+and the padding of a validation batch to the worker count.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from corewarding.algos import ema_weight
+from corewarding.batch import Batch
+from corewarding.data import StatefulLoader, write_builtin_dataset
+from corewarding.trainer import compose_config, prepare_config, resolve_method
+from corewarding.trainer.ray_trainer import Trainer
+from corewarding.trainer.run import build_datasets, load_tokenizer
+from corewarding.trainer.tracking import Tracker
+from corewarding.workers.rollout.base import RolloutOutput
+
+N = 4  # policy rollouts per prompt
+R = 12  # max response length
+# Scripted boxed answers of the policy's N rollouts on each view, and of every teacher rollout.
+POLICY_ANSWERS = {"original": ["5", "5", "7", "8"], "rephrased": ["9", "9", "9", "5"]}
+TEACHER_ANSWER = "5"
+
+
+class ScriptedEngine:
+    """Answers "\\boxed{a}" with `a` from the role (policy / teacher / val) and the prompt's view;
+    records every call."""
+
+    def __init__(self, tokenizer, prompt_info: dict[tuple[int, ...], dict]) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_info = prompt_info
+        self.role = "policy"
+        self.calls: list[dict] = []
+
+    def _answer(self, info: dict, j: int) -> str:
+        if self.role == "teacher":
+            return TEACHER_ANSWER
+        if self.role == "val":  # right on the first validation question only
+            return info["ground_truth"] if info["index"] == 0 else "nope"
+        return POLICY_ANSWERS[info["view"]][j]
+
+    def generate(self, prompts, sampling):
+        infos = [self.prompt_info[tuple(p)] for p in prompts]
+        self.calls.append({"role": self.role, "views": [i["view"] for i in infos], "sampling": sampling})
+        outputs = []
+        for info in infos:
+            for j in range(sampling.n):
+                ids = self.tokenizer.encode(f"\\boxed{{{self._answer(info, j)}}}", add_special_tokens=False)
+                outputs.append(RolloutOutput(token_ids=ids + [self.tokenizer.eos_token_id]))
+        return outputs
+
+    def load_weights(self, named):
+        raise AssertionError("the fake group never changes worker weights")
+
+    def sleep(self):
+        pass
+
+    def wake_up(self):
+        pass
+
+
+class RecordingWorkers:
+    """The worker-group interface of `RayWorkerGroup` (world size 2) on one in-process worker:
+    rollouts go through the real `generate_sequences`, log-probs are constants, updates record."""
+
+    world_size = 2
+
+    def __init__(self, worker, engine: ScriptedEngine) -> None:
+        self.worker, self.engine = worker, engine
+        self.calls: list[str] = []
+        self.teacher_weights: list[float] = []
+        self.updates: list[Batch] = []
+
+    def dispatch(self, method: str, batch: Batch, **kwargs):
+        assert len(batch) % self.world_size == 0, f"{method}: {len(batch)} rows for {self.world_size} workers"
+        if method == "generate_sequences":
+            role = "teacher" if kwargs.get("use_teacher") else "val" if kwargs.get("validate") else "policy"
+            self.calls.append(f"generate:{role}")
+            self.engine.role = role
+            return self.worker.generate_sequences(batch, **kwargs)
+        if method == "compute_log_prob":
+            self.calls.append(f"log_prob:{kwargs['model']}")
+            shape = batch.tensors["responses"].shape
+            name = "old_log_probs" if kwargs["model"] == "actor" else "ref_log_probs"
+            tensors = {name: torch.full(shape, -1.0)}
+            if kwargs.get("calculate_entropy"):
+                tensors["entropy"] = torch.full(shape, 0.5)
+            return Batch(tensors)
+        if method == "update_actor":
+            self.calls.append("update_actor")
+            self.updates.append(batch)
+            return {"actor/pg_loss": 0.0}
+        raise AssertionError(f"unexpected dispatch {method}")
+
+    def call_all(self, name: str, *args):
+        self.calls.append(name)
+        if name == "update_teacher":
+            self.teacher_weights.append(args[0])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_builtin_dataset(tmp_path_factory.mktemp("data"), n_train=8, n_val=3, seed=0)
+
+
+def make_trainer(tiny_model_path, data, tmp_path, method: str, *extra: str):
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+    cfg = prepare_config(compose_config([
+        f"reward_model.reward_manager={method}", f"actor_rollout_ref.model.path={tiny_model_path}",
+        f"data.train_files={data['train']}", f"data.train_aug_files={data['train_rewrite']}",
+        f"data.val_files={data['val']}", "data.train_batch_size=2", "data.max_prompt_length=192",
+        f"data.max_response_length={R}", "data.shuffle=False", "actor_rollout_ref.rollout.name=hf",
+        f"actor_rollout_ref.rollout.n={N}", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "trainer.device=cpu", "trainer.n_gpus_per_node=2",
+        f"trainer.default_local_dir={tmp_path}", *extra,
+    ]))
+    method_ = resolve_method(cfg.reward_model.reward_manager)
+    tokenizer = load_tokenizer(cfg)
+    train, val = build_datasets(cfg, method_, tokenizer)
+    prompt_info = {}
+    for item in [*train.items, *(val.items if val is not None else [])]:
+        for sub in (item["original"], item["rephrased"]) if "original" in item else (item,):
+            prompt_info[tuple(sub["input_ids"])] = {"view": sub.get("view", "original"), "index": sub["index"],
+                                                    "ground_truth": sub["ground_truth"]}
+    engine = ScriptedEngine(tokenizer, prompt_info)
+    worker = ActorRolloutRefWorker(OmegaConf.to_container(cfg, resolve=True), rank=0, world_size=1)
+    worker.engine, worker.tokenizer = engine, tokenizer
+    worker.pad_token_id, worker.eos_ids = tokenizer.pad_token_id, [tokenizer.eos_token_id]
+    worker._engine_holds = {("policy", 0), ("teacher", 0)}
+    workers = RecordingWorkers(worker, engine)
+    loader = StatefulLoader(train, 2, shuffle=False, seed=0, drop_last=True)
+    tracker = Tracker(tmp_path, ["console"], printer=lambda line: None)
+    trainer = Trainer(cfg, method_, tokenizer, loader, val, workers, tracker, total_steps=4)
+    return trainer, workers, engine
+
+
+def run_steps(trainer: Trainer, steps: int) -> list[dict]:
+    batches = iter(trainer.loader)
+    return [trainer.train_step(next(batches)) for _ in range(steps)]
+
+
+def rows_by_uid(batch: Batch, key: str) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for uid, value in zip(batch.rows["uid"], batch.tensors[key].tolist()):
+        out.setdefault(uid, []).append(value)
+    return out
+
+
+def test_co_rewarding_ii_order_teacher_view_and_interval(tiny_model_path, data, tmp_path):
+    """update_interval=2: the EMA update comes at step 2 only, after the policy's rollouts and before
+    the teacher's; with data.use_aug the teacher answers the rephrased question, teacher_n times."""
+    trainer, workers, engine = make_trainer(
+        tiny_model_path, data, tmp_path, "co_rewarding_II", "data.use_aug=True", "actor_rollout_ref.rollout.teacher_n=3",
+        "actor_rollout_ref.ref.sliding_average.update_interval=2",
+        "actor_rollout_ref.ref.sliding_average.alpha_start=0.9", "actor_rollout_ref.ref.sliding_average.alpha_end=0.99",
+    )
+    metrics = run_steps(trainer, 2)
+    one_step = ["generate:policy", "generate:teacher", "log_prob:actor", "log_prob:ref", "update_actor"]
+    with_update = ["generate:policy", "update_teacher", "generate:teacher", "log_prob:actor", "log_prob:ref", "update_actor"]
+    assert workers.calls == one_step + with_update
+    assert workers.teacher_weights == [pytest.approx(ema_weight(2, 4, 0.9, 0.99))]
+    assert "teacher/ema_weight" not in metrics[0] and metrics[1]["teacher/ema_weight"] == pytest.approx(ema_weight(2, 4, 0.9, 0.99))
+
+    policy_calls = [c for c in engine.calls if c["role"] == "policy"]
+    teacher_calls = [c for c in engine.calls if c["role"] == "teacher"]
+    assert all(set(c["views"]) == {"original"} and c["sampling"].n == N for c in policy_calls)
+    assert all(set(c["views"]) == {"rephrased"} and c["sampling"].n == 3 for c in teacher_calls)
+
+    # the teacher's unanimous "5" is every policy rollout's label: original-view answers 5, 5, 7, 8
+    # score 1, 1, 0, 0 -> mean 0.5, unbiased std sqrt(1/3) -> A = +-0.5 / (sqrt(1/3) + 1e-6)
+    update = workers.updates[0]
+    assert update.meta["rollouts_per_prompt"] == N
+    scores, advantages = rows_by_uid(update, "scores"), rows_by_uid(update, "advantages")
+    assert len(scores) == 2
+    expected = 0.5 / (3 ** -0.5 + 1e-6)
+    for uid in scores:
+        assert sorted(scores[uid]) == [0.0, 0.0, 1.0, 1.0]
+        per_rollout = sorted(row[0] for row in advantages[uid])
+        assert per_rollout == pytest.approx([-expected, -expected, expected, expected], rel=1e-6)
+    assert metrics[0]["reward/mean"] == pytest.approx(0.5)
+
+
+def test_co_rewarding_i_groups_each_view_separately(tiny_model_path, data, tmp_path):
+    """Originals (5, 5, 7, 8) are scored against the rephrased majority 9: all 0, advantage 0.
+    Rephrased (9, 9, 9, 5) against the original majority 5: scores 0, 0, 0, 1, mean 1/4, unbiased
+    std 1/2, A = (-1/2, -1/2, -1/2, 3/2). One group for both views would give other numbers."""
+    trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "co_reward")
+    run_steps(trainer, 1)
+    assert workers.calls == ["generate:policy", "log_prob:actor", "log_prob:ref", "update_actor"]
+    update = workers.updates[0]
+    assert update.meta["rollouts_per_prompt"] == 2 * N  # a mini-batch holds both views of its pairs
+    views = dict(zip(update.rows["uid"], update.rows["view"]))
+    scores, advantages = rows_by_uid(update, "scores"), rows_by_uid(update, "advantages")
+    assert sorted(views.values()) == ["original", "original", "rephrased", "rephrased"]
+    for uid, view in views.items():
+        per_rollout = sorted(row[0] for row in advantages[uid])
+        if view == "original":
+            assert scores[uid] == [0.0] * N and per_rollout == [0.0] * N
+        else:
+            assert sorted(scores[uid]) == [0.0, 0.0, 0.0, 1.0]
+            assert per_rollout == pytest.approx([-0.5, -0.5, -0.5, 1.5], rel=1e-5)
+
+
+def test_validation_pads_to_the_worker_count(tiny_model_path, data, tmp_path):
+    """3 validation prompts on 2 workers: padded to 4 for the dispatch, scored on the 3 real ones,
+    sampled with val_kwargs (temperature 0.8, one sample)."""
+    trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "naive")
+    metrics = trainer.validate()
+    assert workers.calls == ["generate:val"]
+    (call,) = engine.calls
+    assert len(call["views"]) == 4
+    assert call["sampling"].n == 1 and call["sampling"].temperature == 0.8 and not call["sampling"].greedy
+    assert metrics["val/acc"] == pytest.approx(1 / 3)
+    sources = [item["data_source"] for item in trainer.val_dataset.items]
+    right = sources[[item["index"] for item in trainer.val_dataset.items].index(0)]
+    for source in set(sources):
+        expected = (source == right) / sources.count(source)
+        assert metrics[f"val/{source}/acc"] == pytest.approx(expected)
+    assert metrics["val/answer_present"] == 1.0
