@@ -7,7 +7,8 @@
 Datasets: math (DigitalLearningGmbH/MATH-lighteval), dapo (open-r1/DAPO-Math-17k-Processed),
 openrs (knoveleng/open-rs), gsm8k (openai/gsm8k), math500 (HuggingFaceH4/MATH-500),
 amc (AI-MO/aimo-validation-amc), amc23 (math-ai/amc23), aime24 (HuggingFaceH4/aime_2024).
-Without --local_path the records come from the hub through `datasets` (needs network access).
+Without --local_path the records come from the hub through `datasets` (needs network access and
+`pip install datasets`, the optional extra `.[hub]`).
 `builtin` writes the generated offline dataset (one-shot system prompt unless --system_prompt is given).
 """
 

@@ -140,3 +140,17 @@ def test_answer_extraction_from_raw_records():
     assert dapo[0]["prompt"][1]["content"] == "What is x?" and dapo[0]["reward_model"]["ground_truth"] == "5"
     with pytest.raises(DataError, match="unknown dataset"):
         preprocess("nope", "/tmp/never-written")
+
+
+def test_hub_without_datasets_is_a_one_line_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now fails
+    with pytest.raises(DataError, match=r"needs the `datasets` package: pip install datasets .*--local_path") as info:
+        preprocess("gsm8k", tmp_path, split="test")
+    assert "\n" not in str(info.value)
+    spec = importlib.util.spec_from_file_location("preprocess_script", REPO / "scripts" / "preprocess.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["gsm8k", "--split", "test", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: reading openai/gsm8k from the hub") and "pip install datasets" in err
+    assert not list(tmp_path.iterdir())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
 import pytest
 import torch
 
@@ -205,3 +206,65 @@ def test_loader_yields_batches_of_pairs(tokenizer, builtin):
     batch = next(iter(StatefulLoader(ds, batch_size=4, seed=0)))
     assert len(batch) == 8 and batch["pair_id"][:4] == batch["pair_id"][4:]
     assert batch["input_ids"].dtype == torch.long and batch.meta["epoch"] == 0
+
+
+def _short_rows(n, data_source="t", start=0):
+    return [make_row(f"What is {i} + 1?", str(i + 1), index=i, split="train", data_source=data_source) for i in range(start, start + n)]
+
+
+def test_rl_dataset_from_several_files(tokenizer, tmp_path):
+    first = write_verl_parquet(_short_rows(2), tmp_path / "first.parquet")
+    second = write_verl_parquet(_short_rows(2), tmp_path / "second.parquet")  # same data_source and indices
+    expected = ["first.parquet:t/0", "first.parquet:t/1", "second.parquet:t/0", "second.parquet:t/1"]
+    for files in ([first, second], f"{first},{second}"):
+        ds = RLDataset(files, tokenizer, 128)
+        assert [it["uid"] for it in ds.items] == expected
+        assert [it["index"] for it in ds.items] == [0, 1, 0, 1]
+    assert [it["uid"] for it in RLDataset(first, tokenizer, 128).items] == ["t/0", "t/1"]  # one file: no name
+
+
+def test_rl_dataset_with_another_prompt_key(tokenizer, tmp_path):
+    frame = pd.DataFrame(_short_rows(2)).rename(columns={"prompt": "question"})
+    frame["question"] = ["What is 0 + 1?", "What is 1 + 1?"]  # plain strings: one user message each
+    path = tmp_path / "q.parquet"
+    frame.to_parquet(path)
+    ds = RLDataset(path, tokenizer, 128, prompt_key="question")
+    assert len(ds) == 2
+    assert ds[1]["prompt_messages"] == [{"role": "user", "content": "What is 1 + 1?"}]
+    assert ds[1]["input_ids"] == _expected_ids(tokenizer, [{"role": "user", "content": "What is 1 + 1?"}])
+    assert ds[1]["ground_truth"] == "2"
+    with pytest.raises(DataError, match=r"q\.parquet.*missing column.*'prompt'"):
+        RLDataset(path, tokenizer, 128)
+
+
+def test_paired_truncation_modes(tokenizer, tmp_path):
+    long_question = "apple " * 300 + "1?"
+    original = write_verl_parquet(
+        _short_rows(1) + [make_row(long_question, "2", index=1, split="train", data_source="t")], tmp_path / "o.parquet"
+    )
+    rephrased = write_verl_parquet(_short_rows(2), tmp_path / "r.parquet")
+    limit = 128
+    kwargs = {"max_prompt_length": limit, "filter_overlong_prompts": False}
+    with pytest.raises(DataError, match=r"pair with extra_info\.index 1 \(original\): prompt has \d+ tokens > data\.max_prompt_length=128"):
+        PairedRLDataset(original, rephrased, tokenizer, truncation="error", **kwargs)
+    full = PairedRLDataset(original, rephrased, tokenizer, max_prompt_length=10_000)[1]
+    left = PairedRLDataset(original, rephrased, tokenizer, truncation="left", **kwargs)
+    right = PairedRLDataset(original, rephrased, tokenizer, truncation="right", **kwargs)
+    assert len(left) == len(right) == 2 and left.num_filtered == right.num_filtered == 0
+    assert len(full["original"]["input_ids"]) > limit
+    assert left[1]["original"]["input_ids"] == full["original"]["input_ids"][-limit:]
+    assert right[1]["original"]["input_ids"] == full["original"]["input_ids"][:limit]
+    for ds in (left, right):  # the short side is untouched
+        assert ds[1]["rephrased"]["input_ids"] == full["rephrased"]["input_ids"]
+        assert ds[0]["original"]["input_ids"] == _expected_ids(tokenizer, ds[0]["original"]["prompt_messages"])
+    with pytest.raises(ValueError, match="truncation"):
+        PairedRLDataset(original, rephrased, tokenizer, truncation="middle", **kwargs)
+
+
+def test_paired_dataset_logs_only_when_it_drops(tokenizer, tmp_path, caplog):
+    original = write_verl_parquet(_short_rows(2), tmp_path / "o.parquet")
+    rephrased = write_verl_parquet(_short_rows(2), tmp_path / "r.parquet")
+    with caplog.at_level(logging.INFO, logger="corewarding.data.dataset"):
+        ds = PairedRLDataset(original, rephrased, tokenizer, max_prompt_length=128)
+    assert len(ds) == 2 and ds.num_filtered == 0
+    assert not any("dropped" in r.getMessage() for r in caplog.records if r.name == "corewarding.data.dataset")

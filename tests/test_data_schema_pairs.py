@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from corewarding.data import SYSTEM_PROMPT, DataError, load_pairs, make_row, read_verl_parquet, write_verl_parquet
+from corewarding.data.pairs import same_ground_truth
+from corewarding.data.schema import as_files
 from corewarding.data.preprocess import preprocess
 
 
@@ -127,3 +130,49 @@ def test_load_pairs_errors(tmp_path):
     # Several files: indices must be unique across them.
     with pytest.raises(DataError, match=r"index 0 appears in several original files"):
         load_pairs([original, write_verl_parquet(_rows(["1"]), tmp_path / "o2.parquet")], original)
+
+
+@pytest.mark.parametrize(
+    "a, b, same",
+    [
+        ("1,234", "1234", True),  # a real thousands separator
+        ("1,234,567", "1234567", True),
+        ("-1,000", "-1000", True),
+        ("1,234.5", "1234.50", True),
+        ("48", "48.0", True),
+        ("1,2", "12", False),  # a list (or a decimal comma), not twelve
+        ("1,2,3", "123", False),
+        ("12,34", "1234", False),
+        ("1_0", "10", False),  # Python's float() would accept the underscore
+        ("3", "4", False),
+    ],
+)
+def test_same_ground_truth_commas(a, b, same):
+    assert same_ground_truth(a, b) is same
+    assert same_ground_truth(b, a) is same
+
+
+def test_load_pairs_rejects_comma_list_against_number(tmp_path):
+    original = write_verl_parquet(_rows(["1,2"]), tmp_path / "o.parquet")
+    rephrased = write_verl_parquet(_rows(["12"]), tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=r"extra_info\.index 0: ground truths differ"):
+        load_pairs(original, rephrased)
+    thousands = write_verl_parquet(_rows(["1,234"]), tmp_path / "t.parquet")
+    plain = write_verl_parquet(_rows(["1234"]), tmp_path / "p.parquet")
+    assert load_pairs(thousands, plain)["ground_truth"].tolist() == ["1,234"]
+
+
+def test_as_files_accepts_one_path_a_comma_separated_string_or_a_list(tmp_path):
+    assert as_files("a.parquet") == [Path("a.parquet")]
+    assert as_files(Path("a.parquet")) == [Path("a.parquet")]
+    assert as_files("a.parquet, dir/b.parquet") == [Path("a.parquet"), Path("dir/b.parquet")]
+    assert as_files("a.parquet,") == [Path("a.parquet")]  # a trailing comma adds no file
+    assert as_files(["a.parquet", Path("b.parquet")]) == [Path("a.parquet"), Path("b.parquet")]
+    for nothing in (",", []):
+        with pytest.raises(DataError, match="no data files given"):
+            as_files(nothing)
+    first = write_verl_parquet(_rows(["1", "2"]), tmp_path / "x.parquet")
+    second = write_verl_parquet(_rows(["3"], start=2), tmp_path / "y.parquet")
+    frame = read_verl_parquet(f"{first},{second}")
+    assert frame["ground_truth"].tolist() == ["1", "2", "3"]
+    assert [Path(f).name for f in frame["file"]] == ["x.parquet", "x.parquet", "y.parquet"]

@@ -49,10 +49,35 @@ def generous_default_timeout(monkeypatch):
         ("", None),
         (None, None),
         (r"\boxedx{3}", None),  # not a box command
+        (r"\boxed{1} and \boxedx{3}", "1"),  # \boxedx is another macro: the real box decides
     ],
 )
 def test_extract_boxed_answer(text, expected):
     assert extract_boxed_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"\boxed{1} ... \boxed\frac12", r"\frac12"),  # the last box decides, not the earlier one
+        (r"\boxed{1} so $\boxed\frac{1}{2}$.", r"\frac{1}{2}"),  # stops at "$"
+        (r"\boxed{1} then \boxed5", "5"),
+        (r"{\boxed\pi} done", r"\pi"),  # stops at the brace closing the enclosing group
+        (r"\fbox\pi", r"\pi"),
+        (r"\boxed \frac{1}{2} apples", r"\frac{1}{2}"),  # the space form, braces kept together
+        (r"\boxed 5}", "5"),
+        (r"\boxed{1} and then \boxed", None),  # truncated right after the command
+        (r"\boxed{1} and then \boxed{", None),  # truncated inside the last box
+        (r"\boxed{1} and then \boxed\frac{1}{2", None),  # bare argument with an open brace
+        (r"\boxed{1} and then \boxed.", None),  # no digit, letter or command
+    ],
+)
+def test_extract_last_box_without_braces_or_truncated(text, expected):
+    assert extract_boxed_answer(text) == expected
+
+
+def test_extracted_bare_box_is_math_equal():
+    assert answers_equivalent(extract_boxed_answer(r"\boxed{1} ... \boxed\frac12"), "0.5")
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,6 +100,18 @@ def test_extract_boxed_answer(text, expected):
         (r"\text{(A)}", "(A)"),
         (r"1\!000", "1000"),
         (r"a \, b", "ab"),
+        (r"5\mbox{dollars}", "5"),
+        (r"5 \text{degrees}", "5"),
+        (r"5\mathrm{cm}", "5"),
+        (r"12\text{ m}", "12"),
+        (r"3\mathrm{i}", "3i"),  # the imaginary unit is no unit
+        (r"1+\mathrm{i}", "1+i"),
+        (r"2\mathrm{e}", "2e"),  # nor is Euler's number
+        (r"\mathrm{e}^{2}", "e^{2}"),
+        (r"3\text{ i}", "3i"),
+        (r"1+\text{ cm}", r"1+\text{cm}"),  # removing the unit would leave "1+"
+        (r"2\times\text{ cm}", r"2\times\text{cm}"),
+        (r"|x|\text{ cm}", "|x|"),
         (None, ""),
         ("   ", ""),
     ],
@@ -100,6 +137,11 @@ def test_normalize_answer(raw, expected):
         ("2x", "x2"),
         (" 7 ", "7."),
         (r"\left(1,2\right)", "(1,2)"),
+        (r"5\mbox{dollars}", "5"),
+        (r"3\mathrm{i}", "3i"),
+        (r"1+\mathrm{i}", "1+i"),
+        (r"2\mathrm{e}", "2e"),
+        (r"\mathrm{e}^{2}", "e^{2}"),
     ],
 )
 def test_equivalent_positive(a, b):
@@ -120,6 +162,9 @@ def test_equivalent_positive(a, b):
         (None, None),
         ("", ""),
         ("  ", "  "),
+        (r"3\mathrm{i}", "3"),  # \mathrm{i} is the imaginary unit, not a unit to strip
+        (r"1+\mathrm{i}", "1"),
+        (r"2\mathrm{e}", "2"),
     ],
 )
 def test_equivalent_negative(a, b):

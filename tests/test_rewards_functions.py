@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from corewarding.batch import Batch
 from corewarding.rewards import answers as answers_mod
+from corewarding.rewards import functions as functions_mod
 from corewarding.rewards import (
     REWARD_FUNCTIONS,
     RewardOutput,
@@ -59,6 +60,22 @@ def test_gt_reward():
     assert out.rows["answer"] == ["0.5", r"\frac{1}{3}", None, "x=3"]
     assert out.rows["pseudo_label"] == [None] * 4
     assert out.metrics == {"score_mean": 0.5, "answer_present": 0.75, "gt_acc": 0.5}
+
+
+def test_gt_reward_checks_each_answer_once(monkeypatch):
+    """The reward and gt_acc come from one math check per rollout with a ground truth."""
+    calls = []
+
+    def counting(a, b, timeout=None):
+        calls.append((a, b))
+        return answers_mod.answers_equivalent(a, b, timeout)
+
+    monkeypatch.setattr(functions_mod, "answers_equivalent", counting)
+    batch = make_batch(["0.5", "2", None, "7"], ["a", "a", "b", "c"], [r"\frac12", "3", "3", None])
+    out = gt(batch)
+    assert out.scores.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert out.metrics["gt_acc"] == pytest.approx(1 / 3)
+    assert calls == [("0.5", r"\frac12"), ("2", "3"), (None, "3")]
 
 
 def test_gt_reward_needs_ground_truth():

@@ -2,7 +2,7 @@
 a resumable loader, the built-in offline dataset and preprocessing of the public math sets."""
 
 from corewarding.data.builtin import ONE_SHOT_SYSTEM_PROMPT, builtin_problems, write_builtin_dataset
-from corewarding.data.dataset import PairedRLDataset, RLDataset, StatefulLoader, collate, left_pad, to_batch
+from corewarding.data.dataset import PairedRLDataset, RLDataset, StatefulLoader, left_pad, to_batch
 from corewarding.data.pairs import load_pairs
 from corewarding.data.schema import (
     SYSTEM_PROMPT,
@@ -21,7 +21,6 @@ __all__ = [
     "SYSTEM_PROMPT",
     "StatefulLoader",
     "builtin_problems",
-    "collate",
     "left_pad",
     "load_pairs",
     "make_row",

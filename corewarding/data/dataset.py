@@ -179,7 +179,7 @@ class PairedRLDataset:
                     "view": view,
                 }
             items.append(item)
-        if dropped or filter_overlong_prompts:
+        if dropped:
             logger.info(
                 "PairedRLDataset: dropped %d of %d pairs with a side longer than %d tokens", dropped, len(pairs), max_prompt_length
             )
@@ -227,9 +227,6 @@ def to_batch(items: Sequence[dict[str, Any]], pad_token_id: int) -> Batch:
         rows=rows,
         meta={"paired": paired},
     )
-
-
-collate = to_batch
 
 
 class StatefulLoader:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -18,14 +19,25 @@ PAIR_COLUMNS = [
 ]
 
 
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
+
+
+def _as_number(text: str) -> float | None:
+    """A plain decimal number; commas only as real thousands separators ("1,234" but not "1,2")."""
+    text = text.strip()
+    if _THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    return float(text) if _NUMBER.fullmatch(text) else None
+
+
 def same_ground_truth(a: str, b: str) -> bool:
-    """Equal as text after light normalisation, or as numbers ("48" and "48.0")."""
+    """Equal as text after light normalisation, or as numbers ("48" and "48.0", "1,234" and
+    "1234"; but "1,2" and "12" differ)."""
     if a.strip() == b.strip() or normalize_answer(a) == normalize_answer(b):
         return True
-    try:
-        return float(a.replace(",", "")) == float(b.replace(",", ""))
-    except ValueError:
-        return False
+    x, y = _as_number(a), _as_number(b)
+    return x is not None and y is not None and x == y
 
 
 def _check_unique(frame: pd.DataFrame, which: str) -> None:

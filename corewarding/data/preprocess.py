@@ -74,7 +74,6 @@ class DatasetSpec:
     answers: tuple[AnswerFn, ...]
     hub_config: str | None = None
     keep: tuple[str, ...] = ()  # source fields copied into extra_info
-    data_source: str = ""
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -140,7 +139,14 @@ def read_records(path: str | Path) -> list[dict[str, Any]]:
 
 
 def load_hub_records(spec: DatasetSpec, split: str) -> list[dict[str, Any]]:
-    import datasets  # noqa: PLC0415 - only needed online
+    """Records of one split from the hub through `datasets` (the optional extra ``hub``)."""
+    try:
+        import datasets  # noqa: PLC0415 - only needed online
+    except ImportError:
+        raise DataError(
+            f"reading {spec.hub_id} from the hub needs the `datasets` package: pip install datasets "
+            "(or pip install -e '.[hub]'), or give --local_path with a local copy"
+        ) from None
 
     dataset = datasets.load_dataset(spec.hub_id, spec.hub_config, split=spec.splits[split])
     return [dict(r) for r in dataset]
@@ -184,7 +190,7 @@ def convert_records(
         if _INTEGRAL_FLOAT.match(answer):  # "142.0" (AMC stores floats) -> "142"
             answer = answer.split(".")[0]
         rows.append(make_row(
-            question.strip(), answer, index=index, split=split, data_source=spec.data_source or name,
+            question.strip(), answer, index=index, split=split, data_source=name,
             system_prompt=system_prompt, extra_info=extra,
         ))
     if dropped:

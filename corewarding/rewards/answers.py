@@ -56,15 +56,42 @@ _WORKER_START_TIMEOUT = 120.0
 # Extraction
 # --------------------------------------------------------------------------------------------
 
-_BOX_START = re.compile(r"\\(?:boxed|fbox)(?=[\s{])")
+_BOX_START = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def _bare_box_argument(text: str, start: int) -> str | None:
+    """The argument of a box written without braces, read from `start`: characters up to the
+    first whitespace or ``$`` outside braces, or up to a ``}`` closing a group the box sits in.
+    None when that leaves a brace open (a truncated response) or holds no digit, letter or
+    command (``\\boxed.``)."""
+    depth, end = 0, start
+    while end < len(text):
+        c = text[end]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif depth == 0 and (c.isspace() or c == "$"):
+            break
+        end += 1
+    token = text[start:end]
+    if depth or not any(c.isalnum() or c == "\\" for c in token):
+        return None
+    return token
 
 
 def extract_boxed_answer(text: str | None) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled) or of the
-    space form ``\\boxed 5`` (the next token, up to whitespace or ``$``), stripped.
+    """The answer of the last ``\\boxed`` / ``\\fbox`` command in `text`, stripped.
 
-    None when the text has no box, when the last box is unbalanced (e.g. a truncated response) or
-    when it is empty.
+    - ``\\boxed{...}``: the group's content (nested braces handled);
+    - ``\\boxed 5``: the space form of the release, the next token up to whitespace or ``$``;
+    - ``\\boxed\\frac12`` / ``\\boxed5``: decision: the same token rule, so ``\\frac12`` /
+      ``5``, which math equivalence reads as 1/2 / 5 (LaTeX itself would box only ``\\frac``).
+
+    The last box always decides: None when it is unbalanced or cut off (a truncated response ending
+    in ``\\boxed{3`` or ``\\boxed``) or empty, never an earlier box. ``\\boxedx`` is another macro.
     """
     if not text:
         return None
@@ -88,10 +115,7 @@ def extract_boxed_answer(text: str | None) -> str | None:
                     content = text[j + 1 : k].strip()
                     return content or None
         return None  # unbalanced
-    if j == i:  # "\boxed" followed by something that is neither space nor brace (cannot happen)
-        return None
-    m = re.match(r"[^\s$]+", text[j:])
-    return m.group(0).strip() if m else None
+    return _bare_box_argument(text, j)
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,7 +124,11 @@ def extract_boxed_answer(text: str | None) -> str | None:
 
 _TEXT_CMD = r"\\(?:text|textbf|textrm|mathrm|mbox)"
 _WHOLE_TEXT = re.compile(rf"^{_TEXT_CMD}\{{([^{{}}]*)\}}$")
+# The constants i and e in roman type: ``3\mathrm{i}`` is 3i, never 3 with a unit "i".
+_TEXT_CONSTANT = re.compile(rf"{_TEXT_CMD}\{{\s*([ie])\s*\}}")
 _TRAILING_UNIT = re.compile(rf"^(.+?){_TEXT_CMD}\{{\s*[A-Za-z][A-Za-z\s.^0-9]*\}}$")
+# What may not end the value left after a unit is removed (``1+\text{ cm}`` keeps its unit).
+_DANGLING = re.compile(r"(?:[-+*/=^_,(\[{<>]|\\(?:cdot|times|div|pm|mp|leq?|geq?|neq?|approx|in|to))$")
 
 
 def normalize_answer(answer: str | None) -> str:
@@ -110,7 +138,10 @@ def normalize_answer(answer: str | None) -> str:
     ``\\,``, ``\\;``, ``\\:``, ``~``), all spaces, ``\\dfrac`` / ``\\tfrac`` -> ``\\frac``, degree
     marks (``^\\circ``), a trailing ``.``, a trailing percent sign (``10\\%`` == ``10``, as
     math-verify also decides), a whole-answer ``\\text{X}`` -> ``X`` and a trailing text unit
-    (``5\\text{ cm}`` -> ``5``). Returns "" for None / blank input.
+    (``5\\text{ cm}``, ``5\\mbox{dollars}``, ``5\\mathrm{cm}`` -> ``5``). The constants
+    ``\\mathrm{i}`` / ``\\text{e}`` (any text command around a lone i or e) become ``i`` / ``e``
+    and are never taken for units (``3\\mathrm{i}`` -> ``3i``); a unit is kept when removing it would
+    leave a dangling operator (``1+\\text{ cm}``). Returns "" for None / blank input.
     """
     if answer is None:
         return ""
@@ -121,13 +152,15 @@ def normalize_answer(answer: str | None) -> str:
     s = re.sub(r"\\[!,;:](?![a-zA-Z])|~", "", s)
     s = re.sub(r"\\(?:d|t)frac(?![a-zA-Z])", r"\\frac", s)
     s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ(?![a-zA-Z])|°", "", s)
+    s = _TEXT_CONSTANT.sub(r"\1", s)
     m = _WHOLE_TEXT.match(s.strip())
     if m:
         s = m.group(1)
     else:
         m = _TRAILING_UNIT.match(s.strip())
-        if m and m.group(1).strip():
-            s = m.group(1)
+        value = m.group(1).strip() if m else ""
+        if value and not _DANGLING.search(value):
+            s = value
     s = re.sub(r"\s+", "", s)
     s = re.sub(r"\\?%$", "", s) if len(s) > 1 else s
     while s.endswith(".") and len(s) > 1:

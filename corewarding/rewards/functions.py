@@ -26,6 +26,7 @@ from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
+from corewarding.algos import masked_mean
 from corewarding.batch import Batch
 from corewarding.rewards.answers import answers_equivalent, extract_boxed_answer, majority_vote, Vote
 
@@ -90,14 +91,25 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def _common_metrics(scores: list[float], answers: list[str | None], gts: list[str | None]) -> dict[str, float]:
+def _gt_correct(answers: list[str | None], gts: list[str | None]) -> list[bool]:
+    """Per rollout: does the answer match the ground truth (False where there is none)."""
+    return [g is not None and answers_equivalent(a, g) for a, g in zip(answers, gts)]
+
+
+def _common_metrics(
+    scores: list[float], answers: list[str | None], gts: list[str | None], correct: list[bool] | None = None
+) -> dict[str, float]:
+    """score_mean, answer_present and, over the rows with a ground truth, gt_acc; `correct` is
+    `_gt_correct(answers, gts)` when the caller has it already."""
     metrics = {
         "score_mean": _mean(scores),
         "answer_present": _mean([a is not None for a in answers]),
     }
     with_gt = [i for i, g in enumerate(gts) if g is not None]
     if with_gt:
-        metrics["gt_acc"] = _mean([answers_equivalent(answers[i], gts[i]) for i in with_gt])
+        if correct is None:
+            correct = _gt_correct(answers, gts)
+        metrics["gt_acc"] = _mean([correct[i] for i in with_gt])
     return metrics
 
 
@@ -157,8 +169,9 @@ def gt(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
     """GT-Reward: 1 if the answer is mathematically equal to the ground truth, else 0."""
     _require_rows(batch, ["response_text", "ground_truth"], "gt")
     answers, gts = _answers(batch), _ground_truth(batch)
-    scores = [1.0 if answers_equivalent(a, g) else 0.0 for a, g in zip(answers, gts)]
-    return _output(scores, _common_metrics(scores, answers, gts), answers, [None] * len(batch))
+    correct = _gt_correct(answers, gts)
+    scores = [1.0 if c else 0.0 for c in correct]
+    return _output(scores, _common_metrics(scores, answers, gts, correct), answers, [None] * len(batch))
 
 
 def majority_voting(batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string") -> RewardOutput:
@@ -212,13 +225,13 @@ def co_rewarding_ii(batch: Batch, teacher: Batch | None = None, *, equivalence: 
     return _label_rewards(answers, gts, groups, votes, equivalence)
 
 
-def _masked_mean(batch: Batch, key: str, who: str) -> torch.Tensor:
+def _response_mean(batch: Batch, key: str, who: str) -> torch.Tensor:
+    """Per rollout, the mean of tensor `key` over its response tokens (0 for an empty response)."""
     for name in (key, "response_mask"):
         if name not in batch.tensors:
             raise KeyError(f"{who} needs batch tensor {name!r}; the batch has {sorted(batch.tensors)}")
     values = batch.tensors[key].float()
-    mask = batch.tensors["response_mask"].to(values.dtype)
-    return (values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return masked_mean(values, batch.tensors["response_mask"].to(values.dtype), dim=-1)
 
 
 def _certainty_output(batch: Batch, scores: torch.Tensor) -> RewardOutput:
@@ -230,12 +243,12 @@ def _certainty_output(batch: Batch, scores: torch.Tensor) -> RewardOutput:
 
 def self_certainty(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
     """Self-Certainty (Intuitor): masked mean over response tokens of the per-token self-certainty."""
-    return _certainty_output(batch, _masked_mean(batch, "self_certainty", "self_certainty"))
+    return _certainty_output(batch, _response_mean(batch, "self_certainty", "self_certainty"))
 
 
 def entropy(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
     """Entropy (RENT / EMPO): minus the masked mean over response tokens of the per-token entropy."""
-    return _certainty_output(batch, -_masked_mean(batch, "entropy", "entropy"))
+    return _certainty_output(batch, -_response_mean(batch, "entropy", "entropy"))
 
 
 # ---------------------------------------------------------------------------------------------
