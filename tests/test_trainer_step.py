@@ -19,7 +19,7 @@ from corewarding.data import StatefulLoader, write_builtin_dataset
 from corewarding.trainer import compose_config, prepare_config, resolve_method
 from corewarding.trainer.ray_trainer import Trainer
 from corewarding.trainer.run import build_datasets, load_tokenizer
-from corewarding.trainer.tracking import Tracker
+from corewarding.trainer.tracking import Tracker, read_metrics
 from corewarding.workers.rollout.base import RolloutOutput
 
 N = 4  # policy rollouts per prompt
@@ -212,7 +212,7 @@ def test_co_rewarding_i_groups_each_view_separately(tiny_model_path, data, tmp_p
 def test_validation_pads_to_the_worker_count(tiny_model_path, data, tmp_path):
     """3 validation prompts on 2 workers: padded to 4 for the dispatch, scored on the 3 real ones,
     sampled with val_kwargs (temperature 0.8, one sample)."""
-    trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "naive")
+    trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "naive", "trainer.log_val_generations=2")
     metrics = trainer.validate()
     assert workers.calls == ["generate:val"]
     (call,) = engine.calls
@@ -225,3 +225,6 @@ def test_validation_pads_to_the_worker_count(tiny_model_path, data, tmp_path):
         expected = (source == right) / sources.count(source)
         assert metrics[f"val/{source}/acc"] == pytest.approx(expected)
     assert metrics["val/answer_present"] == 1.0
+    shown = read_metrics(tmp_path / "val_generations.jsonl")  # trainer.log_val_generations=2
+    assert len(shown) == 2 and shown[0]["step"] == 0
+    assert [s["reward"] for s in shown] == [float(s["answer"] == s["ground_truth"]) for s in shown]

@@ -343,6 +343,7 @@ class Trainer:
         present: list[bool] = []
         lengths: list[float] = []
         records: list[dict[str, Any]] = []
+        keep_records = bool(self.cfg.trainer.get("validation_data_dir")) or int(self.cfg.trainer.get("log_val_generations") or 0) > 0
         for lo in range(0, len(items), size):
             prompts = to_batch(items[lo:lo + size], self.pad_token_id)
             prompts.rows["prompt_id"] = prompts.rows["uid"]
@@ -353,7 +354,7 @@ class Trainer:
             sources += list(rollouts.rows["data_source"])
             present += [a is not None for a in answers]
             lengths += rollouts.tensors["response_mask"].float().sum(-1).tolist()
-            if self.cfg.trainer.get("validation_data_dir"):
+            if keep_records:
                 records += [
                     {"step": self.global_step, "data_source": rollouts.rows["data_source"][i],
                      "prompt": self._prompt_text(rollouts.rows, i), "response": rollouts.rows["response_text"][i],
@@ -367,8 +368,11 @@ class Trainer:
         metrics["val/answer_present"] = _mean(present)
         metrics["val/response_length/mean"] = _mean(lengths)
         metrics["timing/val"] = time.perf_counter() - start
-        if records:
+        if self.cfg.trainer.get("validation_data_dir"):
             dump_rollouts(self.cfg.trainer.validation_data_dir, self.global_step, records)
+        shown = int(self.cfg.trainer.get("log_val_generations") or 0)
+        if shown > 0:
+            self.tracker.log_generations(records[:shown], self.global_step)
         return metrics
 
     # ------------------------------------------------------------------ checkpoints

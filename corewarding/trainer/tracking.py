@@ -135,6 +135,21 @@ class Tracker:
         if console and "console" in self.loggers and step % self.console_every == 0:
             self.printer(format_console(step, clean))
 
+    def log_generations(self, samples: list[Mapping[str, Any]], step: int) -> None:
+        """verl's `trainer.log_val_generations`: a few validation samples (prompt, response,
+        answer, ground truth, reward) appended to `val_generations.jsonl` and, with wandb, logged as
+        a table."""
+        with open(self.out_dir / "val_generations.jsonl", "a", encoding="utf-8") as fh:
+            for sample in samples:
+                fh.write(json.dumps({"step": int(step), **{k: _jsonable(v) for k, v in sample.items()}},
+                                    ensure_ascii=False) + "\n")
+        if self._wandb is not None and samples:
+            import wandb
+
+            columns = list(samples[0])
+            table = wandb.Table(columns=columns, data=[[str(s.get(c)) for c in columns] for s in samples])
+            self._wandb.log({"val/generations": table}, step=int(step))
+
     def close(self) -> None:
         self._jsonl.close()
         if self._wandb is not None:
