@@ -8,7 +8,8 @@
 #
 # Environment: LLM_PATH (required), NUM_GPUS (GPUs per node; default: all visible), NNODES (1),
 # WANDB_API_KEY (wandb logging when set), TRAIN_FILES / TRAIN_AUG_FILES / VAL_FILES (data paths,
-# default ../data/math/...), EXP_NAME, PROJECT_NAME, DRY_RUN=1 (print the command, run nothing).
+# default ../data/math/...), ROLLOUT_TP (vLLM tensor parallel size, 1), EXP_NAME, PROJECT_NAME,
+# DRY_RUN=1 (print the command, run nothing).
 # Extra arguments are hydra overrides appended last (they win), e.g. ray_init.address=auto.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -65,7 +66,7 @@ ARGS=(
     actor_rollout_ref.rollout.name=vllm
     actor_rollout_ref.rollout.n=8
     actor_rollout_ref.rollout.temperature=1.0
-    actor_rollout_ref.rollout.tensor_model_parallel_size=1
+    actor_rollout_ref.rollout.tensor_model_parallel_size=${ROLLOUT_TP:-1}
     actor_rollout_ref.rollout.gpu_memory_utilization=0.8
     actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
     actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16

@@ -11,8 +11,8 @@
 # Environment: LLM_PATH (required), NUM_GPUS (GPUs per node; default: all visible), NNODES (1),
 # WANDB_API_KEY (wandb logging when set), TRAIN_FILES / TRAIN_AUG_FILES / VAL_FILES (data paths,
 # default ../data/math/...; DAPO-14k: TRAIN_FILES=../data/dapo/train.parquet), USE_AUG (False;
-# True lets the teacher answer the rephrased question, needs TRAIN_AUG_FILES), ALPHA_START /
-# ALPHA_END / INTERVAL (EMA schedule), EXP_NAME, PROJECT_NAME, DRY_RUN=1 (print the command only).
+# True lets the teacher answer the rephrased question, needs TRAIN_AUG_FILES), ROLLOUT_TP (vLLM tensor
+# parallel size, 1), ALPHA_START / ALPHA_END / INTERVAL (EMA schedule), EXP_NAME, PROJECT_NAME, DRY_RUN=1 (print the command only).
 # Extra arguments are hydra overrides appended last (they win), e.g. ray_init.address=auto.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -75,7 +75,7 @@ ARGS=(
     actor_rollout_ref.rollout.n=8
     actor_rollout_ref.rollout.teacher_n=8
     actor_rollout_ref.rollout.temperature=1.0
-    actor_rollout_ref.rollout.tensor_model_parallel_size=1
+    actor_rollout_ref.rollout.tensor_model_parallel_size=${ROLLOUT_TP:-1}
     actor_rollout_ref.rollout.gpu_memory_utilization=0.6
     actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16
     actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16
