@@ -105,8 +105,8 @@ class Batch:
             meta={**self.meta, **other.meta},
         )
 
-    def pop(self, keys: Iterable[str]) -> Batch:
-        """A new batch with only `keys` (tensors or rows), meta shared."""
+    def subset(self, keys: Iterable[str]) -> Batch:
+        """A new batch with only `keys` (tensors or rows) and a copy of meta; `self` is unchanged."""
         keys = list(keys)
         missing = [k for k in keys if k not in self]
         if missing:

@@ -84,7 +84,7 @@ def test_repeat_interleave():
     assert b["x"].tolist() == [0, 0, 0, 1, 1, 1]
 
 
-def test_union_and_pop():
+def test_union_and_subset():
     b = make(3)
     other = Batch(tensors={"x": torch.tensor([9, 9, 9])}, rows={"text": ["a", "b", "c"]}, meta={"k": 1})
     u = b.union(other)
@@ -94,10 +94,14 @@ def test_union_and_pop():
     assert len(b.union(Batch())) == 3
     with pytest.raises(ValueError, match="union"):
         b.union(make(2))
-    p = b.pop(["x", "uid"])
+    p = b.subset(["x", "uid"])
     assert set(p.tensors) == {"x"} and set(p.rows) == {"uid"} and p.meta == {"step": 3}
+    assert set(b.tensors) == {"x", "m"} and set(b.rows) == {"uid"}  # nothing removed from the source
+    p.meta["k"] = 2
+    assert b.meta == {"step": 3}  # meta is a copy, not shared
+    assert not hasattr(b, "pop")  # renamed: it never removed anything
     with pytest.raises(KeyError, match="nope"):
-        b.pop(["x", "nope"])
+        b.subset(["x", "nope"])
 
 
 def test_to_keeps_everything():

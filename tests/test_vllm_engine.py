@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ def test_weight_push_matches_transformers(engine, hf_model, tokenizer, eos_ids, 
     same weights, then push the originals back (the teacher / policy round trip)."""
     settings = SamplingSettings(n=1, temperature=0.0, max_new_tokens=24)
     before = engine.generate(prompts, settings)
-    engine.sleep()  # no-op on CPU (vLLM sleep mode is GPU-only); the worker calls these around training
+    assert engine.sleep() is False  # no-op on CPU (vLLM sleep mode is GPU-only): the weights stay
     engine.wake_up()
     changed = copy.deepcopy(hf_model)
     generator = torch.Generator().manual_seed(0)
@@ -179,9 +180,75 @@ def test_weight_push_matches_transformers(engine, hf_model, tokenizer, eos_ids, 
     diffs = [_max_logprob_diff(changed, p, o) for p, o in zip(prompts, after)]
     assert max(diffs) < LOGPROB_TOL, diffs
 
+    engine.weights_dropped = True  # as after a GPU level-2 sleep: no generating before a push
+    with pytest.raises(RuntimeError, match="load weights"):
+        engine.generate(prompts, settings)
     engine.load_weights((name, t) for name, t in hf_model.named_parameters())  # generator, no lm_head
+    assert not engine.weights_dropped
     restored = engine.generate(prompts, settings)
     assert [o.token_ids for o in restored] == [b.token_ids for b in before]
+
+
+# -- engine arguments (no engine started) ----------------------------------------------------------
+
+
+def _config(tp: int, seed: int = 7) -> dict:
+    rollout = dict(
+        name="vllm", tensor_model_parallel_size=tp, seed=seed, gpu_memory_utilization=0.5, enforce_eager=True,
+        free_cache_engine=True, max_num_seqs=8, max_num_batched_tokens=512,
+    )
+    data = {"max_prompt_length": 8, "max_response_length": 4}
+    return {"actor_rollout_ref": {"rollout": rollout, "model": {}}, "data": data}
+
+
+def test_engine_seed_is_per_rollout_group():
+    """rollout.seed + rank // tp: every rank its own seed with TP 1; the ranks of a TP group share one
+    (they must sample the same tokens), the next group gets the next seed."""
+    from corewarding.workers.rollout import vllm_engine_kwargs
+
+    def seeds(tp: int, world: int) -> list[int]:
+        return [vllm_engine_kwargs(_config(tp), "/m", "cpu", rank)["seed"] for rank in range(world)]
+
+    assert seeds(1, 2) == [7, 8]
+    assert seeds(2, 4) == [7, 7, 8, 8]
+    kwargs = vllm_engine_kwargs(_config(2), "/m", "cpu", 1)
+    assert kwargs["tensor_parallel_size"] == 2 and kwargs["max_model_len"] == 12
+    assert kwargs["enable_sleep_mode"] is False  # sleep mode is GPU-only
+    assert vllm_engine_kwargs(_config(2), "/m", "cuda", 1)["enable_sleep_mode"] is True
+
+
+def test_tensor_parallel_llm_arguments():
+    """TP > 1 runs one engine per worker process under vLLM's external_launcher (untested on GPU)."""
+    from corewarding.workers.rollout.vllm_engine import parallel_kwargs
+
+    assert parallel_kwargs(1) == {"tensor_parallel_size": 1}
+    assert parallel_kwargs(4) == {
+        "tensor_parallel_size": 4,
+        "distributed_executor_backend": "external_launcher",
+        "disable_custom_all_reduce": True,
+    }
+
+
+def test_launcher_env_comes_from_torch_distributed(tmp_path, monkeypatch):
+    """external_launcher reads RANK / LOCAL_RANK: the worker's rank and its own device index (Ray shows
+    a worker one GPU), not the LOCAL_RANK the worker group set for the node."""
+    import torch.distributed as dist
+
+    from corewarding.workers.rollout.vllm_engine import _set_launcher_env
+
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    own = not dist.is_initialized()  # the in-process engine above may have made a world of 1 already
+    if own:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        _set_launcher_env()
+        expected = (str(dist.get_rank()), str(dist.get_world_size()), "0")
+    finally:
+        if own:
+            dist.destroy_process_group()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == expected == ("0", "1", "0")
 
 
 # -- next to the workers' gloo group ----------------------------------------------------------------

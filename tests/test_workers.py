@@ -3,13 +3,19 @@ single-process torch computations."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import random
+import socket
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from corewarding.batch import Batch
+from corewarding.workers.rollout.base import RolloutOutput
 
 pytestmark = pytest.mark.slow
 
@@ -172,11 +178,70 @@ def test_generate_shapes_and_masks(setup, tokenizer):
     assert "timing/weight_sync" in out.meta
 
 
+class RecordingEngine:
+    """A fake engine whose outputs depend only on the prompt and the sample index; it records the
+    calls (generate, weight pushes with the first pushed value, sleep / wake-up), the prompts of each
+    generate call and one draw from the global torch RNG per call (what a sampler draws from)."""
+
+    def __init__(self, drops_weights: bool = False) -> None:
+        self.drops_weights = drops_weights
+        self.calls: list[str] = []
+        self.prompts: list[list[list[int]]] = []
+        self.draws: list[float] = []
+
+    def generate(self, prompts, sampling):
+        self.calls.append("generate")
+        self.prompts.append([list(p) for p in prompts])
+        self.draws.append(torch.rand(1).item())
+        return [
+            RolloutOutput(token_ids=[10 + (sum(p) + j) % 90, 10 + len(p)], logprobs=[-0.25, -0.5])
+            for p in prompts
+            for j in range(sampling.n)
+        ]
+
+    def load_weights(self, named):
+        first = [float(t.flatten()[0]) for _, t in named][0]
+        self.calls.append(f"load:{first:g}")
+
+    def sleep(self) -> bool:
+        self.calls.append("sleep")
+        return self.drops_weights
+
+    def wake_up(self) -> None:
+        self.calls.append("wake_up")
+
+
+class IdsTokenizer:
+    """The tokenizer attributes generate_sequences uses, without transformers (spawned ranks)."""
+
+    pad_token_id, eos_token_id = 0, 1
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = True) -> list[str]:
+        return [" ".join(map(str, ids)) for ids in sequences]
+
+
+def bare_worker(config: dict, engine, tokenizer, rank: int = 0, world_size: int = 1):
+    """A worker without init_model (no process group, no models): enough for generate_sequences."""
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+    worker = ActorRolloutRefWorker(config, rank=rank, world_size=world_size)
+    worker.engine, worker.tokenizer = engine, tokenizer
+    worker.pad_token_id, worker.eos_ids = tokenizer.pad_token_id, [tokenizer.eos_token_id]
+    worker._engine_holds = {("policy", 0), ("teacher", 0)}
+    return worker
+
+
+def ids_batch(prompts: list[list[int]]) -> Batch:
+    """Left-padded prompt ids (pad 0), as the trainer sends them."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    uids = [f"u{i}" for i in range(len(prompts))]
+    return Batch(tensors={"input_ids": ids, "attention_mask": mask}, rows={"uid": uids})
+
+
 def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
     """EOS cut / padding / log-probs / text, through the worker's packing code with a scripted engine."""
-    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
-    from corewarding.workers.rollout.base import RolloutOutput
-
     eos = tokenizer.eos_token_id
     scripted = [[10, 11, eos], [12] * R, [eos], [13, 14]]
 
@@ -192,15 +257,12 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
             raise AssertionError("weights are current: no push expected")
 
         def sleep(self):
-            pass
+            return False
 
         def wake_up(self):
             pass
 
-    worker = ActorRolloutRefWorker(make_config(tiny_model_path), rank=0, world_size=1)
-    worker.engine, worker.tokenizer = Engine(), tokenizer
-    worker.pad_token_id, worker.eos_ids = tokenizer.pad_token_id, [eos]
-    worker._engine_holds = {("policy", 0), ("teacher", 0)}
+    worker = bare_worker(make_config(tiny_model_path), Engine(), tokenizer)
     batch = prompt_batch(tokenizer, ["one two three", "four"])
     out = worker.generate_sequences(batch)
     prompts, sampling = worker.engine.seen
@@ -214,6 +276,177 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
     assert out.rows["uid"] == ["u0", "u0", "u1", "u1"]
     val = worker._sampling(use_teacher=False, validate=True)
     assert val.greedy and val.n == 1
+
+
+@pytest.mark.parametrize("drops_weights", [False, True])
+def test_free_cache_engine_call_order(tiny_model_path, tokenizer, drops_weights):
+    """rollout.free_cache_engine: wake -> push (only when the engine lacks the weights) -> generate ->
+    sleep, for a policy rollout, a teacher rollout right after and a policy rollout again; an engine
+    whose sleep drops the weights (vLLM level 2) gets them pushed after every wake-up."""
+    config = make_config(tiny_model_path, **{"actor_rollout_ref.rollout.free_cache_engine": True})
+    engine = RecordingEngine(drops_weights=drops_weights)
+    worker = bare_worker(config, engine, tokenizer)
+    worker.actor, worker.ref = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    torch.nn.init.constant_(worker.actor.weight, 1.0)
+    torch.nn.init.constant_(worker.ref.weight, 2.0)
+    worker.policy_version = worker.teacher_version = 1  # after an update and an EMA step
+    worker._engine_holds = {("policy", 1)}  # the engine holds the updated policy
+    prompts = prompt_batch(tokenizer, ["one two", "three"])
+    for use_teacher in (False, True, False, False):
+        worker.generate_sequences(prompts, use_teacher=use_teacher)
+    policy, teacher, rollout = "load:1", "load:2", ["generate", "sleep"]
+    expected = [
+        "wake_up", *rollout,
+        "wake_up", teacher, *rollout,
+        "wake_up", policy, *rollout,
+        "wake_up", *([policy] if drops_weights else []), *rollout,
+    ]
+    assert engine.calls == expected
+
+
+def test_update_actor_entropy_only_with_a_bonus(tiny_model_path, monkeypatch):
+    """With actor.entropy_coeff = 0 the update never computes the full-vocabulary entropy and reports
+    no entropy metric; with a bonus it does, once per micro-batch, as actor/entropy_loss."""
+    import corewarding.algos as algos
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+    calls = []
+    real = algos.entropy_from_logits
+    monkeypatch.setattr(algos, "entropy_from_logits", lambda logits: calls.append(1) or real(logits))
+    config = make_config(tiny_model_path, **{"actor_rollout_ref.actor.entropy_coeff": 0.0})
+    worker = ActorRolloutRefWorker(config, rank=0, world_size=1)
+    worker.actor = load_plain(tiny_model_path)
+    worker.optimizer = torch.optim.AdamW(worker.actor.parameters(), lr=LR)
+    worker.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(worker.optimizer, lambda step: 1.0)
+    batch = rollout_batch(num_prompts=4, seed=9)  # 8 rows: one mini-batch, 4 micro-batches
+    g = torch.Generator().manual_seed(9)
+    extra = {k: torch.randn(batch["responses"].shape, generator=g) - 3 for k in ("old_log_probs", "ref_log_probs")}
+    batch = Batch(tensors={**batch.tensors, **extra, "advantages": torch.randn(len(batch), generator=g)})
+
+    metrics = worker.update_actor(batch)
+    assert calls == [] and not any("entropy" in key for key in metrics)
+    worker.actor_cfg["entropy_coeff"] = 0.01
+    metrics = worker.update_actor(batch)
+    assert len(calls) == 4 and torch.isfinite(torch.tensor(metrics["actor/entropy_loss"]))
+    assert "actor/entropy" not in metrics  # the trainer logs the rollouts' entropy under that name
+
+
+def test_update_teacher_is_ema_update_on_local_tensors(tiny_model_path):
+    """update_teacher goes through algos.ema_update_ (name-matched): plain tensors here, FSDP
+    shards in test_update_teacher_is_ema; mismatched models are refused by name."""
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+    worker = ActorRolloutRefWorker(make_config(tiny_model_path), rank=0, world_size=1)
+    worker.actor, worker.ref = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    policy = {k: v.clone() for k, v in worker.actor.state_dict().items()}
+    teacher = {k: v.clone() for k, v in worker.ref.state_dict().items()}
+    worker.update_teacher(0.75)
+    for key, value in worker.ref.state_dict().items():
+        torch.testing.assert_close(value, 0.75 * teacher[key] + 0.25 * policy[key])
+    assert worker.teacher_version == 1
+    worker.ref = torch.nn.Sequential(torch.nn.Linear(3, 2))  # names 0.weight / 0.bias
+    with pytest.raises(ValueError, match="same keys"):
+        worker.update_teacher(0.5)
+
+
+def test_engine_build_leaves_the_trainer_rng_per_rank(tiny_model_path, monkeypatch):
+    """An engine that reseeds the global RNGs at startup (in-process vLLM does, with its engine seed
+    rollout.seed + rank // tp, the same on both ranks of a TP group here) does not leave ranks on the
+    same torch stream: after the build each rank draws from rollout.seed + rank."""
+    from corewarding.workers import fsdp_worker
+    from corewarding.workers.rollout import rollout_seed
+
+    seeds = []
+
+    def build(config, model_path, model, tokenizer, device, rank):
+        seeds.append(rollout_seed(config, rank))
+        random.seed(seeds[-1])
+        np.random.seed(seeds[-1])
+        torch.manual_seed(seeds[-1])
+        return RecordingEngine()
+
+    monkeypatch.setattr(fsdp_worker, "build_rollout_engine", build)
+    config = make_config(
+        tiny_model_path,
+        **{"actor_rollout_ref.rollout.seed": 5, "actor_rollout_ref.rollout.tensor_model_parallel_size": 2},
+    )
+    draws = []
+    for rank in (0, 1):
+        worker = fsdp_worker.ActorRolloutRefWorker(config, rank=rank, world_size=2)
+        worker.model_path, worker.tokenizer = str(tiny_model_path), None
+        worker._build_engine()
+        draws.append(torch.rand(4))
+        assert torch.equal(draws[-1], torch.rand(4, generator=torch.Generator().manual_seed(5 + rank)))
+    assert seeds == [5, 5] and not torch.equal(draws[0], draws[1])
+
+
+# -- tensor-parallel rollout groups (tp = 2 of 4 spawned gloo ranks) --------------------------------
+
+TP_WORLD, TP = 4, 2
+TP_PROMPTS = [[[5, 6, 7], [8]], [[9, 10, 11, 12]], [[13], [14, 15], [16, 17, 18]], [[19, 20]]]  # unequal counts
+
+
+def _tp_rank(rank: int, port: int, model_path: str, out_dir: str) -> None:
+    """One spawned worker of a tp=2 world of 4: the distributed setup of init_model (no models),
+    a recording engine, one sampled rollout of this rank's prompts."""
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    config = make_config(
+        Path(model_path),
+        **{"trainer.n_gpus_per_node": TP_WORLD, "actor_rollout_ref.rollout.tensor_model_parallel_size": TP},
+    )
+    engine = RecordingEngine()
+    worker = bare_worker(config, engine, IdsTokenizer(), rank=rank, world_size=TP_WORLD)
+    worker._init_distributed()
+    worker._seed_rngs()
+    out = worker.generate_sequences(ids_batch(TP_PROMPTS[rank]))
+    torch.save({"prompts": engine.prompts, "draws": engine.draws, "out": out}, Path(out_dir) / f"rank{rank}.pt")
+    worker.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tp_run(tiny_model_path, tmp_path_factory) -> list[dict]:
+    out_dir = tmp_path_factory.mktemp("tp")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    procs = [
+        context.Process(target=_tp_rank, args=(rank, port, str(tiny_model_path), str(out_dir)))
+        for rank in range(TP_WORLD)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert [p.exitcode for p in procs] == [0] * TP_WORLD, "a rank failed or hung (see captured output)"
+    return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(TP_WORLD)]
+
+
+def test_tp_group_generates_the_union_in_lock_step(tp_run):
+    """Ranks (0, 1) and (2, 3) each give their group's prompts, in rank order, to the engine and
+    sample with the same randomness (rollout stream rollout.seed + rank // tp); the groups differ."""
+    for first in range(0, TP_WORLD, TP):
+        union = [p for rank in range(first, first + TP) for p in TP_PROMPTS[rank]]
+        for rank in range(first, first + TP):
+            assert tp_run[rank]["prompts"] == [union]
+        assert tp_run[first]["draws"] == tp_run[first + 1]["draws"]
+    assert tp_run[0]["draws"] != tp_run[2]["draws"]
+
+
+def test_tp_rank_keeps_the_rollouts_of_its_own_prompts(tp_run, tiny_model_path):
+    """Each rank's result with tp=2 is exactly what a tp=1 worker makes of its own prompts."""
+    for rank, result in enumerate(tp_run):
+        alone = bare_worker(make_config(tiny_model_path), RecordingEngine(), IdsTokenizer())
+        expected = alone.generate_sequences(ids_batch(TP_PROMPTS[rank]))
+        got = result["out"]
+        assert set(got.tensors) == set(expected.tensors) and got.rows == expected.rows
+        for key, value in expected.tensors.items():
+            assert torch.equal(got.tensors[key], value), (rank, key)
 
 
 def test_compute_log_prob_matches_plain_hf(setup):
@@ -298,7 +531,7 @@ def test_update_actor_matches_single_process(setup):
     results = ray.get([w.update_actor.remote(c) for w, c in zip(group.workers, batch.chunk(2))])
     metrics = results[0]
     assert results[0] == results[1]  # averaged over ranks: the same dict everywhere
-    for key in ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "kl_loss", "entropy", "grad_norm", "lr"):
+    for key in ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "kl_loss", "entropy_loss", "grad_norm", "lr"):
         assert f"actor/{key}" in metrics and torch.isfinite(torch.tensor(metrics[f"actor/{key}"]))
     assert metrics["actor/lr"] == pytest.approx(LR)
     assert metrics["actor/pg_clipfrac"] > 0

