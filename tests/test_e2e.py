@@ -9,8 +9,16 @@ problems ground truths in {1, 2, 3}. Rewards then vary, and the dumps can be che
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -205,7 +213,7 @@ def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
                  "actor_rollout_ref.ref.sliding_average.alpha_end=0.8"]
     if method == "naive":
         extra = ["trainer.val_before_train=True", "trainer.test_freq=2", f"trainer.validation_data_dir={tmp_path / 'val'}",
-                 "data.val_batch_size=2"]
+                 "data.val_batch_size=2", "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.5"]
     result = run(cpu_overrides(boxing_model, data_files, tmp_path, method) + extra)
     history = [h for h in result["history"] if h["step"] > 0]
     assert [h["step"] for h in history] == [1, 2]
@@ -231,7 +239,8 @@ def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
     for step in (1, 2):
         check_dump(method, read_dump(tmp_path / "rollouts" / f"{step}.jsonl"))
 
-    if method == "naive":
+    if method == "naive":  # 1 warm-up step of 2: lr 0 x 1e-3, then the cosine's start, 1e-3
+        assert [h["actor/lr"] for h in history] == pytest.approx([0.0, 1e-3])
         val = [h for h in result["history"] if "val/acc" in h]
         assert [h["step"] for h in val] == [0, 2]
         assert all(0.0 <= h["val/acc"] <= 1.0 for h in val)
@@ -273,20 +282,48 @@ def _comparable(entries: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if not k.startswith(skip)} for e in entries if e["step"] > 0]
 
 
+def run_until_killed(overrides: list[str], out: Path, killed_after_step: int) -> None:
+    """`python -m corewarding.main` in its own session, SIGKILLed (with its Ray processes) as soon
+    as metrics.jsonl has `killed_after_step`: a crash between two checkpoints."""
+    metrics = out / "ckpt" / "metrics.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    ray_dir = tempfile.mkdtemp(prefix="cw_ray_", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    proc = subprocess.Popen([sys.executable, "-m", "corewarding.main", *overrides, f"hydra.run.dir={out / 'hydra'}",
+                             f"ray_init.temp_dir={ray_dir}"], cwd=out, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(out / "stderr.txt", "w"))
+    deadline = time.monotonic() + 600
+    try:
+        while not (metrics.exists() and any(m["step"] == killed_after_step for m in read_metrics(metrics))):
+            assert proc.poll() is None, f"the run ended early: {(out / 'stderr.txt').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "the run did not reach the kill point in 600 s"
+            time.sleep(0.2)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
 def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
-    """4 steps straight == 2 steps, stop, resume, 2 more steps (Co-rewarding-II: teacher, loader,
-    optimizer, scheduler and the workers' sampling RNG all come back from the checkpoint)."""
+    """4 steps straight == 2 steps + SIGKILL during step 4 + resume (1 step, stopped by
+    max_steps_this_run with save_freq=-1) + resume (1 step). Co-rewarding-II: teacher, loader,
+    optimizer, scheduler and the workers' sampling RNG all come back from the checkpoint; the
+    steps the killed run logged past its checkpoint are dropped from metrics.jsonl."""
     common = ["trainer.total_training_steps=4", "trainer.save_freq=2"]
     straight = cpu_overrides(boxing_model, data_files, tmp_path / "a", "co_rewarding_II") + common
     run(straight)
     split = cpu_overrides(boxing_model, data_files, tmp_path / "b", "co_rewarding_II") + common
-    first = run(split + ["trainer.max_steps_this_run=2"])
-    assert first["global_step"] == 2
+    run_until_killed(split, tmp_path / "b", killed_after_step=3)
+    ckpt_dir = tmp_path / "b" / "ckpt"
+    assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    resumed = run(split + ["trainer.resume_mode=auto", "trainer.save_freq=-1", "trainer.max_steps_this_run=1"])
+    assert resumed["global_step"] == 3 and [h["step"] for h in resumed["history"]] == [3]
+    assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     second = run(split + ["trainer.resume_mode=auto"])
     assert second["global_step"] == 4
-    assert [h["step"] for h in second["history"]] == [3, 4]
+    assert [h["step"] for h in second["history"]] == [4]
     a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
-    b = _comparable(read_metrics(tmp_path / "b" / "ckpt" / "metrics.jsonl"))
+    b = _comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
     assert [e["step"] for e in a] == [e["step"] for e in b] == [1, 2, 3, 4]
     assert a == b
     for step in (3, 4):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import multiprocessing
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 vllm = pytest.importorskip("vllm")
 
 from corewarding.workers.rollout.base import SamplingSettings  # noqa: E402
+from spawned_ranks import run_spawned_ranks  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -291,20 +291,8 @@ def _gloo_rank(rank: int, model_path: str, store: str, out_dir: str) -> None:
 
 @pytest.mark.timeout(600)
 def test_engine_inside_an_existing_gloo_group(tiny_model_path: Path, tmp_path: Path):
-    context = multiprocessing.get_context("spawn")
-    procs = [
-        context.Process(target=_gloo_rank, args=(rank, str(tiny_model_path), str(tmp_path / "store"), str(tmp_path)))
-        for rank in range(2)
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=420)
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    assert [p.exitcode for p in procs] == [0, 0], "a rank failed or hung (see captured output)"
+    ranks = [(rank, str(tiny_model_path), str(tmp_path / "store"), str(tmp_path)) for rank in range(2)]
+    run_spawned_ranks(_gloo_rank, ranks, timeout=420)
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for rank, res in enumerate(results):
         assert res["world"] == 2 and res["all_reduce"] == 3.0

@@ -3,7 +3,6 @@ single-process torch computations."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import random
 import socket
@@ -16,6 +15,7 @@ import torch
 
 from corewarding.batch import Batch
 from corewarding.workers.rollout.base import RolloutOutput
+from spawned_ranks import run_spawned_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -410,20 +410,7 @@ def tp_run(tiny_model_path, tmp_path_factory) -> list[dict]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    context = multiprocessing.get_context("spawn")
-    procs = [
-        context.Process(target=_tp_rank, args=(rank, port, str(tiny_model_path), str(out_dir)))
-        for rank in range(TP_WORLD)
-    ]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(timeout=300)
-    for proc in procs:
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    assert [p.exitcode for p in procs] == [0] * TP_WORLD, "a rank failed or hung (see captured output)"
+    run_spawned_ranks(_tp_rank, [(rank, port, str(tiny_model_path), str(out_dir)) for rank in range(TP_WORLD)], timeout=300)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(TP_WORLD)]
 
 
