@@ -6,20 +6,24 @@ full-model weight push into each engine.
 
 tokens/s counts generated tokens (up to and including the stop token) over wall time; the HF engine
 keeps stepping a micro-batch until its longest row ends, vLLM stops each sequence on its own, so on
-sampled runs the two also differ in wasted work. The weight push is the full state dict (fp32, as
-the trainer gathers it) streamed layer by layer; the first push is a warm-up and the median of
-`--push-repeats` is reported. Each engine runs in this process, one after the other.
+sampled runs the two also differ in wasted work. The weight push is what the trainer's worker pushes
+(`ActorRolloutRefWorker._full_params`): every named parameter of the model (a tied lm_head once) as a full fp32
+tensor (the master weights) on the worker's device, streamed one by one; each engine casts to its
+own dtype. The first push is a warm-up and the median of `--push-repeats` is reported. Each engine
+runs in this process, one after the other.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,7 +37,8 @@ QUESTIONS = [
 ]
 
 
-def build_prompts(tokenizer, count: int) -> list[list[int]]:
+def build_prompts(tokenizer: Any, count: int) -> list[list[int]]:
+    """`count` short chat prompts as token ids (the tokenizer's chat template, generation prompt on)."""
     prompts = []
     for i in range(count):
         text = QUESTIONS[i % len(QUESTIONS)].format(a=3 + 7 * i, b=11 + 5 * i)
@@ -44,8 +49,9 @@ def build_prompts(tokenizer, count: int) -> list[list[int]]:
     return prompts
 
 
-def time_generate(engine, prompts, settings) -> dict:
-    engine.generate(prompts[:1], settings.__class__(**{**settings.__dict__, "n": 1, "max_new_tokens": 4}))  # warm-up
+def time_generate(engine: Any, prompts: list[list[int]], settings: Any) -> dict[str, float]:
+    """One warm-up call, then the timed generation of every prompt with `settings`."""
+    engine.generate(prompts[:1], dataclasses.replace(settings, n=1, max_new_tokens=4))  # warm-up
     started = time.perf_counter()
     outputs = engine.generate(prompts, settings)
     seconds = time.perf_counter() - started
@@ -54,7 +60,8 @@ def time_generate(engine, prompts, settings) -> dict:
             "stopped": sum(o.finish_reason == "stop" for o in outputs) / len(outputs)}
 
 
-def time_push(engine, state: dict, repeats: int) -> float:
+def time_push(engine: Any, state: dict[str, torch.Tensor], repeats: int) -> float:
+    """Median seconds of `repeats` full weight pushes after one warm-up push."""
     times = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
@@ -63,7 +70,16 @@ def time_push(engine, state: dict, repeats: int) -> float:
     return statistics.median(times[1:]) if repeats > 0 else times[0]
 
 
-def main() -> None:
+def trainer_push_state(model_path: Path, device: str) -> dict[str, torch.Tensor]:
+    """The tensors the trainer's worker pushes: named parameters (tied aliases once), fp32, on `device`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    return {name: param.detach() for name, param in model.named_parameters()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table and return the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M-Instruct, prepared offline)")
     parser.add_argument("--prompts", type=int, default=16)
@@ -77,7 +93,7 @@ def main() -> None:
     parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="vLLM KV cache on CPU")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     parser.add_argument("--json", default=None, help="also write the results to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,7 +109,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = build_prompts(tokenizer, args.prompts)
     settings = SamplingSettings(n=args.n, temperature=args.temperature, max_new_tokens=args.max_tokens, seed=0)
-    state = {k: v.to(dtype) for k, v in AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).state_dict().items()}
+    state = trainer_push_state(model_path, device)
     results: dict = {
         "model": str(model_path), "device": device, "dtype": str(dtype).removeprefix("torch."),
         "prompts": args.prompts, "n": args.n, "max_tokens": args.max_tokens, "temperature": args.temperature,
@@ -125,7 +141,8 @@ def main() -> None:
         print(f"[{name}] done: {gen['tokens_per_s']:.1f} tokens/s, push {push_s:.2f} s", file=sys.stderr, flush=True)
 
     print(f"\nmodel {Path(results['model']).name} on {device} ({results['dtype']}), {args.prompts} prompts x n={args.n}, "
-          f"<= {args.max_tokens} new tokens, T={args.temperature}; weight push = full model ({results['push_mb']:.0f} MB)")
+          f"<= {args.max_tokens} new tokens, T={args.temperature}; weight push = full model, fp32 on {device} "
+          f"({results['push_mb']:.0f} MB)")
     header = f"{'engine':<8}{'start s':>9}{'tokens':>9}{'gen s':>9}{'tokens/s':>10}{'stopped':>9}{'push s':>9}"
     print(header)
     print("-" * len(header))
@@ -134,6 +151,7 @@ def main() -> None:
               f"{r['stopped']:>9.0%}{r['push_s']:>9.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
 
 
 if __name__ == "__main__":

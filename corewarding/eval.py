@@ -81,9 +81,7 @@ VERIFY_TIMEOUT_S = 5.0  # per math-verify check: evaluation is off the hot path,
 
 def grade_response(response: str, ground_truth: str) -> GradedSample:
     """Extract the last \\boxed{} answer of a response and grade it against the ground truth."""
-    answer = rewards.extract_boxed_answer(response)
-    if answer is not None and not str(answer).strip():
-        answer = None
+    answer = rewards.extract_boxed_answer(response)  # None for a missing, unbalanced or empty box
     correct = bool(answer is not None and rewards.answers_equivalent(answer, ground_truth, timeout=VERIFY_TIMEOUT_S))
     return GradedSample(response=response, answer=answer, correct=correct)
 
@@ -94,15 +92,16 @@ def score_question(answers: Sequence[str | None], correct: Sequence[bool], groun
     if len(answers) != len(correct):
         raise ValueError(f"{len(answers)} answers but {len(correct)} correctness flags")
     present = [a for a in answers if a is not None and str(a).strip()]
-    vote = rewards.majority_vote(list(answers), equivalence="math")
-    label = vote.label if vote.label is not None and str(vote.label).strip() else None
-    majority_correct = bool(label is not None and rewards.answers_equivalent(label, ground_truth, timeout=VERIFY_TIMEOUT_S))
+    vote = rewards.majority_vote(list(answers), equivalence="math")  # label: None or a non-empty answer
+    majority_correct = bool(
+        vote.label is not None and rewards.answers_equivalent(vote.label, ground_truth, timeout=VERIFY_TIMEOUT_S)
+    )
     return QuestionScore(
         n_samples=len(answers),
         n_correct=sum(bool(c) for c in correct),
         n_present=len(present),
-        majority_answer=label,
-        majority_ratio=float(vote.ratio) if label is not None else 0.0,
+        majority_answer=vote.label,
+        majority_ratio=float(vote.ratio),
         majority_correct=majority_correct,
     )
 
@@ -112,7 +111,9 @@ def aggregate(scores: Sequence[QuestionScore]) -> dict[str, float | int]:
     if not scores:
         raise ValueError("no questions to aggregate")
     ks = {s.n_samples for s in scores}
-    k = ks.pop() if len(ks) == 1 else max(ks)
+    if len(ks) != 1:
+        raise ValueError(f"questions have different sample counts {sorted(ks)}: every question of a benchmark needs the same k")
+    k = ks.pop()
     n = len(scores)
     pass1 = sum(s.mean_correct for s in scores) / n
     total_samples = sum(s.n_samples for s in scores)
@@ -220,37 +221,23 @@ def apply_chat_template(tokenizer: Any, messages: list[dict[str, str]]) -> list[
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def eos_token_ids(tokenizer: Any, model_path: Path) -> list[int]:
-    ids: list[int] = []
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    config_path = model_path / "generation_config.json"
-    if config_path.is_file():
-        eos = json.loads(config_path.read_text()).get("eos_token_id")
-        for token in eos if isinstance(eos, list) else [eos]:
-            if token is not None and int(token) not in ids:
-                ids.append(int(token))
-    return ids
-
-
 # ----------------------------------------------------------------------------- engines
 
 
-def _default_dtype(device: str) -> str:
-    return "bfloat16" if device == "cuda" else "float32"
-
-
-def make_engine(args: argparse.Namespace, model_path: Path, tokenizer: Any, max_model_len: int):
+def make_engine(args: argparse.Namespace, model_path: Path, tokenizer: Any, max_model_len: int) -> Any:
+    """The rollout engine of --backend on the model folder (vllm is imported only when asked for)."""
     import torch
 
+    from corewarding.workers.rollout import eos_token_ids, resolve_dtype
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = args.dtype if args.dtype != "auto" else _default_dtype(device)
+    dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, device)
     if args.backend == "vllm":
         from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
 
         return VLLMRolloutEngine(
             str(model_path),
-            dtype=dtype,
+            dtype=str(dtype).removeprefix("torch."),
             max_model_len=max_model_len,
             gpu_memory_utilization=args.gpu_memory_utilization,
             enforce_eager=args.enforce_eager,
@@ -260,8 +247,8 @@ def make_engine(args: argparse.Namespace, model_path: Path, tokenizer: Any, max_
 
     from corewarding.workers.rollout.hf_engine import HFRolloutEngine
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device)
-    eos = eos_token_ids(tokenizer, model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
+    eos = eos_token_ids(tokenizer, model_path)  # raises when there is none
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     return HFRolloutEngine(model, pad_token_id=pad, eos_token_ids=eos, micro_batch_size=args.batch_size * args.k)
 

@@ -28,7 +28,7 @@ import re
 import shutil
 from pathlib import Path
 
-from corewarding.trainer.checkpoint import LATEST_FILE, CheckpointError
+from corewarding.trainer.checkpoint import LATEST_FILE, CheckpointError, replace_dir
 
 STEP_DIR = re.compile(r"^global_step_(\d+)$")
 
@@ -180,7 +180,8 @@ def export_checkpoint(
     """Write a plain HF folder for the policy (`which="actor"`) or the reference / EMA teacher
     (`which="ref"`) of a checkpoint. `src` is a run dir, a `global_step_N` dir or (actor only) an
     HF folder. `dtype` (float32 | bfloat16 | float16) casts floating-point weights; None keeps them.
-    The folder is written to a temp dir and renamed, so a crash never leaves half a model."""
+    The folder is written to a temp sibling and swapped in by renames (`replace_dir`), so a crash
+    never leaves half a model at `out_dir`."""
     if which not in ("actor", "ref"):
         raise CheckpointError(f"which must be 'actor' or 'ref', got {which!r}")
     if dtype is not None and dtype not in DTYPES:
@@ -203,8 +204,12 @@ def export_checkpoint(
             raise CheckpointError(f"{step_dir}: no {which}/ folder")
         if which == "ref" and (weight_dir / "config.json").is_file():
             meta_dir = weight_dir  # a ref saved as a full HF folder brings its own config
-    if any(meta_dir.glob("pytorch_model*.bin")) and not any(weight_dir.glob("*.safetensors")):
-        raise CheckpointError(f"{weight_dir}: only .bin weights; re-save with safetensors")
+    if any(weight_dir.glob("*.bin")) and not any(weight_dir.glob("*.safetensors")):
+        raise CheckpointError(
+            f"{weight_dir}: only .bin weights, and export reads *.safetensors; re-save them with "
+            "`save_pretrained(..., safe_serialization=True)` or `safetensors.torch.save_file(torch.load(BIN), "
+            f"'{weight_dir}/model.safetensors')`"
+        )
 
     config = json.loads((meta_dir / "config.json").read_text())
     tied = bool(config.get("tie_word_embeddings", False))
@@ -220,12 +225,10 @@ def export_checkpoint(
             if "dtype" in config:
                 config["dtype"] = dtype
             (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return out
 
 

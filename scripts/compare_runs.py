@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 PRETTY = {"math500": "MATH500", "gsm8k": "GSM8K", "amc": "AMC", "amc23": "AMC23", "aime24": "AIME24", "math": "MATH"}
+# The accuracy metrics `corewarding.eval` writes per benchmark (its `aggregate`); "@k" stands for the
+# benchmark's own k. An explicit k (avg@8, maj@4, pass@8) is also accepted.
+METRICS = ("pass@1", "avg@k", "maj@k", "pass@k", "answer_present")
+EXPLICIT_K = re.compile(r"^(avg|maj|pass)@[1-9][0-9]*$")
 
 
 def parse_run_arg(text: str) -> tuple[str | None, str, Path]:
@@ -128,6 +133,7 @@ def markdown_table(
 
 
 def parse_metrics(items: list[str]) -> dict[str, str]:
+    """`--metric` values (METRIC or BENCH=METRIC) -> {benchmark or "*": metric}; unknown metrics exit."""
     out = {}
     for item in items:
         if "=" in item:
@@ -135,9 +141,13 @@ def parse_metrics(items: list[str]) -> dict[str, str]:
             out[bench.strip().lower()] = metric.strip()
         else:
             out["*"] = item.strip()
-    for metric in out.values():
-        if metric not in ("pass@1", "avg@k", "maj@k", "pass@k", "answer_present") and "@" not in metric:
-            raise SystemExit(f"error: unknown metric {metric!r} (pass@1, avg@k, maj@k, pass@k, answer_present)")
+    for bench, metric in out.items():
+        if metric not in METRICS and not EXPLICIT_K.match(metric):
+            given = metric if bench == "*" else f"{bench}={metric}"
+            raise SystemExit(
+                f"error: --metric {given}: unknown metric {metric!r}; the eval summary has {', '.join(METRICS)} "
+                "(@k is each benchmark's k; an explicit k such as avg@8 also works)"
+            )
     return out
 
 
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("paths", nargs="*", help="summary.json files or eval output dirs")
     parser.add_argument("--runs", nargs="+", default=[], help="[GROUP::]NAME=PATH (summary.json or its folder)")
     parser.add_argument("--benchmarks", default=None, help="comma-separated column order (default: all, first seen)")
-    parser.add_argument("--metric", nargs="+", default=[], help="pass@1 | avg@k | maj@k | pass@k, or BENCH=METRIC")
+    parser.add_argument("--metric", nargs="+", default=[], help=f"{' | '.join(METRICS)} (or with k, e.g. avg@8), or BENCH=METRIC")
     parser.add_argument("--baseline", default=None, help="row name to show differences against (e.g. 'Before RL')")
     parser.add_argument("--digits", type=int, default=1)
     parser.add_argument("--no_average", dest="average", action="store_false", help="leave out the Avg column")

@@ -1,9 +1,14 @@
 """Shared fixtures: the real SmolLM2 model (converted once, cached), a tiny random model with the
-same tokenizer, and the shared data folder beside the repository."""
+same tokenizer, and the shared data folder beside the repository.
+
+With COREWARDING_REQUIRE_VLLM=1 (set by `make test`) a vllm that cannot be imported stops the run
+before collection instead of letting the vLLM tests skip themselves (`pytest.importorskip`)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+REQUIRE_VLLM = "COREWARDING_REQUIRE_VLLM"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With COREWARDING_REQUIRE_VLLM=1, fail the run when `import vllm` fails (checked in a subprocess,
+    so that this process does not import vllm before the tests that need it)."""
+    if os.environ.get(REQUIRE_VLLM) != "1":
+        return
+    result = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        raise pytest.UsageError(
+            f"{REQUIRE_VLLM}=1 but `import vllm` fails in {sys.executable}, so the vLLM tests would be skipped:\n"
+            f"{tail}\nreinstall it (`rm .venv/.corewarding-installed && make env`), or run pytest without "
+            f"{REQUIRE_VLLM}=1 (`make test {REQUIRE_VLLM}=0`) to let those tests skip"
+        )
 
 
 @pytest.fixture(scope="session")

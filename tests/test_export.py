@@ -121,6 +121,38 @@ def test_dtype_cast_and_overwrite(fake_run: Path, tmp_path: Path) -> None:
         export_checkpoint(fake_run, out)
     export_checkpoint(fake_run, out, overwrite=True)
     assert all(t.dtype == torch.float32 for t in load_file(str(out / "model.safetensors")).values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16"]  # no temp or old folder left behind
+
+
+def test_overwrite_keeps_old_folder_when_swap_fails(fake_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import corewarding.export as export
+
+    out = export_checkpoint(fake_run, tmp_path / "out")
+    before = (out / "model.safetensors").read_bytes()
+    real_rename = Path.rename
+
+    def failing_rename(self: Path, target):
+        if self.name == "out.tmp-export":
+            raise OSError("simulated crash while renaming the new folder in")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(export.Path, "rename", failing_rename)
+    with pytest.raises(OSError, match="simulated"):
+        export_checkpoint(fake_run, out, dtype="bfloat16", overwrite=True)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert not (tmp_path / "out.old").exists() and not (tmp_path / "out.tmp-export").exists()
+
+
+@pytest.mark.parametrize("which", ["actor", "ref"])
+def test_bin_only_weights_say_how_to_fix(fake_run: Path, tmp_path: Path, which: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(fake_run / "global_step_3", run / "global_step_3")
+    folder = run / "global_step_3" / which
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(b"weights")
+    with pytest.raises(CheckpointError, match=rf"{which}: only \.bin weights.*safe_serialization=True"):
+        export_checkpoint(run / "global_step_3", tmp_path / "out", which=which)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp-export").exists()
 
 
 def test_cli(fake_run: Path, tmp_path: Path) -> None:

@@ -132,3 +132,17 @@ def test_compare_runs_groups_metrics_and_missing(tmp_path: Path) -> None:
     assert lines[4] == "| B | **80.00** | – | – |"
     per_bench = compare_runs.markdown_table(runs[:1], benchmarks=["gsm8k"], metrics={"gsm8k": "pass@k"}, average=False)
     assert per_bench.splitlines()[3] == "| A | 35.0 |"  # a single row: nothing to bold
+
+
+def test_compare_runs_metrics_are_what_eval_writes() -> None:
+    from corewarding.eval import aggregate, score_question
+
+    written = set(aggregate([score_question(["1", "2", "1"], [True, False, True], "1")]))
+    assert {m.replace("@k", "@3") for m in compare_runs.METRICS} == written - {"n_questions", "k"}
+    assert compare_runs.parse_metrics(["maj@k", "amc=avg@8", "gsm8k=answer_present"]) == {
+        "*": "maj@k", "amc": "avg@8", "gsm8k": "answer_present"}
+    for bad, shown in (("acc@1", "--metric acc@1:"), ("amc=avg@", "--metric amc=avg@:"), ("pass@0", "--metric pass@0:"),
+                       ("mean_response_tokens", "--metric mean_response_tokens:")):
+        with pytest.raises(SystemExit, match="unknown metric") as error:
+            compare_runs.parse_metrics([bad])
+        assert shown in str(error.value) and "pass@1, avg@k, maj@k, pass@k, answer_present" in str(error.value)

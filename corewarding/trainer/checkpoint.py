@@ -49,14 +49,7 @@ def commit(root: str | Path, step: int, tmp: Path, state: dict[str, Any], keep: 
     state = {"version": STATE_VERSION, "global_step": int(step), "complete": True, **state}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
     final = step_dir(root, step)
-    if final.exists():
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+    replace_dir(tmp, final)
     latest = Path(root) / LATEST_FILE
     latest_tmp = latest.with_name(LATEST_FILE + ".tmp")
     latest_tmp.write_text(str(int(step)), encoding="utf-8")
@@ -68,6 +61,23 @@ def commit(root: str | Path, step: int, tmp: Path, state: dict[str, Any], keep: 
         for old_step in steps[:-keep]:
             shutil.rmtree(step_dir(root, old_step), ignore_errors=True)
     return final
+
+
+def replace_dir(new: Path, out: Path) -> None:
+    """Move the finished folder `new` to `out` by renames: an existing `out` is renamed away first,
+    `new` renamed in, then the old one deleted; if the second rename fails the old one is put back."""
+    if not out.exists():
+        new.rename(out)
+        return
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    try:
+        new.rename(out)
+    except BaseException:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_dir(root: str | Path) -> Path | None:
