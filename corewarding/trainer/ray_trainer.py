@@ -343,7 +343,8 @@ class Trainer:
         present: list[bool] = []
         lengths: list[float] = []
         records: list[dict[str, Any]] = []
-        keep_records = bool(self.cfg.trainer.get("validation_data_dir")) or int(self.cfg.trainer.get("log_val_generations") or 0) > 0
+        shown = int(self.cfg.trainer.get("log_val_generations") or 0)
+        keep_records = bool(self.cfg.trainer.get("validation_data_dir")) or shown > 0
         for lo in range(0, len(items), size):
             prompts = to_batch(items[lo:lo + size], self.pad_token_id)
             prompts.rows["prompt_id"] = prompts.rows["uid"]
@@ -370,7 +371,6 @@ class Trainer:
         metrics["timing/val"] = time.perf_counter() - start
         if self.cfg.trainer.get("validation_data_dir"):
             dump_rollouts(self.cfg.trainer.validation_data_dir, self.global_step, records)
-        shown = int(self.cfg.trainer.get("log_val_generations") or 0)
         if shown > 0:
             self.tracker.log_generations(records[:shown], self.global_step)
         return metrics
