@@ -1,5 +1,9 @@
 """Per-token quantities from logits, computed in chunks of rows so that a [tokens, 150k]
-vocabulary never materialises a second full-size float32 copy (softmax, log-softmax)."""
+vocabulary never materialises a second full-size float32 copy (softmax, log-softmax) at once.
+
+That bound holds without autograd (old / reference log-probs, entropy and self-certainty for
+rewards and metrics). Under autograd (the policy update) each chunk's intermediates are kept for
+the backward pass, as in verl, so the saving there is only the transient peak."""
 
 from __future__ import annotations
 
