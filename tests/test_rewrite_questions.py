@@ -1,15 +1,19 @@
-"""rewrite_questions.py: parsing, retries, resume after a crash, and one real run with SmolLM2 (hf)."""
+"""rewrite_questions.py: parsing, retries, resume after a crash, one real run with SmolLM2 (hf) and
+one with the default vllm backend (vllm-cpu, tiny model)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import rewrite_questions as rq  # noqa: E402
 from rewrite_questions import INSTRUCTION, build_request, parse_rewrite, rewrite_dataset  # noqa: E402
@@ -189,3 +193,25 @@ def test_real_run_with_smollm2_hf(smollm2_path, tmp_path, keep_torch_threads):
     # whatever the weak model wrote, the two parquets hold exactly the successful rows, same order
     assert pd.read_parquet(orig)["extra_info"].map(lambda e: e["index"]).tolist() == ok
     assert pd.read_parquet(rep)["extra_info"].map(lambda e: e["index"]).tolist() == ok
+
+
+@pytest.mark.vllm
+def test_real_run_with_vllm_backend(tiny_model_path, tmp_path):
+    """The default backend end to end (vllm-cpu here, in its own process as a user runs it): the
+    tiny random model cannot follow the instruction, so every reply fails to parse and is retried;
+    the plumbing (chat template, sampling, retries, outputs) is what is checked."""
+    pytest.importorskip("vllm")
+    src = _input(tmp_path, n=2, shuffle_index=False)
+    jsonl, rep, orig = _outs(tmp_path)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    proc = subprocess.run([
+        sys.executable, str(REPO / "rewrite_questions.py"), "--input_path", str(src), "--output_jsonl", str(jsonl),
+        "--output_parquet", str(rep), "--output_original_parquet", str(orig), "--model_path", str(tiny_model_path),
+        "--batch_size", "2", "--max_retries", "1", "--max_new_tokens", "8", "--dtype", "float32",
+        "--max_model_len", "1024", "--enforce_eager", "--no_progress",
+    ], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert sorted(r["index"] for r in records) == [0, 1]
+    assert all(r["status"] == "failed" and r["attempts"] == 2 and r["rewritten"] is None for r in records)
+    assert len(pd.read_parquet(rep)) == len(pd.read_parquet(orig)) == 0
