@@ -28,7 +28,8 @@ def ema_update_(teacher_params, policy_params, weight: float) -> None:
     """In place: teacher = weight * teacher + (1 - weight) * policy, tensor by tensor.
 
     Takes two sequences of tensors (same order) or two mappings name -> tensor (matched by name);
-    pure tensor code, so it works on plain tensors and on local FSDP shards alike."""
+    pure tensor code, so it works on plain tensors and on local FSDP shards alike. Each policy
+    tensor is moved to its teacher tensor's device and dtype one at a time (an offloaded teacher)."""
     if isinstance(teacher_params, torch.Tensor):
         teacher_params, policy_params = [teacher_params], [policy_params]
     if isinstance(teacher_params, Mapping):
@@ -44,7 +45,7 @@ def ema_update_(teacher_params, policy_params, weight: float) -> None:
         for t, p in pairs:
             if t.shape != p.shape:
                 raise ValueError(f"shape mismatch in EMA update: {tuple(t.shape)} vs {tuple(p.shape)}")
-            t.mul_(weight).add_(p.to(t.dtype), alpha=1.0 - weight)
+            t.mul_(weight).add_(p.to(device=t.device, dtype=t.dtype), alpha=1.0 - weight)
 
 
 def lr_lambda(

@@ -97,7 +97,6 @@ class ActorRolloutRefWorker:
                 "set actor_rollout_ref.model.path=/path/to/model (e.g. LLM_PATH for the run scripts)"
             )
         self._init_distributed()
-        self._seed_rngs()
 
         tok_path = self.model_cfg.get("tokenizer_path") or self.model_path
         self.tokenizer = AutoTokenizer.from_pretrained(
@@ -186,7 +185,7 @@ class ActorRolloutRefWorker:
 
     def _build_engine(self) -> None:
         """The rollout engine on the model folder (seeded `rollout_seed`), then the trainer's RNGs
-        seeded again: in-process vLLM resets random / numpy / torch to its engine seed at startup."""
+        seeded (after the engine: in-process vLLM resets random / numpy / torch to its own seed)."""
         self.engine = build_rollout_engine(self.config, self.model_path, None, self.tokenizer, self.device, self.rank)
         self._seed_rngs()
         # Policy and teacher start from the same folder, which the engine has just loaded.
@@ -607,8 +606,7 @@ class ActorRolloutRefWorker:
         """In place on the local shards: ref = weight * ref + (1 - weight) * policy."""
         with torch.no_grad():
             teacher = {name: _local(t) for name, t in self.ref.named_parameters()}
-            device = next(iter(teacher.values())).device  # CPU when only the reference model is offloaded
-            policy = {name: _local(p).to(device) for name, p in self.actor.named_parameters()}
+            policy = {name: _local(p) for name, p in self.actor.named_parameters()}
             ema_update_(teacher, policy, float(weight))
         self.teacher_version += 1
 
