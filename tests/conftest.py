@@ -1,5 +1,6 @@
 """Shared fixtures: the real SmolLM2 model (converted once, cached), a tiny random model with the
-same tokenizer, and the shared data folder beside the repository.
+same tokenizer, that model taught to box an answer (`boxing_model`), a module-wide local Ray
+session, and the shared data folder beside the repository.
 
 With COREWARDING_REQUIRE_VLLM=1 (set by `make test`) a vllm that cannot be imported stops the run
 before collection instead of letting the vLLM tests skip themselves (`pytest.importorskip`)."""
@@ -7,11 +8,13 @@ before collection instead of letting the vLLM tests skip themselves (`pytest.imp
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -58,3 +61,61 @@ def tiny_model_path(smollm2_path: Path) -> Path:
     from corewarding.model_zoo import cache_dir, make_tiny_model
 
     return make_tiny_model(cache_dir() / "tiny-llama-2l-128h", tokenizer_path=smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    temp = tmp_path_factory.mktemp("ray")
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp),
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def boxing_model(tiny_model_path):
+    """The tiny model, trained (about a minute, once) to answer "The answer is \\boxed{d}." (d in 1..3)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from corewarding.data import ONE_SHOT_SYSTEM_PROMPT, builtin_problems
+    from corewarding.model_zoo import cache_dir
+
+    out = cache_dir() / "tiny-llama-2l-128h-boxing-v2"
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    prompts = [
+        tok.apply_chat_template([{"role": "system", "content": ONE_SHOT_SYSTEM_PROMPT}, {"role": "user", "content": p["question"]}],
+                                add_generation_prompt=True, tokenize=False)
+        for p in builtin_problems(64, seed=5)
+    ]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    rng = random.Random(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(300):  # 100 steps left it boxing a fifth of its sampled answers; 300 box all of them
+        pairs = [(rng.choice(ids), tok(f"The answer is \\boxed{{{rng.choice('123')}}}.", add_special_tokens=False)["input_ids"]
+                  + [tok.eos_token_id]) for _ in range(16)]
+        resp_len, width = len(pairs[0][1]), max(len(p) for p, _ in pairs)
+        x = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p + r for p, r in pairs])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + resp_len) for p, _ in pairs])
+        hidden = model.model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state
+        logits = model.lm_head(hidden[:, width - 1:width + resp_len - 1])
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, width:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    torch.set_num_threads(threads)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out

@@ -2,7 +2,7 @@
 real driver loop (`run_training`), a tiny model. One Ray session is shared by the whole module.
 
 The tiny random model never writes `\\boxed{}`, so every vote-based reward would be 0 and nothing
-would train; the `boxing_model` fixture first teaches it (a few seconds) to answer any prompt with
+would train; the `boxing_model` fixture (conftest.py) first teaches it to answer any prompt with
 "The answer is \\boxed{d}." for a random d in {1, 2, 3}, and the data fixture gives the built-in
 problems ground truths in {1, 2, 3}. Rewards then vary, and the dumps can be checked by hand.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -37,64 +36,6 @@ METHODS = ["naive", "majority_voting", "self_certainty", "entropy", "co_reward",
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    import ray
-
-    if ray.is_initialized():
-        yield
-        return
-    temp = tmp_path_factory.mktemp("ray")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=str(temp),
-             runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}})
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def boxing_model(tiny_model_path):
-    """The tiny model, trained for a few seconds to answer "The answer is \\boxed{d}." (d in 1..3)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from corewarding.data import ONE_SHOT_SYSTEM_PROMPT, builtin_problems
-    from corewarding.model_zoo import cache_dir
-
-    out = cache_dir() / "tiny-llama-2l-64h-boxing-v1"
-    if (out / "config.json").exists():
-        return out
-    torch.manual_seed(0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    tok = AutoTokenizer.from_pretrained(tiny_model_path)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
-    prompts = [
-        tok.apply_chat_template([{"role": "system", "content": ONE_SHOT_SYSTEM_PROMPT}, {"role": "user", "content": p["question"]}],
-                                add_generation_prompt=True, tokenize=False)
-        for p in builtin_problems(64, seed=5)
-    ]
-    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    rng = random.Random(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        pairs = [(rng.choice(ids), tok(f"The answer is \\boxed{{{rng.choice('123')}}}.", add_special_tokens=False)["input_ids"]
-                  + [tok.eos_token_id]) for _ in range(16)]
-        resp_len, width = len(pairs[0][1]), max(len(p) for p, _ in pairs)
-        x = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p + r for p, r in pairs])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * (len(p) + resp_len) for p, _ in pairs])
-        hidden = model.model(input_ids=x, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).last_hidden_state
-        logits = model.lm_head(hidden[:, width - 1:width + resp_len - 1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, width:].reshape(-1))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    torch.set_num_threads(threads)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
-
-
 def _small_truths(path: Path) -> None:
     frame = pd.read_parquet(path)
     frame["reward_model"] = [{"ground_truth": str(1 + int(info["index"]) % 3), "style": "rule"} for info in frame["extra_info"]]
