@@ -12,17 +12,15 @@ from corewarding.algos import (
     build_lr_scheduler,
     ema_update_,
     ema_weight,
-    entropy_from_logits,
     grpo_advantages,
     kl_penalty,
-    logprobs_from_logits,
     lr_lambda,
     masked_mean,
     masked_sum,
     masked_whiten,
     policy_loss,
-    self_certainty_from_logits,
     spread_over_tokens,
+    token_stats,
 )
 
 LN2 = math.log(2.0)
@@ -232,54 +230,79 @@ def test_kl_low_var_lower_branch_and_unknown_kind():
         kl_penalty(LOGP, REF, "full")
 
 
-# --------------------------------------------------------------------------- logits
+# --------------------------------------------------------------------------- token statistics
 
 P = torch.tensor([0.5, 0.25, 0.25])
 
 
-def test_entropy_and_self_certainty_known_values():
-    logits = P.log() + 7.0  # shift must not matter
-    # H = 0.5 ln 2 + 2 * 0.25 ln 4 = 1.5 ln 2
-    close(entropy_from_logits(logits), 1.5 * LN2)
-    # logsumexp(log p + 7) - mean(log p + 7) = 0 - (ln .5 + 2 ln .25)/3 = 5 ln2 / 3
-    close(self_certainty_from_logits(logits), 5 * LN2 / 3)
+def stats_of_logits(logits: torch.Tensor, targets: torch.Tensor | None = None, **kwargs):
+    """token_stats with the identity as output embedding: hidden @ I.T = the logits themselves."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    if targets is None:
+        targets = torch.zeros(flat.shape[0], dtype=torch.long)
+    eye = torch.eye(flat.shape[-1], dtype=flat.dtype)
+    return token_stats(flat, eye, targets.reshape(-1), **kwargs)
+
+
+def test_token_stats_known_values():
+    stats = stats_of_logits((P.log() + 7.0)[None], torch.tensor([1]))  # a shift must not matter
+    close(stats.log_probs, [math.log(0.25)])
+    close(stats.entropy, [1.5 * LN2])  # 0.5 ln 2 + 2 * 0.25 ln 4
+    close(stats.self_certainty, [5 * LN2 / 3])  # logsumexp - mean = -(ln .5 + 2 ln .25) / 3
     # uniform over V = 6: entropy ln 6; self-certainty = ln 6, i.e. KL(U || p) = sc - ln V = 0
-    uniform = torch.full((2, 3, 6), 0.3)
-    close(entropy_from_logits(uniform), torch.full((2, 3), math.log(6.0)))
-    close(self_certainty_from_logits(uniform) - math.log(6.0), torch.zeros(2, 3))
-    # one-hot-ish logits: entropy -> 0
-    close(entropy_from_logits(torch.tensor([[100.0, 0.0, 0.0]])), [0.0])
+    uniform = stats_of_logits(torch.full((6, 6), 0.3))
+    close(uniform.entropy, torch.full((6,), math.log(6.0)))
+    close(uniform.self_certainty - math.log(6.0), torch.zeros(6))
+    close(stats_of_logits(torch.tensor([[100.0, 0.0, 0.0]])).entropy, [0.0])  # one-hot-ish: no entropy
+    # temperature divides the logits: T = 2 on 2 ln(p) gives p back
+    close(stats_of_logits((2 * P.log())[None], torch.tensor([0]), temperature=2.0).log_probs, [-LN2])
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 7, 10_000])
-def test_chunked_logit_functions_match_direct_formulas(chunk_size):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_stats_values_and_gradients_match_full_logits(chunk_size, temperature):
+    """Values and gradients (to the hidden states and to the output embedding, through log-probs and
+    entropy) equal those of the plain full-logits computation, for every chunk size."""
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 5, 11, generator=g) * 3
-    logsm = torch.log_softmax(logits.double(), dim=-1)
-    ent = -(logsm.exp() * logsm).sum(-1)
-    sc = -logsm.mean(-1)  # = KL(U||p) + ln V = logsumexp - mean
-    close(entropy_from_logits(logits, chunk_size=chunk_size), ent)
-    close(self_certainty_from_logits(logits, chunk_size=chunk_size), sc)
-    labels = torch.randint(0, 11, (2, 5), generator=g)
-    close(logprobs_from_logits(logits, labels, chunk_size=chunk_size), logsm.gather(-1, labels[..., None])[..., 0])
+    hidden = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(13, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 13, (10,), generator=g)
+    w_logp, w_ent = torch.randn(10, generator=g, dtype=torch.float64), torch.randn(10, generator=g, dtype=torch.float64)
+
+    stats = token_stats(hidden, weight, targets, temperature=temperature, chunk_size=chunk_size)
+    ((stats.log_probs * w_logp).sum() + (stats.entropy * w_ent).sum()).backward()
+    got = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
+
+    logsm = torch.log_softmax(hidden @ weight.T / temperature, dim=-1)
+    logp = logsm.gather(-1, targets[:, None]).squeeze(-1)
+    entropy = -(logsm.exp() * logsm).sum(-1)
+    close(stats.log_probs, logp.detach())
+    close(stats.entropy, entropy.detach())
+    close(stats.self_certainty, -logsm.mean(-1).detach())
+    assert not stats.self_certainty.requires_grad
+    ((logp * w_logp).sum() + (entropy * w_ent).sum()).backward()
+    close(got[0], hidden.grad)
+    close(got[1], weight.grad)
 
 
-def test_logit_functions_gradients_dtype_and_labels():
-    close(logprobs_from_logits((P.log() + 2.0)[None], torch.tensor([0])), [-LN2])
-    close(logprobs_from_logits(P.log()[None], torch.tensor([2])), [-2 * LN2])
+def test_token_stats_one_output_used_dtype_and_shape_errors():
     g = torch.Generator().manual_seed(1)
-    logits = torch.randn(4, 9, generator=g, dtype=torch.float64)
-    a = logits.clone().requires_grad_(True)
-    entropy_from_logits(a, chunk_size=3).sum().backward()
-    b = logits.clone().requires_grad_(True)
-    lsm = torch.log_softmax(b, -1)
+    hidden = torch.randn(4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    targets = torch.tensor([0, 3, 8, 2])
+    token_stats(hidden, weight, targets, chunk_size=3).entropy.sum().backward()  # log-probs unused
+    plain = hidden.detach().clone().requires_grad_(True)
+    lsm = torch.log_softmax(plain @ weight.T, -1)
     (-(lsm.exp() * lsm).sum(-1)).sum().backward()
-    close(a.grad, b.grad)
-    out = entropy_from_logits(torch.zeros(3, 8, dtype=torch.bfloat16), chunk_size=2)
-    assert out.dtype == torch.float32 and out.shape == (3,)
-    close(out, torch.full((3,), math.log(8.0)))
-    with pytest.raises(ValueError):
-        logprobs_from_logits(logits, torch.zeros(3, dtype=torch.long))
+    close(hidden.grad, plain.grad)
+    out = token_stats(torch.zeros(3, 8, dtype=torch.bfloat16), torch.eye(8, dtype=torch.bfloat16), torch.zeros(3), chunk_size=2)
+    assert out.entropy.dtype == torch.float32 and out.entropy.shape == (3,)
+    close(out.entropy, torch.full((3,), math.log(8.0)))
+    with pytest.raises(ValueError, match="targets"):
+        token_stats(hidden, weight, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="weight"):
+        token_stats(hidden, weight.T, targets)
 
 
 # --------------------------------------------------------------------------- EMA teacher

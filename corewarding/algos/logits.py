@@ -1,68 +1,105 @@
-"""Per-token quantities from logits, computed in chunks of rows so that a [tokens, 150k]
-vocabulary never materialises a second full-size float32 copy (softmax, log-softmax) at once.
+"""Per-token quantities of the next-token distribution, computed from the last hidden states and the
+output embedding (lm_head) a chunk of tokens at a time, so that the [tokens, vocabulary] logits never
+exist in full: not in the forward pass, and not saved for the backward pass, which recomputes each
+chunk's logits. At Qwen3-8B's vocabulary (151,936), one micro-batch of 8 rows x 3,072 response tokens
+has 15 GB of float32 logits; a chunk of 1,024 tokens needs 0.6 GB per temporary.
 
-That bound holds without autograd (old / reference log-probs, entropy and self-certainty for
-rewards and metrics). Under autograd (the policy update) each chunk's intermediates are kept for
-the backward pass, as in verl, so the saving there is only the transient peak."""
+With z = hidden @ weight.T / temperature (float32) and p = softmax(z):
+- log-prob of the target token: z[target] - logsumexp(z);
+- entropy: logsumexp(z) - sum_j p_j z_j;
+- self-certainty (Intuitor): logsumexp(z) - mean_j z_j = KL(Uniform || p) + log V.
+Log-probs and entropy carry gradients to `hidden` and `weight`; self-certainty is a reward signal
+and carries none.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["entropy_from_logits", "self_certainty_from_logits", "logprobs_from_logits"]
+__all__ = ["TokenStats", "token_stats", "DEFAULT_CHUNK"]
 
 DEFAULT_CHUNK = 1024
 
 
-def _chunked(logits: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk_size: int) -> torch.Tensor:
-    """Apply `fn` ([n, V] float32 -> [n]) to the rows of `logits` [..., V], `chunk_size` rows at a
-    time; returns [...] float32. Autograd flows through."""
+class TokenStats(NamedTuple):
+    log_probs: torch.Tensor  # [M] float32
+    entropy: torch.Tensor  # [M] float32
+    self_certainty: torch.Tensor  # [M] float32, no gradient
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    return (hidden @ weight.T).float() / temperature
+
+
+class _LinearTokenStats(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk_size):
+        n = hidden.shape[0]
+        out = [hidden.new_empty(n, dtype=torch.float32) for _ in range(4)]  # logp, entropy, sc, lse
+        for start in range(0, n, chunk_size):
+            rows = slice(start, start + chunk_size)
+            z = _chunk_logits(hidden[rows], weight, temperature)
+            lse = torch.logsumexp(z, dim=-1)
+            out[0][rows] = z.gather(-1, targets[rows, None]).squeeze(-1) - lse
+            out[1][rows] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
+            out[2][rows] = lse - z.mean(-1)
+            out[3][rows] = lse
+        logp, entropy, certainty, lse = out
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        ctx.mark_non_differentiable(certainty)
+        ctx.set_materialize_grads(False)
+        return logp, entropy, certainty
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy, _grad_certainty):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.zeros_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
+        if grad_logp is None and grad_entropy is None:
+            return grad_hidden, grad_weight, None, None, None
+        for start in range(0, hidden.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            z = _chunk_logits(hidden[rows], weight, ctx.temperature)
+            p = torch.exp(z - lse[rows, None])
+            # d logp / dz = onehot(target) - p;  d H / dz_j = -p_j (log p_j + H), log p_j = z_j - lse
+            grad_z = torch.zeros_like(z)
+            if grad_entropy is not None:
+                log_p = z - lse[rows, None]
+                grad_z -= grad_entropy[rows, None] * p * (log_p + entropy[rows, None])
+            if grad_logp is not None:
+                grad_z -= grad_logp[rows, None] * p
+                grad_z.scatter_add_(-1, targets[rows, None], grad_logp[rows, None])
+            grad_z = (grad_z / ctx.temperature).to(hidden.dtype)
+            if want_hidden:
+                grad_hidden[rows] = grad_z @ weight
+            if want_weight:
+                grad_weight += (grad_z.T @ hidden[rows]).float()
+        if grad_weight is not None:
+            grad_weight = grad_weight.to(weight.dtype)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> TokenStats:
+    """Log-prob of `targets`, entropy and self-certainty of softmax(hidden @ weight.T / temperature).
+
+    hidden [M, H] (the states that predict the targets), weight [V, H] (the output embedding),
+    targets [M] token ids. Gradients flow to hidden and weight through log_probs and entropy."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"expected hidden [M, H] and weight [V, H], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"targets {tuple(targets.shape)} do not match hidden {tuple(hidden.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    lead = logits.shape[:-1]
-    flat = logits.reshape(-1, logits.shape[-1])
-    parts = [fn(flat[i : i + chunk_size].float()) for i in range(0, flat.shape[0], chunk_size)]
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
-    return out.reshape(lead)
-
-
-def _entropy(x: torch.Tensor) -> torch.Tensor:
-    # H = logsumexp(x) - sum_j softmax(x)_j * x_j
-    return torch.logsumexp(x, dim=-1) - (torch.softmax(x, dim=-1) * x).sum(dim=-1)
-
-
-def _self_certainty(x: torch.Tensor) -> torch.Tensor:
-    return torch.logsumexp(x, dim=-1) - x.mean(dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Entropy of softmax(logits) over the last dim: [..., V] -> [...] (float32)."""
-    return _chunked(logits, _entropy, chunk_size)
-
-
-def self_certainty_from_logits(logits: torch.Tensor, chunk_size: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Intuitor's self-certainty: logsumexp(logits) - mean(logits) over the vocabulary, which is
-    KL(Uniform || softmax(logits)) + log V (uniform logits give log V). [..., V] -> [...].
-    Apply the temperature (logits / T) before calling."""
-    return _chunked(logits, _self_certainty, chunk_size)
-
-
-def logprobs_from_logits(
-    logits: torch.Tensor, labels: torch.Tensor, chunk_size: int = DEFAULT_CHUNK
-) -> torch.Tensor:
-    """log softmax(logits)[label] = logits[label] - logsumexp(logits): [..., V], [...] -> [...]
-    (float32), without building the full log-softmax."""
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"labels {tuple(labels.shape)} do not match logits {tuple(logits.shape)}")
-    lead = labels.shape
-    flat = logits.reshape(-1, logits.shape[-1])
-    flat_labels = labels.reshape(-1, 1).long()
-    parts = []
-    for i in range(0, flat.shape[0], chunk_size):
-        x = flat[i : i + chunk_size].float()
-        picked = x.gather(-1, flat_labels[i : i + chunk_size]).squeeze(-1)
-        parts.append(picked - torch.logsumexp(x, dim=-1))
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
-    return out.reshape(lead)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return TokenStats(*_LinearTokenStats.apply(hidden, weight, targets.long(), float(temperature), int(chunk_size)))

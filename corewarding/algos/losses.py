@@ -3,6 +3,8 @@ aggregation. Semantics follow verl's `core_algos` / `torch_functional` (SPEC.md 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 __all__ = [
@@ -11,13 +13,21 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "agg_loss",
+    "agg_loss_denominator",
+    "agg_loss_parts",
+    "PolicyTerms",
+    "policy_loss_terms",
     "policy_loss",
     "kl_penalty",
     "AGG_MODES",
+    "AGG_SCOPES",
     "KL_KINDS",
 ]
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+# Over what a micro-batch's loss is aggregated: the whole mini-batch on all ranks (exact), or the
+# micro-batch itself, weighted by its share of rows (the release, verl 0.4).
+AGG_SCOPES = ("mini_batch", "micro_batch")
 KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
 
 
@@ -53,25 +63,79 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return out if shift_mean else out + mean
 
 
-def agg_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
-    """Reduce a [N, R] per-token loss to a scalar.
+def agg_loss_denominator(mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+    """What `agg_loss` divides by: the unmasked token count (``token-mean``) or the number of
+    sequences with at least one unmasked token (the ``seq-mean-*`` modes, as current verl)."""
+    if mode == "token-mean":
+        return mask.sum()
+    if mode in ("seq-mean-token-sum", "seq-mean-token-mean"):
+        return (mask.sum(dim=-1) > 0).sum()
+    raise ValueError(f"unknown loss aggregation mode {mode!r}; allowed: {', '.join(AGG_MODES)}")
 
-    - ``token-mean``: sum over all unmasked tokens / their count.
-    - ``seq-mean-token-sum``: each sequence's token sum, averaged over sequences.
-    - ``seq-mean-token-mean``: each sequence's token mean, averaged over sequences.
-    Sequences whose mask is all zero are left out of the sequence means (as current verl).
+
+def agg_loss_parts(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """(numerator, denominator) of `agg_loss`: the aggregate is numerator / denominator, and both
+    add up over micro-batches and ranks, so a mini-batch's exact aggregate can be formed from parts
+    (numerators summed, divided by the summed denominators).
+
+    - ``token-mean``: sum of unmasked token losses / their count.
+    - ``seq-mean-token-sum``: sum of each sequence's token sum / number of sequences.
+    - ``seq-mean-token-mean``: sum of each sequence's token mean / number of sequences.
     """
+    denominator = agg_loss_denominator(mask, mode).to(loss.dtype)
     mask = mask.to(loss.dtype)
     if mode == "token-mean":
-        return masked_mean(loss, mask)
+        return masked_sum(loss, mask), denominator
+    token_sums = (loss * mask).sum(dim=-1)
     if mode == "seq-mean-token-sum":
-        seq = (loss * mask).sum(dim=-1)
-        return masked_mean(seq, (mask.sum(dim=-1) > 0).to(loss.dtype))
-    if mode == "seq-mean-token-mean":
-        count = mask.sum(dim=-1)
-        seq = (loss * mask).sum(dim=-1) / (count + 1e-8)
-        return masked_mean(seq, (count > 0).to(loss.dtype))
-    raise ValueError(f"unknown loss aggregation mode {mode!r}; allowed: {', '.join(AGG_MODES)}")
+        return token_sums.sum(), denominator
+    return (token_sums / (mask.sum(dim=-1) + 1e-8)).sum(), denominator
+
+
+def agg_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+    """Reduce a [N, R] per-token loss to a scalar (`agg_loss_parts` says how per mode); an
+    all-zero mask gives 0, not NaN."""
+    numerator, denominator = agg_loss_parts(loss, mask, mode)
+    return numerator / (denominator + 1e-8)
+
+
+class PolicyTerms(NamedTuple):
+    losses: torch.Tensor  # [N, R] per-token clipped surrogate loss
+    clipped: torch.Tensor  # [N, R] bool: the clipped term is the larger (pg_clipfrac)
+    dual_clipped: torch.Tensor  # [N, R] bool: the dual clip bites (pg_clipfrac_lower)
+    log_ratio: torch.Tensor  # [N, R] logp - old_logp, clamped to [-20, 20]
+
+
+def policy_loss_terms(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    clip_c: float | None = 3.0,
+) -> PolicyTerms:
+    """Per-token PPO clipped surrogate with dual clip (verl's ``compute_policy_loss``).
+
+    ratio = exp(logp - old_logp) (log-ratio clamped to [-20, 20]);
+    l1 = -A * ratio, l2 = -A * clip(ratio, 1 - clip_low, 1 + clip_high), c1 = max(l1, l2);
+    for A < 0 the loss is min(c1, -A * clip_c) (dual clip; ``clip_c=None`` turns it off).
+    `advantages` is [N, R] or per-rollout [N] (spread over the tokens)."""
+    if advantages.dim() == logp.dim() - 1:
+        advantages = advantages.unsqueeze(-1)
+    advantages = advantages.to(logp.dtype)
+    if clip_c is not None and clip_c <= 1.0:
+        raise ValueError(f"dual-clip constant clip_c must be > 1.0, got {clip_c}")
+    log_ratio = torch.clamp(logp - old_logp, min=-20.0, max=20.0)
+    ratio = torch.exp(log_ratio)
+    l1 = -advantages * ratio
+    l2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped = torch.maximum(l1, l2)
+    if clip_c is None:
+        return PolicyTerms(clipped, l2 > l1, torch.zeros_like(l1, dtype=torch.bool), log_ratio)
+    l3 = -advantages * clip_c
+    negative = advantages < 0
+    losses = torch.where(negative, torch.minimum(clipped, l3), clipped)
+    return PolicyTerms(losses, l2 > l1, (clipped > l3) & negative, log_ratio)
 
 
 def policy_loss(
@@ -84,46 +148,18 @@ def policy_loss(
     clip_c: float | None = 3.0,
     agg: str = "token-mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO clipped surrogate with dual clip (verl's ``compute_policy_loss``).
-
-    ratio = exp(logp - old_logp) (log-ratio clamped to [-20, 20]);
-    l1 = -A * ratio, l2 = -A * clip(ratio, 1 - clip_low, 1 + clip_high), c1 = max(l1, l2);
-    for A < 0 the loss is min(c1, -A * clip_c) (dual clip; ``clip_c=None`` turns it off).
-    `advantages` is [N, R] or per-rollout [N] (spread over the tokens).
-
-    Returns (loss, metrics) with float metrics ``pg_clipfrac`` (fraction of tokens where the
-    clipped term is the larger), ``pg_clipfrac_lower`` (fraction where the dual clip bites) and
-    ``ppo_kl`` (masked mean of old_logp - logp).
-    """
-    if advantages.dim() == logp.dim() - 1:
-        advantages = advantages.unsqueeze(-1)
-    advantages = advantages.to(logp.dtype)
+    """`policy_loss_terms` aggregated with `agg`, and float metrics ``pg_clipfrac`` (fraction of
+    tokens where the clipped term is the larger), ``pg_clipfrac_lower`` (fraction where the dual
+    clip bites) and ``ppo_kl`` (masked mean of old_logp - logp)."""
+    terms = policy_loss_terms(logp, old_logp, advantages, clip_low, clip_high, clip_c)
     mask = mask.to(logp.dtype)
-    if clip_c is not None and clip_c <= 1.0:
-        raise ValueError(f"dual-clip constant clip_c must be > 1.0, got {clip_c}")
-
-    neg_kl = torch.clamp(logp - old_logp, min=-20.0, max=20.0)
-    ratio = torch.exp(neg_kl)
-    l1 = -advantages * ratio
-    l2 = -advantages * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    clipped = torch.maximum(l1, l2)
-    negative = advantages < 0
-    if clip_c is not None:
-        l3 = -advantages * clip_c
-        losses = torch.where(negative, torch.minimum(clipped, l3), clipped)
-        lower = masked_mean(((clipped > l3) & negative).to(logp.dtype), mask)
-    else:
-        losses = clipped
-        lower = torch.zeros((), dtype=logp.dtype)
-    loss = agg_loss(losses, mask, agg)
-
     with torch.no_grad():
         metrics = {
-            "pg_clipfrac": float(masked_mean((l2 > l1).to(logp.dtype), mask)),
-            "pg_clipfrac_lower": float(lower),
-            "ppo_kl": float(masked_mean(-neg_kl, mask)),
+            "pg_clipfrac": float(masked_mean(terms.clipped.to(logp.dtype), mask)),
+            "pg_clipfrac_lower": float(masked_mean(terms.dual_clipped.to(logp.dtype), mask)),
+            "ppo_kl": float(masked_mean(-terms.log_ratio, mask)),
         }
-    return loss, metrics
+    return agg_loss(terms.losses, mask, agg), metrics
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
