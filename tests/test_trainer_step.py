@@ -20,6 +20,7 @@ from corewarding.trainer import compose_config, prepare_config, resolve_method
 from corewarding.trainer.ray_trainer import Trainer
 from corewarding.trainer.run import build_datasets, load_tokenizer
 from corewarding.trainer.tracking import Tracker, read_metrics
+from corewarding.workers.actor import ActorUpdate
 from corewarding.workers.rollout.base import RolloutOutput
 
 N = 4  # policy rollouts per prompt
@@ -92,11 +93,16 @@ class RecordingWorkers:
             tensors = {name: torch.full(shape, -1.0)}
             if kwargs.get("calculate_entropy"):
                 tensors["entropy"] = torch.full(shape, 0.5)
+            if kwargs.get("calculate_self_certainty"):
+                tensors["self_certainty"] = torch.full(shape, 2.0)
             return Batch(tensors)
         if method == "update_actor":
             self.calls.append("update_actor")
-            self.updates.append(batch)
-            return {"actor/pg_loss": 0.0}
+            self.updates.append(Batch(dict(batch.tensors), batch.rows, dict(batch.meta)))  # as it was sent
+            shape = batch.tensors["responses"].shape
+            on_policy = "old_log_probs" not in batch.tensors
+            tokens = Batch({"old_log_probs": torch.full(shape, -1.0), "entropy": torch.full(shape, 0.5)}) if on_policy else Batch()
+            return ActorUpdate({"actor/pg_loss": 0.0}, tokens)
         raise AssertionError(f"unexpected dispatch {method}")
 
     def call_all(self, name: str, *args):
@@ -163,8 +169,8 @@ def test_co_rewarding_ii_order_teacher_view_and_interval(tiny_model_path, data, 
         "actor_rollout_ref.ref.sliding_average.alpha_start=0.9", "actor_rollout_ref.ref.sliding_average.alpha_end=0.99",
     )
     metrics = run_steps(trainer, 2)
-    one_step = ["generate:policy", "generate:teacher", "log_prob:actor", "log_prob:ref", "update_actor"]
-    with_update = ["generate:policy", "update_teacher", "generate:teacher", "log_prob:actor", "log_prob:ref", "update_actor"]
+    one_step = ["generate:policy", "generate:teacher", "log_prob:ref", "update_actor"]  # on-policy: no old pass
+    with_update = ["generate:policy", "update_teacher", "generate:teacher", "log_prob:ref", "update_actor"]
     assert workers.calls == one_step + with_update
     assert workers.teacher_weights == [pytest.approx(ema_weight(2, 4, 0.9, 0.99))]
     assert "teacher/ema_weight" not in metrics[0] and metrics[1]["teacher/ema_weight"] == pytest.approx(ema_weight(2, 4, 0.9, 0.99))
@@ -194,7 +200,7 @@ def test_co_rewarding_i_groups_each_view_separately(tiny_model_path, data, tmp_p
     std 1/2, A = (-1/2, -1/2, -1/2, 3/2). One group for both views would give other numbers."""
     trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "co_reward")
     run_steps(trainer, 1)
-    assert workers.calls == ["generate:policy", "log_prob:actor", "log_prob:ref", "update_actor"]
+    assert workers.calls == ["generate:policy", "log_prob:ref", "update_actor"]
     update = workers.updates[0]
     assert update.meta["rollouts_per_prompt"] == 2 * N  # a mini-batch holds both views of its pairs
     views = dict(zip(update.rows["uid"], update.rows["view"]))
@@ -228,3 +234,19 @@ def test_validation_pads_to_the_worker_count(tiny_model_path, data, tmp_path):
     shown = read_metrics(tmp_path / "val_generations.jsonl")  # trainer.log_val_generations=2
     assert len(shown) == 2 and shown[0]["step"] == 0
     assert [s["reward"] for s in shown] == [float(s["answer"] == s["ground_truth"]) for s in shown]
+
+
+@pytest.mark.parametrize(("method", "extra", "old_pass"), [
+    ("naive", [], False),  # one optimizer step per batch: the update's own forward gives the old log-probs
+    ("naive", ["actor_rollout_ref.actor.on_policy_shortcut=False"], True),
+    ("naive", ["actor_rollout_ref.actor.ppo_epochs=2"], True),
+    ("naive", ["actor_rollout_ref.actor.ppo_mini_batch_size=1"], True),
+    ("self_certainty", [], True),  # the reward reads the policy's per-token statistics before the update
+    ("entropy", [], True),
+])
+def test_old_log_prob_pass_only_when_needed(tiny_model_path, data, tmp_path, method, extra, old_pass):
+    trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, method, *extra)
+    (metrics,) = run_steps(trainer, 1)
+    assert ("log_prob:actor" in workers.calls) == old_pass
+    assert ("old_log_probs" in workers.updates[0].tensors) == old_pass
+    assert metrics["actor/entropy"] == pytest.approx(0.5)  # from the old pass or from the update

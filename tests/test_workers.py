@@ -304,18 +304,16 @@ def test_free_cache_engine_call_order(tiny_model_path, tokenizer, drops_weights)
     assert engine.calls == expected
 
 
-def test_update_actor_entropy_only_with_a_bonus(tiny_model_path, monkeypatch):
-    """With actor.entropy_coeff = 0 the update never computes the full-vocabulary entropy and reports
-    no entropy metric; with a bonus it does, once per micro-batch, as actor/entropy_loss."""
-    import corewarding.algos as algos
+def test_update_actor_entropy_loss_only_with_a_bonus(tiny_model_path):
+    """actor/entropy_loss is reported (and the entropy bonus applied) only with actor.entropy_coeff != 0;
+    actor/entropy is the trainer's metric of the rollouts, not the update's."""
+    from corewarding.workers.actor import install_token_stats
     from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 
-    calls = []
-    real = algos.entropy_from_logits
-    monkeypatch.setattr(algos, "entropy_from_logits", lambda logits: calls.append(1) or real(logits))
     config = make_config(tiny_model_path, **{"actor_rollout_ref.actor.entropy_coeff": 0.0})
     worker = ActorRolloutRefWorker(config, rank=0, world_size=1)
     worker.actor = load_plain(tiny_model_path)
+    install_token_stats(worker.actor)
     worker.optimizer = torch.optim.AdamW(worker.actor.parameters(), lr=LR)
     worker.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(worker.optimizer, lambda step: 1.0)
     batch = rollout_batch(num_prompts=4, seed=9)  # 8 rows: one mini-batch, 4 micro-batches
@@ -323,12 +321,12 @@ def test_update_actor_entropy_only_with_a_bonus(tiny_model_path, monkeypatch):
     extra = {k: torch.randn(batch["responses"].shape, generator=g) - 3 for k in ("old_log_probs", "ref_log_probs")}
     batch = Batch(tensors={**batch.tensors, **extra, "advantages": torch.randn(len(batch), generator=g)})
 
-    metrics = worker.update_actor(batch)
-    assert calls == [] and not any("entropy" in key for key in metrics)
+    metrics = worker.update_actor(batch).metrics
+    assert not any("entropy" in key for key in metrics)
     worker.actor_cfg["entropy_coeff"] = 0.01
-    metrics = worker.update_actor(batch)
-    assert len(calls) == 4 and torch.isfinite(torch.tensor(metrics["actor/entropy_loss"]))
-    assert "actor/entropy" not in metrics  # the trainer logs the rollouts' entropy under that name
+    metrics = worker.update_actor(batch).metrics
+    assert torch.isfinite(torch.tensor(metrics["actor/entropy_loss"])) and metrics["actor/entropy_loss"] > 0
+    assert "actor/entropy" not in metrics
 
 
 def test_update_teacher_is_ema_update_on_local_tensors(tiny_model_path):
@@ -447,6 +445,8 @@ def test_compute_log_prob_matches_plain_hf(setup):
     probs = torch.softmax(logits, -1)
     entropy = -(probs * torch.log_softmax(logits, -1)).sum(-1)
     self_certainty = torch.logsumexp(logits, -1) - logits.mean(-1)
+    mask = batch["response_mask"]  # 0 on padding
+    logp, entropy, self_certainty = logp * mask, entropy * mask, self_certainty * mask
     torch.testing.assert_close(got["old_log_probs"], logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(ref["ref_log_probs"], logp, atol=1e-5, rtol=0)
     torch.testing.assert_close(got["entropy"], entropy, atol=1e-4, rtol=0)
@@ -467,9 +467,9 @@ def training_batch(setup, seed: int, num_prompts: int = 8) -> Batch:
 
 
 def reference_update(model, batch: Batch, config: dict, world: int = 2):
-    """One update_actor call in plain single-process torch: per rank and mini-batch j the verl
-    micro-batch scaling, gradients averaged over ranks, clip, AdamW."""
-    from corewarding.algos import agg_loss, entropy_from_logits, kl_penalty, logprobs_from_logits, policy_loss
+    """One update_actor call in plain single-process torch: per mini-batch j, the token-mean loss
+    over the mini-batch's rows of every rank (the exact mini-batch aggregate), clip, AdamW."""
+    from corewarding.algos import agg_loss, kl_penalty, policy_loss
 
     a = config["actor_rollout_ref"]["actor"]
     optim = torch.optim.AdamW(
@@ -480,26 +480,20 @@ def reference_update(model, batch: Batch, config: dict, world: int = 2):
         weight_decay=a["optim"]["weight_decay"],
     )
     mini = a["ppo_mini_batch_size"] * N // world
-    micro = a["ppo_micro_batch_size_per_gpu"]
     chunks = batch.chunk(world)
     model.train()
     norms = []
     for j in range(len(chunks[0]) // mini):
         optim.zero_grad()
-        for chunk in chunks:
-            mb_data = chunk.select(range(j * mini, (j + 1) * mini))
-            for mb in mb_data.split(micro):
-                out = model(
-                    input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"]
-                )
-                logits = out.logits[:, -R - 1 : -1] / TEMPERATURE
-                logp = logprobs_from_logits(logits, mb["responses"])
-                mask = mb["response_mask"]
-                pg, _ = policy_loss(logp, mb["old_log_probs"], mb["advantages"], mask, 0.2, 0.2, 3.0, "token-mean")
-                ent = agg_loss(entropy_from_logits(logits), mask, "token-mean")
-                kl = agg_loss(kl_penalty(logp, mb["ref_log_probs"], "low_var_kl"), mask, "token-mean")
-                loss = pg - a["entropy_coeff"] * ent + a["kl_loss_coef"] * kl
-                (loss * len(mb) / mini / world).backward()
+        mb = Batch.concat([chunk.select(range(j * mini, (j + 1) * mini)) for chunk in chunks])
+        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], position_ids=mb["position_ids"])
+        logsm = torch.log_softmax(out.logits[:, -R - 1 : -1].float() / TEMPERATURE, dim=-1)
+        logp = logsm.gather(-1, mb["responses"][..., None]).squeeze(-1)
+        entropy = -(logsm.exp() * logsm).sum(-1)
+        mask = mb["response_mask"]
+        pg, _ = policy_loss(logp, mb["old_log_probs"], mb["advantages"], mask, 0.2, 0.2, 3.0, "token-mean")
+        kl = agg_loss(kl_penalty(logp, mb["ref_log_probs"], "low_var_kl"), mask, "token-mean")
+        (pg - a["entropy_coeff"] * agg_loss(entropy, mask) + a["kl_loss_coef"] * kl).backward()
         norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), a["grad_clip"])))
         optim.step()
     return norms
@@ -516,8 +510,8 @@ def test_update_actor_matches_single_process(setup):
     group = setup["group"]
     batch = training_batch(setup, seed=2)
     results = ray.get([w.update_actor.remote(c) for w, c in zip(group.workers, batch.chunk(2))])
-    metrics = results[0]
-    assert results[0] == results[1]  # averaged over ranks: the same dict everywhere
+    metrics = results[0].metrics
+    assert results[0].metrics == results[1].metrics  # reduced over ranks: the same dict everywhere
     for key in ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "kl_loss", "entropy_loss", "grad_norm", "lr"):
         assert f"actor/{key}" in metrics and torch.isfinite(torch.tensor(metrics[f"actor/{key}"]))
     assert metrics["actor/lr"] == pytest.approx(LR)
@@ -587,7 +581,7 @@ def test_checkpoint_round_trip_is_exact(setup):
     group.call_all("load_checkpoint", str(ckpt))
     resumed = group.dispatch("update_actor", b2)
     sample_resumed = group.dispatch("generate_sequences", prompt_batch_from(b2))
-    assert resumed == straight
+    assert resumed.metrics == straight.metrics
     assert_states_close(full_state(setup), state_straight, atol=0.0)
     assert torch.equal(sample_resumed["responses"], sample_straight["responses"])  # RNG restored too
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from corewarding.algos import AGG_SCOPES
+
 logger = logging.getLogger(__name__)
 
 
@@ -35,14 +37,20 @@ class Method:
     paired: bool = False         # (original, rephrased) pairs; both views generated and trained
     teacher: bool = False        # EMA teacher rollouts give the pseudo-label (Co-rewarding-II)
     self_certainty: bool = False  # needs per-token self-certainty
+    entropy: bool = False        # needs per-token entropy
     ground_truth: bool = False   # the reward reads the ground truth
+
+    @property
+    def needs_token_stats(self) -> bool:
+        """The reward reads per-token statistics of the policy, computed before the update."""
+        return self.self_certainty or self.entropy
 
 
 METHODS: dict[str, Method] = {
     "gt": Method("gt", ground_truth=True),
     "majority_voting": Method("majority_voting"),
     "self_certainty": Method("self_certainty", self_certainty=True),
-    "entropy": Method("entropy"),  # per-token entropy is computed for every method
+    "entropy": Method("entropy", entropy=True),
     "co_rewarding_i": Method("co_rewarding_i", paired=True),
     "co_rewarding_ii": Method("co_rewarding_ii", teacher=True),
 }
@@ -151,6 +159,25 @@ def _loggers(value: Any) -> list[str]:
     return items
 
 
+def _check_token_budgets(cfg: DictConfig) -> None:
+    """With dynamic micro-batches every row (prompt + response) must fit the token budget."""
+    longest = int(cfg.data.max_prompt_length) + int(cfg.data.max_response_length)
+    arr = cfg.actor_rollout_ref
+    budgets = [("actor.use_dynamic_bsz", "actor.ppo_max_token_len_per_gpu"),
+               ("rollout.log_prob_use_dynamic_bsz", "rollout.log_prob_max_token_len_per_gpu"),
+               ("ref.log_prob_use_dynamic_bsz", "ref.log_prob_max_token_len_per_gpu")]
+    for switch, budget in budgets:
+        (section, flag), (_, leaf) = switch.split("."), budget.split(".")
+        if not arr[section][flag]:
+            continue
+        tokens = _positive(f"actor_rollout_ref.{budget}", arr[section][leaf])
+        if tokens < longest:
+            raise ConfigError(
+                f"actor_rollout_ref.{budget}={tokens} is below the longest row (data.max_prompt_length + "
+                f"data.max_response_length = {longest}): raise it to at least {longest}"
+            )
+
+
 def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     """A resolved, checked copy of `cfg` (see the module docstring). Raises `ConfigError`."""
     try:
@@ -192,6 +219,10 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         raise ConfigError(f"trainer.device={device!r}: use cuda, cpu or auto")
     trainer.device = device
     ws = _positive("trainer.n_gpus_per_node x trainer.nnodes", world_size(cfg))
+    if trainer.get("cpus_per_worker") is None:
+        cores = int(cfg.ray_init.get("num_cpus") or os.cpu_count() or 1)
+        trainer.cpus_per_worker = max(1, cores // ws) if device == "cpu" else 1
+    _positive("trainer.cpus_per_worker", trainer.cpus_per_worker)
     if arr.model.dtype in (None, "null"):
         arr.model.dtype = "bfloat16" if device == "cuda" else "float32"
     if rollout.dtype in (None, "null"):
@@ -280,6 +311,10 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     for key in ("ref.log_prob_micro_batch_size_per_gpu", "rollout.log_prob_micro_batch_size_per_gpu"):
         section, leaf = key.split(".")
         _positive(f"actor_rollout_ref.{key}", arr[section][leaf])
+    _check_token_budgets(cfg)
+    if str(actor.loss_agg_scope) not in AGG_SCOPES:
+        raise ConfigError(f"actor_rollout_ref.actor.loss_agg_scope={actor.loss_agg_scope!r}: use one of {list(AGG_SCOPES)}")
+    _positive("actor_rollout_ref.model.logits_chunk_size", arr.model.logits_chunk_size)
 
     # --- Co-rewarding-II teacher ------------------------------------------------------------
     sa = ref.sliding_average

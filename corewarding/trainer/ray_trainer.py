@@ -109,7 +109,11 @@ class Trainer:
         self.reward_fn = get_reward_fn(method.name, **options)
         self.val_reward_fn = get_reward_fn("gt")
         self.sa = cfg.actor_rollout_ref.ref.sliding_average
-        self.use_kl = bool(cfg.actor_rollout_ref.actor.use_kl_loss)
+        actor = cfg.actor_rollout_ref.actor
+        self.use_kl = bool(actor.use_kl_loss)
+        on_policy = (bool(actor.on_policy_shortcut) and int(actor.ppo_epochs) == 1
+                     and int(actor.ppo_mini_batch_size) == int(cfg.data.train_batch_size))
+        self.policy_pass_needed = not on_policy or method.needs_token_stats
         self.last_ema_weight: float | None = None
 
     # ------------------------------------------------------------------ worker calls
@@ -209,11 +213,13 @@ class Trainer:
         lengths = rollouts.tensors["attention_mask"].sum(-1).tolist()
         rollouts = rollouts.select(balanced_order(lengths, self.world_size))
 
-        # 3. old log-probs (+ entropy / self-certainty) and reference log-probs
-        with self._timer(timing, "old_log_prob"):
-            policy = self._log_probs(rollouts, "actor", calculate_entropy=True,
-                                     calculate_self_certainty=self.method.self_certainty)
-        rollouts.tensors.update(policy.tensors)
+        # 3. old log-probs (+ entropy / self-certainty), unless the update is on-policy and the reward
+        # needs neither (the update's own forward gives them then), and reference log-probs
+        if self.policy_pass_needed:
+            with self._timer(timing, "old_log_prob"):
+                policy = self._log_probs(rollouts, "actor", calculate_entropy=True,
+                                         calculate_self_certainty=self.method.self_certainty)
+            rollouts.tensors.update(policy.tensors)
         if self.use_kl:
             with self._timer(timing, "ref"):
                 rollouts.tensors.update(self._log_probs(rollouts, "ref").tensors)
@@ -234,7 +240,9 @@ class Trainer:
         # 5. PPO update (a mini-batch counts prompts; Co-rewarding-I: pairs, both views together)
         rollouts.meta["rollouts_per_prompt"] = int(self.cfg.actor_rollout_ref.rollout.n) * (2 if self.method.paired else 1)
         with self._timer(timing, "update_actor"):
-            metrics.update(self.workers.dispatch("update_actor", rollouts))  # averaged over ranks by the workers
+            update = self.workers.dispatch("update_actor", rollouts)
+        metrics.update(update.metrics)  # reduced over ranks by the workers
+        rollouts.tensors.update(update.tokens.tensors)  # on-policy: the update's log-probs and entropy
         timing["step"] = time.perf_counter() - start
 
         metrics.update(self._batch_metrics(rollouts, teacher_rollouts, scores, advantages))

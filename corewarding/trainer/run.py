@@ -46,7 +46,8 @@ def init_ray(cfg: DictConfig) -> bool:
         return True
     num_cpus = cfg.ray_init.get("num_cpus")
     if num_cpus is None:
-        num_cpus = max(world_size(cfg), os.cpu_count() or 1) if cfg.trainer.device == "cpu" else None
+        wanted = world_size(cfg) * int(cfg.trainer.cpus_per_worker)
+        num_cpus = max(wanted, os.cpu_count() or 1) if cfg.trainer.device == "cpu" else None
     kwargs: dict[str, Any] = dict(
         num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
         runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV if k in os.environ}},

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import os
 import random
 import time
@@ -42,6 +41,15 @@ from torch.distributed.tensor import DTensor
 
 from corewarding.algos import ema_update_
 from corewarding.batch import Batch
+from corewarding.workers.actor import (
+    ActorUpdate,
+    ForwardSettings,
+    PPOSettings,
+    compute_token_stats,
+    install_token_stats,
+    ppo_update,
+)
+from corewarding.workers.dispatch import collect, concat_rows
 from corewarding.workers.rollout import (
     RolloutOutput,
     SamplingSettings,
@@ -54,7 +62,6 @@ from corewarding.workers.rollout import (
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
-RESPONSE_KEYS_FOR_FORWARD = ("responses", "input_ids", "attention_mask", "position_ids")
 
 
 class ActorRolloutRefWorker:
@@ -161,7 +168,7 @@ class ActorRolloutRefWorker:
         from torch.distributed.device_mesh import init_device_mesh
 
         if str(self.config["trainer"].get("device", "cuda")) == "cpu":
-            torch.set_num_threads(1)
+            torch.set_num_threads(int(self.config["trainer"].get("cpus_per_worker") or 1))
             self.device = torch.device("cpu")
             backend = "gloo"
         else:
@@ -263,6 +270,7 @@ class ActorRolloutRefWorker:
         del full
         for buf in model.buffers():  # non-persistent buffers (rotary inv_freq) are not in the state dict
             dist.broadcast(buf, src=0)
+        install_token_stats(model)
 
     def _model(self, which: str) -> torch.nn.Module:
         if which in ("actor", "policy"):
@@ -319,6 +327,7 @@ class ActorRolloutRefWorker:
             stop_token_ids=tuple(self.eos_ids),
         )
 
+    @collect(concat_rows)
     def generate_sequences(self, batch: Batch, use_teacher: bool = False, validate: bool = False) -> Batch:
         """This rank's prompts (left-padded `input_ids` / `attention_mask`) -> each prompt's rollouts
         (prompt-major), with `prompts` [N, P] (the input width), `responses` [N, R] right-padded to
@@ -407,33 +416,14 @@ class ActorRolloutRefWorker:
             _set_device_rng_state(trainer_state, self.device)
 
     # ------------------------------------------------------------ log-probs
-    def _forward(
-        self,
-        model: torch.nn.Module,
-        mb: Batch,
-        temperature: float,
-        entropy: bool = False,
-        self_certainty: bool = False,
-    ) -> dict[str, torch.Tensor]:
-        from corewarding.algos import entropy_from_logits, logprobs_from_logits, self_certainty_from_logits
-
-        responses = mb.tensors["responses"]
-        width = responses.shape[1]
-        out = model(
-            input_ids=mb.tensors["input_ids"],
-            attention_mask=mb.tensors["attention_mask"],
-            position_ids=mb.tensors["position_ids"],
-            use_cache=False,
-            logits_to_keep=width + 1,
+    def _forward_settings(self) -> ForwardSettings:
+        return ForwardSettings(
+            temperature=float(self.rollout_cfg.get("temperature", 1.0)),
+            remove_padding=bool(self.model_cfg.get("use_remove_padding", False)),
+            chunk_size=int(self.model_cfg.get("logits_chunk_size") or 1024),
         )
-        logits = out.logits[:, :-1, :] / temperature  # position t predicts token t + 1
-        result = {"log_probs": logprobs_from_logits(logits, responses)}
-        if entropy:
-            result["entropy"] = entropy_from_logits(logits)
-        if self_certainty:
-            result["self_certainty"] = self_certainty_from_logits(logits)
-        return result
 
+    @collect(concat_rows)
     def compute_log_prob(
         self,
         batch: Batch,
@@ -442,164 +432,60 @@ class ActorRolloutRefWorker:
         calculate_self_certainty: bool = False,
     ) -> Batch:
         """`old_log_probs` (model="actor") or `ref_log_probs` (model="ref") of the response tokens
-        [N, R], plus `entropy` / `self_certainty` [N, R] when asked (values on padding are not
-        masked). Logits are divided by rollout.temperature."""
+        [N, R], plus `entropy` / `self_certainty` [N, R] when asked (0 on padding). Logits are
+        divided by rollout.temperature."""
         net = self._model(model)
-        is_actor = net is self.actor
-        micro = int(
-            (self.rollout_cfg if is_actor else self.ref_cfg).get("log_prob_micro_batch_size_per_gpu") or len(batch) or 1
-        )
-        temperature = float(self.rollout_cfg.get("temperature", 1.0))
-        data = batch.subset(RESPONSE_KEYS_FOR_FORWARD).to(self.device)
-        parts: dict[str, list[torch.Tensor]] = {}
-        was_training = net.training
-        net.eval()
-        with torch.no_grad():
-            for mb in data.split(micro):
-                out = self._forward(net, mb, temperature, calculate_entropy, calculate_self_certainty)
-                for key, value in out.items():
-                    parts.setdefault(key, []).append(value.float().cpu())
-        net.train(was_training)
-        name = "old_log_probs" if is_actor else "ref_log_probs"
-        tensors = {name: torch.cat(parts["log_probs"])}
+        section = self.rollout_cfg if net is self.actor else self.ref_cfg
+        micro = int(section.get("log_prob_micro_batch_size_per_gpu") or len(batch) or 1)
+        budget = int(section["log_prob_max_token_len_per_gpu"]) if section.get("log_prob_use_dynamic_bsz") else None
+        stats = compute_token_stats(net, batch.to(self.device), self._forward_settings(), micro, budget)
+        tensors = {"old_log_probs" if net is self.actor else "ref_log_probs": stats.log_probs}
         if calculate_entropy:
-            tensors["entropy"] = torch.cat(parts["entropy"])
+            tensors["entropy"] = stats.entropy
         if calculate_self_certainty:
-            tensors["self_certainty"] = torch.cat(parts["self_certainty"])
+            tensors["self_certainty"] = stats.self_certainty
         return Batch(tensors=tensors)
 
     # ---------------------------------------------------------------- update
-    def update_actor(self, batch: Batch) -> dict[str, float]:
-        """PPO/GRPO update on this rank's rows.
-
-        Mini-batch = actor.ppo_mini_batch_size prompts x rollouts per prompt / world size rows,
-        where rollouts per prompt is `batch.meta["rollouts_per_prompt"]` when the trainer sets it
-        (e.g. Co-rewarding-I trains both views of a pair in one mini-batch: 2 x n) and rollout.n
-        otherwise. One optimizer step per mini-batch and epoch, micro-batches of
-        actor.ppo_micro_batch_size_per_gpu rows with gradient accumulation (loss x micro/mini rows,
-        as verl). The LR scheduler steps once per call. Metrics are averaged over micro-batches
-        (grad_norm over optimizer steps) and then over ranks, so every rank returns the same dict.
-        The full-vocabulary entropy is computed only for an entropy bonus (actor.entropy_coeff != 0,
-        metric actor/entropy_loss); the trainer logs the rollouts' entropy from compute_log_prob."""
-        from corewarding.algos import agg_loss, kl_penalty, policy_loss
-
+    def _ppo_settings(self) -> PPOSettings:
         a = self.actor_cfg
-        use_kl = bool(a.get("use_kl_loss", False))
-        need = [*RESPONSE_KEYS_FOR_FORWARD, "response_mask", "old_log_probs", "advantages"]
-        if use_kl:
-            need.append("ref_log_probs")
-        missing = [k for k in need if k not in batch.tensors]
-        if missing:
-            raise KeyError(f"update_actor needs tensors {missing} (have {sorted(batch.tensors)})")
-        per_prompt = int(batch.meta.get("rollouts_per_prompt") or self.rollout_cfg["n"])
-        mini = int(a["ppo_mini_batch_size"]) * per_prompt // self.world_size
-        micro = int(a.get("ppo_micro_batch_size_per_gpu") or 1)
-        if mini <= 0 or len(batch) % mini:
-            raise ValueError(
-                f"{len(batch)} rows per worker do not split into mini-batches of {mini} rows "
-                f"(actor_rollout_ref.actor.ppo_mini_batch_size={a['ppo_mini_batch_size']} x {per_prompt} rollouts "
-                f"per prompt / {self.world_size} workers): make data.train_batch_size a multiple of "
-                "actor_rollout_ref.actor.ppo_mini_batch_size"
-            )
-        if mini % micro:
-            raise ValueError(
-                f"mini-batch of {mini} rows per worker is not a multiple of "
-                f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}"
-            )
         clip = float(a.get("clip_ratio", 0.2))
-        clip_low = float(a["clip_ratio_low"]) if a.get("clip_ratio_low") is not None else clip
-        clip_high = float(a["clip_ratio_high"]) if a.get("clip_ratio_high") is not None else clip
         clip_c = a.get("clip_ratio_c", 3.0)
-        clip_c = float(clip_c) if clip_c is not None else None
-        agg = str(a.get("loss_agg_mode", "token-mean"))
-        entropy_coeff = float(a.get("entropy_coeff", 0.0))
-        kl_coef = float(a.get("kl_loss_coef", 0.0))
-        kl_type = str(a.get("kl_loss_type", "low_var_kl"))
-        temperature = float(self.rollout_cfg.get("temperature", 1.0))
-        grad_clip = float(a.get("grad_clip", 1.0) or 0.0)
+        return PPOSettings(
+            forward=self._forward_settings(),
+            ppo_epochs=int(a.get("ppo_epochs", 1)),
+            mini_batch_size=int(a["ppo_mini_batch_size"]),
+            micro_batch_rows=int(a.get("ppo_micro_batch_size_per_gpu") or 1),
+            max_tokens=int(a["ppo_max_token_len_per_gpu"]) if a.get("use_dynamic_bsz") else None,
+            shuffle=bool(a.get("shuffle", False)),
+            clip_low=float(a["clip_ratio_low"]) if a.get("clip_ratio_low") is not None else clip,
+            clip_high=float(a["clip_ratio_high"]) if a.get("clip_ratio_high") is not None else clip,
+            clip_c=float(clip_c) if clip_c is not None else None,
+            loss_agg_mode=str(a.get("loss_agg_mode", "token-mean")),
+            loss_scope=str(a.get("loss_agg_scope", "mini_batch")),
+            entropy_coeff=float(a.get("entropy_coeff", 0.0)),
+            use_kl_loss=bool(a.get("use_kl_loss", False)),
+            kl_loss_coef=float(a.get("kl_loss_coef", 0.0)),
+            kl_loss_type=str(a.get("kl_loss_type", "low_var_kl")),
+            grad_clip=float(a.get("grad_clip", 1.0) or 0.0),
+        )
 
-        data = batch.subset(need).to(self.device)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-
-        def record(key: str, value: float) -> None:
-            sums[key] = sums.get(key, 0.0) + float(value)
-            counts[key] = counts.get(key, 0) + 1
-
+    @collect(ActorUpdate.gather)
+    def update_actor(self, batch: Batch) -> ActorUpdate:
+        """PPO/GRPO update on this rank's rows (`actor.ppo_update`). Rollouts per prompt (for the
+        mini-batch size in rows) is `batch.meta["rollouts_per_prompt"]` when the trainer sets it
+        (Co-rewarding-I trains both views of a pair in one mini-batch: 2 x n), else rollout.n. The LR
+        scheduler steps once per call. Without `old_log_probs` in the batch the update is on-policy
+        and returns the log-probs and entropies of its own forward."""
+        per_prompt = int(batch.meta.get("rollouts_per_prompt") or self.rollout_cfg["n"])
         lr = float(self.lr_scheduler.get_last_lr()[0])
-        skipped = 0
-        self.actor.train()
-        for _ in range(int(a.get("ppo_epochs", 1))):
-            if a.get("shuffle"):
-                data = data.select(torch.randperm(len(data)))
-            for mb_data in data.split(mini):
-                self.optimizer.zero_grad(set_to_none=True)
-                for mb in mb_data.split(micro):
-                    mask = mb.tensors["response_mask"]
-                    out = self._forward(self.actor, mb, temperature, entropy=entropy_coeff != 0.0)
-                    logp = out["log_probs"]
-                    pg_loss, pg_metrics = policy_loss(
-                        logp,
-                        mb.tensors["old_log_probs"],
-                        mb.tensors["advantages"],
-                        mask,
-                        clip_low=clip_low,
-                        clip_high=clip_high,
-                        clip_c=clip_c,
-                        agg=agg,
-                    )
-                    loss = pg_loss
-                    if entropy_coeff != 0.0:
-                        ent_loss = agg_loss(out["entropy"], mask, agg)
-                        loss = loss - entropy_coeff * ent_loss
-                        record("actor/entropy_loss", ent_loss.item())
-                    if use_kl:
-                        kl = agg_loss(kl_penalty(logp, mb.tensors["ref_log_probs"], kl_type), mask, agg)
-                        loss = loss + kl_coef * kl
-                        record("actor/kl_loss", kl.item())
-                    else:
-                        record("actor/kl_loss", 0.0)
-                    (loss * (len(mb) / len(mb_data))).backward()
-                    record("actor/pg_loss", pg_loss.item())
-                    for key, value in pg_metrics.items():
-                        record(f"actor/{key}", value)
-                grad_norm = self._clip_grad_norm(grad_clip)
-                record("actor/grad_norm", grad_norm)
-                if math.isfinite(grad_norm):
-                    self.optimizer.step()
-                else:
-                    skipped += 1
-                    logger.warning("rank %d: grad norm %s is not finite, optimizer step skipped", self.rank, grad_norm)
-                self.optimizer.zero_grad(set_to_none=True)
+        result = ppo_update(self.actor, self.optimizer, batch, self._ppo_settings(), per_prompt, self.world_size,
+                            self.device)
         self.lr_scheduler.step()
         self.policy_version += 1
-        self.skipped_steps += skipped
-
-        metrics = {k: sums[k] / counts[k] for k in sorted(sums)}
-        metrics = self._mean_over_ranks(metrics)
-        metrics["actor/lr"] = lr
-        metrics["actor/skipped_steps"] = float(skipped)
-        return metrics
-
-    def _clip_grad_norm(self, max_norm: float) -> float:
-        params = [p for p in self.actor.parameters() if p.grad is not None]
-        if max_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        return float(norm)
-
-    def _mean_over_ranks(self, metrics: dict[str, float]) -> dict[str, float]:
-        if self.world_size == 1 or not metrics:
-            return metrics
-        keys = sorted(metrics)
-        device = self.device if self.device.type == "cuda" else torch.device("cpu")
-        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-        values /= self.world_size
-        return {k: float(v) for k, v in zip(keys, values.tolist())}
+        self.skipped_steps += int(result.metrics["actor/skipped_steps"])
+        result.metrics["actor/lr"] = lr
+        return result
 
     # ----------------------------------------------------------------- teacher
     def update_teacher(self, weight: float) -> None:

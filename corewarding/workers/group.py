@@ -16,6 +16,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from corewarding.batch import Batch
+from corewarding.workers.dispatch import collect_rule
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 
 
@@ -36,13 +37,15 @@ class RayWorkerGroup:
     def __init__(self, config: dict, worker_cls: type = ActorRolloutRefWorker) -> None:
         trainer = config["trainer"]
         self.config = config
+        self.worker_cls = worker_cls
         self.on_gpu = str(trainer.get("device", "cuda")) != "cpu"
         self.nnodes = int(trainer.get("nnodes", 1))
         self.per_node = int(trainer["n_gpus_per_node"])
         self.world_size = self.nnodes * self.per_node
         if self.world_size < 1:
             raise ValueError("trainer.nnodes x trainer.n_gpus_per_node must be at least 1")
-        bundle = {"GPU": 1, "CPU": 1} if self.on_gpu else {"CPU": 1}
+        cpus = int(trainer.get("cpus_per_worker") or 1)
+        bundle = {"GPU": 1, "CPU": cpus} if self.on_gpu else {"CPU": cpus}
         self.placement_group = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
         try:
             ray.get(self.placement_group.ready(), timeout=float(os.environ.get("COREWARDING_PG_TIMEOUT", 600)))
@@ -67,11 +70,12 @@ class RayWorkerGroup:
                 "RANK": str(rank),
                 "WORLD_SIZE": str(self.world_size),
                 "LOCAL_RANK": str(rank % self.per_node),
+                "OMP_NUM_THREADS": str(cpus),
             }
             if loopback:
                 env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
             options: dict[str, Any] = dict(
-                num_cpus=1,
+                num_cpus=cpus,
                 num_gpus=1 if self.on_gpu else 0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     self.placement_group, placement_group_bundle_index=rank
@@ -86,9 +90,8 @@ class RayWorkerGroup:
 
     def dispatch(self, method: str, batch: Batch, **kwargs: Any) -> Any:
         """Split `batch` into world_size equal consecutive chunks, run `method(chunk, **kwargs)` on
-        each rank, and gather: Batch results are concatenated in rank order (row order preserved);
-        dict results (update_actor's metrics, already averaged over ranks) come back as rank 0's
-        dict; anything else as the list of per-rank results."""
+        each rank, and combine the results with the method's declared `@collect` rule."""
+        rule = collect_rule(self.worker_cls, method)
         if len(batch) % self.world_size:
             raise ValueError(
                 f"{method}: {len(batch)} rows cannot be split evenly over {self.world_size} workers "
@@ -96,12 +99,7 @@ class RayWorkerGroup:
                 "prompts x actor_rollout_ref.rollout.n) and data.val_batch_size as multiples of the worker count"
             )
         chunks = batch.chunk(self.world_size)
-        results = ray.get([getattr(w, method).remote(chunk, **kwargs) for w, chunk in zip(self.workers, chunks)])
-        if all(isinstance(r, Batch) for r in results):
-            return Batch.concat(results)
-        if all(isinstance(r, dict) for r in results):
-            return results[0]
-        return results
+        return rule(ray.get([getattr(w, method).remote(chunk, **kwargs) for w, chunk in zip(self.workers, chunks)]))
 
     def shutdown(self) -> None:
         for worker in getattr(self, "workers", []):

@@ -1,0 +1,313 @@
+"""The policy's forward pass and the PPO update, on one rank's rows (the worker's update room).
+
+Forward: `install_token_stats(model)` gives an HF causal LM a `token_stats` method (registered as an
+FSDP2 forward method, so sharded parameters are gathered around it as around `forward`): the decoder
+runs on padded or packed rows (`packing.py`), and only the hidden states that predict real response
+tokens meet the output embedding, in chunks (`algos.token_stats`): log-probs, entropy and
+self-certainty without ever holding the full [tokens, vocabulary] logits.
+
+Update (`ppo_update`), as verl's dp_actor:
+- mini-batches of `ppo_mini_batch_size` prompts x rollouts per prompt / world size rows, one optimizer
+  step each, `ppo_epochs` times; micro-batches of `ppo_micro_batch_size_per_gpu` rows, or with
+  `use_dynamic_bsz` of at most `ppo_max_token_len_per_gpu` tokens, with gradient accumulation;
+- loss = clipped surrogate (dual clip) - entropy_coeff * entropy + kl_loss_coef * KL(ref), every term
+  aggregated with `loss_agg_mode`;
+- `loss_scope="mini_batch"` (default): each micro-batch's loss numerator is divided by the mini-batch's
+  denominator over all ranks (its token count for token-mean), times the world size because FSDP
+  averages gradients; the gradient is then that of the mini-batch's exact aggregate, whatever the
+  micro-batch split or the rows per rank. `loss_scope="micro_batch"` is the release's (verl 0.4) rule:
+  each micro-batch aggregated on its own and weighted by its share of the rank's mini-batch rows;
+- on-policy shortcut: when the batch carries no `old_log_probs` (one epoch, one mini-batch: the
+  trainer skips the separate pass), the old log-probs are the detached log-probs of the update's own
+  forward, and those log-probs and entropies come back with the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import types
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from corewarding.algos import TokenStats, agg_loss_denominator, agg_loss_parts, kl_penalty, policy_loss_terms, token_stats
+from corewarding.batch import Batch
+from corewarding.workers.packing import packed_inputs, padded_inputs, scatter_to_rows, token_budget_groups
+
+logger = logging.getLogger(__name__)
+
+FORWARD_KEYS = ("responses", "input_ids", "attention_mask", "position_ids", "response_mask")
+
+
+# ------------------------------------------------------------------------------------- forward
+def _token_stats_method(
+    self: Any,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    target_positions: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    chunk_size: int,
+) -> TokenStats:
+    hidden = self.base_model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_positions)
+    return token_stats(hidden, self.get_output_embeddings().weight, targets, temperature, chunk_size)
+
+
+def install_token_stats(model: torch.nn.Module) -> None:
+    """Add `model.token_stats(...)` (call after `fully_shard`, so that FSDP2 wraps it)."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    head = model.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError(f"{type(model).__name__}: an output embedding with a bias is not supported")
+    model.token_stats = types.MethodType(_token_stats_method, model)
+    register_fsdp_forward_method(model, "token_stats")
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    temperature: float  # rollout.temperature: the logits are divided by it, as in sampling
+    remove_padding: bool  # model.use_remove_padding: pack the rows into one sequence
+    chunk_size: int  # tokens per chunk of logits
+
+
+def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSettings) -> TokenStats:
+    """Log-probs of the responses, entropy and self-certainty, each [N, R] (0 on padding)."""
+    mask = rows.tensors["response_mask"]
+    if settings.remove_padding:
+        inputs = packed_inputs(rows.tensors["input_ids"], rows.tensors["attention_mask"], mask)
+    else:
+        inputs = padded_inputs(rows.tensors["input_ids"], rows.tensors["attention_mask"], rows.tensors["position_ids"], mask)
+    stats = model.token_stats(
+        inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.target_positions, inputs.targets,
+        settings.temperature, settings.chunk_size,
+    )
+    return TokenStats(*(scatter_to_rows(values, mask) for values in stats))
+
+
+def row_tokens(rows: Batch) -> list[int]:
+    """Real tokens (prompt + response) per row."""
+    return rows.tensors["attention_mask"].sum(dim=1).tolist()
+
+
+def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None) -> list[list[int]]:
+    """Row indices of each micro-batch: consecutive `micro_rows`, or by token budget."""
+    if max_tokens is not None:
+        return token_budget_groups(row_tokens(rows), max_tokens)
+    return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]
+
+
+@torch.no_grad()
+def compute_token_stats(
+    model: torch.nn.Module, batch: Batch, settings: ForwardSettings, micro_rows: int, max_tokens: int | None
+) -> TokenStats:
+    """`forward_token_stats` over micro-batches, results in the batch's row order (on the CPU)."""
+    data = batch.subset(FORWARD_KEYS)
+    out = [torch.zeros(data.tensors["response_mask"].shape) for _ in TokenStats._fields]
+    was_training = model.training
+    model.eval()
+    for group in micro_batch_groups(data, micro_rows, max_tokens):
+        stats = forward_token_stats(model, data.select(group), settings)
+        for target, values in zip(out, stats):
+            target[group] = values.float().cpu()
+    model.train(was_training)
+    return TokenStats(*out)
+
+
+# ------------------------------------------------------------------------------------- update
+@dataclass(frozen=True)
+class PPOSettings:
+    forward: ForwardSettings
+    ppo_epochs: int = 1
+    mini_batch_size: int = 1  # prompts per optimizer step (all ranks)
+    micro_batch_rows: int = 1  # rows per micro-batch (fixed micro-batches)
+    max_tokens: int | None = None  # token budget per micro-batch (use_dynamic_bsz)
+    shuffle: bool = False
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    clip_c: float | None = 3.0
+    loss_agg_mode: str = "token-mean"
+    loss_scope: str = "mini_batch"
+    entropy_coeff: float = 0.0
+    use_kl_loss: bool = False
+    kl_loss_coef: float = 0.0
+    kl_loss_type: str = "low_var_kl"
+    grad_clip: float = 1.0
+
+
+class ActorUpdate(NamedTuple):
+    metrics: dict[str, float]  # the same on every rank (reduced over ranks)
+    tokens: Batch  # on-policy: `old_log_probs` and `entropy` [N, R] of this rank's rows; else empty
+
+    @staticmethod
+    def gather(results: list[ActorUpdate]) -> ActorUpdate:
+        """Rank 0's metrics and every rank's token tensors, concatenated in rank order."""
+        return ActorUpdate(results[0].metrics, Batch.concat([r.tokens for r in results]))
+
+
+def _sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    if world_size > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _reduce_device(device: torch.device) -> torch.device:
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
+def micro_batch_weights(
+    masks: list[torch.Tensor], settings: PPOSettings, world_size: int, device: torch.device
+) -> list[float]:
+    """The factor each micro-batch's loss numerator is multiplied by before backward (see the
+    module docstring for the two scopes)."""
+    denominators = [float(agg_loss_denominator(m, settings.loss_agg_mode)) for m in masks]
+    if settings.loss_scope == "micro_batch":
+        rows = sum(m.shape[0] for m in masks)
+        return [m.shape[0] / rows / (d + 1e-8) for m, d in zip(masks, denominators)]
+    total = _sum_over_ranks(torch.tensor([sum(denominators)], dtype=torch.float64, device=device), world_size)
+    total = float(total.item())
+    return [world_size / total if total > 0 else 0.0] * len(masks)
+
+
+class _Meter:
+    """Metric sums and counts, reduced over ranks once at the end (exact means across ranks)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, key: str, total: float, count: float = 1.0) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + float(total)
+        self.counts[key] = self.counts.get(key, 0.0) + float(count)
+
+    def reduce(self, world_size: int, device: torch.device) -> dict[str, float]:
+        keys = sorted(self.sums)
+        values = torch.tensor([[self.sums[k] for k in keys], [self.counts[k] for k in keys]], dtype=torch.float64,
+                              device=device)
+        values = _sum_over_ranks(values, world_size)
+        return {k: float(s / c) if c > 0 else 0.0 for k, s, c in zip(keys, values[0].tolist(), values[1].tolist())}
+
+
+def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
+    """Clip the gradients' global norm to `max_norm` (no clipping when <= 0); the norm before."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def _micro_batch_loss(
+    model: torch.nn.Module, mb: Batch, settings: PPOSettings, on_policy: bool, meter: _Meter, weight: float
+) -> tuple[TokenStats, dict[str, float]]:
+    """Forward, loss and backward of one micro-batch; records its token metrics; returns its detached
+    log-probs and entropy, and its weighted loss terms (they add up to the optimizer step's loss)."""
+    stats = forward_token_stats(model, mb, settings.forward)
+    mask = mb.tensors["response_mask"]
+    logp = stats.log_probs
+    old = logp.detach() if on_policy else mb.tensors["old_log_probs"]
+    terms = policy_loss_terms(logp, old, mb.tensors["advantages"], settings.clip_low, settings.clip_high, settings.clip_c)
+    mode = settings.loss_agg_mode
+    loss, _ = agg_loss_parts(terms.losses, mask, mode)
+    losses = {"actor/pg_loss": float(loss.detach()) * weight}
+    if settings.entropy_coeff != 0.0:
+        entropy_term, _ = agg_loss_parts(stats.entropy, mask, mode)
+        loss = loss - settings.entropy_coeff * entropy_term
+        losses["actor/entropy_loss"] = float(entropy_term.detach()) * weight
+    if settings.use_kl_loss:
+        kl, _ = agg_loss_parts(kl_penalty(logp, mb.tensors["ref_log_probs"], settings.kl_loss_type), mask, mode)
+        loss = loss + settings.kl_loss_coef * kl
+        losses["actor/kl_loss"] = float(kl.detach()) * weight
+    (loss * weight).backward()
+    fmask = mask.to(torch.float32)
+    tokens = float(fmask.sum())
+    meter.add("actor/pg_clipfrac", float((terms.clipped * fmask).sum()), tokens)
+    meter.add("actor/pg_clipfrac_lower", float((terms.dual_clipped * fmask).sum()), tokens)
+    meter.add("actor/ppo_kl", float((-terms.log_ratio.detach() * fmask).sum()), tokens)
+    return TokenStats(logp.detach(), stats.entropy.detach(), stats.self_certainty), losses
+
+
+def ppo_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    settings: PPOSettings,
+    rollouts_per_prompt: int,
+    world_size: int,
+    device: torch.device,
+) -> ActorUpdate:
+    """PPO/GRPO update on this rank's rows (see the module docstring). Every rank must call it with
+    the same number of rows. Returns the metrics (reduced over ranks) and, on-policy, the tokens."""
+    mini_rows = settings.mini_batch_size * rollouts_per_prompt // world_size
+    _check_mini_batches(len(batch), mini_rows, settings)
+    on_policy = "old_log_probs" not in batch.tensors
+    if on_policy and (settings.ppo_epochs != 1 or mini_rows != len(batch)):
+        raise ValueError(
+            "update_actor without old_log_probs (the on-policy shortcut) needs one optimizer step per batch: "
+            f"actor.ppo_epochs=1 and ppo_mini_batch_size=data.train_batch_size (have {settings.ppo_epochs} epochs, "
+            f"{len(batch) // mini_rows} mini-batches)"
+        )
+    keys = [*FORWARD_KEYS, "advantages", *(["old_log_probs"] if not on_policy else []),
+            *(["ref_log_probs"] if settings.use_kl_loss else [])]
+    data = batch.subset(keys).to(device)
+    mask_shape = data.tensors["response_mask"].shape
+    kept = [torch.zeros(mask_shape), torch.zeros(mask_shape)] if on_policy else None
+    meter = _Meter()
+    skipped = 0
+    model.train()
+    reduce_device = _reduce_device(device)
+    for _ in range(settings.ppo_epochs):
+        order = torch.randperm(len(data)).tolist() if settings.shuffle else list(range(len(data)))
+        for start in range(0, len(data), mini_rows):
+            mini_index = order[start : start + mini_rows]
+            mini = data.select(mini_index)
+            groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens)
+            weights = micro_batch_weights([mini.tensors["response_mask"][g] for g in groups], settings, world_size,
+                                          reduce_device)
+            optimizer.zero_grad(set_to_none=True)
+            step_losses: dict[str, float] = {}
+            for group, weight in zip(groups, weights):
+                stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weight)
+                for key, value in losses.items():
+                    step_losses[key] = step_losses.get(key, 0.0) + value
+                if kept is not None:
+                    rows = [mini_index[i] for i in group]
+                    kept[0][rows], kept[1][rows] = stats.log_probs.float().cpu(), stats.entropy.float().cpu()
+            for key, value in step_losses.items():
+                meter.add(key, value)
+            grad_norm = clip_grad_norm(model, settings.grad_clip)
+            meter.add("actor/grad_norm", grad_norm)
+            if math.isfinite(grad_norm):
+                optimizer.step()
+            else:
+                skipped += 1
+                logger.warning("grad norm %s is not finite, optimizer step skipped", grad_norm)
+            optimizer.zero_grad(set_to_none=True)
+    metrics = meter.reduce(world_size, reduce_device)
+    metrics["actor/skipped_steps"] = float(skipped)  # the grad norm is global: the same on every rank
+    tokens = Batch({"old_log_probs": kept[0], "entropy": kept[1]}) if kept is not None else Batch()
+    return ActorUpdate(metrics, tokens)
+
+
+def _check_mini_batches(rows: int, mini_rows: int, settings: PPOSettings) -> None:
+    if mini_rows <= 0 or rows % mini_rows:
+        raise ValueError(
+            f"{rows} rows per worker do not split into mini-batches of {mini_rows} rows "
+            f"(actor_rollout_ref.actor.ppo_mini_batch_size={settings.mini_batch_size} x rollouts per prompt / "
+            "workers): make data.train_batch_size a multiple of actor_rollout_ref.actor.ppo_mini_batch_size"
+        )
+    if settings.max_tokens is None and mini_rows % settings.micro_batch_rows:
+        raise ValueError(
+            f"mini-batch of {mini_rows} rows per worker is not a multiple of "
+            f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={settings.micro_batch_rows}"
+        )

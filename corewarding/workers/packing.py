@@ -1,0 +1,104 @@
+"""Model inputs for a micro-batch of rollouts, padded or packed, and micro-batches by token budget.
+
+A rollout row is a left-padded prompt of width P followed by a right-padded response of width R
+(`input_ids` [N, P + R], `attention_mask` [N, P + R], `response_mask` [N, R]). The trainer needs the
+log-prob (and entropy) of each real response token, predicted by the hidden state one position
+earlier. Both layouts below give the model inputs plus `target_positions`: for every real response
+token, in row-major order of `response_mask`, its predicting position in the flattened [B * L]
+hidden states. Only those M positions go through the output embedding.
+
+- `padded_inputs`: the rows as they are, with the attention mask (B = N, L = P + R).
+- `packed_inputs` (`model.use_remove_padding=True`): the real tokens of all rows concatenated into
+  one sequence (B = 1, L = total real tokens) with per-row `position_ids` restarting at 0 and no
+  attention mask; transformers then keeps the rows apart (flash-attention varlen on GPU, a
+  block-diagonal mask with SDPA / eager), so no compute goes to padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "token_budget_groups"]
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    input_ids: torch.Tensor  # [B, L]
+    position_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor | None  # [B, L]; None when packed
+    target_positions: torch.Tensor  # [M] into the flattened [B * L] hidden states
+    targets: torch.Tensor  # [M] response token ids, row-major over response_mask
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel()) if self.attention_mask is None else int(self.attention_mask.sum())
+
+
+def _response_coordinates(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every real response token, row-major."""
+    rows, cols = response_mask.bool().nonzero(as_tuple=True)
+    return rows, cols
+
+
+def padded_inputs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, response_mask: torch.Tensor
+) -> ModelInputs:
+    width = input_ids.shape[1]
+    prompt_width = width - response_mask.shape[1]
+    rows, cols = _response_coordinates(response_mask)
+    return ModelInputs(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        target_positions=rows * width + prompt_width - 1 + cols,
+        targets=input_ids[rows, prompt_width + cols],
+    )
+
+
+def packed_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> ModelInputs:
+    prompt_width = input_ids.shape[1] - response_mask.shape[1]
+    real = attention_mask.bool()
+    lengths = real.sum(dim=1)
+    prompt_lengths = real[:, :prompt_width].sum(dim=1)
+    starts = torch.cumsum(lengths, dim=0) - lengths
+    total = int(lengths.sum())
+    positions = torch.arange(total, device=input_ids.device) - torch.repeat_interleave(starts, lengths)
+    rows, cols = _response_coordinates(response_mask)
+    return ModelInputs(
+        input_ids=input_ids[real].unsqueeze(0),
+        position_ids=positions.unsqueeze(0),
+        attention_mask=None,
+        target_positions=starts[rows] + prompt_lengths[rows] - 1 + cols,
+        targets=input_ids[rows, prompt_width + cols],
+    )
+
+
+def scatter_to_rows(values: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[M] values of the real response tokens (row-major) -> [N, R], zero on padding (autograd flows)."""
+    out = values.new_zeros(response_mask.shape)
+    return out.index_put(_response_coordinates(response_mask), values)
+
+
+def token_budget_groups(lengths: list[int], budget: int) -> list[list[int]]:
+    """Rows grouped into as few micro-batches of at most `budget` tokens as first-fit decreasing
+    finds (verl's use_dynamic_bsz); each group lists row indices in ascending order. A row longer
+    than the budget is an error (raise the budget to at least prompt + response length)."""
+    if budget <= 0:
+        raise ValueError(f"token budget must be positive, got {budget}")
+    longest = max(lengths, default=0)
+    if longest > budget:
+        raise ValueError(f"a row of {longest} tokens does not fit the micro-batch token budget of {budget}")
+    groups: list[list[int]] = []
+    loads: list[int] = []
+    for row in sorted(range(len(lengths)), key=lambda r: (-lengths[r], r)):
+        for k, load in enumerate(loads):
+            if load + lengths[row] <= budget:
+                groups[k].append(row)
+                loads[k] += lengths[row]
+                break
+        else:
+            groups.append([row])
+            loads.append(lengths[row])
+    return [sorted(group) for group in groups]
