@@ -170,6 +170,11 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
             "against the ground truth; use naive"
         )
     cfg.method = method.name
+    from corewarding.rewards import GT_SCORERS  # here: importing the config module must stay light (no torch)
+
+    scorer = str(cfg.reward_model.get("gt_scorer") or "math_verify")
+    if scorer not in GT_SCORERS:
+        raise ConfigError(f"reward_model.gt_scorer={scorer!r} is unknown; use math_verify (ours) or hendrycks (the release)")
     if str(cfg.algorithm.adv_estimator) not in ADV_ESTIMATORS:
         raise ConfigError(
             f"algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} is not supported; this trainer runs GRPO "

@@ -102,12 +102,15 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        options = {"equivalence": str(cfg.reward_model.vote_equivalence)} if method.name in VOTE_METHODS else {}
+        gt_scorer = str(cfg.reward_model.get("gt_scorer") or "math_verify")
+        options: dict[str, Any] = {"gt_scorer": gt_scorer}
+        if method.name in VOTE_METHODS:
+            options["equivalence"] = str(cfg.reward_model.vote_equivalence)
         extra = cfg.reward_model.get("reward_kwargs")
         if extra:
             options.update(OmegaConf.to_container(extra, resolve=True) if not isinstance(extra, dict) else extra)
         self.reward_fn = get_reward_fn(method.name, **options)
-        self.val_reward_fn = get_reward_fn("gt")
+        self.val_reward_fn = get_reward_fn("gt", gt_scorer=gt_scorer)
         self.sa = cfg.actor_rollout_ref.ref.sliding_average
         self.use_kl = bool(cfg.actor_rollout_ref.actor.use_kl_loss)
         self.last_ema_weight: float | None = None
@@ -302,6 +305,7 @@ class Trainer:
         for i in range(len(rollouts)):
             records.append({
                 "step": step, "role": "policy", "uid": rows["uid"][i], "view": rows.get("view", [None] * len(rollouts))[i],
+                "sample_index": rows.get("sample_index", [None] * len(rollouts))[i],
                 "pair_id": rows.get("pair_id", [None] * len(rollouts))[i], "data_source": rows.get("data_source", [None] * len(rollouts))[i],
                 "prompt": self._prompt_text(rows, i), "response": rows["response_text"][i],
                 "answer": answers[i], "pseudo_label": labels[i], "ground_truth": rows.get("ground_truth", [None] * len(rollouts))[i],
@@ -312,6 +316,7 @@ class Trainer:
             for i in range(len(teacher)):
                 records.append({
                     "step": step, "role": "teacher", "uid": trows["uid"][i], "view": trows.get("view", [None] * len(teacher))[i],
+                    "sample_index": trows.get("sample_index", [None] * len(teacher))[i],
                     "prompt": self._prompt_text(trows, i), "response": trows["response_text"][i],
                     "answer": extract_boxed_answer(trows["response_text"][i]),
                 })

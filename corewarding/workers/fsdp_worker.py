@@ -323,7 +323,9 @@ class ActorRolloutRefWorker:
         """This rank's prompts (left-padded `input_ids` / `attention_mask`) -> each prompt's rollouts
         (prompt-major), with `prompts` [N, P] (the input width), `responses` [N, R] right-padded to
         R = data.max_response_length, `response_mask`, `input_ids` / `attention_mask` /
-        `position_ids` [N, P + R], optional `rollout_log_probs`, and row `response_text`."""
+        `position_ids` [N, P + R], optional `rollout_log_probs`, and rows `response_text` and
+        `sample_index` (0 .. n-1: the order in which the prompt's rollouts were generated; votes
+        break ties by it, whatever the batch's later row order)."""
         sampling = self._sampling(use_teacher, validate)
         input_ids = batch.tensors["input_ids"].cpu()
         attention_mask = batch.tensors["attention_mask"].cpu()
@@ -365,6 +367,7 @@ class ActorRolloutRefWorker:
             tensors["rollout_log_probs"] = rollout_log_probs
         rows = dict(repeated.rows)
         rows["response_text"] = texts
+        rows["sample_index"] = list(range(sampling.n)) * len(batch)  # prompt-major: n per prompt
         meta = dict(batch.meta)
         meta["timing/weight_sync"] = sync_s
         meta["timing/generate_engine"] = gen_s
