@@ -240,9 +240,15 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
             "the rephrased questions, paired with data.train_files on extra_info.index"
         )
     if data.use_aug and not method.teacher:
-        logger.warning("data.use_aug=True only matters for co_rewarding_II (the teacher answers the rephrased question)")
+        logger.warning("data.use_aug=True only matters for co_rewarding_II (the policy and the teacher get different views)")
     if data.use_aug and method.teacher and not data.train_aug_files:
-        raise ConfigError("data.use_aug=True (teacher answers the rephrased question) needs data.train_aug_files")
+        raise ConfigError("data.use_aug=True (the policy and the teacher get different views) needs data.train_aug_files")
+    try:
+        swap_p = float(data.get("p", 1.0))
+    except (TypeError, ValueError):
+        swap_p = math.nan
+    if not 0.0 <= swap_p <= 1.0:
+        raise ConfigError(f"data.p={data.get('p')!r} must be a probability in [0, 1] (1: the policy trains on the rephrased question)")
     if str(data.truncation) not in ("error", "left", "right"):
         raise ConfigError(f"data.truncation={data.truncation!r}: use error, left or right")
     _positive("data.max_prompt_length", data.max_prompt_length)
@@ -285,6 +291,9 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     for key in ("ref.log_prob_micro_batch_size_per_gpu", "rollout.log_prob_micro_batch_size_per_gpu"):
         section, leaf = key.split(".")
         _positive(f"actor_rollout_ref.{key}", arr[section][leaf])
+    _positive("actor_rollout_ref.rollout.val_kwargs.n", rollout.val_kwargs.n)
+    if not float(rollout.val_kwargs.temperature) >= 0.0:
+        raise ConfigError(f"actor_rollout_ref.rollout.val_kwargs.temperature={rollout.val_kwargs.temperature} must be >= 0")
 
     # --- Co-rewarding-II teacher ------------------------------------------------------------
     sa = ref.sliding_average

@@ -49,6 +49,7 @@ from corewarding.workers.rollout import (
     eos_token_ids,
     resolve_dtype,
     rollout_seed,
+    validation_sampling,
 )
 
 logger = logging.getLogger(__name__)
@@ -299,16 +300,7 @@ class ActorRolloutRefWorker:
         r = self.rollout_cfg
         max_new = int(self.config["data"]["max_response_length"])
         if validate:
-            v = r.get("val_kwargs") or {}
-            greedy = not v.get("do_sample", True) or float(v.get("temperature", 0.8)) == 0.0
-            return SamplingSettings(
-                n=int(v.get("n", 1)),
-                temperature=0.0 if greedy else float(v.get("temperature", 0.8)),
-                top_p=float(v.get("top_p", 1.0)),
-                top_k=int(v.get("top_k", -1)),
-                max_new_tokens=max_new,
-                stop_token_ids=tuple(self.eos_ids),
-            )
+            return validation_sampling(r.get("val_kwargs") or {}, max_new, tuple(self.eos_ids))
         n = int(r.get("teacher_n") or r["n"]) if use_teacher else int(r["n"])
         return SamplingSettings(
             n=n,
