@@ -263,3 +263,24 @@ def test_validation_pads_to_the_worker_count(tiny_model_path, data, tmp_path):
     shown = read_metrics(tmp_path / "val_generations.jsonl")  # trainer.log_val_generations=2
     assert len(shown) == 2 and shown[0]["step"] == 0
     assert [s["reward"] for s in shown] == [float(s["answer"] == s["ground_truth"]) for s in shown]
+
+
+def test_validation_with_the_release_preset(tiny_model_path, data, tmp_path):
+    """+preset=release validates greedily (val_kwargs.do_sample=False: temperature, top_p and top_k
+    ignored; n copies of the greedy response, as verl repeats the prompts) and scores with the
+    Hendrycks check: answers written "<truth>.0" are right for math-verify, wrong for the release.
+    Ours samples at temperature 0.8."""
+    answer_with_point_zero = lambda info: info["ground_truth"] + ".0"  # noqa: E731
+    trainer, _, engine = make_trainer(tiny_model_path, data, tmp_path / "ours", "naive", "actor_rollout_ref.rollout.val_kwargs.n=2")
+    engine.val_answer = answer_with_point_zero
+    ours = trainer.validate()
+    release_trainer, _, release_engine = make_trainer(
+        tiny_model_path, data, tmp_path / "release", "naive", "+preset=release", "actor_rollout_ref.rollout.val_kwargs.n=2",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=0.8", "actor_rollout_ref.rollout.val_kwargs.top_p=0.5",
+    )
+    release_engine.val_answer = answer_with_point_zero
+    release = release_trainer.validate()
+    (ours_call,), (release_call,) = engine.calls, release_engine.calls
+    assert (ours_call["sampling"].temperature, ours_call["sampling"].n) == (0.8, 2) and not ours_call["sampling"].greedy
+    assert release_call["sampling"].greedy and release_call["sampling"].n == 2 and release_call["sampling"].top_p == 1.0
+    assert ours["val/acc"] == 1.0 and release["val/acc"] == 0.0
