@@ -185,6 +185,7 @@ def test_teacher_defaults(model, data):
         (["reward_model.gt_scorer=exact"], "reward_model.gt_scorer='exact' is unknown"),
         (["actor_rollout_ref.rollout.val_kwargs.n=0"], "actor_rollout_ref.rollout.val_kwargs.n=0 must be a positive integer"),
         (["actor_rollout_ref.rollout.val_kwargs.temperature=-1"], "val_kwargs.temperature=-1 must be >= 0"),
+        (["actor_rollout_ref.rollout.val_kwargs.temperature=hot"], "val_kwargs.temperature=hot must be >= 0"),
     ],
 )
 def test_config_errors(extra, message, model, data):

@@ -138,6 +138,14 @@ def _positive(key: str, value: Any) -> int:
     return number
 
 
+def _number(value: Any) -> float:
+    """`value` as a float; NaN (which fails every range check) when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _loggers(value: Any) -> list[str]:
     if value is None:
         return ["console"]
@@ -243,11 +251,7 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         logger.warning("data.use_aug=True only matters for co_rewarding_II (the policy and the teacher get different views)")
     if data.use_aug and method.teacher and not data.train_aug_files:
         raise ConfigError("data.use_aug=True (the policy and the teacher get different views) needs data.train_aug_files")
-    try:
-        swap_p = float(data.get("p", 1.0))
-    except (TypeError, ValueError):
-        swap_p = math.nan
-    if not 0.0 <= swap_p <= 1.0:
+    if not 0.0 <= _number(data.get("p", 1.0)) <= 1.0:
         raise ConfigError(f"data.p={data.get('p')!r} must be a probability in [0, 1] (1: the policy trains on the rephrased question)")
     if str(data.truncation) not in ("error", "left", "right"):
         raise ConfigError(f"data.truncation={data.truncation!r}: use error, left or right")
@@ -292,7 +296,7 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         section, leaf = key.split(".")
         _positive(f"actor_rollout_ref.{key}", arr[section][leaf])
     _positive("actor_rollout_ref.rollout.val_kwargs.n", rollout.val_kwargs.n)
-    if not float(rollout.val_kwargs.temperature) >= 0.0:
+    if not _number(rollout.val_kwargs.temperature) >= 0.0:
         raise ConfigError(f"actor_rollout_ref.rollout.val_kwargs.temperature={rollout.val_kwargs.temperature} must be >= 0")
 
     # --- Co-rewarding-II teacher ------------------------------------------------------------
