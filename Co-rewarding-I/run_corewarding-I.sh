@@ -10,6 +10,8 @@
 # WANDB_API_KEY (wandb logging when set), TRAIN_FILES / TRAIN_AUG_FILES / VAL_FILES (data paths,
 # default ../data/math/...), ROLLOUT_TP (vLLM tensor parallel size, 1), EXP_NAME, PROJECT_NAME,
 # DRY_RUN=1 (print the command, run nothing).
+# RELEASE_EXACT=1 runs the authors' release where our defaults differ (+preset=release:
+# docs/release-differences.md).
 # Extra arguments are hydra overrides appended last (they win), e.g. ray_init.address=auto.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -85,6 +87,10 @@ ARGS=(
     trainer.test_freq=10
     trainer.total_epochs=3
 )
+
+if [ "${RELEASE_EXACT:-0}" = 1 ]; then
+    ARGS=(+preset=release "${ARGS[@]}")
+fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
     printf '%s\n' "${ARGS[@]}" "$@"

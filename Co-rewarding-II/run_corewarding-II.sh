@@ -11,8 +11,11 @@
 # Environment: LLM_PATH (required), NUM_GPUS (GPUs per node; default: all visible), NNODES (1),
 # WANDB_API_KEY (wandb logging when set), TRAIN_FILES / TRAIN_AUG_FILES / VAL_FILES (data paths,
 # default ../data/math/...; DAPO-14k: TRAIN_FILES=../data/dapo/train.parquet), USE_AUG (False;
-# True lets the teacher answer the rephrased question, needs TRAIN_AUG_FILES), ROLLOUT_TP (vLLM tensor
+# True gives the policy the rephrased question and the teacher the original, as the release; the
+# override data.p=0 reverses that; needs TRAIN_AUG_FILES), ROLLOUT_TP (vLLM tensor
 # parallel size, 1), ALPHA_START / ALPHA_END / INTERVAL (EMA schedule), EXP_NAME, PROJECT_NAME, DRY_RUN=1 (print the command only).
+# RELEASE_EXACT=1 runs the authors' release where our defaults differ (+preset=release:
+# docs/release-differences.md) and makes ALPHA_END default to the release's 0.99999.
 # Extra arguments are hydra overrides appended last (they win), e.g. ray_init.address=auto.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -33,7 +36,11 @@ TRAIN_AUG_FILES=${TRAIN_AUG_FILES:-null}
 VAL_FILES=${VAL_FILES:-../data/math/test.parquet}
 USE_AUG=${USE_AUG:-False}
 ALPHA_START=${ALPHA_START:-0.99}   # weight on the teacher at the first step (paper's a_k)
-ALPHA_END=${ALPHA_END:-0.9999}     # ... and at the last step
+if [ "${RELEASE_EXACT:-0}" = 1 ]; then
+    ALPHA_END=${ALPHA_END:-0.99999}  # the release's script: 1e-5 on the policy at the end
+else
+    ALPHA_END=${ALPHA_END:-0.9999}   # ... and at the last step (the paper's 1e-4 on the policy)
+fi
 INTERVAL=${INTERVAL:-1}            # update the teacher every INTERVAL steps
 PROJECT_NAME=${PROJECT_NAME:-co-rewarding}
 EXP_NAME=${EXP_NAME:-Co-rewarding-II}
@@ -98,6 +105,10 @@ ARGS=(
     trainer.test_freq=10
     trainer.total_epochs=3
 )
+
+if [ "${RELEASE_EXACT:-0}" = 1 ]; then
+    ARGS=(+preset=release "${ARGS[@]}")
+fi
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
     printf '%s\n' "${ARGS[@]}" "$@"

@@ -112,6 +112,37 @@ def test_run_scripts_parse(script, model, data):
         assert cfg.method == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
 
 
+def release_preset_values(cfg) -> tuple:
+    val = cfg.actor_rollout_ref.rollout.val_kwargs
+    return cfg.data.p, cfg.reward_model.gt_scorer, cfg.reward_model.vote_equivalence, val.do_sample, val.n
+
+
+OURS = (1.0, "math_verify", "string", True, 1)
+RELEASE = (1.0, "hendrycks", "string", False, 1)
+
+
+def test_release_preset(model, data):
+    """+preset=release selects every release behaviour at once; command-line overrides still win."""
+    assert release_preset_values(prepare_config(compose_config(base(model, data)))) == OURS
+    cfg = prepare_config(compose_config(base(model, data) + ["+preset=release"]))
+    assert release_preset_values(cfg) == RELEASE and cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 0
+    cfg = prepare_config(compose_config(["+preset=release"] + base(model, data) + ["reward_model.gt_scorer=math_verify"]))
+    assert cfg.reward_model.gt_scorer == "math_verify"
+
+
+@pytest.mark.parametrize("script", ["Co-rewarding-I/run_corewarding-I.sh", "Co-rewarding-II/run_corewarding-II.sh"])
+def test_run_scripts_release_exact(script, model, data):
+    """RELEASE_EXACT=1: the scripts add +preset=release (and II the release's EMA end, 1e-5 on the policy)."""
+    env = {**os.environ, "DRY_RUN": "1", "LLM_PATH": str(model), "NUM_GPUS": "8", "TRAIN_FILES": str(data["train"]),
+           "TRAIN_AUG_FILES": str(data["train_rewrite"]), "VAL_FILES": str(data["val"]), "RELEASE_EXACT": "1"}
+    lines = subprocess.run(["bash", str(REPO / script)], env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert lines[0] == "+preset=release"
+    cfg = prepare_config(compose_config(lines + CPU))
+    assert release_preset_values(cfg) == RELEASE
+    if "II" in script:
+        assert cfg.actor_rollout_ref.ref.sliding_average.alpha_end == 0.99999
+
+
 def test_method_aliases():
     assert resolve_method("naive").name == "gt"
     assert resolve_method("co_reward").name == "co_rewarding_i" and resolve_method("co_reward").paired
@@ -149,6 +180,12 @@ def test_teacher_defaults(model, data):
         (["actor_rollout_ref.rollout.tensor_model_parallel_size=2"], "needs rollout.name=vllm on GPUs"),
         (["actor_rollout_ref.rollout.tensor_model_parallel_size=0"], "must be a positive integer"),
         (["actor_rollout_ref.rollout.response_length=64"], "differs from data.max_response_length"),
+        (["data.p=1.5"], "data.p=1.5 must be a probability in [0, 1]"),
+        (["data.p=often"], "data.p='often' must be a probability in [0, 1]"),
+        (["reward_model.gt_scorer=exact"], "reward_model.gt_scorer='exact' is unknown"),
+        (["actor_rollout_ref.rollout.val_kwargs.n=0"], "actor_rollout_ref.rollout.val_kwargs.n=0 must be a positive integer"),
+        (["actor_rollout_ref.rollout.val_kwargs.temperature=-1"], "val_kwargs.temperature=-1 must be >= 0"),
+        (["actor_rollout_ref.rollout.val_kwargs.temperature=hot"], "val_kwargs.temperature=hot must be >= 0"),
     ],
 )
 def test_config_errors(extra, message, model, data):

@@ -120,6 +120,7 @@ def test_paired_dataset_and_batch(tokenizer, builtin):
     assert len(batch) == 6 and batch.meta["paired"]
     assert batch["pair_id"] == [7, 2, 9, 7, 2, 9]
     assert batch["view"] == ["original"] * 3 + ["rephrased"] * 3
+    assert batch["views_swapped"] == [False] * 6  # no loader draw: the pair keeps its roles
     assert batch["ground_truth"][:3] == batch["ground_truth"][3:]
     assert len(set(batch["uid"])) == 6
     assert batch["input_ids"][4, -len(ds[2]["rephrased"]["input_ids"]):].tolist() == ds[2]["rephrased"]["input_ids"]
@@ -199,6 +200,57 @@ def test_loader_state_mismatch_is_an_error():
         loader.load_state_dict({**loader.state_dict(), "batch_size": 4})
     with pytest.raises(ValueError, match="larger than the dataset"):
         StatefulLoader(_Items(3), batch_size=4)
+
+
+class _Pairs(_Items):
+    """Paired items as `PairedRLDataset` makes them (tiny prompts, no tokenizer)."""
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.items = [{"pair_id": it["index"], **{view: {**it, "pair_id": it["index"], "view": view, "uid": f"{it['uid']}/{view}"}
+                                                   for view in ("original", "rephrased")}} for it in self.items]
+
+
+def _swaps(loader) -> list[dict[int, bool]]:
+    """Per batch: pair_id -> views_swapped, checked equal on both rows of the pair."""
+    out = []
+    for batch in loader:
+        flags = dict(zip(batch["pair_id"], batch["views_swapped"]))
+        assert list(flags.items()) == list(zip(batch["pair_id"][len(batch) // 2:], batch["views_swapped"][len(batch) // 2:]))
+        out.append(flags)
+    return out
+
+
+def test_view_swap_p_extremes():
+    """data.p = 1 (the release's default) swaps every pair, 0 none; without it nothing is swapped."""
+    for p, expected in ((1.0, True), (0.0, False), (None, False)):
+        for flags in _swaps(StatefulLoader(_Pairs(8), batch_size=4, seed=3, view_swap_p=p)):
+            assert set(flags.values()) == {expected}, p
+
+
+def test_view_swap_is_seeded_per_epoch_and_resumes():
+    """p = 0.5: a fair draw per pair, the same for the same (seed, epoch), another in the next
+    epoch, and a loader resumed mid-epoch hands out the very same swaps."""
+    data = _Pairs(200)
+    loader = StatefulLoader(data, batch_size=50, seed=7, view_swap_p=0.5)
+    epoch0, epoch1 = _swaps(loader), _swaps(loader)
+    flat0 = {k: v for flags in epoch0 for k, v in flags.items()}
+    assert 70 < sum(flat0.values()) < 130
+    assert flat0 != {k: v for flags in epoch1 for k, v in flags.items()}
+    assert _swaps(StatefulLoader(data, batch_size=50, seed=7, view_swap_p=0.5)) == epoch0
+    assert _swaps(StatefulLoader(data, batch_size=50, seed=8, view_swap_p=0.5)) != epoch0
+    first = StatefulLoader(data, batch_size=50, seed=7, view_swap_p=0.5)
+    next(iter(first))
+    resumed = StatefulLoader(data, batch_size=50, seed=7, view_swap_p=0.5)
+    resumed.load_state_dict(first.state_dict())
+    assert _swaps(resumed) == epoch0[1:] and _swaps(resumed) == epoch1
+
+
+def test_view_swap_needs_pairs_and_a_probability():
+    with pytest.raises(ValueError, match="has no pairs"):
+        next(iter(StatefulLoader(_Items(4), batch_size=2, view_swap_p=1.0)))
+    with pytest.raises(ValueError, match=r"data.p=1.5 must be in \[0, 1\]"):
+        StatefulLoader(_Pairs(4), batch_size=2, view_swap_p=1.5)
 
 
 def test_loader_yields_batches_of_pairs(tokenizer, builtin):

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from corewarding.algos import ema_weight
-from corewarding.rewards import answers_equivalent, extract_boxed_answer
+from corewarding.rewards import answers_equivalent, extract_boxed_answer, hendrycks_equivalent
 from corewarding.trainer import compose_config
 from corewarding.trainer.tracking import read_metrics
 from release_overrides import RELEASE_I, RELEASE_II, release
@@ -103,12 +103,12 @@ def read_dump(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def top_answers(answers: list[str | None]) -> set[str]:
-    counts = Counter(a.strip() for a in answers if a is not None and a.strip())
-    if not counts:
-        return set()
-    best = max(counts.values())
-    return {a for a, c in counts.items() if c == best}
+def release_label(voters: list[dict]) -> str | None:
+    """The release's pseudo-label: Counter.most_common over the voters' answers in generation
+    order (sample_index), so a tie goes to the answer generated first."""
+    in_order = sorted(voters, key=lambda r: r["sample_index"])
+    answers = [r["answer"].strip() for r in in_order if r["answer"] is not None and r["answer"].strip()]
+    return Counter(answers).most_common(1)[0][0] if answers else None
 
 
 # ----------------------------------------------------------------------------- hand checks
@@ -127,22 +127,20 @@ def check_dump(method: str, records: list[dict]) -> None:
             assert r["reward"] == float(answers_equivalent(r["answer"], r["ground_truth"]))
         return
     if method == "majority_voting":
-        voters = {uid: [r["answer"] for r in policy if r["uid"] == uid] for uid in {r["uid"] for r in policy}}
-        label_of = lambda r: voters[r["uid"]]  # noqa: E731
+        voters_of = lambda r: [q for q in policy if q["uid"] == r["uid"]]  # noqa: E731
     elif method == "co_reward":
         other = {"original": "rephrased", "rephrased": "original"}
-        label_of = lambda r: [q["answer"] for q in policy if q["pair_id"] == r["pair_id"] and q["view"] == other[r["view"]]]  # noqa: E731
+        voters_of = lambda r: [q for q in policy if q["pair_id"] == r["pair_id"] and q["view"] == other[r["view"]]]  # noqa: E731
         assert {r["view"] for r in policy} == {"original", "rephrased"}
     else:  # co_rewarding_II: the teacher's rollouts with the same uid vote
         assert teacher and {r["uid"] for r in teacher} == {r["uid"] for r in policy}
-        label_of = lambda r: [t["answer"] for t in teacher if t["uid"] == r["uid"]]  # noqa: E731
+        voters_of = lambda r: [t for t in teacher if t["uid"] == r["uid"]]  # noqa: E731
     for r in policy:
-        best = top_answers(label_of(r))
-        if not best:
-            assert r["pseudo_label"] is None and r["reward"] == 0.0
-            continue
-        assert r["pseudo_label"] in best
-        assert r["reward"] == float(r["answer"] is not None and r["answer"].strip() == r["pseudo_label"])
+        voters = voters_of(r)
+        assert sorted(v["sample_index"] for v in voters) == list(range(len(voters)))  # one group, generation order
+        label = release_label(voters)
+        assert r["pseudo_label"] == label
+        assert r["reward"] == float(label is not None and r["answer"] is not None and r["answer"].strip() == label)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -190,8 +188,10 @@ def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
     if method == "co_reward":
         assert "reward/pseudo_label_acc" in history[0] and "reward/majority_ratio" in history[0]
     if method == "co_rewarding_II":
-        # teacher_k = a_k teacher_{k-1} + (1 - a_k) policy_k, policy_k = the policy saved after step k-1
-        a1, a2 = ema_weight(1, 2, 0.5, 0.8), ema_weight(2, 2, 0.5, 0.8)
+        # teacher_k = a teacher_{k-1} + (1 - a) policy_k with a = a_{k-1} (the release's index: the
+        # first update uses alpha_start), policy_k = the policy saved after step k-1
+        a1, a2 = ema_weight(0, 2, 0.5, 0.8), ema_weight(1, 2, 0.5, 0.8)
+        assert a1 == 0.5
         assert [h["teacher/ema_weight"] for h in history] == pytest.approx([a1, a2])
         ref1, ref2 = load_weights(ckpt / "global_step_1" / "ref"), load_weights(ckpt / "global_step_2" / "ref")
         pol1 = load_weights(ckpt / "global_step_1" / "actor")
@@ -271,12 +271,17 @@ def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
         assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
 
 
+@pytest.mark.parametrize("preset", [False, True], ids=["ours", "preset-release"])
 @pytest.mark.parametrize("text", [RELEASE_I, RELEASE_II], ids=["Co-rewarding-I", "Co-rewarding-II"])
-def test_release_overrides(text, ray_session, boxing_model, data_files, tmp_path):
+def test_release_overrides(text, preset, ray_session, boxing_model, data_files, tmp_path):
     """One step with the original release's override list word for word, then the tiny model and
-    CPU settings appended (the later value of a key wins, as on the command line)."""
+    CPU settings appended (the later value of a key wins, as on the command line). With
+    `+preset=release` first, as RELEASE_EXACT=1 puts it: the release's behaviours, and a greedy
+    validation before training scored with the Hendrycks check."""
     overrides = release(text, train=data_files["train"], aug=data_files["train_rewrite"], val=data_files["val"],
                         model=boxing_model)
+    if preset:
+        overrides = ["+preset=release"] + overrides
     cpu = [
         "trainer.device=cpu", "actor_rollout_ref.rollout.name=hf", "data.train_batch_size=4",
         "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
@@ -286,9 +291,21 @@ def test_release_overrides(text, ray_session, boxing_model, data_files, tmp_path
         f"trainer.default_local_dir={tmp_path / 'ckpt'}", f"trainer.rollout_data_dir={tmp_path / 'rollouts'}",
         "trainer.resume_mode=disable",
     ]
+    if preset:
+        cpu += ["trainer.val_before_train=True", "data.val_max_samples=4", f"trainer.validation_data_dir={tmp_path / 'val'}"]
     result = run(overrides + cpu)
     assert result["global_step"] == 1
     cfg = result["config"]
+    val_kwargs = cfg.actor_rollout_ref.rollout.val_kwargs
+    if preset:
+        assert cfg.reward_model.gt_scorer == "hendrycks" and not val_kwargs.do_sample and cfg.data.p == 1.0
+        (val,) = [h for h in result["history"] if h["step"] == 0]  # before training (test_freq adds one after)
+        records = read_dump(tmp_path / "val" / "0.jsonl")
+        assert len(records) == 4  # greedy: one response per prompt
+        assert [r["reward"] for r in records] == [float(hendrycks_equivalent(r["answer"], r["ground_truth"])) for r in records]
+        assert val["val/acc"] == pytest.approx(sum(r["reward"] for r in records) / 4)
+    else:
+        assert cfg.reward_model.gt_scorer == "math_verify" and val_kwargs.do_sample
     assert cfg.trainer.logger == ["console", "wandb"]
     assert (tmp_path / "ckpt" / "wandb").is_dir()
     records = read_dump(tmp_path / "rollouts" / "1.jsonl")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from corewarding.workers.rollout import build_rollout_engine
-from corewarding.workers.rollout.base import SamplingSettings
+from corewarding.workers.rollout.base import SamplingSettings, validation_sampling
 from corewarding.workers.rollout.hf_engine import HFRolloutEngine
 
 
@@ -31,6 +31,27 @@ def test_n_expansion_is_prompt_major(parts):
     assert len(out) == 6
     alone = [engine.generate([p], GREEDY)[0].token_ids[:5] for p in prompts]
     assert [o.token_ids for o in out] == [alone[0]] * 3 + [alone[1]] * 3
+
+
+@pytest.mark.parametrize(
+    "val_kwargs, expected",
+    [
+        # the release: greedy, one response per prompt
+        ({"n": 1, "temperature": 0, "top_p": 1.0, "top_k": -1, "do_sample": False}, (1, 0.0, 1.0, -1)),
+        # do_sample=False ignores the other knobs; n greedy copies (verl repeats the prompts n times)
+        ({"n": 3, "temperature": 0.8, "top_p": 0.5, "top_k": 5, "do_sample": False}, (3, 0.0, 1.0, -1)),
+        # ours: sampled at 0.8
+        ({"n": 1, "temperature": 0.8, "top_p": 1.0, "top_k": -1, "do_sample": True}, (1, 0.8, 1.0, -1)),
+        ({"n": 4, "temperature": 0.6, "top_p": 0.9, "top_k": 20, "do_sample": True}, (4, 0.6, 0.9, 20)),
+        # sampling at temperature 0 is greedy, as vLLM reads it
+        ({"n": 2, "temperature": 0, "top_p": 1.0, "top_k": -1, "do_sample": True}, (2, 0.0, 1.0, -1)),
+    ],
+)
+def test_validation_sampling_reads_val_kwargs_as_verl(val_kwargs, expected):
+    settings = validation_sampling(val_kwargs, max_new_tokens=7, stop_token_ids=(2,))
+    assert (settings.n, settings.temperature, settings.top_p, settings.top_k) == expected
+    assert settings.greedy == (expected[1] == 0.0)
+    assert settings.max_new_tokens == 7 and settings.stop_token_ids == (2,)
 
 
 def test_sampling_is_seeded_and_varied(parts):

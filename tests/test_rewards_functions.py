@@ -33,11 +33,28 @@ def resp(answer: str | None) -> str:
     return "no final answer" if answer is None else f"Reasoning... so the answer is \\boxed{{{answer}}}."
 
 
+def generation_order(uids) -> list[int]:
+    """`sample_index` of rows listed in generation order: 0, 1, ... within each uid."""
+    seen: dict = {}
+    out = []
+    for uid in uids:
+        out.append(seen.get(uid, 0))
+        seen[uid] = out[-1] + 1
+    return out
+
+
 def make_batch(answers, uids, ground_truth=None, **rows) -> Batch:
+    """Rows in generation order unless `sample_index` is given."""
     data = {"response_text": [resp(a) for a in answers], "uid": list(uids), **rows}
+    data.setdefault("sample_index", generation_order(uids))
     if ground_truth is not None:
         data["ground_truth"] = list(ground_truth)
     return Batch(rows=data)
+
+
+def teacher_batch(answers, uids) -> Batch:
+    return Batch(rows={"uid": list(uids), "response_text": [resp(a) for a in answers],
+                       "sample_index": generation_order(uids)})
 
 
 def check_output(out: RewardOutput, n: int) -> None:
@@ -105,14 +122,52 @@ def test_majority_voting_string_is_the_release():
 
 
 def test_majority_voting_math_merges_spellings():
-    answers = ["2", "0.5", "2", "1/2", None, "7", "8", "7"]
+    answers = ["2", "0.5", "1/2", "2", None, "7", "8", "7"]
     uids = ["a", "a", "a", "a", "a", "b", "b", "b"]
     out = majority_voting(make_batch(answers, uids, ["0.5"] * 5 + ["8"] * 3), equivalence="math")
-    # uid a: classes {2: 2}, {0.5, 1/2: 2} tie -> canonical order: sorted spellings are
-    # "0.5" < "1/2" < "2", so the class of "0.5" is seen first and its first spelling "0.5" wins
+    # uid a: classes {0.5, 1/2: 2} and {2: 2} tie; "2" was generated first and wins
+    assert out.rows["pseudo_label"][:5] == ["2"] * 5
+    assert out.scores.tolist() == [1, 0, 0, 1, 0, 1, 0, 1]
+    assert out.metrics["pseudo_label_acc"] == 0.0
+    # generated the other way round, the class of "0.5" wins, with its first spelling
+    out = majority_voting(make_batch(answers, uids, sample_index=[1, 0, 2, 3, 4, 0, 1, 2]), equivalence="math")
     assert out.rows["pseudo_label"][:5] == ["0.5"] * 5
-    assert out.scores.tolist() == [0, 1, 0, 1, 0, 1, 0, 1]
-    assert out.metrics["pseudo_label_acc"] == 0.5
+    assert out.scores.tolist() == [0, 1, 1, 0, 0, 1, 0, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# ties go to the answer generated first (the release's Counter.most_common), not to row order
+# --------------------------------------------------------------------------------------------
+# Rows as the trainer holds them after balancing: "3", "7", "7", "3" with sample_index 1, 0, 3, 2,
+# i.e. generated as 7 (row 1), 3 (row 0), 3 (row 3), 7 (row 2). A 2-2 tie: the release labels "7",
+# the first answer generated; the row order would say "3", and so would sorted spellings.
+TIE_ROWS = ["3", "7", "7", "3"]
+TIE_ORDER = [1, 0, 3, 2]
+
+
+def test_vote_tie_goes_to_the_first_generated_answer():
+    out = majority_voting(make_batch(TIE_ROWS, ["u"] * 4, sample_index=TIE_ORDER))
+    assert out.rows["pseudo_label"] == ["7"] * 4 and out.scores.tolist() == [0, 1, 1, 0]
+    in_row_order = majority_voting(make_batch(TIE_ROWS, ["u"] * 4))  # generated as listed: "3" first
+    assert in_row_order.rows["pseudo_label"] == ["3"] * 4
+
+
+def test_teacher_and_cross_view_ties_go_to_the_first_generated_answer():
+    batch = make_batch(["3", "7"], ["p", "p"])
+    teacher = Batch(rows={"uid": ["p"] * 4, "response_text": [resp(a) for a in TIE_ROWS], "sample_index": TIE_ORDER})
+    assert co_rewarding_ii(batch, teacher).rows["pseudo_label"] == ["7", "7"]
+    views = ["original"] * 4 + ["rephrased"] * 2
+    pairs = make_batch(TIE_ROWS + ["1", "1"], ["o"] * 4 + ["r"] * 2, pair_id=[0] * 6, view=views,
+                       sample_index=TIE_ORDER + [0, 1])
+    assert co_rewarding_i(pairs).rows["pseudo_label"] == ["1"] * 4 + ["7"] * 2
+
+
+def test_votes_need_the_generation_order():
+    batch = Batch(rows={"response_text": [resp("1")], "uid": ["u"]})
+    with pytest.raises(KeyError, match="sample_index"):
+        majority_voting(batch)
+    with pytest.raises(KeyError, match="sample_index"):
+        co_rewarding_ii(make_batch(["1"], ["u"]), batch)
 
 
 def test_majority_voting_all_missing_gives_zero():
@@ -172,7 +227,7 @@ def test_co_rewarding_i_needs_both_views():
 
 def test_co_rewarding_ii_teacher_labels():
     batch = make_batch(["4", "5", "4", "9"], ["p", "p", "q", "q"], ["4", "4", "9", "9"])
-    teacher = Batch(rows={"uid": ["q", "p", "p", "q", "p"], "response_text": [resp(a) for a in ["9", "4", "5", "9", "4"]]})
+    teacher = teacher_batch(["9", "4", "5", "9", "4"], ["q", "p", "p", "q", "p"])
     out = co_rewarding_ii(batch, teacher)
     check_output(out, 4)
     assert out.rows["pseudo_label"] == ["4", "4", "9", "9"]
@@ -186,7 +241,7 @@ def test_co_rewarding_ii_errors():
     with pytest.raises(ValueError, match="teacher"):
         co_rewarding_ii(batch)
     with pytest.raises(ValueError, match="no teacher rollouts"):
-        co_rewarding_ii(batch, Batch(rows={"uid": ["other"], "response_text": [resp("4")]}))
+        co_rewarding_ii(batch, teacher_batch(["4"], ["other"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +313,7 @@ def paired_batches(draw):
     batch.tensors["self_certainty"] = batch.tensors["entropy"] * 2
     batch.tensors["response_mask"] = torch.tensor(draw(st.lists(st.integers(0, 1), min_size=3 * n, max_size=3 * n))).reshape(n, 3)
     teacher_uids = sorted(set(uids)) * 2 + draw(st.lists(st.sampled_from(sorted(set(uids))), max_size=4))
-    teacher = Batch(rows={"uid": teacher_uids, "response_text": [resp(draw(st.sampled_from(POOL))) for _ in teacher_uids]})
+    teacher = teacher_batch([draw(st.sampled_from(POOL)) for _ in teacher_uids], teacher_uids)
     return batch, teacher
 
 

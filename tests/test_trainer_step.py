@@ -3,11 +3,14 @@ worker group whose rollouts come from the real worker's packing code and a scrip
 
 The engine answers by role and view, so every reward and advantage below is worked out by hand:
 the order of the worker calls (EMA update before the teacher's rollouts), which prompts the
-teacher sees (`data.use_aug`), `teacher_n`, `update_interval`, Co-rewarding-I's per-view groups
-and the padding of a validation batch to the worker count.
+policy and the teacher see (`data.use_aug`, `data.p`), `teacher_n`, `update_interval`, the EMA step
+index, Co-rewarding-I's per-view groups, the padding of a validation batch to the worker count and
+the validation sampling and scorer of the release preset.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -15,10 +18,10 @@ from omegaconf import OmegaConf
 
 from corewarding.algos import ema_weight
 from corewarding.batch import Batch
-from corewarding.data import StatefulLoader, write_builtin_dataset
+from corewarding.data import write_builtin_dataset
 from corewarding.trainer import compose_config, prepare_config, resolve_method
 from corewarding.trainer.ray_trainer import Trainer
-from corewarding.trainer.run import build_datasets, load_tokenizer
+from corewarding.trainer.run import build_datasets, build_loader, load_tokenizer
 from corewarding.trainer.tracking import Tracker, read_metrics
 from corewarding.workers.actor import ActorUpdate
 from corewarding.workers.rollout.base import RolloutOutput
@@ -39,12 +42,14 @@ class ScriptedEngine:
         self.prompt_info = prompt_info
         self.role = "policy"
         self.calls: list[dict] = []
+        # validation: right on the first question only
+        self.val_answer = lambda info: info["ground_truth"] if info["index"] == 0 else "nope"
 
     def _answer(self, info: dict, j: int) -> str:
         if self.role == "teacher":
             return TEACHER_ANSWER
-        if self.role == "val":  # right on the first validation question only
-            return info["ground_truth"] if info["index"] == 0 else "nope"
+        if self.role == "val":
+            return self.val_answer(info)
         return POLICY_ANSWERS[info["view"]][j]
 
     def generate(self, prompts, sampling):
@@ -142,7 +147,7 @@ def make_trainer(tiny_model_path, data, tmp_path, method: str, *extra: str):
     worker.pad_token_id, worker.eos_ids = tokenizer.pad_token_id, [tokenizer.eos_token_id]
     worker._engine_holds = {("policy", 0), ("teacher", 0)}
     workers = RecordingWorkers(worker, engine)
-    loader = StatefulLoader(train, 2, shuffle=False, seed=0, drop_last=True)
+    loader = build_loader(cfg, method_, train)
     tracker = Tracker(tmp_path, ["console"], printer=lambda line: None)
     trainer = Trainer(cfg, method_, tokenizer, loader, val, workers, tracker, total_steps=4)
     return trainer, workers, engine
@@ -161,19 +166,20 @@ def rows_by_uid(batch: Batch, key: str) -> dict[str, list]:
 
 
 def test_co_rewarding_ii_order_teacher_view_and_interval(tiny_model_path, data, tmp_path):
-    """update_interval=2: the EMA update comes at step 2 only, after the policy's rollouts and before
-    the teacher's; with data.use_aug the teacher answers the rephrased question, teacher_n times."""
+    """update_interval=2: the EMA update comes at step 2 only (k = 1: the steps before it), after the
+    policy's rollouts and before the teacher's; with data.use_aug and data.p=0 the policy answers the
+    original question and the teacher the rephrased one, teacher_n times."""
     trainer, workers, engine = make_trainer(
-        tiny_model_path, data, tmp_path, "co_rewarding_II", "data.use_aug=True", "actor_rollout_ref.rollout.teacher_n=3",
-        "actor_rollout_ref.ref.sliding_average.update_interval=2",
+        tiny_model_path, data, tmp_path, "co_rewarding_II", "data.use_aug=True", "data.p=0",
+        "actor_rollout_ref.rollout.teacher_n=3", "actor_rollout_ref.ref.sliding_average.update_interval=2",
         "actor_rollout_ref.ref.sliding_average.alpha_start=0.9", "actor_rollout_ref.ref.sliding_average.alpha_end=0.99",
     )
     metrics = run_steps(trainer, 2)
     one_step = ["generate:policy", "generate:teacher", "log_prob:ref", "update_actor"]  # on-policy: no old pass
     with_update = ["generate:policy", "update_teacher", "generate:teacher", "log_prob:ref", "update_actor"]
     assert workers.calls == one_step + with_update
-    assert workers.teacher_weights == [pytest.approx(ema_weight(2, 4, 0.9, 0.99))]
-    assert "teacher/ema_weight" not in metrics[0] and metrics[1]["teacher/ema_weight"] == pytest.approx(ema_weight(2, 4, 0.9, 0.99))
+    assert workers.teacher_weights == [pytest.approx(ema_weight(1, 4, 0.9, 0.99))]
+    assert "teacher/ema_weight" not in metrics[0] and metrics[1]["teacher/ema_weight"] == pytest.approx(ema_weight(1, 4, 0.9, 0.99))
 
     policy_calls = [c for c in engine.calls if c["role"] == "policy"]
     teacher_calls = [c for c in engine.calls if c["role"] == "teacher"]
@@ -192,6 +198,35 @@ def test_co_rewarding_ii_order_teacher_view_and_interval(tiny_model_path, data, 
         per_rollout = sorted(row[0] for row in advantages[uid])
         assert per_rollout == pytest.approx([-expected, -expected, expected, expected], rel=1e-6)
     assert metrics[0]["reward/mean"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("swap_p, policy_view, teacher_view", [(None, "rephrased", "original"), ("0", "original", "rephrased")],
+                         ids=["default-p1-release", "p0"])
+def test_use_aug_views_follow_data_p(swap_p, policy_view, teacher_view, tiny_model_path, data, tmp_path):
+    """data.use_aug: by default (data.p=1.0, the release) every pair is swapped, so the policy
+    trains on the rephrased question and the teacher answers the original; data.p=0 is the reverse.
+    The teacher's unanimous 5 labels the policy's answers: rephrased 9, 9, 9, 5 score 1/4 on
+    average, original 5, 5, 7, 8 score 1/2."""
+    extra = ["data.use_aug=True"] + ([f"data.p={swap_p}"] if swap_p is not None else [])
+    trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "co_rewarding_II", *extra)
+    metrics = run_steps(trainer, 2)
+    for call in engine.calls:
+        assert set(call["views"]) == {policy_view if call["role"] == "policy" else teacher_view}, call["role"]
+    for update in workers.updates:
+        assert set(update.rows["view"]) == {policy_view} and set(update.rows["views_swapped"]) == {swap_p is None}
+    assert [m["reward/mean"] for m in metrics] == pytest.approx([0.25 if policy_view == "rephrased" else 0.5] * 2)
+
+
+def test_ema_step_counts_from_zero(tiny_model_path, data, tmp_path):
+    """The release's index: the teacher update of step k uses a_{k-1}, so the first one is exactly
+    alpha_start and the second a_1 of the cosine over the run's 4 steps."""
+    trainer, workers, _ = make_trainer(
+        tiny_model_path, data, tmp_path, "co_rewarding_II",
+        "actor_rollout_ref.ref.sliding_average.alpha_start=0.9", "actor_rollout_ref.ref.sliding_average.alpha_end=0.99",
+    )
+    run_steps(trainer, 2)
+    assert workers.teacher_weights[0] == 0.9
+    assert workers.teacher_weights[1] == pytest.approx(0.99 - 0.09 / 2 * (1 + math.cos(math.pi / 4)))
 
 
 def test_co_rewarding_i_groups_each_view_separately(tiny_model_path, data, tmp_path):
@@ -250,3 +285,24 @@ def test_old_log_prob_pass_only_when_needed(tiny_model_path, data, tmp_path, met
     assert ("log_prob:actor" in workers.calls) == old_pass
     assert ("old_log_probs" in workers.updates[0].tensors) == old_pass
     assert metrics["actor/entropy"] == pytest.approx(0.5)  # from the old pass or from the update
+
+
+def test_validation_with_the_release_preset(tiny_model_path, data, tmp_path):
+    """+preset=release validates greedily (val_kwargs.do_sample=False: temperature, top_p and top_k
+    ignored; n copies of the greedy response, as verl repeats the prompts) and scores with the
+    Hendrycks check: answers written "<truth>.0" are right for math-verify, wrong for the release.
+    Ours samples at temperature 0.8."""
+    answer_with_point_zero = lambda info: info["ground_truth"] + ".0"  # noqa: E731
+    trainer, _, engine = make_trainer(tiny_model_path, data, tmp_path / "ours", "naive", "actor_rollout_ref.rollout.val_kwargs.n=2")
+    engine.val_answer = answer_with_point_zero
+    ours = trainer.validate()
+    release_trainer, _, release_engine = make_trainer(
+        tiny_model_path, data, tmp_path / "release", "naive", "+preset=release", "actor_rollout_ref.rollout.val_kwargs.n=2",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=0.8", "actor_rollout_ref.rollout.val_kwargs.top_p=0.5",
+    )
+    release_engine.val_answer = answer_with_point_zero
+    release = release_trainer.validate()
+    (ours_call,), (release_call,) = engine.calls, release_engine.calls
+    assert (ours_call["sampling"].temperature, ours_call["sampling"].n) == (0.8, 2) and not ours_call["sampling"].greedy
+    assert release_call["sampling"].greedy and release_call["sampling"].n == 2 and release_call["sampling"].top_p == 1.0
+    assert ours["val/acc"] == 1.0 and release["val/acc"] == 0.0

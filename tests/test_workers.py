@@ -274,6 +274,7 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
     assert out["rollout_log_probs"][0].tolist() == [-0.5] * 3 + [0.0] * (R - 3)
     assert out.rows["response_text"][2] == ""
     assert out.rows["uid"] == ["u0", "u0", "u1", "u1"]
+    assert out.rows["sample_index"] == [0, 1, 0, 1]  # generation order within each prompt's group
     val = worker._sampling(use_teacher=False, validate=True)
     assert val.greedy and val.n == 1
 

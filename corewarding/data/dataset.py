@@ -8,9 +8,14 @@
   and the rows `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`.
   A batch of B pairs becomes 2B prompt rows: **the B originals first, then the B rephrased
   questions in the same pair order** (row i and row B+i share `pair_id`); rows `pair_id` and
-  `view` ("original" / "rephrased") say which is which.
+  `view` ("original" / "rephrased") say which is which, and `views_swapped` whether the loader
+  swapped the pair's roles (see below).
 - `StatefulLoader`: deterministic shuffling per (seed, epoch), `state_dict()` / `load_state_dict()`
-  with (epoch, position) so a checkpoint resumes at the exact next batch.
+  with (epoch, position) so a checkpoint resumes at the exact next batch. With `view_swap_p`
+  (`data.p`, Co-rewarding-II with `data.use_aug`) each pair's roles are swapped with probability
+  p: the release's paired dataset hands the policy the rephrased question and the teacher the
+  original when it swaps. The draw depends on (seed, epoch, item) only, so it is deterministic
+  and a resumed run sees the same swaps.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from corewarding.data.schema import DataError, read_verl_parquet
 logger = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("error", "left", "right")
+_SWAP_STREAM = 1  # third seed word of the view-swap draws: a stream apart from the order's (seed, epoch)
 ROW_KEYS = ("prompt_messages", "ground_truth", "data_source", "index", "uid")
 
 
@@ -212,7 +218,8 @@ def to_batch(items: Sequence[dict[str, Any]], pad_token_id: int) -> Batch:
 
     Tensors: `input_ids`, `attention_mask` (left-padded). Rows: `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`; for
     pairs also `pair_id` and `view`: B pairs give 2B rows, originals first (rows 0..B-1) then the
-    rephrased twins in the same order (rows B..2B-1). meta["paired"] says which kind it is.
+    rephrased twins in the same order (rows B..2B-1), and `views_swapped` (the pair's flag from the
+    loader, False when absent) on both rows of a pair. meta["paired"] says which kind it is.
     """
     items = list(items)
     if not items:
@@ -222,6 +229,8 @@ def to_batch(items: Sequence[dict[str, Any]], pad_token_id: int) -> Batch:
     input_ids, attention_mask = left_pad([p["input_ids"] for p in prompts], pad_token_id)
     keys = ROW_KEYS + (("pair_id", "view") if paired else ())
     rows = {key: [p[key] for p in prompts] for key in keys}
+    if paired:
+        rows["views_swapped"] = [bool(it.get("views_swapped", False)) for it in items] * 2
     return Batch(
         tensors={"input_ids": input_ids, "attention_mask": attention_mask},
         rows=rows,
@@ -237,6 +246,9 @@ class StatefulLoader:
     the number of batches of the current epoch already handed out; it advances *before* a batch is
     yielded, and after the last batch of an epoch the state is already (epoch + 1, 0): saving
     `state_dict()` after training on a batch resumes at the next one.
+
+    `view_swap_p` (paired datasets only): every item of epoch e gets `views_swapped`, True with
+    probability p, drawn from (seed, e) alone like the order (see `swapped_views`).
     """
 
     def __init__(
@@ -247,9 +259,12 @@ class StatefulLoader:
         seed: int = 0,
         drop_last: bool = True,
         collate_fn: Callable[[list[Any]], Any] | None = None,
+        view_swap_p: float | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if view_swap_p is not None and not 0.0 <= view_swap_p <= 1.0:
+            raise ValueError(f"data.p={view_swap_p} must be in [0, 1] (the probability of swapping a pair's views)")
         if drop_last and len(dataset) < batch_size:
             raise ValueError(
                 f"data.train_batch_size={batch_size} is larger than the dataset ({len(dataset)} items): no full batch"
@@ -259,6 +274,7 @@ class StatefulLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.view_swap_p = view_swap_p
         pad = getattr(dataset, "pad_token_id", 0)
         self.collate_fn = collate_fn or (lambda items: to_batch(items, pad))
         self.epoch = 0
@@ -274,15 +290,31 @@ class StatefulLoader:
             return list(range(n))
         return np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
 
+    def swapped_views(self, epoch: int) -> list[bool]:
+        """Per dataset item: are its views swapped in `epoch` (uniform draw < view_swap_p, from a
+        stream of (seed, epoch) separate from the order's)."""
+        if self.view_swap_p is None:
+            return [False] * len(self.dataset)
+        draws = np.random.default_rng([self.seed, epoch, _SWAP_STREAM]).random(len(self.dataset))
+        return (draws < self.view_swap_p).tolist()
+
+    def _items(self, indices: list[int], swapped: list[bool]) -> list[Any]:
+        items = [self.dataset[i] for i in indices]
+        if self.view_swap_p is None:
+            return items
+        if not all(isinstance(it, dict) and "original" in it for it in items):
+            raise ValueError("data.p swaps the views of (original, rephrased) pairs: the dataset has no pairs")
+        return [{**it, "views_swapped": swapped[i]} for it, i in zip(items, indices)]
+
     def __iter__(self) -> Iterator[Any]:
-        epoch, order = self.epoch, self.order(self.epoch)
+        epoch, order, swapped = self.epoch, self.order(self.epoch), self.swapped_views(self.epoch)
         while self.epoch == epoch and self.position < len(self):
             start = self.position * self.batch_size
             chosen = order[start:start + self.batch_size]
             self.position += 1
             if self.position >= len(self):
                 self.epoch, self.position = epoch + 1, 0
-            batch = self.collate_fn([self.dataset[i] for i in chosen])
+            batch = self.collate_fn(self._items(chosen, swapped))
             if isinstance(batch, Batch):
                 batch.meta.update({"epoch": epoch, "batch_in_epoch": start // self.batch_size})
             yield batch

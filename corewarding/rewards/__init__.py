@@ -8,18 +8,22 @@ from corewarding.rewards.answers import (
     normalize_answer,
 )
 from corewarding.rewards.functions import (
+    GT_SCORERS,
     REWARD_FUNCTIONS,
     RewardOutput,
     co_rewarding_i,
     co_rewarding_ii,
     entropy,
     get_reward_fn,
+    ground_truth_check,
     gt,
     majority_voting,
     self_certainty,
 )
+from corewarding.rewards.hendrycks import hendrycks_equivalent
 
 __all__ = [
+    "GT_SCORERS",
     "REWARD_FUNCTIONS",
     "RewardOutput",
     "Vote",
@@ -29,7 +33,9 @@ __all__ = [
     "entropy",
     "extract_boxed_answer",
     "get_reward_fn",
+    "ground_truth_check",
     "gt",
+    "hendrycks_equivalent",
     "majority_vote",
     "majority_voting",
     "normalize_answer",

@@ -2,14 +2,19 @@
 
 Every function has the signature ``fn(batch, teacher=None, **options) -> RewardOutput`` and sees
 the whole batch. Input rows: ``response_text``, ``uid``, ``ground_truth`` (optional; None or absent
-for label-free data), ``pair_id`` + ``view`` ("original" / "rephrased") for Co-rewarding-I; tensors
-``entropy`` / ``self_certainty`` with ``response_mask`` [N, R] for the certainty methods.
+for label-free data), ``sample_index`` for the voting methods (the teacher's batch too),
+``pair_id`` + ``view`` ("original" / "rephrased") for Co-rewarding-I; tensors ``entropy`` /
+``self_certainty`` with ``response_mask`` [N, R] for the certainty methods.
 
-Grouping is by ids, never by position. Votes inside a group are taken over the group's answers in
-a canonical order (sorted spellings) rather than row order, so ties between classes do not depend
-on how the batch was reordered: shuffling the rows never changes a reward. (The release breaks
-such exact ties by generation order, which is arbitrary in the same way; with
-``equivalence="string"`` the vote is otherwise the release's.)
+Grouping is by ids, never by position. A vote takes the group's answers in generation order
+(``sample_index``, which the worker sets as it produces the rollouts, so it travels with the rows
+through any reordering), and a tie goes to the answer generated first: the release's
+``Counter.most_common``, independent of row order. With ``equivalence="string"`` the vote is the
+release's.
+
+``gt_scorer`` (every function) chooses how an answer is compared with the ground truth:
+``"math_verify"`` (math equivalence, ours) or ``"hendrycks"`` (the MATH benchmark's string
+normalisation, the release's). It decides the GT reward and the ground-truth metrics.
 
 Metrics: ``score_mean``, ``answer_present`` (fraction of rollouts with an extracted answer),
 ``majority_ratio`` (mean over groups, vote-based methods), and wherever ground truth exists
@@ -29,8 +34,10 @@ import torch
 from corewarding.algos import masked_mean
 from corewarding.batch import Batch
 from corewarding.rewards.answers import answers_equivalent, extract_boxed_answer, majority_vote, Vote
+from corewarding.rewards.hendrycks import hendrycks_equivalent
 
 VIEWS = ("original", "rephrased")
+GT_SCORERS = ("math_verify", "hendrycks")
 
 
 @dataclass
@@ -73,10 +80,22 @@ def _groups(ids: Sequence[Hashable]) -> dict[Hashable, list[int]]:
     return out
 
 
-def _canonical_vote(answers: Sequence[str | None], equivalence: str) -> Vote:
-    """`majority_vote` over the answers in a canonical (sorted) order: independent of row order."""
-    ordered = sorted(answers, key=lambda a: (a is None, "" if a is None else a.strip(), a or ""))
-    return majority_vote(ordered, equivalence)
+def ground_truth_check(gt_scorer: str) -> Callable[[str | None, str | None], bool]:
+    """The (answer, ground truth) -> equal? function named by `reward_model.gt_scorer`."""
+    if gt_scorer == "math_verify":
+        return answers_equivalent
+    if gt_scorer == "hendrycks":
+        return hendrycks_equivalent
+    raise ValueError(f"reward_model.gt_scorer={gt_scorer!r} is unknown; use one of {' | '.join(GT_SCORERS)}")
+
+
+def _vote_in_generation_order(
+    answers: list[str | None], sample_index: Sequence[int], indices: Sequence[int], equivalence: str
+) -> Vote:
+    """`majority_vote` over the answers of rows `indices`, taken in generation order so that a tie
+    goes to the answer generated first (spelling only orders rows that share a sample_index)."""
+    ordered = sorted(indices, key=lambda i: (int(sample_index[i]), answers[i] is None, answers[i] or ""))
+    return majority_vote([answers[i] for i in ordered], equivalence)
 
 
 def _matches(answer: str | None, label: str | None, equivalence: str) -> bool:
@@ -91,16 +110,18 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def _gt_correct(answers: list[str | None], gts: list[str | None]) -> list[bool]:
+def _gt_correct(answers: list[str | None], gts: list[str | None], gt_scorer: str) -> list[bool]:
     """Per rollout: does the answer match the ground truth (False where there is none)."""
-    return [g is not None and answers_equivalent(a, g) for a, g in zip(answers, gts)]
+    equal = ground_truth_check(gt_scorer)
+    return [g is not None and equal(a, g) for a, g in zip(answers, gts)]
 
 
 def _common_metrics(
-    scores: list[float], answers: list[str | None], gts: list[str | None], correct: list[bool] | None = None
+    scores: list[float], answers: list[str | None], gts: list[str | None], gt_scorer: str,
+    correct: list[bool] | None = None,
 ) -> dict[str, float]:
     """score_mean, answer_present and, over the rows with a ground truth, gt_acc; `correct` is
-    `_gt_correct(answers, gts)` when the caller has it already."""
+    `_gt_correct(answers, gts, gt_scorer)` when the caller has it already."""
     metrics = {
         "score_mean": _mean(scores),
         "answer_present": _mean([a is not None for a in answers]),
@@ -108,7 +129,7 @@ def _common_metrics(
     with_gt = [i for i, g in enumerate(gts) if g is not None]
     if with_gt:
         if correct is None:
-            correct = _gt_correct(answers, gts)
+            correct = _gt_correct(answers, gts, gt_scorer)
         metrics["gt_acc"] = _mean([correct[i] for i in with_gt])
     return metrics
 
@@ -121,11 +142,12 @@ def _group_gt(indices: Sequence[int], gts: list[str | None]) -> str | None:
 
 
 def _vote_metrics(
-    metrics: dict[str, float], group_votes: list[tuple[Vote, str | None]]
+    metrics: dict[str, float], group_votes: list[tuple[Vote, str | None]], gt_scorer: str
 ) -> dict[str, float]:
     """Adds majority_ratio (all groups) and pseudo_label_acc (groups with a ground truth)."""
     metrics["majority_ratio"] = _mean([vote.ratio for vote, _ in group_votes])
-    judged = [answers_equivalent(vote.label, gt) for vote, gt in group_votes if gt is not None]
+    equal = ground_truth_check(gt_scorer)
+    judged = [equal(vote.label, gt) for vote, gt in group_votes if gt is not None]
     if judged:
         metrics["pseudo_label_acc"] = _mean(judged)
     return metrics
@@ -145,6 +167,7 @@ def _label_rewards(
     groups: dict[Hashable, list[int]],
     group_vote: dict[Hashable, Vote],
     equivalence: str,
+    gt_scorer: str,
 ) -> RewardOutput:
     """Reward 1 where a rollout agrees with its group's pseudo-label; metrics over groups."""
     n = len(answers)
@@ -155,8 +178,8 @@ def _label_rewards(
         for i in indices:
             labels[i] = label
             scores[i] = 1.0 if _matches(answers[i], label, equivalence) else 0.0
-    metrics = _common_metrics(scores, answers, gts)
-    _vote_metrics(metrics, [(group_vote[k], _group_gt(idx, gts)) for k, idx in groups.items()])
+    metrics = _common_metrics(scores, answers, gts, gt_scorer)
+    _vote_metrics(metrics, [(group_vote[k], _group_gt(idx, gts)) for k, idx in groups.items()], gt_scorer)
     return _output(scores, metrics, answers, labels)
 
 
@@ -165,53 +188,61 @@ def _label_rewards(
 # ---------------------------------------------------------------------------------------------
 
 
-def gt(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
-    """GT-Reward: 1 if the answer is mathematically equal to the ground truth, else 0."""
+def gt(batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify") -> RewardOutput:
+    """GT-Reward: 1 if the answer equals the ground truth under `gt_scorer`, else 0."""
     _require_rows(batch, ["response_text", "ground_truth"], "gt")
     answers, gts = _answers(batch), _ground_truth(batch)
-    correct = _gt_correct(answers, gts)
+    correct = _gt_correct(answers, gts, gt_scorer)
     scores = [1.0 if c else 0.0 for c in correct]
-    return _output(scores, _common_metrics(scores, answers, gts, correct), answers, [None] * len(batch))
+    return _output(scores, _common_metrics(scores, answers, gts, gt_scorer, correct), answers, [None] * len(batch))
 
 
-def majority_voting(batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string") -> RewardOutput:
+def majority_voting(
+    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify"
+) -> RewardOutput:
     """Majority-Voting (TTRL / SRT): pseudo-label = majority answer of the rollouts with the same
     ``uid``; reward 1 on agreement. ``equivalence="string"`` (default) is the release."""
-    _require_rows(batch, ["response_text", "uid"], "majority_voting")
-    answers, gts = _answers(batch), _ground_truth(batch)
+    _require_rows(batch, ["response_text", "uid", "sample_index"], "majority_voting")
+    answers, gts, order = _answers(batch), _ground_truth(batch), batch.rows["sample_index"]
     groups = _groups(batch.rows["uid"])
-    votes = {k: _canonical_vote([answers[i] for i in idx], equivalence) for k, idx in groups.items()}
-    return _label_rewards(answers, gts, groups, votes, equivalence)
+    votes = {k: _vote_in_generation_order(answers, order, idx, equivalence) for k, idx in groups.items()}
+    return _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer)
 
 
-def co_rewarding_i(batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string") -> RewardOutput:
+def co_rewarding_i(
+    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify"
+) -> RewardOutput:
     """Co-rewarding-I: for each ``pair_id`` the pseudo-label of the "original" rollouts is the
     majority answer of the "rephrased" rollouts, and vice versa; reward 1 on agreement with the
     own pseudo-label. Both views of every pair must be present."""
-    _require_rows(batch, ["response_text", "pair_id", "view"], "co_rewarding_i")
+    _require_rows(batch, ["response_text", "pair_id", "view", "sample_index"], "co_rewarding_i")
     answers, gts = _answers(batch), _ground_truth(batch)
     views = batch.rows["view"]
     bad = sorted({str(v) for v in views if v not in VIEWS})
     if bad:
         raise ValueError(f"co_rewarding_i: view must be one of {VIEWS}, got {bad}")
     groups = _groups(list(zip(batch.rows["pair_id"], views)))
-    own_vote = {k: _canonical_vote([answers[i] for i in idx], equivalence) for k, idx in groups.items()}
+    order = batch.rows["sample_index"]
+    own_vote = {k: _vote_in_generation_order(answers, order, idx, equivalence) for k, idx in groups.items()}
     cross_vote: dict[Hashable, Vote] = {}
     for pair_id, view in groups:
         other = (pair_id, VIEWS[1 - VIEWS.index(view)])
         if other not in own_vote:
             raise ValueError(f"co_rewarding_i: pair_id {pair_id!r} has {view!r} rollouts but no {other[1]!r} ones")
         cross_vote[(pair_id, view)] = own_vote[other]
-    return _label_rewards(answers, gts, groups, cross_vote, equivalence)
+    return _label_rewards(answers, gts, groups, cross_vote, equivalence, gt_scorer)
 
 
-def co_rewarding_ii(batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string") -> RewardOutput:
+def co_rewarding_ii(
+    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify"
+) -> RewardOutput:
     """Co-rewarding-II: pseudo-label of a rollout = majority answer of the teacher's rollouts
-    (``teacher`` rows ``uid``, ``response_text``) with the same ``uid``; reward 1 on agreement."""
+    (``teacher`` rows ``uid``, ``response_text``, ``sample_index``) with the same ``uid``; reward 1
+    on agreement."""
     if teacher is None:
-        raise ValueError("co_rewarding_ii needs the teacher batch (rows uid, response_text)")
+        raise ValueError("co_rewarding_ii needs the teacher batch (rows uid, response_text, sample_index)")
     _require_rows(batch, ["response_text", "uid"], "co_rewarding_ii")
-    _require_rows(teacher, ["response_text", "uid"], "co_rewarding_ii (teacher)")
+    _require_rows(teacher, ["response_text", "uid", "sample_index"], "co_rewarding_ii (teacher)")
     answers, gts = _answers(batch), _ground_truth(batch)
     teacher_answers = _answers(teacher)
     teacher_groups = _groups(teacher.rows["uid"])
@@ -219,10 +250,9 @@ def co_rewarding_ii(batch: Batch, teacher: Batch | None = None, *, equivalence: 
     missing = [k for k in groups if k not in teacher_groups]
     if missing:
         raise ValueError(f"co_rewarding_ii: no teacher rollouts for uids {missing[:5]}")
-    votes = {
-        k: _canonical_vote([teacher_answers[i] for i in teacher_groups[k]], equivalence) for k in groups
-    }
-    return _label_rewards(answers, gts, groups, votes, equivalence)
+    order = teacher.rows["sample_index"]
+    votes = {k: _vote_in_generation_order(teacher_answers, order, teacher_groups[k], equivalence) for k in groups}
+    return _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer)
 
 
 def _response_mean(batch: Batch, key: str, who: str) -> torch.Tensor:
@@ -234,21 +264,21 @@ def _response_mean(batch: Batch, key: str, who: str) -> torch.Tensor:
     return masked_mean(values, batch.tensors["response_mask"].to(values.dtype), dim=-1)
 
 
-def _certainty_output(batch: Batch, scores: torch.Tensor) -> RewardOutput:
+def _certainty_output(batch: Batch, scores: torch.Tensor, gt_scorer: str) -> RewardOutput:
     answers, gts = _answers(batch), _ground_truth(batch)
     score_list = scores.tolist()
-    metrics = _common_metrics(score_list, answers, gts)
+    metrics = _common_metrics(score_list, answers, gts, gt_scorer)
     return RewardOutput(scores.to(torch.float32), metrics, {"answer": answers, "pseudo_label": [None] * len(batch)})
 
 
-def self_certainty(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
+def self_certainty(batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify") -> RewardOutput:
     """Self-Certainty (Intuitor): masked mean over response tokens of the per-token self-certainty."""
-    return _certainty_output(batch, _response_mean(batch, "self_certainty", "self_certainty"))
+    return _certainty_output(batch, _response_mean(batch, "self_certainty", "self_certainty"), gt_scorer)
 
 
-def entropy(batch: Batch, teacher: Batch | None = None) -> RewardOutput:
+def entropy(batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify") -> RewardOutput:
     """Entropy (RENT / EMPO): minus the masked mean over response tokens of the per-token entropy."""
-    return _certainty_output(batch, -_response_mean(batch, "entropy", "entropy"))
+    return _certainty_output(batch, -_response_mean(batch, "entropy", "entropy"), gt_scorer)
 
 
 # ---------------------------------------------------------------------------------------------

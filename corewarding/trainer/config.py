@@ -146,6 +146,14 @@ def _positive(key: str, value: Any) -> int:
     return number
 
 
+def _number(value: Any) -> float:
+    """`value` as a float; NaN (which fails every range check) when it is not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _loggers(value: Any) -> list[str]:
     if value is None:
         return ["console"]
@@ -197,6 +205,11 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
             "against the ground truth; use naive"
         )
     cfg.method = method.name
+    from corewarding.rewards import GT_SCORERS  # here: importing the config module must stay light (no torch)
+
+    scorer = str(cfg.reward_model.get("gt_scorer") or "math_verify")
+    if scorer not in GT_SCORERS:
+        raise ConfigError(f"reward_model.gt_scorer={scorer!r} is unknown; use math_verify (ours) or hendrycks (the release)")
     if str(cfg.algorithm.adv_estimator) not in ADV_ESTIMATORS:
         raise ConfigError(
             f"algorithm.adv_estimator={cfg.algorithm.adv_estimator!r} is not supported; this trainer runs GRPO "
@@ -266,9 +279,11 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
             "the rephrased questions, paired with data.train_files on extra_info.index"
         )
     if data.use_aug and not method.teacher:
-        logger.warning("data.use_aug=True only matters for co_rewarding_II (the teacher answers the rephrased question)")
+        logger.warning("data.use_aug=True only matters for co_rewarding_II (the policy and the teacher get different views)")
     if data.use_aug and method.teacher and not data.train_aug_files:
-        raise ConfigError("data.use_aug=True (teacher answers the rephrased question) needs data.train_aug_files")
+        raise ConfigError("data.use_aug=True (the policy and the teacher get different views) needs data.train_aug_files")
+    if not 0.0 <= _number(data.get("p", 1.0)) <= 1.0:
+        raise ConfigError(f"data.p={data.get('p')!r} must be a probability in [0, 1] (1: the policy trains on the rephrased question)")
     if str(data.truncation) not in ("error", "left", "right"):
         raise ConfigError(f"data.truncation={data.truncation!r}: use error, left or right")
     _positive("data.max_prompt_length", data.max_prompt_length)
@@ -315,6 +330,9 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     if str(actor.loss_agg_scope) not in AGG_SCOPES:
         raise ConfigError(f"actor_rollout_ref.actor.loss_agg_scope={actor.loss_agg_scope!r}: use one of {list(AGG_SCOPES)}")
     _positive("actor_rollout_ref.model.logits_chunk_size", arr.model.logits_chunk_size)
+    _positive("actor_rollout_ref.rollout.val_kwargs.n", rollout.val_kwargs.n)
+    if not _number(rollout.val_kwargs.temperature) >= 0.0:
+        raise ConfigError(f"actor_rollout_ref.rollout.val_kwargs.temperature={rollout.val_kwargs.temperature} must be >= 0")
 
     # --- Co-rewarding-II teacher ------------------------------------------------------------
     sa = ref.sliding_average

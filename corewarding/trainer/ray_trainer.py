@@ -6,9 +6,10 @@ One training step (`Trainer.train_step`), in the order the code runs it:
    sharing `pair_id`); every prompt row gets a fresh `uid`;
 2. the workers sample `rollout.n` responses per prompt with the policy;
    Co-rewarding-II: every `update_interval` steps the teacher (the reference model) is moved
-   towards the policy by EMA with weight a_k on the teacher, then it samples `rollout.teacher_n`
-   responses per prompt (on the rephrased question when `data.use_aug`), with the uid of the
-   original prompt so the reward can group them;
+   towards the policy by EMA with weight a_k on the teacher (k = step - 1, as the release), then it
+   samples `rollout.teacher_n` responses per prompt, with the uid of the policy's prompt so the
+   reward can group them; with `data.use_aug` the two get different views of each question
+   (`data.p`: the chance that the policy gets the rephrased one, 1.0 as the release);
 3. old log-probs (+ per-token entropy, + self-certainty when the method rewards it) and, with the
    KL loss, reference log-probs;
 4. rewards on the driver (grouped by uid / pair_id, never by position), GRPO advantages per uid;
@@ -102,12 +103,15 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        options = {"equivalence": str(cfg.reward_model.vote_equivalence)} if method.name in VOTE_METHODS else {}
+        gt_scorer = str(cfg.reward_model.get("gt_scorer") or "math_verify")
+        options: dict[str, Any] = {"gt_scorer": gt_scorer}
+        if method.name in VOTE_METHODS:
+            options["equivalence"] = str(cfg.reward_model.vote_equivalence)
         extra = cfg.reward_model.get("reward_kwargs")
         if extra:
             options.update(OmegaConf.to_container(extra, resolve=True) if not isinstance(extra, dict) else extra)
         self.reward_fn = get_reward_fn(method.name, **options)
-        self.val_reward_fn = get_reward_fn("gt")
+        self.val_reward_fn = get_reward_fn("gt", gt_scorer=gt_scorer)
         self.sa = cfg.actor_rollout_ref.ref.sliding_average
         actor = cfg.actor_rollout_ref.actor
         self.use_kl = bool(actor.use_kl_loss)
@@ -171,10 +175,11 @@ class Trainer:
             return batch, None
         if not batch.meta.get("paired"):
             return batch, batch
-        views = rows["view"]
-        originals = [i for i, v in enumerate(views) if v == "original"]
-        rephrased = [i for i, v in enumerate(views) if v == "rephrased"]
-        policy, teacher = batch.select(originals), batch.select(rephrased)
+        # data.p: a swapped pair gives the policy its rephrased question and the teacher the original
+        swapped = rows.get("views_swapped") or [False] * len(batch)
+        for_policy = [(view == "rephrased") == bool(swap) for view, swap in zip(rows["view"], swapped)]
+        policy = batch.select([i for i, mine in enumerate(for_policy) if mine])
+        teacher = batch.select([i for i, mine in enumerate(for_policy) if not mine])
         uid_of_pair = dict(zip(policy.rows["pair_id"], policy.rows["uid"]))
         teacher.rows["uid"] = [uid_of_pair[p] for p in teacher.rows["pair_id"]]
         return self._repad(policy), self._repad(teacher)
@@ -198,7 +203,8 @@ class Trainer:
         self._absorb_worker_timing(rollouts, timing)
         teacher_rollouts = None
         if self.sa.enable and step % int(self.sa.update_interval) == 0:
-            weight = ema_weight(step, self.total_steps, float(self.sa.alpha_start), float(self.sa.alpha_end))
+            # k counts the steps before this one, as the release does: its first update uses alpha_start
+            weight = ema_weight(step - 1, self.total_steps, float(self.sa.alpha_start), float(self.sa.alpha_end))
             with self._timer(timing, "teacher_update"):
                 self.workers.call_all("update_teacher", weight)
             self.last_ema_weight = weight
@@ -310,6 +316,7 @@ class Trainer:
         for i in range(len(rollouts)):
             records.append({
                 "step": step, "role": "policy", "uid": rows["uid"][i], "view": rows.get("view", [None] * len(rollouts))[i],
+                "sample_index": rows.get("sample_index", [None] * len(rollouts))[i],
                 "pair_id": rows.get("pair_id", [None] * len(rollouts))[i], "data_source": rows.get("data_source", [None] * len(rollouts))[i],
                 "prompt": self._prompt_text(rows, i), "response": rows["response_text"][i],
                 "answer": answers[i], "pseudo_label": labels[i], "ground_truth": rows.get("ground_truth", [None] * len(rollouts))[i],
@@ -320,6 +327,7 @@ class Trainer:
             for i in range(len(teacher)):
                 records.append({
                     "step": step, "role": "teacher", "uid": trows["uid"][i], "view": trows.get("view", [None] * len(teacher))[i],
+                    "sample_index": trows.get("sample_index", [None] * len(teacher))[i],
                     "prompt": self._prompt_text(trows, i), "response": trows["response_text"][i],
                     "answer": extract_boxed_answer(trows["response_text"][i]),
                 })
@@ -337,8 +345,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
-        """Validation as the release: `rollout.val_kwargs` sampling (temperature 0.8),
-        GT reward with math-verify; `val/<data_source>/acc` and `val/acc` (mean over rollouts)."""
+        """Validation: `rollout.val_kwargs` sampling as verl reads it (ours: temperature 0.8; the
+        release: greedy), the GT reward with `reward_model.gt_scorer`; `val/<data_source>/acc` and
+        `val/acc` (mean over all rollouts, val_kwargs.n per prompt)."""
         if self.val_dataset is None:
             return {}
         from corewarding.data import to_batch

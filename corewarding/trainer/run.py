@@ -98,6 +98,14 @@ def build_datasets(cfg: DictConfig, method: Method, tokenizer) -> tuple[Any, Any
     return train, val
 
 
+def build_loader(cfg: DictConfig, method: Method, train: Any) -> StatefulLoader:
+    """The resumable training loader; Co-rewarding-II with data.use_aug swaps each pair's views with
+    probability data.p (the release's paired dataset; its Co-rewarding-I dataset never swaps)."""
+    swap_p = float(cfg.data.p) if method.teacher and cfg.data.use_aug else None
+    return StatefulLoader(train, int(cfg.data.train_batch_size), shuffle=bool(cfg.data.shuffle), seed=int(cfg.data.seed),
+                          drop_last=True, view_swap_p=swap_p)
+
+
 def resume_target(cfg: DictConfig) -> Path | None:
     mode = str(cfg.trainer.resume_mode)
     if mode == "disable":
@@ -121,7 +129,7 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
             f"data.train_batch_size={batch_size} is larger than the training set ({len(train)} "
             f"{'pairs' if isinstance(train, PairedRLDataset) else 'prompts'} after filtering)"
         )
-    loader = StatefulLoader(train, batch_size, shuffle=bool(cfg.data.shuffle), seed=int(cfg.data.seed), drop_last=True)
+    loader = build_loader(cfg, method, train)
     steps = cfg.trainer.get("total_training_steps") or len(loader) * int(cfg.trainer.total_epochs)
     cfg.actor_rollout_ref.actor.optim.total_training_steps = int(steps)
 

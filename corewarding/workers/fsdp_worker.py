@@ -57,6 +57,7 @@ from corewarding.workers.rollout import (
     eos_token_ids,
     resolve_dtype,
     rollout_seed,
+    validation_sampling,
 )
 
 logger = logging.getLogger(__name__)
@@ -307,16 +308,7 @@ class ActorRolloutRefWorker:
         r = self.rollout_cfg
         max_new = int(self.config["data"]["max_response_length"])
         if validate:
-            v = r.get("val_kwargs") or {}
-            greedy = not v.get("do_sample", True) or float(v.get("temperature", 0.8)) == 0.0
-            return SamplingSettings(
-                n=int(v.get("n", 1)),
-                temperature=0.0 if greedy else float(v.get("temperature", 0.8)),
-                top_p=float(v.get("top_p", 1.0)),
-                top_k=int(v.get("top_k", -1)),
-                max_new_tokens=max_new,
-                stop_token_ids=tuple(self.eos_ids),
-            )
+            return validation_sampling(r.get("val_kwargs") or {}, max_new, tuple(self.eos_ids))
         n = int(r.get("teacher_n") or r["n"]) if use_teacher else int(r["n"])
         return SamplingSettings(
             n=n,
@@ -332,7 +324,9 @@ class ActorRolloutRefWorker:
         """This rank's prompts (left-padded `input_ids` / `attention_mask`) -> each prompt's rollouts
         (prompt-major), with `prompts` [N, P] (the input width), `responses` [N, R] right-padded to
         R = data.max_response_length, `response_mask`, `input_ids` / `attention_mask` /
-        `position_ids` [N, P + R], optional `rollout_log_probs`, and row `response_text`."""
+        `position_ids` [N, P + R], optional `rollout_log_probs`, and rows `response_text` and
+        `sample_index` (0 .. n-1: the order in which the prompt's rollouts were generated; votes
+        break ties by it, whatever the batch's later row order)."""
         sampling = self._sampling(use_teacher, validate)
         input_ids = batch.tensors["input_ids"].cpu()
         attention_mask = batch.tensors["attention_mask"].cpu()
@@ -374,6 +368,7 @@ class ActorRolloutRefWorker:
             tensors["rollout_log_probs"] = rollout_log_probs
         rows = dict(repeated.rows)
         rows["response_text"] = texts
+        rows["sample_index"] = list(range(sampling.n)) * len(batch)  # prompt-major: n per prompt
         meta = dict(batch.meta)
         meta["timing/weight_sync"] = sync_s
         meta["timing/generate_engine"] = gen_s

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from corewarding.workers.rollout.base import RolloutEngine, RolloutOutput, SamplingSettings
+from corewarding.workers.rollout.base import RolloutEngine, RolloutOutput, SamplingSettings, validation_sampling
 
 __all__ = [
     "RolloutEngine",
@@ -18,6 +18,7 @@ __all__ = [
     "eos_token_ids",
     "resolve_dtype",
     "rollout_seed",
+    "validation_sampling",
     "vllm_engine_kwargs",
 ]
 

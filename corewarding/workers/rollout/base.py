@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 
 import torch
 
@@ -23,6 +23,27 @@ class SamplingSettings:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def validation_sampling(
+    val_kwargs: Mapping[str, Any], max_new_tokens: int, stop_token_ids: tuple[int, ...] = ()
+) -> SamplingSettings:
+    """What validation samples, read from `rollout.val_kwargs` as verl reads it: `n` responses per
+    prompt either way (verl repeats each prompt n times); `do_sample=False` is greedy and ignores
+    temperature, top_p and top_k (the n responses are the same greedy one); `do_sample=True` samples
+    with the given temperature, top_p and top_k, where temperature 0 is greedy (as in vLLM)."""
+    n = int(val_kwargs.get("n", 1))
+    if not val_kwargs.get("do_sample", True):
+        return SamplingSettings(n=n, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens,
+                                stop_token_ids=stop_token_ids)
+    return SamplingSettings(
+        n=n,
+        temperature=float(val_kwargs.get("temperature", 0.8)),
+        top_p=float(val_kwargs.get("top_p", 1.0)),
+        top_k=int(val_kwargs.get("top_k", -1)),
+        max_new_tokens=max_new_tokens,
+        stop_token_ids=stop_token_ids,
+    )
 
 
 @dataclass
