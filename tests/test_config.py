@@ -217,6 +217,53 @@ def test_checkpoint_commit_and_latest(tmp_path):
     assert ckpt.latest_dir(tmp_path) == tmp_path / "global_step_3"
 
 
+def _save(root, step, keep=None):
+    tmp = ckpt.begin(root, step)
+    (tmp / "payload").write_text(str(step))
+    return ckpt.commit(root, step, tmp, {"dataloader": {"position": step}}, keep=keep)
+
+
+def test_retention_never_deletes_the_checkpoint_just_saved(tmp_path):
+    """Saving step 40 (a run resumed from 30) while 50 and 60 exist, keep=2: 40 and 30 stay, the
+    later ones are not touched, and `latest` names a checkpoint that exists."""
+    for step in (30, 40, 50, 60):
+        _save(tmp_path, step)
+    _save(tmp_path, 40, keep=2)
+    assert ckpt.latest_dir(tmp_path) == tmp_path / "global_step_40"
+    assert ckpt.checkpoint_steps(tmp_path) == [30, 40, 50, 60]
+    _save(tmp_path, 45, keep=2)  # older ones beyond keep go, the newer ones still stay
+    assert ckpt.checkpoint_steps(tmp_path) == [40, 45, 50, 60]
+    assert ckpt.latest_dir(tmp_path) == tmp_path / "global_step_45"
+
+
+def test_commit_fsyncs_files_folders_and_latest(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    _save(tmp_path, 1)
+    root = str(tmp_path)
+    assert f"{root}/global_step_1.tmp/{ckpt.STATE_FILE}.tmp" in synced  # the state file, before its rename
+    assert f"{root}/global_step_1.tmp" in synced  # the folder, before it is published
+    assert f"{root}/{ckpt.LATEST_FILE}.tmp" in synced  # the latest file, before its rename
+    assert synced.count(root) >= 2  # the root after each rename
+
+
+def test_resume_before_later_checkpoints_is_refused(tiny_model_path, data, tmp_path):
+    """Resuming from step 30 (or starting afresh) in a folder that holds later checkpoints fails
+    before Ray starts, naming them and how to branch."""
+    from corewarding.trainer.run import run_training
+
+    root = tmp_path / "ckpt"
+    for step in (30, 40, 50):
+        _save(root, step)
+    overrides = base(tiny_model_path, data, out=tmp_path) + ["trainer.save_freq=10"]
+    with pytest.raises(CheckpointError, match=r"holds checkpoints after step 30 \(global_step_40 .. global_step_50\).*new folder"):
+        run_training(compose_config(overrides + ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={root / 'global_step_30'}"]))
+    with pytest.raises(CheckpointError, match=r"after step 0 .*resume it \(trainer.resume_mode=auto\)"):
+        run_training(compose_config(overrides + ["trainer.resume_mode=disable"]))
+    assert ckpt.checkpoint_steps(root) == [30, 40, 50]
+
+
 def test_tracker_jsonl_and_resume_truncation(tmp_path):
     lines = []
     tracker = Tracker(tmp_path, ["console"], printer=lines.append)

@@ -126,6 +126,9 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
 
     target = resume_target(cfg)
     state = ckpt.read_state(target) if target is not None else None
+    if int(cfg.trainer.save_freq or -1) > 0 or cfg.trainer.get("max_steps_this_run"):
+        start = int(state["global_step"]) if state is not None else 0
+        ckpt.check_start_step(cfg.trainer.default_local_dir, start, target)
     if state is not None and int(state.get("total_training_steps", steps)) != int(steps):
         logger.warning("resuming a run planned for %s steps with %s steps", state["total_training_steps"], steps)
 
