@@ -279,6 +279,21 @@ def test_tracker_jsonl_and_resume_truncation(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl") == []
 
 
+def test_wandb_run_id_is_new_for_a_fresh_run(tmp_path, monkeypatch):
+    """A fresh run must not reuse the id of an earlier run in the same folder (wandb would drop its
+    first steps as already logged); a resumed run continues its own."""
+    import types
+
+    started = []
+    fake = types.SimpleNamespace(init=lambda **kw: started.append(kw["id"]) or types.SimpleNamespace(finish=lambda: None))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    Tracker(tmp_path, ["wandb"]).close()
+    Tracker(tmp_path, ["wandb"], resume_step=3).close()
+    Tracker(tmp_path, ["wandb"], resume_step=None).close()
+    assert started[1] == started[0] and started[2] != started[0]
+    assert (tmp_path / "wandb_run_id.txt").read_text() == started[2]
+
+
 def test_tensorboard_and_dump(tmp_path):
     tracker = Tracker(tmp_path, ["tensorboard"])
     tracker.log({"reward/mean": 0.5}, 1)
