@@ -158,6 +158,72 @@ def test_config_errors(extra, message, model, data):
     assert "\n" not in str(info.value)
 
 
+NO_PATHS = CPU + ["trainer.n_gpus_per_node=2", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+                  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.n=2"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("actor_rollout_ref.actor.ppo_epochs=0", "actor_rollout_ref.actor.ppo_epochs"),  # no optimizer step, LR still moves
+        ("actor_rollout_ref.actor.ppo_epochs=-1", "actor_rollout_ref.actor.ppo_epochs"),
+        ("actor_rollout_ref.actor.clip_ratio=-0.2", "actor_rollout_ref.actor.clip_ratio"),
+        ("actor_rollout_ref.actor.clip_ratio_low=-0.1", "actor_rollout_ref.actor.clip_ratio_low"),
+        ("actor_rollout_ref.actor.clip_ratio_high=0", "actor_rollout_ref.actor.clip_ratio_high"),
+        ("actor_rollout_ref.actor.entropy_coeff=nan", "actor_rollout_ref.actor.entropy_coeff"),
+        ("actor_rollout_ref.rollout.teacher_n=0", "actor_rollout_ref.rollout.teacher_n"),  # was silently n
+        ("actor_rollout_ref.actor.loss_agg_mode=token_mean", "actor_rollout_ref.actor.loss_agg_mode"),
+        ("actor_rollout_ref.actor.kl_loss_type=low-var-kl", "actor_rollout_ref.actor.kl_loss_type"),
+        ("reward_model.vote_equivalence=maths", "reward_model.vote_equivalence"),
+        ("actor_rollout_ref.actor.clip_ratio_c=1.0", "actor_rollout_ref.actor.clip_ratio_c"),
+        ("actor_rollout_ref.rollout.temperature=0", "actor_rollout_ref.rollout.temperature"),
+        ("actor_rollout_ref.rollout.temperature=-1", "actor_rollout_ref.rollout.temperature"),
+        ("actor_rollout_ref.rollout.top_p=1.5", "actor_rollout_ref.rollout.top_p"),
+        ("actor_rollout_ref.rollout.top_k=-2", "actor_rollout_ref.rollout.top_k"),
+        ("actor_rollout_ref.rollout.val_kwargs.n=0", "actor_rollout_ref.rollout.val_kwargs.n"),
+        ("actor_rollout_ref.rollout.val_kwargs.top_p=0", "actor_rollout_ref.rollout.val_kwargs.top_p"),
+        ("actor_rollout_ref.rollout.gpu_memory_utilization=1.5", "actor_rollout_ref.rollout.gpu_memory_utilization"),
+        ("actor_rollout_ref.actor.optim.lr=abc", "actor_rollout_ref.actor.optim.lr"),  # was a ValueError traceback
+        ("actor_rollout_ref.actor.optim.eps=0", "actor_rollout_ref.actor.optim.eps"),
+        ("actor_rollout_ref.actor.optim.betas=[0.9]", "actor_rollout_ref.actor.optim.betas"),
+        ("actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=1.5", "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio"),
+        ("actor_rollout_ref.actor.kl_loss_coef=-0.1", "actor_rollout_ref.actor.kl_loss_coef"),
+        ("actor_rollout_ref.actor.grad_clip=-1", "actor_rollout_ref.actor.grad_clip"),
+        ("actor_rollout_ref.ref.sliding_average.alpha_start=x", "actor_rollout_ref.ref.sliding_average.alpha_start"),
+        ("data.train_max_samples=0", "data.train_max_samples"),
+        ("trainer.max_actor_ckpt_to_keep=0", "trainer.max_actor_ckpt_to_keep"),
+        ("trainer.save_freq=1.5", "trainer.save_freq"),
+    ],
+)
+def test_values_that_would_train_wrong_are_config_errors(override, key):
+    """Found before Ray starts, as one line naming the key (not after the models load, or never)."""
+    with pytest.raises(ConfigError) as info:
+        prepare_config(compose_config(NO_PATHS + [override]), check_paths=False)
+    message = str(info.value)
+    assert message.startswith(key + "=") and "\n" not in message, message
+
+
+def test_greedy_validation_and_defaults_pass():
+    cfg = prepare_config(compose_config(NO_PATHS + ["actor_rollout_ref.rollout.val_kwargs.temperature=0"]), check_paths=False)
+    assert cfg.actor_rollout_ref.rollout.teacher_n == 2  # null: rollout.n
+
+
+def test_ignored_verl_keys_warn_once(monkeypatch, caplog):
+    from corewarding.trainer import config as config_module
+
+    monkeypatch.setattr(config_module, "_WARNED_IGNORED", set())
+    overrides = NO_PATHS + ["actor_rollout_ref.actor.use_torch_compile=True", "actor_rollout_ref.hybrid_engine=False"]
+    for _ in range(2):
+        prepare_config(compose_config(overrides), check_paths=False)
+    warned = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(warned) == 2
+    assert any(m.startswith("actor_rollout_ref.actor.use_torch_compile=True is accepted for verl compatibility but ignored") for m in warned)
+    assert any(m.startswith("actor_rollout_ref.hybrid_engine=False") for m in warned)
+    caplog.clear()
+    prepare_config(compose_config(NO_PATHS + ["actor_rollout_ref.model.use_fused_kernels=False"]), check_paths=False)
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]  # the default value: silent
+
+
 def test_missing_model_path_cli(tmp_path, data):
     """The entry point ends bad input with one `error:` line and exit status 2 (no Ray started)."""
     proc = subprocess.run(
