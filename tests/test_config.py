@@ -370,6 +370,44 @@ def test_tensorboard_and_dump(tmp_path):
     assert "val_acc 0.250" in format_console(3, {"val/acc": 0.25})
 
 
+@pytest.mark.parametrize(
+    "device, address, auth_mode, node_ip",
+    [("cpu", None, "disabled", "127.0.0.1"),  # a local CPU run: no token, loopback only
+     ("cuda", None, None, "127.0.0.1"),  # a local GPU run: Ray's token authentication stays on, loopback
+     ("cuda", "auto", None, None)],  # joining a cluster: whatever its nodes were started with
+)
+def test_init_ray_keeps_token_auth_off_cpu(device, address, auth_mode, node_ip, monkeypatch):
+    import types
+
+    from corewarding.trainer.run import init_ray
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False,
+                                 init=lambda **kw: calls.append((kw, os.environ.get("RAY_AUTH_MODE"))))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    cfg = compose_config([f"trainer.device={device}", f"ray_init.address={address or 'null'}"])
+    assert init_ray(cfg) is True
+    (kwargs, mode), = calls
+    assert mode == auth_mode and kwargs.get("_node_ip_address") == node_ip
+    assert kwargs.get("runtime_env", {}).get("env_vars", {}).get("RAY_AUTH_MODE") == auth_mode
+
+
+def test_worker_rendezvous_on_loopback_unless_a_cluster():
+    from corewarding.workers.group import uses_loopback
+
+    assert uses_loopback({"trainer": {"nnodes": 1, "device": "cuda"}, "ray_init": {"address": None}})
+    assert not uses_loopback({"trainer": {"nnodes": 1, "device": "cuda"}, "ray_init": {"address": "auto"}})
+    assert not uses_loopback({"trainer": {"nnodes": 2, "device": "cuda"}, "ray_init": {"address": "auto"}})
+
+
+def test_the_entry_point_does_not_switch_off_ray_auth():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    code = "import os, corewarding.main; print(os.environ.get('RAY_AUTH_MODE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "None"
+
+
 def test_balanced_order():
     lengths = [100, 1, 90, 2, 80, 3, 70, 4]
     order = balanced_order(lengths, 2)
