@@ -42,6 +42,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder cannot be used; the message says which and what to do."""
 
 
+class WorkerCheckpointError(RuntimeError):
+    """A checkpoint file could not be written or read on some worker rank; every rank raises it
+    together, with the same one-line message."""
+
+
 def step_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"global_step_{int(step)}"
 
@@ -116,9 +121,9 @@ def check_start_step(root: str | Path, start: int, resumed_from: Path | None) ->
     )
 
 
-def save_failed(root: str | Path, step: int, exc: BaseException | str) -> CheckpointError:
+def save_failed(root: str | Path, step: int, reason: BaseException | str) -> CheckpointError:
     """The one-line error of a failed save: what went wrong and which checkpoint is still good."""
-    reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+    reason = describe_error(reason) if isinstance(reason, BaseException) else str(reason)
     try:
         good = latest_dir(root)
     except CheckpointError:
@@ -127,12 +132,21 @@ def save_failed(root: str | Path, step: int, exc: BaseException | str) -> Checkp
     return CheckpointError(f"cannot save checkpoint global_step_{int(step)} in {root}: {reason}; {still}")
 
 
-def describe_os_error(exc: OSError) -> str:
-    """'disk full (...)' for ENOSPC / EDQUOT, else the error's own text; one line."""
-    text = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc.strerror or exc)
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+_DISK_FULL = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: 'disk full: ...' for ENOSPC / EDQUOT (also when a library reports it in words,
+    as safetensors does), else the error's own text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if full or any(marker in text for marker in _DISK_FULL):
         return f"disk full: {text}"
-    return text.replace("\n", " ")
+    return text
 
 
 def fsync_file(path: str | Path) -> None:
