@@ -658,10 +658,8 @@ class ActorRolloutRefWorker:
         agree_on_error(error, what, self.rank, self.world_size)
 
     def _write_hf_folder(self, out_dir: Path, state: dict[str, torch.Tensor], with_config: bool = True) -> None:
-        from safetensors.torch import save_file
-
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out_dir / MODEL_FILE), metadata={"format": "pt"})
+        _save_safetensors(state, out_dir / MODEL_FILE, metadata={"format": "pt"})
         if with_config:
             self.actor.config.save_pretrained(out_dir)
             if getattr(self.actor, "generation_config", None) is not None:
@@ -721,12 +719,8 @@ class ActorRolloutRefWorker:
         return {"tensors": tensors, "scalars": scalars, "param_groups": state["param_groups"]}
 
     def _write_states(self, root: Path, optim: dict[str, Any] | None, has_state: bool) -> None:
-        from safetensors.torch import save_file
-
         if optim is not None:
-            shard = root / "actor" / "optim" / f"rank_{self.rank}.safetensors"
-            save_file(optim["tensors"], str(shard))
-            fsync_file(shard)
+            _save_safetensors(optim["tensors"], root / "actor" / "optim" / f"rank_{self.rank}.safetensors")
         if self.rank == 0:
             state = {
                 "format": CHECKPOINT_FORMAT,
@@ -875,6 +869,17 @@ def agree_on_error(error: BaseException | None, what: str, rank: int, world_size
     if failed:
         more = f" (and on {len(failed) - 1} more ranks)" if len(failed) > 1 else ""
         raise WorkerCheckpointError(failed[0] + more)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, fsynced; its errors (it reports a full disk in words) name the file."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not an OSError
+        raise RuntimeError(f"{path}: {exc}") from exc
+    fsync_file(path)
 
 
 def _write_json(path: Path, value: Any) -> None:
