@@ -650,6 +650,23 @@ def test_old_pickle_checkpoints_are_refused_with_a_reason(setup):
         group.call_all("load_checkpoint", str(old))
 
 
+def test_a_corrupt_checkpoint_file_fails_every_rank_at_once(setup):
+    """Rank 0 alone reads the policy's weights and then broadcasts them: a truncated file must not
+    leave rank 1 waiting in the broadcast."""
+    import shutil
+
+    group = setup["group"]
+    bad = setup["tmp"] / "truncated"
+    shutil.copytree(setup["initial"], bad)
+    weights = bad / "actor" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    refs = [worker.load_checkpoint.remote(str(bad)) for worker in group.workers]
+    for ref in refs:
+        with pytest.raises(Exception, match=r"cannot read .*actor/model.safetensors on rank 0"):
+            ray.get(ref, timeout=120)
+    reset(setup)  # the group still works
+
+
 def _agree_rank(rank: int, port: int, fail_on: tuple[int, ...], out_dir: str) -> None:
     import errno
     import time
