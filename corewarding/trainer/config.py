@@ -436,7 +436,8 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     if trainer.total_training_steps is not None:
         _positive("trainer.total_training_steps", trainer.total_training_steps)
     for key in ("save_freq", "test_freq"):
-        _integer(f"trainer.{key}", trainer[key])
+        if trainer.get(key) is not None:
+            _integer(f"trainer.{key}", trainer[key])
     _optional_positive("trainer.max_actor_ckpt_to_keep", trainer.get("max_actor_ckpt_to_keep"))
     _check_optim(actor.optim)
     _check_actor(actor)
@@ -446,10 +447,7 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     _real("actor_rollout_ref.rollout.gpu_memory_utilization", rollout.gpu_memory_utilization, 0.0, 1.0, open_low=True)
     for key in ("train_max_samples", "val_max_samples", "val_batch_size"):
         _optional_positive(f"data.{key}", data.get(key))
-    if str(cfg.reward_model.vote_equivalence) not in VOTE_EQUIVALENCES:
-        raise ConfigError(
-            f"reward_model.vote_equivalence={cfg.reward_model.vote_equivalence!r}: use one of {list(VOTE_EQUIVALENCES)}"
-        )
+    _choice("reward_model.vote_equivalence", cfg.reward_model.vote_equivalence, VOTE_EQUIVALENCES)
     _warn_ignored_keys(cfg)
     if cfg.ray_init.get("temp_dir"):
         cfg.ray_init.temp_dir = _abs(cfg.ray_init.temp_dir)

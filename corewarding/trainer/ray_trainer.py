@@ -65,7 +65,8 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 def worker_error(exc: BaseException) -> str:
     """The one-line message of an exception a worker raised (Ray wraps it with a traceback)."""
-    cause = getattr(exc, "cause", None) or exc
+    cause = getattr(exc, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else exc
     lines = str(cause).strip().splitlines()
     return ckpt.describe_error(cause) if isinstance(cause, OSError) or not lines else lines[-1]
 

@@ -658,6 +658,7 @@ class ActorRolloutRefWorker:
         agree_on_error(error, what, self.rank, self.world_size)
 
     def _write_hf_folder(self, out_dir: Path, state: dict[str, torch.Tensor], with_config: bool = True) -> None:
+        """model.safetensors (+ config, generation config, tokenizer) in `out_dir`, all fsynced."""
         out_dir.mkdir(parents=True, exist_ok=True)
         _save_safetensors(state, out_dir / MODEL_FILE, metadata={"format": "pt"})
         if with_config:
@@ -757,10 +758,13 @@ class ActorRolloutRefWorker:
         self.skipped_steps = int(extra.get("skipped_steps", 0))
         self._engine_holds = set()
         rng_file = root / "rng" / f"rank_{self.rank}.json"
-        rollout: list[torch.Tensor] = []
-        error = _attempt(lambda: rollout.append(_rng_from_json(json.loads(rng_file.read_text(encoding="utf-8")), self.device)))
-        self._agree(error, f"cannot load {rng_file.parent}")
-        self._rollout_rng = rollout[0]
+        error, rollout = None, self._rollout_rng
+        try:
+            rollout = _rng_from_json(json.loads(rng_file.read_text(encoding="utf-8")), self.device)
+        except Exception as exc:  # noqa: BLE001 - a bad file on one rank must fail all ranks together
+            error = exc
+        self._agree(error, f"cannot read {rng_file}")
+        self._rollout_rng = rollout
 
     def _check_complete(self, root: Path) -> None:
         """Every rank checks every rank's files, so that all raise together (none left in a collective)."""
@@ -779,6 +783,8 @@ class ActorRolloutRefWorker:
                 "trainer.resume_from_path at a complete one"
             )
         extra = json.loads((optim / STATE_FILE).read_text(encoding="utf-8"))
+        if extra.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {root} has format {extra.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
         if int(extra.get("world_size", -1)) != self.world_size:
             raise ValueError(
                 f"checkpoint {root} holds optimizer shards of {extra.get('world_size')} workers, this run has "
@@ -796,7 +802,7 @@ class ActorRolloutRefWorker:
 
         state = get_optimizer_state_dict(self.actor, self.optimizer)  # the layout, with local shards to fill
         shard_file = root / "actor" / "optim" / f"rank_{self.rank}.safetensors"
-        error, shard = None, {}
+        error = None
         try:
             shard = load_file(str(shard_file))
             for fqn, entries in state["state"].items():
@@ -808,7 +814,7 @@ class ActorRolloutRefWorker:
                         entries[key] = extra["optimizer_scalars"][name]
         except Exception as exc:  # noqa: BLE001 - a bad shard on one rank must fail all ranks together
             error = exc
-        self._agree(error, f"cannot load the optimizer from {shard_file.parent}")
+        self._agree(error, f"cannot read {shard_file}")
         groups = extra["param_groups"]
         for group in groups:
             if isinstance(group.get("betas"), list):
