@@ -1,5 +1,4 @@
 PY := .venv/bin/python
-export RAY_AUTH_MODE := disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline

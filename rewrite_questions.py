@@ -7,16 +7,19 @@
         --model_path Qwen/Qwen3-32B --tokenizer_path Qwen/Qwen3-32B --question_column prompt --batch_size 128
 
 Each question is sent with the paper's instruction (`INSTRUCTION`, verbatim from the release) and
-the text between `REWRITE:` and `### RESULT_END` is the rewrite (`parse_rewrite`). A reply that
-does not parse is retried up to `--max_retries` times; a question that still fails is left out of
-*both* output parquets (never replaced by its original) and counted in the final report.
+the text between `REWRITE:` and `### RESULT_END` is the rewrite (`read_rewrite`: a reply cut at
+the token limit, a refusal, chatter or a placeholder is no rewrite). A reply that gives none is
+retried up to `--max_retries` times; a question that still fails is left out of *both* output
+parquets (never replaced by its original). The final report counts the rejected replies by reason.
 
 Resumable: each batch is appended to `--output_jsonl` and flushed to disk before the next one
 starts; a rerun skips every question whose `index` (extra_info.index, else the row number) is
 already in the JSONL, so a crash loses at most the batch in flight. The parquets are written at
 the end from the JSONL: the rephrased rows and the originals that were kept, same rows, same
 order (the input's). Records of failed questions stay in the JSONL (`status: failed`) and are not
-retried on a rerun unless `--retry_failed`.
+retried on a rerun unless `--retry_failed`. A JSONL line that is not a record (a crash mid-write,
+a corrupt line anywhere) is moved to `<output_jsonl>.bad` and counted; no good record is dropped.
+Outputs that are the input or each other are refused.
 
 Backends: `vllm` (default; `LLM.chat` with the chat template) and `hf` (transformers `generate`).
 """
@@ -30,10 +33,11 @@ import logging
 import os
 import re
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
-from corewarding.data.schema import to_plain
+from corewarding.data.schema import as_index, to_plain
 
 logger = logging.getLogger("rewrite_questions")
 
@@ -55,13 +59,50 @@ REWRITE:
 ### RESULT_END
 """
 
-PLACEHOLDERS = {"<rewritten question>", "<original question>"}
-
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-_REWRITE_LABEL = re.compile(r"(?:\*\*|__)?\s*REWRITE\s*:\s*(?:\*\*|__)?", re.IGNORECASE)
+_BOLD = r"(?:\*\*|__)?"
+_COLON = r"[:：]"  # ASCII or full-width
+# Labels start a line (as in the template), so "... a rewrite: ..." inside a sentence is not one.
+_REWRITE_LABEL = re.compile(rf"^[ \t]*{_BOLD}[ \t]*REWRITE[ \t]*{_BOLD}[ \t]*{_COLON}[ \t]*{_BOLD}", re.IGNORECASE | re.MULTILINE)
+_ORIGINAL_LABEL = re.compile(rf"^[ \t]*{_BOLD}[ \t]*ORIGINAL[ \t]*{_BOLD}[ \t]*{_COLON}", re.IGNORECASE | re.MULTILINE)
 _END_MARKER = re.compile(r"#*\s*RESULT_END", re.IGNORECASE)
 _START_MARKER = re.compile(r"#*\s*RESULT_START", re.IGNORECASE)
-_ORIGINAL_LABEL = re.compile(r"(?:\*\*|__)?\s*ORIGINAL\s*:", re.IGNORECASE)
+# Without the end marker a reply may go on to solve the problem: the rewrite stops at a line that
+# starts a solution (only looked for after the rewrite's first line).
+_SOLUTION_START = re.compile(
+    r"^\s*(?:#+\s*)?" + _BOLD + r"\s*(?:(?:solution|answer|final answer|explanation|reasoning|steps?)\s*" + _BOLD
+    + r"\s*[:：]|to solve\b|let'?s (?:solve|think|compute|find|start|begin)\b|let us (?:solve|compute|find)\b|step 1\b)",
+    re.IGNORECASE | re.MULTILINE,
+)
+_REFUSAL = re.compile(
+    r"^(?:i(?:'m| am)?\s*(?:sorry|unable|not able)|i\s*(?:cannot|can't|can not|won't|will not)|sorry\b|"
+    r"unfortunately\b|as an ai\b|apologies\b)",
+    re.IGNORECASE,
+)
+_CHATTER = re.compile(
+    r"^(?:sure|certainly|of course|okay|ok)\b|^here(?:'s| is) (?:the|a|your|my) (?:rewrit|rephras|new|revised|reworded)",
+    re.IGNORECASE,
+)
+_TEMPLATE_PLACEHOLDERS = ("<rewritten question>", "<original question>")
+_PLACEHOLDER = re.compile(r"^(?:[<\[{(][^<>\[\]{}()]{0,60}[>\]})]|\.{3}|…|n/?a|tbd|todo|none|null)$", re.IGNORECASE)
+
+# Why a reply gives no rewrite (counted per reason in the run summary).
+REJECTIONS = (
+    "empty_reply", "unfinished_think", "no_rewrite_label", "cut_at_token_limit", "no_end_marker",
+    "empty_rewrite", "placeholder", "refusal", "chatter", "copy_of_original",
+)
+
+
+class Reply(NamedTuple):
+    """A model reply and why generation stopped ("stop", "length"; None when the engine does not say)."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+class Parsed(NamedTuple):
+    rewrite: str | None
+    reason: str | None  # one of REJECTIONS when there is no rewrite
 
 
 def build_request(question: str) -> str:
@@ -69,47 +110,94 @@ def build_request(question: str) -> str:
     return INSTRUCTION + "\n" + question.strip()
 
 
-def parse_rewrite(text: str | None, original: str | None = None) -> str | None:
-    """The rewritten question in a model reply, or None when there is none.
-
-    Tolerates: `<think>...</think>` blocks (and a dangling `</think>` whose opening tag was in the
-    prompt), text before/after the markers, a missing `### RESULT_START` / `### RESULT_END`, a
-    missing `ORIGINAL:` echo, bold labels (`**REWRITE:**`), code fences. Returns None when there is
-    no `REWRITE:` label, when the rewrite is empty or the template's placeholder, when an unclosed
-    `<think>` swallowed the answer, or when it is identical to `original` (when given).
-    """
-    if not text:
-        return None
+def _strip_thinking(text: str) -> str:
     text = _THINK_BLOCK.sub("", text)
     if "</think>" in text.lower():  # reasoning opened in the prompt: keep what follows the last close
         text = re.split(r"</think>", text, flags=re.IGNORECASE)[-1]
     if "<think>" in text.lower():  # unclosed reasoning (ran out of tokens): whatever follows is not an answer
         text = re.split(r"<think>", text, flags=re.IGNORECASE)[0]
-    labels = list(_REWRITE_LABEL.finditer(text))
-    if not labels:
-        return None
-    body = text[labels[-1].end():]
-    for stop in (_END_MARKER, _START_MARKER, _ORIGINAL_LABEL):
+    return text
+
+
+def _marked_region(text: str) -> tuple[str, bool]:
+    """The text between `### RESULT_START` and `### RESULT_END` (either may be missing) and
+    whether the end marker was there."""
+    start = _START_MARKER.search(text)
+    if start:
+        text = text[start.end():]
+    end = _END_MARKER.search(text)
+    return (text[: end.start()], True) if end else (text, False)
+
+
+def _rejection(body: str, original: str | None) -> str | None:
+    """Why the cleaned rewrite `body` is not a question, or None when it is one."""
+    if not body:
+        return "empty_rewrite"
+    lowered = body.lower()
+    if any(p in lowered for p in _TEMPLATE_PLACEHOLDERS) or _PLACEHOLDER.match(body):
+        return "placeholder"
+    if _REFUSAL.match(body):
+        return "refusal"
+    if _CHATTER.match(body):
+        return "chatter"
+    if original is not None and " ".join(body.split()) == " ".join(original.split()):
+        return "copy_of_original"
+    return None
+
+
+def read_rewrite(text: str | None, original: str | None = None, finish_reason: str | None = None) -> Parsed:
+    """The rewritten question in a model reply, or the reason there is none (`REJECTIONS`).
+
+    Reads only between `### RESULT_START` and `### RESULT_END` when they are there, and takes the
+    first `REWRITE:` label (bold `**REWRITE:**` / `**REWRITE**:` and a full-width colon too) up to the
+    end marker, an `ORIGINAL:` label or a second `REWRITE:`. Without the end marker the reply must
+    have stopped on its own (`finish_reason` "stop": not cut at the token limit, and not unknown),
+    and the rewrite ends where a solution starts. `<think>` blocks are dropped (an unclosed one
+    swallows the rest). Rejects empty rewrites, template placeholders, refusals ("I cannot ..."),
+    chatter ("Sure! ...") and a copy of `original`.
+    """
+    if not text or not text.strip():
+        return Parsed(None, "empty_reply")
+    thought = _strip_thinking(text)
+    region, ended = _marked_region(thought)
+    label = _REWRITE_LABEL.search(region)
+    if label is None:
+        return Parsed(None, "unfinished_think" if "<think>" in text.lower() else "no_rewrite_label")
+    body = region[label.end():]
+    for stop in (_ORIGINAL_LABEL, _START_MARKER, _REWRITE_LABEL):
         match = stop.search(body)
         if match:
             body = body[: match.start()]
-    body = body.strip()
-    body = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", body).strip()
+    if not ended:
+        if finish_reason != "stop":
+            return Parsed(None, "cut_at_token_limit" if finish_reason == "length" else "no_end_marker")
+        first_break = body.find("\n", len(body) - len(body.lstrip()))
+        solution = _SOLUTION_START.search(body, first_break) if first_break >= 0 else None
+        if solution:
+            body = body[: solution.start()]
+    body = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", body.strip()).strip()
     body = body.strip("#").strip()
-    if not body or body in PLACEHOLDERS:
-        return None
-    if original is not None and " ".join(body.split()) == " ".join(original.split()):
-        return None
-    return body
+    reason = _rejection(body, original)
+    return Parsed(None, reason) if reason else Parsed(body, None)
+
+
+def parse_rewrite(text: str | None, original: str | None = None, finish_reason: str | None = None) -> str | None:
+    """`read_rewrite`'s rewrite alone (None when the reply has none)."""
+    return read_rewrite(text, original, finish_reason).rewrite
 
 
 # ------------------------------------------------------------------------------------------
-# Engines: generate(list of user messages) -> list of reply texts
+# Engines: generate(list of user messages) -> list of replies (a `Reply`, or a bare text when the
+# engine cannot say why it stopped)
 # ------------------------------------------------------------------------------------------
 
 
 class Engine(Protocol):
-    def generate(self, prompts: list[str]) -> list[str]: ...
+    def generate(self, prompts: list[str]) -> list[Reply | str]: ...
+
+
+def as_reply(reply: Reply | str) -> Reply:
+    return reply if isinstance(reply, Reply) else Reply(str(reply) if reply is not None else "", None)
 
 
 class HFEngine:
@@ -146,7 +234,7 @@ class HFEngine:
         self.enable_thinking = enable_thinking
         torch.manual_seed(seed)
 
-    def generate(self, prompts: list[str]) -> list[str]:
+    def generate(self, prompts: list[str]) -> list[Reply]:
         texts = [
             self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
@@ -160,7 +248,17 @@ class HFEngine:
             out = self.model.generate(
                 **enc, max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
             )
-        return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        generated = out[:, enc["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        # generate stops a row at an end-of-sequence token; a row without one hit max_new_tokens
+        ended = self.torch.isin(generated, self.torch.tensor(sorted(self._eos_ids()), device=generated.device)).any(-1)
+        return [Reply(text, "stop" if done else "length") for text, done in zip(texts, ended.tolist())]
+
+    def _eos_ids(self) -> set[int]:
+        configured = self.model.generation_config.eos_token_id
+        ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+        ids.add(self.tokenizer.eos_token_id)
+        return {int(i) for i in ids if i is not None}
 
 
 class VLLMEngine:
@@ -191,12 +289,12 @@ class VLLMEngine:
         self.sampling = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_new_tokens)
         self.enable_thinking = enable_thinking
 
-    def generate(self, prompts: list[str]) -> list[str]:
+    def generate(self, prompts: list[str]) -> list[Reply]:
         outputs = self.llm.chat(
             [[{"role": "user", "content": p}] for p in prompts], self.sampling, use_tqdm=False,
             chat_template_kwargs={"enable_thinking": self.enable_thinking},
         )
-        return [o.outputs[0].text for o in outputs]
+        return [Reply(o.outputs[0].text, o.outputs[0].finish_reason) for o in outputs]
 
 
 # ------------------------------------------------------------------------------------------
@@ -227,13 +325,32 @@ def _with_question(cell: Any, question: str) -> Any:
     raise ValueError("no user message to replace")
 
 
+class RewriteError(ValueError):
+    """Bad input or output paths; the message is one line that says what to fix."""
+
+
+def check_paths(input_path: str | Path, *outputs: str | Path) -> None:
+    """Every output is a different file, and none is the input (it would be overwritten)."""
+    seen: dict[Path, str] = {Path(input_path).resolve(): "the input"}
+    for output in outputs:
+        resolved = Path(output).resolve()
+        if resolved in seen:
+            raise RewriteError(f"output {output} is also {seen[resolved]}: give every output its own path")
+        seen[resolved] = f"another output ({output})"
+    for output in outputs:
+        if Path(output).exists() and Path(input_path).exists() and os.path.samefile(output, input_path):
+            raise RewriteError(f"output {output} is the input file {input_path} (a link to it): give another path")
+
+
 def load_questions(input_path: str | Path, question_column: str = "prompt", limit: int | None = None):
     """(DataFrame, questions, keys): keys are extra_info.index when present, else the row number."""
     import pandas as pd
 
+    if limit is not None and limit < 1:
+        raise RewriteError(f"--limit {limit}: give a positive number of rows (or leave it out for all)")
     df = pd.read_parquet(input_path)
     if question_column not in df.columns:
-        raise ValueError(f"{input_path}: no column {question_column!r} (it has {list(df.columns)})")
+        raise RewriteError(f"{input_path}: no column {question_column!r} (it has {list(df.columns)})")
     if limit is not None:
         df = df.iloc[:limit].reset_index(drop=True)
     questions = []
@@ -241,48 +358,82 @@ def load_questions(input_path: str | Path, question_column: str = "prompt", limi
         try:
             questions.append(_question_of(cell))
         except ValueError as exc:
-            raise ValueError(f"{input_path}: row {row}, column {question_column!r}: {exc}") from exc
+            raise RewriteError(f"{input_path}: row {row}, column {question_column!r}: {exc}") from exc
     keys: list[int] = []
-    if "extra_info" in df.columns:
-        for row, info in enumerate(df["extra_info"].tolist()):
-            index = info.get("index") if isinstance(info, dict) else None
-            keys.append(int(index) if index is not None else row)
-    else:
-        keys = list(range(len(df)))
+    for row, info in enumerate(df["extra_info"].tolist() if "extra_info" in df.columns else [None] * len(df)):
+        index = to_plain(info).get("index") if isinstance(to_plain(info), dict) else None
+        try:
+            keys.append(as_index(index) if index is not None else row)
+        except ValueError as exc:
+            raise RewriteError(f"{input_path}: row {row}, column 'extra_info.index': {exc}") from None
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"{input_path}: duplicate extra_info.index {dup}; resume and pairing need unique indices")
+        raise RewriteError(f"{input_path}: duplicate extra_info.index {dup}; resume and pairing need unique indices")
     return df, questions, keys
 
 
-def load_done(output_jsonl: str | Path) -> dict[int, dict]:
-    """Records already in the JSONL, by index (the last record of an index wins). A truncated last
-    line (a crash mid-write) is cut off the file so that appending continues cleanly."""
+def _record_of(line: bytes) -> dict | None:
+    """The record on one JSONL line, or None when the line is not one of this script's records."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("status") not in ("ok", "failed") or "index" not in record:
+        return None
+    if record["status"] == "ok" and not isinstance(record.get("rewritten"), str):
+        return None
+    try:
+        record["index"] = as_index(record["index"])
+    except ValueError:
+        return None
+    return record
+
+
+def load_done(output_jsonl: str | Path) -> tuple[dict[int, dict], int]:
+    """Records already in the JSONL, by index (the last record of an index wins), and how many
+    lines were set aside. A line that is not a record (a crash mid-write, a corrupt line anywhere)
+    is moved to `<output_jsonl>.bad` and the file rewritten without it: every good record stays,
+    before and after it. A non-empty file without a single record is not this script's: an error."""
     path = Path(output_jsonl)
     done: dict[int, dict] = {}
     if not path.exists():
-        return done
+        return done, 0
     raw = path.read_bytes()
-    good_end = 0
+    good, bad = [], []
     for line in raw.splitlines(keepends=True):
         if not line.strip():
-            good_end += len(line)
             continue
-        try:
-            record = json.loads(line)
-            if not line.endswith(b"\n"):
-                raise ValueError("unterminated line")
-        except ValueError:
-            logger.warning("%s: dropping a truncated last record (%d bytes) left by an interrupted run", path, len(raw) - good_end)
-            break
-        good_end += len(line)
-        if "index" not in record:
-            raise ValueError(f"{path}: record without 'index' ({line[:120]!r}); it was not written by this script")
-        done[int(record["index"])] = record
-    if good_end < len(raw):
-        with path.open("r+b") as fh:
-            fh.truncate(good_end)
-    return done
+        record = _record_of(line)
+        if record is None:
+            bad.append(line if line.endswith(b"\n") else line + b"\n")
+            continue
+        good.append(line if line.endswith(b"\n") else line + b"\n")
+        done[record["index"]] = record
+    if bad and not good:
+        raise RewriteError(
+            f"{path}: none of its {len(bad)} lines is a rewrite_questions record; it is not this script's output "
+            "(give a new --output_jsonl)"
+        )
+    if bad or (raw and not raw.endswith(b"\n")):
+        _set_aside(path, good, bad)
+    return done, len(bad)
+
+
+def _set_aside(path: Path, good: list[bytes], bad: list[bytes]) -> None:
+    """Append `bad` to `<path>.bad`, then replace `path` by the `good` lines (both fsynced)."""
+    if bad:
+        bad_path = path.with_name(path.name + ".bad")
+        with open(bad_path, "ab") as fh:
+            fh.writelines(bad)
+            fh.flush()
+            os.fsync(fh.fileno())
+        logger.warning("%s: %d lines that are not records were moved to %s", path, len(bad), bad_path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.writelines(good)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
 
 
 def _write_parquet(df, path: str | Path) -> None:
@@ -291,6 +442,38 @@ def _write_parquet(df, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     df.to_parquet(tmp, index=False)
     tmp.replace(path)
+
+
+class BatchResult(NamedTuple):
+    rewrites: dict[int, str]  # question position -> rewrite
+    last_replies: dict[int, Reply]  # of the questions that failed
+    last_reasons: dict[int, str]
+    tries: dict[int, int]
+
+
+def rewrite_batch(engine: Engine, questions: list[str], batch: list[int], max_retries: int, rejected: Counter) -> BatchResult:
+    """Ask for the rewrites of `questions[i]` for i in `batch`, retrying the replies that give none
+    up to `max_retries` times; every rejection is counted in `rejected` by reason."""
+    result = BatchResult({}, {}, {}, {i: 0 for i in batch})
+    pending = list(batch)
+    for _ in range(1 + max_retries):
+        if not pending:
+            break
+        replies = [as_reply(r) for r in engine.generate([build_request(questions[i]) for i in pending])]
+        if len(replies) != len(pending):
+            raise RuntimeError(f"engine returned {len(replies)} replies for {len(pending)} prompts")
+        still = []
+        for i, reply in zip(pending, replies):
+            result.tries[i] += 1
+            parsed = read_rewrite(reply.text, original=questions[i], finish_reason=reply.finish_reason)
+            if parsed.rewrite is None:
+                rejected[parsed.reason] += 1
+                result.last_replies[i], result.last_reasons[i] = reply, parsed.reason
+                still.append(i)
+            else:
+                result.rewrites[i] = parsed.rewrite
+        pending = still
+    return result
 
 
 def rewrite_dataset(
@@ -305,17 +488,19 @@ def rewrite_dataset(
     limit: int | None = None,
     retry_failed: bool = False,
     progress: bool = True,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Rewrite every question not yet in `output_jsonl`, then write both parquets. Returns counts:
-    total, resumed (already in the JSONL), generated (this run), rewritten, failed, attempts."""
+    total, resumed (already in the JSONL), generated (this run), rewritten, failed, attempts,
+    bad_lines (set aside from the JSONL) and rejected (replies without a rewrite, by reason)."""
     from tqdm import tqdm
 
+    check_paths(input_path, output_jsonl, output_parquet, output_original_parquet)
     df, questions, keys = load_questions(input_path, question_column, limit)
-    done = load_done(output_jsonl)
+    done, bad_lines = load_done(output_jsonl)
     by_key = dict(zip(keys, questions))
     for key, record in done.items():
         if key in by_key and " ".join(str(record.get("original", "")).split()) != " ".join(by_key[key].split()):
-            raise ValueError(
+            raise RewriteError(
                 f"{output_jsonl}: the record of index {key} has another question than {input_path}; "
                 "this JSONL belongs to another input (use a new --output_jsonl)"
             )
@@ -326,43 +511,26 @@ def rewrite_dataset(
     resumed = len(keys) - len(todo)
     if resumed:
         logger.info("resuming: %d of %d questions already in %s", resumed, len(keys), output_jsonl)
+    rejected: Counter = Counter()
     attempts = 0
     Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
     with open(output_jsonl, "a", encoding="utf-8") as sink, tqdm(total=len(todo), desc="rewriting", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            result: dict[int, str] = {}
-            last_text: dict[int, str] = {}
-            tries: dict[int, int] = {i: 0 for i in batch}
-            pending = list(batch)
-            for _ in range(1 + max_retries):
-                if not pending:
-                    break
-                texts = engine.generate([build_request(questions[i]) for i in pending])
-                if len(texts) != len(pending):
-                    raise RuntimeError(f"engine returned {len(texts)} replies for {len(pending)} prompts")
-                attempts += len(pending)
-                still = []
-                for i, text in zip(pending, texts):
-                    tries[i] += 1
-                    rewrite = parse_rewrite(text, original=questions[i])
-                    if rewrite is None:
-                        last_text[i] = text
-                        still.append(i)
-                    else:
-                        result[i] = rewrite
-                pending = still
+            result = rewrite_batch(engine, questions, batch, max_retries, rejected)
+            attempts += sum(result.tries.values())
             for i in batch:
-                record = {"index": keys[i], "original": questions[i], "rewritten": result.get(i),
-                          "status": "ok" if i in result else "failed", "attempts": tries[i]}
-                if i not in result:
-                    record["last_output"] = (last_text.get(i) or "")[:2000]
+                record = {"index": keys[i], "original": questions[i], "rewritten": result.rewrites.get(i),
+                          "status": "ok" if i in result.rewrites else "failed", "attempts": result.tries[i]}
+                if i not in result.rewrites:
+                    record["last_output"] = result.last_replies[i].text[:2000]
+                    record["last_reason"] = result.last_reasons[i]
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
                 done[keys[i]] = record
             sink.flush()
             os.fsync(sink.fileno())
             bar.update(len(batch))
-            bar.set_postfix(failed=sum(1 for i in batch if i not in result))
+            bar.set_postfix(failed=len(batch) - len(result.rewrites))
 
     kept = [i for i, key in enumerate(keys) if done.get(key, {}).get("status") == "ok"]
     failed = [keys[i] for i, key in enumerate(keys) if done.get(key, {}).get("status") != "ok"]
@@ -376,20 +544,27 @@ def rewrite_dataset(
     stats = {
         "total": len(keys), "resumed": resumed, "generated": len(todo), "rewritten": len(kept),
         "failed": len(failed), "attempts": attempts,
+        "bad_lines": bad_lines, "rejected": dict(sorted(rejected.items())),
     }
+    _report(stats, failed, max_retries, output_jsonl, output_parquet, output_original_parquet)
+    return stats
+
+
+def _report(stats: dict[str, Any], failed: list[int], max_retries: int, *paths: str | Path) -> None:
     message = (
         f"rewrite_questions: {stats['rewritten']} of {stats['total']} questions rewritten "
-        f"({stats['resumed']} from an earlier run, {stats['generated']} this run, {attempts} model calls); "
+        f"({stats['resumed']} from an earlier run, {stats['generated']} this run, {stats['attempts']} model calls); "
         f"{stats['failed']} failed after {1 + max_retries} attempts and are left out of both parquets"
     )
+    if stats["rejected"]:
+        message += "; replies rejected: " + ", ".join(f"{k} {v}" for k, v in stats["rejected"].items())
+    if stats["bad_lines"]:
+        message += f"; {stats['bad_lines']} corrupt lines of {paths[0]} set aside in {paths[0]}.bad"
     if failed:
         message += f" (first failed indices: {failed[:10]})"
-        logger.warning(message)
-    else:
-        logger.info(message)
-    if not kept:
-        logger.warning("no successful rewrites: %s and %s are empty", output_parquet, output_original_parquet)
-    return stats
+    (logger.warning if failed or stats["bad_lines"] else logger.info)(message)
+    if not stats["rewritten"]:
+        logger.warning("no successful rewrites: %s and %s are empty", paths[1], paths[2])
 
 
 def make_engine(args: argparse.Namespace) -> Engine:
@@ -403,6 +578,13 @@ def make_engine(args: argparse.Namespace) -> Engine:
     return VLLMEngine(**common, tensor_parallel_size=args.tensor_parallel_size,
                       gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
                       enforce_eager=args.enforce_eager)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of rows")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -422,7 +604,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--top_p", type=float, default=0.8)
     parser.add_argument("--enable_thinking", action="store_true", help="Qwen3 thinking mode (off, as in the release)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N rows of the input")
+    parser.add_argument("--limit", type=_positive_int, default=None, help="only the first N rows of the input")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tensor_parallel_size", type=int, default=1)
@@ -441,12 +623,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_retries < 0 or args.batch_size <= 0:
         print("error: --max_retries must be >= 0 and --batch_size > 0", file=sys.stderr)
         return 2
-    engine = make_engine(args)
-    stats = rewrite_dataset(
-        args.input_path, args.output_jsonl, args.output_parquet, args.output_original_parquet, engine,
-        question_column=args.question_column, batch_size=args.batch_size, max_retries=args.max_retries,
-        limit=args.limit, retry_failed=args.retry_failed, progress=not args.no_progress,
-    )
+    try:  # before the (slow) engine starts
+        check_paths(args.input_path, args.output_jsonl, args.output_parquet, args.output_original_parquet)
+        engine = make_engine(args)
+        stats = rewrite_dataset(
+            args.input_path, args.output_jsonl, args.output_parquet, args.output_original_parquet, engine,
+            question_column=args.question_column, batch_size=args.batch_size, max_retries=args.max_retries,
+            limit=args.limit, retry_failed=args.retry_failed, progress=not args.no_progress,
+        )
+    except RewriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(stats))
     return 0
 

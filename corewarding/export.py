@@ -170,6 +170,18 @@ def _write_weights(weight_files: list[Path], out: Path, tied: bool, dtype: str |
     return names
 
 
+def _refuse_overlap(out: Path, sources: list[Path]) -> None:
+    """`out` is replaced as a whole: it must not be, hold, or sit inside a folder the export reads."""
+    target = out.resolve()
+    for source in sources:
+        source = source.resolve()
+        if target == source or target in source.parents or source in target.parents:
+            raise CheckpointError(
+                f"--out {out} overlaps the source {source}: writing it would delete the checkpoint; "
+                "choose an output folder outside the run"
+            )
+
+
 def export_checkpoint(
     src: str | Path,
     out_dir: str | Path,
@@ -181,7 +193,8 @@ def export_checkpoint(
     (`which="ref"`) of a checkpoint. `src` is a run dir, a `global_step_N` dir or (actor only) an
     HF folder. `dtype` (float32 | bfloat16 | float16) casts floating-point weights; None keeps them.
     The folder is written to a temp sibling and swapped in by renames (`replace_dir`), so a crash
-    never leaves half a model at `out_dir`."""
+    never leaves half a model at `out_dir`; an `out_dir` that is, holds or sits inside a source
+    folder is refused (replacing it would delete the checkpoint)."""
     if which not in ("actor", "ref"):
         raise CheckpointError(f"which must be 'actor' or 'ref', got {which!r}")
     if dtype is not None and dtype not in DTYPES:
@@ -210,6 +223,8 @@ def export_checkpoint(
             "`save_pretrained(..., safe_serialization=True)` or `safetensors.torch.save_file(torch.load(BIN), "
             f"'{weight_dir}/model.safetensors')`"
         )
+
+    _refuse_overlap(out, [src, meta_dir, weight_dir])
 
     config = json.loads((meta_dir / "config.json").read_text())
     tied = bool(config.get("tie_word_embeddings", False))

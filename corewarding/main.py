@@ -6,7 +6,9 @@
 The configuration is `corewarding/config/ppo_trainer.yaml`; the run scripts in Co-rewarding-I/ and
 Co-rewarding-II/ show the paper's settings. Bad input (missing model, data files or columns,
 batch sizes that do not divide, a corrupt checkpoint) ends with one line `error: ...` and exit
-status 2. A multi-node run joins a cluster started with `ray start`: `ray_init.address=auto`.
+status 2. A multi-node run joins a cluster started with `ray start`: `ray_init.address=auto`
+(with Ray's token authentication: README.md, "Multi-node"). A single-node run starts its own Ray
+on loopback (`corewarding.trainer.run.init_ray`).
 """
 
 from __future__ import annotations
@@ -18,11 +20,6 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-# A local run needs no Ray token auth and keeps its traffic on loopback; a cluster run
-# (ray_init.address=...) takes whatever the environment says.
-if not any(arg.startswith("ray_init.address=") and arg.split("=", 1)[1] not in ("", "null") for arg in sys.argv[1:]):
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -195,6 +195,72 @@ def test_config_errors(extra, message, model, data):
     assert "\n" not in str(info.value)
 
 
+NO_PATHS = CPU + ["trainer.n_gpus_per_node=2", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+                  "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.n=2"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("actor_rollout_ref.actor.ppo_epochs=0", "actor_rollout_ref.actor.ppo_epochs"),  # no optimizer step, LR still moves
+        ("actor_rollout_ref.actor.ppo_epochs=-1", "actor_rollout_ref.actor.ppo_epochs"),
+        ("actor_rollout_ref.actor.clip_ratio=-0.2", "actor_rollout_ref.actor.clip_ratio"),
+        ("actor_rollout_ref.actor.clip_ratio_low=-0.1", "actor_rollout_ref.actor.clip_ratio_low"),
+        ("actor_rollout_ref.actor.clip_ratio_high=0", "actor_rollout_ref.actor.clip_ratio_high"),
+        ("actor_rollout_ref.actor.entropy_coeff=nan", "actor_rollout_ref.actor.entropy_coeff"),
+        ("actor_rollout_ref.rollout.teacher_n=0", "actor_rollout_ref.rollout.teacher_n"),  # was silently n
+        ("actor_rollout_ref.actor.loss_agg_mode=token_mean", "actor_rollout_ref.actor.loss_agg_mode"),
+        ("actor_rollout_ref.actor.kl_loss_type=low-var-kl", "actor_rollout_ref.actor.kl_loss_type"),
+        ("reward_model.vote_equivalence=maths", "reward_model.vote_equivalence"),
+        ("actor_rollout_ref.actor.clip_ratio_c=1.0", "actor_rollout_ref.actor.clip_ratio_c"),
+        ("actor_rollout_ref.rollout.temperature=0", "actor_rollout_ref.rollout.temperature"),
+        ("actor_rollout_ref.rollout.temperature=-1", "actor_rollout_ref.rollout.temperature"),
+        ("actor_rollout_ref.rollout.top_p=1.5", "actor_rollout_ref.rollout.top_p"),
+        ("actor_rollout_ref.rollout.top_k=-2", "actor_rollout_ref.rollout.top_k"),
+        ("actor_rollout_ref.rollout.val_kwargs.n=0", "actor_rollout_ref.rollout.val_kwargs.n"),
+        ("actor_rollout_ref.rollout.val_kwargs.top_p=0", "actor_rollout_ref.rollout.val_kwargs.top_p"),
+        ("actor_rollout_ref.rollout.gpu_memory_utilization=1.5", "actor_rollout_ref.rollout.gpu_memory_utilization"),
+        ("actor_rollout_ref.actor.optim.lr=abc", "actor_rollout_ref.actor.optim.lr"),  # was a ValueError traceback
+        ("actor_rollout_ref.actor.optim.eps=0", "actor_rollout_ref.actor.optim.eps"),
+        ("actor_rollout_ref.actor.optim.betas=[0.9]", "actor_rollout_ref.actor.optim.betas"),
+        ("actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=1.5", "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio"),
+        ("actor_rollout_ref.actor.kl_loss_coef=-0.1", "actor_rollout_ref.actor.kl_loss_coef"),
+        ("actor_rollout_ref.actor.grad_clip=-1", "actor_rollout_ref.actor.grad_clip"),
+        ("actor_rollout_ref.ref.sliding_average.alpha_start=x", "actor_rollout_ref.ref.sliding_average.alpha_start"),
+        ("data.train_max_samples=0", "data.train_max_samples"),
+        ("trainer.max_actor_ckpt_to_keep=0", "trainer.max_actor_ckpt_to_keep"),
+        ("trainer.save_freq=1.5", "trainer.save_freq"),
+    ],
+)
+def test_values_that_would_train_wrong_are_config_errors(override, key):
+    """Found before Ray starts, as one line naming the key (not after the models load, or never)."""
+    with pytest.raises(ConfigError) as info:
+        prepare_config(compose_config(NO_PATHS + [override]), check_paths=False)
+    message = str(info.value)
+    assert message.startswith(key + "=") and "\n" not in message, message
+
+
+def test_greedy_validation_and_defaults_pass():
+    cfg = prepare_config(compose_config(NO_PATHS + ["actor_rollout_ref.rollout.val_kwargs.temperature=0"]), check_paths=False)
+    assert cfg.actor_rollout_ref.rollout.teacher_n == 2  # null: rollout.n
+
+
+def test_ignored_verl_keys_warn_once(monkeypatch, caplog):
+    from corewarding.trainer import config as config_module
+
+    monkeypatch.setattr(config_module, "_WARNED_IGNORED", set())
+    overrides = NO_PATHS + ["actor_rollout_ref.actor.use_torch_compile=True", "actor_rollout_ref.hybrid_engine=False"]
+    for _ in range(2):
+        prepare_config(compose_config(overrides), check_paths=False)
+    warned = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(warned) == 2
+    assert any(m.startswith("actor_rollout_ref.actor.use_torch_compile=True is accepted for verl compatibility but ignored") for m in warned)
+    assert any(m.startswith("actor_rollout_ref.hybrid_engine=False") for m in warned)
+    caplog.clear()
+    prepare_config(compose_config(NO_PATHS + ["actor_rollout_ref.model.use_fused_kernels=False"]), check_paths=False)
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]  # the default value: silent
+
+
 def test_missing_model_path_cli(tmp_path, data):
     """The entry point ends bad input with one `error:` line and exit status 2 (no Ray started)."""
     proc = subprocess.run(
@@ -254,6 +320,53 @@ def test_checkpoint_commit_and_latest(tmp_path):
     assert ckpt.latest_dir(tmp_path) == tmp_path / "global_step_3"
 
 
+def _save(root, step, keep=None):
+    tmp = ckpt.begin(root, step)
+    (tmp / "payload").write_text(str(step))
+    return ckpt.commit(root, step, tmp, {"dataloader": {"position": step}}, keep=keep)
+
+
+def test_retention_never_deletes_the_checkpoint_just_saved(tmp_path):
+    """Saving step 40 (a run resumed from 30) while 50 and 60 exist, keep=2: 40 and 30 stay, the
+    later ones are not touched, and `latest` names a checkpoint that exists."""
+    for step in (30, 40, 50, 60):
+        _save(tmp_path, step)
+    _save(tmp_path, 40, keep=2)
+    assert ckpt.latest_dir(tmp_path) == tmp_path / "global_step_40"
+    assert ckpt.checkpoint_steps(tmp_path) == [30, 40, 50, 60]
+    _save(tmp_path, 45, keep=2)  # older ones beyond keep go, the newer ones still stay
+    assert ckpt.checkpoint_steps(tmp_path) == [40, 45, 50, 60]
+    assert ckpt.latest_dir(tmp_path) == tmp_path / "global_step_45"
+
+
+def test_commit_fsyncs_files_folders_and_latest(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    _save(tmp_path, 1)
+    root = str(tmp_path)
+    assert f"{root}/global_step_1.tmp/{ckpt.STATE_FILE}.tmp" in synced  # the state file, before its rename
+    assert f"{root}/global_step_1.tmp" in synced  # the folder, before it is published
+    assert f"{root}/{ckpt.LATEST_FILE}.tmp" in synced  # the latest file, before its rename
+    assert synced.count(root) >= 2  # the root after each rename
+
+
+def test_resume_before_later_checkpoints_is_refused(tiny_model_path, data, tmp_path):
+    """Resuming from step 30 (or starting afresh) in a folder that holds later checkpoints fails
+    before Ray starts, naming them and how to branch."""
+    from corewarding.trainer.run import run_training
+
+    root = tmp_path / "ckpt"
+    for step in (30, 40, 50):
+        _save(root, step)
+    overrides = base(tiny_model_path, data, out=tmp_path) + ["trainer.save_freq=10"]
+    with pytest.raises(CheckpointError, match=r"holds checkpoints after step 30 \(global_step_40 .. global_step_50\).*new folder"):
+        run_training(compose_config(overrides + ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={root / 'global_step_30'}"]))
+    with pytest.raises(CheckpointError, match=r"after step 0 .*resume it \(trainer.resume_mode=auto\)"):
+        run_training(compose_config(overrides + ["trainer.resume_mode=disable"]))
+    assert ckpt.checkpoint_steps(root) == [30, 40, 50]
+
+
 def test_tracker_jsonl_and_resume_truncation(tmp_path):
     lines = []
     tracker = Tracker(tmp_path, ["console"], printer=lines.append)
@@ -269,6 +382,21 @@ def test_tracker_jsonl_and_resume_truncation(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl") == []
 
 
+def test_wandb_run_id_is_new_for_a_fresh_run(tmp_path, monkeypatch):
+    """A fresh run must not reuse the id of an earlier run in the same folder (wandb would drop its
+    first steps as already logged); a resumed run continues its own."""
+    import types
+
+    started = []
+    fake = types.SimpleNamespace(init=lambda **kw: started.append(kw["id"]) or types.SimpleNamespace(finish=lambda: None))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    Tracker(tmp_path, ["wandb"]).close()
+    Tracker(tmp_path, ["wandb"], resume_step=3).close()
+    Tracker(tmp_path, ["wandb"], resume_step=None).close()
+    assert started[1] == started[0] and started[2] != started[0]
+    assert (tmp_path / "wandb_run_id.txt").read_text() == started[2]
+
+
 def test_tensorboard_and_dump(tmp_path):
     tracker = Tracker(tmp_path, ["tensorboard"])
     tracker.log({"reward/mean": 0.5}, 1)
@@ -277,6 +405,44 @@ def test_tensorboard_and_dump(tmp_path):
     path = dump_rollouts(tmp_path / "r", 7, [{"uid": "7-0", "reward": 1.0, "answer": None}])
     assert path.name == "7.jsonl" and json.loads(path.read_text()) == {"uid": "7-0", "reward": 1.0, "answer": None}
     assert "val_acc 0.250" in format_console(3, {"val/acc": 0.25})
+
+
+@pytest.mark.parametrize(
+    "device, address, auth_mode, node_ip",
+    [("cpu", None, "disabled", "127.0.0.1"),  # a local CPU run: no token, loopback only
+     ("cuda", None, None, "127.0.0.1"),  # a local GPU run: Ray's token authentication stays on, loopback
+     ("cuda", "auto", None, None)],  # joining a cluster: whatever its nodes were started with
+)
+def test_init_ray_keeps_token_auth_off_cpu(device, address, auth_mode, node_ip, monkeypatch):
+    import types
+
+    from corewarding.trainer.run import init_ray
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False,
+                                 init=lambda **kw: calls.append((kw, os.environ.get("RAY_AUTH_MODE"))))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    cfg = compose_config([f"trainer.device={device}", f"ray_init.address={address or 'null'}"])
+    assert init_ray(cfg) is True
+    (kwargs, mode), = calls
+    assert mode == auth_mode and kwargs.get("_node_ip_address") == node_ip
+    assert kwargs.get("runtime_env", {}).get("env_vars", {}).get("RAY_AUTH_MODE") == auth_mode
+
+
+def test_worker_rendezvous_on_loopback_unless_a_cluster():
+    from corewarding.workers.group import uses_loopback
+
+    assert uses_loopback({"trainer": {"nnodes": 1, "device": "cuda"}, "ray_init": {"address": None}})
+    assert not uses_loopback({"trainer": {"nnodes": 1, "device": "cuda"}, "ray_init": {"address": "auto"}})
+    assert not uses_loopback({"trainer": {"nnodes": 2, "device": "cuda"}, "ray_init": {"address": "auto"}})
+
+
+def test_the_entry_point_does_not_switch_off_ray_auth():
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    code = "import os, corewarding.main; print(os.environ.get('RAY_AUTH_MODE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "None"
 
 
 def test_balanced_order():

@@ -315,7 +315,9 @@ def test_paired_truncation_modes(tokenizer, tmp_path):
 
 def test_paired_dataset_logs_only_when_it_drops(tokenizer, tmp_path, caplog):
     original = write_verl_parquet(_short_rows(2), tmp_path / "o.parquet")
-    rephrased = write_verl_parquet(_short_rows(2), tmp_path / "r.parquet")
+    rephrased = write_verl_parquet(
+        [make_row(f"Reworded {i}?", str(i + 1), index=i, split="train", data_source="t") for i in range(2)], tmp_path / "r.parquet"
+    )
     with caplog.at_level(logging.INFO, logger="corewarding.data.dataset"):
         ds = PairedRLDataset(original, rephrased, tokenizer, max_prompt_length=128)
     assert len(ds) == 2 and ds.num_filtered == 0

@@ -115,7 +115,7 @@ def test_load_pairs_joins_on_index_not_position(tmp_path, caplog):
 
 def test_load_pairs_errors(tmp_path):
     original = write_verl_parquet(_rows(["1", "2"]), tmp_path / "o.parquet")
-    same_number = write_verl_parquet(_rows(["1.0", "2"]), tmp_path / "same.parquet")
+    same_number = write_verl_parquet(_rows(["1.0", "2"], question="Reworded {i}"), tmp_path / "same.parquet")
     assert load_pairs(original, same_number)["ground_truth"].tolist() == ["1", "2"]  # "1" == "1.0"
     differing = write_verl_parquet(_rows(["1", "3"]), tmp_path / "r.parquet")
     with pytest.raises(DataError, match=r"extra_info\.index 1: ground truths differ"):
@@ -129,7 +129,7 @@ def test_load_pairs_errors(tmp_path):
         load_pairs(original, no_index)
     # Several files: indices must be unique across them.
     with pytest.raises(DataError, match=r"index 0 appears in several original files"):
-        load_pairs([original, write_verl_parquet(_rows(["1"]), tmp_path / "o2.parquet")], original)
+        load_pairs([original, write_verl_parquet(_rows(["1"]), tmp_path / "o2.parquet")], same_number)
 
 
 @pytest.mark.parametrize(
@@ -154,10 +154,10 @@ def test_same_ground_truth_commas(a, b, same):
 
 def test_load_pairs_rejects_comma_list_against_number(tmp_path):
     original = write_verl_parquet(_rows(["1,2"]), tmp_path / "o.parquet")
-    rephrased = write_verl_parquet(_rows(["12"]), tmp_path / "r.parquet")
+    rephrased = write_verl_parquet(_rows(["12"], question="Reworded {i}"), tmp_path / "r.parquet")
     with pytest.raises(DataError, match=r"extra_info\.index 0: ground truths differ"):
         load_pairs(original, rephrased)
-    thousands = write_verl_parquet(_rows(["1,234"]), tmp_path / "t.parquet")
+    thousands = write_verl_parquet(_rows(["1,234"], question="Reworded {i}"), tmp_path / "t.parquet")
     plain = write_verl_parquet(_rows(["1234"]), tmp_path / "p.parquet")
     assert load_pairs(thousands, plain)["ground_truth"].tolist() == ["1,234"]
 
@@ -176,3 +176,65 @@ def test_as_files_accepts_one_path_a_comma_separated_string_or_a_list(tmp_path):
     frame = read_verl_parquet(f"{first},{second}")
     assert frame["ground_truth"].tolist() == ["1", "2", "3"]
     assert [Path(f).name for f in frame["file"]] == ["x.parquet", "x.parquet", "y.parquet"]
+
+
+def _one_row_with(tmp_path, name, ground_truth=None, index=0):
+    rows = _rows(["1"])
+    rows[0]["reward_model"]["ground_truth"] = ground_truth if ground_truth is not None else "1"
+    rows[0]["extra_info"]["index"] = index
+    return write_verl_parquet(rows, tmp_path / name)
+
+
+def test_structured_ground_truths_are_errors_not_reprs(tmp_path):
+    """A dict ground truth is not turned into its repr (a reward of 0 forever), a list of several
+    answers is not cut to its first; a one-element list is that answer (data/README.md)."""
+    with pytest.raises(DataError, match=r"d\.parquet: row 0, column 'reward_model\.ground_truth': expected a string, got a dict"):
+        read_verl_parquet(_one_row_with(tmp_path, "d.parquet", ground_truth={"value": "7"}))
+    rows = _rows(["1", "2", "3"])
+    for row, truth in zip(rows, (["5"], [], ["2", "3"])):
+        row["reward_model"]["ground_truth"] = truth
+    path = write_verl_parquet(rows, tmp_path / "l.parquet")
+    with pytest.raises(DataError, match=r"l\.parquet: row 2, column 'reward_model\.ground_truth': a list of 2 answers"):
+        read_verl_parquet(path, require_ground_truth=False)
+    path = write_verl_parquet(rows[:2], tmp_path / "l2.parquet")
+    assert read_verl_parquet(path, require_ground_truth=False)["ground_truth"].tolist() == ["5", None]
+
+
+def test_fractional_index_is_an_error(tmp_path):
+    rows = _rows(["1", "2"])
+    rows[0]["extra_info"]["index"], rows[1]["extra_info"]["index"] = 12.0, 11.7
+    with pytest.raises(DataError, match=r"i\.parquet: row 1, column 'extra_info\.index': not an integer: 11\.7"):
+        read_verl_parquet(write_verl_parquet(rows, tmp_path / "i.parquet"))
+    assert read_verl_parquet(write_verl_parquet(rows[:1], tmp_path / "i1.parquet"))["index"].tolist() == [12]
+
+
+def test_pairing_errors_name_the_real_cause(tmp_path):
+    original = write_verl_parquet(_rows(["1", "2"]), tmp_path / "o.parquet")
+    elsewhere = write_verl_parquet(_rows(["1", "2"], start=100, question="Reworded {i}"), tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=r"no extra_info\.index in common .*indices 0\.\.1.*indices 100\.\.101"):
+        load_pairs(original, elsewhere)
+    with pytest.raises(DataError, match=r"o\.parquet is given as both the original and the rephrased file"):
+        load_pairs(original, str(original))
+    copy = write_verl_parquet(_rows(["1", "2"]), tmp_path / "copy.parquet")
+    with pytest.raises(DataError, match=r"every 'rewrite' in .*copy\.parquet is identical to its original"):
+        load_pairs(original, copy)
+
+
+def test_empty_file_says_it_is_empty(tmp_path):
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame(_rows(["1"])).iloc[:0].to_parquet(empty)
+    with pytest.raises(DataError, match=r"empty\.parquet: the file has no rows"):
+        read_verl_parquet(empty)
+    with pytest.raises(DataError, match=r"empty\.parquet: the file has no rows"):
+        load_pairs(write_verl_parquet(_rows(["1"]), tmp_path / "o.parquet"), empty)
+
+
+def test_preprocess_names_the_record_with_a_structured_answer():
+    from corewarding.data.preprocess import convert_records
+
+    records = [{"problem": "1+1?", "answer": "2"}, {"problem": "2+2?", "answer": {"value": 4}}]
+    with pytest.raises(DataError, match=r"openrs/train: record 1: expected a string, got a dict"):
+        convert_records("openrs", records, "train")
+    verl = {"prompt": [{"role": "user", "content": "q"}], "reward_model": {"ground_truth": "1"}, "extra_info": {"index": 2.5}}
+    with pytest.raises(DataError, match=r"record 0: not an integer: 2\.5"):
+        convert_records("openrs", [verl], "train")

@@ -271,6 +271,58 @@ def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
         assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
 
 
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A tmpfs of `size` at `path` (root only: a real full disk, not a simulated error)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up ({mounted.stderr.strip()}): this test needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def resize_disk(path: Path, size: int | str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def _pages(folder: Path) -> int:
+    """Bytes the files directly in `folder` take on a tmpfs (whole 4 KiB pages)."""
+    return sum(-(-f.stat().st_size // 4096) * 4096 for f in folder.iterdir() if f.is_file())
+
+
+def test_full_disk_during_a_save(ray_session, boxing_model, data_files, tmp_path):
+    """The disk fills up while step 2 is saved, as rank 0 writes the reference model and rank 1
+    waits for it: both ranks fail at once, the run ends with one line that says the disk is full and
+    that global_step_1 is still good, the .tmp folder is gone, and the run resumes from step 1."""
+    from corewarding.trainer import CheckpointError
+
+    with small_disk(tmp_path / "disk", "256m") as disk:
+        overrides = cpu_overrides(boxing_model, data_files, disk, "naive") + [f"trainer.rollout_data_dir={tmp_path / 'rollouts'}"]
+        run(overrides + ["trainer.max_steps_this_run=1"])
+        ckpt_dir, step1 = disk / "ckpt", disk / "ckpt" / "global_step_1"
+        usage = os.statvfs(disk)
+        used = (usage.f_blocks - usage.f_bfree) * usage.f_frsize
+        # room for the policy's HF folder and half of the reference model's weights
+        resize_disk(disk, used + _pages(step1 / "actor") + (step1 / "ref" / "model.safetensors").stat().st_size // 2)
+        started = time.monotonic()
+        with pytest.raises(CheckpointError) as info:
+            run(overrides + ["trainer.resume_mode=auto"])
+        message = str(info.value)
+        assert time.monotonic() - started < 300  # not a hang until the distributed timeout
+        assert "\n" not in message, message
+        assert f"cannot save checkpoint global_step_2 in {ckpt_dir}: write failed on rank 0: disk full:" in message
+        assert "ref/model.safetensors" in message and "No space left on device" in message
+        assert message.endswith(f"; {step1} is still good"), message
+        assert sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir()) == ["global_step_1"]  # no .tmp left
+        assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+        resize_disk(disk, "256m")
+        resumed = run(overrides + ["trainer.resume_mode=auto"])
+        assert resumed["global_step"] == 2 and (ckpt_dir / "global_step_2" / "ref" / "model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("preset", [False, True], ids=["ours", "preset-release"])
 @pytest.mark.parametrize("text", [RELEASE_I, RELEASE_II], ids=["Co-rewarding-I", "Co-rewarding-II"])
 def test_release_overrides(text, preset, ray_session, boxing_model, data_files, tmp_path):

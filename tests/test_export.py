@@ -168,3 +168,19 @@ def test_cli(fake_run: Path, tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=REPO,
     )
     assert bad.returncode != 0 and "no such file" in bad.stderr
+
+
+@pytest.mark.parametrize("where", ["run", "parent", "actor", "inside"])
+def test_out_overlapping_the_source_is_refused(fake_run: Path, tmp_path: Path, where: str) -> None:
+    """--overwrite with --out equal to, above or inside the run would delete the checkpoint."""
+    run = tmp_path / "runs" / "run"
+    shutil.copytree(fake_run, run)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    out = {"run": run, "parent": run.parent, "actor": run / "global_step_3" / "actor", "inside": run / "exported"}[where]
+    result = subprocess.run(
+        [sys.executable, "-m", "corewarding.export", str(run), "--out", str(out), "--overwrite"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode != 0 and "overlaps the source" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before

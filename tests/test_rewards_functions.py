@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -76,18 +78,20 @@ def test_gt_reward():
     assert out.scores.tolist() == [1.0, 0.0, 0.0, 1.0]
     assert out.rows["answer"] == ["0.5", r"\frac{1}{3}", None, "x=3"]
     assert out.rows["pseudo_label"] == [None] * 4
-    assert out.metrics == {"score_mean": 0.5, "answer_present": 0.75, "gt_acc": 0.5}
+    assert out.metrics == {"score_mean": 0.5, "answer_present": 0.75, "gt_acc": 0.5, "verify_timeouts": 0.0, "verify_skipped": 0.0}
 
 
 def test_gt_reward_checks_each_answer_once(monkeypatch):
     """The reward and gt_acc come from one math check per rollout with a ground truth."""
     calls = []
 
-    def counting(a, b, timeout=None):
-        calls.append((a, b))
-        return answers_mod.answers_equivalent(a, b, timeout)
+    original = answers_mod.VerifyBudget.equivalent
 
-    monkeypatch.setattr(functions_mod, "answers_equivalent", counting)
+    def counting(self, a, b):
+        calls.append((a, b))
+        return original(self, a, b)
+
+    monkeypatch.setattr(answers_mod.VerifyBudget, "equivalent", counting)
     batch = make_batch(["0.5", "2", None, "7"], ["a", "a", "b", "c"], [r"\frac12", "3", "3", None])
     out = gt(batch)
     assert out.scores.tolist() == [1.0, 0.0, 0.0, 0.0]
@@ -183,7 +187,7 @@ def test_no_ground_truth_leaves_gt_metrics_out():
         make_batch(["1", "1"], ["a", "a"], [None, None]),
     ):
         out = majority_voting(batch)
-        assert set(out.metrics) == {"score_mean", "answer_present", "majority_ratio"}
+        assert set(out.metrics) == {"score_mean", "answer_present", "majority_ratio", "verify_timeouts", "verify_skipped"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -349,3 +353,42 @@ def test_property_shuffling_rows_changes_no_reward(data, rnd):
         assert moved.metrics.keys() == base.metrics.keys()
         for key, value in base.metrics.items():
             assert moved.metrics[key] == pytest.approx(value), (name, key)
+
+
+def _slow_math_verify(monkeypatch, seconds_per_check: float) -> list:
+    """Every math-verify check runs into its time limit (capped at `seconds_per_check`)."""
+    checks = []
+
+    def slow(pred, gold, timeout):
+        checks.append((pred, gold))
+        time.sleep(min(timeout, seconds_per_check))
+        return None
+
+    monkeypatch.setattr(answers_mod, "_check_with_alarm", slow)
+    monkeypatch.setattr(answers_mod._WORKER, "check", slow)
+    answers_mod.clear_cache()
+    return checks
+
+
+def test_gt_metrics_have_a_per_step_time_budget(monkeypatch):
+    """1,024 rollouts with distinct answers that math-verify cannot settle: gt_acc and
+    pseudo_label_acc stop checking when the budget is spent (not 1,024 serial timeouts); every
+    pair is either a counted time-out or counted as skipped."""
+    checks = _slow_math_verify(monkeypatch, 0.05)
+    n, per_group = 1024, 8
+    answers = [f"x^{{{i}}}+1" for i in range(n)]
+    batch = make_batch(answers, [f"g{i // per_group}" for i in range(n)], ["y+1"] * n)
+    start = time.perf_counter()
+    out = majority_voting(batch, metric_budget_s=0.5)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 3.0, elapsed  # unbounded: 1,024 x 0.05 s = 51 s
+    timeouts, skipped = out.metrics["verify_timeouts"], out.metrics["verify_skipped"]
+    assert timeouts == len(checks) >= 5 and timeouts + skipped == n  # the labels are rollout answers: no new pairs
+    assert out.metrics["gt_acc"] == 0.0 and out.metrics["pseudo_label_acc"] == 0.0
+
+
+def test_repeated_slow_pairs_are_checked_once(monkeypatch):
+    checks = _slow_math_verify(monkeypatch, 0.01)
+    batch = make_batch(["x^{2}+1"] * 8, ["a"] * 8, ["y+1"] * 8)
+    out = gt(batch)  # the reward has no budget, but each distinct pair is checked once
+    assert len(checks) == 1 and out.metrics["verify_timeouts"] == 1.0 and out.scores.tolist() == [0.0] * 8

@@ -7,7 +7,7 @@ import pytest
 
 from corewarding.batch import Batch
 from corewarding.rewards import answers as answers_mod
-from corewarding.rewards import get_reward_fn, ground_truth_check, gt, hendrycks_equivalent, majority_voting
+from corewarding.rewards import get_reward_fn, ground_truth_verifier, gt, hendrycks_equivalent, majority_voting
 from corewarding.rewards.hendrycks import hendrycks_normalize
 
 
@@ -61,8 +61,8 @@ def test_normalisation_steps(raw, normalised):
 )
 def test_release_check_against_ours(answer, truth, release, ours):
     assert hendrycks_equivalent(answer, truth) is release
-    assert ground_truth_check("hendrycks")(answer, truth) is release
-    assert ground_truth_check("math_verify")(answer, truth) is ours
+    assert ground_truth_verifier("hendrycks", None).equivalent(answer, truth) is release
+    assert ground_truth_verifier("math_verify", None).equivalent(answer, truth) is ours
 
 
 def resp(answer: str) -> str:
@@ -84,4 +84,4 @@ def test_gt_reward_and_metrics_follow_the_scorer():
 
 def test_unknown_scorer():
     with pytest.raises(ValueError, match="reward_model.gt_scorer='exact'"):
-        ground_truth_check("exact")
+        ground_truth_verifier("exact", None)

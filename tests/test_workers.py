@@ -573,7 +573,7 @@ def test_checkpoint_round_trip_is_exact(setup):
     ckpt = setup["tmp"] / "step1"
     group.call_all("save_checkpoint", str(ckpt))
     assert (ckpt / "actor" / "model.safetensors").exists() and (ckpt / "actor" / "config.json").exists()
-    assert (ckpt / "ref" / "model.safetensors").exists() and (ckpt / "rng" / "rank_1.pt").exists()
+    assert (ckpt / "ref" / "model.safetensors").exists() and (ckpt / "rng" / "rank_1.json").exists()
     straight = group.dispatch("update_actor", b2)
     sample_straight = group.dispatch("generate_sequences", prompt_batch_from(b2))
     state_straight = full_state(setup)
@@ -591,6 +591,116 @@ def test_checkpoint_round_trip_is_exact(setup):
     plain = load_plain(export)
     ref_state = full_state(setup, "ref")
     assert_states_close({k: v for k, v in plain.state_dict().items() if k in ref_state}, ref_state, atol=0.0)
+
+
+class _Bomb:
+    """Unpickling it creates a folder: proof that a checkpoint file ran code when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_checkpoint_files_load_without_unpickling(setup):
+    """Nothing in a checkpoint is a pickle (a checkpoint from someone else cannot run code on the
+    workers): only safetensors and JSON, and pickles planted where the old format kept its
+    optimizer extras, DCP metadata and RNG states are never read."""
+    import pickle
+
+    reset(setup)
+    group = setup["group"]
+    group.dispatch("update_actor", training_batch(setup, seed=9))
+    ckpt = setup["tmp"] / "no_pickle"
+    group.call_all("save_checkpoint", str(ckpt))
+    kinds = {f.suffix for f in ckpt.rglob("*") if f.is_file()}
+    assert kinds <= {".safetensors", ".json", ".jinja", ".txt"}, kinds
+    assert all(f.read_bytes()[:1] != b"\x80" for f in ckpt.rglob("*") if f.is_file())  # no pickle stream
+    expected = state_after_load(setup, ckpt)
+    marker = setup["tmp"] / "pwned"
+    bomb = pickle.dumps(_Bomb(marker))
+    for planted in ("actor/optim/extra.pt", "actor/optim/.metadata", "actor/optim/__0_0.distcp", "rng/rank_0.pt", "rng/rank_1.pt"):
+        (ckpt / planted).write_bytes(bomb)
+    assert state_after_load(setup, ckpt) == expected
+    assert not marker.exists()
+
+
+def state_after_load(setup, ckpt: Path):
+    """What a resumed worker does next: its counters, one update (optimizer state) and one sample (RNG)."""
+    group = setup["group"]
+    group.call_all("load_checkpoint", str(ckpt))
+    batch = training_batch(setup, seed=10)
+    metrics = group.dispatch("update_actor", batch)
+    sample = group.dispatch("generate_sequences", prompt_batch_from(batch))["responses"].tolist()
+    return group.call_all("get_versions"), metrics, sample
+
+
+def test_old_pickle_checkpoints_are_refused_with_a_reason(setup):
+    group = setup["group"]
+    old = setup["tmp"] / "old_format"
+    group.call_all("save_checkpoint", str(old))
+    (old / "actor" / "optim" / "state.json").rename(old / "actor" / "optim" / "extra.pt")
+    with pytest.raises(Exception, match="older version in a pickle format"):
+        group.call_all("load_checkpoint", str(old))
+
+
+def test_a_corrupt_checkpoint_file_fails_every_rank_at_once(setup):
+    """Rank 0 alone reads the policy's weights and then broadcasts them: a truncated file must not
+    leave rank 1 waiting in the broadcast."""
+    import shutil
+
+    group = setup["group"]
+    bad = setup["tmp"] / "truncated"
+    shutil.copytree(setup["initial"], bad)
+    weights = bad / "actor" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    refs = [worker.load_checkpoint.remote(str(bad)) for worker in group.workers]
+    for ref in refs:
+        with pytest.raises(Exception, match=r"cannot read .*actor/model.safetensors on rank 0"):
+            ray.get(ref, timeout=120)
+    reset(setup)  # the group still works
+
+
+def _agree_rank(rank: int, port: int, fail_on: tuple[int, ...], out_dir: str) -> None:
+    import errno
+    import time
+
+    import torch.distributed as dist
+
+    from corewarding.trainer.checkpoint import WorkerCheckpointError
+    from corewarding.workers.fsdp_worker import agree_on_error
+
+    os.environ.update(GLOO_SOCKET_IFNAME="lo")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    error = OSError(errno.ENOSPC, "No space left on device", f"/ckpt/rank{rank}") if rank in fail_on else None
+    start = time.monotonic()
+    try:
+        agree_on_error(error, "write failed", rank, 2)
+        message = "no error"
+    except WorkerCheckpointError as exc:
+        message = str(exc)
+    Path(out_dir, f"rank{rank}.txt").write_text(f"{time.monotonic() - start:.3f}\n{message}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail_on", [(0,), (1,), (0, 1), ()])
+def test_all_ranks_learn_of_a_failed_write_together(fail_on, tmp_path):
+    """A write that fails on one rank (rank 0 writing the models while the others wait) makes every
+    rank raise the same one-line error at once, not a hang until the distributed timeout."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run_spawned_ranks(_agree_rank, [(rank, port, fail_on, str(tmp_path)) for rank in range(2)], timeout=120)
+    results = [(tmp_path / f"rank{r}.txt").read_text().split("\n", 1) for r in range(2)]
+    messages = {message for _, message in results}
+    assert len(messages) == 1 and all(float(seconds) < 10 for seconds, _ in results)
+    (message,) = messages
+    if not fail_on:
+        assert message == "no error"
+        return
+    assert message.startswith(f"write failed on rank {fail_on[0]}: disk full: No space left on device (/ckpt/rank{fail_on[0]})")
+    assert ("and on 1 more ranks" in message) == (len(fail_on) == 2) and "\n" not in message
 
 
 def prompt_batch_from(batch: Batch) -> Batch:

@@ -72,6 +72,7 @@ def load_pairs(
     `require_ground_truth=False`; a rewrite may lack one (the original's is used).
     """
     original_files, rephrased_files = as_files(original_files), as_files(rephrased_files)
+    _check_distinct_files(original_files, rephrased_files)
     originals = read_verl_parquet(original_files, prompt_key, require_ground_truth, require_index=True)
     # The original's ground truth is the one used; the rewrite's only has to agree when present.
     rephrased = read_verl_parquet(rephrased_files, prompt_key, require_ground_truth=False, require_index=True)
@@ -103,6 +104,12 @@ def load_pairs(
         "extra_info": merged["extra_info"],
     }, columns=PAIR_COLUMNS)
 
+    if pairs.empty:
+        raise DataError(
+            f"no extra_info.index in common between the originals ({', '.join(map(str, original_files))}, indices "
+            f"{_span(originals['index'])}) and the rewrites ({', '.join(map(str, rephrased_files))}, indices "
+            f"{_span(rephrased['index'])}): the rewrites must carry their original's index (rewrite_questions.py keeps it)"
+        )
     only_original = len(originals) - len(pairs)
     only_rephrased = len(rephrased) - len(pairs)
     unchanged = sum(user_content(a) == user_content(b) for a, b in zip(pairs["original_prompt"], pairs["rephrased_prompt"]))
@@ -116,6 +123,26 @@ def load_pairs(
         logger.warning("%s (first originals dropped: %s)", message, missing)
     else:
         logger.info(message)
+    if unchanged == len(pairs):
+        raise DataError(
+            f"every 'rewrite' in {', '.join(map(str, rephrased_files))} is identical to its original question: "
+            "Co-rewarding-I would reduce to majority voting; give the rephrased file made by rewrite_questions.py"
+        )
     if unchanged:
         logger.warning("load_pairs: %d pairs have a 'rewrite' identical to the original question", unchanged)
     return pairs
+
+
+def _check_distinct_files(original_files: Sequence[Path], rephrased_files: Sequence[Path]) -> None:
+    """The same file on both sides would pair every question with itself."""
+    originals = {Path(f).resolve() for f in original_files}
+    for f in rephrased_files:
+        if Path(f).resolve() in originals:
+            raise DataError(
+                f"{f} is given as both the original and the rephrased file (data.train_files and "
+                "data.train_aug_files): the rephrased view must be a different file"
+            )
+
+
+def _span(indices: pd.Series) -> str:
+    return f"{int(indices.min())}..{int(indices.max())}" if len(indices) else "none"

@@ -27,6 +27,7 @@ import pandas as pd
 from corewarding.data.schema import (
     SYSTEM_PROMPT,
     DataError,
+    as_index,
     to_plain,
     ground_truth_to_str,
     make_row,
@@ -170,33 +171,44 @@ def convert_records(
     for position, record in enumerate(records):
         if limit is not None and len(rows) >= limit:
             break
-        record = to_plain(record)
-        extra: dict[str, Any] = {}
-        if _is_verl(record):  # already preprocessed: keep its question, answer and index
-            question = user_content(normalise_messages(record["prompt"], f"record {position}"))
-            answer = reward_model_answer(record)
-            info = record.get("extra_info") or {}
-            index = int(info["index"]) if info.get("index") is not None else position
-            extra.update({k: v for k, v in info.items() if k not in ("index", "split") and v is not None})
-            extra.update({k: record[k] for k in spec.keep if record.get(k) is not None})
-        else:
-            question = next((record[f] for f in spec.question_fields if isinstance(record.get(f), str) and record[f].strip()), None)
-            answer = next((a for a in (fn(record) for fn in spec.answers) if a), None)
-            index = position
-            extra.update({k: record[k] for k in spec.keep if record.get(k) is not None})
-        if not question or not answer:
+        try:
+            converted = _convert_record(spec, to_plain(record), position)
+        except ValueError as exc:
+            raise DataError(f"{name}/{split}: record {position}: {exc}") from None
+        if converted is None:
             dropped.append(position)
             continue
-        if _INTEGRAL_FLOAT.match(answer):  # "142.0" (AMC stores floats) -> "142"
-            answer = answer.split(".")[0]
+        question, answer, index, extra = converted
         rows.append(make_row(
-            question.strip(), answer, index=index, split=split, data_source=name,
+            question, answer, index=index, split=split, data_source=name,
             system_prompt=system_prompt, extra_info=extra,
         ))
     if dropped:
         logger.warning("%s/%s: dropped %d records without a question or an answer (first: %s)", name, split, len(dropped), dropped[:10])
     logger.info("%s/%s: %d rows", name, split, len(rows))
     return rows
+
+
+def _convert_record(spec: DatasetSpec, record: dict[str, Any], position: int) -> tuple[str, str, int, dict] | None:
+    """(question, answer, index, extra_info) of one source record; None when it has no question or
+    no answer; `ValueError` for an answer or index that cannot be read."""
+    extra: dict[str, Any] = {}
+    if _is_verl(record):  # already preprocessed: keep its question, answer and index
+        question = user_content(normalise_messages(record["prompt"], "column 'prompt'"))
+        answer = reward_model_answer(record)
+        info = record.get("extra_info") or {}
+        index = as_index(info["index"]) if info.get("index") is not None else position
+        extra.update({k: v for k, v in info.items() if k not in ("index", "split") and v is not None})
+    else:
+        question = next((record[f] for f in spec.question_fields if isinstance(record.get(f), str) and record[f].strip()), None)
+        answer = next((a for a in (fn(record) for fn in spec.answers) if a), None)
+        index = position
+    extra.update({k: record[k] for k in spec.keep if record.get(k) is not None})
+    if not question or not answer:
+        return None
+    if _INTEGRAL_FLOAT.match(answer):  # "142.0" (AMC stores floats) -> "142"
+        answer = answer.split(".")[0]
+    return question.strip(), answer, index, extra
 
 
 def infer_split(name: str, local_path: str | Path) -> str:

@@ -99,7 +99,13 @@ def user_content(messages: list[dict[str, str]]) -> str:
 
 
 def ground_truth_to_str(value: Any) -> str | None:
-    """Ground truths are strings; integral floats (AMC's 142.0) become '142'. None/NaN/'' -> None."""
+    """Ground truths are strings; integral floats (AMC's 142.0) become '142'. None/NaN/'' -> None.
+
+    A list is read as one answer only when it holds exactly one (an empty list is no answer); a
+    list of several answers, a dict or any other structure raises `ValueError`: the reward compares
+    one string, and guessing which element (or printing the structure's repr) would silently give
+    a reward of 0. Write several solutions of one problem as one string ("2, 3": math-verify
+    compares comma lists as sets)."""
     if isinstance(value, (np.ndarray, np.generic)):
         value = to_plain(value)
     if _missing(value):
@@ -108,11 +114,34 @@ def ground_truth_to_str(value: Any) -> str | None:
         return str(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, list):  # some sets store a list of acceptable answers; keep the first
-        value = value[0] if value else None
-        return ground_truth_to_str(value)
+    if isinstance(value, (list, tuple)):
+        if len(value) > 1:
+            raise ValueError(
+                f"a list of {len(value)} answers {value!r:.120}: give one string (several solutions as one "
+                "comma-separated answer, e.g. '2, 3')"
+            )
+        return ground_truth_to_str(value[0]) if value else None
+    if not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string, got a {type(value).__name__} {value!r:.120}")
     text = str(value).strip()
     return text or None
+
+
+def as_index(value: Any) -> int:
+    """An `extra_info.index`: an integer, or a float / string that is exactly one ('12', 12.0).
+    Anything else (11.7, True, 'a') raises `ValueError`: truncating would pair the wrong rows."""
+    value = to_plain(value)
+    if isinstance(value, bool):
+        raise ValueError(f"not an integer: {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not an integer: {value!r:.60}") from None
+    if not number.is_integer():
+        raise ValueError(f"not an integer: {value!r:.60}")
+    return int(number)
 
 
 def read_verl_parquet(
@@ -137,6 +166,8 @@ def read_verl_parquet(
             table = pq.read_table(path)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds
             raise DataError(f"{path}: cannot read as parquet ({exc})") from exc
+        if table.num_rows == 0:
+            raise DataError(f"{path}: the file has no rows (columns {table.column_names})")
         # Column-wise to_pylist gives plain Python lists/dicts directly (much faster than pandas).
         columns = {name: table.column(name).to_pylist() for name in table.column_names}
         frames.append(_normalise_frame(columns, table.num_rows, path, prompt_key, require_ground_truth, require_index))
@@ -167,7 +198,10 @@ def _normalise_frame(
         reward_model = reward_models[row]
         gt = None
         if isinstance(reward_model, dict):
-            gt = ground_truth_to_str(reward_model.get("ground_truth"))
+            try:
+                gt = ground_truth_to_str(reward_model.get("ground_truth"))
+            except ValueError as exc:
+                raise DataError(f"{where}, column 'reward_model.ground_truth': {exc}") from None
         elif not _missing(reward_model) and require_ground_truth:
             raise DataError(f"{where}, column 'reward_model': expected a dict with 'ground_truth', got {reward_model!r:.120}")
         if gt is None and require_ground_truth:
@@ -188,9 +222,9 @@ def _normalise_frame(
                 raise DataError(f"{where}, column 'extra_info.index': missing (needed to pair originals with rewrites)")
             index = row
         try:
-            index = int(index)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}, column 'extra_info.index': not an integer: {index!r}") from exc
+            index = as_index(index)
+        except ValueError as exc:
+            raise DataError(f"{where}, column 'extra_info.index': {exc}") from None
         out["index"].append(index)
         out["split"].append(extra.get("split"))
         out["extra_info"].append(extra)

@@ -382,22 +382,69 @@ class _ResultCache:
 _RESULTS = _ResultCache()
 
 
-def _equivalent_normalised(pred: str, gold: str, timeout: float) -> bool:
+def _without_math_verify(pred: str, gold: str) -> bool | None:
+    """The result when math-verify is not needed (empty, equal, too big for it, cached), else None."""
     if not pred or not gold:
         return False
     if pred == gold:
         return True
     if not (_verifiable(pred) and _verifiable(gold)):
         return False
-    cached = _RESULTS.get((pred, gold))
-    if cached is not None:
-        return cached
+    return _RESULTS.get((pred, gold))
+
+
+def _verify_normalised(pred: str, gold: str, timeout: float) -> bool | None:
+    """Equivalence of two normalised answers; None when math-verify hit its time limit."""
+    quick = _without_math_verify(pred, gold)
+    if quick is not None:
+        return quick
     check = _check_with_alarm if _backend() == "signal" else _WORKER.check
     result = check(pred, gold, timeout)
-    if result is None:
-        return False
-    _RESULTS.put((pred, gold), result)
+    if result is not None:
+        _RESULTS.put((pred, gold), result)
     return result
+
+
+def _equivalent_normalised(pred: str, gold: str, timeout: float) -> bool:
+    return bool(_verify_normalised(pred, gold, timeout))
+
+
+class VerifyBudget:
+    """Math equivalence for many pairs at once (one reward call) under a wall-clock budget.
+
+    Each distinct normalised pair is judged once. Pairs that need math-verify are checked while
+    `seconds` last (each check limited to the time left, at most `DEFAULT_TIMEOUT`); after that
+    they are judged as not equivalent without a check and counted in `skipped`. Checks that hit
+    their time limit are counted in `timeouts`. `seconds=None`: no budget (every pair is checked),
+    for rewards, whose values must not depend on how fast the machine is."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.deadline = None if seconds is None else time.monotonic() + float(seconds)
+        self.timeouts = 0
+        self.skipped = 0
+        self._judged: dict[tuple[str, str], bool] = {}
+
+    def equivalent(self, a: str | None, b: str | None) -> bool:
+        """`answers_equivalent(a, b)` within the budget."""
+        key = (normalize_answer(a), normalize_answer(b))
+        if key not in self._judged:
+            self._judged[key] = self._judge(*key)
+        return self._judged[key]
+
+    def _judge(self, pred: str, gold: str) -> bool:
+        quick = _without_math_verify(pred, gold)
+        if quick is not None:
+            return quick
+        timeout = DEFAULT_TIMEOUT
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - time.monotonic())
+            if timeout <= 0:
+                self.skipped += 1
+                return False
+        result = _verify_normalised(pred, gold, timeout)
+        if result is None:
+            self.timeouts += 1
+        return bool(result)
 
 
 def answers_equivalent(a: str | None, b: str | None, timeout: float | None = None) -> bool:

@@ -21,10 +21,15 @@ Metrics: ``score_mean``, ``answer_present`` (fraction of rollouts with an extrac
 ``gt_acc`` (fraction of rollouts whose answer matches the ground truth: what the GT reward would
 give) and ``pseudo_label_acc`` (fraction of groups whose pseudo-label matches the ground truth).
 GT metrics are computed over the rows / groups that have a ground truth and left out when none do.
+Their math-verify time per call is bounded by ``metric_budget_s`` (`DEFAULT_METRIC_BUDGET_S`, 10 s;
+each distinct pair is checked once): ``verify_timeouts`` counts checks that hit the per-check time
+limit and ``verify_skipped`` the pairs left unchecked (counted as wrong) once the budget was spent.
+The GT reward itself has no budget (a reward must not depend on the machine's speed).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Hashable, Sequence
@@ -33,11 +38,14 @@ import torch
 
 from corewarding.algos import masked_mean
 from corewarding.batch import Batch
-from corewarding.rewards.answers import answers_equivalent, extract_boxed_answer, majority_vote, Vote
+from corewarding.rewards.answers import VerifyBudget, answers_equivalent, extract_boxed_answer, majority_vote, Vote
 from corewarding.rewards.hendrycks import hendrycks_equivalent
 
 VIEWS = ("original", "rephrased")
 GT_SCORERS = ("math_verify", "hendrycks")
+# Wall-clock seconds that one reward call may spend in math-verify for its ground-truth metrics
+# (gt_acc of the label-free methods, pseudo_label_acc); env COREWARDING_METRIC_VERIFY_BUDGET.
+DEFAULT_METRIC_BUDGET_S = float(os.environ.get("COREWARDING_METRIC_VERIFY_BUDGET", "10"))
 
 
 @dataclass
@@ -80,12 +88,27 @@ def _groups(ids: Sequence[Hashable]) -> dict[Hashable, list[int]]:
     return out
 
 
-def ground_truth_check(gt_scorer: str) -> Callable[[str | None, str | None], bool]:
-    """The (answer, ground truth) -> equal? function named by `reward_model.gt_scorer`."""
+class _HendrycksCheck:
+    """The release's MATH string check: instant, so it needs no time budget."""
+
+    timeouts = 0
+    skipped = 0
+
+    @staticmethod
+    def equivalent(a: str | None, b: str | None) -> bool:
+        return hendrycks_equivalent(a, b)
+
+
+Verifier = VerifyBudget | _HendrycksCheck
+
+
+def ground_truth_verifier(gt_scorer: str, budget_s: float | None) -> Verifier:
+    """The (answer, ground truth) check named by `reward_model.gt_scorer`; math-verify under a
+    wall-clock budget of `budget_s` seconds for the whole reward call (None: no budget)."""
     if gt_scorer == "math_verify":
-        return answers_equivalent
+        return VerifyBudget(budget_s)
     if gt_scorer == "hendrycks":
-        return hendrycks_equivalent
+        return _HendrycksCheck()
     raise ValueError(f"reward_model.gt_scorer={gt_scorer!r} is unknown; use one of {' | '.join(GT_SCORERS)}")
 
 
@@ -110,18 +133,17 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def _gt_correct(answers: list[str | None], gts: list[str | None], gt_scorer: str) -> list[bool]:
+def _gt_correct(answers: list[str | None], gts: list[str | None], verifier: Verifier) -> list[bool]:
     """Per rollout: does the answer match the ground truth (False where there is none)."""
-    equal = ground_truth_check(gt_scorer)
-    return [g is not None and equal(a, g) for a, g in zip(answers, gts)]
+    return [g is not None and verifier.equivalent(a, g) for a, g in zip(answers, gts)]
 
 
 def _common_metrics(
-    scores: list[float], answers: list[str | None], gts: list[str | None], gt_scorer: str,
+    scores: list[float], answers: list[str | None], gts: list[str | None], verifier: Verifier,
     correct: list[bool] | None = None,
 ) -> dict[str, float]:
     """score_mean, answer_present and, over the rows with a ground truth, gt_acc; `correct` is
-    `_gt_correct(answers, gts, gt_scorer)` when the caller has it already."""
+    `_gt_correct(answers, gts, ...)` when the caller has it already."""
     metrics = {
         "score_mean": _mean(scores),
         "answer_present": _mean([a is not None for a in answers]),
@@ -129,8 +151,15 @@ def _common_metrics(
     with_gt = [i for i, g in enumerate(gts) if g is not None]
     if with_gt:
         if correct is None:
-            correct = _gt_correct(answers, gts, gt_scorer)
+            correct = _gt_correct(answers, gts, verifier)
         metrics["gt_acc"] = _mean([correct[i] for i in with_gt])
+    return metrics
+
+
+def _verify_metrics(metrics: dict[str, float], *verifiers: VerifyBudget) -> dict[str, float]:
+    """math-verify checks that hit their time limit, and pairs left unchecked when the budget ran out."""
+    metrics["verify_timeouts"] = float(sum(v.timeouts for v in verifiers))
+    metrics["verify_skipped"] = float(sum(v.skipped for v in verifiers))
     return metrics
 
 
@@ -142,12 +171,11 @@ def _group_gt(indices: Sequence[int], gts: list[str | None]) -> str | None:
 
 
 def _vote_metrics(
-    metrics: dict[str, float], group_votes: list[tuple[Vote, str | None]], gt_scorer: str
+    metrics: dict[str, float], group_votes: list[tuple[Vote, str | None]], verifier: Verifier
 ) -> dict[str, float]:
     """Adds majority_ratio (all groups) and pseudo_label_acc (groups with a ground truth)."""
     metrics["majority_ratio"] = _mean([vote.ratio for vote, _ in group_votes])
-    equal = ground_truth_check(gt_scorer)
-    judged = [equal(vote.label, gt) for vote, gt in group_votes if gt is not None]
+    judged = [verifier.equivalent(vote.label, gt) for vote, gt in group_votes if gt is not None]
     if judged:
         metrics["pseudo_label_acc"] = _mean(judged)
     return metrics
@@ -168,8 +196,10 @@ def _label_rewards(
     group_vote: dict[Hashable, Vote],
     equivalence: str,
     gt_scorer: str,
+    metric_budget_s: float | None,
 ) -> RewardOutput:
-    """Reward 1 where a rollout agrees with its group's pseudo-label; metrics over groups."""
+    """Reward 1 where a rollout agrees with its group's pseudo-label; metrics over groups (their
+    math-verify time bounded by `metric_budget_s`)."""
     n = len(answers)
     labels: list[str | None] = [None] * n
     scores = [0.0] * n
@@ -178,9 +208,10 @@ def _label_rewards(
         for i in indices:
             labels[i] = label
             scores[i] = 1.0 if _matches(answers[i], label, equivalence) else 0.0
-    metrics = _common_metrics(scores, answers, gts, gt_scorer)
-    _vote_metrics(metrics, [(group_vote[k], _group_gt(idx, gts)) for k, idx in groups.items()], gt_scorer)
-    return _output(scores, metrics, answers, labels)
+    verifier = ground_truth_verifier(gt_scorer, metric_budget_s)
+    metrics = _common_metrics(scores, answers, gts, verifier)
+    _vote_metrics(metrics, [(group_vote[k], _group_gt(idx, gts)) for k, idx in groups.items()], verifier)
+    return _output(scores, _verify_metrics(metrics, verifier), answers, labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,17 +219,24 @@ def _label_rewards(
 # ---------------------------------------------------------------------------------------------
 
 
-def gt(batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify") -> RewardOutput:
-    """GT-Reward: 1 if the answer equals the ground truth under `gt_scorer`, else 0."""
+def gt(
+    batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify", metric_budget_s: float | None = None
+) -> RewardOutput:
+    """GT-Reward: 1 if the answer equals the ground truth under `gt_scorer`, else 0. Every distinct
+    (answer, ground truth) pair is checked once, with no time budget: the reward must not depend on
+    the machine's speed (`metric_budget_s` is accepted and unused)."""
     _require_rows(batch, ["response_text", "ground_truth"], "gt")
     answers, gts = _answers(batch), _ground_truth(batch)
-    correct = _gt_correct(answers, gts, gt_scorer)
+    verifier = ground_truth_verifier(gt_scorer, None)
+    correct = _gt_correct(answers, gts, verifier)
     scores = [1.0 if c else 0.0 for c in correct]
-    return _output(scores, _common_metrics(scores, answers, gts, gt_scorer, correct), answers, [None] * len(batch))
+    metrics = _common_metrics(scores, answers, gts, verifier, correct)
+    return _output(scores, _verify_metrics(metrics, verifier), answers, [None] * len(batch))
 
 
 def majority_voting(
-    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify"
+    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify",
+    metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
 ) -> RewardOutput:
     """Majority-Voting (TTRL / SRT): pseudo-label = majority answer of the rollouts with the same
     ``uid``; reward 1 on agreement. ``equivalence="string"`` (default) is the release."""
@@ -206,11 +244,12 @@ def majority_voting(
     answers, gts, order = _answers(batch), _ground_truth(batch), batch.rows["sample_index"]
     groups = _groups(batch.rows["uid"])
     votes = {k: _vote_in_generation_order(answers, order, idx, equivalence) for k, idx in groups.items()}
-    return _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer)
+    return _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer, metric_budget_s)
 
 
 def co_rewarding_i(
-    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify"
+    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify",
+    metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
 ) -> RewardOutput:
     """Co-rewarding-I: for each ``pair_id`` the pseudo-label of the "original" rollouts is the
     majority answer of the "rephrased" rollouts, and vice versa; reward 1 on agreement with the
@@ -230,11 +269,12 @@ def co_rewarding_i(
         if other not in own_vote:
             raise ValueError(f"co_rewarding_i: pair_id {pair_id!r} has {view!r} rollouts but no {other[1]!r} ones")
         cross_vote[(pair_id, view)] = own_vote[other]
-    return _label_rewards(answers, gts, groups, cross_vote, equivalence, gt_scorer)
+    return _label_rewards(answers, gts, groups, cross_vote, equivalence, gt_scorer, metric_budget_s)
 
 
 def co_rewarding_ii(
-    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify"
+    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify",
+    metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
 ) -> RewardOutput:
     """Co-rewarding-II: pseudo-label of a rollout = majority answer of the teacher's rollouts
     (``teacher`` rows ``uid``, ``response_text``, ``sample_index``) with the same ``uid``; reward 1
@@ -252,7 +292,7 @@ def co_rewarding_ii(
         raise ValueError(f"co_rewarding_ii: no teacher rollouts for uids {missing[:5]}")
     order = teacher.rows["sample_index"]
     votes = {k: _vote_in_generation_order(teacher_answers, order, teacher_groups[k], equivalence) for k in groups}
-    return _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer)
+    return _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer, metric_budget_s)
 
 
 def _response_mean(batch: Batch, key: str, who: str) -> torch.Tensor:
@@ -264,21 +304,27 @@ def _response_mean(batch: Batch, key: str, who: str) -> torch.Tensor:
     return masked_mean(values, batch.tensors["response_mask"].to(values.dtype), dim=-1)
 
 
-def _certainty_output(batch: Batch, scores: torch.Tensor, gt_scorer: str) -> RewardOutput:
+def _certainty_output(batch: Batch, scores: torch.Tensor, gt_scorer: str, metric_budget_s: float | None) -> RewardOutput:
     answers, gts = _answers(batch), _ground_truth(batch)
-    score_list = scores.tolist()
-    metrics = _common_metrics(score_list, answers, gts, gt_scorer)
+    verifier = ground_truth_verifier(gt_scorer, metric_budget_s)
+    metrics = _verify_metrics(_common_metrics(scores.tolist(), answers, gts, verifier), verifier)
     return RewardOutput(scores.to(torch.float32), metrics, {"answer": answers, "pseudo_label": [None] * len(batch)})
 
 
-def self_certainty(batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify") -> RewardOutput:
+def self_certainty(
+    batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify",
+    metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
+) -> RewardOutput:
     """Self-Certainty (Intuitor): masked mean over response tokens of the per-token self-certainty."""
-    return _certainty_output(batch, _response_mean(batch, "self_certainty", "self_certainty"), gt_scorer)
+    return _certainty_output(batch, _response_mean(batch, "self_certainty", "self_certainty"), gt_scorer, metric_budget_s)
 
 
-def entropy(batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify") -> RewardOutput:
+def entropy(
+    batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify",
+    metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
+) -> RewardOutput:
     """Entropy (RENT / EMPO): minus the masked mean over response tokens of the per-token entropy."""
-    return _certainty_output(batch, -_response_mean(batch, "entropy", "entropy"), gt_scorer)
+    return _certainty_output(batch, -_response_mean(batch, "entropy", "entropy"), gt_scorer, metric_budget_s)
 
 
 # ---------------------------------------------------------------------------------------------

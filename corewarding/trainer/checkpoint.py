@@ -9,13 +9,23 @@ Layout under `trainer.default_local_dir`::
 
 A checkpoint is written into `global_step_<N>.tmp/` and renamed when complete, so a crash never
 leaves a half-written `global_step_<N>/`; `latest_checkpointed_iteration.txt` is replaced atomically
-after the rename.
+after the rename. Every file, the folders and the latest file are fsynced before the rename that
+publishes them, so a power loss cannot leave `latest` naming a checkpoint whose data is not on disk.
+
+Retention (`trainer.max_actor_ckpt_to_keep`) only ever deletes checkpoints older than the one just
+saved, never that one (which `latest` names). A run never writes into a folder that holds
+checkpoints after its starting step (`check_start_step`): to go back to step N, branch into a new
+`trainer.default_local_dir` with `trainer.resume_from_path=<old run>/global_step_N`, or delete the
+later checkpoints first.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,10 +35,16 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "trainer_state.json"
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 STATE_VERSION = 1
+STEP_DIR = re.compile(r"^global_step_(\d+)$")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder cannot be used; the message says which and what to do."""
+
+
+class WorkerCheckpointError(RuntimeError):
+    """A checkpoint file could not be written or read on some worker rank; every rank raises it
+    together, with the same one-line message."""
 
 
 def step_dir(root: str | Path, step: int) -> Path:
@@ -45,22 +61,132 @@ def begin(root: str | Path, step: int) -> Path:
 
 def commit(root: str | Path, step: int, tmp: Path, state: dict[str, Any], keep: int | None = None) -> Path:
     """Write the driver state into `tmp`, rename it to global_step_<step>, point the latest file at
-    it and drop the oldest checkpoints beyond `keep`."""
-    state = {"version": STATE_VERSION, "global_step": int(step), "complete": True, **state}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
+    it and drop the oldest checkpoints beyond `keep` (never this one, never a later one). A failed
+    write (a full disk) removes `tmp` and raises `CheckpointError` naming the checkpoint still good."""
+    root = Path(root)
     final = step_dir(root, step)
-    replace_dir(tmp, final)
-    latest = Path(root) / LATEST_FILE
-    latest_tmp = latest.with_name(LATEST_FILE + ".tmp")
-    latest_tmp.write_text(str(int(step)), encoding="utf-8")
-    latest_tmp.replace(latest)
+    state = {"version": STATE_VERSION, "global_step": int(step), "complete": True, **state}
+    try:
+        write_text(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
+        fsync_dir(tmp)
+        replace_dir(tmp, final)
+        fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise save_failed(root, step, exc) from exc
+    try:
+        write_text(root / LATEST_FILE, str(int(step)))
+    except OSError as exc:  # latest still names the previous checkpoint: the new one is not used
+        shutil.rmtree(final, ignore_errors=True)
+        raise save_failed(root, step, exc) from exc
     if keep is not None and keep > 0:
-        steps = sorted(
-            int(p.name.split("_")[-1]) for p in Path(root).glob("global_step_*") if p.is_dir() and p.name.split("_")[-1].isdigit()
-        )
-        for old_step in steps[:-keep]:
-            shutil.rmtree(step_dir(root, old_step), ignore_errors=True)
+        prune(root, int(step), keep)
     return final
+
+
+def prune(root: str | Path, newest: int, keep: int) -> list[int]:
+    """Delete all but the `keep` highest checkpoints at or below step `newest` (the one just saved,
+    which is always kept); checkpoints after `newest` are never touched. Returns the steps deleted."""
+    older = [s for s in checkpoint_steps(root) if s < newest]
+    doomed = older[: max(0, len(older) - (keep - 1))]
+    for old_step in doomed:
+        shutil.rmtree(step_dir(root, old_step), ignore_errors=True)
+    return doomed
+
+
+def checkpoint_steps(root: str | Path) -> list[int]:
+    """The steps of the `global_step_<N>` folders under `root`, ascending (`.tmp` ones excluded)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name)))
+
+
+def check_start_step(root: str | Path, start: int, resumed_from: Path | None) -> None:
+    """Refuse a run that starts at step `start` in a folder holding checkpoints after it: its own
+    saves would overwrite them and retention would mix two histories."""
+    later = [s for s in checkpoint_steps(root) if s > start]
+    if not later:
+        return
+    found = f"global_step_{later[0]}" + (f" .. global_step_{later[-1]}" if len(later) > 1 else "")
+    how = (
+        f"to branch from step {start} set trainer.default_local_dir to a new folder (keep "
+        f"trainer.resume_from_path={resumed_from}), or delete the later checkpoints to go back"
+        if resumed_from is not None
+        else "resume it (trainer.resume_mode=auto), set trainer.default_local_dir to a new folder, or delete them"
+    )
+    raise CheckpointError(
+        f"trainer.default_local_dir={root} holds checkpoints after step {start} ({found}) that this run "
+        f"would overwrite: {how}"
+    )
+
+
+def save_failed(root: str | Path, step: int, reason: BaseException | str) -> CheckpointError:
+    """The one-line error of a failed save: what went wrong and which checkpoint is still good."""
+    reason = describe_error(reason) if isinstance(reason, BaseException) else str(reason)
+    try:
+        good = latest_dir(root)
+    except CheckpointError:
+        good = None
+    still = f"{good} is still good" if good is not None else "no earlier checkpoint exists"
+    return CheckpointError(f"cannot save checkpoint global_step_{int(step)} in {root}: {reason}; {still}")
+
+
+_DISK_FULL = ("No space left on device", "StorageFull", "Disk quota exceeded")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line: 'disk full: ...' for ENOSPC / EDQUOT (also when a library reports it in words,
+    as safetensors does), else the error's own text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(text.split())
+    full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if full or any(marker in text for marker in _DISK_FULL):
+        return f"disk full: {text}"
+    return text
+
+
+def fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """fsync a folder, so that the names created or renamed in it survive a power loss."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and folder under `root` (and `root` itself)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync_file(Path(folder) / name)
+        fsync_dir(folder)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Replace `path` atomically and durably: a fsynced temp file renamed over it, then the folder fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def replace_dir(new: Path, out: Path) -> None:

@@ -3,7 +3,10 @@
 `prepare_config(cfg)` returns a resolved copy of the hydra config with defaults filled in (device,
 dtype, teacher rollouts, absolute paths, the EMA switch) and raises `ConfigError` with a one-line
 message naming the key to fix for anything that would fail later (a missing model, a data file
-that does not exist, batch sizes that do not divide, an unknown reward manager, ...).
+that does not exist, batch sizes that do not divide, an unknown reward manager, ...) or train
+silently wrong (no PPO epoch, a negative clip ratio, a NaN coefficient, a misspelled loss mode,
+top_p > 1, ...). Keys kept for verl compatibility that nothing reads (`IGNORED_KEYS`) are warned
+about once when set to a non-default value.
 
 The method is chosen by `reward_model.reward_manager`; `METHODS` says what each one needs from
 the loop (paired data, an EMA teacher, per-token entropy or self-certainty, ground truth).
@@ -22,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from corewarding.algos import AGG_SCOPES
+from corewarding.algos.losses import AGG_MODES, AGG_SCOPES, KL_KINDS
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,23 @@ ALIASES = {
     "corewarding_ii": "co_rewarding_ii",
 }
 
+VOTE_EQUIVALENCES = ("string", "math")
+# verl keys that are accepted (release command lines set them) but change nothing here, and why.
+IGNORED_KEYS = {
+    "actor_rollout_ref.hybrid_engine": "actor and rollout always share each worker",
+    "actor_rollout_ref.record_entropy": "per-token entropy is always computed and logged (actor/entropy)",
+    "actor_rollout_ref.model.use_remove_padding": "padding is handled by the attention masks",
+    "actor_rollout_ref.model.use_fused_kernels": "there are no fused kernels here",
+    "actor_rollout_ref.actor.strategy": "the workers always use FSDP2",
+    "actor_rollout_ref.actor.use_torch_compile": "the model is not compiled",
+    "algorithm.gamma": "GRPO has no discounting",
+    "algorithm.lam": "GRPO has no GAE",
+    "data.tokenizer": "the tokenizer is actor_rollout_ref.model.tokenizer_path (or the model's)",
+    "data.reward_fn_key": "rewards are chosen by reward_model.reward_manager, not per data source",
+    "trainer.default_hdfs_dir": "checkpoints are written to trainer.default_local_dir only",
+    "trainer.critic_warmup": "GRPO has no critic",
+}
+_WARNED_IGNORED: set[str] = set()
 ADV_ESTIMATORS = ("grpo", "co_reward")  # co_reward (the release's I script): GRPO within each view's group
 RESUME_MODES = ("auto", "disable", "resume_path")
 LOGGERS = ("console", "wandb", "tensorboard", "jsonl")
@@ -186,6 +206,95 @@ def _check_token_budgets(cfg: DictConfig) -> None:
             )
 
 
+def _real(key: str, value: Any, low: float | None = None, high: float | None = None,
+          open_low: bool = False, open_high: bool = False) -> float:
+    """A finite number in [low, high] (an open end when asked); `ConfigError` naming `key` otherwise."""
+    low_text = "-inf" if low is None else f"{low:g}"
+    high_text = "inf" if high is None else f"{high:g}"
+    where = f"{'(' if open_low or low is None else '['}{low_text}, {high_text}{')' if open_high or high is None else ']'}"
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a number (expected one in {where})") from None
+    too_low = low is not None and (number <= low if open_low else number < low)
+    too_high = high is not None and (number >= high if open_high else number > high)
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
+    if too_low or too_high:
+        raise ConfigError(f"{key}={value!r} must be a number in {where}")
+    return number
+
+
+def _integer(key: str, value: Any, low: int | None = None) -> int:
+    number = _real(key, value, None if low is None else float(low))
+    if not number.is_integer():
+        raise ConfigError(f"{key}={value!r} must be an integer")
+    return int(number)
+
+
+def _optional_positive(key: str, value: Any) -> int | None:
+    return None if value is None else _positive(key, value)
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if str(value) not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {list(allowed)}")
+
+
+def _check_optim(optim: DictConfig) -> None:
+    key = "actor_rollout_ref.actor.optim"
+    _real(f"{key}.lr", optim.lr, 0.0, 1.0, open_low=True, open_high=True)
+    _choice(f"{key}.warmup_style", optim.warmup_style, ("cosine", "constant"))
+    betas = list(optim.betas) if isinstance(optim.betas, (list, tuple, ListConfig)) else None
+    if betas is None or len(betas) != 2:
+        raise ConfigError(f"{key}.betas={optim.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+    for beta in betas:
+        _real(f"{key}.betas", beta, 0.0, 1.0, open_high=True)
+    _real(f"{key}.eps", optim.eps, 0.0, open_low=True)
+    _real(f"{key}.weight_decay", optim.weight_decay, 0.0)
+    _real(f"{key}.lr_warmup_steps_ratio", optim.lr_warmup_steps_ratio, 0.0, 1.0)
+    _integer(f"{key}.lr_warmup_steps", optim.lr_warmup_steps, low=-1)
+    _real(f"{key}.min_lr_ratio", optim.min_lr_ratio, 0.0, 1.0)
+
+
+def _check_actor(actor: DictConfig) -> None:
+    """PPO settings that would make the update do nothing or the wrong thing."""
+    key = "actor_rollout_ref.actor"
+    _positive(f"{key}.ppo_epochs", actor.ppo_epochs)
+    _real(f"{key}.clip_ratio", actor.clip_ratio, 0.0, 1.0, open_low=True, open_high=True)
+    if actor.get("clip_ratio_low") is not None:
+        _real(f"{key}.clip_ratio_low", actor.clip_ratio_low, 0.0, 1.0, open_low=True, open_high=True)
+    if actor.get("clip_ratio_high") is not None:
+        _real(f"{key}.clip_ratio_high", actor.clip_ratio_high, 0.0, open_low=True)
+    if actor.get("clip_ratio_c") is not None:
+        _real(f"{key}.clip_ratio_c", actor.clip_ratio_c, 1.0, open_low=True)  # dual clip needs c > 1
+    _real(f"{key}.entropy_coeff", actor.entropy_coeff)
+    _real(f"{key}.kl_loss_coef", actor.kl_loss_coef, 0.0)
+    _real(f"{key}.grad_clip", actor.grad_clip if actor.grad_clip is not None else 0.0, 0.0)
+    _choice(f"{key}.loss_agg_mode", actor.loss_agg_mode, AGG_MODES)
+    _choice(f"{key}.kl_loss_type", actor.kl_loss_type, KL_KINDS)
+
+
+def _check_sampling(key: str, section: DictConfig, validation: bool = False) -> None:
+    """temperature > 0 (0 = greedy only for validation), top_p in (0, 1], top_k -1 (off) or >= 0."""
+    _real(f"{key}.temperature", section.temperature, 0.0, open_low=not validation)
+    _real(f"{key}.top_p", section.top_p, 0.0, 1.0, open_low=True)
+    _integer(f"{key}.top_k", section.top_k, low=-1)
+
+
+def _warn_ignored_keys(cfg: DictConfig) -> None:
+    """Keys kept so that verl / release command lines parse, but read by nothing here: a warning,
+    once per key and process, when one is set to something other than its default."""
+    defaults = OmegaConf.load(CONFIG_DIR / "ppo_trainer.yaml")
+    for key, why in IGNORED_KEYS.items():
+        value, default = OmegaConf.select(cfg, key), OmegaConf.select(defaults, key)
+        if value != default and key not in _WARNED_IGNORED:
+            _WARNED_IGNORED.add(key)
+            logger.warning("%s=%s is accepted for verl compatibility but ignored: %s", key, value, why)
+
+
 def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     """A resolved, checked copy of `cfg` (see the module docstring). Raises `ConfigError`."""
     try:
@@ -219,8 +328,6 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         raise ConfigError("algorithm.use_kl_in_reward=True is not supported: use actor_rollout_ref.actor.use_kl_loss=True")
     if cfg.reward_model.get("enable"):
         raise ConfigError("reward_model.enable=True (a learned reward model) is not supported: rewards are rule based")
-    if int(trainer.get("critic_warmup") or 0) != 0:
-        logger.warning("trainer.critic_warmup=%s ignored: GRPO has no critic", trainer.critic_warmup)
 
     # --- devices ----------------------------------------------------------------------------
     device = str(trainer.get("device") or "auto")
@@ -298,7 +405,7 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     # --- batch sizes ------------------------------------------------------------------------
     batch = _positive("data.train_batch_size", data.train_batch_size)
     n = _positive("actor_rollout_ref.rollout.n", rollout.n)
-    rollout.teacher_n = _positive("actor_rollout_ref.rollout.teacher_n", rollout.teacher_n or n)
+    rollout.teacher_n = n if rollout.teacher_n is None else _positive("actor_rollout_ref.rollout.teacher_n", rollout.teacher_n)
     mini = _positive("actor_rollout_ref.actor.ppo_mini_batch_size", actor.ppo_mini_batch_size)
     micro = _positive("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", actor.ppo_micro_batch_size_per_gpu)
     views = 2 if method.paired else 1
@@ -327,8 +434,7 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         section, leaf = key.split(".")
         _positive(f"actor_rollout_ref.{key}", arr[section][leaf])
     _check_token_budgets(cfg)
-    if str(actor.loss_agg_scope) not in AGG_SCOPES:
-        raise ConfigError(f"actor_rollout_ref.actor.loss_agg_scope={actor.loss_agg_scope!r}: use one of {list(AGG_SCOPES)}")
+    _choice("actor_rollout_ref.actor.loss_agg_scope", actor.loss_agg_scope, AGG_SCOPES)
     _positive("actor_rollout_ref.model.logits_chunk_size", arr.model.logits_chunk_size)
     _positive("actor_rollout_ref.rollout.val_kwargs.n", rollout.val_kwargs.n)
     if not _number(rollout.val_kwargs.temperature) >= 0.0:
@@ -347,10 +453,8 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
     param = str(sa.get("parametrisation") or "auto")
     if param not in ("auto", "paper", "release"):
         raise ConfigError(f"actor_rollout_ref.ref.sliding_average.parametrisation={param!r}: use auto, paper or release")
-    a0, a1 = float(sa.alpha_start), float(sa.alpha_end)
-    for key, value in (("alpha_start", a0), ("alpha_end", a1)):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"actor_rollout_ref.ref.sliding_average.{key}={value} must be in [0, 1]")
+    a0 = _real("actor_rollout_ref.ref.sliding_average.alpha_start", sa.alpha_start, 0.0, 1.0)
+    a1 = _real("actor_rollout_ref.ref.sliding_average.alpha_end", sa.alpha_end, 0.0, 1.0)
     if param == "auto":  # a weight below 0.5 on the teacher would make it a copy of the policy: the release's
         param = "release" if a0 < 0.5 and a1 < 0.5 else "paper"
         if param == "release" and sa.enable:
@@ -381,12 +485,20 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         _positive("trainer.total_epochs", trainer.total_epochs)
     if trainer.total_training_steps is not None:
         _positive("trainer.total_training_steps", trainer.total_training_steps)
-    if not (0 < float(actor.optim.lr) < 1):
-        raise ConfigError(f"actor_rollout_ref.actor.optim.lr={actor.optim.lr} must be in (0, 1)")
-    if str(actor.optim.warmup_style) not in ("cosine", "constant"):
-        raise ConfigError(f"actor_rollout_ref.actor.optim.warmup_style={actor.optim.warmup_style!r}: use cosine or constant")
-    if not math.isfinite(float(actor.kl_loss_coef)):
-        raise ConfigError("actor_rollout_ref.actor.kl_loss_coef must be finite")
+    for key in ("save_freq", "test_freq"):
+        if trainer.get(key) is not None:
+            _integer(f"trainer.{key}", trainer[key])
+    _optional_positive("trainer.max_actor_ckpt_to_keep", trainer.get("max_actor_ckpt_to_keep"))
+    _check_optim(actor.optim)
+    _check_actor(actor)
+    _check_sampling("actor_rollout_ref.rollout", rollout)
+    _check_sampling("actor_rollout_ref.rollout.val_kwargs", rollout.val_kwargs, validation=True)
+    _positive("actor_rollout_ref.rollout.val_kwargs.n", rollout.val_kwargs.n)
+    _real("actor_rollout_ref.rollout.gpu_memory_utilization", rollout.gpu_memory_utilization, 0.0, 1.0, open_low=True)
+    for key in ("train_max_samples", "val_max_samples", "val_batch_size"):
+        _optional_positive(f"data.{key}", data.get(key))
+    _choice("reward_model.vote_equivalence", cfg.reward_model.vote_equivalence, VOTE_EQUIVALENCES)
+    _warn_ignored_keys(cfg)
     if cfg.ray_init.get("temp_dir"):
         cfg.ray_init.temp_dir = _abs(cfg.ray_init.temp_dir)
     return cfg

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -61,6 +62,14 @@ def _mean(values) -> float:
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     mask = mask.to(torch.float32)
     return float((x.float() * mask).sum() / mask.sum().clamp(min=1.0))
+
+
+def worker_error(exc: BaseException) -> str:
+    """The one-line message of an exception a worker raised (Ray wraps it with a traceback)."""
+    cause = getattr(exc, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else exc
+    lines = str(cause).strip().splitlines()
+    return ckpt.describe_error(cause) if isinstance(cause, OSError) or not lines else lines[-1]
 
 
 def balanced_order(lengths: list[int], parts: int) -> list[int]:
@@ -394,9 +403,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
+        """Workers write into global_step_<N>.tmp, the driver commits it. A failed write anywhere (a
+        full disk) removes the .tmp folder and raises one `CheckpointError` line naming the
+        checkpoint that is still good."""
         root = self.cfg.trainer.default_local_dir
-        tmp = ckpt.begin(root, self.global_step)
-        self.workers.call_all("save_checkpoint", str(tmp))
+        try:
+            tmp = ckpt.begin(root, self.global_step)
+        except OSError as exc:
+            raise ckpt.save_failed(root, self.global_step, exc) from exc
+        try:
+            self.workers.call_all("save_checkpoint", str(tmp))
+        except Exception as exc:  # noqa: BLE001 - Ray wraps the workers' exception
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ckpt.save_failed(root, self.global_step, worker_error(exc)) from exc
         state = {
             "dataloader": self.loader.state_dict(),
             "total_training_steps": self.total_steps,
@@ -423,8 +442,7 @@ class Trainer:
         try:
             self.workers.call_all("load_checkpoint", str(path))
         except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
-            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            raise ckpt.CheckpointError(f"checkpoint {path} cannot be loaded by the workers ({first[:300]}); "
+            raise ckpt.CheckpointError(f"checkpoint {path} cannot be loaded by the workers ({worker_error(exc)[:300]}); "
                                        "delete it or resume from an earlier one") from exc
         self.global_step = int(state["global_step"])
         self.last_ema_weight = state.get("last_ema_weight")

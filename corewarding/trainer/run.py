@@ -23,20 +23,27 @@ from corewarding.trainer.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
-# Environment for a local (single machine) Ray session: no token auth, loopback only.
-LOCAL_RAY_ENV = {
+# A single-node CPU run (tests, the demo) starts Ray without token authentication: nothing but
+# loopback can reach it. Every other run keeps Ray's own authentication: a local GPU run gets the
+# token Ray generates for a new cluster, a cluster run the one its nodes were started with.
+LOCAL_CPU_RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "TOKENIZERS_PARALLELISM": "false",
 }
 
 
 def init_ray(cfg: DictConfig) -> bool:
-    """Start or join Ray; True when this call started it (and must shut it down)."""
+    """Start or join Ray; True when this call started it (and must shut it down). A run without
+    `ray_init.address` starts a single-node Ray bound to loopback (127.0.0.1)."""
     address = cfg.ray_init.get("address")
-    if not address:
-        for key, value in LOCAL_RAY_ENV.items():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    local_cpu = not address and cfg.trainer.device == "cpu"
+    if local_cpu:
+        for key, value in LOCAL_CPU_RAY_ENV.items():
             os.environ.setdefault(key, value)
+    elif os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        logger.warning("RAY_AUTH_MODE=disabled on a GPU or cluster run: anyone who can reach Ray's ports can run code "
+                       "on these nodes; unset it to keep Ray's token authentication")
     import ray
 
     if ray.is_initialized():
@@ -46,14 +53,13 @@ def init_ray(cfg: DictConfig) -> bool:
         return True
     num_cpus = cfg.ray_init.get("num_cpus")
     if num_cpus is None:
-        wanted = world_size(cfg) * int(cfg.trainer.cpus_per_worker)
-        num_cpus = max(wanted, os.cpu_count() or 1) if cfg.trainer.device == "cpu" else None
+        wanted = world_size(cfg) * int(cfg.trainer.get("cpus_per_worker") or 1)
+        num_cpus = max(wanted, os.cpu_count() or 1) if local_cpu else None
+    passed = ("TOKENIZERS_PARALLELISM", *LOCAL_CPU_RAY_ENV) if local_cpu else ("TOKENIZERS_PARALLELISM",)
     kwargs: dict[str, Any] = dict(
-        num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-        runtime_env={"env_vars": {k: os.environ[k] for k in LOCAL_RAY_ENV if k in os.environ}},
+        num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {k: os.environ[k] for k in passed if k in os.environ}},
     )
-    if cfg.trainer.device == "cpu":
-        kwargs["_node_ip_address"] = "127.0.0.1"
     if cfg.ray_init.get("temp_dir"):
         Path(cfg.ray_init.temp_dir).mkdir(parents=True, exist_ok=True)
         kwargs["_temp_dir"] = str(cfg.ray_init.temp_dir)
@@ -135,6 +141,9 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
 
     target = resume_target(cfg)
     state = ckpt.read_state(target) if target is not None else None
+    if int(cfg.trainer.save_freq or -1) > 0 or cfg.trainer.get("max_steps_this_run"):
+        start = int(state["global_step"]) if state is not None else 0
+        ckpt.check_start_step(cfg.trainer.default_local_dir, start, target)
     if state is not None and int(state.get("total_training_steps", steps)) != int(steps):
         logger.warning("resuming a run planned for %s steps with %s steps", state["total_training_steps"], steps)
 

@@ -84,7 +84,7 @@ class Tracker:
         self._wandb = None
         self._tb = None
         if "wandb" in self.loggers:
-            self._wandb = self._start_wandb(project, experiment, config)
+            self._wandb = self._start_wandb(project, experiment, config, resumed=resume_step is not None)
         if "tensorboard" in self.loggers:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -110,11 +110,14 @@ class Tracker:
         tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
         tmp.replace(self.jsonl_path)
 
-    def _start_wandb(self, project: str, experiment: str, config: Mapping[str, Any] | None):
+    def _start_wandb(self, project: str, experiment: str, config: Mapping[str, Any] | None, resumed: bool):
+        """A resumed run continues its wandb run (the id saved beside the checkpoints); a fresh run
+        gets a new id (reusing one would make wandb drop the new run's early steps)."""
         import wandb
 
         id_file = self.out_dir / "wandb_run_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
+        saved = id_file.read_text().strip() if id_file.exists() else ""
+        run_id = saved if resumed and saved else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         return wandb.init(
             project=project, name=experiment, id=run_id, resume="allow", config=dict(config or {}),

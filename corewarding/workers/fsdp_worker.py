@@ -26,13 +26,14 @@ Numerics, as verl:
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ from corewarding.workers.actor import (
     ppo_update,
 )
 from corewarding.workers.dispatch import collect, concat_rows
+from corewarding.trainer.checkpoint import WorkerCheckpointError, describe_error, fsync_dir, fsync_file, fsync_tree
 from corewarding.workers.rollout import (
     RolloutOutput,
     SamplingSettings,
@@ -63,6 +65,8 @@ from corewarding.workers.rollout import (
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.json"  # actor/optim/: param groups, scheduler, counters
+CHECKPOINT_FORMAT = 2  # 2: safetensors + JSON (1: torch.save pickles + torch.distributed.checkpoint)
 
 
 class ActorRolloutRefWorker:
@@ -511,103 +515,120 @@ class ActorRolloutRefWorker:
         return {k: v.contiguous() for k, v in state.items()}
 
     def _load_full(self, model: torch.nn.Module, file: Path) -> None:
+        """Rank 0 reads `file` (safetensors), every rank gets its shards; a file rank 0 cannot read
+        fails on every rank at once (no rank left waiting in the broadcast)."""
         from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         state: dict[str, torch.Tensor] = {}
+        error = None
         if self.rank == 0:
-            state = load_file(str(file))
+            try:
+                state = load_file(str(file))
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own kinds; all ranks must learn of it
+                error = exc
             for alias, canonical in self._aliases(model).items():
                 if alias not in state and canonical in state:
                     state[alias] = state[canonical]
+        self._agree(error, f"cannot read {file}")
         set_model_state_dict(
             model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=True)
         )
 
-    def _write_hf_folder(self, out_dir: Path, state: dict[str, torch.Tensor], with_config: bool = True) -> None:
-        from safetensors.torch import save_file
+    def _agree(self, error: BaseException | None, what: str) -> None:
+        agree_on_error(error, what, self.rank, self.world_size)
 
+    def _write_hf_folder(self, out_dir: Path, state: dict[str, torch.Tensor], with_config: bool = True) -> None:
+        """model.safetensors (+ config, generation config, tokenizer) in `out_dir`, all fsynced."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(out_dir / MODEL_FILE), metadata={"format": "pt"})
+        _save_safetensors(state, out_dir / MODEL_FILE, metadata={"format": "pt"})
         if with_config:
             self.actor.config.save_pretrained(out_dir)
             if getattr(self.actor, "generation_config", None) is not None:
                 self.actor.generation_config.save_pretrained(out_dir)
             self.tokenizer.save_pretrained(out_dir)
+        fsync_tree(out_dir)
 
     def export_hf(self, out_dir: str, which: str = "actor") -> None:
         """A plain HF folder (model.safetensors in float32, config, generation config, tokenizer)
         of the policy (`actor`) or the reference / teacher (`ref`). Call on all ranks."""
         state = self._gather_full(self._model(which))
-        if self.rank == 0:
-            self._write_hf_folder(Path(out_dir), state)
-        dist.barrier()
+        error = _attempt(lambda: self._write_hf_folder(Path(out_dir), state)) if self.rank == 0 else None
+        self._agree(error, f"export to {out_dir} failed")
 
     def save_checkpoint(self, step_dir: str) -> None:
-        """step_dir/actor/ (HF folder of the policy), actor/optim/ (optimizer via
-        torch.distributed.checkpoint, scheduler + counters in actor/optim/extra.pt),
-        ref/model.safetensors, rng/rank_<r>.pt. Call on all ranks."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
+        """step_dir/actor/ (HF folder of the policy), ref/model.safetensors, actor/optim/rank_<r>.safetensors
+        (this rank's optimizer shard) with actor/optim/state.json (param groups, scheduler,
+        counters), rng/rank_<r>.json. Only safetensors and JSON: nothing in a checkpoint is
+        unpickled, so loading one cannot run code. Every file is fsynced. Call on all ranks; a
+        write that fails on any rank (a full disk) makes every rank raise the same one-line
+        `WorkerCheckpointError` at once."""
         root = Path(step_dir)
-        rng = _rng_state(self.device) | {"rollout": self._rollout_rng}
         actor_state = self._gather_full(self.actor)
         ref_state = self._gather_full(self.ref)
-        if self.rank == 0:
-            self._write_hf_folder(root / "actor", actor_state)
-            self._write_hf_folder(root / "ref", ref_state, with_config=False)
-            (root / "actor" / "optim").mkdir(parents=True, exist_ok=True)
-            (root / "rng").mkdir(parents=True, exist_ok=True)
+        error = _attempt(lambda: self._write_models(root, actor_state, ref_state)) if self.rank == 0 else None
         del actor_state, ref_state
-        dist.barrier()
-        # An optimizer that never stepped has no state; asking DCP for it would fake a step.
+        self._agree(error, "write failed")
+        # An optimizer that never stepped has no state; asking for it would fake a step.
         has_state = bool(self.optimizer.state)
-        if has_state:
-            optim_state = {"optim": get_optimizer_state_dict(self.actor, self.optimizer)}
-            dcp.save(optim_state, checkpoint_id=str(root / "actor" / "optim"))
+        optim = self._optimizer_shard() if has_state else None
+        error = _attempt(lambda: self._write_states(root, optim, has_state))
+        self._agree(error, "write failed")
+        if self.rank == 0:  # the names the other ranks created, now that all have written
+            for folder in (root / "actor" / "optim", root / "rng"):
+                fsync_dir(folder)
+
+    def _write_models(self, root: Path, actor_state: dict[str, torch.Tensor], ref_state: dict[str, torch.Tensor]) -> None:
+        self._write_hf_folder(root / "actor", actor_state)
+        self._write_hf_folder(root / "ref", ref_state, with_config=False)
+        (root / "actor" / "optim").mkdir(parents=True, exist_ok=True)
+        (root / "rng").mkdir(parents=True, exist_ok=True)
+        fsync_dir(root)
+
+    def _optimizer_shard(self) -> dict[str, Any]:
+        """This rank's optimizer state: local tensors by "<param fqn>::<key>", JSON-able scalars, param groups."""
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        state = get_optimizer_state_dict(self.actor, self.optimizer)
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, Any] = {}
+        for fqn, entries in state["state"].items():
+            for key, value in entries.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"{fqn}::{key}"] = _local(value).detach().to("cpu").contiguous()
+                else:
+                    scalars[f"{fqn}::{key}"] = value
+        return {"tensors": tensors, "scalars": scalars, "param_groups": state["param_groups"]}
+
+    def _write_states(self, root: Path, optim: dict[str, Any] | None, has_state: bool) -> None:
+        if optim is not None:
+            _save_safetensors(optim["tensors"], root / "actor" / "optim" / f"rank_{self.rank}.safetensors")
         if self.rank == 0:
-            torch.save(
-                {
-                    "scheduler": self.lr_scheduler.state_dict(),
-                    "optimizer_has_state": has_state,
-                    "policy_version": self.policy_version,
-                    "teacher_version": self.teacher_version,
-                    "skipped_steps": self.skipped_steps,
-                    "world_size": self.world_size,
-                },
-                root / "actor" / "optim" / "extra.pt",
-            )
-        torch.save(rng, root / "rng" / f"rank_{self.rank}.pt")
-        dist.barrier()
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "scheduler": self.lr_scheduler.state_dict(),
+                "optimizer_has_state": has_state,
+                "optimizer_scalars": optim["scalars"] if optim else {},
+                "param_groups": optim["param_groups"] if optim else [],
+                "policy_version": self.policy_version,
+                "teacher_version": self.teacher_version,
+                "skipped_steps": self.skipped_steps,
+                "world_size": self.world_size,
+            }
+            _write_json(root / "actor" / "optim" / STATE_FILE, state)
+        _write_json(root / "rng" / f"rank_{self.rank}.json", _rng_to_json(self.device, self._rollout_rng))
 
     def load_checkpoint(self, step_dir: str) -> None:
         """Restore what `save_checkpoint` wrote (policy, optimizer, scheduler, reference model,
-        this rank's RNG states). Call on all ranks."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
-
+        this rank's RNG states) from safetensors and JSON only. Call on all ranks; a missing or
+        unreadable file fails on every rank together."""
         root = Path(step_dir)
-        needed = [root / "actor" / MODEL_FILE, root / "ref" / MODEL_FILE, root / "actor" / "optim" / "extra.pt"]
-        missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"checkpoint {root} is incomplete (missing {', '.join(missing)}): delete it or point "
-                "trainer.resume_from_path at a complete one"
-            )
-        extra = torch.load(root / "actor" / "optim" / "extra.pt", weights_only=False)
-        rng_file = root / "rng" / f"rank_{self.rank}.pt"
-        same_world = int(extra.get("world_size", self.world_size)) == self.world_size
-        # Every rank checks every rank's file, so that all raise together (no rank left in a collective).
-        lost = [r for r in range(self.world_size) if not (root / "rng" / f"rank_{r}.pt").exists()]
-        if same_world and lost:
-            raise FileNotFoundError(f"checkpoint {root} is incomplete (missing rng/rank_{lost[0]}.pt): delete it")
+        self._check_complete(root)
+        extra = json.loads((root / "actor" / "optim" / STATE_FILE).read_text(encoding="utf-8"))
         self._load_full(self.actor, root / "actor" / MODEL_FILE)
         self._load_full(self.ref, root / "ref" / MODEL_FILE)
         if extra["optimizer_has_state"]:
-            state = {"optim": get_optimizer_state_dict(self.actor, self.optimizer)}
-            dcp.load(state, checkpoint_id=str(root / "actor" / "optim"))
-            set_optimizer_state_dict(self.actor, self.optimizer, state["optim"])
+            self._load_optimizer_shard(root, extra)
         else:
             self.optimizer.state.clear()
         self.lr_scheduler.load_state_dict(extra["scheduler"])
@@ -617,18 +638,70 @@ class ActorRolloutRefWorker:
         self.teacher_version = int(extra["teacher_version"])
         self.skipped_steps = int(extra.get("skipped_steps", 0))
         self._engine_holds = set()
-        if same_world:
-            rng = torch.load(rng_file, weights_only=False)
-            _set_rng_state(rng, self.device)
-            self._rollout_rng = rng.get("rollout", self._rollout_rng)
-        else:  # weights and optimizer reshard; per-rank sampling streams cannot
-            logger.warning(
-                "checkpoint %s was written by %s workers, not %d: RNG states not restored",
-                root,
-                extra["world_size"],
-                self.world_size,
+        rng_file = root / "rng" / f"rank_{self.rank}.json"
+        error, rollout = None, self._rollout_rng
+        try:
+            rollout = _rng_from_json(json.loads(rng_file.read_text(encoding="utf-8")), self.device)
+        except Exception as exc:  # noqa: BLE001 - a bad file on one rank must fail all ranks together
+            error = exc
+        self._agree(error, f"cannot read {rng_file}")
+        self._rollout_rng = rollout
+
+    def _check_complete(self, root: Path) -> None:
+        """Every rank checks every rank's files, so that all raise together (none left in a collective)."""
+        optim = root / "actor" / "optim"
+        if not (optim / STATE_FILE).exists() and (optim / "extra.pt").exists():
+            raise FileNotFoundError(
+                f"checkpoint {root} was written by an older version in a pickle format, which is not loaded "
+                "(unpickling a file can run code): resume from a checkpoint written by this version"
             )
-        dist.barrier()
+        needed = [root / "actor" / MODEL_FILE, root / "ref" / MODEL_FILE, optim / STATE_FILE]
+        needed += [root / "rng" / f"rank_{r}.json" for r in range(self.world_size)]
+        missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"checkpoint {root} is incomplete (missing {', '.join(missing[:3])}): delete it or point "
+                "trainer.resume_from_path at a complete one"
+            )
+        extra = json.loads((optim / STATE_FILE).read_text(encoding="utf-8"))
+        if extra.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {root} has format {extra.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
+        if int(extra.get("world_size", -1)) != self.world_size:
+            raise ValueError(
+                f"checkpoint {root} holds optimizer shards of {extra.get('world_size')} workers, this run has "
+                f"{self.world_size}: resume with the same trainer.nnodes x trainer.n_gpus_per_node"
+            )
+        if extra["optimizer_has_state"]:
+            lost = [r for r in range(self.world_size) if not (optim / f"rank_{r}.safetensors").exists()]
+            if lost:
+                raise FileNotFoundError(f"checkpoint {root} is incomplete (missing actor/optim/rank_{lost[0]}.safetensors)")
+
+    def _load_optimizer_shard(self, root: Path, extra: dict[str, Any]) -> None:
+        """Fill this rank's optimizer state, in place, from its shard (same world size, same sharding)."""
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+        state = get_optimizer_state_dict(self.actor, self.optimizer)  # the layout, with local shards to fill
+        shard_file = root / "actor" / "optim" / f"rank_{self.rank}.safetensors"
+        error = None
+        try:
+            shard = load_file(str(shard_file))
+            for fqn, entries in state["state"].items():
+                for key, value in entries.items():
+                    name = f"{fqn}::{key}"
+                    if isinstance(value, torch.Tensor):
+                        _local(value).copy_(shard[name])
+                    else:
+                        entries[key] = extra["optimizer_scalars"][name]
+        except Exception as exc:  # noqa: BLE001 - a bad shard on one rank must fail all ranks together
+            error = exc
+        self._agree(error, f"cannot read {shard_file}")
+        groups = extra["param_groups"]
+        for group in groups:
+            if isinstance(group.get("betas"), list):
+                group["betas"] = tuple(group["betas"])
+        state["param_groups"] = groups
+        set_optimizer_state_dict(self.actor, self.optimizer, state)
 
     # -------------------------------------------------------------- helpers
     def get_versions(self) -> dict[str, int]:
@@ -643,19 +716,73 @@ class ActorRolloutRefWorker:
             dist.destroy_process_group()
 
 
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+def _rng_to_json(device: torch.device, rollout: torch.Tensor) -> dict[str, Any]:
+    """The trainer's RNG states (random, numpy, torch, cuda) and the rollout stream as plain JSON."""
+    version, python_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(python_state), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+        "rollout": rollout.tolist(),
+    }
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
     return state
 
 
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+def _rng_from_json(state: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Set the trainer's RNGs from `_rng_to_json`'s output; returns the rollout stream's state."""
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
+    return torch.tensor(state["rollout"], dtype=torch.uint8)
+
+
+def agree_on_error(error: BaseException | None, what: str, rank: int, world_size: int) -> None:
+    """Every rank learns whether any rank failed (one all-gather of the error texts, where the
+    ranks would otherwise wait at a barrier), then all raise the same one-line
+    `WorkerCheckpointError` together, instead of the others hanging until the distributed timeout."""
+    text = None if error is None else f"{what} on rank {rank}: {describe_error(error)}"
+    texts: list[str | None] = [text]
+    if world_size > 1:
+        texts = [None] * world_size
+        dist.all_gather_object(texts, text)
+    failed = [t for t in texts if t]
+    if failed:
+        more = f" (and on {len(failed) - 1} more ranks)" if len(failed) > 1 else ""
+        raise WorkerCheckpointError(failed[0] + more)
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, fsynced; its errors (it reports a full disk in words) name the file."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not an OSError
+        raise RuntimeError(f"{path}: {exc}") from exc
+    fsync_file(path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _attempt(write: Callable[[], Any]) -> BaseException | None:
+    """Run `write`; the exception it raised (any kind: all ranks must hear of it), else None."""
+    try:
+        write()
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
 
 
 def gather_group_prompts(

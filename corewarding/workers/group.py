@@ -33,6 +33,12 @@ def _rendezvous(loopback: bool) -> tuple[str, int]:
     return address, _free_port()
 
 
+def uses_loopback(config: dict) -> bool:
+    """Rendezvous on 127.0.0.1: a single node with a Ray session of its own (no ray_init.address),
+    which `init_ray` binds to loopback too; a cluster uses rank 0's node address."""
+    return int(config["trainer"].get("nnodes", 1)) == 1 and not (config.get("ray_init") or {}).get("address")
+
+
 class RayWorkerGroup:
     def __init__(self, config: dict, worker_cls: type = ActorRolloutRefWorker) -> None:
         trainer = config["trainer"]
@@ -58,7 +64,7 @@ class RayWorkerGroup:
                 f"Lower trainer.n_gpus_per_node / trainer.nnodes or add {unit}."
             ) from exc
 
-        loopback = not self.on_gpu and self.nnodes == 1
+        loopback = uses_loopback(config)
         first_bundle = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=0)
         master_addr, master_port = ray.get(_rendezvous.options(scheduling_strategy=first_bundle).remote(loopback))
         remote_cls = ray.remote(worker_cls)
