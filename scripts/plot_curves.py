@@ -5,10 +5,11 @@
         maj=checkpoints/co-rewarding/maj/metrics.jsonl --out figs/curves.png
     python scripts/plot_curves.py checkpoints/co-rewarding/*/metrics.jsonl   # names from the folders
 
-Panels (a panel no run has data for is left out): validation accuracy, reward, pseudo-label
-accuracy (vs the ground truth), entropy, response length; x axis: training step; one line per run
-(per validation data source when a run logs several). A run dir may be given instead of its
-metrics.jsonl.
+Panels (a panel no run has data for is left out): validation accuracy (with a +-1 standard-error
+band where `val/acc_se` is logged), reward, pseudo-label accuracy (vs the ground truth; for a method
+without pseudo-labels, the accuracy of its groups' majority answer), majority ratio, distinct answers
+per group, entropy, response length; x axis: training step; one line per run (per validation data
+source when a run logs several). A run dir may be given instead of its metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ from typing import Any
 PANELS: list[tuple[str, tuple[str, ...]]] = [
     ("validation accuracy", (r"^val/acc$", r"^val[-/].*(acc|score|reward/mean)[^/]*$", r"^val.*acc")),
     ("reward", (r"^reward/mean$", r"^critic/score/mean$", r"^critic/rewards/mean$", r"^reward$")),
-    ("pseudo-label accuracy", (r"^reward/pseudo_label_acc$", r"pseudo_label.*acc")),
+    # label-free methods without a pseudo-label: the accuracy of their groups' vote (maj@n)
+    ("pseudo-label accuracy", (r"^reward/pseudo_label_acc$", r"pseudo_label.*acc", r"^monitor/majority_acc$")),
+    ("majority ratio", (r"^monitor/majority_ratio$", r"^reward/majority_ratio$")),
+    ("distinct answers per group", (r"^monitor/distinct_answers$",)),
     ("entropy", (r"^actor/entropy$", r"^actor/entropy.*mean", r"(^|/)entropy$")),
     ("response length", (r"^response_length/mean$", r"response_length.*mean", r"^response_length$")),
 ]
+SE_SUFFIX = "_se"  # a metric `k` with a `k_se` beside it is drawn with a +-1 standard-error band
 STEP_KEYS = ("step", "global_step", "_step", "training/global_step")
 
 
@@ -84,7 +89,7 @@ def series(entries: list[dict[str, Any]], patterns: tuple[str, ...]) -> dict[str
                 keys.append(key)
     for pattern in patterns:
         regex = re.compile(pattern)
-        matched = [k for k in keys if regex.search(k)]
+        matched = [k for k in keys if regex.search(k) and not k.endswith(SE_SUFFIX)]
         out = {}
         for key in matched:
             points: dict[float, float] = {}
@@ -125,7 +130,9 @@ def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothi
             found = series(entries, patterns)
             for key, (steps, values) in found.items():
                 label = name if len(found) == 1 else f"{name} ({key})"
-                lines.append((label, steps, values))
+                errors = series(entries, (f"^{re.escape(key + SE_SUFFIX)}$",)).get(key + SE_SUFFIX)
+                band = errors[1] if errors is not None and errors[0] == steps else None
+                lines.append((label, steps, values, band))
         if lines:
             panels.append((panel_title, lines))
     if not panels:
@@ -135,9 +142,14 @@ def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothi
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows), squeeze=False)
     for ax, (panel_title, lines) in zip(axes.flat, panels):
-        for label, steps, values in lines:
+        for label, steps, values, band in lines:
             sparse = len(steps) <= 30
-            ax.plot(steps, smooth(values, smoothing), label=label, marker="o" if sparse else None, markersize=3, linewidth=1.5)
+            drawn = ax.plot(steps, smooth(values, smoothing), label=label, marker="o" if sparse else None, markersize=3,
+                            linewidth=1.5)
+            if band is not None:
+                low = [v - e for v, e in zip(values, band)]
+                high = [v + e for v, e in zip(values, band)]
+                ax.fill_between(steps, low, high, color=drawn[0].get_color(), alpha=0.15, linewidth=0)
         ax.set_title(panel_title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

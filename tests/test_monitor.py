@@ -1,0 +1,70 @@
+"""The collapse monitor on hand-made rollouts and metric series."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from corewarding.trainer.monitor import CollapseMonitor, CollapseRules, group_metrics
+
+
+def test_group_metrics_by_hand():
+    answers = ["5", "5", "7", None, "3", "3", "3", "3", "1", "2", "4", "8"]
+    uids = ["a"] * 4 + ["b"] * 4 + ["c"] * 4
+    truths = ["5"] * 4 + ["4"] * 4 + [None] * 4
+    scores = [1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 0, 0]
+    m = group_metrics(answers, uids, truths, scores)
+    assert m["monitor/majority_ratio"] == pytest.approx((2 / 4 + 4 / 4 + 1 / 4) / 3)
+    assert m["monitor/distinct_answers"] == pytest.approx((2 + 1 + 4) / 3)
+    assert m["monitor/zero_adv_groups"] == pytest.approx(1 / 3)  # group b: all rewards 1
+    assert m["monitor/majority_acc"] == pytest.approx(1 / 2)  # a right (5), b wrong (3 vs 4), c has no truth
+    assert "monitor/majority_acc" not in group_metrics(["1"], ["x"], [None], [0.0])
+
+
+def feed(monitor: CollapseMonitor, series: dict[str, list[float]]) -> list[float]:
+    flags = []
+    for step in range(len(next(iter(series.values())))):
+        metrics = {key: values[step] for key, values in series.items()}
+        monitor.update(step + 1, metrics)
+        flags.append(metrics["monitor/collapse"])
+    return flags
+
+
+def test_consensus_without_correctness_fires_once_with_a_warning(caplog):
+    """Majority voting collapsing: agreement rises to 1 while the pseudo-labels get worse."""
+    series = {
+        "monitor/majority_ratio": [0.4, 0.5, 0.7, 0.9, 1.0, 1.0, 1.0, 1.0],
+        "reward/pseudo_label_acc": [0.30, 0.35, 0.35, 0.30, 0.20, 0.10, 0.05, 0.0],
+        "reward/mean": [0.3, 0.4, 0.6, 0.8, 0.95, 1.0, 1.0, 1.0],
+        "reward/gt_acc": [0.20, 0.25, 0.25, 0.20, 0.10, 0.05, 0.0, 0.0],
+        "actor/entropy": [1.5, 1.4, 1.2, 0.9, 0.6, 0.4, 0.2, 0.1],
+    }
+    monitor = CollapseMonitor(CollapseRules(window=2))
+    with caplog.at_level(logging.WARNING, logger="corewarding.trainer.monitor"):
+        flags = feed(monitor, series)
+    assert flags[:4] == [0.0] * 4 and flags[-1] == 1.0
+    assert monitor.first_step == flags.index(1.0) + 1
+    assert set(monitor.signs()) == {"consensus without correctness", "reward up, truth down", "entropy collapse"}
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 3 and all("sign of reward hacking" in w for w in warnings)
+
+
+def test_healthy_learning_raises_nothing():
+    """GT-reward learning: reward and accuracy rise together, entropy falls moderately."""
+    series = {
+        "monitor/majority_ratio": [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.95],
+        "monitor/majority_acc": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.8],
+        "reward/mean": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.8],
+        "reward/gt_acc": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.8],
+        "actor/entropy": [1.5, 1.4, 1.3, 1.2, 1.1, 1.0, 0.9, 0.9],
+    }
+    monitor = CollapseMonitor(CollapseRules(window=2))
+    assert feed(monitor, series) == [0.0] * 8 and monitor.first_step is None
+
+
+def test_entropy_collapse_alone():
+    monitor = CollapseMonitor(CollapseRules(window=2, entropy_fraction=0.2))
+    flags = feed(monitor, {"actor/entropy": [1.0, 0.8, 0.5, 0.2, 0.1, 0.1]})
+    assert flags == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # step 5: the mean of (0.2, 0.1) is below 0.2 x 1.0
+    assert set(monitor.signs()) == {"entropy collapse"}
