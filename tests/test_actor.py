@@ -19,7 +19,13 @@ from corewarding.workers.actor import (
     install_token_stats,
     ppo_update,
 )
-from corewarding.workers.packing import packed_inputs, padded_inputs, scatter_to_rows, token_budget_groups
+from corewarding.workers.packing import (
+    packed_inputs,
+    padded_inputs,
+    scatter_to_rows,
+    shared_prefix_inputs,
+    token_budget_groups,
+)
 
 TEMPERATURE = 0.8
 CPU = torch.device("cpu")
@@ -94,14 +100,29 @@ def test_packed_and_padded_inputs_point_at_the_same_tokens():
     assert torch.equal(rows[mask.bool()], values) and rows[~mask.bool()].abs().sum() == 0
 
 
-@pytest.mark.parametrize("remove_padding", [False, True])
-def test_forward_token_stats_and_gradients_match_full_logits(model_path, remove_padding):
-    """Packed or padded, with the chunked output embedding: log-probs, entropies and the gradients
-    of a loss on both equal the plain full-logits forward of the padded rows."""
+LAYOUTS = ["padded", "packed", "shared_prefix"]
+
+
+def with_repeated_prompts(batch: Batch, repeats: int = 3) -> Batch:
+    """Rows 0 .. N-1 with every prompt used by `repeats` consecutive rows (responses unchanged), as a
+    GRPO micro-batch holds several rollouts of one prompt."""
+    width = batch["input_ids"].shape[1] - batch["responses"].shape[1]
+    source = [i - i % repeats for i in range(len(batch))]
+    ids, attention = batch["input_ids"].clone(), batch["attention_mask"].clone()
+    ids[:, :width], attention[:, :width] = ids[source, :width], attention[source, :width]
+    return Batch({**batch.tensors, "input_ids": ids, "attention_mask": attention,
+                  "position_ids": (attention.cumsum(1) - 1).clamp(min=0)})
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout):
+    """Padded, packed or with shared prompts, with the chunked output embedding: log-probs,
+    entropies and the gradients of a loss on both equal the plain full-logits forward of the padded
+    rows (rows with repeated prompts, so that shared_prefix shares them)."""
     model = load(model_path)
-    batch = ragged_rollouts(seed=2)
+    batch = with_repeated_prompts(ragged_rollouts(seed=2))
     weights = torch.randn(batch["responses"].shape, generator=torch.Generator().manual_seed(3))
-    stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, remove_padding, chunk_size=5))
+    stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, layout, chunk_size=5))
     ((stats.log_probs * weights).sum() + (stats.entropy * weights).sum()).backward()
     got = grads(model)
     model.zero_grad()
@@ -113,6 +134,27 @@ def test_forward_token_stats_and_gradients_match_full_logits(model_path, remove_
     assert set(got) == set(expected)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=2e-5, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_shared_prefix_inputs_hold_each_prompt_once():
+    batch = with_repeated_prompts(ragged_rollouts(seed=11))  # rows 0-2 share a prompt, rows 3-5 another
+    mask = batch["response_mask"]
+    packed = packed_inputs(batch["input_ids"], batch["attention_mask"], mask)
+    shared = shared_prefix_inputs(batch["input_ids"], batch["attention_mask"], mask)
+    prompt_width = batch["input_ids"].shape[1] - mask.shape[1]
+    prompt_tokens = batch["attention_mask"][:, :prompt_width].sum(1)
+    assert shared.input_ids.shape[1] == packed.input_ids.shape[1] - int(prompt_tokens[[1, 2, 4, 5]].sum())
+    assert torch.equal(shared.targets, packed.targets)
+    # the predicting token of each target is the same token in both layouts
+    assert torch.equal(shared.input_ids[0][shared.target_positions], packed.input_ids[0][packed.target_positions])
+    visible = shared.attention_mask[0, 0]
+    assert visible.shape == (shared.input_ids.shape[1],) * 2 and not visible.triu(1).any()  # causal
+    # the first response (row 0) starts right after its prompt; row 1's response cannot see row 0's
+    start0 = int(prompt_tokens[0])
+    length0 = int(mask[0].sum())
+    start1 = start0 + length0
+    assert visible[start1, :start0].all() and not visible[start1, start0:start1].any()
+    assert shared.position_ids[0, start1] == prompt_tokens[0]  # each response continues its prompt's positions
 
 
 def test_token_budget_groups():
@@ -128,7 +170,7 @@ def test_token_budget_groups():
 # ------------------------------------------------------------------------------- update
 def settings(**changes) -> PPOSettings:
     base = PPOSettings(
-        forward=ForwardSettings(TEMPERATURE, remove_padding=True, chunk_size=7), mini_batch_size=6,
+        forward=ForwardSettings(TEMPERATURE, layout="packed", chunk_size=7), mini_batch_size=6,
         micro_batch_rows=2, use_kl_loss=True, kl_loss_coef=0.1, entropy_coeff=0.01, grad_clip=0.0,
     )
     return dataclasses.replace(base, **changes)
@@ -200,13 +242,13 @@ def test_token_budget_micro_batches_give_the_same_update(model_path):
     assert_same_update(fixed, budget)
 
 
-@pytest.mark.parametrize("remove_padding", [False, True])
-def test_on_policy_shortcut_equals_the_two_pass_update(model_path, remove_padding):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_on_policy_shortcut_equals_the_two_pass_update(model_path, layout):
     """No old_log_probs: the old log-probs are the update's own (detached) ones. Loss, gradients and
     metrics equal the update given old log-probs from a separate pass; the log-probs and entropies
     of the forward come back."""
-    ppo = settings(forward=ForwardSettings(TEMPERATURE, remove_padding, chunk_size=7))
-    batch = ragged_rollouts(seed=8)
+    ppo = settings(forward=ForwardSettings(TEMPERATURE, layout, chunk_size=7))
+    batch = with_repeated_prompts(ragged_rollouts(seed=8))
     shortcut = one_update(model_path, batch, ppo)
     two_pass = one_update(model_path, with_old_log_probs(model_path, batch), ppo)
     assert_same_update(shortcut, two_pass)
@@ -235,3 +277,35 @@ def test_compute_token_stats_keeps_row_order_with_a_token_budget(model_path):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     logp, _ = full_logits_stats(model, batch)
     torch.testing.assert_close(fixed.log_probs, logp.detach(), atol=2e-5, rtol=0)
+
+
+def test_per_view_loss_is_the_sum_of_each_views_loss(model_path):
+    """Co-rewarding-I's release form (co_reward_loss=per_view, loss_agg_scope=micro_batch): the rows
+    of each view form their own micro-batches, each aggregated on its own, and the views add up:
+    (L_original + L_rephrased) / grad_accum over paired micro-batches. Logged per view."""
+    batch = with_old_log_probs(model_path, ragged_rollouts(seed=12), noise=0.3)
+    batch = Batch({**batch.tensors, "view_id": torch.tensor([0, 1, 0, 1, 0, 1])})
+    ppo = settings(per_view_loss=True, loss_scope="micro_batch", micro_batch_rows=1, entropy_coeff=0.0,
+                   use_kl_loss=False)
+    result, step = one_update(model_path, batch, ppo)
+    model = load(model_path)
+    views = {0: [0, 2, 4], 1: [1, 3, 5]}
+    per_view = {}
+    for view, rows in views.items():
+        total = 0.0
+        for row in rows:  # one-row micro-batches: grad_accum = 3 per view
+            mb = batch.select([row])
+            logp, _ = full_logits_stats(model, mb)
+            pg, _ = policy_loss(logp, mb["old_log_probs"], mb["advantages"], mb["response_mask"])
+            (pg / len(rows)).backward()
+            total += float(pg.detach()) / len(rows)
+        per_view[view] = total
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(step[name], p.grad, atol=1e-6, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+    assert result.metrics["actor/pg_loss_ori"] == pytest.approx(per_view[0], abs=1e-6)
+    assert result.metrics["actor/pg_loss_aug"] == pytest.approx(per_view[1], abs=1e-6)
+    assert result.metrics["actor/pg_loss"] == pytest.approx(per_view[0] + per_view[1], abs=1e-6)
+    joint = one_update(model_path, batch, settings(loss_scope="micro_batch", micro_batch_rows=1, entropy_coeff=0.0,
+                                                   use_kl_loss=False))
+    assert "actor/pg_loss_ori" not in joint[0].metrics
+    assert not torch.allclose(joint[1]["model.norm.weight"], step["model.norm.weight"])  # the joint form differs

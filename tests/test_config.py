@@ -113,12 +113,13 @@ def test_run_scripts_parse(script, model, data):
 
 
 def release_preset_values(cfg) -> tuple:
-    val = cfg.actor_rollout_ref.rollout.val_kwargs
-    return cfg.data.p, cfg.reward_model.gt_scorer, cfg.reward_model.vote_equivalence, val.do_sample, val.n
+    val, actor = cfg.actor_rollout_ref.rollout.val_kwargs, cfg.actor_rollout_ref.actor
+    return (cfg.data.p, cfg.reward_model.gt_scorer, cfg.reward_model.vote_equivalence, val.do_sample, val.n,
+            actor.co_reward_loss, actor.loss_agg_scope)
 
 
-OURS = (1.0, "math_verify", "string", True, 1)
-RELEASE = (1.0, "hendrycks", "string", False, 1)
+OURS = (1.0, "math_verify", "string", True, 1, "joint", "mini_batch")
+RELEASE = (1.0, "hendrycks", "string", False, 1, "per_view", "micro_batch")
 
 
 def test_release_preset(model, data):
@@ -446,9 +447,18 @@ def test_the_entry_point_does_not_switch_off_ray_auth():
 
 
 def test_balanced_order():
-    lengths = [100, 1, 90, 2, 80, 3, 70, 4]
-    order = balanced_order(lengths, 2)
-    assert sorted(order) == list(range(8))
-    halves = [sum(lengths[i] for i in order[:4]), sum(lengths[i] for i in order[4:])]
-    assert abs(halves[0] - halves[1]) <= 30
-    assert balanced_order([1, 2, 3], 2) == [0, 1, 2]
+    """Whole groups to each worker, equal group counts, similar token totals; with kinds, as many
+    groups of each kind per worker; an unequal split keeps the order."""
+    lengths = [100, 100, 1, 1, 90, 90, 2, 2, 80, 80, 3, 3, 70, 70, 4, 4]
+    groups = [i // 2 for i in range(16)]  # 8 groups of 2 rows
+    order = balanced_order(lengths, groups, 2)
+    assert sorted(order) == list(range(16))
+    assert all(order[i] // 2 == order[i + 1] // 2 for i in range(0, 16, 2))  # a group stays together
+    halves = [sum(lengths[i] for i in order[:8]), sum(lengths[i] for i in order[8:])]
+    assert abs(halves[0] - halves[1]) <= 60
+    kinds = [0] * 8 + [1] * 8  # the first 4 groups of one kind, the last 4 of another
+    order = balanced_order(lengths, groups, 2, kinds)
+    for half in (order[:8], order[8:]):
+        assert [kinds[i] for i in half] == [0] * 4 + [1] * 4
+    assert balanced_order([1, 2, 3], ["a", "b", "c"], 2) == [0, 1, 2]
+    assert balanced_order([5, 5, 1, 1], ["a", "a", "b", "b"], 1) == [0, 1, 2, 3]

@@ -306,3 +306,21 @@ def test_validation_with_the_release_preset(tiny_model_path, data, tmp_path):
     assert (ours_call["sampling"].temperature, ours_call["sampling"].n) == (0.8, 2) and not ours_call["sampling"].greedy
     assert release_call["sampling"].greedy and release_call["sampling"].n == 2 and release_call["sampling"].top_p == 1.0
     assert ours["val/acc"] == 1.0 and release["val/acc"] == 0.0
+
+
+def test_per_view_loss_gives_every_worker_both_views_and_monitor_metrics(tiny_model_path, data, tmp_path):
+    """co_reward_loss=per_view: rows carry view_id, and each worker's share holds as many groups of
+    each view (the release pairs micro-batches of the two views); whole groups stay on one worker.
+    Every step logs the collapse monitor's metrics."""
+    trainer, workers, _ = make_trainer(tiny_model_path, data, tmp_path, "co_reward",
+                                       "actor_rollout_ref.actor.co_reward_loss=per_view")
+    (metrics,) = run_steps(trainer, 1)
+    update = workers.updates[0]
+    for share in update.chunk(2):
+        assert sorted(share["view_id"].tolist()) == [0] * N + [1] * N
+        uids = share.rows["uid"]
+        assert all(uids.count(u) == N for u in uids)  # whole groups
+    for key in ("monitor/majority_ratio", "monitor/distinct_answers", "monitor/zero_adv_groups", "monitor/collapse"):
+        assert key in metrics
+    assert metrics["monitor/majority_ratio"] == pytest.approx((2 / 4 + 3 / 4) / 2)  # originals 5,5,7,8; rephrased 9,9,9,5
+    assert metrics["monitor/zero_adv_groups"] == pytest.approx(0.5)  # the originals all score 0

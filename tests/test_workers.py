@@ -313,7 +313,7 @@ def test_update_actor_entropy_loss_only_with_a_bonus(tiny_model_path):
 
     config = make_config(tiny_model_path, **{"actor_rollout_ref.actor.entropy_coeff": 0.0})
     worker = ActorRolloutRefWorker(config, rank=0, world_size=1)
-    worker.actor = load_plain(tiny_model_path)
+    worker.actor, worker.attn_impl = load_plain(tiny_model_path), "sdpa"
     install_token_stats(worker.actor)
     worker.optimizer = torch.optim.AdamW(worker.actor.parameters(), lr=LR)
     worker.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(worker.optimizer, lambda step: 1.0)

@@ -80,7 +80,6 @@ VOTE_EQUIVALENCES = ("string", "math")
 IGNORED_KEYS = {
     "actor_rollout_ref.hybrid_engine": "actor and rollout always share each worker",
     "actor_rollout_ref.record_entropy": "per-token entropy is always computed and logged (actor/entropy)",
-    "actor_rollout_ref.model.use_remove_padding": "padding is handled by the attention masks",
     "actor_rollout_ref.model.use_fused_kernels": "there are no fused kernels here",
     "actor_rollout_ref.actor.strategy": "the workers always use FSDP2",
     "actor_rollout_ref.actor.use_torch_compile": "the model is not compiled",
@@ -435,7 +434,13 @@ def prepare_config(cfg: DictConfig, check_paths: bool = True) -> DictConfig:
         _positive(f"actor_rollout_ref.{key}", arr[section][leaf])
     _check_token_budgets(cfg)
     _choice("actor_rollout_ref.actor.loss_agg_scope", actor.loss_agg_scope, AGG_SCOPES)
+    _choice("actor_rollout_ref.actor.co_reward_loss", actor.co_reward_loss, ("joint", "per_view"))
+    monitor = trainer.collapse_monitor
+    _positive("trainer.collapse_monitor.window", monitor.window)
+    for key in ("drop", "consensus", "entropy_fraction"):
+        _real(f"trainer.collapse_monitor.{key}", monitor[key], 0.0, 1.0)
     _positive("actor_rollout_ref.model.logits_chunk_size", arr.model.logits_chunk_size)
+    _choice("actor_rollout_ref.model.share_prompt_prefix", arr.model.share_prompt_prefix, ("auto", "True", "False"))
     _positive("actor_rollout_ref.rollout.val_kwargs.n", rollout.val_kwargs.n)
     if not _number(rollout.val_kwargs.temperature) >= 0.0:
         raise ConfigError(f"actor_rollout_ref.rollout.val_kwargs.temperature={rollout.val_kwargs.temperature} must be >= 0")

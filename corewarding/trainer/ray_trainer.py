@@ -28,7 +28,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Hashable, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,8 +37,10 @@ from corewarding.algos import ema_weight, grpo_advantages, kl_penalty, spread_ov
 from corewarding.batch import Batch
 from corewarding.data import left_pad, user_content
 from corewarding.rewards import extract_boxed_answer, get_reward_fn
+from corewarding.rewards.functions import VIEWS
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.config import Method
+from corewarding.trainer.monitor import CollapseMonitor, CollapseRules, group_metrics
 from corewarding.trainer.tracking import Tracker, dump_rollouts
 
 logger = logging.getLogger(__name__)
@@ -59,6 +61,19 @@ def _mean(values) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
+def standard_error_over_questions(scores: list[float], questions: list[str]) -> float:
+    """The standard error of the mean score, with questions as the unit (the samples of one question
+    are not independent): std of the per-question means / sqrt(number of questions)."""
+    per_question: dict[str, list[float]] = {}
+    for score, question in zip(scores, questions):
+        per_question.setdefault(question, []).append(score)
+    means = [sum(v) / len(v) for v in per_question.values()]
+    if len(means) < 2:
+        return 0.0
+    mean = sum(means) / len(means)
+    return math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1) / len(means))
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     mask = mask.to(torch.float32)
     return float((x.float() * mask).sum() / mask.sum().clamp(min=1.0))
@@ -72,20 +87,32 @@ def worker_error(exc: BaseException) -> str:
     return ckpt.describe_error(cause) if isinstance(cause, OSError) or not lines else lines[-1]
 
 
-def balanced_order(lengths: list[int], parts: int) -> list[int]:
-    """A permutation of the rows such that consecutive equal chunks (one per worker) carry similar
-    token totals: longest rows first, each to the lightest part that still has room."""
-    n = len(lengths)
-    if parts <= 1 or n % parts:
-        return list(range(n))
-    size = n // parts
-    buckets: list[list[int]] = [[] for _ in range(parts)]
-    totals = [0] * parts
-    for i in sorted(range(n), key=lambda r: (-lengths[r], r)):
-        k = min((p for p in range(parts) if len(buckets[p]) < size), key=lambda p: (totals[p], p))
-        buckets[k].append(i)
-        totals[k] += lengths[i]
-    return [i for bucket in buckets for i in sorted(bucket)]
+def balanced_order(lengths: list[int], groups: list[Hashable], parts: int, kinds: list[int] | None = None) -> list[int]:
+    """A permutation of the rows for `parts` workers (consecutive equal chunks): the rows of a group
+    (one prompt's rollouts) stay together and in order, so that the workers can share their prompt;
+    every worker gets as many groups (and, with `kinds` such as the view of each row, as many groups
+    of each kind, in kind order) and a similar number of tokens: heaviest group first, each to the
+    lightest worker that still has room. Without an equal split the order is left as it is."""
+    units: dict[Hashable, list[int]] = {}
+    for row, group in enumerate(groups):
+        units.setdefault(group, []).append(row)
+    by_kind: dict[int, list[list[int]]] = {}
+    for rows in units.values():
+        by_kind.setdefault(kinds[rows[0]] if kinds is not None else 0, []).append(rows)
+    if parts <= 1 or any(len(kind_units) % parts for kind_units in by_kind.values()):
+        return [row for rows in units.values() for row in rows]
+    buckets: list[list[list[int]]] = [[] for _ in range(parts)]
+    for kind in sorted(by_kind):
+        kind_units, per_part = by_kind[kind], len(by_kind[kind]) // parts
+        assigned: list[list[list[int]]] = [[] for _ in range(parts)]
+        totals = [0] * parts
+        for rows in sorted(kind_units, key=lambda u: (-sum(lengths[r] for r in u), u[0])):
+            k = min((p for p in range(parts) if len(assigned[p]) < per_part), key=lambda p: (totals[p], p))
+            assigned[k].append(rows)
+            totals[k] += sum(lengths[r] for r in rows)
+        for part, chosen in zip(buckets, assigned):
+            part.extend(sorted(chosen, key=lambda u: u[0]))
+    return [row for part in buckets for rows in part for row in rows]
 
 
 class Trainer:
@@ -127,6 +154,8 @@ class Trainer:
         on_policy = (bool(actor.on_policy_shortcut) and int(actor.ppo_epochs) == 1
                      and int(actor.ppo_mini_batch_size) == int(cfg.data.train_batch_size))
         self.policy_pass_needed = not on_policy or method.needs_token_stats
+        self.per_view_loss = method.paired and str(actor.co_reward_loss) == "per_view"
+        self.monitor = CollapseMonitor(CollapseRules(**OmegaConf.to_container(cfg.trainer.collapse_monitor)))
         self.last_ema_weight: float | None = None
 
     # ------------------------------------------------------------------ worker calls
@@ -224,9 +253,14 @@ class Trainer:
                 teacher_rollouts = self._generate(teacher_prompts, use_teacher=True)
             self._absorb_worker_timing(teacher_rollouts, timing, prefix="teacher_")
 
-        # balance: every worker gets a similar number of tokens (rewards group by ids, not position)
+        # balance: every worker gets whole groups and a similar number of tokens (rewards group by ids,
+        # not position); Co-rewarding-I's per-view loss pairs each worker's micro-batches of the two
+        # views, so every worker gets as many groups of each view
         lengths = rollouts.tensors["attention_mask"].sum(-1).tolist()
-        rollouts = rollouts.select(balanced_order(lengths, self.world_size))
+        if self.method.paired:
+            rollouts.tensors["view_id"] = torch.tensor([VIEWS.index(v) for v in rollouts.rows["view"]])
+        kinds = rollouts.tensors["view_id"].tolist() if self.per_view_loss else None
+        rollouts = rollouts.select(balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds))
 
         # 3. old log-probs (+ entropy / self-certainty), unless the update is on-policy and the reward
         # needs neither (the update's own forward gives them then), and reference log-probs
@@ -251,6 +285,8 @@ class Trainer:
             rollouts.tensors["advantages"] = spread_over_tokens(advantages, mask)
         for key, value in reward.metrics.items():
             metrics[REWARD_METRICS.get(key, f"reward/{key}")] = value
+        metrics.update(group_metrics(reward.rows["answer"], rollouts.rows["uid"],
+                                     rollouts.rows.get("ground_truth") or [None] * len(rollouts), scores.tolist()))
 
         # 5. PPO update (a mini-batch counts prompts; Co-rewarding-I: pairs, both views together)
         rollouts.meta["rollouts_per_prompt"] = int(self.cfg.actor_rollout_ref.rollout.n) * (2 if self.method.paired else 1)
@@ -271,6 +307,7 @@ class Trainer:
         if self.cfg.trainer.rollout_data_dir:
             dump_rollouts(self.cfg.trainer.rollout_data_dir, step,
                           self._rollout_records(step, rollouts, reward, scores, advantages, teacher_rollouts))
+        self.monitor.update(step, metrics)
         self.global_step = step
         return metrics
 
@@ -365,6 +402,7 @@ class Trainer:
         items = [self.val_dataset[i] for i in range(len(self.val_dataset))]
         size = int(self.cfg.data.val_batch_size or len(items))
         scores: list[float] = []
+        questions: list[str] = []
         sources: list[str] = []
         present: list[bool] = []
         lengths: list[float] = []
@@ -378,6 +416,7 @@ class Trainer:
             result = self.val_reward_fn(rollouts)
             answers = result.rows.get("answer") or [None] * len(rollouts)
             scores += result.scores.tolist()
+            questions += list(rollouts.rows["uid"])
             sources += list(rollouts.rows["data_source"])
             present += [a is not None for a in answers]
             lengths += rollouts.tensors["response_mask"].float().sum(-1).tolist()
@@ -392,6 +431,7 @@ class Trainer:
         for source in sorted(set(sources)):
             metrics[f"val/{source}/acc"] = _mean(s for s, d in zip(scores, sources) if d == source)
         metrics["val/acc"] = _mean(scores)
+        metrics["val/acc_se"] = standard_error_over_questions(scores, questions)
         metrics["val/answer_present"] = _mean(present)
         metrics["val/response_length/mean"] = _mean(lengths)
         metrics["timing/val"] = time.perf_counter() - start
@@ -422,6 +462,7 @@ class Trainer:
             "method": self.method.name,
             "world_size": self.world_size,
             "last_ema_weight": self.last_ema_weight,
+            "collapse_monitor": self.monitor.state_dict(),
         }
         keep = self.cfg.trainer.get("max_actor_ckpt_to_keep")
         return ckpt.commit(root, self.global_step, tmp, state, keep=int(keep) if keep else None)
@@ -446,6 +487,7 @@ class Trainer:
                                        "delete it or resume from an earlier one") from exc
         self.global_step = int(state["global_step"])
         self.last_ema_weight = state.get("last_ema_weight")
+        self.monitor.load_state_dict(state.get("collapse_monitor") or {})
 
     # ------------------------------------------------------------------ the loop
     def fit(self, progress: bool = True) -> list[dict[str, Any]]:

@@ -17,6 +17,10 @@ Update (`ppo_update`), as verl's dp_actor:
   averages gradients; the gradient is then that of the mini-batch's exact aggregate, whatever the
   micro-batch split or the rows per rank. `loss_scope="micro_batch"` is the release's (verl 0.4) rule:
   each micro-batch aggregated on its own and weighted by its share of the rank's mini-batch rows;
+- `per_view_loss` (Co-rewarding-I, `actor.co_reward_loss=per_view`): the rows of each view form their
+  own micro-batches, each view's loss is aggregated on its own (with the scope above) and the two add
+  up; with `loss_agg_scope=micro_batch` this is the release's (L_original + L_rephrased) / grad_accum
+  over paired micro-batches, logged as `actor/pg_loss_ori` and `actor/pg_loss_aug`;
 - on-policy shortcut: when the batch carries no `old_log_probs` (one epoch, one mini-batch: the
   trainer skips the separate pass), the old log-probs are the detached log-probs of the update's own
   forward, and those log-probs and entropies come back with the metrics.
@@ -24,6 +28,7 @@ Update (`ppo_update`), as verl's dp_actor:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import types
@@ -35,11 +40,18 @@ import torch.distributed as dist
 
 from corewarding.algos import TokenStats, agg_loss_denominator, agg_loss_parts, kl_penalty, policy_loss_terms, token_stats
 from corewarding.batch import Batch
-from corewarding.workers.packing import packed_inputs, padded_inputs, scatter_to_rows, token_budget_groups
+from corewarding.workers.packing import (
+    packed_inputs,
+    padded_inputs,
+    scatter_to_rows,
+    shared_prefix_inputs,
+    token_budget_groups,
+)
 
 logger = logging.getLogger(__name__)
 
 FORWARD_KEYS = ("responses", "input_ids", "attention_mask", "position_ids", "response_mask")
+VIEW_NAMES = ("ori", "aug")  # view_id 0 / 1, as the release names its Co-rewarding-I loss metrics
 
 
 # ------------------------------------------------------------------------------------- forward
@@ -71,20 +83,28 @@ def install_token_stats(model: torch.nn.Module) -> None:
     register_fsdp_forward_method(model, "token_stats")
 
 
+LAYOUTS = ("padded", "packed", "shared_prefix")
+
+
 @dataclass(frozen=True)
 class ForwardSettings:
     temperature: float  # rollout.temperature: the logits are divided by it, as in sampling
-    remove_padding: bool  # model.use_remove_padding: pack the rows into one sequence
+    layout: str  # padded | packed (model.use_remove_padding) | shared_prefix (model.share_prompt_prefix)
     chunk_size: int  # tokens per chunk of logits
 
 
 def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSettings) -> TokenStats:
     """Log-probs of the responses, entropy and self-certainty, each [N, R] (0 on padding)."""
     mask = rows.tensors["response_mask"]
-    if settings.remove_padding:
-        inputs = packed_inputs(rows.tensors["input_ids"], rows.tensors["attention_mask"], mask)
+    ids, attention = rows.tensors["input_ids"], rows.tensors["attention_mask"]
+    if settings.layout == "packed":
+        inputs = packed_inputs(ids, attention, mask)
+    elif settings.layout == "shared_prefix":
+        inputs = shared_prefix_inputs(ids, attention, mask)
+    elif settings.layout == "padded":
+        inputs = padded_inputs(ids, attention, rows.tensors["position_ids"], mask)
     else:
-        inputs = padded_inputs(rows.tensors["input_ids"], rows.tensors["attention_mask"], rows.tensors["position_ids"], mask)
+        raise ValueError(f"unknown forward layout {settings.layout!r}; use one of {LAYOUTS}")
     stats = model.token_stats(
         inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.target_positions, inputs.targets,
         settings.temperature, settings.chunk_size,
@@ -135,6 +155,7 @@ class PPOSettings:
     clip_c: float | None = 3.0
     loss_agg_mode: str = "token-mean"
     loss_scope: str = "mini_batch"
+    per_view_loss: bool = False  # Co-rewarding-I: each view aggregated on its own, the two summed
     entropy_coeff: float = 0.0
     use_kl_loss: bool = False
     kl_loss_coef: float = 0.0
@@ -160,6 +181,28 @@ def _sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
 
 def _reduce_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
+
+
+def plan_micro_batches(
+    mini: Batch, settings: PPOSettings, world_size: int, device: torch.device
+) -> list[tuple[list[int], float, int | None]]:
+    """(rows, loss weight, view or None) of each micro-batch of a mini-batch. With `per_view_loss`
+    the rows of each view (`view_id` 0: original, 1: rephrased) form their own micro-batches and
+    aggregate, and the two views' losses add up (the release's Co-rewarding-I update)."""
+    masks = mini.tensors["response_mask"]
+    if not settings.per_view_loss:
+        groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens)
+        weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
+        return [(group, weight, None) for group, weight in zip(groups, weights)]
+    plan = []
+    views = mini.tensors["view_id"].tolist()
+    for view in (0, 1):
+        rows = [i for i, v in enumerate(views) if v == view]
+        groups = [[rows[j] for j in g] for g in micro_batch_groups(mini.select(rows), settings.micro_batch_rows,
+                                                                   settings.max_tokens)]
+        weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
+        plan += [(group, weight, view) for group, weight in zip(groups, weights)]
+    return plan
 
 
 def micro_batch_weights(
@@ -250,6 +293,8 @@ def ppo_update(
     the same number of rows. Returns the metrics (reduced over ranks) and, on-policy, the tokens."""
     mini_rows = settings.mini_batch_size * rollouts_per_prompt // world_size
     _check_mini_batches(len(batch), mini_rows, settings)
+    # the per-view loss applies to batches of two views (Co-rewarding-I), which carry view_id
+    settings = dataclasses.replace(settings, per_view_loss=settings.per_view_loss and "view_id" in batch.tensors)
     on_policy = "old_log_probs" not in batch.tensors
     if on_policy and (settings.ppo_epochs != 1 or mini_rows != len(batch)):
         raise ValueError(
@@ -258,7 +303,7 @@ def ppo_update(
             f"{len(batch) // mini_rows} mini-batches)"
         )
     keys = [*FORWARD_KEYS, "advantages", *(["old_log_probs"] if not on_policy else []),
-            *(["ref_log_probs"] if settings.use_kl_loss else [])]
+            *(["ref_log_probs"] if settings.use_kl_loss else []), *(["view_id"] if settings.per_view_loss else [])]
     data = batch.subset(keys).to(device)
     mask_shape = data.tensors["response_mask"].shape
     kept = [torch.zeros(mask_shape), torch.zeros(mask_shape)] if on_policy else None
@@ -271,13 +316,12 @@ def ppo_update(
         for start in range(0, len(data), mini_rows):
             mini_index = order[start : start + mini_rows]
             mini = data.select(mini_index)
-            groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens)
-            weights = micro_batch_weights([mini.tensors["response_mask"][g] for g in groups], settings, world_size,
-                                          reduce_device)
             optimizer.zero_grad(set_to_none=True)
             step_losses: dict[str, float] = {}
-            for group, weight in zip(groups, weights):
+            for group, weight, view in plan_micro_batches(mini, settings, world_size, reduce_device):
                 stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weight)
+                if view is not None:
+                    losses[f"actor/pg_loss_{VIEW_NAMES[view]}"] = losses["actor/pg_loss"]
                 for key, value in losses.items():
                     step_losses[key] = step_losses.get(key, 0.0) + value
                 if kept is not None:

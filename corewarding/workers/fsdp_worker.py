@@ -418,9 +418,26 @@ class ActorRolloutRefWorker:
     def _forward_settings(self) -> ForwardSettings:
         return ForwardSettings(
             temperature=float(self.rollout_cfg.get("temperature", 1.0)),
-            remove_padding=bool(self.model_cfg.get("use_remove_padding", False)),
+            layout=self._forward_layout(),
             chunk_size=int(self.model_cfg.get("logits_chunk_size") or 1024),
         )
+
+    def _forward_layout(self) -> str:
+        """padded, packed (use_remove_padding) or shared_prefix (packed, one copy of each prompt:
+        share_prompt_prefix, auto on CPU workers; it needs an attention that takes a 4-D mask)."""
+        if not self.model_cfg.get("use_remove_padding", False):
+            return "padded"
+        share = str(self.model_cfg.get("share_prompt_prefix", "auto"))
+        if share == "auto":
+            share = str(self.device.type == "cpu")
+        if share != "True":
+            return "packed"
+        if self.attn_impl.startswith("flash"):
+            raise ValueError(
+                f"actor_rollout_ref.model.share_prompt_prefix=True needs an attention that takes a 4-D mask (sdpa, eager), "
+                f"not {self.attn_impl}: set it to auto or False"
+            )
+        return "shared_prefix"
 
     @collect(concat_rows)
     def compute_log_prob(
@@ -462,6 +479,7 @@ class ActorRolloutRefWorker:
             clip_c=float(clip_c) if clip_c is not None else None,
             loss_agg_mode=str(a.get("loss_agg_mode", "token-mean")),
             loss_scope=str(a.get("loss_agg_scope", "mini_batch")),
+            per_view_loss=str(a.get("co_reward_loss", "joint")) == "per_view",
             entropy_coeff=float(a.get("entropy_coeff", 0.0)),
             use_kl_loss=bool(a.get("use_kl_loss", False)),
             kl_loss_coef=float(a.get("kl_loss_coef", 0.0)),

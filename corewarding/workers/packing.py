@@ -12,6 +12,8 @@ hidden states. Only those M positions go through the output embedding.
   one sequence (B = 1, L = total real tokens) with per-row `position_ids` restarting at 0 and no
   attention mask; transformers then keeps the rows apart (flash-attention varlen on GPU, a
   block-diagonal mask with SDPA / eager), so no compute goes to padding.
+- `shared_prefix_inputs`: packed too, with one copy of each distinct prompt, which all the rollouts
+  of that prompt in the micro-batch attend to (a 4-D mask), so a prompt's tokens are computed once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "token_budget_groups"]
+__all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "shared_prefix_inputs", "token_budget_groups"]
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,6 @@ class ModelInputs:
     target_positions: torch.Tensor  # [M] into the flattened [B * L] hidden states
     targets: torch.Tensor  # [M] response token ids, row-major over response_mask
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.numel()) if self.attention_mask is None else int(self.attention_mask.sum())
 
 
 def _response_coordinates(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +71,53 @@ def packed_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, respons
         attention_mask=None,
         target_positions=starts[rows] + prompt_lengths[rows] - 1 + cols,
         targets=input_ids[rows, prompt_width + cols],
+    )
+
+
+def shared_prefix_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> ModelInputs:
+    """Packed, with one copy of each distinct prompt: a GRPO micro-batch holds several rollouts of the
+    same prompt, and each of its responses attends to that one copy. Per group of rows with equal
+    prompts the sequence holds the prompt (positions 0 .. p-1), then each response (positions p ..);
+    a 4-D attention mask lets a token see the earlier tokens of its group's prompt and of its own
+    response only. The prompt's hidden states get the gradient of every response that reads them, as
+    the separate copies would. The mask is [T, T] and needs an attention that accepts one (SDPA,
+    eager): for short sequences with long shared prompts (the CPU runs), not for flash-attention."""
+    prompt_width = input_ids.shape[1] - response_mask.shape[1]
+    real = attention_mask.bool()
+    prompts = [tuple(input_ids[i, :prompt_width][real[i, :prompt_width]].tolist()) for i in range(input_ids.shape[0])]
+    responses = [input_ids[i, prompt_width:][response_mask[i].bool()].tolist() for i in range(input_ids.shape[0])]
+    tokens: list[int] = []
+    positions: list[int] = []
+    groups: list[int] = []  # per token: its prompt group
+    owners: list[int] = []  # per token: its row, -1 for a shared prompt token
+    group_of: dict[tuple[int, ...], int] = {}
+    last_prompt: dict[tuple[int, ...], int] = {}  # prompt -> position of its last token in the sequence
+    starts: list[int] = [0] * len(prompts)  # per row: where its response starts
+    for row, prompt in enumerate(prompts):
+        if prompt not in group_of:
+            group_of[prompt] = len(group_of)
+            groups += [group_of[prompt]] * len(prompt)
+            owners += [-1] * len(prompt)
+            tokens += prompt
+            positions += range(len(prompt))
+            last_prompt[prompt] = len(tokens) - 1
+        starts[row] = len(tokens)
+        groups += [group_of[prompt]] * len(responses[row])
+        owners += [row] * len(responses[row])
+        tokens += responses[row]
+        positions += range(len(prompt), len(prompt) + len(responses[row]))
+    group, owner = torch.tensor(groups), torch.tensor(owners)
+    visible = (group[:, None] == group[None, :]) & ((owner[None, :] == -1) | (owner[:, None] == owner[None, :]))
+    visible &= torch.ones(len(tokens), len(tokens), dtype=torch.bool).tril()
+    predicting = [last_prompt[prompts[row]] if col == 0 else starts[row] + col - 1
+                  for row in range(len(prompts)) for col in range(len(responses[row]))]
+    device = input_ids.device
+    return ModelInputs(
+        input_ids=torch.tensor([tokens], device=device),
+        position_ids=torch.tensor([positions], device=device),
+        attention_mask=visible[None, None].to(device),
+        target_positions=torch.tensor(predicting, device=device, dtype=torch.long),
+        targets=torch.tensor([t for r in responses for t in r], device=device, dtype=torch.long),
     )
 
 
