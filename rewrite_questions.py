@@ -41,7 +41,7 @@ from corewarding.data.schema import as_index, to_plain
 
 logger = logging.getLogger("rewrite_questions")
 
-# The release's instruction, verbatim (SPEC.md section 4); the question follows after one newline.
+# The release's instruction, verbatim; the question follows after one newline.
 INSTRUCTION = """You are given a math problem. Please rewrite it using different wording and a different real-world scenario, while keeping the underlying mathematical meaning and answer exactly the same.
 
 Guidelines:

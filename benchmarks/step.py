@@ -46,7 +46,7 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
     """Per-step phase times of `run_training` (the production path) on the benchmark's work."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from corewarding.trainer import compose_config
+    from corewarding.config import compose_config
     from corewarding.trainer.run import run_training
 
     workers = int(options.get("workers", 1))

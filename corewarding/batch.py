@@ -1,8 +1,8 @@
 """The one container that moves between the driver and the workers.
 
-A `Batch` holds row-aligned tensors (first dimension = rows), row-aligned Python values
-(`rows`, one list per key) and free-form `meta`. Every operation keeps rows aligned, so code
-can reorder, split and regroup a batch without ever reasoning about positions.
+A `Batch` holds row-aligned tensors (first dimension = rows) and row-aligned Python values (`rows`,
+one list per key). Every operation keeps rows aligned, so code can reorder, split and regroup a
+batch without ever reasoning about positions.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 class Batch:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     rows: dict[str, list[Any]] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rows = {key: list(values) for key, values in self.rows.items()}
@@ -50,14 +49,7 @@ class Batch:
         return Batch(
             tensors={k: v[index] for k, v in self.tensors.items()},
             rows={k: [v[i] for i in positions] for k, v in self.rows.items()},
-            meta=dict(self.meta),
         )
-
-    def reorder(self, indices: Sequence[int] | torch.Tensor) -> Batch:
-        """A permutation of the rows; `indices` must name every row exactly once."""
-        if sorted(torch.as_tensor(indices).tolist()) != list(range(len(self))):
-            raise ValueError(f"reorder needs a permutation of range({len(self)})")
-        return self.select(indices)
 
     def split(self, chunk_size: int) -> list[Batch]:
         """Consecutive pieces of `chunk_size` rows (the last may be shorter)."""
@@ -77,7 +69,7 @@ class Batch:
 
     @staticmethod
     def concat(batches: Iterable[Batch]) -> Batch:
-        """Rows of all batches one after another; meta is taken from the first."""
+        """Rows of all batches one after another."""
         batches = list(batches)
         if not batches:
             return Batch()
@@ -88,25 +80,14 @@ class Batch:
         return Batch(
             tensors={k: torch.cat([b.tensors[k] for b in batches]) for k in first.tensors},
             rows={k: [x for b in batches for x in b.rows[k]] for k in first.rows},
-            meta=dict(first.meta),
         )
 
     def repeat_interleave(self, repeats: int) -> Batch:
         """Each row `repeats` times in a row: [a, b] -> [a, a, b, b]."""
         return self.select(torch.arange(len(self)).repeat_interleave(repeats))
 
-    def union(self, other: Batch) -> Batch:
-        """Fields of both batches (same rows); `other` wins on a name clash."""
-        if len(other) and len(self) and len(other) != len(self):
-            raise ValueError(f"cannot union batches of {len(self)} and {len(other)} rows")
-        return Batch(
-            tensors={**self.tensors, **other.tensors},
-            rows={**self.rows, **other.rows},
-            meta={**self.meta, **other.meta},
-        )
-
     def subset(self, keys: Iterable[str]) -> Batch:
-        """A new batch with only `keys` (tensors or rows) and a copy of meta; `self` is unchanged."""
+        """A new batch with only `keys` (tensors or rows); `self` is unchanged."""
         keys = list(keys)
         missing = [k for k in keys if k not in self]
         if missing:
@@ -114,9 +95,8 @@ class Batch:
         return Batch(
             tensors={k: self.tensors[k] for k in keys if k in self.tensors},
             rows={k: self.rows[k] for k in keys if k in self.rows},
-            meta=dict(self.meta),
         )
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch({k: v.to(device) for k, v in self.tensors.items()}, dict(self.rows), dict(self.meta))
+        return Batch({k: v.to(device) for k, v in self.tensors.items()}, dict(self.rows))
 

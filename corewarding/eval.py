@@ -211,46 +211,19 @@ def load_benchmark(name: str, path: Path, limit: int | None = None) -> Benchmark
     )
 
 
-def apply_chat_template(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
-    """Prompt token ids: the tokenizer's chat template with the generation prompt, or (for a base
-    model without a template) the messages' contents joined by blank lines."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:
-        text = "\n\n".join(m["content"] for m in messages) + "\n\n"
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-# ----------------------------------------------------------------------------- engines
-
-
 def make_engine(args: argparse.Namespace, model_path: Path, tokenizer: Any, max_model_len: int) -> Any:
-    """The rollout engine of --backend on the model folder (vllm is imported only when asked for)."""
+    """The rollout engine of --backend on the model folder (the trainer's engine factory)."""
     import torch
 
-    from corewarding.workers.rollout import eos_token_ids, resolve_dtype
+    from corewarding.workers.rollout import EngineSettings
+    from corewarding.workers.rollout import make_engine as make_rollout_engine
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = resolve_dtype(None if args.dtype == "auto" else args.dtype, device)
-    if args.backend == "vllm":
-        from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
-
-        return VLLMRolloutEngine(
-            str(model_path),
-            dtype=str(dtype).removeprefix("torch."),
-            max_model_len=max_model_len,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enforce_eager=args.enforce_eager,
-            seed=args.seed,
-        )
-    from transformers import AutoModelForCausalLM
-
-    from corewarding.workers.rollout.hf_engine import HFRolloutEngine
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
-    eos = eos_token_ids(tokenizer, model_path)  # raises when there is none
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    return HFRolloutEngine(model, pad_token_id=pad, eos_token_ids=eos, micro_batch_size=args.batch_size * args.k)
+    settings = EngineSettings(
+        name=args.backend, max_model_len=max_model_len, dtype=None if args.dtype == "auto" else args.dtype,
+        seed=args.seed, hf_micro_batch_size=args.batch_size * args.k,
+        gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+    )
+    return make_rollout_engine(settings, str(model_path), tokenizer, "cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- driver
@@ -261,19 +234,10 @@ def _batches(n: int, size: int) -> Iterable[tuple[int, int]]:
         yield start, min(n, start + size)
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm import tqdm
-    from transformers import AutoTokenizer
+def load_benchmarks(args: argparse.Namespace, tokenizer: Any) -> list[Benchmark]:
+    """The --benchmarks, each with its k and its prompts as token ids (the trainer's chat template)."""
+    from corewarding.data import chat_prompt_ids
 
-    from corewarding.export import resolve_model_path
-    from corewarding.workers.rollout.base import SamplingSettings
-
-    if args.k < 1:
-        raise EvalError("--k must be at least 1")
-    if args.batch_size is None:
-        args.batch_size = 256 if args.backend == "vllm" else 8
-    model_path = resolve_model_path(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
     names = [b for b in args.benchmarks.split(",") if b.strip()]
     if not names:
         raise EvalError("--benchmarks is empty")
@@ -283,8 +247,59 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         name, path = resolve_benchmark(spec, args.data_dir)
         bench = load_benchmark(name, path, args.limit)
         bench.k = k
-        bench.prompt_ids = [apply_chat_template(tokenizer, m) for m in bench.messages]
+        bench.prompt_ids = chat_prompt_ids(tokenizer, bench.messages)
         benchmarks.append(bench)
+    return benchmarks
+
+
+def sample_benchmark(engine: Any, tokenizer: Any, bench: Benchmark, args: argparse.Namespace) -> tuple[list[list[str]], list[int], int]:
+    """k responses per question (decoded), the response lengths and how many hit --max_tokens."""
+    from tqdm import tqdm
+
+    from corewarding.workers.rollout.base import SamplingSettings
+
+    responses: list[list[str]] = []
+    lengths: list[int] = []
+    truncated = 0
+    bar = tqdm(total=len(bench.prompt_ids), desc=f"{bench.name} (k={bench.k})", unit="q", file=sys.stderr)
+    for start, end in _batches(len(bench.prompt_ids), args.batch_size):
+        sampling = SamplingSettings(
+            n=bench.k, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens,
+            seed=args.seed + start * bench.k,  # vLLM: question g's sample j uses seed + g * k + j
+        )
+        outputs = engine.generate(bench.prompt_ids[start:end], sampling)
+        for q in range(end - start):
+            group = outputs[q * bench.k : (q + 1) * bench.k]
+            responses.append([tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in group])
+            lengths.extend(len(o.token_ids) for o in group)
+            truncated += sum(o.finish_reason == "length" for o in group)
+        bar.update(end - start)
+    bar.close()
+    return responses, lengths, truncated
+
+
+def sample_records(bench: Benchmark, graded: list, scores: list) -> Iterable[dict[str, Any]]:
+    """One samples.jsonl record per response."""
+    for i, (group, score) in enumerate(zip(graded, scores)):
+        for j, sample in enumerate(group):
+            yield {
+                "benchmark": bench.name, "index": bench.indices[i], "sample": j, "question": bench.questions[i],
+                "response": sample.response, "extracted_answer": sample.answer, "ground_truth": bench.ground_truths[i],
+                "correct": sample.correct, "majority_answer": score.majority_answer,
+            }
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from corewarding.data import load_tokenizer
+    from corewarding.export import resolve_model_path
+
+    if args.k < 1:
+        raise EvalError("--k must be at least 1")
+    if args.batch_size is None:
+        args.batch_size = 256 if args.backend == "vllm" else 8
+    model_path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(str(model_path))
+    benchmarks = load_benchmarks(args, tokenizer)
     longest = max(len(p) for b in benchmarks for p in b.prompt_ids)
     max_model_len = args.max_model_len or longest + args.max_tokens
     if longest + args.max_tokens > max_model_len:
@@ -293,69 +308,24 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     engine = make_engine(args, model_path, tokenizer, max_model_len)
     logger.info("engine %s ready in %.1fs", args.backend, time.time() - started)
-
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
-        "model": str(args.model),
-        "model_path": str(model_path),
-        "backend": args.backend,
-        "k": args.k,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
-        "limit": args.limit,
-        "benchmarks": {},
+        "model": str(args.model), "model_path": str(model_path), "backend": args.backend, "k": args.k,
+        "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed,
+        "limit": args.limit, "benchmarks": {},
     }
     samples_path = output_dir / "samples.jsonl"
     with samples_path.open("w") as samples_file:
         for bench in benchmarks:
             t0 = time.time()
-            responses: list[list[str]] = []
-            lengths: list[int] = []
-            truncated = 0
-            bar = tqdm(total=len(bench.prompt_ids), desc=f"{bench.name} (k={bench.k})", unit="q", file=sys.stderr)
-            for start, end in _batches(len(bench.prompt_ids), args.batch_size):
-                sampling = SamplingSettings(
-                    n=bench.k,
-                    temperature=args.temperature,
-                    top_p=args.top_p,
-                    max_new_tokens=args.max_tokens,
-                    seed=args.seed + start * bench.k,  # vLLM: question g's sample j uses seed + g * k + j
-                )
-                outputs = engine.generate(bench.prompt_ids[start:end], sampling)
-                for q in range(end - start):
-                    group = outputs[q * bench.k : (q + 1) * bench.k]
-                    responses.append([tokenizer.decode(o.token_ids, skip_special_tokens=True) for o in group])
-                    lengths.extend(len(o.token_ids) for o in group)
-                    truncated += sum(o.finish_reason == "length" for o in group)
-                bar.update(end - start)
-            bar.close()
+            responses, lengths, truncated = sample_benchmark(engine, tokenizer, bench, args)
             metrics, graded, scores = score_samples(responses, bench.ground_truths)
-            metrics.update(
-                {
-                    "file": str(bench.path),
-                    "mean_response_tokens": sum(lengths) / len(lengths),
-                    "truncated": truncated / len(lengths),
-                    "seconds": time.time() - t0,
-                }
-            )
+            metrics.update({"file": str(bench.path), "mean_response_tokens": sum(lengths) / len(lengths),
+                            "truncated": truncated / len(lengths), "seconds": time.time() - t0})
             summary["benchmarks"][bench.name] = metrics
-            for i, (group, score) in enumerate(zip(graded, scores)):
-                for j, sample in enumerate(group):
-                    record = {
-                        "benchmark": bench.name,
-                        "index": bench.indices[i],
-                        "sample": j,
-                        "question": bench.questions[i],
-                        "response": sample.response,
-                        "extracted_answer": sample.answer,
-                        "ground_truth": bench.ground_truths[i],
-                        "correct": sample.correct,
-                        "majority_answer": score.majority_answer,
-                    }
-                    samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for record in sample_records(bench, graded, scores):
+                samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
             samples_file.flush()
     summary["seconds"] = time.time() - started
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

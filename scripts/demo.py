@@ -97,7 +97,7 @@ def main() -> None:
                                  word_fraction=args.word_fraction)
     print(f"model {model}\ndata  {out / 'data'} (built-in problems with rephrased twins)  [{time.time() - t0:.0f} s]", flush=True)
 
-    from corewarding.trainer import compose_config
+    from corewarding.config import compose_config
     from corewarding.trainer.run import USER_ERRORS, run_training
 
     manager = METHODS[args.method]

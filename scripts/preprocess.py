@@ -1,7 +1,7 @@
-"""Preprocess a public math dataset into the verl parquet schema (SPEC.md section 3).
+"""Preprocess a public math dataset into the verl parquet schema (data/README.md).
 
     python scripts/preprocess.py math                       # hub -> data/math/{train,test}.parquet
-    python scripts/preprocess.py gsm8k --local_path ../shared/data/eval/gsm8k_test.jsonl --output_dir data/gsm8k
+    python scripts/preprocess.py gsm8k --local_path /path/to/gsm8k_test.jsonl --output_dir data/gsm8k
     python scripts/preprocess.py builtin                    # the offline set -> data/builtin/{train,train_rewrite,val}.parquet
 
 Datasets: math (DigitalLearningGmbH/MATH-lighteval), dapo (open-r1/DAPO-Math-17k-Processed),

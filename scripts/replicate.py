@@ -105,7 +105,7 @@ def method_overrides(args: argparse.Namespace, method: str, data: dict[str, Path
 
 def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> list[dict[str, Any]]:
     """Train one method (resuming its last checkpoint if there is one); its logged steps."""
-    from corewarding.trainer import compose_config
+    from corewarding.config import compose_config
     from corewarding.trainer.run import run_training
     from corewarding.trainer.tracking import read_metrics
 

@@ -1,4 +1,4 @@
-"""The original release's run-script overrides, word for word (SPEC.md section 5), with the paths
+"""The original release's run-script overrides, word for word (docs/release-differences.md), with the paths
 left as {train}, {aug}, {val}, {model}: the config must accept them unchanged."""
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ def make(n: int = 4) -> Batch:
     return Batch(
         tensors={"x": torch.arange(n), "m": torch.arange(2 * n).reshape(n, 2)},
         rows={"uid": [f"u{i}" for i in range(n)]},
-        meta={"step": 3},
     )
 
 
@@ -37,18 +36,8 @@ def test_select_reorders_and_duplicates():
     assert s["uid"] == ["u2", "u0", "u2"]
     assert s["x"].tolist() == [2, 0, 2]
     assert s["m"].tolist() == [[4, 5], [0, 1], [4, 5]]
-    assert s.meta == {"step": 3} and s.meta is not b.meta
     assert b.select(torch.tensor([1])).rows["uid"] == ["u1"]
     assert len(b.select([])) == 0
-
-
-def test_reorder_needs_a_permutation():
-    b = make()
-    r = b.reorder([3, 1, 0, 2])
-    assert r["uid"] == ["u3", "u1", "u0", "u2"] and r["x"].tolist() == [3, 1, 0, 2]
-    for bad in ([0, 1, 2], [0, 0, 1, 2], [0, 1, 2, 4]):
-        with pytest.raises(ValueError, match="permutation"):
-            b.reorder(bad)
 
 
 def test_split_and_chunk():
@@ -72,7 +61,6 @@ def test_concat_is_the_inverse_of_split():
     b = make(5)
     back = Batch.concat(b.split(2))
     assert back["uid"] == b["uid"] and torch.equal(back["m"], b["m"])
-    assert back.meta == b.meta
     assert len(Batch.concat([])) == 0
     with pytest.raises(ValueError, match="different fields"):
         Batch.concat([make(2), Batch(rows={"uid": ["a"]})])
@@ -84,21 +72,11 @@ def test_repeat_interleave():
     assert b["x"].tolist() == [0, 0, 0, 1, 1, 1]
 
 
-def test_union_and_subset():
+def test_subset():
     b = make(3)
-    other = Batch(tensors={"x": torch.tensor([9, 9, 9])}, rows={"text": ["a", "b", "c"]}, meta={"k": 1})
-    u = b.union(other)
-    assert u["x"].tolist() == [9, 9, 9]  # other wins on a clash
-    assert u["text"] == ["a", "b", "c"] and u["uid"] == ["u0", "u1", "u2"]
-    assert u.meta == {"step": 3, "k": 1}
-    assert len(b.union(Batch())) == 3
-    with pytest.raises(ValueError, match="union"):
-        b.union(make(2))
     p = b.subset(["x", "uid"])
-    assert set(p.tensors) == {"x"} and set(p.rows) == {"uid"} and p.meta == {"step": 3}
+    assert set(p.tensors) == {"x"} and set(p.rows) == {"uid"}
     assert set(b.tensors) == {"x", "m"} and set(b.rows) == {"uid"}  # nothing removed from the source
-    p.meta["k"] = 2
-    assert b.meta == {"step": 3}  # meta is a copy, not shared
     assert not hasattr(b, "pop")  # renamed: it never removed anything
     with pytest.raises(KeyError, match="nope"):
         b.subset(["x", "nope"])
@@ -106,4 +84,4 @@ def test_union_and_subset():
 
 def test_to_keeps_everything():
     b = make(2).to("cpu")
-    assert b["uid"] == ["u0", "u1"] and b["x"].device.type == "cpu" and b.meta == {"step": 3}
+    assert b["uid"] == ["u0", "u1"] and b["x"].device.type == "cpu"

@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from corewarding.data import DataError, write_builtin_dataset
-from corewarding.trainer import CheckpointError, ConfigError, compose_config, prepare_config, resolve_method
+from corewarding.config import ConfigError, compose_config, load_config
+from corewarding.methods import resolve_method
+from corewarding.trainer import CheckpointError
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.ray_trainer import balanced_order
 from corewarding.trainer.tracking import Tracker, dump_rollouts, format_console, read_metrics
@@ -51,25 +53,25 @@ def base(model, data, method="naive", out=None) -> list[str]:
 
 # ----------------------------------------------------------------------------- overrides
 def test_release_I_overrides_verbatim(model, data):
-    cfg = prepare_config(compose_config(release(RELEASE_I, train=data["train"], aug=data["train_rewrite"], val=data["val"], model=model) + CPU))
-    assert cfg.method == "co_rewarding_i"
-    assert cfg.trainer.logger == ["console", "wandb"]
+    cfg = load_config(compose_config(release(RELEASE_I, train=data["train"], aug=data["train_rewrite"], val=data["val"], model=model) + CPU))
+    assert cfg.method.name == "co_rewarding_i"
+    assert cfg.trainer.logger == ("console", "wandb")
     assert cfg.data.truncation == "error" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
-    assert cfg.data.train_files == [str(data["train"].resolve())]
+    assert cfg.data.train_files == (str(data["train"].resolve()),)
     assert not cfg.actor_rollout_ref.ref.sliding_average.enable
 
 
 def test_release_II_overrides_verbatim(model, data, caplog):
     """The release writes the EMA weight on the policy (0.01 -> 1e-5): read as such, with a warning."""
     overrides = release(RELEASE_II, train=data["train"], val=data["val"], model=model) + CPU
-    cfg = prepare_config(compose_config(overrides))
+    cfg = load_config(compose_config(overrides))
     sa = cfg.actor_rollout_ref.ref.sliding_average
     assert sa.enable and sa.alpha_start == pytest.approx(0.99) and sa.alpha_end == pytest.approx(1 - 1e-5)
     assert sa.parametrisation == "paper"
     assert "read as the release's weight on the policy" in caplog.text
     assert cfg.trainer.rollout_data_dir.endswith("rollout_log/x/ref")  # the last of a repeated key wins
     assert cfg.actor_rollout_ref.rollout.teacher_n == 8
-    assert cfg.method == "co_rewarding_ii" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
+    assert cfg.method.name == "co_rewarding_ii" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
 
 
 @pytest.mark.parametrize(
@@ -78,7 +80,7 @@ def test_release_II_overrides_verbatim(model, data, caplog):
      ("auto", (0.99, 0.9999), (0.99, 0.9999)), ("auto", (0.2, 0.7), (0.2, 0.7))],
 )
 def test_ema_parametrisation(parametrisation, alphas, teacher_weights, model, data):
-    cfg = prepare_config(compose_config(base(model, data, "co_rewarding_II") + [
+    cfg = load_config(compose_config(base(model, data, "co_rewarding_II") + [
         f"actor_rollout_ref.ref.sliding_average.parametrisation={parametrisation}",
         f"actor_rollout_ref.ref.sliding_average.alpha_start={alphas[0]}",
         f"actor_rollout_ref.ref.sliding_average.alpha_end={alphas[1]}"]))
@@ -93,8 +95,10 @@ def test_run_scripts_parse(script, model, data):
     lines = subprocess.run(["bash", str(REPO / script), "trainer.total_epochs=1"], env=env, capture_output=True,
                            text=True, check=True).stdout.split()
     assert lines[-1] == "trainer.total_epochs=1"  # extra arguments come last and win
-    assert "trainer.total_epochs=3" in lines[:-1]  # the paper's 3 epochs
-    cfg = prepare_config(compose_config(lines + ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf"]))
+    assert lines[0].startswith("+method=co_rewarding_i")  # the paper's settings come from the method preset
+    assert compose_config(lines[:-1]).trainer.total_epochs == 3  # the paper's 3 epochs
+    assert len(lines) < 20  # the scripts set only what a user sets; the rest is the preset's
+    cfg = load_config(compose_config(lines + ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf"]))
     assert cfg.data.train_batch_size == 128 and cfg.actor_rollout_ref.rollout.n == 8
     assert cfg.actor_rollout_ref.actor.optim.lr == 3e-6 and cfg.trainer.total_epochs == 1
     assert cfg.data.max_prompt_length == 512 and cfg.data.max_response_length == 3072
@@ -105,11 +109,11 @@ def test_run_scripts_parse(script, model, data):
     assert cfg.actor_rollout_ref.rollout.temperature == 1.0 and cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 0.8
     assert cfg.trainer.n_gpus_per_node == 8
     if "II" in script:
-        assert cfg.method == "co_rewarding_ii" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
+        assert cfg.method.name == "co_rewarding_ii" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
         sa = cfg.actor_rollout_ref.ref.sliding_average
         assert (sa.alpha_start, sa.alpha_end, sa.enable) == (0.99, 0.9999, True)
     else:
-        assert cfg.method == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
+        assert cfg.method.name == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
 
 
 def release_preset_values(cfg) -> tuple:
@@ -124,10 +128,10 @@ RELEASE = (1.0, "hendrycks", "string", False, 1, "per_view", "micro_batch")
 
 def test_release_preset(model, data):
     """+preset=release selects every release behaviour at once; command-line overrides still win."""
-    assert release_preset_values(prepare_config(compose_config(base(model, data)))) == OURS
-    cfg = prepare_config(compose_config(base(model, data) + ["+preset=release"]))
+    assert release_preset_values(load_config(compose_config(base(model, data)))) == OURS
+    cfg = load_config(compose_config(base(model, data) + ["+preset=release"]))
     assert release_preset_values(cfg) == RELEASE and cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 0
-    cfg = prepare_config(compose_config(["+preset=release"] + base(model, data) + ["reward_model.gt_scorer=math_verify"]))
+    cfg = load_config(compose_config(["+preset=release"] + base(model, data) + ["reward_model.gt_scorer=math_verify"]))
     assert cfg.reward_model.gt_scorer == "math_verify"
 
 
@@ -138,7 +142,7 @@ def test_run_scripts_release_exact(script, model, data):
            "TRAIN_AUG_FILES": str(data["train_rewrite"]), "VAL_FILES": str(data["val"]), "RELEASE_EXACT": "1"}
     lines = subprocess.run(["bash", str(REPO / script)], env=env, capture_output=True, text=True, check=True).stdout.split()
     assert lines[0] == "+preset=release"
-    cfg = prepare_config(compose_config(lines + CPU))
+    cfg = load_config(compose_config(lines + CPU))
     assert release_preset_values(cfg) == RELEASE
     if "II" in script:
         assert cfg.actor_rollout_ref.ref.sliding_average.alpha_end == 0.99999
@@ -148,16 +152,17 @@ def test_method_aliases():
     assert resolve_method("naive").name == "gt"
     assert resolve_method("co_reward").name == "co_rewarding_i" and resolve_method("co_reward").paired
     assert resolve_method("co_rewarding_II").teacher
-    assert resolve_method("self_certainty").self_certainty and not resolve_method("entropy").self_certainty
+    assert resolve_method("self_certainty").token_stats == ("self_certainty",)
+    assert resolve_method("entropy").token_stats == ("entropy",) and resolve_method("co_rewarding_II").votes
     with pytest.raises(ConfigError, match="reward_model.reward_manager='foo' is unknown"):
         resolve_method("foo")
 
 
 def test_teacher_defaults(model, data):
-    cfg = prepare_config(compose_config(base(model, data, "co_rewarding_II")))
+    cfg = load_config(compose_config(base(model, data, "co_rewarding_II")))
     assert cfg.actor_rollout_ref.ref.sliding_average.enable is True
     assert cfg.actor_rollout_ref.rollout.teacher_n == 2
-    cfg = prepare_config(compose_config(base(model, data, "majority_voting")))
+    cfg = load_config(compose_config(base(model, data, "majority_voting")))
     assert cfg.actor_rollout_ref.ref.sliding_average.enable is False
     assert cfg.actor_rollout_ref.model.dtype == "float32"
 
@@ -174,24 +179,24 @@ def test_teacher_defaults(model, data):
         (["actor_rollout_ref.model.path=/nonexistent/model"], "no such model folder"),
         (["data.train_files=/nonexistent/train.parquet"], "data.train_files: /nonexistent/train.parquet does not exist"),
         (["reward_model.reward_manager=co_reward", "data.train_aug_files=null"], "needs data.train_aug_files"),
-        (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator='gae' is not supported"),
+        (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator='gae' is not one of ['grpo', 'co_reward']"),
         (["algorithm.use_kl_in_reward=True"], "use_kl_in_reward"),
         (["trainer.resume_mode=resume_path"], "needs trainer.resume_from_path"),
         (["actor_rollout_ref.model.path=Qwen/Qwen3-8B-Base"], "looks like a hub id: download it first"),
         (["actor_rollout_ref.rollout.tensor_model_parallel_size=2"], "needs rollout.name=vllm on GPUs"),
         (["actor_rollout_ref.rollout.tensor_model_parallel_size=0"], "must be a positive integer"),
         (["actor_rollout_ref.rollout.response_length=64"], "differs from data.max_response_length"),
-        (["data.p=1.5"], "data.p=1.5 must be a probability in [0, 1]"),
-        (["data.p=often"], "data.p='often' must be a probability in [0, 1]"),
-        (["reward_model.gt_scorer=exact"], "reward_model.gt_scorer='exact' is unknown"),
+        (["data.p=1.5"], "data.p=1.5 must be a number in [0, 1]"),
+        (["data.p=often"], "data.p='often' is not a number"),
+        (["reward_model.gt_scorer=exact"], "reward_model.gt_scorer='exact' is not one of ['math_verify', 'hendrycks']"),
         (["actor_rollout_ref.rollout.val_kwargs.n=0"], "actor_rollout_ref.rollout.val_kwargs.n=0 must be a positive integer"),
-        (["actor_rollout_ref.rollout.val_kwargs.temperature=-1"], "val_kwargs.temperature=-1 must be >= 0"),
-        (["actor_rollout_ref.rollout.val_kwargs.temperature=hot"], "val_kwargs.temperature=hot must be >= 0"),
+        (["actor_rollout_ref.rollout.val_kwargs.temperature=-1"], "val_kwargs.temperature=-1.0 must be a number in [0, inf)"),
+        (["actor_rollout_ref.rollout.val_kwargs.temperature=hot"], "val_kwargs.temperature='hot' is not a number"),
     ],
 )
 def test_config_errors(extra, message, model, data):
     with pytest.raises(ConfigError) as info:
-        prepare_config(compose_config(base(model, data) + extra))
+        load_config(compose_config(base(model, data) + extra))
     assert message in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -236,29 +241,29 @@ NO_PATHS = CPU + ["trainer.n_gpus_per_node=2", "data.train_batch_size=4", "actor
 def test_values_that_would_train_wrong_are_config_errors(override, key):
     """Found before Ray starts, as one line naming the key (not after the models load, or never)."""
     with pytest.raises(ConfigError) as info:
-        prepare_config(compose_config(NO_PATHS + [override]), check_paths=False)
+        load_config(compose_config(NO_PATHS + [override]), check_paths=False)
     message = str(info.value)
     assert message.startswith(key + "=") and "\n" not in message, message
 
 
 def test_greedy_validation_and_defaults_pass():
-    cfg = prepare_config(compose_config(NO_PATHS + ["actor_rollout_ref.rollout.val_kwargs.temperature=0"]), check_paths=False)
+    cfg = load_config(compose_config(NO_PATHS + ["actor_rollout_ref.rollout.val_kwargs.temperature=0"]), check_paths=False)
     assert cfg.actor_rollout_ref.rollout.teacher_n == 2  # null: rollout.n
 
 
 def test_ignored_verl_keys_warn_once(monkeypatch, caplog):
-    from corewarding.trainer import config as config_module
+    from corewarding.config import loading as config_module
 
     monkeypatch.setattr(config_module, "_WARNED_IGNORED", set())
     overrides = NO_PATHS + ["actor_rollout_ref.actor.use_torch_compile=True", "actor_rollout_ref.hybrid_engine=False"]
     for _ in range(2):
-        prepare_config(compose_config(overrides), check_paths=False)
+        load_config(compose_config(overrides), check_paths=False)
     warned = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert len(warned) == 2
     assert any(m.startswith("actor_rollout_ref.actor.use_torch_compile=True is accepted for verl compatibility but ignored") for m in warned)
     assert any(m.startswith("actor_rollout_ref.hybrid_engine=False") for m in warned)
     caplog.clear()
-    prepare_config(compose_config(NO_PATHS + ["actor_rollout_ref.model.use_fused_kernels=False"]), check_paths=False)
+    load_config(compose_config(NO_PATHS + ["actor_rollout_ref.model.use_fused_kernels=False"]), check_paths=False)
     assert not [r for r in caplog.records if "ignored" in r.getMessage()]  # the default value: silent
 
 
@@ -424,7 +429,8 @@ def test_init_ray_keeps_token_auth_off_cpu(device, address, auth_mode, node_ip, 
                                  init=lambda **kw: calls.append((kw, os.environ.get("RAY_AUTH_MODE"))))
     monkeypatch.setitem(sys.modules, "ray", fake)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    cfg = compose_config([f"trainer.device={device}", f"ray_init.address={address or 'null'}"])
+    cfg = load_config(compose_config(NO_PATHS + [f"trainer.device={device}", f"ray_init.address={address or 'null'}"]),
+                      check_paths=False)
     assert init_ray(cfg) is True
     (kwargs, mode), = calls
     assert mode == auth_mode and kwargs.get("_node_ip_address") == node_ip
@@ -434,9 +440,12 @@ def test_init_ray_keeps_token_auth_off_cpu(device, address, auth_mode, node_ip, 
 def test_worker_rendezvous_on_loopback_unless_a_cluster():
     from corewarding.workers.group import uses_loopback
 
-    assert uses_loopback({"trainer": {"nnodes": 1, "device": "cuda"}, "ray_init": {"address": None}})
-    assert not uses_loopback({"trainer": {"nnodes": 1, "device": "cuda"}, "ray_init": {"address": "auto"}})
-    assert not uses_loopback({"trainer": {"nnodes": 2, "device": "cuda"}, "ray_init": {"address": "auto"}})
+    def config(*overrides: str):
+        return load_config(compose_config(NO_PATHS + ["trainer.device=cuda", *overrides]), check_paths=False)
+
+    assert uses_loopback(config())
+    assert not uses_loopback(config("ray_init.address=auto"))
+    assert not uses_loopback(config("trainer.nnodes=2", "ray_init.address=auto"))
 
 
 def test_the_entry_point_does_not_switch_off_ray_auth():

@@ -15,6 +15,7 @@ from corewarding.data import (
     PairedRLDataset,
     RLDataset,
     StatefulLoader,
+    left_pad,
     make_row,
     to_batch,
     write_builtin_dataset,
@@ -90,23 +91,28 @@ def test_rl_dataset_on_preprocessed_math500(tokenizer, shared_data, tmp_path):
     assert ds[0]["ground_truth"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
 
 
-def test_to_batch_left_pads(tokenizer, builtin):
+def test_to_batch_keeps_prompts_ragged_and_left_pad_pads_them(tokenizer, builtin):
     ds = RLDataset(builtin["train"], tokenizer, 256)
     items = [ds[i] for i in range(4)]
-    batch = to_batch(items, pad_token_id=ds.pad_token_id)
-    assert isinstance(batch, Batch) and len(batch) == 4
-    assert set(batch.tensors) == {"input_ids", "attention_mask"}
-    ids, mask = batch["input_ids"], batch["attention_mask"]
+    batch = to_batch(items)
+    assert isinstance(batch, Batch) and len(batch) == 4 and not batch.tensors
+    assert batch["prompt_ids"] == [it["input_ids"] for it in items]  # token-id lists, padded once by the worker
+    pad = tokenizer.pad_token_id
+    ids, mask = left_pad(batch["prompt_ids"], pad)
     assert ids.shape == mask.shape == (4, max(len(it["input_ids"]) for it in items))
     for row, it in enumerate(items):
         n = len(it["input_ids"])
         assert ids[row, -n:].tolist() == it["input_ids"]
         assert mask[row].tolist() == [0] * (ids.shape[1] - n) + [1] * n
-        assert (ids[row, : ids.shape[1] - n] == ds.pad_token_id).all()
+        assert (ids[row, : ids.shape[1] - n] == pad).all()
+    wide, _ = left_pad(batch["prompt_ids"], pad, width=ids.shape[1] + 3)
+    assert torch.equal(wide[:, 3:], ids) and (wide[:, :3] == pad).all()
+    with pytest.raises(ValueError, match="left-pad"):
+        left_pad(batch["prompt_ids"], pad, width=1)
     assert batch["index"] == [0, 1, 2, 3]
     assert batch["ground_truth"] == [it["ground_truth"] for it in items]
     assert batch["prompt_messages"][2] == items[2]["prompt_messages"]
-    assert batch.meta["paired"] is False
+    assert "pair_id" not in batch
 
 
 def test_paired_dataset_and_batch(tokenizer, builtin):
@@ -116,14 +122,14 @@ def test_paired_dataset_and_batch(tokenizer, builtin):
     assert item["pair_id"] == item["original"]["index"] == item["rephrased"]["index"] == 5
     assert item["original"]["prompt_messages"] != item["rephrased"]["prompt_messages"]
     assert item["original"]["ground_truth"] == item["rephrased"]["ground_truth"]
-    batch = to_batch([ds[i] for i in (7, 2, 9)], ds.pad_token_id)
-    assert len(batch) == 6 and batch.meta["paired"]
+    batch = to_batch([ds[i] for i in (7, 2, 9)])
+    assert len(batch) == 6 and "pair_id" in batch
     assert batch["pair_id"] == [7, 2, 9, 7, 2, 9]
     assert batch["view"] == ["original"] * 3 + ["rephrased"] * 3
     assert batch["views_swapped"] == [False] * 6  # no loader draw: the pair keeps its roles
     assert batch["ground_truth"][:3] == batch["ground_truth"][3:]
     assert len(set(batch["uid"])) == 6
-    assert batch["input_ids"][4, -len(ds[2]["rephrased"]["input_ids"]):].tolist() == ds[2]["rephrased"]["input_ids"]
+    assert batch["prompt_ids"][4] == ds[2]["rephrased"]["input_ids"]
 
 
 def test_paired_length_filter_drops_pair_when_either_side_is_long(tokenizer, tmp_path, caplog):
@@ -255,9 +261,10 @@ def test_view_swap_needs_pairs_and_a_probability():
 
 def test_loader_yields_batches_of_pairs(tokenizer, builtin):
     ds = PairedRLDataset(builtin["train"], builtin["train_rewrite"], tokenizer, 256)
-    batch = next(iter(StatefulLoader(ds, batch_size=4, seed=0)))
+    loader = StatefulLoader(ds, batch_size=4, seed=0)
+    batch = next(iter(loader))
     assert len(batch) == 8 and batch["pair_id"][:4] == batch["pair_id"][4:]
-    assert batch["input_ids"].dtype == torch.long and batch.meta["epoch"] == 0
+    assert all(isinstance(ids, list) for ids in batch["prompt_ids"]) and loader.batch_epoch == 0
 
 
 def _short_rows(n, data_source="t", start=0):

@@ -27,7 +27,7 @@ import torch
 
 from corewarding.algos import ema_weight
 from corewarding.rewards import answers_equivalent, extract_boxed_answer, hendrycks_equivalent
-from corewarding.trainer import compose_config
+from corewarding.config import compose_config
 from corewarding.trainer.tracking import read_metrics
 from release_overrides import RELEASE_I, RELEASE_II, release
 
@@ -358,7 +358,7 @@ def test_release_overrides(text, preset, ray_session, boxing_model, data_files, 
         assert val["val/acc"] == pytest.approx(sum(r["reward"] for r in records) / 4)
     else:
         assert cfg.reward_model.gt_scorer == "math_verify" and val_kwargs.do_sample
-    assert cfg.trainer.logger == ["console", "wandb"]
+    assert cfg.trainer.logger == ("console", "wandb")
     assert (tmp_path / "ckpt" / "wandb").is_dir()
     records = read_dump(tmp_path / "rollouts" / "1.jsonl")
     if text is RELEASE_II:
@@ -366,7 +366,7 @@ def test_release_overrides(text, preset, ray_session, boxing_model, data_files, 
         assert sa.enable and sa.alpha_start == pytest.approx(0.99) and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.001
         check_dump("co_rewarding_II", records)
     else:
-        assert cfg.method == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
+        assert cfg.method.name == "co_rewarding_i" and cfg.actor_rollout_ref.actor.kl_loss_coef == 0.005
         check_dump("co_reward", records)
 
 

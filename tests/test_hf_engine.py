@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corewarding.workers.rollout import build_rollout_engine
+from corewarding.config.schema import ValKwargs
+from corewarding.workers.rollout import EngineSettings, make_engine
 from corewarding.workers.rollout.base import SamplingSettings, validation_sampling
 from corewarding.workers.rollout.hf_engine import HFRolloutEngine
 
@@ -48,7 +49,7 @@ def test_n_expansion_is_prompt_major(parts):
     ],
 )
 def test_validation_sampling_reads_val_kwargs_as_verl(val_kwargs, expected):
-    settings = validation_sampling(val_kwargs, max_new_tokens=7, stop_token_ids=(2,))
+    settings = validation_sampling(ValKwargs(**val_kwargs), max_new_tokens=7, stop_token_ids=(2,))
     assert (settings.n, settings.temperature, settings.top_p, settings.top_k) == expected
     assert settings.greedy == (expected[1] == 0.0)
     assert settings.max_new_tokens == 7 and settings.stop_token_ids == (2,)
@@ -104,13 +105,8 @@ def test_generation_config_is_explicit(parts):
 
 def test_factory_builds_hf_and_rejects_unknown(tiny_model_path, parts):
     _, tok = parts
-    config = {
-        "actor_rollout_ref": {"rollout": {"name": "hf", "micro_batch_size": 2}, "model": {}},
-        "data": {"max_prompt_length": 8, "max_response_length": 4},
-    }
-    engine = build_rollout_engine(config, str(tiny_model_path), None, tok, "cpu")
+    engine = make_engine(EngineSettings(name="hf", max_model_len=12, hf_micro_batch_size=2), str(tiny_model_path), tok, "cpu")
     assert isinstance(engine, HFRolloutEngine) and engine.micro_batch_size == 2
     assert tok.eos_token_id in engine.eos_token_ids
-    config["actor_rollout_ref"]["rollout"]["name"] = "sglang"
-    with pytest.raises(ValueError, match="rollout.name"):
-        build_rollout_engine(config, str(tiny_model_path), None, tok, "cpu")
+    with pytest.raises(ValueError, match="unknown rollout engine 'sglang'"):
+        make_engine(EngineSettings(name="sglang", max_model_len=12), str(tiny_model_path), tok, "cpu")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from corewarding.trainer import compose_config
+from corewarding.config import compose_config
 
 pytestmark = pytest.mark.slow
 

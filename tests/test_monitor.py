@@ -6,7 +6,12 @@ import logging
 
 import pytest
 
-from corewarding.trainer.monitor import CollapseMonitor, CollapseRules, group_metrics
+from corewarding.config.schema import CollapseMonitorConfig
+from corewarding.trainer.monitor import CollapseMonitor, group_metrics
+
+
+def rules(window: int = 2, entropy_fraction: float = 0.2) -> CollapseMonitorConfig:
+    return CollapseMonitorConfig(window=window, drop=0.1, consensus=0.9, entropy_fraction=entropy_fraction)
 
 
 def test_group_metrics_by_hand():
@@ -40,7 +45,7 @@ def test_consensus_without_correctness_fires_once_with_a_warning(caplog):
         "reward/gt_acc": [0.20, 0.25, 0.25, 0.20, 0.10, 0.05, 0.0, 0.0],
         "actor/entropy": [1.5, 1.4, 1.2, 0.9, 0.6, 0.4, 0.2, 0.1],
     }
-    monitor = CollapseMonitor(CollapseRules(window=2))
+    monitor = CollapseMonitor(rules())
     with caplog.at_level(logging.WARNING, logger="corewarding.trainer.monitor"):
         flags = feed(monitor, series)
     assert flags[:4] == [0.0] * 4 and flags[-1] == 1.0
@@ -59,12 +64,12 @@ def test_healthy_learning_raises_nothing():
         "reward/gt_acc": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.8],
         "actor/entropy": [1.5, 1.4, 1.3, 1.2, 1.1, 1.0, 0.9, 0.9],
     }
-    monitor = CollapseMonitor(CollapseRules(window=2))
+    monitor = CollapseMonitor(rules())
     assert feed(monitor, series) == [0.0] * 8 and monitor.first_step is None
 
 
 def test_entropy_collapse_alone():
-    monitor = CollapseMonitor(CollapseRules(window=2, entropy_fraction=0.2))
+    monitor = CollapseMonitor(rules())
     flags = feed(monitor, {"actor/entropy": [1.0, 0.8, 0.5, 0.2, 0.1, 0.1]})
     assert flags == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # step 5: the mean of (0.2, 0.1) is below 0.2 x 1.0
     assert set(monitor.signs()) == {"entropy collapse"}

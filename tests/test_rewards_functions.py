@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 from corewarding.batch import Batch
 from corewarding.rewards import answers as answers_mod
 from corewarding.rewards import functions as functions_mod
+from corewarding.methods import METHODS as REGISTRY
+from corewarding.methods import resolve_method
 from corewarding.rewards import (
-    REWARD_FUNCTIONS,
     RewardOutput,
     co_rewarding_i,
     co_rewarding_ii,
     entropy,
-    get_reward_fn,
     gt,
     majority_voting,
     self_certainty,
@@ -279,14 +279,18 @@ def test_self_certainty_and_entropy_masked_mean():
 
 
 def test_registry_and_aliases():
-    assert get_reward_fn("naive") is gt
-    assert get_reward_fn("co_reward") is co_rewarding_i
-    assert get_reward_fn("co_rewarding_II") is co_rewarding_ii
-    for name in ("gt", "majority_voting", "co_rewarding_i", "co_rewarding_ii", "self_certainty", "entropy"):
-        assert REWARD_FUNCTIONS[name] is get_reward_fn(name)
+    """One registry (corewarding.methods): names and the release's aliases give the reward function."""
+    assert resolve_method("naive").reward is gt
+    assert resolve_method("co_reward").reward is co_rewarding_i
+    assert resolve_method("co_rewarding_II").reward is co_rewarding_ii
+    expected = {"gt": gt, "majority_voting": majority_voting, "co_rewarding_i": co_rewarding_i,
+                "co_rewarding_ii": co_rewarding_ii, "self_certainty": self_certainty, "entropy": entropy}
+    assert {name: method.reward for name, method in REGISTRY.items()} == expected
+    assert {name for name, method in REGISTRY.items() if method.votes} == {"majority_voting", "co_rewarding_i",
+                                                                         "co_rewarding_ii"}
     with pytest.raises(ValueError, match="co_reward"):
-        get_reward_fn("nope")
-    fn = get_reward_fn("majority_voting", equivalence="math")
+        resolve_method("nope")
+    fn = resolve_method("majority_voting").reward_fn(equivalence="math")
     out = fn(make_batch(["0.5", "1/2", "3"], ["a", "a", "a"]))
     assert out.scores.tolist() == [1.0, 1.0, 0.0]
 
@@ -342,9 +346,9 @@ def test_property_shuffling_rows_changes_no_reward(data, rnd):
     rnd.shuffle(perm)
     tperm = list(range(len(teacher)))
     rnd.shuffle(tperm)
-    shuffled, shuffled_teacher = batch.reorder(perm), teacher.reorder(tperm)
+    shuffled, shuffled_teacher = batch.select(perm), teacher.select(tperm)
     for name, options in METHODS:
-        fn = get_reward_fn(name, **options)
+        fn = resolve_method(name).reward_fn(**options)
         base = fn(batch, teacher)
         moved = fn(shuffled, shuffled_teacher)
         assert torch.equal(moved.scores, base.scores[perm]), name

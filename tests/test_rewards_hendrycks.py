@@ -7,7 +7,7 @@ import pytest
 
 from corewarding.batch import Batch
 from corewarding.rewards import answers as answers_mod
-from corewarding.rewards import get_reward_fn, ground_truth_verifier, gt, hendrycks_equivalent, majority_voting
+from corewarding.rewards import ground_truth_verifier, gt, hendrycks_equivalent, majority_voting
 from corewarding.rewards.hendrycks import hendrycks_normalize
 
 
@@ -73,7 +73,7 @@ def test_gt_reward_and_metrics_follow_the_scorer():
     batch = Batch(rows={"response_text": [resp(a) for a in ["142", "0.5", "2,1", "\\dfrac{1}{2}"]],
                         "uid": ["a", "b", "c", "d"], "ground_truth": ["142.0", "\\frac12", "1,2", "0.5"]})
     assert gt(batch).scores.tolist() == [1.0, 1.0, 1.0, 1.0]
-    release = get_reward_fn("gt", gt_scorer="hendrycks")(batch)
+    release = gt(batch, gt_scorer="hendrycks")
     assert release.scores.tolist() == [0.0, 1.0, 0.0, 1.0] and release.metrics["gt_acc"] == 0.5
     voted = Batch(rows={"response_text": [resp("142")] * 2, "uid": ["u", "u"], "sample_index": [0, 1],
                         "ground_truth": ["142.0"] * 2})

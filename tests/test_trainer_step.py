@@ -14,17 +14,18 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from corewarding.algos import ema_weight
 from corewarding.batch import Batch
 from corewarding.data import write_builtin_dataset
-from corewarding.trainer import compose_config, prepare_config, resolve_method
+from corewarding.config import compose_config, load_config
+from corewarding.data import load_tokenizer
 from corewarding.trainer.ray_trainer import Trainer
-from corewarding.trainer.run import build_datasets, build_loader, load_tokenizer
+from corewarding.trainer.run import build_datasets, build_loader
 from corewarding.trainer.tracking import Tracker, read_metrics
 from corewarding.workers.actor import ActorUpdate
 from corewarding.workers.rollout.base import RolloutOutput
+from corewarding.workers.rollout_runner import RolloutRunner
 
 N = 4  # policy rollouts per prompt
 R = 12  # max response length
@@ -48,7 +49,7 @@ class ScriptedEngine:
     def _answer(self, info: dict, j: int) -> str:
         if self.role == "teacher":
             return TEACHER_ANSWER
-        if self.role == "val":
+        if self.role == "validation":
             return self.val_answer(info)
         return POLICY_ANSWERS[info["view"]][j]
 
@@ -87,7 +88,7 @@ class RecordingWorkers:
     def dispatch(self, method: str, batch: Batch, **kwargs):
         assert len(batch) % self.world_size == 0, f"{method}: {len(batch)} rows for {self.world_size} workers"
         if method == "generate_sequences":
-            role = "teacher" if kwargs.get("use_teacher") else "val" if kwargs.get("validate") else "policy"
+            role = kwargs["role"]
             self.calls.append(f"generate:{role}")
             self.engine.role = role
             return self.worker.generate_sequences(batch, **kwargs)
@@ -96,14 +97,15 @@ class RecordingWorkers:
             shape = batch.tensors["responses"].shape
             name = "old_log_probs" if kwargs["model"] == "actor" else "ref_log_probs"
             tensors = {name: torch.full(shape, -1.0)}
-            if kwargs.get("calculate_entropy"):
+            if kwargs.get("with_entropy"):
                 tensors["entropy"] = torch.full(shape, 0.5)
-            if kwargs.get("calculate_self_certainty"):
+            if kwargs.get("with_self_certainty"):
                 tensors["self_certainty"] = torch.full(shape, 2.0)
             return Batch(tensors)
         if method == "update_actor":
             self.calls.append("update_actor")
-            self.updates.append(Batch(dict(batch.tensors), batch.rows, dict(batch.meta)))  # as it was sent
+            self.updates.append(Batch(dict(batch.tensors), batch.rows))  # as it was sent
+            self.rollouts_per_prompt = kwargs["rollouts_per_prompt"]
             shape = batch.tensors["responses"].shape
             on_policy = "old_log_probs" not in batch.tensors
             tokens = Batch({"old_log_probs": torch.full(shape, -1.0), "entropy": torch.full(shape, 0.5)}) if on_policy else Batch()
@@ -124,7 +126,7 @@ def data(tmp_path_factory):
 def make_trainer(tiny_model_path, data, tmp_path, method: str, *extra: str):
     from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 
-    cfg = prepare_config(compose_config([
+    cfg = load_config(compose_config([
         f"reward_model.reward_manager={method}", f"actor_rollout_ref.model.path={tiny_model_path}",
         f"data.train_files={data['train']}", f"data.train_aug_files={data['train_rewrite']}",
         f"data.val_files={data['val']}", "data.train_batch_size=2", "data.max_prompt_length=192",
@@ -133,8 +135,8 @@ def make_trainer(tiny_model_path, data, tmp_path, method: str, *extra: str):
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "trainer.device=cpu", "trainer.n_gpus_per_node=2",
         f"trainer.default_local_dir={tmp_path}", *extra,
     ]))
-    method_ = resolve_method(cfg.reward_model.reward_manager)
-    tokenizer = load_tokenizer(cfg)
+    method_ = cfg.method
+    tokenizer = load_tokenizer(str(tiny_model_path))
     train, val = build_datasets(cfg, method_, tokenizer)
     prompt_info = {}
     for item in [*train.items, *(val.items if val is not None else [])]:
@@ -142,14 +144,13 @@ def make_trainer(tiny_model_path, data, tmp_path, method: str, *extra: str):
             prompt_info[tuple(sub["input_ids"])] = {"view": sub.get("view", "original"), "index": sub["index"],
                                                     "ground_truth": sub["ground_truth"]}
     engine = ScriptedEngine(tokenizer, prompt_info)
-    worker = ActorRolloutRefWorker(OmegaConf.to_container(cfg, resolve=True), rank=0, world_size=1)
-    worker.engine, worker.tokenizer = engine, tokenizer
-    worker.pad_token_id, worker.eos_ids = tokenizer.pad_token_id, [tokenizer.eos_token_id]
-    worker._engine_holds = {("policy", 0), ("teacher", 0)}
+    worker = ActorRolloutRefWorker(cfg, rank=0, world_size=1)
+    worker.rollout = RolloutRunner(engine, cfg.actor_rollout_ref.rollout, R, tokenizer, tokenizer.pad_token_id,
+                                   [tokenizer.eos_token_id], torch.device("cpu"), 0, None)
     workers = RecordingWorkers(worker, engine)
     loader = build_loader(cfg, method_, train)
     tracker = Tracker(tmp_path, ["console"], printer=lambda line: None)
-    trainer = Trainer(cfg, method_, tokenizer, loader, val, workers, tracker, total_steps=4)
+    trainer = Trainer(cfg, tokenizer, loader, val, workers, tracker, total_steps=4)
     return trainer, workers, engine
 
 
@@ -189,7 +190,7 @@ def test_co_rewarding_ii_order_teacher_view_and_interval(tiny_model_path, data, 
     # the teacher's unanimous "5" is every policy rollout's label: original-view answers 5, 5, 7, 8
     # score 1, 1, 0, 0 -> mean 0.5, unbiased std sqrt(1/3) -> A = +-0.5 / (sqrt(1/3) + 1e-6)
     update = workers.updates[0]
-    assert update.meta["rollouts_per_prompt"] == N
+    assert workers.rollouts_per_prompt == N
     scores, advantages = rows_by_uid(update, "scores"), rows_by_uid(update, "advantages")
     assert len(scores) == 2
     expected = 0.5 / (3 ** -0.5 + 1e-6)
@@ -237,7 +238,7 @@ def test_co_rewarding_i_groups_each_view_separately(tiny_model_path, data, tmp_p
     run_steps(trainer, 1)
     assert workers.calls == ["generate:policy", "log_prob:ref", "update_actor"]
     update = workers.updates[0]
-    assert update.meta["rollouts_per_prompt"] == 2 * N  # a mini-batch holds both views of its pairs
+    assert workers.rollouts_per_prompt == 2 * N  # a mini-batch holds both views of its pairs
     views = dict(zip(update.rows["uid"], update.rows["view"]))
     scores, advantages = rows_by_uid(update, "scores"), rows_by_uid(update, "advantages")
     assert sorted(views.values()) == ["original", "original", "rephrased", "rephrased"]
@@ -255,7 +256,7 @@ def test_validation_pads_to_the_worker_count(tiny_model_path, data, tmp_path):
     sampled with val_kwargs (temperature 0.8, one sample)."""
     trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "naive", "trainer.log_val_generations=2")
     metrics = trainer.validate()
-    assert workers.calls == ["generate:val"]
+    assert workers.calls == ["generate:validation"]
     (call,) = engine.calls
     assert len(call["views"]) == 4
     assert call["sampling"].n == 1 and call["sampling"].temperature == 0.8 and not call["sampling"].greedy

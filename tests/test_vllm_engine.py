@@ -192,29 +192,34 @@ def test_weight_push_matches_transformers(engine, hf_model, tokenizer, eos_ids, 
 # -- engine arguments (no engine started) ----------------------------------------------------------
 
 
-def _config(tp: int, seed: int = 7) -> dict:
-    rollout = dict(
-        name="vllm", tensor_model_parallel_size=tp, seed=seed, gpu_memory_utilization=0.5, enforce_eager=True,
-        free_cache_engine=True, max_num_seqs=8, max_num_batched_tokens=512,
-    )
-    data = {"max_prompt_length": 8, "max_response_length": 4}
-    return {"actor_rollout_ref": {"rollout": rollout, "model": {}}, "data": data}
-
-
 def test_engine_seed_is_per_rollout_group():
     """rollout.seed + rank // tp: every rank its own seed with TP 1; the ranks of a TP group share one
     (they must sample the same tokens), the next group gets the next seed."""
-    from corewarding.workers.rollout import vllm_engine_kwargs
+    from types import SimpleNamespace
+
+    from corewarding.workers.rollout_runner import rollout_seed
 
     def seeds(tp: int, world: int) -> list[int]:
-        return [vllm_engine_kwargs(_config(tp), "/m", "cpu", rank)["seed"] for rank in range(world)]
+        return [rollout_seed(SimpleNamespace(seed=7, tensor_model_parallel_size=tp), rank) for rank in range(world)]
 
     assert seeds(1, 2) == [7, 8]
     assert seeds(2, 4) == [7, 7, 8, 8]
-    kwargs = vllm_engine_kwargs(_config(2), "/m", "cpu", 1)
-    assert kwargs["tensor_parallel_size"] == 2 and kwargs["max_model_len"] == 12
-    assert kwargs["enable_sleep_mode"] is False  # sleep mode is GPU-only
-    assert vllm_engine_kwargs(_config(2), "/m", "cuda", 1)["enable_sleep_mode"] is True
+
+
+def test_factory_passes_the_vllm_settings(monkeypatch):
+    """make_engine hands vLLM the settings as given; sleep mode only on a GPU."""
+    from corewarding.workers import rollout
+    from corewarding.workers.rollout import vllm_engine
+
+    made = []
+    monkeypatch.setattr(vllm_engine, "VLLMRolloutEngine", lambda path, **kwargs: made.append((path, kwargs)))
+    settings = rollout.EngineSettings(name="vllm", max_model_len=12, seed=8, tensor_parallel_size=2, sleep_mode=True,
+                                      max_num_seqs=8, max_num_batched_tokens=512)
+    for device in ("cpu", "cuda"):
+        rollout.make_engine(settings, "/m", None, device)
+    (_, on_cpu), (_, on_gpu) = made
+    assert on_cpu["tensor_parallel_size"] == 2 and on_cpu["max_model_len"] == 12 and on_cpu["seed"] == 8
+    assert on_cpu["enable_sleep_mode"] is False and on_gpu["enable_sleep_mode"] is True
 
 
 def test_tensor_parallel_llm_arguments():

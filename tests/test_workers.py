@@ -8,12 +8,15 @@ import random
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from corewarding.batch import Batch
+from corewarding.config import Config, compose_config, load_config, replace_in
+from corewarding.data import left_pad, load_tokenizer
 from corewarding.workers.rollout.base import RolloutOutput
 from spawned_ranks import run_spawned_ranks
 
@@ -27,14 +30,13 @@ R = 6  # max response length
 LR = 1e-3
 
 
-def make_config(model_path: Path, **extra: str) -> dict:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "corewarding" / "config" / "ppo_trainer.yaml")
+def make_config(model_path: Path, **extra: Any) -> Config:
+    """The typed config of these tests: the tiny model, 2 CPU workers, the HF engine, `extra` overrides."""
     overrides = {
         "trainer.device": "cpu",
         "trainer.nnodes": 1,
         "trainer.n_gpus_per_node": 2,
+        "trainer.cpus_per_worker": 1,
         "actor_rollout_ref.model.path": str(model_path),
         "actor_rollout_ref.model.enable_gradient_checkpointing": True,
         "actor_rollout_ref.rollout.name": "hf",
@@ -45,6 +47,7 @@ def make_config(model_path: Path, **extra: str) -> dict:
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 2,
         "data.max_prompt_length": 16,
         "data.max_response_length": R,
+        "data.train_batch_size": 8,
         "actor_rollout_ref.actor.ppo_mini_batch_size": 4,  # prompts -> 4 x 2 / 2 = 4 rows per rank
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
         "actor_rollout_ref.actor.optim.lr": LR,
@@ -54,14 +57,15 @@ def make_config(model_path: Path, **extra: str) -> dict:
         "actor_rollout_ref.actor.optim.eps": 1e-3,
         "actor_rollout_ref.actor.optim.lr_warmup_steps": 0,
         "actor_rollout_ref.actor.optim.warmup_style": "constant",
-        "actor_rollout_ref.actor.optim.total_training_steps": 10,
         "actor_rollout_ref.actor.use_kl_loss": True,
         "actor_rollout_ref.actor.kl_loss_coef": 0.1,
         "actor_rollout_ref.actor.entropy_coeff": 0.01,
         **extra,
     }
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
-    return OmegaConf.to_container(cfg, resolve=True)
+    # the bare workers below take TP groups on CPU (recording engines), which a run would refuse
+    tp = overrides.pop("actor_rollout_ref.rollout.tensor_model_parallel_size", 1)
+    config = load_config(compose_config([f"{k}={v}" for k, v in overrides.items()]), check_paths=False)
+    return replace_in(config, "actor_rollout_ref.rollout", tensor_model_parallel_size=tp)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def setup(tiny_model_path):
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "ray"), log_to_driver=False)
     group = RayWorkerGroup(config)
     try:
-        group.call_all("init_model")
+        group.call_all("init_model", 10)
         initial = tmp / "initial"
         group.call_all("save_checkpoint", str(initial))  # fresh optimizer: no state saved
         yield {"group": group, "config": config, "tmp": tmp, "initial": initial, "path": tiny_model_path}
@@ -94,10 +98,16 @@ def reset(setup) -> None:
 
 
 def prompt_batch(tokenizer, texts: list[str]) -> Batch:
-    from corewarding.data.dataset import left_pad
+    """Prompts as the trainer sends them: token-id lists."""
+    return Batch(rows={"prompt_ids": [tokenizer.encode(t) for t in texts], "uid": [f"u{i}" for i in range(len(texts))]})
 
-    ids, mask = left_pad([tokenizer.encode(t) for t in texts], tokenizer.pad_token_id)
-    return Batch(tensors={"input_ids": ids, "attention_mask": mask}, rows={"uid": [f"u{i}" for i in range(len(texts))]})
+
+def generate(group_or_worker, prompts: Batch, role: str = "policy") -> Batch:
+    """Rollouts of `prompts` (a worker group's dispatch or one worker), prompts padded to their longest."""
+    width = max(len(p) for p in prompts.rows["prompt_ids"])
+    if hasattr(group_or_worker, "dispatch"):
+        return group_or_worker.dispatch("generate_sequences", prompts, role=role, prompt_width=width).rollouts
+    return group_or_worker.generate_sequences(prompts, role=role, prompt_width=width).rollouts
 
 
 def rollout_batch(num_prompts: int, seed: int, vocab: int = 49152, prompt_width: int = 7) -> Batch:
@@ -156,26 +166,28 @@ def test_generate_shapes_and_masks(setup, tokenizer):
     group = setup["group"]
     texts = ["hello there", "what is 1+1?", "a", "the quick brown fox jumps"]
     batch = prompt_batch(tokenizer, texts)
-    out = group.dispatch("generate_sequences", batch)
-    rows, width = len(texts) * N, batch["input_ids"].shape[1]
+    width = max(len(p) for p in batch.rows["prompt_ids"])
+    generated = group.dispatch("generate_sequences", batch, role="policy", prompt_width=width)
+    out = generated.rollouts
+    rows = len(texts) * N
     assert out.rows["uid"] == [u for u in batch.rows["uid"] for _ in range(N)]
-    assert out["prompts"].shape == (rows, width)
-    assert torch.equal(out["prompts"], batch["input_ids"].repeat_interleave(N, 0))
+    assert out.rows["prompt_ids"] == [p for p in batch.rows["prompt_ids"] for _ in range(N)]
     assert out["responses"].shape == out["response_mask"].shape == (rows, R)
     assert out["input_ids"].shape == out["attention_mask"].shape == out["position_ids"].shape == (rows, width + R)
-    assert torch.equal(out["input_ids"], torch.cat([out["prompts"], out["responses"]], 1))
+    prompts, prompt_mask = left_pad(out.rows["prompt_ids"], tokenizer.pad_token_id, width=width)
+    assert torch.equal(out["input_ids"], torch.cat([prompts, out["responses"]], 1))  # padded once, here
     mask = out["response_mask"]
     lengths = mask.sum(1)
     assert torch.equal(mask, (torch.arange(R)[None] < lengths[:, None]).long())  # contiguous from the left
     assert torch.all(out["responses"][mask == 0] == tokenizer.pad_token_id)
-    assert torch.equal(out["attention_mask"], torch.cat([batch["attention_mask"].repeat_interleave(N, 0), mask], 1))
+    assert torch.equal(out["attention_mask"], torch.cat([prompt_mask, mask], 1))
     assert torch.equal(out["position_ids"], (out["attention_mask"].cumsum(1) - 1).clamp(min=0))
     for i in range(rows):
         ids = out["responses"][i, : lengths[i]].tolist()
         assert out.rows["response_text"][i] == tokenizer.decode(ids, skip_special_tokens=True)
         if lengths[i] < R:  # stopped early: only at EOS, which is kept as the last response token
             assert ids[-1] == tokenizer.eos_token_id
-    assert "timing/weight_sync" in out.meta
+    assert generated.weight_sync_s >= 0 and generated.generate_s > 0
 
 
 class RecordingEngine:
@@ -220,24 +232,20 @@ class IdsTokenizer:
         return [" ".join(map(str, ids)) for ids in sequences]
 
 
-def bare_worker(config: dict, engine, tokenizer, rank: int = 0, world_size: int = 1):
+def bare_worker(config: Config, engine, tokenizer, rank: int = 0, world_size: int = 1, tp_group=None):
     """A worker without init_model (no process group, no models): enough for generate_sequences."""
     from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+    from corewarding.workers.rollout_runner import RolloutRunner
 
     worker = ActorRolloutRefWorker(config, rank=rank, world_size=world_size)
-    worker.engine, worker.tokenizer = engine, tokenizer
-    worker.pad_token_id, worker.eos_ids = tokenizer.pad_token_id, [tokenizer.eos_token_id]
-    worker._engine_holds = {("policy", 0), ("teacher", 0)}
+    worker.rollout = RolloutRunner(engine, config.actor_rollout_ref.rollout, config.data.max_response_length, tokenizer,
+                                   tokenizer.pad_token_id, [tokenizer.eos_token_id], torch.device("cpu"), rank, tp_group)
     return worker
 
 
 def ids_batch(prompts: list[list[int]]) -> Batch:
-    """Left-padded prompt ids (pad 0), as the trainer sends them."""
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    uids = [f"u{i}" for i in range(len(prompts))]
-    return Batch(tensors={"input_ids": ids, "attention_mask": mask}, rows={"uid": uids})
+    """Prompt ids as the trainer sends them (token-id lists)."""
+    return Batch(rows={"prompt_ids": [list(p) for p in prompts], "uid": [f"u{i}" for i in range(len(prompts))]})
 
 
 def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
@@ -262,10 +270,11 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
         def wake_up(self):
             pass
 
-    worker = bare_worker(make_config(tiny_model_path), Engine(), tokenizer)
+    engine = Engine()
+    worker = bare_worker(make_config(tiny_model_path), engine, tokenizer)
     batch = prompt_batch(tokenizer, ["one two three", "four"])
-    out = worker.generate_sequences(batch)
-    prompts, sampling = worker.engine.seen
+    out = generate(worker, batch)
+    prompts, sampling = engine.seen
     assert prompts == [tokenizer.encode("one two three"), tokenizer.encode("four")]  # padding stripped
     assert sampling.n == N and sampling.max_new_tokens == R and sampling.temperature == TEMPERATURE
     assert eos in sampling.stop_token_ids
@@ -275,7 +284,7 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
     assert out.rows["response_text"][2] == ""
     assert out.rows["uid"] == ["u0", "u0", "u1", "u1"]
     assert out.rows["sample_index"] == [0, 1, 0, 1]  # generation order within each prompt's group
-    val = worker._sampling(use_teacher=False, validate=True)
+    val = worker.rollout.sampling("validation")
     assert val.greedy and val.n == 1
 
 
@@ -291,10 +300,10 @@ def test_free_cache_engine_call_order(tiny_model_path, tokenizer, drops_weights)
     torch.nn.init.constant_(worker.actor.weight, 1.0)
     torch.nn.init.constant_(worker.ref.weight, 2.0)
     worker.policy_version = worker.teacher_version = 1  # after an update and an EMA step
-    worker._engine_holds = {("policy", 1)}  # the engine holds the updated policy
+    worker.rollout.holds = {("policy", 1)}  # the engine holds the updated policy
     prompts = prompt_batch(tokenizer, ["one two", "three"])
-    for use_teacher in (False, True, False, False):
-        worker.generate_sequences(prompts, use_teacher=use_teacher)
+    for role in ("policy", "teacher", "policy", "policy"):
+        generate(worker, prompts, role)
     policy, teacher, rollout = "load:1", "load:2", ["generate", "sleep"]
     expected = [
         "wake_up", *rollout,
@@ -313,7 +322,7 @@ def test_update_actor_entropy_loss_only_with_a_bonus(tiny_model_path):
 
     config = make_config(tiny_model_path, **{"actor_rollout_ref.actor.entropy_coeff": 0.0})
     worker = ActorRolloutRefWorker(config, rank=0, world_size=1)
-    worker.actor, worker.attn_impl = load_plain(tiny_model_path), "sdpa"
+    worker.actor, worker.attn_impl, worker.device = load_plain(tiny_model_path), "sdpa", torch.device("cpu")
     install_token_stats(worker.actor)
     worker.optimizer = torch.optim.AdamW(worker.actor.parameters(), lr=LR)
     worker.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(worker.optimizer, lambda step: 1.0)
@@ -322,10 +331,10 @@ def test_update_actor_entropy_loss_only_with_a_bonus(tiny_model_path):
     extra = {k: torch.randn(batch["responses"].shape, generator=g) - 3 for k in ("old_log_probs", "ref_log_probs")}
     batch = Batch(tensors={**batch.tensors, **extra, "advantages": torch.randn(len(batch), generator=g)})
 
-    metrics = worker.update_actor(batch).metrics
+    metrics = worker.update_actor(batch, rollouts_per_prompt=N).metrics
     assert not any("entropy" in key for key in metrics)
-    worker.actor_cfg["entropy_coeff"] = 0.01
-    metrics = worker.update_actor(batch).metrics
+    worker.config = replace_in(config, "actor_rollout_ref.actor", entropy_coeff=0.01)
+    metrics = worker.update_actor(batch, rollouts_per_prompt=N).metrics
     assert torch.isfinite(torch.tensor(metrics["actor/entropy_loss"])) and metrics["actor/entropy_loss"] > 0
     assert "actor/entropy" not in metrics
 
@@ -353,18 +362,17 @@ def test_engine_build_leaves_the_trainer_rng_per_rank(tiny_model_path, monkeypat
     rollout.seed + rank // tp, the same on both ranks of a TP group here) does not leave ranks on the
     same torch stream: after the build each rank draws from rollout.seed + rank."""
     from corewarding.workers import fsdp_worker
-    from corewarding.workers.rollout import rollout_seed
 
     seeds = []
 
-    def build(config, model_path, model, tokenizer, device, rank):
-        seeds.append(rollout_seed(config, rank))
-        random.seed(seeds[-1])
-        np.random.seed(seeds[-1])
-        torch.manual_seed(seeds[-1])
+    def make(settings, model_path, tokenizer, device):
+        seeds.append(settings.seed)
+        random.seed(settings.seed)
+        np.random.seed(settings.seed)
+        torch.manual_seed(settings.seed)
         return RecordingEngine()
 
-    monkeypatch.setattr(fsdp_worker, "build_rollout_engine", build)
+    monkeypatch.setattr(fsdp_worker, "make_engine", make)
     config = make_config(
         tiny_model_path,
         **{"actor_rollout_ref.rollout.seed": 5, "actor_rollout_ref.rollout.tensor_model_parallel_size": 2},
@@ -372,8 +380,8 @@ def test_engine_build_leaves_the_trainer_rng_per_rank(tiny_model_path, monkeypat
     draws = []
     for rank in (0, 1):
         worker = fsdp_worker.ActorRolloutRefWorker(config, rank=rank, world_size=2)
-        worker.model_path, worker.tokenizer = str(tiny_model_path), None
-        worker._build_engine()
+        worker.tokenizer, worker.attn_impl = load_tokenizer(str(tiny_model_path)), "sdpa"
+        worker._build_rollout(tp_group=None)
         draws.append(torch.rand(4))
         assert torch.equal(draws[-1], torch.rand(4, generator=torch.Generator().manual_seed(5 + rank)))
     assert seeds == [5, 5] and not torch.equal(draws[0], draws[1])
@@ -396,9 +404,8 @@ def _tp_rank(rank: int, port: int, model_path: str, out_dir: str) -> None:
     )
     engine = RecordingEngine()
     worker = bare_worker(config, engine, IdsTokenizer(), rank=rank, world_size=TP_WORLD)
-    worker._init_distributed()
-    worker._seed_rngs()
-    out = worker.generate_sequences(ids_batch(TP_PROMPTS[rank]))
+    worker.rollout.tp_group = worker._init_distributed()
+    out = generate(worker, ids_batch(TP_PROMPTS[rank]))
     torch.save({"prompts": engine.prompts, "draws": engine.draws, "out": out}, Path(out_dir) / f"rank{rank}.pt")
     worker.shutdown()
 
@@ -428,7 +435,7 @@ def test_tp_rank_keeps_the_rollouts_of_its_own_prompts(tp_run, tiny_model_path):
     """Each rank's result with tp=2 is exactly what a tp=1 worker makes of its own prompts."""
     for rank, result in enumerate(tp_run):
         alone = bare_worker(make_config(tiny_model_path), RecordingEngine(), IdsTokenizer())
-        expected = alone.generate_sequences(ids_batch(TP_PROMPTS[rank]))
+        expected = generate(alone, ids_batch(TP_PROMPTS[rank]))
         got = result["out"]
         assert set(got.tensors) == set(expected.tensors) and got.rows == expected.rows
         for key, value in expected.tensors.items():
@@ -438,7 +445,7 @@ def test_tp_rank_keeps_the_rollouts_of_its_own_prompts(tp_run, tiny_model_path):
 def test_compute_log_prob_matches_plain_hf(setup):
     reset(setup)
     batch = rollout_batch(num_prompts=5, seed=1)
-    got = setup["group"].dispatch("compute_log_prob", batch, calculate_entropy=True, calculate_self_certainty=True)
+    got = setup["group"].dispatch("compute_log_prob", batch, with_entropy=True, with_self_certainty=True)
     ref = setup["group"].dispatch("compute_log_prob", batch, model="ref")
     assert set(got.tensors) == {"old_log_probs", "entropy", "self_certainty"} and set(ref.tensors) == {"ref_log_probs"}
     logits = reference_logits(load_plain(setup["path"]), batch)
@@ -467,20 +474,20 @@ def training_batch(setup, seed: int, num_prompts: int = 8) -> Batch:
     return Batch(tensors=tensors, rows=batch.rows)
 
 
-def reference_update(model, batch: Batch, config: dict, world: int = 2):
+def reference_update(model, batch: Batch, config: Config, world: int = 2):
     """One update_actor call in plain single-process torch: per mini-batch j, the token-mean loss
     over the mini-batch's rows of every rank (the exact mini-batch aggregate), clip, AdamW."""
     from corewarding.algos import agg_loss, kl_penalty, policy_loss
 
-    a = config["actor_rollout_ref"]["actor"]
+    a = config.actor_rollout_ref.actor
     optim = torch.optim.AdamW(
         model.parameters(),
         lr=LR,
-        betas=tuple(a["optim"]["betas"]),
-        eps=a["optim"]["eps"],
-        weight_decay=a["optim"]["weight_decay"],
+        betas=a.optim.betas,
+        eps=a.optim.eps,
+        weight_decay=a.optim.weight_decay,
     )
-    mini = a["ppo_mini_batch_size"] * N // world
+    mini = a.ppo_mini_batch_size * N // world
     chunks = batch.chunk(world)
     model.train()
     norms = []
@@ -494,8 +501,8 @@ def reference_update(model, batch: Batch, config: dict, world: int = 2):
         mask = mb["response_mask"]
         pg, _ = policy_loss(logp, mb["old_log_probs"], mb["advantages"], mask, 0.2, 0.2, 3.0, "token-mean")
         kl = agg_loss(kl_penalty(logp, mb["ref_log_probs"], "low_var_kl"), mask, "token-mean")
-        (pg - a["entropy_coeff"] * agg_loss(entropy, mask) + a["kl_loss_coef"] * kl).backward()
-        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), a["grad_clip"])))
+        (pg - a.entropy_coeff * agg_loss(entropy, mask) + a.kl_loss_coef * kl).backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), a.grad_clip)))
         optim.step()
     return norms
 
@@ -510,7 +517,7 @@ def test_update_actor_matches_single_process(setup):
     reset(setup)
     group = setup["group"]
     batch = training_batch(setup, seed=2)
-    results = ray.get([w.update_actor.remote(c) for w, c in zip(group.workers, batch.chunk(2))])
+    results = ray.get([w.update_actor.remote(c, rollouts_per_prompt=N) for w, c in zip(group.workers, batch.chunk(2))])
     metrics = results[0].metrics
     assert results[0].metrics == results[1].metrics  # reduced over ranks: the same dict everywhere
     for key in ("pg_loss", "pg_clipfrac", "pg_clipfrac_lower", "ppo_kl", "kl_loss", "entropy_loss", "grad_norm", "lr"):
@@ -533,7 +540,7 @@ def test_update_teacher_is_ema(setup):
     reset(setup)
     group = setup["group"]
     batch = training_batch(setup, seed=3)
-    group.dispatch("update_actor", batch)
+    group.dispatch("update_actor", batch, rollouts_per_prompt=N)
     policy, teacher = full_state(setup, "actor"), full_state(setup, "ref")
     group.call_all("update_teacher", 0.7)
     new_teacher = full_state(setup, "ref")
@@ -544,44 +551,55 @@ def test_update_teacher_is_ema(setup):
 
 
 def test_teacher_generation_uses_teacher_weights(setup, tokenizer):
-    reset(setup)
+    """Teacher rollouts sample with the teacher's weights, policy rollouts with the policy's; the
+    rollout RNG comes back with every reset (the initial checkpoint), so equal weights sample equal
+    responses. Weights are pushed only when the engine lacks them."""
     group = setup["group"]
     prompts = prompt_batch(tokenizer, ["one plus one", "the sky is", "count: 1 2 3", "x"])
-    first = group.dispatch("generate_sequences", prompts, use_teacher=True, validate=True)  # greedy
-    assert first.meta["timing/weight_sync"] > 0  # load_checkpoint invalidated the engine's weights
-    again = group.dispatch("generate_sequences", prompts, use_teacher=True, validate=True)
-    assert again.meta["timing/weight_sync"] == 0.0  # teacher already in the engine
-    assert torch.equal(first["responses"], again["responses"])
-    policy = group.dispatch("generate_sequences", prompts, validate=True)
-    assert torch.equal(policy["responses"], first["responses"])  # teacher == policy so far
+    width = max(len(p) for p in prompts.rows["prompt_ids"])
 
+    def sample(role: str):
+        return group.dispatch("generate_sequences", prompts, role=role, prompt_width=width)
+
+    reset(setup)
+    first = sample("teacher")
+    assert first.weight_sync_s > 0  # load_checkpoint invalidated the engine's weights
+    assert sample("teacher").weight_sync_s == 0.0  # teacher already in the engine
+    reset(setup)
+    assert torch.equal(sample("teacher").rollouts["responses"], first.rollouts["responses"])  # same weights, same RNG
+    reset(setup)
+    assert torch.equal(sample("policy").rollouts["responses"], first.rollouts["responses"])  # teacher == policy so far
+
+    reset(setup)
+    for seed in (4, 5):  # the rollout RNG is untouched by updates
+        group.dispatch("update_actor", training_batch(setup, seed=seed), rollouts_per_prompt=N)
+    teacher = sample("teacher")
+    assert torch.equal(teacher.rollouts["responses"], first.rollouts["responses"])  # the teacher did not move
+    reset(setup)
     for seed in (4, 5):
-        batch = training_batch(setup, seed=seed)
-        group.dispatch("update_actor", batch)
-    policy = group.dispatch("generate_sequences", prompts, validate=True)
-    teacher = group.dispatch("generate_sequences", prompts, use_teacher=True, validate=True)
-    assert torch.equal(teacher["responses"], first["responses"])  # the teacher did not move
-    assert not torch.equal(policy["responses"], first["responses"])  # the policy did
+        group.dispatch("update_actor", training_batch(setup, seed=seed), rollouts_per_prompt=N)
+    policy = sample("policy")
+    assert not torch.equal(policy.rollouts["responses"], first.rollouts["responses"])  # the policy did
 
 
 def test_checkpoint_round_trip_is_exact(setup):
     reset(setup)
     group = setup["group"]
     b1, b2 = training_batch(setup, seed=6), training_batch(setup, seed=7)
-    group.dispatch("update_actor", b1)
+    group.dispatch("update_actor", b1, rollouts_per_prompt=N)
     group.call_all("update_teacher", 0.5)
     ckpt = setup["tmp"] / "step1"
     group.call_all("save_checkpoint", str(ckpt))
     assert (ckpt / "actor" / "model.safetensors").exists() and (ckpt / "actor" / "config.json").exists()
     assert (ckpt / "ref" / "model.safetensors").exists() and (ckpt / "rng" / "rank_1.json").exists()
-    straight = group.dispatch("update_actor", b2)
-    sample_straight = group.dispatch("generate_sequences", prompt_batch_from(b2))
+    straight = group.dispatch("update_actor", b2, rollouts_per_prompt=N)
+    sample_straight = generate(group, prompt_batch_from(b2))
     state_straight = full_state(setup)
 
     reset(setup)  # something else in between
     group.call_all("load_checkpoint", str(ckpt))
-    resumed = group.dispatch("update_actor", b2)
-    sample_resumed = group.dispatch("generate_sequences", prompt_batch_from(b2))
+    resumed = group.dispatch("update_actor", b2, rollouts_per_prompt=N)
+    sample_resumed = generate(group, prompt_batch_from(b2))
     assert resumed.metrics == straight.metrics
     assert_states_close(full_state(setup), state_straight, atol=0.0)
     assert torch.equal(sample_resumed["responses"], sample_straight["responses"])  # RNG restored too
@@ -611,7 +629,7 @@ def test_checkpoint_files_load_without_unpickling(setup):
 
     reset(setup)
     group = setup["group"]
-    group.dispatch("update_actor", training_batch(setup, seed=9))
+    group.dispatch("update_actor", training_batch(setup, seed=9), rollouts_per_prompt=N)
     ckpt = setup["tmp"] / "no_pickle"
     group.call_all("save_checkpoint", str(ckpt))
     kinds = {f.suffix for f in ckpt.rglob("*") if f.is_file()}
@@ -631,8 +649,8 @@ def state_after_load(setup, ckpt: Path):
     group = setup["group"]
     group.call_all("load_checkpoint", str(ckpt))
     batch = training_batch(setup, seed=10)
-    metrics = group.dispatch("update_actor", batch)
-    sample = group.dispatch("generate_sequences", prompt_batch_from(batch))["responses"].tolist()
+    metrics = group.dispatch("update_actor", batch, rollouts_per_prompt=N)
+    sample = generate(group, prompt_batch_from(batch))["responses"].tolist()
     return group.call_all("get_versions"), metrics, sample
 
 
@@ -669,7 +687,7 @@ def _agree_rank(rank: int, port: int, fail_on: tuple[int, ...], out_dir: str) ->
     import torch.distributed as dist
 
     from corewarding.trainer.checkpoint import WorkerCheckpointError
-    from corewarding.workers.fsdp_worker import agree_on_error
+    from corewarding.workers.worker_state import agree_on_error
 
     os.environ.update(GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -704,9 +722,11 @@ def test_all_ranks_learn_of_a_failed_write_together(fail_on, tmp_path):
 
 
 def prompt_batch_from(batch: Batch) -> Batch:
+    """The prompts (as token-id lists) of a rollout batch, one per group of N rollouts."""
     first = batch.select(range(0, len(batch), N))
-    width = first["prompts"].shape[1]
-    return Batch(tensors={"input_ids": first["prompts"], "attention_mask": first["attention_mask"][:, :width]})
+    width = first["input_ids"].shape[1] - R
+    ids, mask = first["input_ids"][:, :width], first["attention_mask"][:, :width]
+    return Batch(rows={"prompt_ids": [row[m.bool()].tolist() for row, m in zip(ids, mask)]})
 
 
 def test_errors(setup, tiny_model_path):
@@ -717,9 +737,9 @@ def test_errors(setup, tiny_model_path):
         group.dispatch("compute_log_prob", rollout_batch(num_prompts=3, seed=0).select(range(5)))
     batch = training_batch(setup, seed=8, num_prompts=6)  # 6 rows per rank, mini-batch of 4
     with pytest.raises(Exception, match="ppo_mini_batch_size"):
-        group.dispatch("update_actor", batch)
+        group.dispatch("update_actor", batch, rollouts_per_prompt=N)
     bad = make_config(tiny_model_path, **{"actor_rollout_ref.model.path": "/nonexistent/model"})
     with pytest.raises(FileNotFoundError, match="actor_rollout_ref.model.path"):
-        ActorRolloutRefWorker(bad, rank=0, world_size=1).init_model()
+        ActorRolloutRefWorker(bad, rank=0, world_size=1).init_model(total_steps=10)
     with pytest.raises(Exception, match="incomplete"):
         group.call_all("load_checkpoint", str(setup["tmp"] / "nothing-here"))

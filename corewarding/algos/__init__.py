@@ -1,4 +1,4 @@
-"""Pure tensor functions of the GRPO trainer (SPEC.md section 2): group advantages, the PPO
+"""Pure tensor functions of the GRPO trainer (docs/method.md): group advantages, the PPO
 clipped loss with dual clip, KL estimators, loss aggregation, per-token entropy / self-certainty /
 log-probs from hidden states and the output embedding (chunked, logits never in full), the EMA-teacher weight schedule and LR schedules."""
 
@@ -15,8 +15,6 @@ from corewarding.algos.losses import (
     kl_penalty,
     masked_mean,
     masked_sum,
-    masked_var,
-    masked_whiten,
     policy_loss,
     policy_loss_terms,
 )
@@ -39,8 +37,6 @@ __all__ = [
     "lr_lambda",
     "masked_mean",
     "masked_sum",
-    "masked_var",
-    "masked_whiten",
     "policy_loss",
     "policy_loss_terms",
     "spread_over_tokens",

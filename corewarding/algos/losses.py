@@ -1,5 +1,5 @@
 """Masked reductions, the PPO clipped policy loss (with dual clip), KL estimators and loss
-aggregation. Semantics follow verl's `core_algos` / `torch_functional` (SPEC.md section 2)."""
+aggregation. Semantics follow verl's `core_algos` / `torch_functional` (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import torch
 __all__ = [
     "masked_sum",
     "masked_mean",
-    "masked_var",
-    "masked_whiten",
     "agg_loss",
     "agg_loss_denominator",
     "agg_loss_parts",
@@ -41,26 +39,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     """sum(x * mask) / (sum(mask) + 1e-8), as verl: an all-zero mask gives 0, not NaN."""
     denom = mask.sum() if dim is None else mask.sum(dim=dim)
     return masked_sum(x, mask, dim) / (denom + 1e-8)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the masked entries (Bessel-corrected when `unbiased`)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    if unbiased:
-        n = mask.sum()
-        if n < 2:
-            raise ValueError(f"unbiased masked variance needs at least 2 unmasked entries, got {float(n)}")
-        var = var * n / (n - 1)
-    return var
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / sqrt(var + 1e-8) over the masked entries; the mean is added back when
-    `shift_mean` is False."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
-    return out if shift_mean else out + mean
 
 
 def agg_loss_denominator(mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Data: verl-schema parquet datasets, the (original, rephrased) pairs of Co-rewarding-I, batching,
 a resumable loader, the built-in offline dataset and preprocessing of the public math sets."""
 
+from corewarding.data.chat import chat_prompt_ids, load_tokenizer, pad_token_id
 from corewarding.data.builtin import ONE_SHOT_SYSTEM_PROMPT, builtin_problems, write_builtin_dataset
 from corewarding.data.dataset import PairedRLDataset, RLDataset, StatefulLoader, left_pad, to_batch
 from corewarding.data.pairs import load_pairs
@@ -21,9 +22,12 @@ __all__ = [
     "SYSTEM_PROMPT",
     "StatefulLoader",
     "builtin_problems",
+    "chat_prompt_ids",
     "left_pad",
+    "load_tokenizer",
     "load_pairs",
     "make_row",
+    "pad_token_id",
     "read_verl_parquet",
     "to_batch",
     "user_content",

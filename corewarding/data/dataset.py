@@ -4,8 +4,8 @@
   `data.max_prompt_length` filter / truncation.
 - `PairedRLDataset` (Co-rewarding-I): one (original, rephrased) pair per item, built on
   `load_pairs`; a pair is dropped when either side is too long.
-- `to_batch(items, pad_token_id)`: items -> `Batch` with left-padded `input_ids`, `attention_mask`
-  and the rows `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`.
+- `to_batch(items)`: items -> a `Batch` of rows: the prompts as token-id lists (`prompt_ids`, padded
+  once, by the worker) and `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`.
   A batch of B pairs becomes 2B prompt rows: **the B originals first, then the B rephrased
   questions in the same pair order** (row i and row B+i share `pair_id`); rows `pair_id` and
   `view` ("original" / "rephrased") say which is which, and `views_swapped` whether the loader
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from corewarding.batch import Batch
+from corewarding.data.chat import chat_prompt_ids
 from corewarding.data.pairs import load_pairs
 from corewarding.data.schema import DataError, read_verl_parquet
 
@@ -36,17 +37,6 @@ logger = logging.getLogger(__name__)
 TRUNCATION_MODES = ("error", "left", "right")
 _SWAP_STREAM = 1  # third seed word of the view-swap draws: a stream apart from the order's (seed, epoch)
 ROW_KEYS = ("prompt_messages", "ground_truth", "data_source", "index", "uid")
-
-
-def _apply_template(tokenizer: Any, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
-    """Chat template (text) then tokenisation without extra special tokens: the token ids of the
-    generation prompt exactly as the template writes them."""
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', tokenizer)!r} has no chat template")
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
-    if not texts:
-        return []
-    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def _fit(ids: list[int], max_len: int, truncation: str, where: str) -> list[int]:
@@ -65,15 +55,6 @@ def _fit(ids: list[int], max_len: int, truncation: str, where: str) -> list[int]
 def _check_truncation(truncation: str) -> None:
     if truncation not in TRUNCATION_MODES:
         raise ValueError(f"data.truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
-
-
-def _pad_token_id(tokenizer: Any) -> int:
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(tokenizer, "eos_token_id", None)
-    if pad is None:
-        raise DataError("tokenizer has neither a pad nor an EOS token")
-    return int(pad)
 
 
 class RLDataset:
@@ -98,12 +79,11 @@ class RLDataset:
     ) -> None:
         _check_truncation(truncation)
         self.tokenizer = tokenizer
-        self.pad_token_id = _pad_token_id(tokenizer)
         self.max_prompt_length = max_prompt_length
         frame = read_verl_parquet(files, prompt_key, require_ground_truth)
         if max_samples is not None:
             frame = frame.iloc[:max_samples]
-        ids = _apply_template(tokenizer, frame["prompt"].tolist())
+        ids = chat_prompt_ids(tokenizer, frame["prompt"].tolist())
         several_files = frame["file"].nunique() > 1
         items, dropped = [], 0
         for i, rec in enumerate(frame.itertuples(index=False)):
@@ -158,13 +138,12 @@ class PairedRLDataset:
     ) -> None:
         _check_truncation(truncation)
         self.tokenizer = tokenizer
-        self.pad_token_id = _pad_token_id(tokenizer)
         self.max_prompt_length = max_prompt_length
         pairs = load_pairs(original_files, rephrased_files, prompt_key, require_ground_truth)
         if max_samples is not None:
             pairs = pairs.iloc[:max_samples]
-        ids_o = _apply_template(tokenizer, pairs["original_prompt"].tolist())
-        ids_r = _apply_template(tokenizer, pairs["rephrased_prompt"].tolist())
+        ids_o = chat_prompt_ids(tokenizer, pairs["original_prompt"].tolist())
+        ids_r = chat_prompt_ids(tokenizer, pairs["rephrased_prompt"].tolist())
         items, dropped = [], 0
         for i, rec in enumerate(pairs.itertuples(index=False)):
             if filter_overlong_prompts and max(len(ids_o[i]), len(ids_r[i])) > max_prompt_length:
@@ -201,9 +180,13 @@ class PairedRLDataset:
         return self.items[i]
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded (input_ids, attention_mask) of shape (len(sequences), longest)."""
-    width = max((len(s) for s in sequences), default=0)
+def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded (input_ids, attention_mask) of shape (len(sequences), width or the longest)."""
+    longest = max((len(s) for s in sequences), default=0)
+    if width is None:
+        width = longest
+    elif width < longest:
+        raise ValueError(f"cannot left-pad a sequence of {longest} tokens to {width}")
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
@@ -213,29 +196,26 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[tor
     return input_ids, attention_mask
 
 
-def to_batch(items: Sequence[dict[str, Any]], pad_token_id: int) -> Batch:
-    """Items of `RLDataset` or `PairedRLDataset` -> one `Batch` of prompts.
+def to_batch(items: Sequence[dict[str, Any]]) -> Batch:
+    """Items of `RLDataset` or `PairedRLDataset` -> one `Batch` of prompts, rows only (the prompts
+    travel as token-id lists; the worker pads them once, where it needs a tensor).
 
-    Tensors: `input_ids`, `attention_mask` (left-padded). Rows: `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`; for
-    pairs also `pair_id` and `view`: B pairs give 2B rows, originals first (rows 0..B-1) then the
+    Rows: `prompt_ids`, `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`; for pairs
+    also `pair_id` and `view`: B pairs give 2B rows, originals first (rows 0..B-1) then the
     rephrased twins in the same order (rows B..2B-1), and `views_swapped` (the pair's flag from the
-    loader, False when absent) on both rows of a pair. meta["paired"] says which kind it is.
+    loader, False when absent) on both rows of a pair.
     """
     items = list(items)
     if not items:
         raise ValueError("to_batch needs at least one item")
     paired = "original" in items[0]
     prompts = [it["original"] for it in items] + [it["rephrased"] for it in items] if paired else items
-    input_ids, attention_mask = left_pad([p["input_ids"] for p in prompts], pad_token_id)
     keys = ROW_KEYS + (("pair_id", "view") if paired else ())
     rows = {key: [p[key] for p in prompts] for key in keys}
+    rows["prompt_ids"] = [list(p["input_ids"]) for p in prompts]
     if paired:
         rows["views_swapped"] = [bool(it.get("views_swapped", False)) for it in items] * 2
-    return Batch(
-        tensors={"input_ids": input_ids, "attention_mask": attention_mask},
-        rows=rows,
-        meta={"paired": paired},
-    )
+    return Batch(rows=rows)
 
 
 class StatefulLoader:
@@ -275,10 +255,10 @@ class StatefulLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.view_swap_p = view_swap_p
-        pad = getattr(dataset, "pad_token_id", 0)
-        self.collate_fn = collate_fn or (lambda items: to_batch(items, pad))
+        self.collate_fn = collate_fn or to_batch
         self.epoch = 0
         self.position = 0
+        self.batch_epoch = 0  # the epoch of the batch handed out last
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -314,10 +294,8 @@ class StatefulLoader:
             self.position += 1
             if self.position >= len(self):
                 self.epoch, self.position = epoch + 1, 0
-            batch = self.collate_fn(self._items(chosen, swapped))
-            if isinstance(batch, Batch):
-                batch.meta.update({"epoch": epoch, "batch_in_epoch": start // self.batch_size})
-            yield batch
+            self.batch_epoch = epoch
+            yield self.collate_fn(self._items(chosen, swapped))
 
     def state_dict(self) -> dict[str, int]:
         return {

@@ -1,4 +1,4 @@
-"""Preprocessing of the public math sets into the verl schema (SPEC.md section 3).
+"""Preprocessing of the public math sets into the verl schema (data/README.md).
 
 Each dataset is a `DatasetSpec`: where it lives on the hub, which field holds the question and
 how to get the ground truth. Records come from the hub through `datasets` or from a local file

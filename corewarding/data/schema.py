@@ -1,6 +1,6 @@
 """The verl parquet schema: reading with validation, building rows, writing.
 
-One row per question (SPEC.md section 3)::
+One row per question (data/README.md)::
 
     prompt       list of chat messages [{role: system, content: SYSTEM_PROMPT}, {role: user, content: q}]
     data_source  str

@@ -1,4 +1,5 @@
-"""Reward library: answer extraction, math equivalence, majority vote, one function per method."""
+"""Reward library: answer extraction, math equivalence, majority vote, one function per method (the registry of
+methods is `corewarding.methods`)."""
 
 from corewarding.rewards.answers import (
     Vote,
@@ -9,12 +10,10 @@ from corewarding.rewards.answers import (
 )
 from corewarding.rewards.functions import (
     GT_SCORERS,
-    REWARD_FUNCTIONS,
     RewardOutput,
     co_rewarding_i,
     co_rewarding_ii,
     entropy,
-    get_reward_fn,
     ground_truth_verifier,
     gt,
     majority_voting,
@@ -24,7 +23,6 @@ from corewarding.rewards.hendrycks import hendrycks_equivalent
 
 __all__ = [
     "GT_SCORERS",
-    "REWARD_FUNCTIONS",
     "RewardOutput",
     "Vote",
     "answers_equivalent",
@@ -32,7 +30,6 @@ __all__ = [
     "co_rewarding_ii",
     "entropy",
     "extract_boxed_answer",
-    "get_reward_fn",
     "ground_truth_verifier",
     "gt",
     "hendrycks_equivalent",

@@ -1,4 +1,4 @@
-"""One reward function per method, and the registry.
+"""One reward function per method (the methods themselves are registered in `corewarding.methods`).
 
 Every function has the signature ``fn(batch, teacher=None, **options) -> RewardOutput`` and sees
 the whole batch. Input rows: ``response_text``, ``uid``, ``ground_truth`` (optional; None or absent
@@ -31,8 +31,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Callable, Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import torch
 
@@ -325,31 +324,3 @@ def entropy(
 ) -> RewardOutput:
     """Entropy (RENT / EMPO): minus the masked mean over response tokens of the per-token entropy."""
     return _certainty_output(batch, -_response_mean(batch, "entropy", "entropy"), gt_scorer, metric_budget_s)
-
-
-# ---------------------------------------------------------------------------------------------
-# registry
-# ---------------------------------------------------------------------------------------------
-
-REWARD_FUNCTIONS: dict[str, RewardFn] = {
-    "gt": gt,
-    "majority_voting": majority_voting,
-    "co_rewarding_i": co_rewarding_i,
-    "co_rewarding_ii": co_rewarding_ii,
-    "self_certainty": self_certainty,
-    "entropy": entropy,
-    # the release's names
-    "naive": gt,
-    "co_reward": co_rewarding_i,
-    "co_rewarding_II": co_rewarding_ii,
-}
-
-
-def get_reward_fn(name: str, **options: Any) -> RewardFn:
-    """The reward function registered as `name` (release aliases included); `options` (e.g.
-    ``equivalence="math"``) are bound as keyword arguments."""
-    try:
-        fn = REWARD_FUNCTIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown reward function {name!r}; known: {sorted(REWARD_FUNCTIONS)}") from None
-    return partial(fn, **options) if options else fn

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
+from corewarding.config.schema import CollapseMonitorConfig
 from corewarding.rewards import answers_equivalent
 
 logger = logging.getLogger(__name__)
@@ -58,16 +58,9 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-@dataclass(frozen=True)
-class CollapseRules:
-    window: int = 3  # steps averaged before comparing
-    drop: float = 0.1  # fall in accuracy (from its best window) that counts
-    consensus: float = 0.9  # majority ratio that counts as consensus
-    entropy_fraction: float = 0.2  # entropy below this share of its first value counts as collapsed
-
-
 class CollapseMonitor:
-    """Feed it every step's metrics; it adds `monitor/collapse` (0 / 1) and warns once per sign:
+    """Feed it every step's metrics; it adds `monitor/collapse` (0 / 1) and warns once per sign
+    (`trainer.collapse_monitor` sets `window`, `drop`, `consensus` and `entropy_fraction`):
     - consensus without correctness: the majority ratio's recent mean is at least `consensus` while
       the label accuracy (pseudo-label accuracy, or maj@n where there is no pseudo-label) is `drop`
       below its best window;
@@ -75,7 +68,7 @@ class CollapseMonitor:
       accuracy of the rollouts against the ground truth is `drop` below its best window;
     - entropy collapse: the recent entropy is below `entropy_fraction` of the first step's."""
 
-    def __init__(self, rules: CollapseRules = CollapseRules()) -> None:
+    def __init__(self, rules: CollapseMonitorConfig) -> None:
         self.rules = rules
         self.series: dict[str, list[float]] = {}
         self.warned: set[str] = set()

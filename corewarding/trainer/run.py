@@ -1,6 +1,6 @@
 """`run_training(cfg)`: everything between a hydra config and a finished run.
 
-Checks the config, loads the tokenizer and the datasets, finds the checkpoint to resume (before
+Loads and checks the config (`corewarding.config.load_config`), loads the tokenizer and the datasets, finds the checkpoint to resume (before
 any worker starts, so a bad resume folder fails fast), starts Ray when it is not running yet,
 starts the workers, trains, and tears down what it started (a Ray session that the caller had
 already started is left running, so tests can reuse one).
@@ -8,17 +8,19 @@ already started is left running, so tests can reuse one).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from corewarding.data import DataError, PairedRLDataset, RLDataset, StatefulLoader
+from corewarding.config import Config, ConfigError, load_config
+from corewarding.data import DataError, PairedRLDataset, RLDataset, StatefulLoader, load_tokenizer
+from corewarding.methods import Method
 from corewarding.trainer import checkpoint as ckpt
-from corewarding.trainer.config import ConfigError, Method, prepare_config, resolve_method, world_size
 from corewarding.trainer.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -32,12 +34,12 @@ LOCAL_CPU_RAY_ENV = {
 }
 
 
-def init_ray(cfg: DictConfig) -> bool:
+def init_ray(config: Config) -> bool:
     """Start or join Ray; True when this call started it (and must shut it down). A run without
     `ray_init.address` starts a single-node Ray bound to loopback (127.0.0.1)."""
-    address = cfg.ray_init.get("address")
+    address = config.ray_init.address
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    local_cpu = not address and cfg.trainer.device == "cpu"
+    local_cpu = not address and config.trainer.device == "cpu"
     if local_cpu:
         for key, value in LOCAL_CPU_RAY_ENV.items():
             os.environ.setdefault(key, value)
@@ -51,106 +53,88 @@ def init_ray(cfg: DictConfig) -> bool:
     if address:
         ray.init(address=str(address), log_to_driver=True)
         return True
-    num_cpus = cfg.ray_init.get("num_cpus")
-    if num_cpus is None:
-        wanted = world_size(cfg) * int(cfg.trainer.get("cpus_per_worker") or 1)
-        num_cpus = max(wanted, os.cpu_count() or 1) if local_cpu else None
+    num_cpus = config.ray_init.num_cpus
+    if num_cpus is None and local_cpu:
+        num_cpus = max(config.world_size * (config.trainer.cpus_per_worker or 1), os.cpu_count() or 1)
     passed = ("TOKENIZERS_PARALLELISM", *LOCAL_CPU_RAY_ENV) if local_cpu else ("TOKENIZERS_PARALLELISM",)
     kwargs: dict[str, Any] = dict(
         num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": {k: os.environ[k] for k in passed if k in os.environ}},
     )
-    if cfg.ray_init.get("temp_dir"):
-        Path(cfg.ray_init.temp_dir).mkdir(parents=True, exist_ok=True)
-        kwargs["_temp_dir"] = str(cfg.ray_init.temp_dir)
+    if config.ray_init.temp_dir:
+        Path(config.ray_init.temp_dir).mkdir(parents=True, exist_ok=True)
+        kwargs["_temp_dir"] = str(config.ray_init.temp_dir)
     ray.init(**kwargs)
     return True
 
 
-def load_tokenizer(cfg: DictConfig):
-    from transformers import AutoTokenizer
-
-    path = cfg.actor_rollout_ref.model.get("tokenizer_path") or cfg.actor_rollout_ref.model.path
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(path), trust_remote_code=bool(cfg.actor_rollout_ref.model.get("trust_remote_code", False))
-        )
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
-        raise ConfigError(f"actor_rollout_ref.model.path={path}: cannot load its tokenizer ({exc})".replace("\n", " ")) from exc
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def build_datasets(cfg: DictConfig, method: Method, tokenizer) -> tuple[Any, Any | None]:
-    data = cfg.data
-    require_gt = data.get("require_ground_truth")
-    if require_gt is None:
-        require_gt = method.ground_truth
+def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any, Any | None]:
+    data = config.data
+    require_gt = method.ground_truth if data.require_ground_truth is None else data.require_ground_truth
     common = dict(
-        tokenizer=tokenizer, max_prompt_length=int(data.max_prompt_length), prompt_key=str(data.prompt_key),
-        filter_overlong_prompts=bool(data.filter_overlong_prompts), truncation=str(data.truncation),
+        tokenizer=tokenizer, max_prompt_length=data.max_prompt_length, prompt_key=data.prompt_key,
+        filter_overlong_prompts=data.filter_overlong_prompts, truncation=data.truncation,
     )
-    paired = method.paired or (method.teacher and bool(data.use_aug))
-    if paired:
-        train = PairedRLDataset(list(data.train_files), list(data.train_aug_files), require_ground_truth=bool(require_gt),
-                                max_samples=data.get("train_max_samples"), **common)
+    if method.paired or (method.teacher and data.use_aug):
+        train = PairedRLDataset(list(data.train_files), list(data.train_aug_files), require_ground_truth=require_gt,
+                                max_samples=data.train_max_samples, **common)
     else:
-        train = RLDataset(list(data.train_files), require_ground_truth=bool(require_gt),
-                          max_samples=data.get("train_max_samples"), **common)
+        train = RLDataset(list(data.train_files), require_ground_truth=require_gt, max_samples=data.train_max_samples,
+                          **common)
     val = None
-    if data.get("val_files"):
-        val = RLDataset(list(data.val_files), require_ground_truth=True, max_samples=data.get("val_max_samples"), **common)
+    if data.val_files:
+        val = RLDataset(list(data.val_files), require_ground_truth=True, max_samples=data.val_max_samples, **common)
     return train, val
 
 
-def build_loader(cfg: DictConfig, method: Method, train: Any) -> StatefulLoader:
+def build_loader(config: Config, method: Method, train: Any) -> StatefulLoader:
     """The resumable training loader; Co-rewarding-II with data.use_aug swaps each pair's views with
     probability data.p (the release's paired dataset; its Co-rewarding-I dataset never swaps)."""
-    swap_p = float(cfg.data.p) if method.teacher and cfg.data.use_aug else None
-    return StatefulLoader(train, int(cfg.data.train_batch_size), shuffle=bool(cfg.data.shuffle), seed=int(cfg.data.seed),
-                          drop_last=True, view_swap_p=swap_p)
+    data = config.data
+    swap_p = data.p if method.teacher and data.use_aug else None
+    return StatefulLoader(train, data.train_batch_size, shuffle=data.shuffle, seed=data.seed, drop_last=True,
+                          view_swap_p=swap_p)
 
 
-def resume_target(cfg: DictConfig) -> Path | None:
-    mode = str(cfg.trainer.resume_mode)
-    if mode == "disable":
+def resume_target(config: Config) -> Path | None:
+    trainer = config.trainer
+    if trainer.resume_mode == "disable":
         return None
-    if mode == "resume_path":
-        return Path(cfg.trainer.resume_from_path)
-    return ckpt.latest_dir(cfg.trainer.default_local_dir)
+    if trainer.resume_mode == "resume_path":
+        return Path(trainer.resume_from_path)
+    return ckpt.latest_dir(trainer.default_local_dir)
 
 
-def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
+def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, Any]:
     """Train as configured. Returns {"history": [metrics per logged step], "global_step",
     "checkpoint_dir", "config"}. Raises ConfigError / DataError / CheckpointError for bad input."""
-    cfg = prepare_config(cfg)
-    method = resolve_method(cfg.reward_model.reward_manager)
-    tokenizer = load_tokenizer(cfg)
-    train, val = build_datasets(cfg, method, tokenizer)
+    config = cfg if isinstance(cfg, Config) else load_config(cfg)
+    method = config.method
+    model = config.actor_rollout_ref.model
+    tokenizer = load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
+    train, val = build_datasets(config, method, tokenizer)
 
-    batch_size = int(cfg.data.train_batch_size)
+    batch_size = config.data.train_batch_size
     if len(train) < batch_size:
         raise ConfigError(
             f"data.train_batch_size={batch_size} is larger than the training set ({len(train)} "
             f"{'pairs' if isinstance(train, PairedRLDataset) else 'prompts'} after filtering)"
         )
-    loader = build_loader(cfg, method, train)
-    steps = cfg.trainer.get("total_training_steps") or len(loader) * int(cfg.trainer.total_epochs)
-    cfg.actor_rollout_ref.actor.optim.total_training_steps = int(steps)
+    loader = build_loader(config, method, train)
+    trainer_cfg = config.trainer
+    steps = trainer_cfg.total_training_steps or len(loader) * trainer_cfg.total_epochs
 
-    target = resume_target(cfg)
+    target = resume_target(config)
     state = ckpt.read_state(target) if target is not None else None
-    if int(cfg.trainer.save_freq or -1) > 0 or cfg.trainer.get("max_steps_this_run"):
+    if (trainer_cfg.save_freq or -1) > 0 or trainer_cfg.max_steps_this_run:
         start = int(state["global_step"]) if state is not None else 0
-        ckpt.check_start_step(cfg.trainer.default_local_dir, start, target)
-    if state is not None and int(state.get("total_training_steps", steps)) != int(steps):
+        ckpt.check_start_step(trainer_cfg.default_local_dir, start, target)
+    if state is not None and int(state.get("total_training_steps", steps)) != steps:
         logger.warning("resuming a run planned for %s steps with %s steps", state["total_training_steps"], steps)
 
     tracker = Tracker(
-        cfg.trainer.default_local_dir, cfg.trainer.logger, str(cfg.trainer.project_name),
-        str(cfg.trainer.experiment_name), OmegaConf.to_container(cfg, resolve=True),
-        console_every=int(cfg.trainer.get("console_every") or 1),
+        trainer_cfg.default_local_dir, trainer_cfg.logger, trainer_cfg.project_name, trainer_cfg.experiment_name,
+        dataclasses.asdict(config), console_every=trainer_cfg.console_every,
         resume_step=int(state["global_step"]) if state is not None else None,
     )
     started = False
@@ -158,16 +142,16 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
     try:
         from corewarding.trainer.ray_trainer import Trainer
 
-        started = init_ray(cfg)
+        started = init_ray(config)
         from corewarding.workers.group import RayWorkerGroup
 
         start = time.perf_counter()
-        workers = RayWorkerGroup(OmegaConf.to_container(cfg, resolve=True))
+        workers = RayWorkerGroup(config)
         placed = time.perf_counter()
-        workers.call_all("init_model")
+        workers.call_all("init_model", steps)
         logger.info("%d workers placed in %.1f s, models loaded in %.1f s", workers.world_size, placed - start,
                     time.perf_counter() - placed)
-        trainer = Trainer(cfg, method, tokenizer, loader, val, workers, tracker, total_steps=int(steps))
+        trainer = Trainer(config, tokenizer, loader, val, workers, tracker, total_steps=steps)
         if state is not None:
             trainer.load_checkpoint(target, state)
             logger.info("resumed from %s (step %d)", target, trainer.global_step)
@@ -176,8 +160,8 @@ def run_training(cfg: DictConfig, progress: bool = True) -> dict[str, Any]:
         return {
             "history": history,
             "global_step": trainer.global_step,
-            "checkpoint_dir": str(cfg.trainer.default_local_dir),
-            "config": cfg,
+            "checkpoint_dir": trainer_cfg.default_local_dir,
+            "config": config,
         }
     finally:
         tracker.close()

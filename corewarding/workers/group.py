@@ -16,6 +16,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from corewarding.batch import Batch
+from corewarding.config import Config
 from corewarding.workers.dispatch import collect_rule
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 
@@ -33,24 +34,22 @@ def _rendezvous(loopback: bool) -> tuple[str, int]:
     return address, _free_port()
 
 
-def uses_loopback(config: dict) -> bool:
+def uses_loopback(config: Config) -> bool:
     """Rendezvous on 127.0.0.1: a single node with a Ray session of its own (no ray_init.address),
     which `init_ray` binds to loopback too; a cluster uses rank 0's node address."""
-    return int(config["trainer"].get("nnodes", 1)) == 1 and not (config.get("ray_init") or {}).get("address")
+    return config.trainer.nnodes == 1 and not config.ray_init.address
 
 
 class RayWorkerGroup:
-    def __init__(self, config: dict, worker_cls: type = ActorRolloutRefWorker) -> None:
-        trainer = config["trainer"]
+    def __init__(self, config: Config, worker_cls: type = ActorRolloutRefWorker) -> None:
+        trainer = config.trainer
         self.config = config
         self.worker_cls = worker_cls
-        self.on_gpu = str(trainer.get("device", "cuda")) != "cpu"
-        self.nnodes = int(trainer.get("nnodes", 1))
-        self.per_node = int(trainer["n_gpus_per_node"])
-        self.world_size = self.nnodes * self.per_node
-        if self.world_size < 1:
-            raise ValueError("trainer.nnodes x trainer.n_gpus_per_node must be at least 1")
-        cpus = int(trainer.get("cpus_per_worker") or 1)
+        self.on_gpu = trainer.device != "cpu"
+        self.nnodes = trainer.nnodes
+        self.per_node = trainer.n_gpus_per_node
+        self.world_size = trainer.world_size
+        cpus = trainer.cpus_per_worker or 1
         bundle = {"GPU": 1, "CPU": cpus} if self.on_gpu else {"CPU": cpus}
         self.placement_group = placement_group([dict(bundle) for _ in range(self.world_size)], strategy="PACK")
         try:

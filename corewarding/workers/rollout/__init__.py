@@ -3,6 +3,7 @@ CPU-test engine and fallback) and `vllm` (imported only when asked for)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,14 @@ import torch
 from corewarding.workers.rollout.base import RolloutEngine, RolloutOutput, SamplingSettings, validation_sampling
 
 __all__ = [
+    "EngineSettings",
     "RolloutEngine",
     "RolloutOutput",
     "SamplingSettings",
-    "build_rollout_engine",
     "eos_token_ids",
+    "make_engine",
     "resolve_dtype",
-    "rollout_seed",
     "validation_sampling",
-    "vllm_engine_kwargs",
 ]
 
 ENGINES = ("hf", "vllm")
@@ -59,74 +59,49 @@ def eos_token_ids(tokenizer: Any, model_path: str | Path | None = None) -> list[
     return ids
 
 
-def rollout_seed(config: dict, rank: int) -> int:
-    """`rollout.seed` + this rank's rollout group (rank // tensor_model_parallel_size): the ranks of a
-    TP group share it (they must sample the same tokens), different groups sample differently."""
-    rollout = config["actor_rollout_ref"]["rollout"]
-    return int(rollout.get("seed") or 0) + int(rank) // int(rollout.get("tensor_model_parallel_size") or 1)
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine is built with (the worker takes them from `actor_rollout_ref.rollout`,
+    `corewarding.eval` and `rewrite_questions.py` from their command lines)."""
+
+    name: str  # vllm | hf
+    max_model_len: int  # prompt + response tokens
+    dtype: str | None = None  # null: bfloat16 on GPU, float32 on CPU
+    seed: int = 0
+    attn_implementation: str = "sdpa"  # hf
+    trust_remote_code: bool = False
+    hf_micro_batch_size: int = 32  # hf: sequences per generate call
+    gpu_memory_utilization: float = 0.5  # vllm
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = True
+    sleep_mode: bool = False
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
 
 
-def vllm_engine_kwargs(config: dict, model_path: str, device: torch.device | str, rank: int = 0) -> dict[str, Any]:
-    """The `VLLMRolloutEngine` arguments for worker `rank` (seeded with `rollout_seed`)."""
-    rollout = config["actor_rollout_ref"]["rollout"]
-    model_cfg = config["actor_rollout_ref"]["model"]
-    data = config["data"]
+def make_engine(settings: EngineSettings, model_path: str, tokenizer: Any, device: torch.device | str) -> RolloutEngine:
+    """The rollout engine `settings.name` on the model folder (vllm is imported only when asked for)."""
     device = torch.device(device)
-    dtype = resolve_dtype(rollout.get("dtype") or model_cfg.get("dtype"), device)
-    return dict(
-        model_path=str(model_path),
-        dtype=str(dtype).removeprefix("torch."),
-        max_model_len=int(data["max_prompt_length"]) + int(data["max_response_length"]),
-        gpu_memory_utilization=float(rollout["gpu_memory_utilization"]),
-        tensor_parallel_size=int(rollout.get("tensor_model_parallel_size") or 1),
-        enforce_eager=bool(rollout["enforce_eager"]),
-        enable_sleep_mode=bool(rollout.get("free_cache_engine", False)) and device.type == "cuda",
-        seed=rollout_seed(config, rank),
-        max_num_seqs=int(rollout["max_num_seqs"]),
-        max_num_batched_tokens=int(rollout["max_num_batched_tokens"]),
-    )
+    dtype = resolve_dtype(settings.dtype, device)
+    if settings.name == "hf":
+        from transformers import AutoModelForCausalLM
 
-
-def build_rollout_engine(
-    config: dict,
-    model_path: str,
-    model: Any | None,
-    tokenizer: Any,
-    device: torch.device | str,
-    rank: int = 0,
-) -> RolloutEngine:
-    """The engine named by `actor_rollout_ref.rollout.name` for worker `rank`.
-
-    hf: runs `model` (a plain, unsharded model on `device`) or, when `model` is None, a copy loaded
-    from `model_path` in `rollout.dtype` (null: the model dtype). vllm: `VLLMRolloutEngine` on the
-    model folder with `vllm_engine_kwargs` (vllm is imported only here)."""
-    rollout = config["actor_rollout_ref"]["rollout"]
-    model_cfg = config["actor_rollout_ref"]["model"]
-    name = rollout.get("name", "hf")
-    device = torch.device(device)
-    if name == "hf":
+        from corewarding.data.chat import pad_token_id
         from corewarding.workers.rollout.hf_engine import HFRolloutEngine
 
-        if model is None:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(
-                model_path,
-                dtype=resolve_dtype(rollout.get("dtype") or model_cfg.get("dtype"), device),
-                attn_implementation=model_cfg.get("attn_implementation") or "sdpa",
-                trust_remote_code=bool(model_cfg.get("trust_remote_code", False)),
-            ).to(device)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        return HFRolloutEngine(
-            model,
-            pad_token_id=int(pad),
-            eos_token_ids=eos_token_ids(tokenizer, model_path),
-            micro_batch_size=int(rollout.get("micro_batch_size") or 32),
-        )
-    if name == "vllm":
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=dtype, attn_implementation=settings.attn_implementation,
+            trust_remote_code=settings.trust_remote_code,
+        ).to(device)
+        return HFRolloutEngine(model, pad_token_id=pad_token_id(tokenizer), eos_token_ids=eos_token_ids(tokenizer, model_path),
+                               micro_batch_size=settings.hf_micro_batch_size)
+    if settings.name == "vllm":
         from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
 
-        return VLLMRolloutEngine(**vllm_engine_kwargs(config, model_path, device, rank))
-    raise ValueError(
-        f"unknown rollout engine actor_rollout_ref.rollout.name={name!r}; allowed: {', '.join(ENGINES)}"
-    )
+        return VLLMRolloutEngine(
+            str(model_path), dtype=str(dtype).removeprefix("torch."), max_model_len=settings.max_model_len,
+            gpu_memory_utilization=settings.gpu_memory_utilization, tensor_parallel_size=settings.tensor_parallel_size,
+            enforce_eager=settings.enforce_eager, enable_sleep_mode=settings.sleep_mode and device.type == "cuda",
+            seed=settings.seed, max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
+        )
+    raise ValueError(f"unknown rollout engine {settings.name!r}; allowed: {', '.join(ENGINES)}")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
 
 import torch
 
@@ -25,25 +25,16 @@ class SamplingSettings:
         return self.temperature == 0.0
 
 
-def validation_sampling(
-    val_kwargs: Mapping[str, Any], max_new_tokens: int, stop_token_ids: tuple[int, ...] = ()
-) -> SamplingSettings:
+def validation_sampling(val_kwargs: Any, max_new_tokens: int, stop_token_ids: tuple[int, ...] = ()) -> SamplingSettings:
     """What validation samples, read from `rollout.val_kwargs` as verl reads it: `n` responses per
     prompt either way (verl repeats each prompt n times); `do_sample=False` is greedy and ignores
     temperature, top_p and top_k (the n responses are the same greedy one); `do_sample=True` samples
     with the given temperature, top_p and top_k, where temperature 0 is greedy (as in vLLM)."""
-    n = int(val_kwargs.get("n", 1))
-    if not val_kwargs.get("do_sample", True):
-        return SamplingSettings(n=n, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens,
+    if not val_kwargs.do_sample:
+        return SamplingSettings(n=val_kwargs.n, temperature=0.0, top_p=1.0, top_k=-1, max_new_tokens=max_new_tokens,
                                 stop_token_ids=stop_token_ids)
-    return SamplingSettings(
-        n=n,
-        temperature=float(val_kwargs.get("temperature", 0.8)),
-        top_p=float(val_kwargs.get("top_p", 1.0)),
-        top_k=int(val_kwargs.get("top_k", -1)),
-        max_new_tokens=max_new_tokens,
-        stop_token_ids=stop_token_ids,
-    )
+    return SamplingSettings(n=val_kwargs.n, temperature=val_kwargs.temperature, top_p=val_kwargs.top_p,
+                            top_k=val_kwargs.top_k, max_new_tokens=max_new_tokens, stop_token_ids=stop_token_ids)
 
 
 @dataclass
@@ -54,7 +45,6 @@ class RolloutOutput:
     token_ids: list[int]
     logprobs: list[float] | None = None
     finish_reason: str = "length"
-    extra: dict = field(default_factory=dict)
 
 
 class RolloutEngine(Protocol):

