@@ -1,0 +1,45 @@
+# Sourced by Co-rewarding-I/run_corewarding-I.sh and Co-rewarding-II/run_corewarding-II.sh: the
+# environment both read, and `launch`, which runs `python -m corewarding.main` with their overrides.
+#
+# LLM_PATH (required), NUM_GPUS (GPUs per node; default: all visible), NNODES (1), WANDB_API_KEY
+# (wandb logging when set, else tensorboard), PROJECT_NAME (co-rewarding), ROLLOUT_TP (vLLM tensor
+# parallel size, 1), PYTHON (python3), RELEASE_EXACT=1 (the authors' release where our defaults
+# differ: +preset=release, docs/release-differences.md), DRY_RUN=1 (print the overrides, run nothing).
+
+export PYTHONUNBUFFERED=1 PYTHONUTF8=1 HYDRA_FULL_ERROR=1 TOKENIZERS_PARALLELISM=false
+LLM_PATH=${LLM_PATH:?set LLM_PATH to the base model folder, e.g. LLM_PATH=/models/Qwen3-8B-Base}
+if [ -z "${NUM_GPUS:-}" ]; then
+    if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+        NUM_GPUS=$(echo "$CUDA_VISIBLE_DEVICES" | awk -F',' '{print NF}')
+    else
+        NUM_GPUS=$(nvidia-smi -L 2>/dev/null | wc -l || true)
+        [ "${NUM_GPUS:-0}" -gt 0 ] || NUM_GPUS=1
+    fi
+fi
+NNODES=${NNODES:-1}
+ROLLOUT_TP=${ROLLOUT_TP:-1}
+PROJECT_NAME=${PROJECT_NAME:-co-rewarding}
+if [ -n "${WANDB_API_KEY:-}" ] || [ "${WANDB_MODE:-}" = offline ]; then
+    LOGGER="['console','wandb']"
+else
+    LOGGER="['console','tensorboard']"   # set WANDB_API_KEY for wandb
+fi
+PYTHON=${PYTHON:-python3}
+
+# launch EXP_NAME OVERRIDE... : the run, logged to logs/EXP_NAME.log (the script's extra arguments
+# come last among the overrides, so they win)
+launch() {
+    local name=$1
+    shift
+    local args=("$@")
+    if [ "${RELEASE_EXACT:-0}" = 1 ]; then
+        args=(+preset=release "${args[@]}")
+    fi
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        printf '%s\n' "${args[@]}"
+        return 0
+    fi
+    mkdir -p logs
+    set -x
+    "$PYTHON" -m corewarding.main "${args[@]}" 2>&1 | tee "logs/$name.log"
+}
