@@ -85,7 +85,7 @@ def boxing_model(tiny_model_path):
     from corewarding.data import ONE_SHOT_SYSTEM_PROMPT, builtin_problems
     from corewarding.model_zoo import cache_dir
 
-    out = cache_dir() / "tiny-llama-2l-128h-boxing-v2"
+    out = cache_dir() / "tiny-llama-2l-128h-boxing-v3"
     if (out / "config.json").exists():
         return out
     torch.manual_seed(0)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from corewarding.data.schema import make_row, write_verl_parquet
 
+# No placeholder answer in the instruction: a model that copies one ("\\boxed{N}") gives every voting
+# method a free, wrong consensus; an empty box extracts to no answer, which never wins a vote.
 ONE_SHOT_SYSTEM_PROMPT = (
-    "Solve the math problem. Answer in one short line that ends with 'The answer is \\boxed{N}.'\n"
+    "Solve the math problem. Answer in one short line, as in the example, with the final answer in \\boxed{}.\n"
     "Example:\n"
     "Question: What is 23 + 45?\n"
     "Answer: 23 + 45 = 68. The answer is \\boxed{68}."
