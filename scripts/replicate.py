@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def method_overrides(args: argparse.Namespace, method: str, data: dict[str, Path], run_dir: Path) -> list[str]:
     """The one configuration every method shares; only the reward manager differs."""
+    micro = math.gcd(8, args.batch * args.n // args.workers)  # 8 rollouts per pass, or what divides a worker's share
     return [
         f"reward_model.reward_manager={METHODS[method]}", f"actor_rollout_ref.model.path={args.model}",
         f"data.train_files={data['train']}", f"data.train_aug_files={data['train_rewrite']}",
@@ -85,7 +87,7 @@ def method_overrides(args: argparse.Namespace, method: str, data: dict[str, Path
         f"actor_rollout_ref.rollout.teacher_n={args.n}", f"actor_rollout_ref.rollout.temperature={args.temperature}",
         f"actor_rollout_ref.rollout.seed={args.seed}", f"actor_rollout_ref.rollout.val_kwargs.n={args.val_n}",
         "actor_rollout_ref.rollout.val_kwargs.temperature=0.8", "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={args.batch}", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={args.batch}", f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16",
         f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.warmup_style=constant",
