@@ -3,7 +3,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: env test demo demo-i bench bench-step bench-memory clean
+.PHONY: env test demo demo-i replicate bench bench-step bench-memory clean
 
 env:
 	bash scripts/setup_cpu_env.sh
@@ -18,6 +18,10 @@ demo: env
 
 demo-i: env
 	$(PY) scripts/demo.py --method co_rewarding_i
+
+# six methods, identical settings, about 2 hours on 2 CPU cores; resumes when run again
+replicate: env
+	$(PY) scripts/replicate.py --out outputs/replication --figs figs
 
 bench: env
 	$(PY) benchmarks/rollout.py

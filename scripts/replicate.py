@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -39,36 +38,18 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# name in the figure and table -> reward_model.reward_manager
-METHODS = {"gt": "naive", "majority_voting": "majority_voting", "self_certainty": "self_certainty",
-           "entropy": "entropy", "co_rewarding_i": "co_reward", "co_rewarding_ii": "co_rewarding_II"}
-LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "self_certainty": "Self-Certainty",
-          "entropy": "Entropy", "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II"}
+from builtin_runs import LABELS, METHODS, add_run_args, run_overrides  # noqa: E402
+
 DONE = "replication_done.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--steps", type=int, default=16)
-    p.add_argument("--batch", type=int, default=8, help="questions per step (Co-rewarding-I: pairs)")
-    p.add_argument("--n", type=int, default=8, help="rollouts per question (and teacher rollouts)")
-    p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--kl", type=float, default=0.001)
-    p.add_argument("--word-fraction", type=float, default=0.0, help="share of word problems in the data")
-    p.add_argument("--val-size", type=int, default=64)
-    p.add_argument("--val-n", type=int, default=4)
-    p.add_argument("--test-freq", type=int, default=4)
-    p.add_argument("--rollout", default="vllm", choices=["vllm", "hf"])
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M-Instruct)")
+    add_run_args(p)
     p.add_argument("--out", default=str(REPO / "outputs" / "replication"))
     p.add_argument("--figs", default=str(REPO / "figs"))
     p.add_argument("--smoke", action="store_true", help="1 step, tiny sizes (what CI runs)")
-    p.add_argument("overrides", nargs="*", help="extra hydra overrides for every method (key=value)")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.batch, args.n, args.max_new_tokens, args.val_size, args.val_n, args.test_freq = 1, 2, 2, 8, 2, 1, 1
@@ -76,34 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def method_overrides(args: argparse.Namespace, method: str, data: dict[str, Path], run_dir: Path) -> list[str]:
-    """The one configuration every method shares; only the reward manager differs."""
-    micro = math.gcd(8, args.batch * args.n // args.workers)  # 8 rollouts per pass, or what divides a worker's share
-    return [
-        f"reward_model.reward_manager={METHODS[method]}", f"actor_rollout_ref.model.path={args.model}",
-        f"data.train_files={data['train']}", f"data.train_aug_files={data['train_rewrite']}",
-        f"data.val_files={data['val']}", f"data.train_batch_size={args.batch}", "data.max_prompt_length=256",
-        f"data.max_response_length={args.max_new_tokens}", f"data.seed={args.seed}",
-        f"actor_rollout_ref.rollout.name={args.rollout}", f"actor_rollout_ref.rollout.n={args.n}",
-        f"actor_rollout_ref.rollout.teacher_n={args.n}", f"actor_rollout_ref.rollout.temperature={args.temperature}",
-        f"actor_rollout_ref.rollout.seed={args.seed}", f"actor_rollout_ref.rollout.val_kwargs.n={args.val_n}",
-        "actor_rollout_ref.rollout.val_kwargs.temperature=0.8", "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={args.batch}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=16",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=16",
-        f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.warmup_style=constant",
-        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0", f"actor_rollout_ref.actor.kl_loss_coef={args.kl}",
-        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        "actor_rollout_ref.ref.sliding_average.alpha_start=0.9", "actor_rollout_ref.ref.sliding_average.alpha_end=0.99",
-        "trainer.device=cpu", "trainer.nnodes=1", f"trainer.n_gpus_per_node={args.workers}",
-        f"trainer.total_training_steps={args.steps}", "trainer.logger=[console]",
-        f"trainer.project_name=replication", f"trainer.experiment_name={method}",
-        f"trainer.default_local_dir={run_dir}", f"trainer.validation_data_dir={run_dir / 'validation'}",
-        "trainer.resume_mode=auto", f"trainer.save_freq={args.test_freq}", "trainer.max_actor_ckpt_to_keep=1",
-        "trainer.val_before_train=True", f"trainer.test_freq={args.test_freq}",
-        f"ray_init.temp_dir={Path('/tmp') / f'cw-replicate-{os.getuid()}'}",
-        *args.overrides,
-    ]
+    """The shared configuration, with checkpoints every validation so that a killed method resumes."""
+    return [*run_overrides(args, method, data, run_dir), "trainer.project_name=replication", "trainer.resume_mode=auto",
+            f"trainer.save_freq={args.test_freq}", "trainer.max_actor_ckpt_to_keep=1", *args.overrides]
 
 
 def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
-"""scripts/replicate.py end to end at smoke size: all six methods train one step on the tiny model,
-the table, figure and metrics file are written, and a second call with the same folder resumes
-(skips every finished method) instead of training again."""
+"""The CPU scripts end to end at smoke size on the tiny model: `make demo` (scripts/demo.py) and
+`make replicate` (scripts/replicate.py: all six methods one step each, the table, figure and metrics
+file, and a second call with the same folder that skips every finished method)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,23 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
+import demo  # noqa: E402
 import replicate  # noqa: E402
 
 pytestmark = pytest.mark.slow
+
+
+def test_demo_smoke(ray_session, boxing_model, tmp_path):
+    history = demo.main(["--model", str(boxing_model), "--steps", "1", "--batch", "2", "--n", "2",
+                         "--max-new-tokens", "8", "--val-size", "2", "--test-freq", "1", "--workers", "1",
+                         "--out", str(tmp_path)])
+
+    out = tmp_path / "co_rewarding_ii"
+    assert [h["step"] for h in history if "val/acc" in h] == [0, 1]
+    assert "reward/pseudo_label_acc" in history[-1]
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert (out / "run" / "global_step_1").is_dir()
+    assert (out / "rollouts" / "1.jsonl").read_text().strip()
 
 
 def test_replicate_smoke(ray_session, boxing_model, tmp_path, capsys):
