@@ -3,7 +3,7 @@ over gloo, the HF rollout engine, `run_training`) on a target the tiny model can
 
 The `boxing_model` answers every prompt with "The answer is \\boxed{d}." for a random d in {1, 2, 3};
 here every question's ground truth is 1, so about a third of the first rollouts are right and a
-working trainer pushes that share up within a few steps. The statistic: the per-rollout rewards
+working trainer pushes that share up within about a dozen steps (lr 1e-3). The statistic: the per-rollout rewards
 (0 or 1) of the first `WINDOW` steps against those of the last `WINDOW` steps, a one-sided
 two-proportion z-test; the test asks for z >= 3 (p < 0.0014) and a last-window mean of at least
 0.8. Each of these breaks makes it fail (checked by hand once, see the issue note): the advantage
@@ -24,7 +24,7 @@ from corewarding.config import compose_config
 
 pytestmark = pytest.mark.slow
 
-STEPS = 10
+STEPS = 16
 WINDOW = 3
 TARGET = "1"
 
