@@ -62,8 +62,9 @@ def method_overrides(args: argparse.Namespace, method: str, data: dict[str, Path
             f"trainer.save_freq={args.test_freq}", "trainer.max_actor_ckpt_to_keep=1", *args.overrides]
 
 
-def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> list[dict[str, Any]]:
-    """Train one method (resuming its last checkpoint if there is one); its logged steps."""
+def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> tuple[list[dict[str, Any]], float]:
+    """Train one method (resuming its last checkpoint if there is one); its logged steps and the
+    seconds of the run that finished it (a resumed run counts only its own part)."""
     from corewarding.config import compose_config
     from corewarding.trainer.run import run_training
     from corewarding.trainer.tracking import read_metrics
@@ -76,12 +77,12 @@ def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> 
         started = time.time()
         run_training(compose_config(method_overrides(args, method, data, run_dir)))
         done.write_text(json.dumps({"seconds": time.time() - started, "steps": args.steps}))
-    return read_metrics(run_dir / "metrics.jsonl")
+    return read_metrics(run_dir / "metrics.jsonl"), json.loads(done.read_text())["seconds"]
 
 
-def summarise(method: str, history: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(method: str, history: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Base / best / final validation accuracy (with standard errors), the mean share of groups with
-    a learning signal, and the first step with a collapse sign."""
+    a learning signal, the first step with a collapse sign, and the run time."""
     val = [h for h in history if "val/acc" in h]
     steps = [h for h in history if h["step"] > 0 and "reward/mean" in h]
     best = max(val, key=lambda h: h["val/acc"]) if val else None
@@ -94,6 +95,7 @@ def summarise(method: str, history: list[dict[str, Any]]) -> dict[str, Any]:
         "final": val[-1] if val else None,
         "signal": sum(signal) / len(signal) if signal else None,
         "collapse_step": collapsed[0] if collapsed else None,
+        "seconds": seconds,
     }
 
 
@@ -104,7 +106,7 @@ def _acc(entry: dict[str, Any] | None) -> str:
     return f"{entry['val/acc']:.3f} ± {se:.3f}" if se is not None else f"{entry['val/acc']:.3f}"
 
 
-def write_table(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path, command: str, wall_s: float) -> None:
+def write_table(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path, command: str) -> None:
     lines = [
         "# Micro-replication: six methods, identical settings",
         "",
@@ -113,21 +115,25 @@ def write_table(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path
         f"<= {args.max_new_tokens} new tokens, T={args.temperature}, lr {args.lr}, KL {args.kl}. Validation: "
         f"{args.val_size} held-out questions, avg@{args.val_n} at T=0.8, ± one standard error over questions.",
         "",
-        "| method | base | best (step) | final | groups with a learning signal | first collapse sign |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | base | best (step) | final | groups with a learning signal | first collapse sign | run time |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         best = f"{_acc(r['best'])} ({r['best']['step']})" if r["best"] else "-"
         signal = f"{100 * r['signal']:.0f} %" if r["signal"] is not None else "-"
         collapse = f"step {r['collapse_step']}" if r["collapse_step"] is not None else "none"
-        lines.append(f"| {LABELS[r['method']]} | {_acc(r['base'])} | {best} | {_acc(r['final'])} | {signal} | {collapse} |")
-    lines += ["", f"Command: `{command}`", "", f"Wall time: {wall_s / 60:.0f} min on this machine (2 CPU cores)."]
+        minutes = f"{r['seconds'] / 60:.0f} min"
+        cells = [LABELS[r["method"]], _acc(r["base"]), best, _acc(r["final"]), signal, collapse, minutes]
+        lines.append("| " + " | ".join(cells) + " |")
+    total = sum(r["seconds"] for r in rows) / 60
+    lines += ["", f"Command: `{command}`", "",
+              f"Wall time: {total:.0f} min on this machine (2 CPU cores), the sum of the methods' run times (a method "
+              "resumed after a kill counts only the run that finished it)."]
     path.write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
-    started = time.time()
     from corewarding.data import write_builtin_dataset
     from plot_curves import plot_curves
 
@@ -138,12 +144,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.out)
     data = write_builtin_dataset(out / "data", n_train=args.batch * args.steps, n_val=args.val_size, seed=args.seed,
                                  word_fraction=args.word_fraction)
-    histories = {method: run_method(args, method, data) for method in args.methods}
-    rows = [summarise(method, history) for method, history in histories.items()]
+    runs = {method: run_method(args, method, data) for method in args.methods}
+    histories = {method: history for method, (history, _) in runs.items()}
+    rows = [summarise(method, history, seconds) for method, (history, seconds) in runs.items()]
     figs = Path(args.figs)
     figs.mkdir(parents=True, exist_ok=True)
     command = "python scripts/replicate.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_table(rows, args, figs / "replication.md", command.strip(), time.time() - started)
+    write_table(rows, args, figs / "replication.md", command.strip())
     with open(figs / "replication_metrics.jsonl", "w") as handle:
         for method, history in histories.items():
             for entry in history:
