@@ -8,7 +8,7 @@ from typing import Any, Hashable
 
 import torch
 
-from corewarding.algos import kl_penalty
+from corewarding.algos import kl_penalty, masked_mean
 from corewarding.batch import Batch
 from corewarding.data import user_content
 from corewarding.rewards import extract_boxed_answer
@@ -48,9 +48,9 @@ def mean(values: Any) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    mask = mask.to(torch.float32)
-    return float((x.float() * mask).sum() / mask.sum().clamp(min=1.0))
+def token_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """The mean of `x` over the unmasked tokens, as a float (0 for an empty mask)."""
+    return float(masked_mean(x.float(), mask.to(torch.float32)))
 
 
 def standard_error_over_questions(scores: list[float], questions: list[Hashable]) -> float:
@@ -86,16 +86,16 @@ def batch_metrics(rollouts: Batch, teacher: Batch | None, scores: torch.Tensor, 
     }
     tensors = rollouts.tensors
     if "entropy" in tensors:
-        metrics["actor/entropy"] = masked_mean(tensors["entropy"], mask)
+        metrics["actor/entropy"] = token_mean(tensors["entropy"], mask)
     if "self_certainty" in tensors:
-        metrics["actor/self_certainty"] = masked_mean(tensors["self_certainty"], mask)
+        metrics["actor/self_certainty"] = token_mean(tensors["self_certainty"], mask)
     if "rollout_log_probs" in tensors:  # vLLM's sampler vs the trainer's forward
         diff = (tensors["rollout_log_probs"] - tensors["old_log_probs"]).abs()
-        metrics["rollout/log_prob_diff_mean"] = masked_mean(diff, mask)
+        metrics["rollout/log_prob_diff_mean"] = token_mean(diff, mask)
         metrics["rollout/log_prob_diff_max"] = float((diff * mask).max())
     if "ref_log_probs" in tensors:
         kl = kl_penalty(tensors["old_log_probs"].float(), tensors["ref_log_probs"].float(), kl_type)
-        metrics["actor/ref_kl"] = masked_mean(kl, mask)
+        metrics["actor/ref_kl"] = token_mean(kl, mask)
     if teacher is not None:
         answers = [extract_boxed_answer(t) for t in teacher.rows["response_text"]]
         metrics["teacher/response_length/mean"] = float(teacher.tensors["response_mask"].float().sum(-1).mean())
