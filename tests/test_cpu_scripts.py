@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def test_demo_smoke(ray_session, boxing_model, tmp_path):
     history = demo.main(["--model", str(boxing_model), "--steps", "1", "--batch", "2", "--n", "2",
                          "--max-new-tokens", "8", "--val-size", "2", "--test-freq", "1", "--workers", "1",
-                         "--out", str(tmp_path)])
+                         "--rollout", "hf", "--out", str(tmp_path)])
 
     out = tmp_path / "co_rewarding_ii"
     assert [h["step"] for h in history if "val/acc" in h] == [0, 1]
