@@ -79,9 +79,23 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def points(entries: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]] | None:
+    """(steps, values) of one key, or None where no entry has it. A step logged twice (a resumed
+    run) keeps its last value."""
+    found: dict[float, float] = {}
+    for position, entry in enumerate(entries):
+        value = _number(entry.get(key))
+        if value is None:
+            continue
+        step = next((_number(entry[s]) for s in STEP_KEYS if s in entry), None)
+        found[step if step is not None else float(position)] = value
+    steps = sorted(found)
+    return (steps, [found[s] for s in steps]) if steps else None
+
+
 def series(entries: list[dict[str, Any]], patterns: tuple[str, ...]) -> dict[str, tuple[list[float], list[float]]]:
-    """key -> (steps, values) for the first pattern that matches a numeric key of these entries.
-    A step logged twice (a resumed run) keeps its last value."""
+    """key -> (steps, values) for the first pattern that matches a numeric key of these entries
+    (standard errors, `*_se`, are never a series of their own)."""
     keys: list[str] = []
     for entry in entries:
         for key in entry:
@@ -89,19 +103,11 @@ def series(entries: list[dict[str, Any]], patterns: tuple[str, ...]) -> dict[str
                 keys.append(key)
     for pattern in patterns:
         regex = re.compile(pattern)
-        matched = [k for k in keys if regex.search(k) and not k.endswith(SE_SUFFIX)]
         out = {}
-        for key in matched:
-            points: dict[float, float] = {}
-            for position, entry in enumerate(entries):
-                value = _number(entry.get(key))
-                if value is None:
-                    continue
-                step = next((_number(entry[s]) for s in STEP_KEYS if s in entry), None)
-                points[step if step is not None else float(position)] = value
-            if points:
-                steps = sorted(points)
-                out[key] = (steps, [points[s] for s in steps])
+        for key in (k for k in keys if regex.search(k) and not k.endswith(SE_SUFFIX)):
+            found = points(entries, key)
+            if found is not None:
+                out[key] = found
         if out:
             return out
     return {}
@@ -130,7 +136,7 @@ def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothi
             found = series(entries, patterns)
             for key, (steps, values) in found.items():
                 label = name if len(found) == 1 else f"{name} ({key})"
-                errors = series(entries, (f"^{re.escape(key + SE_SUFFIX)}$",)).get(key + SE_SUFFIX)
+                errors = points(entries, key + SE_SUFFIX)
                 band = errors[1] if errors is not None and errors[0] == steps else None
                 lines.append((label, steps, values, band))
         if lines:

@@ -62,6 +62,18 @@ def test_series_picks_keys_and_steps(tmp_path: Path) -> None:
     assert found == {"val/math500/acc": ([1, 2], [0.1, 0.2]), "val/gsm8k/acc": ([2], [0.4])}
 
 
+def test_validation_standard_error_is_drawn_as_a_band(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.axes import Axes
+
+    bands = []
+    monkeypatch.setattr(Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(x), low, high)))
+    entries = [{"step": 0, "val/acc": 0.1, "val/acc_se": 0.02}, {"step": 4, "val/acc": 0.3, "val/acc_se": 0.05}]
+    plot_curves.plot_curves([("run", entries)], tmp_path / "curves.png")
+    assert len(bands) == 1
+    steps, low, high = bands[0]
+    assert steps == [0, 4] and low == pytest.approx([0.08, 0.25]) and high == pytest.approx([0.12, 0.35])
+
+
 def test_plot_png_from_fixture_logs(tmp_path: Path) -> None:
     co = _write_log(tmp_path / "co2" / "metrics.jsonl", collapse=False)
     maj = _write_log(tmp_path / "maj" / "metrics.jsonl", collapse=True, with_val=False)
