@@ -216,15 +216,15 @@ class HFEngine:
         num_threads: int | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
+
+        from corewarding.data.chat import load_tokenizer
 
         if num_threads:  # on a small shared CPU box one thread per process is much faster
             torch.set_num_threads(num_threads)
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path)
+        self.tokenizer = load_tokenizer(tokenizer_path or model_path)
         self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         device = "cuda" if torch.cuda.is_available() else "cpu"
         torch_dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
                        "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
@@ -235,14 +235,11 @@ class HFEngine:
         torch.manual_seed(seed)
 
     def generate(self, prompts: list[str]) -> list[Reply]:
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
-                enable_thinking=self.enable_thinking,
-            )
-            for p in prompts
-        ]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        from corewarding.data.chat import chat_prompt_ids
+
+        ids = chat_prompt_ids(self.tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                              enable_thinking=self.enable_thinking)
+        enc = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
         sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p} if self.temperature > 0 else {"do_sample": False}
         with self.torch.no_grad():
             out = self.model.generate(
