@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from corewarding.config.schema import ConfigError
+from corewarding.errors import ConfigError
 from corewarding.rewards import functions as rewards
 from corewarding.rewards.functions import RewardFn
 

@@ -22,12 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union
 
 from corewarding.algos.losses import AGG_MODES, AGG_SCOPES, KL_KINDS
+from corewarding.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "build", "ignored_fields"]
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message is one line that names the key to fix."""
 
 
 def ignored(why: str) -> Any:
