@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "outputs" / "replication"))
     p.add_argument("--figs", default=str(REPO / "figs"))
     p.add_argument("--smoke", action="store_true", help="1 step, tiny sizes (what CI runs)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the built-in questions; --seed leaves them (and the 64 validation questions) as they are")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.batch, args.n, args.max_new_tokens, args.val_size, args.val_n, args.test_freq = 1, 2, 2, 8, 2, 1, 1
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
         args.model = str(prepare_smollm2())
     out = Path(args.out)
-    data = write_builtin_dataset(out / "data", n_train=args.batch * args.steps, n_val=args.val_size, seed=args.seed,
+    data = write_builtin_dataset(out / "data", n_train=args.batch * args.steps, n_val=args.val_size, seed=args.data_seed,
                                  word_fraction=args.word_fraction)
     runs = {method: run_method(args, method, data) for method in args.methods}
     histories = {method: history for method, (history, _) in runs.items()}
