@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 from importlib import metadata
 from pathlib import Path
 
@@ -57,7 +58,10 @@ def test_both_locks_satisfy_pyproject_and_the_gpu_lock_is_cuda():
 
 @pytest.mark.skipif(Path(sys.prefix).resolve() != (REPO / ".venv").resolve(), reason="checks the repository's .venv")
 def test_venv_is_exactly_the_lock():
-    installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    # the venv's site-packages only: setuptools puts its own vendored copies (older packaging,
+    # platformdirs, ...) on sys.path once something imports it
+    site = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    installed = {canonical(d.metadata["Name"]): d.version for d in metadata.distributions(path=site)}
     pins = locked()
     wrong = {name: (installed.get(name), version) for name, version in pins.items() if installed.get(name) != version}
     assert not wrong, f"installed vs locked: {wrong}; rebuild with `rm .venv/.corewarding-installed && make env`"
