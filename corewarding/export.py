@@ -214,6 +214,11 @@ def export_checkpoint(
         meta_dir = step_dir / "actor"
         weight_dir = step_dir / which
         if not weight_dir.is_dir():
+            state_file = step_dir / "actor" / "optim" / "state.json"
+            state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+            if which == "ref" and state.get("ref_saved") is False:
+                raise CheckpointError(f"{step_dir}: the reference never moved from the model it started from, so it "
+                                      f"was not saved: use that model folder ({state.get('model_path')}) itself")
             raise CheckpointError(f"{step_dir}: no {which}/ folder")
         if which == "ref" and (weight_dir / "config.json").is_file():
             meta_dir = weight_dir  # a ref saved as a full HF folder brings its own config

@@ -471,3 +471,32 @@ def test_balanced_order():
         assert [kinds[i] for i in half] == [0] * 4 + [1] * 4
     assert balanced_order([1, 2, 3], ["a", "b", "c"], 2) == [0, 1, 2]
     assert balanced_order([5, 5, 1, 1], ["a", "a", "b", "b"], 1) == [0, 1, 2, 3]
+
+def test_device_of_a_cluster_run_is_stated_and_checked_against_the_cluster(caplog):
+    """A driver on a CPU-only head node cannot resolve trainer.device=auto for the cluster; a GPU run
+    on a cluster without GPUs is refused at once, not after the placement timeout."""
+    from corewarding.config import ConfigError
+    from corewarding.trainer.run import check_cluster_devices
+
+    with pytest.raises(ConfigError, match="trainer.device=auto cannot be decided by the driver of a cluster run"):
+        load_config(compose_config(NO_PATHS + ["trainer.device=auto", "ray_init.address=auto"]), check_paths=False)
+    gpu = load_config(compose_config(NO_PATHS + ["trainer.device=cuda", "ray_init.address=auto"]), check_paths=False)
+    with pytest.raises(ConfigError, match="trainer.device=cuda but the Ray cluster has no GPUs"):
+        check_cluster_devices(gpu, {"CPU": 64.0})
+    check_cluster_devices(gpu, {"CPU": 64.0, "GPU": 8.0})
+    cpu = load_config(compose_config(NO_PATHS + ["trainer.device=cpu", "ray_init.address=auto"]), check_paths=False)
+    with caplog.at_level("WARNING"):
+        check_cluster_devices(cpu, {"CPU": 64.0, "GPU": 8.0})
+    assert "set trainer.device=cuda to use the GPUs" in caplog.text
+
+
+def test_single_process_needs_one_worker():
+    from corewarding.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.single_process=True runs one worker: set trainer.nnodes=1 and "
+                                          "trainer.n_gpus_per_node=1 \\(have 1 x 2\\)"):
+        load_config(compose_config(NO_PATHS + ["trainer.single_process=True"]), check_paths=False)
+    one = load_config(compose_config(NO_PATHS + ["trainer.single_process=True", "trainer.n_gpus_per_node=1",
+                                                 "data.train_batch_size=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2"]),
+                      check_paths=False)
+    assert one.trainer.single_process and one.trainer.world_size == 1

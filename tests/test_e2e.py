@@ -174,6 +174,10 @@ def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
     after = load_weights(ckpt / "global_step_2" / "actor")
     assert max(float((after[k] - start[k]).abs().max()) for k in after) > 0
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    # only an EMA teacher moves the reference; a frozen one is the model folder and is not saved again
+    assert (ckpt / "global_step_2" / "ref").is_dir() == (method == "co_rewarding_II")
+    size = sum(f.stat().st_size for f in (ckpt / "global_step_2").rglob("*") if f.is_file()) / 1e9
+    assert history[-1]["checkpoint/size_gb"] == pytest.approx(size)  # logged with the step
 
     # the rewards in the dump are what a hand check of the dumped answers gives
     for step in (1, 2):
@@ -219,7 +223,7 @@ def check_export_of_real_checkpoint(run_dir: Path, tmp_path: Path) -> None:
 
 
 def _comparable(entries: list[dict]) -> list[dict]:
-    skip = ("timing/", "perf/tokens_per_s")
+    skip = ("timing/", "perf/tokens_per_s", "checkpoint/")  # when and what a run saved, not what it trained
     return [{k: v for k, v in e.items() if not k.startswith(skip)} for e in entries if e["step"] > 0]
 
 
@@ -271,6 +275,23 @@ def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
         assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
 
 
+def test_single_process_run_equals_a_ray_run_of_one_worker(ray_session, boxing_model, data_files, tmp_path):
+    """trainer.single_process=True: the same worker class inside the driver, no Ray actor; two
+    Co-rewarding-II steps log the same metrics and rollouts as the Ray group of one worker."""
+    one = ["trainer.n_gpus_per_node=1", "actor_rollout_ref.ref.sliding_average.alpha_start=0.5"]
+    via_ray = run(cpu_overrides(boxing_model, data_files, tmp_path / "ray", "co_rewarding_II") + one)
+    threads = torch.get_num_threads()
+    try:
+        local = run(cpu_overrides(boxing_model, data_files, tmp_path / "local", "co_rewarding_II") + one
+                    + ["trainer.single_process=True"])
+    finally:
+        torch.set_num_threads(threads)  # the worker, here the test's own process, set its threads
+    assert [h["step"] for h in local["history"]] == [1, 2]
+    assert _comparable(local["history"]) == _comparable(via_ray["history"])
+    for step in (1, 2):
+        assert read_dump(tmp_path / "local" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "ray" / "rollouts" / f"{step}.jsonl")
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str):
     """A tmpfs of `size` at `path` (root only: a real full disk, not a simulated error)."""
@@ -300,7 +321,9 @@ def test_full_disk_during_a_save(ray_session, boxing_model, data_files, tmp_path
     from corewarding.trainer import CheckpointError
 
     with small_disk(tmp_path / "disk", "256m") as disk:
-        overrides = cpu_overrides(boxing_model, data_files, disk, "naive") + [f"trainer.rollout_data_dir={tmp_path / 'rollouts'}"]
+        # Co-rewarding-II: its checkpoints hold the EMA teacher (a reference that never moved is not saved)
+        overrides = (cpu_overrides(boxing_model, data_files, disk, "co_rewarding_II")
+                     + [f"trainer.rollout_data_dir={tmp_path / 'rollouts'}"])
         run(overrides + ["trainer.max_steps_this_run=1"])
         ckpt_dir, step1 = disk / "ckpt", disk / "ckpt" / "global_step_1"
         usage = os.statvfs(disk)

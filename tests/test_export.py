@@ -79,6 +79,15 @@ def test_bad_paths_say_what_is_expected(fake_run: Path, tmp_path: Path) -> None:
         resolve_step_dir(run)
 
 
+def test_a_reference_that_was_not_saved_names_the_model_folder(fake_run: Path, tmp_path: Path) -> None:
+    """A checkpoint of a run whose reference never moved has no ref/ (state.json says so)."""
+    step = tmp_path / "run" / "global_step_2"
+    shutil.copytree(fake_run / "global_step_3" / "actor", step / "actor")
+    (step / "actor" / "optim" / "state.json").write_text(json.dumps({"ref_saved": False, "model_path": "/models/base"}))
+    with pytest.raises(CheckpointError, match="not saved: use that model folder \\(/models/base\\)"):
+        export_checkpoint(step, tmp_path / "out", which="ref")
+
+
 @pytest.mark.parametrize("which", ["actor", "ref"])
 def test_round_trip_logits(fake_run: Path, tmp_path: Path, which: str) -> None:
     from safetensors.torch import load_file

@@ -244,6 +244,8 @@ def test_launcher_env_comes_from_torch_distributed(tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "3")
     monkeypatch.setenv("RANK", "5")
     monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.delenv("VLLM_ALLREDUCE_USE_SYMM_MEM", raising=False)
+    monkeypatch.setenv("VLLM_ALLREDUCE_USE_FLASHINFER", "1")  # set by the user: kept
     own = not dist.is_initialized()  # the in-process engine above may have made a world of 1 already
     if own:
         dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
@@ -254,6 +256,8 @@ def test_launcher_env_comes_from_torch_distributed(tmp_path, monkeypatch):
         if own:
             dist.destroy_process_group()
     assert (os.environ["RANK"], os.environ["WORLD_SIZE"], os.environ["LOCAL_RANK"]) == expected == ("0", "1", "0")
+    # the IPC all-reduce paths (Ray shows each worker one GPU) are off unless the user asked for them
+    assert os.environ["VLLM_ALLREDUCE_USE_SYMM_MEM"] == "0" and os.environ["VLLM_ALLREDUCE_USE_FLASHINFER"] == "1"
 
 
 # -- next to the workers' gloo group ----------------------------------------------------------------

@@ -3,6 +3,7 @@ single-process torch computations."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -201,11 +202,13 @@ class RecordingEngine:
         self.calls: list[str] = []
         self.prompts: list[list[list[int]]] = []
         self.draws: list[float] = []
+        self.seeds: list[int | None] = []
 
     def generate(self, prompts, sampling):
         self.calls.append("generate")
         self.prompts.append([list(p) for p in prompts])
         self.draws.append(torch.rand(1).item())
+        self.seeds.append(sampling.seed)
         return [
             RolloutOutput(token_ids=[10 + (sum(p) + j) % 90, 10 + len(p)], logprobs=[-0.25, -0.5])
             for p in prompts
@@ -406,7 +409,8 @@ def _tp_rank(rank: int, port: int, model_path: str, out_dir: str) -> None:
     worker = bare_worker(config, engine, IdsTokenizer(), rank=rank, world_size=TP_WORLD)
     worker.rollout.tp_group = worker._init_distributed()
     out = generate(worker, ids_batch(TP_PROMPTS[rank]))
-    torch.save({"prompts": engine.prompts, "draws": engine.draws, "out": out}, Path(out_dir) / f"rank{rank}.pt")
+    torch.save({"prompts": engine.prompts, "draws": engine.draws, "seeds": engine.seeds, "out": out},
+               Path(out_dir) / f"rank{rank}.pt")
     worker.shutdown()
 
 
@@ -429,6 +433,14 @@ def test_tp_group_generates_the_union_in_lock_step(tp_run):
             assert tp_run[rank]["prompts"] == [union]
         assert tp_run[first]["draws"] == tp_run[first + 1]["draws"]
     assert tp_run[0]["draws"] != tp_run[2]["draws"]
+
+
+def test_tp_group_hands_the_engine_one_explicit_seed(tp_run):
+    """Every sampled request carries a seed drawn from the rollout stream, the same on the ranks of a
+    TP group (vLLM's GPU runner V2 would otherwise seed each rank from its own numpy generator)."""
+    seeds = [run["seeds"] for run in tp_run]
+    assert all(len(s) == 1 and s[0] is not None for s in seeds), seeds
+    assert seeds[0] == seeds[1] and seeds[2] == seeds[3] and seeds[0] != seeds[2]
 
 
 def test_tp_rank_keeps_the_rollouts_of_its_own_prompts(tp_run, tiny_model_path):
@@ -612,6 +624,97 @@ def test_checkpoint_round_trip_is_exact(setup):
     plain = load_plain(export)
     ref_state = full_state(setup, "ref")
     assert_states_equal({k: v for k, v in plain.state_dict().items() if k in ref_state}, ref_state)
+
+
+def test_a_reference_that_never_moved_is_not_saved(setup):
+    """Until the EMA teacher's first update the reference is the model folder: a checkpoint does not
+    write it again (at 8B that is 33 GB per save), and loading one puts the model folder back."""
+    reset(setup)
+    group = setup["group"]
+    group.dispatch("update_actor", training_batch(setup, seed=8), rollouts_per_prompt=N)
+    ckpt = setup["tmp"] / "frozen-ref"
+    group.call_all("save_checkpoint", str(ckpt))
+    assert not (ckpt / "ref").exists()
+    assert json.loads((ckpt / "actor" / "optim" / "state.json").read_text())["ref_saved"] is False
+    group.call_all("update_teacher", 0.5)  # the reference moves away from the model folder
+    group.call_all("load_checkpoint", str(ckpt))
+    plain = load_plain(setup["path"]).state_dict()
+    ref_state = full_state(setup, "ref")
+    assert_states_equal({k: v for k, v in plain.items() if k in ref_state}, ref_state)
+    assert group.call_all("get_versions")[0]["teacher"] == 0
+
+
+def test_process_group_options():
+    """gloo on CPU; on GPU a group with a CPU backend beside NCCL (clipping offloaded CPU gradients
+    reduces over it); the timeout from actor_rollout_ref.nccl_timeout either way."""
+    import datetime
+
+    from corewarding.workers.fsdp_worker import process_group_options
+
+    cpu = process_group_options(torch.device("cpu"), 3600)
+    assert cpu == {"backend": "gloo", "timeout": datetime.timedelta(hours=1)}
+    gpu = process_group_options(torch.device("cuda", 3), 90)
+    assert gpu == {"backend": "cpu:gloo,cuda:nccl", "timeout": datetime.timedelta(seconds=90),
+                   "device_id": torch.device("cuda", 3)}
+
+
+def test_forward_layout_is_padded_on_a_gpu_without_flash_attention(caplog):
+    """Packed rows without flash-attention make transformers build a dense [T, T] mask: on CUDA the
+    layout falls back to padded, with one warning; flash-attention keeps packing; CPU shares prompts."""
+    from corewarding.workers.sharding import forward_layout
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    with caplog.at_level("WARNING"):
+        assert forward_layout(True, "auto", cuda, "sdpa") == "padded"
+        assert forward_layout(True, "auto", cuda, "sdpa") == "padded"
+    assert sum("padded layout" in r.message for r in caplog.records) == 1
+    assert forward_layout(True, "auto", cuda, "flash_attention_2") == "packed"
+    assert forward_layout(True, "auto", cpu, "sdpa") == "shared_prefix"
+    assert forward_layout(True, "false", cpu, "sdpa") == "packed"
+    assert forward_layout(False, "auto", cuda, "flash_attention_2") == "padded"
+    with pytest.raises(ValueError, match="share_prompt_prefix=true needs an attention that takes a 4-D mask"):
+        forward_layout(True, "true", cuda, "flash_attention_2")
+
+
+def test_a_flash_attn_that_does_not_load_is_not_used(tmp_path, monkeypatch):
+    """A flash-attn wheel built for another torch is found by find_spec and fails when its CUDA
+    extension loads: the attention is SDPA, not a crash at the first forward."""
+    from corewarding.workers.sharding import attention_implementation
+
+    package = tmp_path / "flash_attn"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert attention_implementation(None, torch.device("cuda", 0)) == "sdpa"
+    assert attention_implementation(None, torch.device("cpu")) == "sdpa"
+    assert attention_implementation("eager", torch.device("cuda", 0)) == "eager"
+
+
+def test_reshard_leaves_only_shards_after_a_no_grad_forward(tiny_model_path, tmp_path):
+    """A root module left unsharded after a no-grad forward (older torch, or reshard_after_forward
+    off) holds full tensors; `sharding.reshard`, which update_teacher calls before touching the local
+    shards, puts every module back to its shards."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from corewarding.workers import sharding
+
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = load_plain(tiny_model_path)
+        mesh = init_device_mesh("cpu", (1,))
+        sharding.shard_model(model, mesh, torch.float32, offload=False, reshard=False, rank=0, device=torch.device("cpu"))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([[5, 6, 7]]))
+        assert not all(isinstance(p, DTensor) for p in model.parameters())  # left unsharded
+        sharding.reshard(model)
+        assert all(isinstance(p, DTensor) for p in model.parameters())
+    finally:
+        if own:
+            dist.destroy_process_group()
 
 
 class _Bomb:

@@ -85,6 +85,9 @@ def _normalise(values: dict[str, Any]) -> None:
 def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
     trainer, arr = config.trainer, config.actor_rollout_ref
     device = trainer.device
+    if device == "auto" and config.ray_init.address:
+        raise ConfigError("trainer.device=auto cannot be decided by the driver of a cluster run (ray_init.address is "
+                          "set; a CPU-only head node would train on CPU): set trainer.device=cuda (or cpu)")
     if device == "auto":
         import torch
 

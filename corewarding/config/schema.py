@@ -289,10 +289,14 @@ class ActorRolloutRefConfig(Section):
     PREFIX: ClassVar[str] = "actor_rollout_ref"
     hybrid_engine: bool = ignored("actor and rollout always share each worker")
     record_entropy: bool = ignored("per-token entropy is always computed and logged (actor/entropy)")
+    nccl_timeout: int  # seconds a collective may wait (the workers' process group, NCCL and gloo)
     model: ModelConfig
     actor: ActorConfig
     ref: RefConfig
     rollout: RolloutConfig
+
+    def __post_init__(self) -> None:
+        self.positive("nccl_timeout")
 
 
 # ----------------------------------------------------------------------------------- algorithm and rewards
@@ -347,6 +351,7 @@ class TrainerConfig(Section):
     cpus_per_worker: int | None
     nnodes: int
     n_gpus_per_node: int
+    single_process: bool  # one worker inside the driver process, without Ray (debuggers, profilers)
     total_epochs: int | None
     total_training_steps: int | None
     project_name: str
@@ -374,6 +379,9 @@ class TrainerConfig(Section):
                       "max_actor_ckpt_to_keep", "console_every", "max_steps_this_run")
         if self.resume_mode == "resume_path" and not self.resume_from_path:
             raise ConfigError("trainer.resume_mode=resume_path needs trainer.resume_from_path (a global_step_N folder)")
+        if self.single_process and self.nnodes * self.n_gpus_per_node != 1:
+            raise ConfigError(f"trainer.single_process=True runs one worker: set trainer.nnodes=1 and "
+                              f"trainer.n_gpus_per_node=1 (have {self.nnodes} x {self.n_gpus_per_node})")
 
     @property
     def world_size(self) -> int:

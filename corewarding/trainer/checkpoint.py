@@ -121,6 +121,11 @@ def check_start_step(root: str | Path, start: int, resumed_from: Path | None) ->
     )
 
 
+def folder_bytes(path: str | Path) -> int:
+    """The size of the files under `path` (a checkpoint: what one save costs on disk)."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def save_failed(root: str | Path, step: int, reason: BaseException | str) -> CheckpointError:
     """The one-line error of a failed save: what went wrong and which checkpoint is still good."""
     reason = describe_error(reason) if isinstance(reason, BaseException) else str(reason)

@@ -350,8 +350,10 @@ class Trainer:
                     periodic = save_freq > 0 and (self.global_step % save_freq == 0 or stopping)
                     if periodic or (stop_after and stopping):
                         started = time.perf_counter()
-                        self.save_checkpoint()
+                        saved = self.save_checkpoint()
                         metrics["timing/save_checkpoint"] = time.perf_counter() - started
+                        # what a save costs on disk (x saves kept: trainer.max_actor_ckpt_to_keep)
+                        metrics["checkpoint/size_gb"] = ckpt.folder_bytes(saved) / 1e9
                     bad = [k for k, v in metrics.items() if k.startswith("actor/") and isinstance(v, float) and not math.isfinite(v)]
                     if bad:
                         logger.warning("step %d: non-finite metrics %s", self.global_step, bad)

@@ -68,6 +68,19 @@ def init_ray(config: Config) -> bool:
     return True
 
 
+def check_cluster_devices(config: Config, resources: dict[str, float]) -> None:
+    """Refuse a GPU run on a Ray cluster without GPUs at once (the placement would wait for them
+    until COREWARDING_PG_TIMEOUT), and a CPU run on a cluster of GPUs (a driver on a CPU-only head
+    node cannot tell: trainer.device must say it)."""
+    gpus = resources.get("GPU", 0)
+    if config.trainer.device == "cuda" and gpus == 0:
+        raise ConfigError(f"trainer.device=cuda but the Ray cluster has no GPUs ({resources}): start the workers' "
+                          "nodes with their GPUs (ray start --num-gpus=N) or set trainer.device=cpu")
+    if config.trainer.device == "cpu" and gpus > 0 and config.ray_init.address:
+        logger.warning("trainer.device=cpu on a Ray cluster with %g GPUs: the workers train on CPU cores; set "
+                       "trainer.device=cuda to use the GPUs", gpus)
+
+
 def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any, Any | None]:
     data = config.data
     require_gt = method.ground_truth if data.require_ground_truth is None else data.require_ground_truth
@@ -142,11 +155,19 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
     try:
         from corewarding.trainer.ray_trainer import Trainer
 
-        started = init_ray(config)
-        from corewarding.workers.group import RayWorkerGroup
-
         start = time.perf_counter()
-        workers = RayWorkerGroup(config)
+        if config.trainer.single_process:
+            from corewarding.workers.group import LocalWorkerGroup
+
+            workers = LocalWorkerGroup(config)
+        else:
+            started = init_ray(config)
+            import ray
+
+            check_cluster_devices(config, ray.cluster_resources())
+            from corewarding.workers.group import RayWorkerGroup
+
+            workers = RayWorkerGroup(config)
         placed = time.perf_counter()
         workers.call_all("init_model", steps)
         logger.info("%d workers placed in %.1f s, models loaded in %.1f s", workers.world_size, placed - start,

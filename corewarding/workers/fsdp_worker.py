@@ -20,6 +20,7 @@ lost to bf16 rounding.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -39,6 +40,18 @@ from corewarding.workers.dispatch import collect, concat_rows
 from corewarding.workers.rollout import EngineSettings, eos_token_ids, make_engine, resolve_dtype
 from corewarding.workers.rollout_runner import Generated, RolloutRunner, rollout_seed
 from corewarding.workers.worker_state import MODEL_FILE, STATE_FILE, attempt
+
+
+def process_group_options(device: torch.device, timeout_s: float) -> dict[str, Any]:
+    """init_process_group's backend and timeout. On GPU the group is `cpu:gloo,cuda:nccl`: with CPU
+    offload the gradients are CPU tensors and clipping reduces their norm over the group, which NCCL
+    alone cannot. The timeout is `actor_rollout_ref.nccl_timeout`: ranks wait in a collective while
+    rank 0 writes a checkpoint, which at 8B parameters can take longer than NCCL's 10-minute default."""
+    backend = "gloo" if device.type == "cpu" else "cpu:gloo,cuda:nccl"
+    options: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(seconds=timeout_s)}
+    if device.type == "cuda":
+        options["device_id"] = device
+    return options
 
 
 class ActorRolloutRefWorker:
@@ -81,8 +94,7 @@ class ActorRolloutRefWorker:
             self.optimizer, total_steps=total_steps, warmup_steps_ratio=optim.lr_warmup_steps_ratio,
             warmup_steps=optim.lr_warmup_steps, style=optim.warmup_style, min_lr_ratio=optim.min_lr_ratio,
         )
-        self.ref = self._load_and_shard(train=False, compute_dtype=compute_dtype, reshard=True,
-                                        offload=on_gpu and arr.ref.fsdp_config.param_offload)
+        self.ref = self._load_reference()
         self.rollout = self._build_rollout(tp_group)
 
     def _init_distributed(self) -> dist.ProcessGroup | None:
@@ -93,24 +105,28 @@ class ActorRolloutRefWorker:
 
         if self.config.trainer.device == "cpu":
             torch.set_num_threads(self.config.trainer.cpus_per_worker)
-            self.device, backend = torch.device("cpu"), "gloo"
+            self.device = torch.device("cpu")
         else:
             if not torch.cuda.is_available():
                 raise RuntimeError("trainer.device=cuda but no GPU is visible: set trainer.device=cpu for a CPU run")
             local = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0
             torch.cuda.set_device(local)
-            self.device, backend = torch.device("cuda", local), "nccl"
+            self.device = torch.device("cuda", local)
         if not dist.is_initialized():
             os.environ.setdefault("RANK", str(self.rank))
             os.environ.setdefault("WORLD_SIZE", str(self.world_size))
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            kwargs: dict[str, Any] = dict(backend=backend, rank=self.rank, world_size=self.world_size)
-            if self.device.type == "cuda":
-                kwargs["device_id"] = self.device
-            dist.init_process_group(**kwargs)
+            options = process_group_options(self.device, self.config.actor_rollout_ref.nccl_timeout)
+            dist.init_process_group(rank=self.rank, world_size=self.world_size, **options)
         self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("fsdp",))
         tp = self.config.actor_rollout_ref.rollout.tensor_model_parallel_size
         return dist.new_subgroups(group_size=tp)[0] if tp > 1 else None
+
+    def _load_reference(self) -> torch.nn.Module:
+        """The reference model (the EMA teacher's start) from the model folder, sharded."""
+        arr, on_gpu = self.config.actor_rollout_ref, self.device.type == "cuda"
+        return self._load_and_shard(train=False, compute_dtype=resolve_dtype(arr.model.dtype, self.device), reshard=True,
+                                    offload=on_gpu and arr.ref.fsdp_config.param_offload)
 
     def _load_and_shard(self, train: bool, compute_dtype: torch.dtype, reshard: bool, offload: bool) -> torch.nn.Module:
         model_cfg = self.config.actor_rollout_ref.model
@@ -162,18 +178,8 @@ class ActorRolloutRefWorker:
                                chunk_size=model.logits_chunk_size)
 
     def _forward_layout(self) -> str:
-        """padded, packed (use_remove_padding) or shared_prefix (packed, one copy of each prompt:
-        share_prompt_prefix, auto on CPU workers; it needs an attention that takes a 4-D mask)."""
         model = self.config.actor_rollout_ref.model
-        if not model.use_remove_padding:
-            return "padded"
-        share = model.share_prompt_prefix == "true" or (model.share_prompt_prefix == "auto" and self.device.type == "cpu")
-        if not share:
-            return "packed"
-        if self.attn_impl.startswith("flash"):
-            raise ValueError(f"actor_rollout_ref.model.share_prompt_prefix=true needs an attention that takes a 4-D mask "
-                             f"(sdpa, eager), not {self.attn_impl}: set it to auto or false")
-        return "shared_prefix"
+        return sharding.forward_layout(model.use_remove_padding, model.share_prompt_prefix, self.device, self.attn_impl)
 
     @collect(concat_rows)
     def compute_log_prob(self, batch: Batch, model: str = "actor", with_entropy: bool = False,
@@ -223,6 +229,8 @@ class ActorRolloutRefWorker:
 
     def update_teacher(self, weight: float) -> None:
         """In place on the local shards: ref = weight * ref + (1 - weight) * policy."""
+        sharding.reshard(self.ref)
+        sharding.reshard(self.actor)
         with torch.no_grad():
             teacher = {name: sharding.local(t) for name, t in self.ref.named_parameters()}
             policy = {name: sharding.local(p) for name, p in self.actor.named_parameters()}
@@ -256,25 +264,34 @@ class ActorRolloutRefWorker:
         ranks; a write that fails on any rank (a full disk) makes every rank raise the same one-line
         `WorkerCheckpointError` at once."""
         root = Path(step_dir)
-        actor_state, ref_state = sharding.gather_full_state(self.actor), sharding.gather_full_state(self.ref)
+        # the reference changes only as an EMA teacher; until its first update it is the model folder
+        save_ref = self.teacher_version > 0
+        actor_state = sharding.gather_full_state(self.actor)
 
         def write_models() -> None:
             self._write_hf_folder(root / "actor", actor_state)
-            self._write_hf_folder(root / "ref", ref_state, with_config=False)
             (root / "actor" / "optim").mkdir(parents=True, exist_ok=True)
             (root / "rng").mkdir(parents=True, exist_ok=True)
             fsync_dir(root)
 
         self._agree(attempt(write_models) if self.rank == 0 else None, "write failed")
-        del actor_state, ref_state
+        del actor_state
+        if save_ref:  # after the actor's write: rank 0 holds one full model in memory at a time
+            ref_state = sharding.gather_full_state(self.ref)
+
+            def write_ref() -> None:
+                self._write_hf_folder(root / "ref", ref_state, with_config=False)
+
+            self._agree(attempt(write_ref) if self.rank == 0 else None, "write failed")
+            del ref_state
         has_state = bool(self.optimizer.state)  # one that never stepped has none; asking would fake a step
         optim = worker_state.optimizer_shard(self.actor, self.optimizer) if has_state else None
-        self._agree(attempt(lambda: self._write_states(root, optim, has_state)), "write failed")
+        self._agree(attempt(lambda: self._write_states(root, optim, has_state, save_ref)), "write failed")
         if self.rank == 0:  # the names the other ranks created, now that all have written
             for folder in (root / "actor" / "optim", root / "rng"):
                 fsync_dir(folder)
 
-    def _write_states(self, root: Path, optim: dict[str, Any] | None, has_state: bool) -> None:
+    def _write_states(self, root: Path, optim: dict[str, Any] | None, has_state: bool, ref_saved: bool) -> None:
         if optim is not None:
             worker_state.save_safetensors(optim["tensors"], root / "actor" / "optim" / f"rank_{self.rank}.safetensors")
         if self.rank == 0:
@@ -288,6 +305,9 @@ class ActorRolloutRefWorker:
                 "teacher_version": self.teacher_version,
                 "skipped_steps": self.skipped_steps,
                 "world_size": self.world_size,
+                # False: the reference is the model folder it started from (not written again)
+                "ref_saved": ref_saved,
+                "model_path": str(self.config.actor_rollout_ref.model.path),
             }
             worker_state.write_json(root / "actor" / "optim" / STATE_FILE, state)
         worker_state.write_json(root / "rng" / f"rank_{self.rank}.json", worker_state.rng_to_json(self.device, self.rollout.rng))
@@ -298,7 +318,10 @@ class ActorRolloutRefWorker:
         root = Path(step_dir)
         saved = worker_state.check_complete(root, self.world_size)
         sharding.load_full_state(self.actor, root / "actor" / MODEL_FILE, self.rank, self._agree)
-        sharding.load_full_state(self.ref, root / "ref" / MODEL_FILE, self.rank, self._agree)
+        if saved.get("ref_saved", True):
+            sharding.load_full_state(self.ref, root / "ref" / MODEL_FILE, self.rank, self._agree)
+        elif self.teacher_version > 0:  # not saved: the model folder, which this teacher has moved away from
+            self.ref = self._load_reference()
         if saved["optimizer_has_state"]:
             shard = root / "actor" / "optim" / f"rank_{self.rank}.safetensors"
             worker_state.load_optimizer_shard(self.actor, self.optimizer, shard, saved, self._agree)

@@ -1,4 +1,5 @@
-"""N worker actors in one Ray placement group, forming one torch.distributed group.
+"""N worker actors in one Ray placement group, forming one torch.distributed group (`RayWorkerGroup`),
+or the one worker of a single-process run inside the driver (`LocalWorkerGroup`).
 
 The caller (the trainer) initialises Ray, builds the group, then calls
 `group.call_all("init_model")`; every worker method is then called on all ranks at once, either
@@ -119,3 +120,28 @@ class RayWorkerGroup:
             except Exception:  # noqa: BLE001
                 pass
             self.placement_group = None
+
+
+class LocalWorkerGroup:
+    """The one worker of a `trainer.single_process=True` run, inside this process: the same worker
+    class and the same calls as `RayWorkerGroup`, without Ray, so breakpoints and profilers reach
+    the worker's code. Its torch.distributed group is a world of one on loopback."""
+
+    def __init__(self, config: Config, worker_cls: type = ActorRolloutRefWorker) -> None:
+        self.config = config
+        self.worker_cls = worker_cls
+        self.world_size = 1
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
+                          LOCAL_RANK="0")
+        if config.trainer.device == "cpu":
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        self.workers = [worker_cls(config, 0, 1)]
+
+    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list:
+        return [getattr(self.workers[0], method)(*args, **kwargs)]
+
+    def dispatch(self, method: str, batch: Batch, **kwargs: Any) -> Any:
+        return collect_rule(self.worker_cls, method)([getattr(self.workers[0], method)(batch, **kwargs)])
+
+    def shutdown(self) -> None:
+        self.workers = []

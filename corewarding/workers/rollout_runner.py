@@ -10,11 +10,15 @@ With `rollout.tensor_model_parallel_size` = tp > 1 (vLLM on GPU nodes) the ranks
 consecutive ranks; every rank of a group generates the union of the group's prompts (the same
 requests, in lock step) and keeps its own slice. Sampling draws from a rollout RNG stream seeded
 `rollout.seed + rank // tp` (shared by a TP group), swapped in around `generate`, apart from the
-trainer's per-rank RNGs.
+trainer's per-rank RNGs. Every sampled `generate` call hands the engine an explicit seed drawn from
+that stream: vLLM's GPU model runner V2 seeds a request without one from numpy's global generator,
+which differs per rank, and the ranks of a TP group would then sample different tokens, schedule
+differently and hang in mismatched all-reduces.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -108,7 +112,7 @@ class RolloutRunner:
         group_prompts, start = gather_group_prompts(prompts.rows["prompt_ids"], self.tp_group)
         started = time.perf_counter()
         with self._rng_stream():
-            outputs = self.engine.generate(group_prompts, sampling)
+            outputs = self.engine.generate(group_prompts, self._with_seed(sampling))
         generate_s = time.perf_counter() - started
         if self.rollout.free_cache_engine and self.engine.sleep():
             self.holds = set()  # the engine dropped its weights: push after the next wake-up
@@ -126,6 +130,14 @@ class RolloutRunner:
             torch.cuda.synchronize()
         self.holds = {(which, version)}
         return time.perf_counter() - start
+
+    def _with_seed(self, sampling: SamplingSettings) -> SamplingSettings:
+        """`sampling` with a seed drawn from the rollout stream (inside `_rng_stream`: the same draw
+        on every rank of a TP group); greedy decoding needs none."""
+        if sampling.greedy or sampling.seed is not None:
+            return sampling
+        seed = int(torch.randint(0, 2**31 - 1, (1,), device=self.device).item())
+        return dataclasses.replace(sampling, seed=seed)
 
     @contextmanager
     def _rng_stream(self) -> Iterator[None]:

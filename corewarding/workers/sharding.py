@@ -7,7 +7,9 @@ Every function that gathers or scatters is a collective: all ranks call it toget
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -17,17 +19,53 @@ from torch.distributed.tensor import DTensor
 
 from corewarding.workers.actor import install_token_stats
 
-__all__ = ["attention_implementation", "full_params", "gather_full_state", "load_full_state", "load_model",
-           "local", "shard_model", "tied_aliases"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["attention_implementation", "flash_attention_works", "forward_layout", "full_params", "gather_full_state", "load_full_state", "load_model",
+           "local", "reshard", "shard_model", "tied_aliases"]
+
+
+def flash_attention_works() -> bool:
+    """flash-attn's CUDA kernels import. A wheel built for another torch or CUDA is found by
+    `find_spec` and only fails when its extension loads (an undefined symbol): import it for real."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401  loads flash_attn_2_cuda
+    except (ImportError, OSError) as exc:
+        logger.warning("flash-attn is installed but does not load (%s): using SDPA", exc)
+        return False
+    return True
 
 
 def attention_implementation(configured: str | None, device: torch.device) -> str:
-    """`model.attn_implementation`, or flash-attention 2 where this node has it (GPU), else SDPA."""
+    """`model.attn_implementation`, or flash-attention 2 where this node has it working (GPU), else SDPA."""
     if configured:
         return configured
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+    if device.type == "cuda" and flash_attention_works():
         return "flash_attention_2"
     return "sdpa"
+
+
+@functools.cache  # decided once per setting: the warning below is said once, not at every forward
+def forward_layout(use_remove_padding: bool, share_prompt_prefix: str, device: torch.device, attn_impl: str) -> str:
+    """padded, packed (use_remove_padding) or shared_prefix (packed, one copy of each prompt:
+    share_prompt_prefix, auto on CPU workers; it needs an attention that takes a 4-D mask). On a GPU
+    without flash-attention, packed rows would make transformers build a dense [T, T] mask over the
+    whole micro-batch (GBs at 28k tokens, 8-16x the attention work): the padded layout instead."""
+    if not use_remove_padding:
+        return "padded"
+    share = share_prompt_prefix == "true" or (share_prompt_prefix == "auto" and device.type == "cpu")
+    if share:
+        if attn_impl.startswith("flash"):
+            raise ValueError(f"actor_rollout_ref.model.share_prompt_prefix=true needs an attention that takes a 4-D mask "
+                             f"(sdpa, eager), not {attn_impl}: set it to auto or false")
+        return "shared_prefix"
+    if device.type == "cuda" and not attn_impl.startswith("flash"):
+        logger.warning("actor_rollout_ref.model.use_remove_padding=True without flash-attention (%s): packed rows "
+                       "would need a dense [tokens, tokens] mask on this GPU; using the padded layout", attn_impl)
+        return "padded"
+    return "packed"
 
 
 def load_model(path: str, attn_implementation: str, trust_remote_code: bool, rank: int, train: bool,
@@ -51,6 +89,18 @@ def load_model(path: str, attn_implementation: str, trust_remote_code: bool, ran
         model.requires_grad_(False)
         model.eval()
     return model
+
+
+def reshard(model: torch.nn.Module) -> None:
+    """Put every FSDP2 module of `model` back in its sharded state (a no-op where it is), so that its
+    parameters are this rank's shards. torch 2.13 reshards the root module after a no-grad forward
+    with reshard_after_forward=True; older releases leave it unsharded, and an in-place update of
+    the local shards (the EMA teacher) would then meet full tensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def shard_model(model: torch.nn.Module, mesh: Any, compute_dtype: torch.dtype, offload: bool, reshard: bool,

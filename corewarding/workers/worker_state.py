@@ -1,7 +1,8 @@
 """A worker's part of a checkpoint, and the RNG states it keeps: files, formats, and the rule that a
 failure on any rank fails every rank at once.
 
-Layout inside `global_step_<N>/`: `actor/` (HF folder of the policy), `ref/model.safetensors`,
+Layout inside `global_step_<N>/`: `actor/` (HF folder of the policy), `ref/model.safetensors` (only
+once the reference differs from the model folder: an EMA teacher after its first update),
 `actor/optim/rank_<r>.safetensors` (each rank's optimizer shard) with `actor/optim/state.json`
 (param groups, scheduler, counters, format), `rng/rank_<r>.json`. Only safetensors and JSON: nothing
 in a checkpoint is unpickled, so loading one cannot run code. Every file is fsynced.
@@ -80,13 +81,15 @@ def check_complete(root: Path, world_size: int) -> dict[str, Any]:
             f"checkpoint {root} was written by an older version in a pickle format, which is not loaded "
             "(unpickling a file can run code): resume from a checkpoint written by this version"
         )
-    needed = [root / "actor" / MODEL_FILE, root / "ref" / MODEL_FILE, optim / STATE_FILE]
+    needed = [root / "actor" / MODEL_FILE, optim / STATE_FILE]
     needed += [root / "rng" / f"rank_{r}.json" for r in range(world_size)]
+    state = json.loads((optim / STATE_FILE).read_text(encoding="utf-8")) if (optim / STATE_FILE).exists() else {}
+    if state.get("ref_saved", True):
+        needed.append(root / "ref" / MODEL_FILE)
     missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
     if missing:
         raise FileNotFoundError(f"checkpoint {root} is incomplete (missing {', '.join(missing[:3])}): delete it or "
                                 "point trainer.resume_from_path at a complete one")
-    state = json.loads((optim / STATE_FILE).read_text(encoding="utf-8"))
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {root} has format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
     if int(state.get("world_size", -1)) != world_size:

@@ -292,3 +292,11 @@ def _set_launcher_env() -> None:
     os.environ["RANK"] = str(dist.get_rank())
     os.environ["WORLD_SIZE"] = str(dist.get_world_size())
     os.environ["LOCAL_RANK"] = str(torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    for key, value in TP_ALL_REDUCE_ENV.items():
+        os.environ.setdefault(key, value)  # a value the user set wins
+
+
+# vLLM 0.32 turns on its torch symmetric-memory and FlashInfer all-reduce for TP by default; both
+# exchange CUDA IPC handles between the TP group's processes, which Ray shows one GPU each (like the
+# custom all-reduce kernel, switched off in `parallel_kwargs`). Off unless shown to work on a GPU.
+TP_ALL_REDUCE_ENV = {"VLLM_ALLREDUCE_USE_SYMM_MEM": "0", "VLLM_ALLREDUCE_USE_FLASHINFER": "0"}
