@@ -123,7 +123,10 @@ def smooth(values: list[float], weight: float) -> list[float]:
     return out
 
 
-def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothing: float = 0.0, title: str | None = None) -> Path:
+def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothing: float = 0.0, title: str | None = None,
+                thin: dict[str, list[list[dict[str, Any]]]] | None = None) -> Path:
+    """One panel per metric, one line per run; `thin` (run name -> more histories, e.g. the seeds a
+    run's line is the mean of) adds those as thin lines in the run's colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,7 +141,9 @@ def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothi
                 label = name if len(found) == 1 else f"{name} ({key})"
                 errors = points(entries, key + SE_SUFFIX)
                 band = errors[1] if errors is not None and errors[0] == steps else None
-                lines.append((label, steps, values, band))
+                extra = [found_thin[key] for found_thin in (series(h, patterns) for h in (thin or {}).get(name, []))
+                         if key in found_thin]
+                lines.append((label, steps, values, band, extra))
         if lines:
             panels.append((panel_title, lines))
     if not panels:
@@ -148,10 +153,12 @@ def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothi
     rows = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns, 3.6 * rows), squeeze=False)
     for ax, (panel_title, lines) in zip(axes.flat, panels):
-        for label, steps, values, band in lines:
+        for label, steps, values, band, extra in lines:
             sparse = len(steps) <= 30
             drawn = ax.plot(steps, smooth(values, smoothing), label=label, marker="o" if sparse else None, markersize=3,
                             linewidth=1.5)
+            for thin_steps, thin_values in extra:
+                ax.plot(thin_steps, smooth(thin_values, smoothing), color=drawn[0].get_color(), linewidth=0.7, alpha=0.4)
             if band is not None:
                 low = [v - e for v, e in zip(values, band)]
                 high = [v + e for v, e in zip(values, band)]

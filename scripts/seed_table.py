@@ -1,0 +1,156 @@
+"""The replication over several seeds: per method, base / best / final validation accuracy as the
+mean over seeds with its standard error, each seed's final and first collapse sign, and paired
+differences between methods with a standard error over seeds and questions.
+
+    python scripts/seed_table.py --root outputs/seeds --seeds 0 1 2 --figs figs
+
+`--root` holds one folder per seed (`seed<S>/<method>/`, what `scripts/replicate.py --seed S --out
+<root>/seed<S>` writes): `metrics.jsonl` and `validation/<step>.jsonl` (every validation sample).
+A method missing for some seed is summarised over the seeds it has (the table says how many).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from builtin_runs import LABELS, METHODS  # noqa: E402
+from plot_curves import plot_curves, read_metrics  # noqa: E402
+
+# the differences the README states in words: (method, baseline)
+PAIRS = [("co_rewarding_ii", "entropy"), ("co_rewarding_ii", "majority_voting"), ("co_rewarding_i", "majority_voting")]
+
+
+def mean_se(values: list[float]) -> tuple[float, float | None]:
+    """Mean and its standard error (None for a single value)."""
+    if len(values) < 2:
+        return values[0], None
+    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+
+
+def question_accuracy(run_dir: Path, step: int) -> dict[str, float]:
+    """Validation accuracy per question (avg@n over its samples) at `step`."""
+    samples: dict[str, list[float]] = {}
+    for line in (run_dir / "validation" / f"{step}.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        samples.setdefault(record["prompt"], []).append(float(record["reward"]))
+    return {prompt: statistics.fmean(rewards) for prompt, rewards in samples.items()}
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """One seed of one method: validation accuracy by step, the best and final steps, the first
+    step with a collapse sign, and the logged history."""
+    history = read_metrics(run_dir / "metrics.jsonl")
+    val = {h["step"]: h["val/acc"] for h in history if "val/acc" in h}
+    collapse = [h["step"] for h in history if h.get("monitor/collapse")]
+    steps = sorted(val)
+    return {"val": val, "base": steps[0], "final": steps[-1], "best": max(steps, key=lambda s: (val[s], -s)),
+            "collapse": collapse[0] if collapse else None, "history": history, "dir": run_dir}
+
+
+def paired_difference(runs_a: dict[int, dict], runs_b: dict[int, dict], which: str) -> dict[str, Any]:
+    """A - B at each seed's `which` step (final or best) of each method, per question and seed: the
+    mean over the seed x question cells with its standard error, and each seed's mean."""
+    cells, per_seed = [], {}
+    for seed in sorted(set(runs_a) & set(runs_b)):
+        a = question_accuracy(runs_a[seed]["dir"], runs_a[seed][which])
+        b = question_accuracy(runs_b[seed]["dir"], runs_b[seed][which])
+        diffs = [a[q] - b[q] for q in sorted(set(a) & set(b))]
+        cells += diffs
+        per_seed[seed] = statistics.fmean(diffs)
+    mean, se = mean_se(cells)
+    return {"mean": mean, "se": se, "per_seed": per_seed, "cells": len(cells)}
+
+
+def _pm(mean: float, se: float | None) -> str:
+    return f"{mean:.3f} ± {se:.3f}" if se is not None else f"{mean:.3f}"
+
+
+def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, command: str) -> None:
+    lines = ["# Micro-replication over seeds", "",
+             f"Seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds (a method's best step is its own "
+             "per seed: the maximum over steps, so it is biased upwards).", "",
+             "| method | seeds | base | best | final | final per seed | first collapse sign per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for method, by_seed in runs.items():
+        cols = {k: mean_se([r["val"][r[k]] for r in by_seed.values()]) for k in ("base", "best", "final")}
+        finals = ", ".join(f"{r['val'][r['final']]:.3f}" for r in by_seed.values())
+        collapse = ", ".join(f"step {r['collapse']}" if r["collapse"] is not None else "none" for r in by_seed.values())
+        lines.append(f"| {LABELS[method]} | {len(by_seed)} | {_pm(*cols['base'])} | {_pm(*cols['best'])} | "
+                     f"{_pm(*cols['final'])} | {finals} | {collapse} |")
+    lines += ["", "Paired differences (per question and seed, at each method's own final / best step; the standard "
+              "error is over the seed x question cells):", "",
+              "| difference | final | best | final, per seed |", "| --- | --- | --- | --- |"]
+    for a, b in PAIRS:
+        if a in runs and b in runs:
+            final, best = paired_difference(runs[a], runs[b], "final"), paired_difference(runs[a], runs[b], "best")
+            per_seed = ", ".join(f"{v:+.3f}" for v in final["per_seed"].values())
+            lines.append(f"| {LABELS[a]} - {LABELS[b]} | {final['mean']:+.3f} ± {final['se'] or 0:.3f} | "
+                         f"{best['mean']:+.3f} ± {best['se'] or 0:.3f} | {per_seed} |")
+    lines += ["", f"Command: `{command}`"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--figs", default=str(REPO / "figs"))
+    args = p.parse_args(argv)
+    root, figs = Path(args.root), Path(args.figs)
+    runs: dict[str, dict[int, dict]] = {}
+    for method in args.methods:
+        found = {s: root / f"seed{s}" / method for s in args.seeds}
+        done = {s: run_summary(d) for s, d in found.items() if (d / "metrics.jsonl").is_file()}
+        if done:
+            runs[method] = done
+    if not runs:
+        raise SystemExit(f"error: no run under {root}/seed<S>/<method>/metrics.jsonl for seeds {args.seeds}")
+    figs.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/seed_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_table(runs, args.seeds, figs / "replication.md", command.strip())
+    with open(figs / "replication_metrics.jsonl", "w") as handle:
+        for method, by_seed in runs.items():
+            for seed, run in by_seed.items():
+                for entry in run["history"]:
+                    handle.write(json.dumps({"method": method, "seed": seed, **entry}) + "\n")
+    curves = [(LABELS[m], [r["history"] for r in by_seed.values()]) for m, by_seed in runs.items()]
+    plot_curves([(label, seed_mean(histories)) for label, histories in curves], figs / "replication.png",
+                title=f"SmolLM2-135M-Instruct, seeds {', '.join(map(str, args.seeds))}: mean ± s.e. over seeds, "
+                      "each seed thin", thin={label: histories for label, histories in curves})
+    print((figs / "replication.md").read_text())
+    return runs
+
+
+def seed_mean(histories: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One history whose every numeric metric is the mean over the seeds that logged it at that step,
+    with `<key>_se` (standard error over seeds) beside it, which plot_curves draws as a band."""
+    by_step: dict[int, dict[str, list[float]]] = {}
+    for history in histories:
+        for entry in history:
+            values = by_step.setdefault(entry["step"], {})
+            for key, value in entry.items():
+                if key != "step" and not key.endswith("_se") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    values.setdefault(key, []).append(float(value))
+    out = []
+    for step in sorted(by_step):
+        entry: dict[str, Any] = {"step": step}
+        for key, values in by_step[step].items():
+            entry[key], se = mean_se(values)
+            if se is not None:
+                entry[key + "_se"] = se
+        out.append(entry)
+    return out
+
+
+if __name__ == "__main__":
+    main()

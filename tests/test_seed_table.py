@@ -1,0 +1,72 @@
+"""scripts/seed_table.py on hand-made runs: the means and standard errors over seeds, the paired
+difference over seed x question cells, the metrics file and the figure."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(folder: Path, per_step: dict[int, list[float]], collapse_at: int | None = None) -> None:
+    """A run whose validation at each step gives question q the accuracy per_step[step][q] (2 samples
+    each: 1/1, 1/0 or 0/0), and a metrics.jsonl to match."""
+    (folder / "validation").mkdir(parents=True)
+    history = []
+    for step, accs in per_step.items():
+        records = []
+        for q, acc in enumerate(accs):
+            rewards = {1.0: [1.0, 1.0], 0.5: [1.0, 0.0], 0.0: [0.0, 0.0]}[acc]
+            records += [{"step": step, "prompt": f"q{q}", "reward": r} for r in rewards]
+        (folder / "validation" / f"{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        history.append({"step": step, "val/acc": sum(accs) / len(accs), "reward/mean": 0.1 * step,
+                        "monitor/collapse": int(collapse_at is not None and step >= collapse_at)})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+
+
+def test_seed_table_means_and_paired_differences(tmp_path):
+    root = tmp_path / "seeds"
+    # Co-rewarding-II: finals 0.5 and 0.75 over four questions; Entropy: finals 0.25 and 0.25
+    write_run(root / "seed0" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 1, 0, 0]})
+    write_run(root / "seed1" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 0.5, 0, 0], 8: [1, 1, 1, 0]}, collapse_at=8)
+    write_run(root / "seed0" / "entropy", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 0, 0, 0]})
+    write_run(root / "seed1" / "entropy", {0: [0, 0, 0, 0], 4: [0.5, 0, 0, 0], 8: [0, 1, 0, 0]})
+    figs = tmp_path / "figs"
+    seed_table = load_script("seed_table")
+    runs = seed_table.main(["--root", str(root), "--seeds", "0", "1", "--methods", "co_rewarding_ii", "entropy",
+                            "--figs", str(figs)])
+    table = (figs / "replication.md").read_text()
+    # finals 0.5, 0.75: mean 0.625, s.e. = stdev / sqrt(2) = 0.125; bests: seed 0 step 4 (0.5, ties go early), seed 1 step 8
+    se = math.sqrt(((0.5 - 0.625) ** 2 + (0.75 - 0.625) ** 2) / 1) / math.sqrt(2)
+    assert se == pytest.approx(0.125)
+    assert "| Co-rewarding-II | 2 | 0.000 ± 0.000 | 0.625 ± 0.125 | 0.625 ± 0.125 | 0.500, 0.750 | none, step 8 |" in table
+    assert "| Entropy | 2 | 0.000 ± 0.000 | 0.375 ± 0.125 | 0.250 ± 0.000 | 0.250, 0.250 | none, none |" in table  # bests 0.5, 0.25
+    # final differences per cell: seed 0 (0, 1, 0, 0), seed 1 (1, 0, 1, 0): mean 3/8, s.e. sd / sqrt(8)
+    cells = [0, 1, 0, 0, 1, 0, 1, 0]
+    mean = sum(cells) / 8
+    cell_se = math.sqrt(sum((c - mean) ** 2 for c in cells) / 7) / math.sqrt(8)
+    final = seed_table.paired_difference(runs["co_rewarding_ii"], runs["entropy"], "final")
+    assert final["mean"] == pytest.approx(mean) and final["se"] == pytest.approx(cell_se)
+    assert final["per_seed"] == {0: pytest.approx(0.25), 1: pytest.approx(0.5)} and final["cells"] == 8
+    assert f"| Co-rewarding-II - Entropy | {mean:+.3f} ± {cell_se:.3f} |" in table
+    rows = [json.loads(line) for line in (figs / "replication_metrics.jsonl").read_text().splitlines()]
+    assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("co_rewarding_ii", "entropy") for s in (0, 1)}
+    assert (figs / "replication.png").stat().st_size > 10_000
+
+
+def test_seed_mean_gives_a_band_over_seeds():
+    seed_table = load_script("seed_table")
+    mean = seed_table.seed_mean([[{"step": 4, "val/acc": 0.2, "val/acc_se": 0.9}], [{"step": 4, "val/acc": 0.4}]])
+    assert mean == [{"step": 4, "val/acc": pytest.approx(0.3), "val/acc_se": pytest.approx(0.1)}]  # over seeds
