@@ -22,11 +22,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+NORMALISED = "reward (/ each run's largest |value|)"
 # Panel title -> key patterns tried in order; the first pattern that matches any key of a run is
 # used for that run (a pattern may match several keys, e.g. one per validation data source).
 PANELS: list[tuple[str, tuple[str, ...]]] = [
     ("validation accuracy", (r"^val/acc$", r"^val[-/].*(acc|score|reward/mean)[^/]*$", r"^val.*acc")),
-    ("reward", (r"^reward/mean$", r"^critic/score/mean$", r"^critic/rewards/mean$", r"^reward$")),
+    # each run's reward over its own largest |value|: the methods' rewards have different scales
+    # (Self-Certainty's is ~40, a vote's is in [0, 1]), and their shapes are what compares
+    (NORMALISED, (r"^reward/mean$", r"^critic/score/mean$", r"^critic/rewards/mean$", r"^reward$")),
     # label-free methods without a pseudo-label: the accuracy of their groups' vote (maj@n)
     ("pseudo-label accuracy", (r"^reward/pseudo_label_acc$", r"pseudo_label.*acc", r"^monitor/majority_acc$")),
     ("majority ratio", (r"^monitor/majority_ratio$", r"^reward/majority_ratio$")),
@@ -123,15 +126,10 @@ def smooth(values: list[float], weight: float) -> list[float]:
     return out
 
 
-def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothing: float = 0.0, title: str | None = None,
-                thin: dict[str, list[list[dict[str, Any]]]] | None = None) -> Path:
-    """One panel per metric, one line per run; `thin` (run name -> more histories, e.g. the seeds a
-    run's line is the mean of) adds those as thin lines in the run's colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def collect_panels(runs: list[tuple[str, list[dict[str, Any]]]],
+                   thin: dict[str, list[list[dict[str, Any]]]] | None = None) -> list[tuple[str, list[tuple]]]:
+    """What each panel draws: (title, [(label, steps, values, band, thin lines)]), for the panels
+    some run has data for."""
     panels = []
     for panel_title, patterns in PANELS:
         lines = []
@@ -143,9 +141,27 @@ def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothi
                 band = errors[1] if errors is not None and errors[0] == steps else None
                 extra = [found_thin[key] for found_thin in (series(h, patterns) for h in (thin or {}).get(name, []))
                          if key in found_thin]
+                if panel_title == NORMALISED:
+                    scale = max(abs(v) for v in values) or 1.0
+                    values = [v / scale for v in values]
+                    band = [e / scale for e in band] if band is not None else None
+                    extra = [(thin_steps, [v / scale for v in thin_values]) for thin_steps, thin_values in extra]
                 lines.append((label, steps, values, band, extra))
         if lines:
             panels.append((panel_title, lines))
+    return panels
+
+
+def plot_curves(runs: list[tuple[str, list[dict[str, Any]]]], out: Path, smoothing: float = 0.0, title: str | None = None,
+                thin: dict[str, list[list[dict[str, Any]]]] | None = None) -> Path:
+    """One panel per metric, one line per run; `thin` (run name -> more histories, e.g. the seeds a
+    run's line is the mean of) adds those as thin lines in the run's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = collect_panels(runs, thin)
     if not panels:
         raise SystemExit("error: none of the runs has a metric to plot (" + ", ".join(t for t, _ in PANELS) + ")")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from builtin_runs import LABELS, METHODS  # noqa: E402
@@ -45,15 +46,27 @@ def question_accuracy(run_dir: Path, step: int) -> dict[str, float]:
     return {prompt: statistics.fmean(rewards) for prompt, rewards in samples.items()}
 
 
+def first_collapse(history: list[dict[str, Any]]) -> int | None:
+    """The first step with a collapse sign by this version's monitor (at its default rules), replayed
+    over the logged metrics: every seed and method is judged alike, whichever version ran it."""
+    from corewarding.config import compose_config, load_config
+    from corewarding.trainer.monitor import CollapseMonitor
+
+    monitor = CollapseMonitor(load_config(compose_config([]), check_paths=False).trainer.collapse_monitor)
+    for entry in sorted((h for h in history if h["step"] > 0), key=lambda h: h["step"]):
+        monitor.update(entry["step"], dict(entry))
+    return monitor.first_step
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """One seed of one method: validation accuracy by step, the best and final steps, the first
     step with a collapse sign, and the logged history."""
     history = read_metrics(run_dir / "metrics.jsonl")
     val = {h["step"]: h["val/acc"] for h in history if "val/acc" in h}
-    collapse = [h["step"] for h in history if h.get("monitor/collapse")]
+    collapse = first_collapse(history)
     steps = sorted(val)
     return {"val": val, "base": steps[0], "final": steps[-1], "best": max(steps, key=lambda s: (val[s], -s)),
-            "collapse": collapse[0] if collapse else None, "history": history, "dir": run_dir}
+            "collapse": collapse, "history": history, "dir": run_dir}
 
 
 def paired_difference(runs_a: dict[int, dict], runs_b: dict[int, dict], which: str) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from corewarding.trainer.monitor import CollapseMonitor, group_metrics
 
 
 def rules(window: int = 2, entropy_fraction: float = 0.2) -> CollapseMonitorConfig:
-    return CollapseMonitorConfig(window=window, drop=0.1, consensus=0.9, entropy_fraction=entropy_fraction)
+    return CollapseMonitorConfig(window=window, drop=0.1, relative_drop=0.5, consensus=0.9,
+                                 entropy_fraction=entropy_fraction)
 
 
 def test_group_metrics_by_hand():
@@ -27,12 +28,12 @@ def test_group_metrics_by_hand():
     assert "monitor/majority_acc" not in group_metrics(["1"], ["x"], [None], [0.0])
 
 
-def feed(monitor: CollapseMonitor, series: dict[str, list[float]]) -> list[float]:
+def feed(monitor: CollapseMonitor, series: dict[str, list[float]], flag: str = "monitor/collapse") -> list[float]:
     flags = []
     for step in range(len(next(iter(series.values())))):
         metrics = {key: values[step] for key, values in series.items()}
         monitor.update(step + 1, metrics)
-        flags.append(metrics["monitor/collapse"])
+        flags.append(metrics[flag])
     return flags
 
 
@@ -50,9 +51,10 @@ def test_consensus_without_correctness_fires_once_with_a_warning(caplog):
         flags = feed(monitor, series)
     assert flags[:4] == [0.0] * 4 and flags[-1] == 1.0
     assert monitor.first_step == flags.index(1.0) + 1
-    assert set(monitor.signs()) == {"consensus without correctness", "reward up, truth down", "entropy collapse"}
+    assert set(monitor.signs()) == {"consensus without correctness", "reward up, truth down", "entropy low"}
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 3 and all("sign of reward hacking" in w for w in warnings)
+    assert len(warnings) == 3 and sum("sign of reward hacking" in w for w in warnings) == 2
+    assert any("warning: entropy low" in w for w in warnings)  # said, but not a collapse
 
 
 def test_healthy_learning_raises_nothing():
@@ -68,8 +70,27 @@ def test_healthy_learning_raises_nothing():
     assert feed(monitor, series) == [0.0] * 8 and monitor.first_step is None
 
 
-def test_entropy_collapse_alone():
+def test_low_entropy_alone_is_a_warning_not_a_collapse():
+    """GT-reward learning lowers entropy too: monitor/entropy_low, never monitor/collapse."""
+    series = {"actor/entropy": [1.0, 0.8, 0.5, 0.2, 0.1, 0.1]}
     monitor = CollapseMonitor(rules())
-    flags = feed(monitor, {"actor/entropy": [1.0, 0.8, 0.5, 0.2, 0.1, 0.1]})
-    assert flags == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # step 5: the mean of (0.2, 0.1) is below 0.2 x 1.0
-    assert set(monitor.signs()) == {"entropy collapse"}
+    assert feed(monitor, series, "monitor/entropy_low") == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # step 5: (0.2 + 0.1) / 2 < 0.2
+    assert feed(CollapseMonitor(rules()), series) == [0.0] * 6 and monitor.first_step is None
+    assert set(monitor.signs()) == {"entropy low"}
+
+
+def test_a_relative_fall_counts_at_low_accuracy():
+    """A model at 5 % cannot fall by 0.1: its pseudo-label accuracy halving counts as a fall."""
+    series = {"monitor/majority_ratio": [0.5, 0.7, 0.9, 0.95, 1.0, 1.0],
+              "reward/pseudo_label_acc": [0.05, 0.06, 0.05, 0.03, 0.02, 0.01]}
+    assert feed(CollapseMonitor(rules()), series) == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # windows 0.055 -> 0.025
+    steady = dict(series, **{"reward/pseudo_label_acc": [0.05, 0.06, 0.05, 0.05, 0.04, 0.05]})
+    assert feed(CollapseMonitor(rules()), steady) == [0.0] * 6
+
+
+def test_answers_vanish():
+    """Self-Certainty's collapse: the rollouts stop giving an answer at all."""
+    monitor = CollapseMonitor(rules())
+    flags = feed(monitor, {"reward/answer_present": [0.4, 0.5, 0.3, 0.2, 0.1, 0.0]})
+    assert flags == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # windows 0.45, 0.4, 0.25, then 0.15 <= 0.5 x 0.45
+    assert set(monitor.signs()) == {"answers vanish"}

@@ -158,3 +158,16 @@ def test_compare_runs_metrics_are_what_eval_writes() -> None:
         with pytest.raises(SystemExit, match="unknown metric") as error:
             compare_runs.parse_metrics([bad])
         assert shown in str(error.value) and "pass@1, avg@k, maj@k, pass@k, answer_present" in str(error.value)
+
+
+def test_reward_panel_is_each_runs_own_scale_and_seeds_follow_their_mean():
+    """Rewards of different scales (Self-Certainty ~40, a vote in [0, 1]) are drawn over each run's
+    largest |value|; the thin lines of a run's seeds are scaled like its mean."""
+    plot = plot_curves
+    runs = [("SC", [{"step": 1, "reward/mean": 20.0}, {"step": 2, "reward/mean": 40.0}]),
+            ("MV", [{"step": 1, "reward/mean": 0.25}, {"step": 2, "reward/mean": 0.5}])]
+    thin = {"MV": [[{"step": 1, "reward/mean": 0.5}, {"step": 2, "reward/mean": 0.25}]]}
+    panels = dict(plot.collect_panels(runs, thin))
+    lines = {label: (values, extra) for label, _, values, _, extra in panels[plot.NORMALISED]}
+    assert lines["SC"] == ([0.5, 1.0], []) and lines["MV"][0] == [0.5, 1.0]
+    assert lines["MV"][1] == [([1, 2], [1.0, 0.5])]  # the seed, over the mean's largest value (0.5)

@@ -20,19 +20,26 @@ def load_script(name: str):
     return module
 
 
-def write_run(folder: Path, per_step: dict[int, list[float]], collapse_at: int | None = None) -> None:
-    """A run whose validation at each step gives question q the accuracy per_step[step][q] (2 samples
-    each: 1/1, 1/0 or 0/0), and a metrics.jsonl to match."""
+def write_run(folder: Path, per_step: dict[int, list[float]], vanish_at: int | None = None) -> None:
+    """A run whose validation at each step of `per_step` gives question q the accuracy
+    per_step[step][q] (2 samples each: 1/1, 1/0 or 0/0), training steps 1 .. its last validation
+    step, and the answers vanishing from the rollouts at `vanish_at` (the monitor's sign)."""
     (folder / "validation").mkdir(parents=True)
     history = []
-    for step, accs in per_step.items():
-        records = []
-        for q, acc in enumerate(accs):
-            rewards = {1.0: [1.0, 1.0], 0.5: [1.0, 0.0], 0.0: [0.0, 0.0]}[acc]
-            records += [{"step": step, "prompt": f"q{q}", "reward": r} for r in rewards]
-        (folder / "validation" / f"{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        history.append({"step": step, "val/acc": sum(accs) / len(accs), "reward/mean": 0.1 * step,
-                        "monitor/collapse": int(collapse_at is not None and step >= collapse_at)})
+    for step in range(max(per_step) + 1):
+        entry: dict = {"step": step}
+        if step > 0:
+            entry.update({"reward/mean": 0.1 * step,
+                          "reward/answer_present": 0.0 if vanish_at is not None and step >= vanish_at else 0.9})
+        if step in per_step:
+            accs = per_step[step]
+            records = []
+            for q, acc in enumerate(accs):
+                rewards = {1.0: [1.0, 1.0], 0.5: [1.0, 0.0], 0.0: [0.0, 0.0]}[acc]
+                records += [{"step": step, "prompt": f"q{q}", "reward": r} for r in rewards]
+            (folder / "validation" / f"{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            entry["val/acc"] = sum(accs) / len(accs)
+        history.append(entry)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
 
 
@@ -40,7 +47,7 @@ def test_seed_table_means_and_paired_differences(tmp_path):
     root = tmp_path / "seeds"
     # Co-rewarding-II: finals 0.5 and 0.75 over four questions; Entropy: finals 0.25 and 0.25
     write_run(root / "seed0" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 1, 0, 0]})
-    write_run(root / "seed1" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 0.5, 0, 0], 8: [1, 1, 1, 0]}, collapse_at=8)
+    write_run(root / "seed1" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 0.5, 0, 0], 8: [1, 1, 1, 0]}, vanish_at=6)
     write_run(root / "seed0" / "entropy", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 0, 0, 0]})
     write_run(root / "seed1" / "entropy", {0: [0, 0, 0, 0], 4: [0.5, 0, 0, 0], 8: [0, 1, 0, 0]})
     figs = tmp_path / "figs"
@@ -48,10 +55,11 @@ def test_seed_table_means_and_paired_differences(tmp_path):
     runs = seed_table.main(["--root", str(root), "--seeds", "0", "1", "--methods", "co_rewarding_ii", "entropy",
                             "--figs", str(figs)])
     table = (figs / "replication.md").read_text()
-    # finals 0.5, 0.75: mean 0.625, s.e. = stdev / sqrt(2) = 0.125; bests: seed 0 step 4 (0.5, ties go early), seed 1 step 8
+    # finals 0.5, 0.75: mean 0.625, s.e. = stdev / sqrt(2) = 0.125; bests: seed 0 step 4 (0.5, ties go early), seed 1
+    # step 8; the answers vanish at step 6 of seed 1: windows of 3 (0.9, 0.6 at step 6, 0.3 at 7 <= 0.5 x 0.9)
     se = math.sqrt(((0.5 - 0.625) ** 2 + (0.75 - 0.625) ** 2) / 1) / math.sqrt(2)
     assert se == pytest.approx(0.125)
-    assert "| Co-rewarding-II | 2 | 0.000 ± 0.000 | 0.625 ± 0.125 | 0.625 ± 0.125 | 0.500, 0.750 | none, step 8 |" in table
+    assert "| Co-rewarding-II | 2 | 0.000 ± 0.000 | 0.625 ± 0.125 | 0.625 ± 0.125 | 0.500, 0.750 | none, step 7 |" in table
     assert "| Entropy | 2 | 0.000 ± 0.000 | 0.375 ± 0.125 | 0.250 ± 0.000 | 0.250, 0.250 | none, none |" in table  # bests 0.5, 0.25
     # final differences per cell: seed 0 (0, 1, 0, 0), seed 1 (1, 0, 1, 0): mean 3/8, s.e. sd / sqrt(8)
     cells = [0, 1, 0, 0, 1, 0, 1, 0]

@@ -335,12 +335,13 @@ class CollapseMonitorConfig(Section):
     PREFIX: ClassVar[str] = "trainer.collapse_monitor"
     window: int  # steps averaged before comparing
     drop: float  # fall in accuracy from its best window that counts
+    relative_drop: float  # ... or this share of the best window (a model at 5 % cannot fall by 0.1)
     consensus: float  # majority ratio that counts as consensus
-    entropy_fraction: float  # entropy below this share of the first step's counts as collapsed
+    entropy_fraction: float  # entropy below this share of the first step's: a warning, not a collapse
 
     def __post_init__(self) -> None:
         self.positive("window")
-        for name in ("drop", "consensus", "entropy_fraction"):
+        for name in ("drop", "relative_drop", "consensus", "entropy_fraction"):
             check_real(self.key(name), getattr(self, name), 0.0, 1.0)
 
 

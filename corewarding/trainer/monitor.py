@@ -5,8 +5,8 @@ consistent or confident answer that is wrong. The rollouts' groups agree ever mo
 towards 1, one distinct answer per group), entropy collapses, and accuracy against the ground truth
 falls while the self-made reward keeps rising. `group_metrics` measures the first signs on every
 step's rollouts (`monitor/*`), whatever the method; `CollapseMonitor` turns them, with the reward,
-pseudo-label and entropy metrics, into one-line warnings and a `monitor/collapse` flag (1 while any
-sign holds), which every logger and the plots receive.
+pseudo-label, answer and entropy metrics, into one-line warnings, a `monitor/collapse` flag (1 while
+any collapse sign holds) and a `monitor/entropy_low` flag, which every logger and the plots receive.
 """
 
 from __future__ import annotations
@@ -59,14 +59,23 @@ def _mean(values: Sequence[float]) -> float:
 
 
 class CollapseMonitor:
-    """Feed it every step's metrics; it adds `monitor/collapse` (0 / 1) and warns once per sign
-    (`trainer.collapse_monitor` sets `window`, `drop`, `consensus` and `entropy_fraction`):
+    """Feed it every step's metrics; it adds `monitor/collapse` (0 / 1, while any collapse sign holds)
+    and `monitor/entropy_low` (0 / 1), and warns once per sign (`trainer.collapse_monitor` sets
+    `window`, `drop`, `relative_drop`, `consensus` and `entropy_fraction`). An accuracy "falls" when
+    its latest window is `drop` below its best window, or `relative_drop` of that best window.
+    Collapse signs:
     - consensus without correctness: the majority ratio's recent mean is at least `consensus` while
-      the label accuracy (pseudo-label accuracy, or maj@n where there is no pseudo-label) is `drop`
-      below its best window;
+      the label accuracy (pseudo-label accuracy, or maj@n where there is no pseudo-label) falls;
     - reward up, truth down: the reward's recent mean is `drop` above its first window while the
-      accuracy of the rollouts against the ground truth is `drop` below its best window;
-    - entropy collapse: the recent entropy is below `entropy_fraction` of the first step's."""
+      accuracy of the rollouts against the ground truth falls;
+    - answers vanish: the share of rollouts with an answer (`reward/answer_present`) falls by
+      `relative_drop` of its best window (the model stops answering; Self-Certainty's way).
+    Entropy below `entropy_fraction` of the first step's is reported apart: learning with the ground
+    truth lowers it too, so it is a warning, not a collapse."""
+
+    SERIES = ("monitor/majority_ratio", "reward/pseudo_label_acc", "monitor/majority_acc", "reward/mean",
+              "reward/gt_acc", "reward/answer_present", "actor/entropy")
+    ENTROPY = "entropy low"
 
     def __init__(self, rules: CollapseMonitorConfig) -> None:
         self.rules = rules
@@ -75,18 +84,20 @@ class CollapseMonitor:
         self.first_step: int | None = None
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
-        for key in ("monitor/majority_ratio", "reward/pseudo_label_acc", "monitor/majority_acc", "reward/mean",
-                    "reward/gt_acc", "actor/entropy"):
+        for key in self.SERIES:
             if isinstance(metrics.get(key), (int, float)):
                 self.series.setdefault(key, []).append(float(metrics[key]))
         signs = self.signs()
-        metrics["monitor/collapse"] = float(bool(signs))
-        if signs and self.first_step is None:
+        collapse = {name: detail for name, detail in signs.items() if name != self.ENTROPY}
+        metrics["monitor/collapse"] = float(bool(collapse))
+        metrics["monitor/entropy_low"] = float(self.ENTROPY in signs)
+        if collapse and self.first_step is None:
             self.first_step = step
         for name, detail in signs.items():
             if name not in self.warned:
                 self.warned.add(name)
-                logger.warning("step %d: sign of reward hacking: %s (%s)", step, name, detail)
+                kind = "warning" if name == self.ENTROPY else "sign of reward hacking"
+                logger.warning("step %d: %s: %s (%s)", step, kind, name, detail)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (JSON), so that a resumed run judges the same windows."""
@@ -102,16 +113,27 @@ class CollapseMonitor:
         found = {}
         label = "reward/pseudo_label_acc" if "reward/pseudo_label_acc" in self.series else "monitor/majority_acc"
         consensus, fall = self._recent("monitor/majority_ratio"), self._fall(label)
-        if consensus is not None and fall is not None and consensus >= self.rules.consensus and fall >= self.rules.drop:
+        if consensus is not None and fall is not None and consensus >= self.rules.consensus and self._fell(label):
             found["consensus without correctness"] = f"majority ratio {consensus:.2f}, {label} down {fall:.2f}"
         rise, truth_fall = self._rise("reward/mean"), self._fall("reward/gt_acc")
-        if rise is not None and truth_fall is not None and rise >= self.rules.drop and truth_fall >= self.rules.drop:
+        if rise is not None and truth_fall is not None and rise >= self.rules.drop and self._fell("reward/gt_acc"):
             found["reward up, truth down"] = f"reward up {rise:.2f}, gt_acc down {truth_fall:.2f}"
+        windows = self._windows("reward/answer_present")
+        if len(windows) > 1 and max(windows) > 0 and windows[-1] <= (1 - self.rules.relative_drop) * max(windows):
+            found["answers vanish"] = f"answer present {windows[-1]:.2f}, best window {max(windows):.2f}"
         entropy = self.series.get("actor/entropy", [])
         recent = self._recent("actor/entropy")
         if recent is not None and entropy[0] > 0 and recent < self.rules.entropy_fraction * entropy[0]:
-            found["entropy collapse"] = f"entropy {recent:.3f} < {self.rules.entropy_fraction} x {entropy[0]:.3f}"
+            found[self.ENTROPY] = f"entropy {recent:.3f} < {self.rules.entropy_fraction} x {entropy[0]:.3f}"
         return found
+
+    def _fell(self, key: str) -> bool:
+        """The latest window is `drop` below the best, or `relative_drop` of the best."""
+        windows = self._windows(key)
+        if len(windows) < 2:
+            return False
+        fall, best = max(windows) - windows[-1], max(windows)
+        return fall >= self.rules.drop or (best > 0 and fall >= self.rules.relative_drop * best)
 
     def _windows(self, key: str) -> list[float]:
         values, w = self.series.get(key, []), self.rules.window
