@@ -12,7 +12,11 @@ from pathlib import Path
 METHODS = {"gt": "naive", "majority_voting": "majority_voting", "self_certainty": "self_certainty",
            "entropy": "entropy", "co_rewarding_i": "co_reward", "co_rewarding_ii": "co_rewarding_II"}
 LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "self_certainty": "Self-Certainty",
-          "entropy": "Entropy", "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II"}
+          "entropy": "Entropy", "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
+          "majority_voting_union": "Majority-Voting, both views"}
+# Majority-Voting trained on the original and the rephrased questions as independent prompts, with
+# Co-rewarding-I's prompts and rollouts per step (scripts/replicate.py --methods majority_voting_union)
+EXTRA_METHODS = {"majority_voting_union": "majority_voting"}
 
 
 def add_run_args(p: argparse.ArgumentParser, **defaults: object) -> None:
@@ -44,7 +48,7 @@ def run_overrides(args: argparse.Namespace, method: str, data: dict[str, Path], 
     """The configuration of one run: every method gets the same one, only the reward manager differs."""
     micro = math.gcd(8, args.batch * args.n // args.workers)  # 8 rollouts per pass, or what divides a worker's share
     return [
-        f"reward_model.reward_manager={METHODS[method]}", f"actor_rollout_ref.model.path={args.model}",
+        f"reward_model.reward_manager={({**METHODS, **EXTRA_METHODS})[method]}", f"actor_rollout_ref.model.path={args.model}",
         f"data.train_files={data['train']}", f"data.train_aug_files={data['train_rewrite']}",
         f"data.val_files={data['val']}", f"data.train_batch_size={args.batch}", "data.max_prompt_length=256",
         f"data.max_response_length={args.max_new_tokens}", f"data.seed={args.seed}",

@@ -38,18 +38,20 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from builtin_runs import LABELS, METHODS, add_run_args, run_overrides  # noqa: E402
+from builtin_runs import EXTRA_METHODS, LABELS, METHODS, add_run_args, run_overrides  # noqa: E402
 
 DONE = "replication_done.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *EXTRA_METHODS])
     add_run_args(p)
     p.add_argument("--out", default=str(REPO / "outputs" / "replication"))
     p.add_argument("--figs", default=str(REPO / "figs"))
     p.add_argument("--smoke", action="store_true", help="1 step, tiny sizes (what CI runs)")
+    p.add_argument("--unfaithful-fraction", type=float, default=0.0,
+                   help="share of rephrased twins that ask about another number (their answer differs)")
     p.add_argument("--data-seed", type=int, default=0,
                    help="seed of the built-in questions; --seed leaves them (and the 64 validation questions) as they are")
     args = p.parse_args(argv)
@@ -58,10 +60,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_union(data: dict[str, Path]) -> Path:
+    """The original and the rephrased questions as independent prompts in one file (the rephrased
+    ones' indices offset by the number of originals)."""
+    import pandas as pd
+
+    original, rephrased = pd.read_parquet(data["train"]), pd.read_parquet(data["train_rewrite"])
+    rephrased["extra_info"] = [{**info, "index": int(info["index"]) + len(original)} for info in rephrased["extra_info"]]
+    path = data["train"].with_name("train_union.parquet")
+    pd.concat([original, rephrased], ignore_index=True).to_parquet(path)
+    return path
+
+
 def method_overrides(args: argparse.Namespace, method: str, data: dict[str, Path], run_dir: Path) -> list[str]:
     """The shared configuration, with checkpoints every validation so that a killed method resumes."""
-    return [*run_overrides(args, method, data, run_dir), "trainer.project_name=replication", "trainer.resume_mode=auto",
-            f"trainer.save_freq={args.test_freq}", "trainer.max_actor_ckpt_to_keep=1", *args.overrides]
+    union = []
+    if method == "majority_voting_union":  # Co-rewarding-I's 2 x batch prompts per step, as independent questions
+        union = [f"data.train_files={write_union(data)}", f"data.train_batch_size={2 * args.batch}",
+                 f"actor_rollout_ref.actor.ppo_mini_batch_size={2 * args.batch}"]
+    return [*run_overrides(args, method, data, run_dir), *union, "trainer.project_name=replication",
+            "trainer.resume_mode=auto", f"trainer.save_freq={args.test_freq}", "trainer.max_actor_ckpt_to_keep=1",
+            *args.overrides]
 
 
 def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> tuple[list[dict[str, Any]], float]:
@@ -145,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.model = str(prepare_smollm2())
     out = Path(args.out)
     data = write_builtin_dataset(out / "data", n_train=args.batch * args.steps, n_val=args.val_size, seed=args.data_seed,
-                                 word_fraction=args.word_fraction)
+                                 word_fraction=args.word_fraction, unfaithful_fraction=args.unfaithful_fraction)
     runs = {method: run_method(args, method, data) for method in args.methods}
     histories = {method: history for method, (history, _) in runs.items()}
     rows = [summarise(method, history, seconds) for method, (history, seconds) in runs.items()]

@@ -41,8 +41,8 @@ def test_replicate_smoke(ray_session, boxing_model, tmp_path, capsys):
         assert row["base"]["step"] == 0 and row["final"]["step"] == 1, row
         assert 0.0 <= row["signal"] <= 1.0, row
     table = (tmp_path / "figs" / "replication.md").read_text()
-    for label in replicate.LABELS.values():
-        assert f"| {label} |" in table
+    for method in replicate.METHODS:
+        assert f"| {replicate.LABELS[method]} |" in table
     assert (tmp_path / "figs" / "replication.png").stat().st_size > 10_000
     logged = [json.loads(line) for line in (tmp_path / "figs" / "replication_metrics.jsonl").read_text().splitlines()]
     assert {entry["method"] for entry in logged} == set(replicate.METHODS)
@@ -52,3 +52,26 @@ def test_replicate_smoke(ray_session, boxing_model, tmp_path, capsys):
     skipped = capsys.readouterr().out
     assert all(f"{method}: finished before, skipped" in skipped for method in replicate.METHODS)
     assert again == rows
+
+
+def test_replicate_smoke_with_unfaithful_twins_and_the_union_baseline(ray_session, boxing_model, tmp_path):
+    """One step of Co-rewarding-I on data whose twins are half unfaithful, and of Majority-Voting on
+    both views as independent prompts (twice the prompts of a plain Majority-Voting step)."""
+    import pandas as pd
+
+    argv = ["--smoke", "--model", str(boxing_model), "--rollout", "hf", "--workers", "1", "--unfaithful-fraction", "0.5",
+            "--methods", "co_rewarding_i", "majority_voting_union", "--out", str(tmp_path / "runs"),
+            "--figs", str(tmp_path / "figs")]
+    rows = replicate.main(argv)
+    assert [r["method"] for r in rows] == ["co_rewarding_i", "majority_voting_union"]
+    twins = pd.read_parquet(tmp_path / "runs" / "data" / "train_rewrite.parquet")
+    assert sum(not info["faithful"] for info in twins["extra_info"]) == len(twins) // 2
+    union = pd.read_parquet(tmp_path / "runs" / "data" / "train_union.parquet")
+    assert len(union) == 2 * len(twins) and len({info["index"] for info in union["extra_info"]}) == len(union)
+    overrides = replicate.method_overrides(replicate.parse_args(argv), "majority_voting_union",
+                                           {"train": tmp_path / "runs" / "data" / "train.parquet",
+                                            "train_rewrite": tmp_path / "runs" / "data" / "train_rewrite.parquet",
+                                            "val": tmp_path / "runs" / "data" / "val.parquet"}, tmp_path / "x")
+    assert overrides.index("data.train_batch_size=4") > overrides.index("data.train_batch_size=2")  # the later wins
+    for row in rows:
+        assert row["final"]["step"] == 1, row

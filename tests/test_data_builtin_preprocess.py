@@ -154,3 +154,33 @@ def test_hub_without_datasets_is_a_one_line_error(monkeypatch, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: reading openai/gsm8k from the hub") and "pip install datasets" in err
     assert not list(tmp_path.iterdir())
+
+
+def test_unfaithful_twins(tmp_path):
+    """--unfaithful-fraction f: a share f of the rephrased twins asks about another number (same
+    wording otherwise) and still carries the original's ground truth, as a model's rewrite file
+    would; extra_info says which pairs and the twin's own answer; f = 0 writes what it always wrote,
+    the original file never changes."""
+    plain = write_builtin_dataset(tmp_path / "plain", n_train=40, n_val=8, seed=2)
+    zero = write_builtin_dataset(tmp_path / "zero", n_train=40, n_val=8, seed=2, unfaithful_fraction=0.0)
+    half = write_builtin_dataset(tmp_path / "half", n_train=40, n_val=8, seed=2, unfaithful_fraction=0.5)
+    for key in ("train", "train_rewrite", "val"):
+        assert pd.read_parquet(plain[key]).equals(pd.read_parquet(zero[key]))
+    original, faithful_twin = pd.read_parquet(plain["train"]), pd.read_parquet(plain["train_rewrite"])
+    assert pd.read_parquet(half["train"])["prompt"].equals(original["prompt"])
+    twins = pd.read_parquet(half["train_rewrite"])
+    flags = [info["faithful"] for info in twins["extra_info"]]
+    assert sum(not f for f in flags) == 20
+    for i, faithful in enumerate(flags):
+        truth, twin_truth = original["reward_model"][i]["ground_truth"], twins["extra_info"][i]["twin_answer"]
+        assert twins["reward_model"][i]["ground_truth"] == truth
+        numbers = lambda row: re.findall(r"\d+", row["prompt"][-1]["content"])  # noqa: E731
+        if faithful:
+            assert twins.iloc[i]["prompt"][-1]["content"] == faithful_twin.iloc[i]["prompt"][-1]["content"]
+            assert twin_truth == truth
+        else:  # one number raised by 1..5, and so another answer
+            changed = [(a, b) for a, b in zip(numbers(faithful_twin.iloc[i]), numbers(twins.iloc[i])) if a != b]
+            assert len(changed) == 1 and 1 <= int(changed[0][1]) - int(changed[0][0]) <= 5
+            assert twin_truth != truth
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+        write_builtin_dataset(tmp_path / "bad", n_train=4, n_val=2, unfaithful_fraction=1.5)

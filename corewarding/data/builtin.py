@@ -99,15 +99,22 @@ def _draw_problem(rng: random.Random, word_fraction: float) -> Problem:
     return Problem(kind, op, a, b)
 
 
-def render(problem: Problem, template_id: int, rng: random.Random) -> str:
-    """The problem through surface template `template_id` (names/items drawn from `rng`)."""
+def draw_props(problem: Problem, rng: random.Random) -> tuple[str, str] | None:
+    """The name and item of a word problem's rendering (drawn from `rng`); None for arithmetic."""
+    if problem.kind == "arithmetic":
+        return None
+    name = rng.choice(NAMES)
+    return name, rng.choice(ITEMS)
+
+
+def render(problem: Problem, template_id: int, rng: random.Random, props: tuple[str, str] | None = None) -> str:
+    """The problem through surface template `template_id` (names/items `props`, else drawn from `rng`)."""
     if problem.kind == "arithmetic":
         templates = ARITHMETIC_TEMPLATES[problem.op]
         return templates[template_id % len(templates)].format(a=problem.a, b=problem.b)
+    name, item = props if props is not None else draw_props(problem, rng)
     templates = WORD_TEMPLATES[problem.op]
-    return templates[template_id % len(templates)].format(
-        a=problem.a, b=problem.b, name=rng.choice(NAMES), item=rng.choice(ITEMS)
-    )
+    return templates[template_id % len(templates)].format(a=problem.a, b=problem.b, name=name, item=item)
 
 
 def builtin_problems(n: int, seed: int = 0, word_fraction: float = 0.3, exclude: set[str] | None = None) -> list[dict]:
@@ -128,12 +135,33 @@ def builtin_problems(n: int, seed: int = 0, word_fraction: float = 0.3, exclude:
         question = render(problem, first, rng)
         if question in seen:
             continue
-        rephrased = render(problem, second, rng)
+        props = draw_props(problem, rng)
+        rephrased = render(problem, second, rng, props)
         seen.add(question)
         out.append({
             "question": question, "rephrased": rephrased, "answer": str(problem.answer),
-            "kind": problem.kind, "op": problem.op,
+            "kind": problem.kind, "op": problem.op, "a": problem.a, "b": problem.b,
+            "rephrased_template": second, "rephrased_props": props,
         })
+    return out
+
+
+def make_unfaithful(problems: list[dict], fraction: float, seed: int) -> list[dict]:
+    """A share `fraction` of the problems (drawn from `seed`, a stream apart from the problems') get a
+    rephrased twin with its first number raised by 1..5: the same wording as before, another true
+    answer (`rephrased_answer`). Every problem gets `faithful`."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"unfaithful fraction {fraction} must be in [0, 1]")
+    rng = random.Random(f"unfaithful-{seed}")
+    chosen = set(rng.sample(range(len(problems)), round(fraction * len(problems))))
+    out = []
+    for i, p in enumerate(problems):
+        if i not in chosen:
+            out.append({**p, "faithful": True, "rephrased_answer": p["answer"]})
+            continue
+        twin = Problem(p["kind"], p["op"], p["a"] + rng.randint(1, 5), p["b"])
+        rephrased = render(twin, p["rephrased_template"], rng, p["rephrased_props"])  # the same wording
+        out.append({**p, "rephrased": rephrased, "faithful": False, "rephrased_answer": str(twin.answer)})
     return out
 
 
@@ -144,19 +172,28 @@ def write_builtin_dataset(
     seed: int = 0,
     system_prompt: str | None = ONE_SHOT_SYSTEM_PROMPT,
     word_fraction: float = 0.3,
+    unfaithful_fraction: float = 0.0,
 ) -> dict[str, Path]:
     """Write `train.parquet`, `train_rewrite.parquet` (same indices and answers, other wording) and
     `val.parquet` (questions not in train) in the verl schema. Returns {"train", "train_rewrite",
-    "val"} -> path. data_source is "builtin_arithmetic" or "builtin_word"."""
+    "val"} -> path. data_source is "builtin_arithmetic" or "builtin_word". With
+    `unfaithful_fraction` f > 0, a share f of the twins asks about another number (`make_unfaithful`)
+    and, as a rewrite file made by a model would, still carries the original's ground truth;
+    `extra_info.faithful` says which pairs, `extra_info.twin_answer` the twin's own answer."""
     out = Path(out_dir)
-    train = builtin_problems(n_train, seed=seed, word_fraction=word_fraction)
+    train = make_unfaithful(builtin_problems(n_train, seed=seed, word_fraction=word_fraction), unfaithful_fraction, seed)
     val = builtin_problems(n_val, seed=seed + 1_000_003, word_fraction=word_fraction, exclude={p["question"] for p in train})
 
     def rows(problems: list[dict], split: str, field: str) -> list[dict]:
+        def extra(p: dict) -> dict:
+            if unfaithful_fraction > 0 and "faithful" in p:
+                return {"faithful": p["faithful"], "twin_answer": p["rephrased_answer"]}
+            return {}
+
         return [
             make_row(
                 p[field], p["answer"], index=i, split=split, data_source=f"builtin_{p['kind']}",
-                system_prompt=system_prompt, extra_info={"op": p["op"], "rephrased": field == "rephrased"},
+                system_prompt=system_prompt, extra_info={"op": p["op"], "rephrased": field == "rephrased", **extra(p)},
             )
             for i, p in enumerate(problems)
         ]
