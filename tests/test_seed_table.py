@@ -3,21 +3,15 @@ difference over seed x question cells, the metrics file and the figure."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import seed_table  # noqa: E402
 
 
 def write_run(folder: Path, per_step: dict[int, list[float]], vanish_at: int | None = None) -> None:
@@ -51,7 +45,6 @@ def test_seed_table_means_and_paired_differences(tmp_path):
     write_run(root / "seed0" / "entropy", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 0, 0, 0]})
     write_run(root / "seed1" / "entropy", {0: [0, 0, 0, 0], 4: [0.5, 0, 0, 0], 8: [0, 1, 0, 0]})
     figs = tmp_path / "figs"
-    seed_table = load_script("seed_table")
     runs = seed_table.main(["--root", str(root), "--seeds", "0", "1", "--methods", "co_rewarding_ii", "entropy",
                             "--figs", str(figs)])
     table = (figs / "replication.md").read_text()
@@ -75,6 +68,5 @@ def test_seed_table_means_and_paired_differences(tmp_path):
 
 
 def test_seed_mean_gives_a_band_over_seeds():
-    seed_table = load_script("seed_table")
     mean = seed_table.seed_mean([[{"step": 4, "val/acc": 0.2, "val/acc_se": 0.9}], [{"step": 4, "val/acc": 0.4}]])
     assert mean == [{"step": 4, "val/acc": pytest.approx(0.3), "val/acc_se": pytest.approx(0.1)}]  # over seeds
