@@ -60,6 +60,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_same_data(out: Path, data_args: dict[str, Any]) -> None:
+    """The runs in `out` resume and skip by method: refuse to mix them with runs on other data."""
+    record = out / "data" / "args.json"
+    if record.exists() and json.loads(record.read_text()) != data_args:
+        raise SystemExit(f"error: the runs in {out} were trained on other data ({record.read_text().strip()}); this "
+                         f"call asks for {json.dumps(data_args)}: give another --out")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(data_args))
+
+
 def write_union(data: dict[str, Path]) -> Path:
     """The original and the rephrased questions as independent prompts in one file (the rephrased
     ones' indices offset by the number of originals)."""
@@ -163,6 +173,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
         args.model = str(prepare_smollm2())
     out = Path(args.out)
+    check_same_data(out, {"data_seed": args.data_seed, "unfaithful_fraction": args.unfaithful_fraction,
+                          "word_fraction": args.word_fraction, "n_train": args.batch * args.steps,
+                          "n_val": args.val_size})
     data = write_builtin_dataset(out / "data", n_train=args.batch * args.steps, n_val=args.val_size, seed=args.data_seed,
                                  word_fraction=args.word_fraction, unfaithful_fraction=args.unfaithful_fraction)
     runs = {method: run_method(args, method, data) for method in args.methods}

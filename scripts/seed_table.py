@@ -1,6 +1,6 @@
 """The replication over several seeds: per method, base / best / final validation accuracy as the
 mean over seeds with its standard error, each seed's final and first collapse sign, and paired
-differences between methods with a standard error over seeds and questions.
+differences between methods (paired by question within a seed, standard error over seeds).
 
     python scripts/seed_table.py --root outputs/seeds --seeds 0 1 2 --figs figs
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from builtin_runs import LABELS, METHODS  # noqa: E402
+from builtin_runs import EXTRA_METHODS, LABELS, METHODS  # noqa: E402
 from plot_curves import plot_curves, read_metrics  # noqa: E402
 
 # the differences the README states in words: (method, baseline)
@@ -70,17 +70,21 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def paired_difference(runs_a: dict[int, dict], runs_b: dict[int, dict], which: str) -> dict[str, Any]:
-    """A - B at each seed's `which` step (final or best) of each method, per question and seed: the
-    mean over the seed x question cells with its standard error, and each seed's mean."""
-    cells, per_seed = [], {}
+    """A - B at each seed's `which` step (final or best) of each method, paired by question within
+    each seed. `mean` is the mean of the seeds' paired means; `se` its standard error over seeds
+    (the questions of one seed share one training run, so they are not independent draws), or,
+    with a single seed, the standard error over its questions (`se_over`)."""
+    per_seed, diffs = {}, []
     for seed in sorted(set(runs_a) & set(runs_b)):
         a = question_accuracy(runs_a[seed]["dir"], runs_a[seed][which])
         b = question_accuracy(runs_b[seed]["dir"], runs_b[seed][which])
         diffs = [a[q] - b[q] for q in sorted(set(a) & set(b))]
-        cells += diffs
         per_seed[seed] = statistics.fmean(diffs)
-    mean, se = mean_se(cells)
-    return {"mean": mean, "se": se, "per_seed": per_seed, "cells": len(cells)}
+    if len(per_seed) > 1:
+        mean, se = mean_se(list(per_seed.values()))
+        return {"mean": mean, "se": se, "se_over": "seeds", "per_seed": per_seed}
+    mean, se = mean_se(diffs)
+    return {"mean": mean, "se": se, "se_over": "questions", "per_seed": per_seed}
 
 
 def _pm(mean: float, se: float | None) -> str:
@@ -95,19 +99,21 @@ def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, 
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for method, by_seed in runs.items():
         cols = {k: mean_se([r["val"][r[k]] for r in by_seed.values()]) for k in ("base", "best", "final")}
-        finals = ", ".join(f"{r['val'][r['final']]:.3f}" for r in by_seed.values())
-        collapse = ", ".join(f"step {r['collapse']}" if r["collapse"] is not None else "none" for r in by_seed.values())
+        finals = ", ".join(f"s{seed}: {r['val'][r['final']]:.3f}" for seed, r in by_seed.items())
+        collapse = ", ".join(f"s{seed}: " + (f"step {r['collapse']}" if r["collapse"] is not None else "none")
+                             for seed, r in by_seed.items())
         lines.append(f"| {LABELS[method]} | {len(by_seed)} | {_pm(*cols['base'])} | {_pm(*cols['best'])} | "
                      f"{_pm(*cols['final'])} | {finals} | {collapse} |")
-    lines += ["", "Paired differences (per question and seed, at each method's own final / best step; the standard "
-              "error is over the seed x question cells):", "",
-              "| difference | final | best | final, per seed |", "| --- | --- | --- | --- |"]
+    lines += ["", "Paired differences (paired by question within each seed, at each method's own final / best "
+              "step): the mean of the seeds' paired means ± its standard error over seeds (the questions of one "
+              "seed share its training run); with one seed, over its questions.", "",
+              "| difference | final | best | final, per seed | s.e. over |", "| --- | --- | --- | --- | --- |"]
     for a, b in PAIRS:
         if a in runs and b in runs:
             final, best = paired_difference(runs[a], runs[b], "final"), paired_difference(runs[a], runs[b], "best")
-            per_seed = ", ".join(f"{v:+.3f}" for v in final["per_seed"].values())
+            per_seed = ", ".join(f"s{seed}: {v:+.3f}" for seed, v in final["per_seed"].items())
             lines.append(f"| {LABELS[a]} - {LABELS[b]} | {final['mean']:+.3f} ± {final['se'] or 0:.3f} | "
-                         f"{best['mean']:+.3f} ± {best['se'] or 0:.3f} | {per_seed} |")
+                         f"{best['mean']:+.3f} ± {best['se'] or 0:.3f} | {per_seed} | {final['se_over']} |")
     lines += ["", f"Command: `{command}`"]
     path.write_text("\n".join(lines) + "\n")
 
@@ -116,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *EXTRA_METHODS])
     p.add_argument("--figs", default=str(REPO / "figs"))
     args = p.parse_args(argv)
     root, figs = Path(args.root), Path(args.figs)

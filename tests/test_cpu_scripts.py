@@ -75,3 +75,5 @@ def test_replicate_smoke_with_unfaithful_twins_and_the_union_baseline(ray_sessio
     assert overrides.index("data.train_batch_size=4") > overrides.index("data.train_batch_size=2")  # the later wins
     for row in rows:
         assert row["final"]["step"] == 1, row
+    with pytest.raises(SystemExit, match="were trained on other data"):  # finished runs would be mixed in
+        replicate.main([a if a != "0.5" else "0.25" for a in argv])

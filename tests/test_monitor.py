@@ -94,3 +94,11 @@ def test_answers_vanish():
     flags = feed(monitor, {"reward/answer_present": [0.4, 0.5, 0.3, 0.2, 0.1, 0.0]})
     assert flags == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # windows 0.45, 0.4, 0.25, then 0.15 <= 0.5 x 0.45
     assert set(monitor.signs()) == {"answers vanish"}
+
+
+def test_relative_drop_zero_switches_the_relative_rules_off():
+    off = CollapseMonitorConfig(window=2, drop=0.1, relative_drop=0.0, consensus=0.9, entropy_fraction=0.2)
+    series = {"monitor/majority_ratio": [0.5, 0.7, 0.9, 0.95, 1.0, 1.0],
+              "reward/pseudo_label_acc": [0.05, 0.06, 0.05, 0.03, 0.02, 0.01],
+              "reward/answer_present": [0.9, 0.9, 0.9, 0.9, 0.9, 0.9]}
+    assert feed(CollapseMonitor(off), series) == [0.0] * 6

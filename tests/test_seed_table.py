@@ -52,16 +52,21 @@ def test_seed_table_means_and_paired_differences(tmp_path):
     # step 8; the answers vanish at step 6 of seed 1: windows of 3 (0.9, 0.6 at step 6, 0.3 at 7 <= 0.5 x 0.9)
     se = math.sqrt(((0.5 - 0.625) ** 2 + (0.75 - 0.625) ** 2) / 1) / math.sqrt(2)
     assert se == pytest.approx(0.125)
-    assert "| Co-rewarding-II | 2 | 0.000 ± 0.000 | 0.625 ± 0.125 | 0.625 ± 0.125 | 0.500, 0.750 | none, step 7 |" in table
-    assert "| Entropy | 2 | 0.000 ± 0.000 | 0.375 ± 0.125 | 0.250 ± 0.000 | 0.250, 0.250 | none, none |" in table  # bests 0.5, 0.25
-    # final differences per cell: seed 0 (0, 1, 0, 0), seed 1 (1, 0, 1, 0): mean 3/8, s.e. sd / sqrt(8)
-    cells = [0, 1, 0, 0, 1, 0, 1, 0]
-    mean = sum(cells) / 8
-    cell_se = math.sqrt(sum((c - mean) ** 2 for c in cells) / 7) / math.sqrt(8)
+    assert ("| Co-rewarding-II | 2 | 0.000 ± 0.000 | 0.625 ± 0.125 | 0.625 ± 0.125 | s0: 0.500, s1: 0.750 "
+            "| s0: none, s1: step 7 |") in table
+    assert ("| Entropy | 2 | 0.000 ± 0.000 | 0.375 ± 0.125 | 0.250 ± 0.000 | s0: 0.250, s1: 0.250 "  # bests 0.5, 0.25
+            "| s0: none, s1: none |") in table
+    # final differences by question: seed 0 (0, 1, 0, 0) -> 0.25, seed 1 (1, 0, 1, 0) -> 0.5; over seeds
+    # mean 0.375, s.e. = stdev(0.25, 0.5) / sqrt(2) = 0.125 (a seed's questions share its training run)
     final = seed_table.paired_difference(runs["co_rewarding_ii"], runs["entropy"], "final")
-    assert final["mean"] == pytest.approx(mean) and final["se"] == pytest.approx(cell_se)
-    assert final["per_seed"] == {0: pytest.approx(0.25), 1: pytest.approx(0.5)} and final["cells"] == 8
-    assert f"| Co-rewarding-II - Entropy | {mean:+.3f} ± {cell_se:.3f} |" in table
+    assert final["mean"] == pytest.approx(0.375) and final["se"] == pytest.approx(0.125) and final["se_over"] == "seeds"
+    assert final["per_seed"] == {0: pytest.approx(0.25), 1: pytest.approx(0.5)}
+    assert "| Co-rewarding-II - Entropy | +0.375 ± 0.125 |" in table and "s0: +0.250, s1: +0.500 | seeds |" in table
+    # one seed: the standard error over its questions, said so
+    one = seed_table.paired_difference({0: runs["co_rewarding_ii"][0]}, {0: runs["entropy"][0]}, "final")
+    cells = [0, 1, 0, 0]
+    assert one["se_over"] == "questions" and one["se"] == pytest.approx(
+        math.sqrt(sum((c - 0.25) ** 2 for c in cells) / 3) / 2)
     rows = [json.loads(line) for line in (figs / "replication_metrics.jsonl").read_text().splitlines()]
     assert {(r["method"], r["seed"]) for r in rows} == {(m, s) for m in ("co_rewarding_ii", "entropy") for s in (0, 1)}
     assert (figs / "replication.png").stat().st_size > 10_000

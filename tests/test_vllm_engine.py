@@ -321,13 +321,19 @@ def test_gpu_sleep_and_wake_up_in_two_parts():
     calls = []
     llm = types.SimpleNamespace(sleep=lambda level: calls.append(("sleep", level)),
                                 wake_up=lambda tags: calls.append(("wake_up", tags)),
-                                reset_prefix_cache=lambda: calls.append(("reset",)))
+                                reset_prefix_cache=lambda: calls.append(("reset",)),
+                                collective_rpc=lambda method, kwargs: calls.append(("rpc", method, len(list(kwargs["weights_iterator"])))))
     engine = object.__new__(VLLMRolloutEngine)
     engine.llm, engine.enable_sleep_mode, engine.sleeping, engine.awake = llm, True, False, set()
+    engine.tie_word_embeddings = False
     assert engine.sleep() is True and engine.weights_dropped
+    with pytest.raises(RuntimeError, match="wake_up"):
+        engine.load_weights([("w", torch.zeros(2))])  # no memory for the weights yet
     engine.wake_up(tags=("weights",))
     assert engine.sleeping  # the KV cache is still released
+    engine.load_weights([("w", torch.zeros(2))])  # the push goes in now, as the worker does it
     engine.wake_up(tags=("kv_cache",))
-    assert not engine.sleeping
+    assert not engine.sleeping and not engine.weights_dropped
     engine.wake_up()  # awake already: nothing to do
-    assert calls == [("sleep", 2), ("wake_up", ["weights"]), ("wake_up", ["kv_cache"]), ("reset",)]
+    assert calls == [("sleep", 2), ("wake_up", ["weights"]), ("rpc", "reload_weights", 1), ("reset",),
+                     ("wake_up", ["kv_cache"]), ("reset",)]

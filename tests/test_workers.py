@@ -639,6 +639,13 @@ def test_a_reference_that_never_moved_is_not_saved(setup):
     assert not (ckpt / "ref").exists()
     assert json.loads((ckpt / "actor" / "optim" / "state.json").read_text())["ref_saved"] is False
     group.call_all("update_teacher", 0.5)  # the reference moves away from the model folder
+    state_file = ckpt / "actor" / "optim" / "state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**state, "model_path": "/models/another"}))
+    with pytest.raises(Exception, match="did not save its reference model, which is the model folder the run started "
+                                        "from \\(/models/another\\)"):
+        group.call_all("load_checkpoint", str(ckpt))  # a resume on another base model would change the reference
+    state_file.write_text(json.dumps(state))
     group.call_all("load_checkpoint", str(ckpt))
     plain = load_plain(setup["path"]).state_dict()
     ref_state = full_state(setup, "ref")

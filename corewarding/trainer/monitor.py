@@ -118,8 +118,8 @@ class CollapseMonitor:
         rise, truth_fall = self._rise("reward/mean"), self._fall("reward/gt_acc")
         if rise is not None and truth_fall is not None and rise >= self.rules.drop and self._fell("reward/gt_acc"):
             found["reward up, truth down"] = f"reward up {rise:.2f}, gt_acc down {truth_fall:.2f}"
-        windows = self._windows("reward/answer_present")
-        if len(windows) > 1 and max(windows) > 0 and windows[-1] <= (1 - self.rules.relative_drop) * max(windows):
+        windows, relative = self._windows("reward/answer_present"), self.rules.relative_drop
+        if relative > 0 and len(windows) > 1 and max(windows) > 0 and windows[-1] <= (1 - relative) * max(windows):
             found["answers vanish"] = f"answer present {windows[-1]:.2f}, best window {max(windows):.2f}"
         entropy = self.series.get("actor/entropy", [])
         recent = self._recent("actor/entropy")
@@ -133,7 +133,8 @@ class CollapseMonitor:
         if len(windows) < 2:
             return False
         fall, best = max(windows) - windows[-1], max(windows)
-        return fall >= self.rules.drop or (best > 0 and fall >= self.rules.relative_drop * best)
+        relative = self.rules.relative_drop  # 0: the relative rule is off
+        return fall >= self.rules.drop or (relative > 0 and best > 0 and fall >= relative * best)
 
     def _windows(self, key: str) -> list[float]:
         values, w = self.series.get(key, []), self.rules.window

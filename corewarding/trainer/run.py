@@ -74,8 +74,9 @@ def check_cluster_devices(config: Config, resources: dict[str, float]) -> None:
     node cannot tell: trainer.device must say it)."""
     gpus = resources.get("GPU", 0)
     if config.trainer.device == "cuda" and gpus == 0:
-        raise ConfigError(f"trainer.device=cuda but the Ray cluster has no GPUs ({resources}): start the workers' "
-                          "nodes with their GPUs (ray start --num-gpus=N) or set trainer.device=cpu")
+        where = ("the Ray cluster has no GPUs: start the workers' nodes with theirs (ray start --num-gpus=N)"
+                 if config.ray_init.address else "Ray sees no GPU on this machine (check CUDA_VISIBLE_DEVICES and nvidia-smi)")
+        raise ConfigError(f"trainer.device=cuda but {where}; resources: {resources}; or set trainer.device=cpu")
     if config.trainer.device == "cpu" and gpus > 0 and config.ray_init.address:
         logger.warning("trainer.device=cpu on a Ray cluster with %g GPUs: the workers train on CPU cores; set "
                        "trainer.device=cuda to use the GPUs", gpus)

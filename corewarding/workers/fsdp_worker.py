@@ -319,6 +319,12 @@ class ActorRolloutRefWorker:
         root = Path(step_dir)
         saved = worker_state.check_complete(root, self.world_size)
         sharding.load_full_state(self.actor, root / "actor" / MODEL_FILE, self.rank, self._agree)
+        model_path = str(self.config.actor_rollout_ref.model.path)
+        if not saved.get("ref_saved", True) and saved.get("model_path") not in (None, model_path):
+            # the same on every rank (one config): all ranks raise together
+            raise ValueError(f"checkpoint {root} did not save its reference model, which is the model folder the run "
+                             f"started from ({saved['model_path']}); this run has actor_rollout_ref.model.path="
+                             f"{model_path}: resume with that path")
         if saved.get("ref_saved", True):
             sharding.load_full_state(self.ref, root / "ref" / MODEL_FILE, self.rank, self._agree)
         elif self.teacher_version > 0:  # not saved: the model folder, which this teacher has moved away from

@@ -84,7 +84,7 @@ def check_complete(root: Path, world_size: int) -> dict[str, Any]:
     needed = [root / "actor" / MODEL_FILE, optim / STATE_FILE]
     needed += [root / "rng" / f"rank_{r}.json" for r in range(world_size)]
     state = json.loads((optim / STATE_FILE).read_text(encoding="utf-8")) if (optim / STATE_FILE).exists() else {}
-    if state.get("ref_saved", True):
+    if state.get("ref_saved", bool(state)):  # without state.json, whether a reference belongs there is unknown
         needed.append(root / "ref" / MODEL_FILE)
     missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
     if missing:

@@ -30,7 +30,11 @@ class HFRolloutEngine:
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[RolloutOutput]:
         if sampling.seed is not None:
-            torch.manual_seed(sampling.seed)
+            device = next(self.model.parameters()).device
+            if device.type == "cuda":  # the device's generator only: the CPU one is the trainer's stream
+                torch.cuda.manual_seed(sampling.seed)
+            else:
+                torch.manual_seed(sampling.seed)
         expanded = [prompt for prompt in prompts for _ in range(sampling.n)]
         outputs: list[RolloutOutput] = []
         for start in range(0, len(expanded), self.micro_batch_size):

@@ -204,8 +204,8 @@ class VLLMRolloutEngine:
         of its tensors is left inconsistent. The tied `lm_head.weight` is skipped (it is the
         embedding; see `_refresh_tied_lm_head`). The prefix cache is reset, since cached KV belongs
         to the old weights."""
-        if self.sleeping:
-            raise RuntimeError("wake_up() the engine before loading weights")
+        if self.sleeping and "weights" not in self.awake:  # the KV cache may still sleep: it wakes after the push
+            raise RuntimeError("wake_up(tags=('weights',)) the engine (or wake_up()) before loading weights")
         started = time.perf_counter()
         self.llm.collective_rpc(
             "reload_weights",
