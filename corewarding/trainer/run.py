@@ -158,7 +158,7 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
 
         start = time.perf_counter()
         if config.trainer.single_process:
-            from corewarding.workers.group import LocalWorkerGroup
+            from corewarding.workers.local_group import LocalWorkerGroup
 
             workers = LocalWorkerGroup(config)
         else:

@@ -282,6 +282,7 @@ class ActorRolloutRefWorker:
 
             def write_ref() -> None:
                 self._write_hf_folder(root / "ref", ref_state, with_config=False)
+                fsync_dir(root)  # the new ref/ entry
 
             self._agree(attempt(write_ref) if self.rank == 0 else None, "write failed")
             del ref_state

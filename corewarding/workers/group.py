@@ -1,5 +1,5 @@
-"""N worker actors in one Ray placement group, forming one torch.distributed group (`RayWorkerGroup`),
-or the one worker of a single-process run inside the driver (`LocalWorkerGroup`).
+"""N worker actors in one Ray placement group, forming one torch.distributed group (the one worker of
+a single-process run lives in `local_group.py`, which does not import Ray).
 
 The caller (the trainer) initialises Ray, builds the group, then calls
 `group.call_all("init_model")`; every worker method is then called on all ranks at once, either
@@ -9,7 +9,6 @@ with the same arguments (`call_all`) or with an equal share of a batch's rows (`
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 import ray
@@ -20,19 +19,14 @@ from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.workers.dispatch import collect_rule
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
+from corewarding.workers.local_group import free_port
 
 
 @ray.remote(num_cpus=1)
 def _rendezvous(loopback: bool) -> tuple[str, int]:
     """Run inside rank 0's bundle: that node's address and a port free there."""
     address = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
-    return address, _free_port()
+    return address, free_port()
 
 
 def uses_loopback(config: Config) -> bool:
@@ -121,27 +115,3 @@ class RayWorkerGroup:
                 pass
             self.placement_group = None
 
-
-class LocalWorkerGroup:
-    """The one worker of a `trainer.single_process=True` run, inside this process: the same worker
-    class and the same calls as `RayWorkerGroup`, without Ray, so breakpoints and profilers reach
-    the worker's code. Its torch.distributed group is a world of one on loopback."""
-
-    def __init__(self, config: Config, worker_cls: type = ActorRolloutRefWorker) -> None:
-        self.config = config
-        self.worker_cls = worker_cls
-        self.world_size = 1
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1",
-                          LOCAL_RANK="0")
-        if config.trainer.device == "cpu":
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        self.workers = [worker_cls(config, 0, 1)]
-
-    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list:
-        return [getattr(self.workers[0], method)(*args, **kwargs)]
-
-    def dispatch(self, method: str, batch: Batch, **kwargs: Any) -> Any:
-        return collect_rule(self.worker_cls, method)([getattr(self.workers[0], method)(batch, **kwargs)])
-
-    def shutdown(self) -> None:
-        self.workers = []
