@@ -5,7 +5,7 @@
 The default values live in one place, `ppo_trainer.yaml` beside this file (hydra reads it and applies
 the command line); `build` turns the composed config into these objects and refuses any key it does
 not know, any it misses and any value of the wrong type, with one line naming the key. Each section
-checks its own values (ranges, choices) when it is built; `corewarding.config.load` checks what
+checks its own values (ranges, choices) when it is built; `corewarding.config.loading` checks what
 involves several sections and resolves what depends on the machine.
 
 A field marked `ignored(...)` is a verl key that release command lines set but nothing here reads:

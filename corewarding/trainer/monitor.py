@@ -118,8 +118,8 @@ class CollapseMonitor:
         rise, truth_fall = self._rise("reward/mean"), self._fall("reward/gt_acc")
         if rise is not None and truth_fall is not None and rise >= self.rules.drop and self._fell("reward/gt_acc"):
             found["reward up, truth down"] = f"reward up {rise:.2f}, gt_acc down {truth_fall:.2f}"
-        windows, relative = self._windows("reward/answer_present"), self.rules.relative_drop
-        if relative > 0 and len(windows) > 1 and max(windows) > 0 and windows[-1] <= (1 - relative) * max(windows):
+        if self._fell("reward/answer_present", absolute=False):
+            windows = self._windows("reward/answer_present")
             found["answers vanish"] = f"answer present {windows[-1]:.2f}, best window {max(windows):.2f}"
         entropy = self.series.get("actor/entropy", [])
         recent = self._recent("actor/entropy")
@@ -127,14 +127,14 @@ class CollapseMonitor:
             found[self.ENTROPY] = f"entropy {recent:.3f} < {self.rules.entropy_fraction} x {entropy[0]:.3f}"
         return found
 
-    def _fell(self, key: str) -> bool:
-        """The latest window is `drop` below the best, or `relative_drop` of the best."""
-        windows = self._windows(key)
-        if len(windows) < 2:
+    def _fell(self, key: str, absolute: bool = True) -> bool:
+        """The latest window is `relative_drop` of the best window below it (0: that rule is off),
+        or (`absolute`) `drop` below it."""
+        fall = self._fall(key)
+        if fall is None:
             return False
-        fall, best = max(windows) - windows[-1], max(windows)
-        relative = self.rules.relative_drop  # 0: the relative rule is off
-        return fall >= self.rules.drop or (relative > 0 and best > 0 and fall >= relative * best)
+        best, relative = max(self._windows(key)), self.rules.relative_drop
+        return (absolute and fall >= self.rules.drop) or (relative > 0 and best > 0 and fall >= relative * best)
 
     def _windows(self, key: str) -> list[float]:
         values, w = self.series.get(key, []), self.rules.window

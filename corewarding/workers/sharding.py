@@ -21,8 +21,8 @@ from corewarding.workers.actor import install_token_stats
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["attention_implementation", "flash_attention_works", "forward_layout", "full_params", "gather_full_state", "load_full_state", "load_model",
-           "local", "reshard", "shard_model", "tied_aliases"]
+__all__ = ["attention_implementation", "flash_attention_works", "forward_layout", "full_params", "gather_full_state",
+           "load_full_state", "load_model", "local", "reshard", "shard_model", "tied_aliases"]
 
 
 def flash_attention_works() -> bool:
