@@ -315,6 +315,7 @@ class TrainerConfig(Section):
     nnodes: int
     n_gpus_per_node: int
     single_process: bool  # one worker inside the driver process, without Ray (debuggers, profilers)
+    skip_memory_check: bool  # GPU: start even when the start-up memory estimate does not fit
     total_epochs: int | None
     total_training_steps: int | None
     project_name: str

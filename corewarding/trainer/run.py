@@ -170,7 +170,9 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
 
             workers = RayWorkerGroup(config)
         placed = time.perf_counter()
-        workers.call_all("init_model", steps)
+        memory_line = workers.call_all("init_model", steps)[0]
+        if memory_line:
+            print(memory_line, flush=True)
         logger.info("%d workers placed in %.1f s, models loaded in %.1f s", workers.world_size, placed - start,
                     time.perf_counter() - placed)
         trainer = Trainer(config, tokenizer, loader, val, workers, tracker, total_steps=steps)

@@ -169,8 +169,12 @@ class ActorUpdate(NamedTuple):
 
     @staticmethod
     def gather(results: list[ActorUpdate]) -> ActorUpdate:
-        """Rank 0's metrics and every rank's token tensors, concatenated in rank order."""
-        return ActorUpdate(results[0].metrics, Batch.concat([r.tokens for r in results]))
+        """Rank 0's metrics (peak memory: the largest rank's) and every rank's token tensors,
+        concatenated in rank order."""
+        metrics = dict(results[0].metrics)
+        for key in [k for k in metrics if k.startswith("perf/max_memory")]:
+            metrics[key] = max(r.metrics[key] for r in results)
+        return ActorUpdate(metrics, Batch.concat([r.tokens for r in results]))
 
 
 def _sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:

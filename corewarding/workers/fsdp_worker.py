@@ -34,7 +34,8 @@ from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
 from corewarding.trainer.checkpoint import fsync_dir, fsync_tree
-from corewarding.workers import sharding, worker_state
+from corewarding.errors import ConfigError
+from corewarding.workers import memory_plan, sharding, worker_state
 from corewarding.workers.actor import ActorUpdate, ForwardSettings, PPOSettings, compute_token_stats, ppo_update
 from corewarding.workers.dispatch import collect, concat_rows
 from corewarding.workers.rollout import EngineSettings, eos_token_ids, make_engine, resolve_dtype
@@ -69,9 +70,10 @@ class ActorRolloutRefWorker:
         self.device = torch.device("cpu")  # until init_model
 
     # ------------------------------------------------------------------ setup
-    def init_model(self, total_steps: int) -> None:
+    def init_model(self, total_steps: int) -> str | None:
         """Process group, tokenizer, the sharded policy with its optimizer and LR schedule over
-        `total_steps` steps, the sharded reference model, the rollout engine."""
+        `total_steps` steps, the sharded reference model, the rollout engine. On a GPU, returns the
+        start-up memory estimate (one line), checked before any model loads."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # Ray forwards every worker's per-load bars to the driver
@@ -81,6 +83,7 @@ class ActorRolloutRefWorker:
             raise FileNotFoundError(f"actor_rollout_ref.model.path={model.path!r} is not a HF model folder (no "
                                     "config.json) on this node: every node needs the model at the same path")
         tp_group = self._init_distributed()
+        memory_line = self._check_memory() if self.device.type == "cuda" else None
         self.tokenizer = load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
         self.attn_impl = sharding.attention_implementation(model.attn_implementation, self.device)
         compute_dtype = resolve_dtype(model.dtype, self.device)
@@ -96,6 +99,7 @@ class ActorRolloutRefWorker:
         )
         self.ref = self._load_reference()
         self.rollout = self._build_rollout(tp_group)
+        return memory_line
 
     def _init_distributed(self) -> dist.ProcessGroup | None:
         """The device, the torch.distributed group (gloo on CPU, NCCL on GPU), the FSDP mesh and,
@@ -121,6 +125,31 @@ class ActorRolloutRefWorker:
         self.mesh = init_device_mesh(self.device.type, (self.world_size,), mesh_dim_names=("fsdp",))
         tp = self.config.actor_rollout_ref.rollout.tensor_model_parallel_size
         return dist.new_subgroups(group_size=tp)[0] if tp > 1 else None
+
+    def _check_memory(self) -> str:
+        """This GPU's memory at rollout and update, estimated before any model loads (`memory_plan`):
+        one line, or a ConfigError naming the keys to change when it does not fit."""
+        from transformers import AutoConfig
+
+        arr, data = self.config.actor_rollout_ref, self.config.data
+        actor, rollout = arr.actor, arr.rollout
+        shape = memory_plan.ModelShape.from_hf_config(
+            AutoConfig.from_pretrained(arr.model.path, trust_remote_code=arr.model.trust_remote_code))
+        tokens = (actor.ppo_max_token_len_per_gpu if actor.use_dynamic_bsz
+                  else actor.ppo_micro_batch_size_per_gpu * (data.max_prompt_length + data.max_response_length))
+        settings = memory_plan.Settings(
+            world_size=self.world_size, total_gb=torch.cuda.get_device_properties(self.device).total_memory / memory_plan.GIB,
+            vllm_share=rollout.gpu_memory_utilization if rollout.name == "vllm" else 0.0, sleeps=rollout.free_cache_engine,
+            actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
+            ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, chunk=arr.model.logits_chunk_size,
+            checkpointing=arr.model.enable_gradient_checkpointing,
+        )
+        try:
+            return memory_plan.check(shape, settings)
+        except ValueError as exc:
+            if not self.config.trainer.skip_memory_check:
+                raise ConfigError(str(exc)) from None
+            return f"WARNING (trainer.skip_memory_check=True: starting anyway) {exc}"
 
     def _load_reference(self) -> torch.nn.Module:
         """The reference model (the EMA teacher's start) from the model folder, sharded."""
@@ -226,6 +255,10 @@ class ActorRolloutRefWorker:
         self.policy_version += 1
         self.skipped_steps += int(result.metrics["actor/skipped_steps"])
         result.metrics["actor/lr"] = lr
+        if self.device.type == "cuda":  # the peak since the last update: one whole step (verl's names)
+            result.metrics["perf/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            result.metrics["perf/max_memory_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 2**30
+            torch.cuda.reset_peak_memory_stats(self.device)
         return result
 
     def update_teacher(self, weight: float) -> None:

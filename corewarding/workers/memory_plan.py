@@ -1,0 +1,144 @@
+"""The start-up memory check of a GPU run: one GPU's memory, estimated before any model loads, in
+its two phases, and a refusal naming the keys to change when the larger one does not fit.
+
+- **rollout**: the actor's float32 shards and AdamW moments (from step 2 on), the reference's float32
+  shards, vLLM's budget (`gpu_memory_utilization` x the card's *total* memory: vLLM's own weights and
+  KV cache), the weight push's transient (the largest tensor, gathered in the engine's dtype, and its
+  shard's cast) and the CUDA / NCCL contexts;
+- **update**: the actor's shards, gradients and moments, the reference, the unsharded compute-dtype
+  parameters FSDP holds while computing (the root module and two decoder layers), the update
+  micro-batch's working memory, the contexts, and vLLM's budget unless `free_cache_engine` sleeps it.
+
+Offloading (`fsdp_config.param_offload` / `optimizer_offload`) moves the shards and moments off the
+GPU. The micro-batch's working memory follows `benchmarks/memory.py`'s model (gradient checkpointing:
+each layer keeps its input; one layer's recomputation or the output head's gradient; the logits
+chunk); `tests/test_memory_plan.py` holds it against that benchmark's
+fake-tensor accounting. It does not see allocator fragmentation or kernel workspaces: the check
+refuses above `HEADROOM` of the card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GIB = 2**30
+CONTEXT_GB = 1.5  # CUDA context, cuBLAS workspace, NCCL buffers per process: about this on Hopper
+HEADROOM = 0.95  # the share of the card an estimate may fill (fragmentation, kernel workspaces)
+# Per token, a decoder layer's forward keeps ~(16 h + 4 i) compute-dtype values for its backward and
+# the root (embedding output, final norm, the selected hidden states) ~4 h; the output head's weight
+# gradient costs ~10 bytes per weight while the chunks accumulate it (a float32 accumulator, each
+# chunk's float32 product, the compute-dtype gradient). Fitted to benchmarks/memory.py's fake-tensor
+# accounting at Qwen3-8B's shapes (16.6 GB here, 16.7 GB there) and at a 1,024-wide model (0.44 / 0.46).
+LAYER_VALUES = (16, 4)
+ROOT_VALUES = 4
+HEAD_GRADIENT_BYTES = 10
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    total: int  # parameters
+    root: int  # embeddings, output head, final norm (FSDP's root unit)
+    layer: int  # one decoder layer
+    largest: int  # the largest single tensor (the push sends one at a time)
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+
+    @classmethod
+    def from_hf_config(cls, config: Any) -> "ModelShape":
+        """The shape of an HF causal LM from its config, counted on the meta device (no memory)."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        layers = model.model.layers
+        total = sum(p.numel() for p in model.parameters())
+        layer = sum(p.numel() for p in layers[0].parameters())
+        return cls(total=total, root=total - layer * len(layers), layer=layer,
+                   largest=max(p.numel() for p in model.parameters()), layers=len(layers), hidden=config.hidden_size,
+                   intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size), vocab=config.vocab_size)
+
+
+@dataclass(frozen=True)
+class Settings:
+    world_size: int
+    total_gb: float  # the card's memory
+    vllm_share: float  # rollout.gpu_memory_utilization (0: no vLLM engine on the GPU)
+    sleeps: bool  # rollout.free_cache_engine
+    actor_offload: bool
+    ref_offload: bool
+    micro_tokens: int  # tokens of one update micro-batch
+    chunk: int  # model.logits_chunk_size
+    checkpointing: bool
+    compute_bytes: int = 2  # bf16
+
+
+def working_gb(shape: ModelShape, s: Settings) -> float:
+    """One update micro-batch's memory beyond the weights: what the forward keeps (with gradient
+    checkpointing each layer's input, without it all a layer needs), then the larger of the two
+    peaks of the backward: one layer's recomputation, or the output head's weight gradient."""
+    t, h = s.micro_tokens, shape.hidden
+    layer = LAYER_VALUES[0] * h + LAYER_VALUES[1] * shape.intermediate
+    kept = t * (shape.layers * (h if s.checkpointing else layer) + ROOT_VALUES * h) * s.compute_bytes
+    recompute = t * layer * s.compute_bytes if s.checkpointing else 0
+    head_gradient = HEAD_GRADIENT_BYTES * shape.vocab * h
+    logits = 3 * min(s.chunk, t) * shape.vocab * 4  # a float32 chunk, its softmax and its gradient
+    return (kept + logits + max(recompute, head_gradient)) / GIB
+
+
+def phases_gb(shape: ModelShape, s: Settings) -> dict[str, dict[str, float]]:
+    """Per phase, each part's GB on one GPU."""
+    per_gpu = shape.total / s.world_size / GIB
+    actor_shards = 0.0 if s.actor_offload else 4 * per_gpu
+    moments = 0.0 if s.actor_offload else 8 * per_gpu
+    gradients = 0.0 if s.actor_offload else 4 * per_gpu
+    ref = 0.0 if s.ref_offload else 4 * per_gpu
+    vllm = s.vllm_share * s.total_gb
+    push = 2 * shape.largest * s.compute_bytes / GIB
+    unsharded = (shape.root + 2 * shape.layer) * s.compute_bytes / GIB
+    rollout = {"actor": actor_shards + moments, "reference": ref, "vLLM": vllm, "push": push, "context": CONTEXT_GB}
+    update = {"actor": actor_shards + moments + gradients, "reference": ref, "unsharded": unsharded,
+              "micro-batch": working_gb(shape, s), "context": CONTEXT_GB}
+    if not s.sleeps:
+        update["vLLM"] = vllm
+    return {"rollout": rollout, "update": update}
+
+
+def describe(phases: dict[str, dict[str, float]], total_gb: float) -> str:
+    """One line: every part of each phase and its sum, against the card."""
+    parts = [f"{phase} " + " + ".join(f"{name} {gb:.1f}" for name, gb in items.items()) + f" = {sum(items.values()):.1f}"
+             for phase, items in phases.items()]
+    return f"GPU memory estimate per GPU (GB, card {total_gb:.3g}): " + "; ".join(parts)
+
+
+def check(shape: ModelShape, s: Settings) -> str:
+    """The one-line estimate, or a ValueError naming the keys to change when a phase does not fit."""
+    phases = phases_gb(shape, s)
+    line = describe(phases, s.total_gb)
+    limit = HEADROOM * s.total_gb
+    over = {phase: sum(items.values()) for phase, items in phases.items() if sum(items.values()) > limit}
+    if not over:
+        return line
+    hints = []
+    if "rollout" in over and s.vllm_share > 0:
+        room = (limit - sum(v for k, v in phases["rollout"].items() if k != "vLLM")) / s.total_gb
+        hints.append(f"actor_rollout_ref.rollout.gpu_memory_utilization={s.vllm_share:g} -> at most {max(room, 0):.2f}")
+    if "update" in over:
+        hints.append("a smaller actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu (or ppo_max_token_len_per_gpu "
+                     "with use_dynamic_bsz)")
+        if not s.checkpointing:
+            hints.append("actor_rollout_ref.model.enable_gradient_checkpointing=True")
+        if not s.sleeps and s.vllm_share > 0:
+            hints.append("actor_rollout_ref.rollout.free_cache_engine=True")
+    if not s.actor_offload:
+        hints.append("actor_rollout_ref.actor.fsdp_config.param_offload=True")
+    if not s.ref_offload:
+        hints.append("actor_rollout_ref.ref.fsdp_config.param_offload=True")
+    hints.append("more GPUs (trainer.n_gpus_per_node / trainer.nnodes)")
+    worst = max(over, key=over.get)
+    raise ValueError(f"the {worst} phase needs ~{over[worst]:.1f} GB of this {s.total_gb:.3g} GB GPU (more than "
+                     f"{HEADROOM:.0%}): {line}. Change: {'; '.join(hints)}. "
+                     "trainer.skip_memory_check=True runs anyway")

@@ -1,0 +1,112 @@
+"""The start-up memory check (`corewarding.workers.memory_plan`): its micro-batch model against
+benchmarks/memory.py's fake-tensor accounting, its refusal at the paper's Co-rewarding-I settings,
+and the worker's use of it before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from corewarding.errors import ConfigError
+from corewarding.workers import memory_plan
+from corewarding.workers.memory_plan import ModelShape, Settings
+
+REPO = Path(__file__).resolve().parents[1]
+QWEN3_8B_TOTAL = 8_190_735_360
+QWEN3_8B_ROOT = 2 * 151936 * 4096 + 4096
+QWEN3_8B = ModelShape(total=QWEN3_8B_TOTAL, root=QWEN3_8B_ROOT, layer=(QWEN3_8B_TOTAL - QWEN3_8B_ROOT) // 36,
+                      largest=151936 * 4096, layers=36, hidden=4096, intermediate=12288, vocab=151936)
+PAPER_CO_REWARDING_I = Settings(world_size=8, total_gb=80, vllm_share=0.8, sleeps=True, actor_offload=False,
+                                ref_offload=True, micro_tokens=8 * (512 + 3072), chunk=1024, checkpointing=True)
+
+
+@pytest.mark.parametrize("hidden, intermediate, layers, vocab, rows, prompt, response, chunk", [
+    (1024, 3072, 4, 32000, 4, 128, 512, 256),  # the head's gradient is the backward's peak
+    (2048, 5632, 2, 50000, 2, 256, 1024, 512),  # a shape the constants were not fitted to
+])
+def test_micro_batch_model_agrees_with_the_fake_tensor_benchmark(hidden, intermediate, layers, vocab, rows, prompt,
+                                                                 response, chunk):
+    """The analytic working memory within 15 % of what benchmarks/memory.py's MemTracker counts on
+    fake tensors (padded rows, chunked head, gradient checkpointing)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from memory import Case, tracked_peak
+
+    config = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                  num_attention_heads=hidden // 128, num_key_value_heads=hidden // 256, head_dim=128,
+                  tie_word_embeddings=False)
+    peak = tracked_peak(config, Case(response, packed=False, chunked=True), rows, prompt, chunk, True, fake=True)
+    measured = peak["Total"] - peak["Parameter"]
+    shape = ModelShape(total=0, root=0, layer=0, largest=0, layers=layers, hidden=hidden, intermediate=intermediate,
+                       vocab=vocab)
+    settings = dataclasses.replace(PAPER_CO_REWARDING_I, micro_tokens=rows * (prompt + response), chunk=chunk)
+    estimate = memory_plan.working_gb(shape, settings)
+    assert abs(estimate / measured - 1) < 0.15, (estimate, measured)
+
+
+def test_the_release_share_for_co_rewarding_i_does_not_fit_an_80_gb_card():
+    """Qwen3-8B over 8 GPUs: vLLM's 0.8 of the card beside the actor's shards and AdamW moments is
+    refused, naming the key and the largest share that fits; the presets' 0.6 passes."""
+    with pytest.raises(ValueError, match=r"rollout phase .*gpu_memory_utilization=0.8 -> at most 0\.7"):
+        memory_plan.check(QWEN3_8B, PAPER_CO_REWARDING_I)
+    line = memory_plan.check(QWEN3_8B, dataclasses.replace(PAPER_CO_REWARDING_I, vllm_share=0.6))
+    assert line.startswith("GPU memory estimate per GPU") and "rollout" in line and "update" in line
+    phases = memory_plan.phases_gb(QWEN3_8B, dataclasses.replace(PAPER_CO_REWARDING_I, vllm_share=0.6))
+    per_gpu = QWEN3_8B_TOTAL / 8 / memory_plan.GIB
+    assert phases["rollout"]["actor"] == pytest.approx(12 * per_gpu)  # fp32 shards + two fp32 moments
+    assert phases["update"]["actor"] == pytest.approx(16 * per_gpu)  # + fp32 gradients
+    assert phases["rollout"]["reference"] == 0.0  # offloaded
+    assert "vLLM" not in phases["update"]  # asleep during the update
+
+
+def test_an_update_that_does_not_fit_names_the_micro_batch_keys():
+    small_card = dataclasses.replace(PAPER_CO_REWARDING_I, vllm_share=0.3, total_gb=40, checkpointing=False, sleeps=False)
+    with pytest.raises(ValueError) as err:
+        memory_plan.check(QWEN3_8B, small_card)
+    message = str(err.value)
+    for key in ("ppo_micro_batch_size_per_gpu", "enable_gradient_checkpointing=True", "free_cache_engine=True",
+                "actor.fsdp_config.param_offload=True", "trainer.skip_memory_check=True"):
+        assert key in message
+    offloaded = memory_plan.phases_gb(QWEN3_8B, dataclasses.replace(small_card, actor_offload=True))
+    assert offloaded["update"]["actor"] == 0.0
+
+
+def test_model_shape_from_a_config_counts_the_parameters():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
+    shape = ModelShape.from_hf_config(config)
+    model = Qwen3ForCausalLM(config)
+    assert shape.total == sum(p.numel() for p in model.parameters())
+    assert shape.layer == sum(p.numel() for p in model.model.layers[0].parameters())
+    assert shape.root == 2 * 512 * 64 + 64 and shape.largest == 512 * 64 and shape.layers == 3
+
+
+def _worker_on_a_fake_gpu(tiny_model_path: Path, total_gb: float, *extra: str):
+    from corewarding.config.loading import compose_config, load_config
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+    config = load_config(compose_config([f"actor_rollout_ref.model.path={tiny_model_path}", "trainer.device=cpu",
+                                         "trainer.n_gpus_per_node=1", "data.train_files=x.parquet", *extra]),
+                         check_paths=False)
+    worker = ActorRolloutRefWorker(config, rank=0, world_size=1)
+    worker.device = torch.device("cuda", 0)
+    return worker, types.SimpleNamespace(total_memory=total_gb * memory_plan.GIB)
+
+
+def test_the_worker_checks_before_loading_and_refuses_with_a_config_error(tiny_model_path, monkeypatch):
+    worker, props = _worker_on_a_fake_gpu(tiny_model_path, 0.5, "actor_rollout_ref.rollout.gpu_memory_utilization=0.9")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    with pytest.raises(ConfigError, match="gpu_memory_utilization=0.9 -> at most"):
+        worker._check_memory()
+    worker, props = _worker_on_a_fake_gpu(tiny_model_path, 0.5, "actor_rollout_ref.rollout.gpu_memory_utilization=0.9",
+                                          "trainer.skip_memory_check=True")
+    assert worker._check_memory().startswith("WARNING (trainer.skip_memory_check=True: starting anyway) the ")
+    worker, props = _worker_on_a_fake_gpu(tiny_model_path, 80, "actor_rollout_ref.rollout.gpu_memory_utilization=0.5")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    assert worker._check_memory().startswith("GPU memory estimate per GPU (GB, card 80)")
