@@ -35,6 +35,23 @@ def uses_loopback(config: Config) -> bool:
     return config.trainer.nnodes == 1 and not config.ray_init.address
 
 
+def ranks_by_node(bundle_nodes: list[str], tp: int) -> list[tuple[int, int]]:
+    """(bundle index, local rank) of each rank: the bundles on one node take consecutive ranks (nodes
+    in the order of their first bundle), so that a TP group of consecutive ranks stays on one node;
+    PACK placement alone does not promise that. A node whose worker count tp does not divide is refused."""
+    ranks: list[tuple[int, int]] = []
+    for node in dict.fromkeys(bundle_nodes):
+        bundles = [i for i, n in enumerate(bundle_nodes) if n == node]
+        if len(bundles) % tp:
+            raise RuntimeError(
+                f"Ray placed {len(bundles)} workers on node {node[:12]}, not a multiple of "
+                f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp}: a TP group would span two nodes. "
+                "Give every node the same number of GPUs (trainer.n_gpus_per_node) and no other GPU jobs"
+            )
+        ranks += [(bundle, local) for local, bundle in enumerate(bundles)]
+    return ranks
+
+
 class RayWorkerGroup:
     def __init__(self, config: Config, worker_cls: type = ActorRolloutRefWorker) -> None:
         trainer = config.trainer
@@ -58,18 +75,23 @@ class RayWorkerGroup:
                 f"Lower trainer.n_gpus_per_node / trainer.nnodes or add {unit}."
             ) from exc
 
-        loopback = uses_loopback(config)
-        first_bundle = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=0)
+        self.loopback = loopback = uses_loopback(config)
+        nodes = ray.util.placement_group_table(self.placement_group)["bundles_to_node_id"]
+        bundle_nodes = [nodes[i] for i in range(self.world_size)]
+        ranks = ranks_by_node(bundle_nodes, config.actor_rollout_ref.rollout.tensor_model_parallel_size)
+        self.node_of_rank = [bundle_nodes[bundle] for bundle, _ in ranks]
+        first_bundle = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=ranks[0][0])
         master_addr, master_port = ray.get(_rendezvous.options(scheduling_strategy=first_bundle).remote(loopback))
+        self.master_addr = master_addr
         remote_cls = ray.remote(worker_cls)
         self.workers = []
-        for rank in range(self.world_size):
+        for rank, (bundle, local_rank) in enumerate(ranks):
             env = {
                 "MASTER_ADDR": master_addr,
                 "MASTER_PORT": str(master_port),
                 "RANK": str(rank),
                 "WORLD_SIZE": str(self.world_size),
-                "LOCAL_RANK": str(rank % self.per_node),
+                "LOCAL_RANK": str(local_rank),
                 "OMP_NUM_THREADS": str(cpus),
             }
             if loopback:
@@ -78,7 +100,7 @@ class RayWorkerGroup:
                 num_cpus=cpus,
                 num_gpus=1 if self.on_gpu else 0,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.placement_group, placement_group_bundle_index=rank
+                    self.placement_group, placement_group_bundle_index=bundle
                 ),
                 runtime_env={"env_vars": env},
             )
