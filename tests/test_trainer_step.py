@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -271,6 +272,26 @@ def test_validation_pads_to_the_worker_count(tiny_model_path, data, tmp_path):
     shown = read_metrics(tmp_path / "val_generations.jsonl")  # trainer.log_val_generations=2
     assert len(shown) == 2 and shown[0]["step"] == 0
     assert [s["reward"] for s in shown] == [float(s["answer"] == s["ground_truth"]) for s in shown]
+
+
+def test_validation_with_n_responses_reports_verls_metrics(tiny_model_path, data, tmp_path):
+    """val_kwargs.n=2, every question answered right by its first response and wrong ("nope") by
+    its second: val/acc = 1/2 as before, and per source verl's mean@2 = 1/2, std@2 = 1/2; over
+    verl's bootstrap draws (RandomState(42), 1000 pairs of the 2 responses) best@2 is the share of
+    pairs holding response 0, worst@2 the share of pairs (0, 0), and maj@2 the first drawn
+    response's score (a 1-1 tie goes to the answer seen first)."""
+    trainer, _, engine = make_trainer(tiny_model_path, data, tmp_path, "naive", "actor_rollout_ref.rollout.val_kwargs.n=2")
+    calls = iter(range(10**6))
+    engine.val_answer = lambda info: info["ground_truth"] if next(calls) % 2 == 0 else "nope"
+    metrics = trainer.validate()
+    assert metrics["val/acc"] == 0.5
+    draws = np.random.RandomState(42).choice(2, size=(1000, 2), replace=True)
+    best, worst, first = (draws == 0).any(1), (draws == 0).all(1), (draws[:, 0] == 0)
+    for source in {item["data_source"] for item in trainer.val_dataset.items}:
+        assert metrics[f"val/{source}/mean@2"] == 0.5 and metrics[f"val/{source}/std@2"] == 0.5
+        for name, expected in (("best", best), ("worst", worst), ("maj", first)):
+            assert metrics[f"val/{source}/{name}@2/mean"] == pytest.approx(expected.mean(), abs=1e-12), name
+            assert metrics[f"val/{source}/{name}@2/std"] == pytest.approx(expected.std(), abs=1e-12), name
 
 
 @pytest.mark.parametrize(("method", "extra", "old_pass"), [

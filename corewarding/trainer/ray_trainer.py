@@ -51,6 +51,7 @@ from corewarding.trainer.rollout_stats import (
     standard_error_over_questions,
 )
 from corewarding.trainer.tracking import Tracker, dump_rollouts
+from corewarding.trainer.val_metrics import validation_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +320,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Validation: `rollout.val_kwargs` sampling as verl reads it (ours: temperature 0.8; the
         release: greedy), the GT reward with `reward_model.gt_scorer`; `val/<data_source>/acc`,
-        `val/acc` (mean over all rollouts, val_kwargs.n per prompt) and its standard error."""
+        `val/acc` (mean over all rollouts, val_kwargs.n per prompt) and its standard error; with
+        val_kwargs.n > 1 also verl's mean@N, best@n, worst@n and maj@n per data source
+        (`corewarding.trainer.val_metrics`)."""
         if self.val_dataset is None:
             return {}
         start = time.perf_counter()
@@ -328,7 +331,7 @@ class Trainer:
         scores: list[float] = []
         questions: list[str] = []
         sources: list[str] = []
-        present: list[bool] = []
+        given: list[str | None] = []
         lengths: list[float] = []
         records: list[dict[str, Any]] = []
         trainer_cfg = self.config.trainer
@@ -341,7 +344,7 @@ class Trainer:
             scores += result.scores.tolist()
             questions += list(rollouts.rows["uid"])
             sources += list(rollouts.rows["data_source"])
-            present += [a is not None for a in answers]
+            given += answers
             lengths += rollouts.tensors["response_mask"].float().sum(-1).tolist()
             if keep_records:
                 records += [
@@ -355,7 +358,9 @@ class Trainer:
             metrics[f"val/{source}/acc"] = mean(s for s, d in zip(scores, sources) if d == source)
         metrics["val/acc"] = mean(scores)
         metrics["val/acc_se"] = standard_error_over_questions(scores, questions)
-        metrics["val/answer_present"] = mean(present)
+        metrics["val/answer_present"] = mean(a is not None for a in given)
+        if self.config.actor_rollout_ref.rollout.val_kwargs.n > 1:
+            metrics.update(validation_metrics(sources, questions, scores, given, self.config.reward_model.vote_equivalence))
         metrics["val/response_length/mean"] = mean(lengths)
         metrics["timing/val"] = time.perf_counter() - start
         if trainer_cfg.validation_data_dir:
