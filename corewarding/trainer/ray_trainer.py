@@ -16,6 +16,10 @@ One training step (`Trainer.train_step`), in the order the code runs it:
    the collapse monitor's metrics;
 5. the PPO update over mini/micro-batches on the workers; metrics.
 
+With `algorithm.filter_groups.enable` (DAPO's dynamic sampling, docs/method.md) steps 1-2 repeat
+over further batches of `data.gen_batch_size` prompts, each scored at once, until
+`data.train_batch_size` groups whose score varies are kept; steps 3-5 then run on exactly those.
+
 Rows are reordered after generation so that every worker gets whole groups and a similar number of
 tokens; nothing downstream depends on row order.
 """
@@ -205,22 +209,23 @@ class Trainer:
         acc metric samples the teacher for the kept prompts only; the score metric is its reward,
         which needs the teacher's rollouts of every prompt first."""
         fg, target = self.config.algorithm.filter_groups, self.config.data.train_batch_size
-        teacher_first = fg.metric != "acc"
+        by_reward = fg.metric != "acc"  # the reward needs the teacher's rollouts and the token statistics first
         kept_rollouts: list[Batch] = []
         kept_teacher: list[Batch] = []
         kept_prompts: list[Batch] = []
         have = 0
         while True:
-            rollouts, teacher_prompts, teacher = self._rollouts(batch, step, tally.gen_batches, timing, teacher_first)
+            rollouts, teacher_prompts, teacher = self._rollouts(batch, step, tally.gen_batches, timing, by_reward)
             tally.gen_batches += 1
-            if self.method.token_stats and self.config.algorithm.filter_groups.metric != "acc":
+            if self.method.token_stats and by_reward:
                 rollouts = self._balanced(rollouts)
                 self._policy_pass(rollouts, timing)  # the reward reads the policy's token statistics
             units = rollouts.rows["pair_id"] if self.method.paired else rollouts.rows["uid"]
             kept, dropped = kept_units(self._filter_values(rollouts, teacher, timing), rollouts.rows["uid"], units)
-            chosen = kept[:target - have]
-            tally.kept, tally.dropped, tally.trimmed = tally.kept + len(kept), tally.dropped + dropped, \
-                tally.trimmed + len(kept) - len(chosen)
+            chosen = kept[:target - have]  # verl trims the batch to train_batch_size groups
+            tally.kept += len(kept)
+            tally.dropped += dropped
+            tally.trimmed += len(kept) - len(chosen)
             have += len(chosen)
             kept_rollouts.append(rollouts.select(rows_of(units, chosen)))
             uids = set(kept_rollouts[-1].rows["uid"])
