@@ -436,3 +436,21 @@ def test_dynamic_sampling_teacher_rollouts(metric, tiny_model_path, data, tmp_pa
     assert sorted(set(update.rows["index"])) == [3, 4]
     for scores in rows_by_uid(update, "scores").values():
         assert sorted(scores) == [0.0, 0.0, 1.0, 1.0]  # the trained reward is the teacher's label either way
+
+
+def test_resume_with_another_data_seed_is_one_line_unless_allowed(tiny_model_path, data, tmp_path):
+    """The loader's state in a checkpoint carries data.seed (and data.p): a resume with another
+    seed stops with one CheckpointError line naming the override, which then lets it through."""
+    from corewarding.trainer.checkpoint import CheckpointError
+
+    saved, _, _ = make_trainer(tiny_model_path, data, tmp_path / "a", "naive", "data.seed=1")
+    state = {"dataloader": saved.loader.state_dict(), "method": "gt", "world_size": 2, "global_step": 1}
+    other, _, _ = make_trainer(tiny_model_path, data, tmp_path / "b", "naive", "data.seed=2")
+    with pytest.raises(CheckpointError, match=r"data.seed=1 but this run has data.seed=2.*"
+                                              r"data.resume_allow_sampling_change=true") as err:
+        other.load_checkpoint(tmp_path / "a", state)
+    assert "\n" not in str(err.value)
+    allowed, _, _ = make_trainer(tiny_model_path, data, tmp_path / "c", "naive", "data.seed=2",
+                                 "data.resume_allow_sampling_change=true")
+    allowed.load_checkpoint(tmp_path / "a", state)
+    assert allowed.global_step == 1
