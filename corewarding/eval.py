@@ -5,7 +5,9 @@
 
 Every question is sampled k times with the chat template of the model's tokenizer applied to the
 row's prompt messages; the last `\\boxed{}` of each response is graded against
-`reward_model.ground_truth` with the reward library's math equivalence (math-verify).
+`reward_model.ground_truth` by `--gt_scorer`, the training's `reward_model.gt_scorer`: math_verify
+(the reward library's math equivalence, the default) or hendrycks (the MATH benchmark's string
+normalisation: the release's scorer, for release-exact numbers).
 
 Per benchmark:
   pass@1          mean over questions of the fraction of the k samples that are correct
@@ -79,23 +81,31 @@ class QuestionScore:
 VERIFY_TIMEOUT_S = 5.0  # per math-verify check: evaluation is off the hot path, so be generous
 
 
-def grade_response(response: str, ground_truth: str) -> GradedSample:
+def gt_equivalent(answer: str | None, ground_truth: str, gt_scorer: str = "math_verify") -> bool:
+    """Does `answer` match the ground truth under `gt_scorer` (reward_model.gt_scorer's choices)."""
+    if gt_scorer == "hendrycks":
+        return bool(rewards.hendrycks_equivalent(answer, ground_truth))
+    if gt_scorer != "math_verify":
+        raise EvalError(f"--gt_scorer {gt_scorer!r} is unknown; use one of {' | '.join(rewards.GT_SCORERS)}")
+    return bool(answer is not None and rewards.answers_equivalent(answer, ground_truth, timeout=VERIFY_TIMEOUT_S))
+
+
+def grade_response(response: str, ground_truth: str, gt_scorer: str = "math_verify") -> GradedSample:
     """Extract the last \\boxed{} answer of a response and grade it against the ground truth."""
     answer = rewards.extract_boxed_answer(response)  # None for a missing, unbalanced or empty box
-    correct = bool(answer is not None and rewards.answers_equivalent(answer, ground_truth, timeout=VERIFY_TIMEOUT_S))
+    correct = answer is not None and gt_equivalent(answer, ground_truth, gt_scorer)
     return GradedSample(response=response, answer=answer, correct=correct)
 
 
-def score_question(answers: Sequence[str | None], correct: Sequence[bool], ground_truth: str) -> QuestionScore:
+def score_question(answers: Sequence[str | None], correct: Sequence[bool], ground_truth: str,
+                   gt_scorer: str = "math_verify") -> QuestionScore:
     """Score one question's k samples: correctness per sample is given; the majority answer of the
     extracted answers (math equivalence, empty answers never win) is graded here."""
     if len(answers) != len(correct):
         raise ValueError(f"{len(answers)} answers but {len(correct)} correctness flags")
     present = [a for a in answers if a is not None and str(a).strip()]
     vote = rewards.majority_vote(list(answers), equivalence="math")  # label: None or a non-empty answer
-    majority_correct = bool(
-        vote.label is not None and rewards.answers_equivalent(vote.label, ground_truth, timeout=VERIFY_TIMEOUT_S)
-    )
+    majority_correct = vote.label is not None and gt_equivalent(vote.label, ground_truth, gt_scorer)
     return QuestionScore(
         n_samples=len(answers),
         n_correct=sum(bool(c) for c in correct),
@@ -129,15 +139,15 @@ def aggregate(scores: Sequence[QuestionScore]) -> dict[str, float | int]:
 
 
 def score_samples(
-    responses: Sequence[Sequence[str]], ground_truths: Sequence[str]
+    responses: Sequence[Sequence[str]], ground_truths: Sequence[str], gt_scorer: str = "math_verify"
 ) -> tuple[dict[str, float | int], list[list[GradedSample]], list[QuestionScore]]:
     """Grade k responses for each question and aggregate: `responses[i]` are the samples of the
     question whose ground truth is `ground_truths[i]`. Returns (metrics, graded, per-question)."""
     if len(responses) != len(ground_truths):
         raise ValueError(f"{len(responses)} response groups but {len(ground_truths)} ground truths")
-    graded = [[grade_response(r, gt) for r in group] for group, gt in zip(responses, ground_truths)]
+    graded = [[grade_response(r, gt, gt_scorer) for r in group] for group, gt in zip(responses, ground_truths)]
     scores = [
-        score_question([g.answer for g in group], [g.correct for g in group], gt)
+        score_question([g.answer for g in group], [g.correct for g in group], gt, gt_scorer)
         for group, gt in zip(graded, ground_truths)
     ]
     return aggregate(scores), graded, scores
@@ -313,14 +323,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": str(args.model), "model_path": str(model_path), "backend": args.backend, "k": args.k,
         "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed,
-        "limit": args.limit, "benchmarks": {},
+        "gt_scorer": args.gt_scorer, "limit": args.limit, "benchmarks": {},
     }
     samples_path = output_dir / "samples.jsonl"
     with samples_path.open("w") as samples_file:
         for bench in benchmarks:
             t0 = time.time()
             responses, lengths, truncated = sample_benchmark(engine, tokenizer, bench, args)
-            metrics, graded, scores = score_samples(responses, bench.ground_truths)
+            metrics, graded, scores = score_samples(responses, bench.ground_truths, args.gt_scorer)
             metrics.update({"file": str(bench.path), "mean_response_tokens": sum(lengths) / len(lengths),
                             "truncated": truncated / len(lengths), "seconds": time.time() - t0})
             summary["benchmarks"][bench.name] = metrics
@@ -377,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions of each benchmark")
     parser.add_argument("--output_dir", default="outputs/eval", help="where summary.json and samples.jsonl go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gt_scorer", choices=list(rewards.GT_SCORERS), default="math_verify",
+                        help="answer vs ground truth, as the training's reward_model.gt_scorer: math_verify (default) "
+                        "| hendrycks (the release's MATH string normalisation)")
     parser.add_argument("--batch_size", type=int, default=None, help="questions per generate call (default 256 vllm, 8 hf)")
     parser.add_argument("--gpu_memory_utilization", type=float, default=0.85, help="vLLM on GPU: fraction of GPU memory it may take (one GPU per eval)")
     parser.add_argument("--no_enforce_eager", dest="enforce_eager", action="store_false", help="let vLLM use CUDA graphs (faster on GPU, slower start)")

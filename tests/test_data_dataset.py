@@ -329,3 +329,20 @@ def test_paired_dataset_logs_only_when_it_drops(tokenizer, tmp_path, caplog):
         ds = PairedRLDataset(original, rephrased, tokenizer, max_prompt_length=128)
     assert len(ds) == 2 and ds.num_filtered == 0
     assert not any("dropped" in r.getMessage() for r in caplog.records if r.name == "corewarding.data.dataset")
+
+
+def test_resume_with_another_seed_or_p_is_refused_unless_allowed():
+    """The checkpoint records data.seed and data.p: resuming with another value is one line naming
+    the key and the override; with the override the loader goes on at the saved position."""
+    first = StatefulLoader(_Pairs(8), batch_size=2, seed=3, view_swap_p=0.5)
+    next(iter(first))
+    state = first.state_dict()
+    assert state["seed"] == 3 and state["p"] == 0.5
+    for seed, p, key in ((4, 0.5, "data.seed=3"), (3, 1.0, "data.p=0.5"), (3, None, "data.p=0.5")):
+        other = StatefulLoader(_Pairs(8), batch_size=2, seed=seed, view_swap_p=p)
+        with pytest.raises(ValueError, match=rf"{key} but this run has .*data.resume_allow_sampling_change=true") as err:
+            other.load_state_dict(state)
+        assert "\n" not in str(err.value)
+        other.load_state_dict(state, allow_sampling_change=True)
+        assert (other.epoch, other.position) == (0, 1)
+    StatefulLoader(_Pairs(8), batch_size=2, seed=3, view_swap_p=0.5).load_state_dict(state)

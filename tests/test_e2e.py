@@ -275,6 +275,38 @@ def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
         assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
 
 
+@pytest.mark.parametrize("method", ["co_reward", "co_rewarding_II"])
+def test_dynamic_sampling_two_steps_and_exact_resume(method, ray_session, boxing_model, data_files, tmp_path):
+    """algorithm.filter_groups on, generation batches of 2 prompts (pairs) for steps of 4: 2 steps
+    straight == 1 step + resume + 1 step (the loader's position after several generation batches
+    is in the checkpoint, so the resumed run trains on the same prompts). Every trained group of
+    the dumps has a spread (Co-rewarding-I: at least one group of each pair), and each pair comes
+    with both views."""
+    common = ["algorithm.filter_groups.enable=True", "data.gen_batch_size=2", "algorithm.filter_groups.max_num_gen_batches=0"]
+    straight = run(cpu_overrides(boxing_model, data_files, tmp_path / "a", method) + common)
+    split = cpu_overrides(boxing_model, data_files, tmp_path / "b", method) + common
+    first = run(split + ["trainer.max_steps_this_run=1"])
+    assert first["global_step"] == 1
+    second = run(split + ["trainer.resume_mode=auto"])
+    assert second["global_step"] == 2 and [h["step"] for h in second["history"]] == [2]
+    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
+    assert a == _comparable(read_metrics(tmp_path / "b" / "ckpt" / "metrics.jsonl"))
+    assert all(e["train/num_gen_batches"] >= 2 and e["filter_groups/kept"] >= 4 for e in a)
+    for step in (1, 2):
+        records = read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl")
+        assert records == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
+        check_dump(method, records)
+        policy = [r for r in records if r["role"] == "policy"]
+        groups: dict = {}
+        for r in policy:
+            groups.setdefault(r["pair_id"] if method == "co_reward" else r["uid"], {}).setdefault(r["uid"], []).append(r["reward"])
+        assert len(groups) == 4 and len(policy) == 4 * 4 * (2 if method == "co_reward" else 1)
+        for unit in groups.values():
+            assert len(unit) == (2 if method == "co_reward" else 1)
+            assert any(max(rewards) > min(rewards) for rewards in unit.values())
+    assert [h["filter_groups/kept"] for h in straight["history"] if h["step"] > 0] == [e["filter_groups/kept"] for e in a]
+
+
 def test_single_process_run_equals_a_ray_run_of_one_worker(ray_session, boxing_model, data_files, tmp_path):
     """trainer.single_process=True: the same worker class inside the driver, no Ray actor; two
     Co-rewarding-II steps log the same metrics and rollouts as the Ray group of one worker."""

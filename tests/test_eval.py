@@ -51,6 +51,20 @@ def test_score_samples_by_hand() -> None:
     assert scores[0].majority_ratio == pytest.approx(0.5)
 
 
+def test_gt_scorer_hendrycks_is_the_release_string_check() -> None:
+    """--gt_scorer hendrycks (the training's reward_model.gt_scorer): MATH's strip_string, under
+    which "42.0" is not "42" (math-verify: equal) while its 0.5 -> \\frac{1}{2} rule still holds:
+    question 1 scores 1/4 instead of 2/4, so pass@1 = (1/4 + 1/4 + 0 + 1) / 4."""
+    metrics, graded, _ = ev.score_samples([r for _, r, _ in HAND], [gt for gt, _, _ in HAND], "hendrycks")
+    assert [int(g.correct) for g in graded[0]] == [1, 0, 0, 0]
+    assert [int(g.correct) for g in graded[1]] == [1, 0, 0, 0]
+    assert metrics["pass@1"] == pytest.approx(0.375) and metrics["maj@4"] == 0.5
+    assert ev.build_parser().parse_args(["--model", "m", "--gt_scorer", "hendrycks"]).gt_scorer == "hendrycks"
+    assert ev.build_parser().parse_args(["--model", "m"]).gt_scorer == "math_verify"
+    with pytest.raises(SystemExit):
+        ev.build_parser().parse_args(["--model", "m", "--gt_scorer", "exact"])
+
+
 def test_majority_uses_math_equivalence() -> None:
     # 1/2 written three ways is one class of 3 against two 7s: the majority is right.
     score = ev.score_question(["\\frac12", "0.5", "7", "1/2", "7"], [True, True, False, True, False], "\\frac{1}{2}")

@@ -258,6 +258,13 @@ def _check_batches(config: Config, method: Method) -> None:
             f"data.train_batch_size={batch}" + (" pairs (x2 views)" if views == 2 else "")
             + f" = {batch * views} prompts does not divide by the {ws} workers (trainer.nnodes x trainer.n_gpus_per_node)"
         )
+    gen = data.gen_batch_size
+    if gen != batch and not config.algorithm.filter_groups.enable:
+        raise ConfigError(f"data.gen_batch_size={gen} differs from data.train_batch_size={batch}: it only applies with "
+                          "algorithm.filter_groups.enable=true (dynamic sampling); leave it unset otherwise")
+    if gen * views % ws:
+        raise ConfigError(f"data.gen_batch_size={gen}" + (" pairs (x2 views)" if views == 2 else "")
+                          + f" = {gen * views} prompts does not divide by the {ws} workers")
     if mini > batch:
         raise ConfigError(f"actor_rollout_ref.actor.ppo_mini_batch_size={mini} is larger than data.train_batch_size={batch}")
     if batch % mini:

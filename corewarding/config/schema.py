@@ -41,18 +41,20 @@ class DataConfig(Section):
     max_prompt_length: int
     max_response_length: int
     train_batch_size: int  # prompts (Co-rewarding-I: pairs) per step
+    gen_batch_size: int  # prompts (pairs) per generation batch (dynamic sampling)
     val_batch_size: int | None
     filter_overlong_prompts: bool
     truncation: Literal["error", "left", "right"]
     shuffle: bool
     seed: int
+    resume_allow_sampling_change: bool  # resume a checkpoint written with another seed or p
     val_max_samples: int | None
     require_ground_truth: bool | None
     train_max_samples: int | None
 
     def __post_init__(self) -> None:
         check_real(self.key("p"), self.p, 0.0, 1.0)
-        self.positive("max_prompt_length", "max_response_length", "train_batch_size", "val_batch_size",
+        self.positive("max_prompt_length", "max_response_length", "train_batch_size", "gen_batch_size", "val_batch_size",
                       "val_max_samples", "train_max_samples")
 
 
@@ -263,11 +265,27 @@ class ActorRolloutRefConfig(Section):
 
 # ----------------------------------------------------------------------------------- algorithm and rewards
 @dataclass(frozen=True)
+class FilterGroupsConfig(Section):
+    """DAPO's dynamic sampling: train on groups whose `metric` varies (docs/method.md)."""
+
+    PREFIX: ClassVar[str] = "algorithm.filter_groups"
+    enable: bool
+    metric: Literal["score", "acc", "seq_reward", "seq_final_reward"]  # seq_*: the score (no KL in the reward)
+    max_num_gen_batches: int  # <= 0: no limit
+
+    @property
+    def limit(self) -> int | None:
+        """The most generation batches a step may use (None: no limit, verl's non-positive values)."""
+        return self.max_num_gen_batches if self.max_num_gen_batches > 0 else None
+
+
+@dataclass(frozen=True)
 class AlgorithmConfig(Section):
     PREFIX: ClassVar[str] = "algorithm"
     adv_estimator: Literal["grpo", "co_reward"]  # co_reward: GRPO within each view's group
     norm_adv_by_std_in_grpo: bool
     use_kl_in_reward: bool
+    filter_groups: FilterGroupsConfig
     gamma: float = ignored("GRPO has no discounting")
     lam: float = ignored("GRPO has no GAE")
 

@@ -297,18 +297,27 @@ class StatefulLoader:
             self.batch_epoch = epoch
             yield self.collate_fn(self._items(chosen, swapped))
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         return {
-            "epoch": self.epoch, "position": self.position, "seed": self.seed,
+            "epoch": self.epoch, "position": self.position, "seed": self.seed, "p": self.view_swap_p,
             "batch_size": self.batch_size, "dataset_size": len(self.dataset),
         }
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        for key in ("seed", "batch_size", "dataset_size"):
-            current = self.seed if key == "seed" else self.batch_size if key == "batch_size" else len(self.dataset)
+    def load_state_dict(self, state: dict[str, Any], allow_sampling_change: bool = False) -> None:
+        """Resume at the checkpoint's (epoch, position). Another batch size or dataset is refused;
+        another seed or data.p too (the prompt stream would change) unless `allow_sampling_change`
+        (`data.resume_allow_sampling_change`)."""
+        for key, current in (("batch_size", self.batch_size), ("dataset_size", len(self.dataset))):
             if key in state and int(state[key]) != current:
                 raise ValueError(
                     f"cannot resume the data loader: the checkpoint has {key}={state[key]} but this run has {current} "
                     "(resume with the same data and batch size)"
+                )
+        for key, current in (("seed", self.seed), ("p", self.view_swap_p)):
+            if key in state and state[key] != current and not allow_sampling_change:
+                raise ValueError(
+                    f"cannot resume the data loader: the checkpoint has data.{key}={state[key]} but this run has "
+                    f"data.{key}={current}; resume with data.{key}={state[key]}, or set "
+                    "data.resume_allow_sampling_change=true to go on with the new value (the prompt stream changes from here)"
                 )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -16,6 +16,10 @@ One training step (`Trainer.train_step`), in the order the code runs it:
    the collapse monitor's metrics;
 5. the PPO update over mini/micro-batches on the workers; metrics.
 
+With `algorithm.filter_groups.enable` (DAPO's dynamic sampling, docs/method.md) steps 1-2 repeat
+over further batches of `data.gen_batch_size` prompts, each scored at once, until
+`data.train_batch_size` groups whose score varies are kept; steps 3-5 then run on exactly those.
+
 Rows are reordered after generation so that every worker gets whole groups and a similar number of
 tokens; nothing downstream depends on row order.
 """
@@ -29,17 +33,18 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
 from corewarding.algos import ema_weight, grpo_advantages, spread_over_tokens
 from corewarding.batch import Batch
 from corewarding.config import Config
-from corewarding.data import to_batch
+from corewarding.data import DataError, to_batch
 from corewarding.methods import resolve_method
 from corewarding.rewards.functions import VIEWS
 from corewarding.trainer import checkpoint as ckpt
+from corewarding.trainer.dynamic_sampling import Tally, concat_rollouts, kept_units, rows_of
 from corewarding.trainer.monitor import CollapseMonitor, group_metrics
 from corewarding.trainer.rollout_stats import (
     balanced_order,
@@ -50,6 +55,7 @@ from corewarding.trainer.rollout_stats import (
     standard_error_over_questions,
 )
 from corewarding.trainer.tracking import Tracker, dump_rollouts
+from corewarding.trainer.val_metrics import validation_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -123,10 +129,14 @@ class Trainer:
         timing[name] = timing.get(name, 0.0) + time.perf_counter() - start
 
     # ------------------------------------------------------------------ one step
-    def _prepare_prompts(self, batch: Batch, step: int) -> tuple[Batch, Batch | None]:
-        """Fresh uids; split the prompts of the policy from those of the teacher."""
+    def _prepare_prompts(self, batch: Batch, step: int, gen: int = 0) -> tuple[Batch, Batch | None]:
+        """Fresh uids; split the prompts of the policy from those of the teacher. `gen`: the step's
+        generation batch (dynamic sampling); a later one gets its own uids and pair ids, as the same
+        question can come twice in one step when its prompts run into the next epoch."""
         rows = dict(batch.rows)
-        rows["uid"] = [f"{step}-{i}" for i in range(len(batch))]
+        rows["uid"] = [f"{step}-{i}" if not gen else f"{step}-{gen}-{i}" for i in range(len(batch))]
+        if gen and "pair_id" in rows:
+            rows["pair_id"] = [f"{p}#{gen}" for p in rows["pair_id"]]
         rows.setdefault("view", ["original"] * len(batch))
         batch = Batch(batch.tensors, rows)
         if not self.method.teacher:
@@ -153,35 +163,122 @@ class Trainer:
             self.workers.call_all("update_teacher", weight)
         self.last_ema_weight = weight
 
-    def train_step(self, batch: Batch) -> dict[str, Any]:
-        step = self.global_step + 1
-        timing: dict[str, float] = {}
-        metrics: dict[str, Any] = {"training/epoch": self.loader.batch_epoch}
-        start = time.perf_counter()
-        prompts, teacher_prompts = self._prepare_prompts(batch, step)
-
-        # 2. rollouts of the policy; teacher update and teacher rollouts (Co-rewarding-II)
+    def _rollouts(self, batch: Batch, step: int, gen: int, timing: dict[str, float],
+                  with_teacher: bool = True) -> tuple[Batch, Batch | None, Batch | None]:
+        """(policy rollouts, the teacher's prompts, the teacher's rollouts) of one batch of prompts;
+        Co-rewarding-II's EMA update comes once per step, before its first teacher rollouts."""
+        prompts, teacher_prompts = self._prepare_prompts(batch, step, gen)
         rollouts = self._generate(prompts, "policy", timing)
-        self._update_teacher(step, timing)
-        if self.last_ema_weight is not None:
-            metrics["teacher/ema_weight"] = self.last_ema_weight
-        teacher_rollouts = self._generate(teacher_prompts, "teacher", timing) if teacher_prompts is not None else None
+        if teacher_prompts is None:
+            return rollouts, None, None
+        if gen == 0:
+            self._update_teacher(step, timing)
+        teacher = self._generate(teacher_prompts, "teacher", timing) if with_teacher else None
+        return rollouts, teacher_prompts, teacher
 
-        # whole groups to each worker, similar token counts (rewards group by ids, not position);
-        # Co-rewarding-I's per-view loss pairs each worker's micro-batches of the two views, so every
-        # worker gets as many groups of each view
+    def _balanced(self, rollouts: Batch) -> Batch:
+        """Whole groups to each worker, similar token counts (rewards group by ids, not position);
+        Co-rewarding-I's per-view loss pairs each worker's micro-batches of the two views, so every
+        worker gets as many groups of each view."""
         if self.method.paired:
             rollouts.tensors["view_id"] = torch.tensor([VIEWS.index(v) for v in rollouts.rows["view"]])
         lengths = rollouts.tensors["attention_mask"].sum(-1).tolist()
         kinds = rollouts.tensors["view_id"].tolist() if self.per_view_loss else None
-        rollouts = rollouts.select(balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds))
+        return rollouts.select(balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds))
 
-        # 3. old log-probs (+ entropy / self-certainty) unless on-policy, reference log-probs
-        if self.policy_pass_needed:
-            with self._timer(timing, "old_log_prob"):
-                policy = self.workers.dispatch("compute_log_prob", rollouts, model="actor", with_entropy=True,
-                                               with_self_certainty="self_certainty" in self.method.token_stats)
-            rollouts.tensors.update(policy.tensors)
+    def _policy_pass(self, rollouts: Batch, timing: dict[str, float]) -> None:
+        """Old log-probs (+ entropy / self-certainty for the rewards that read them) into `rollouts`."""
+        with self._timer(timing, "old_log_prob"):
+            policy = self.workers.dispatch("compute_log_prob", rollouts, model="actor", with_entropy=True,
+                                           with_self_certainty="self_certainty" in self.method.token_stats)
+        rollouts.tensors.update(policy.tensors)
+
+    def _filter_values(self, rollouts: Batch, teacher: Batch | None, timing: dict[str, float]) -> list[float]:
+        """Per rollout, the value algorithm.filter_groups.metric names: the reward (score; verl's
+        seq_reward / seq_final_reward are the same here: no KL in the reward) or GT accuracy (acc)."""
+        with self._timer(timing, "filter_groups"):
+            if self.config.algorithm.filter_groups.metric == "acc":
+                return self.val_reward_fn(rollouts).scores.tolist()
+            return self.reward_fn(rollouts, teacher=teacher).scores.tolist()
+
+    def _dynamic_sample(self, batch: Batch, more: Iterator[Batch], step: int, timing: dict[str, float],
+                        tally: Tally) -> tuple[Batch, Batch | None]:
+        """DAPO's dynamic sampling (algorithm.filter_groups): generation batches of data.gen_batch_size
+        prompts until data.train_batch_size units with a spread are kept (trimmed to exactly that, in
+        generation order, as verl), or a clear error at max_num_gen_batches. Co-rewarding-II with the
+        acc metric samples the teacher for the kept prompts only; the score metric is its reward,
+        which needs the teacher's rollouts of every prompt first."""
+        fg, target = self.config.algorithm.filter_groups, self.config.data.train_batch_size
+        by_reward = fg.metric != "acc"  # the reward needs the teacher's rollouts and the token statistics first
+        kept_rollouts: list[Batch] = []
+        kept_teacher: list[Batch] = []
+        kept_prompts: list[Batch] = []
+        have = 0
+        while True:
+            rollouts, teacher_prompts, teacher = self._rollouts(batch, step, tally.gen_batches, timing, by_reward)
+            tally.gen_batches += 1
+            if self.method.token_stats and by_reward:
+                rollouts = self._balanced(rollouts)
+                self._policy_pass(rollouts, timing)  # the reward reads the policy's token statistics
+            units = rollouts.rows["pair_id"] if self.method.paired else rollouts.rows["uid"]
+            kept, dropped = kept_units(self._filter_values(rollouts, teacher, timing), rollouts.rows["uid"], units)
+            chosen = kept[:target - have]  # verl trims the batch to train_batch_size groups
+            tally.kept += len(kept)
+            tally.dropped += dropped
+            tally.trimmed += len(kept) - len(chosen)
+            have += len(chosen)
+            kept_rollouts.append(rollouts.select(rows_of(units, chosen)))
+            uids = set(kept_rollouts[-1].rows["uid"])
+            if teacher is not None:
+                kept_teacher.append(teacher.select([i for i, u in enumerate(teacher.rows["uid"]) if u in uids]))
+            elif teacher_prompts is not None:
+                kept_prompts.append(teacher_prompts.select([i for i, u in enumerate(teacher_prompts.rows["uid"]) if u in uids]))
+            if have == target:
+                break
+            if fg.limit is not None and tally.gen_batches >= fg.limit:
+                raise DataError(
+                    f"step {step}: algorithm.filter_groups kept {have} of the data.train_batch_size={target} groups "
+                    f"after max_num_gen_batches={fg.limit} generation batches (the rest had one {fg.metric} for all "
+                    "their rollouts): raise algorithm.filter_groups.max_num_gen_batches (0: no limit) or data.gen_batch_size"
+                )
+            batch = next(more)
+        pad = self.tokenizer.pad_token_id
+        teacher_rollouts = concat_rollouts(kept_teacher, pad) if kept_teacher else None
+        if kept_prompts:
+            teacher_rollouts = self._generate(Batch.concat(kept_prompts), "teacher", timing)
+        return concat_rollouts(kept_rollouts, pad), teacher_rollouts
+
+    def _batch_stream(self) -> Iterator[Batch]:
+        """The loader's batches, epoch after epoch."""
+        while True:
+            yield from self.loader
+
+    def train_step(self, batch: Batch, more: Iterable[Batch] | None = None) -> dict[str, Any]:
+        """One step on `batch`; dynamic sampling takes further batches from `more` (by default the
+        loader, continued across epochs)."""
+        step = self.global_step + 1
+        timing: dict[str, float] = {}
+        start = time.perf_counter()
+
+        # 2. rollouts of the policy; teacher update and teacher rollouts (Co-rewarding-II)
+        tally = Tally()
+        if self.config.algorithm.filter_groups.enable:
+            stream = iter(more) if more is not None else self._batch_stream()
+            rollouts, teacher_rollouts = self._dynamic_sample(batch, stream, step, timing, tally)
+        else:
+            rollouts, _, teacher_rollouts = self._rollouts(batch, step, 0, timing)
+        metrics: dict[str, Any] = {"training/epoch": self.loader.batch_epoch}
+        if self.config.algorithm.filter_groups.enable:
+            metrics.update(tally.metrics())
+        if self.last_ema_weight is not None:
+            metrics["teacher/ema_weight"] = self.last_ema_weight
+
+        rollouts = self._balanced(rollouts)
+
+        # 3. old log-probs (+ entropy / self-certainty) unless on-policy (or dynamic sampling has
+        # them already), reference log-probs
+        if self.policy_pass_needed and "old_log_probs" not in rollouts.tensors:
+            self._policy_pass(rollouts, timing)
         if self.config.actor_rollout_ref.actor.use_kl_loss:
             with self._timer(timing, "ref"):
                 rollouts.tensors.update(self.workers.dispatch("compute_log_prob", rollouts, model="ref").tensors)
@@ -228,7 +325,9 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         """Validation: `rollout.val_kwargs` sampling as verl reads it (ours: temperature 0.8; the
         release: greedy), the GT reward with `reward_model.gt_scorer`; `val/<data_source>/acc`,
-        `val/acc` (mean over all rollouts, val_kwargs.n per prompt) and its standard error."""
+        `val/acc` (mean over all rollouts, val_kwargs.n per prompt) and its standard error; with
+        val_kwargs.n > 1 also verl's mean@N, best@n, worst@n and maj@n per data source
+        (`corewarding.trainer.val_metrics`)."""
         if self.val_dataset is None:
             return {}
         start = time.perf_counter()
@@ -237,7 +336,7 @@ class Trainer:
         scores: list[float] = []
         questions: list[str] = []
         sources: list[str] = []
-        present: list[bool] = []
+        given: list[str | None] = []
         lengths: list[float] = []
         records: list[dict[str, Any]] = []
         trainer_cfg = self.config.trainer
@@ -250,7 +349,7 @@ class Trainer:
             scores += result.scores.tolist()
             questions += list(rollouts.rows["uid"])
             sources += list(rollouts.rows["data_source"])
-            present += [a is not None for a in answers]
+            given += answers
             lengths += rollouts.tensors["response_mask"].float().sum(-1).tolist()
             if keep_records:
                 records += [
@@ -264,7 +363,9 @@ class Trainer:
             metrics[f"val/{source}/acc"] = mean(s for s, d in zip(scores, sources) if d == source)
         metrics["val/acc"] = mean(scores)
         metrics["val/acc_se"] = standard_error_over_questions(scores, questions)
-        metrics["val/answer_present"] = mean(present)
+        metrics["val/answer_present"] = mean(a is not None for a in given)
+        if self.config.actor_rollout_ref.rollout.val_kwargs.n > 1:
+            metrics.update(validation_metrics(sources, questions, scores, given, self.config.reward_model.vote_equivalence))
         metrics["val/response_length/mean"] = mean(lengths)
         metrics["timing/val"] = time.perf_counter() - start
         if trainer_cfg.validation_data_dir:
@@ -308,7 +409,7 @@ class Trainer:
                 f"checkpoint {path} has {state['world_size']} worker shards, this run has {self.world_size} workers"
             )
         try:  # first: it is cheap and says clearly when the data or batch size changed
-            self.loader.load_state_dict(state["dataloader"])
+            self.loader.load_state_dict(state["dataloader"], self.config.data.resume_allow_sampling_change)
         except ValueError as exc:
             raise ckpt.CheckpointError(f"checkpoint {path}: {exc}") from exc
         try:
@@ -340,28 +441,26 @@ class Trainer:
                        file=sys.stderr, dynamic_ncols=True, leave=False)
             self.tracker.printer = lambda line: bar.write(line, file=sys.stdout)
         try:
+            batches = self._batch_stream()
             while self.global_step < stop_at:
-                for batch in self.loader:
-                    metrics = self.train_step(batch)
-                    last = self.global_step >= self.total_steps
-                    stopping = self.global_step >= stop_at
-                    if self.val_dataset is not None and test_freq > 0 and (self.global_step % test_freq == 0 or last):
-                        metrics.update(self.validate())
-                    periodic = save_freq > 0 and (self.global_step % save_freq == 0 or stopping)
-                    if periodic or (stop_after and stopping):
-                        started = time.perf_counter()
-                        saved = self.save_checkpoint()
-                        metrics["timing/save_checkpoint"] = time.perf_counter() - started
-                        # what a save costs on disk (x saves kept: trainer.max_actor_ckpt_to_keep)
-                        metrics["checkpoint/size_gb"] = ckpt.folder_bytes(saved) / 1e9
-                    bad = [k for k, v in metrics.items() if k.startswith("actor/") and isinstance(v, float) and not math.isfinite(v)]
-                    if bad:
-                        logger.warning("step %d: non-finite metrics %s", self.global_step, bad)
-                    self._log(metrics, self.global_step)
-                    if bar is not None:
-                        bar.update(1)
-                    if stopping:
-                        break
+                metrics = self.train_step(next(batches), batches)
+                last = self.global_step >= self.total_steps
+                stopping = self.global_step >= stop_at
+                if self.val_dataset is not None and test_freq > 0 and (self.global_step % test_freq == 0 or last):
+                    metrics.update(self.validate())
+                periodic = save_freq > 0 and (self.global_step % save_freq == 0 or stopping)
+                if periodic or (stop_after and stopping):
+                    started = time.perf_counter()
+                    saved = self.save_checkpoint()
+                    metrics["timing/save_checkpoint"] = time.perf_counter() - started
+                    # what a save costs on disk (x saves kept: trainer.max_actor_ckpt_to_keep)
+                    metrics["checkpoint/size_gb"] = ckpt.folder_bytes(saved) / 1e9
+                bad = [k for k, v in metrics.items() if k.startswith("actor/") and isinstance(v, float) and not math.isfinite(v)]
+                if bad:
+                    logger.warning("step %d: non-finite metrics %s", self.global_step, bad)
+                self._log(metrics, self.global_step)
+                if bar is not None:
+                    bar.update(1)
         finally:
             self.tracker.printer = printer
             if bar is not None:

@@ -85,6 +85,12 @@ def check_cluster_devices(config: Config, resources: dict[str, float]) -> None:
 def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any, Any | None]:
     data = config.data
     require_gt = method.ground_truth if data.require_ground_truth is None else data.require_ground_truth
+    fg = config.algorithm.filter_groups
+    if fg.enable and fg.metric == "acc":
+        if data.require_ground_truth is False:
+            raise ConfigError("algorithm.filter_groups.metric=acc filters on ground-truth accuracy: it needs "
+                              "data.require_ground_truth=true (or null), or use metric=score")
+        require_gt = True
     common = dict(
         tokenizer=tokenizer, max_prompt_length=data.max_prompt_length, prompt_key=data.prompt_key,
         filter_overlong_prompts=data.filter_overlong_prompts, truncation=data.truncation,
@@ -102,11 +108,12 @@ def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any,
 
 
 def build_loader(config: Config, method: Method, train: Any) -> StatefulLoader:
-    """The resumable training loader; Co-rewarding-II with data.use_aug swaps each pair's views with
-    probability data.p (the release's paired dataset; its Co-rewarding-I dataset never swaps)."""
+    """The resumable training loader, batches of data.gen_batch_size (= data.train_batch_size unless
+    dynamic sampling); Co-rewarding-II with data.use_aug swaps each pair's views with probability
+    data.p (the release's paired dataset; its Co-rewarding-I dataset never swaps)."""
     data = config.data
     swap_p = data.p if method.teacher and data.use_aug else None
-    return StatefulLoader(train, data.train_batch_size, shuffle=data.shuffle, seed=data.seed, drop_last=True,
+    return StatefulLoader(train, data.gen_batch_size, shuffle=data.shuffle, seed=data.seed, drop_last=True,
                           view_swap_p=swap_p)
 
 
@@ -128,10 +135,11 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
     tokenizer = load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
     train, val = build_datasets(config, method, tokenizer)
 
-    batch_size = config.data.train_batch_size
+    batch_size = max(config.data.train_batch_size, config.data.gen_batch_size)
     if len(train) < batch_size:
+        key = "train_batch_size" if batch_size == config.data.train_batch_size else "gen_batch_size"
         raise ConfigError(
-            f"data.train_batch_size={batch_size} is larger than the training set ({len(train)} "
+            f"data.{key}={batch_size} is larger than the training set ({len(train)} "
             f"{'pairs' if isinstance(train, PairedRLDataset) else 'prompts'} after filtering)"
         )
     loader = build_loader(config, method, train)
