@@ -667,6 +667,16 @@ def test_process_group_options():
                    "device_id": torch.device("cuda", 3)}
 
 
+def test_an_offloading_gpu_worker_takes_its_share_of_the_node_cores():
+    """AdamW over offloaded shards runs on the CPU: one thread per GPU worker (the default) would
+    make it the slowest part of the step; 64 cores over 8 GPUs give each worker 8."""
+    from corewarding.workers.fsdp_worker import gpu_worker_threads
+
+    assert gpu_worker_threads(1, actor_offload=True, node_cpus=64, gpus_per_node=8) == 8
+    assert gpu_worker_threads(1, actor_offload=False, node_cpus=64, gpus_per_node=8) == 1
+    assert gpu_worker_threads(12, actor_offload=True, node_cpus=64, gpus_per_node=8) == 12  # set by hand: kept
+
+
 def test_forward_layout_is_padded_on_a_gpu_without_flash_attention(caplog):
     """Packed rows without flash-attention make transformers build a dense [T, T] mask: on CUDA the
     layout falls back to padded, with one warning; flash-attention keeps packing; CPU shares prompts."""

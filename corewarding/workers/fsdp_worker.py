@@ -55,6 +55,12 @@ def process_group_options(device: torch.device, timeout_s: float) -> dict[str, A
     return options
 
 
+def gpu_worker_threads(configured: int, actor_offload: bool, node_cpus: int, gpus_per_node: int) -> int:
+    """CPU threads of a GPU worker: `trainer.cpus_per_worker` (1 unless set); one whose actor is
+    offloaded runs AdamW over its shards on the CPU, so it takes its share of the node's cores."""
+    return max(configured, node_cpus // gpus_per_node) if actor_offload else configured
+
+
 class ActorRolloutRefWorker:
     def __init__(self, config: Config, rank: int, world_size: int) -> None:
         self.config = config
@@ -116,6 +122,10 @@ class ActorRolloutRefWorker:
             local = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
+            fsdp = self.config.actor_rollout_ref.actor.fsdp_config
+            torch.set_num_threads(gpu_worker_threads(self.config.trainer.cpus_per_worker,
+                                                     fsdp.param_offload or fsdp.optimizer_offload,
+                                                     os.cpu_count() or 1, self.config.trainer.n_gpus_per_node))
         if not dist.is_initialized():
             os.environ.setdefault("RANK", str(self.rank))
             os.environ.setdefault("WORLD_SIZE", str(self.world_size))
