@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import torch
 
-from corewarding.algos import ema_weight, grpo_advantages, spread_over_tokens
+from corewarding.algos import ema_weight, grpo_advantages, overlong_penalty, spread_over_tokens
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import to_batch
@@ -153,6 +153,19 @@ class Trainer:
             self.workers.call_all("update_teacher", weight)
         self.last_ema_weight = weight
 
+    def _training_scores(self, scores: torch.Tensor, rollouts: Batch, metrics: dict[str, Any]) -> torch.Tensor:
+        """The method's scores, plus DAPO's overlong penalty with `reward_model.overlong_buffer.enable`
+        (validation keeps the plain ground-truth score)."""
+        scores = scores.to(torch.float32)
+        overlong = self.config.reward_model.overlong_buffer
+        if not overlong.enable:
+            return scores
+        lengths = rollouts.tensors["response_mask"].sum(-1)
+        penalty = overlong_penalty(lengths, self.config.data.max_response_length, overlong.len, overlong.penalty_factor)
+        metrics["reward/overlong_penalty"] = float(penalty.mean())
+        metrics["reward/overlong_penalised_ratio"] = float((penalty < 0).float().mean())
+        return scores + penalty
+
     def train_step(self, batch: Batch) -> dict[str, Any]:
         step = self.global_step + 1
         timing: dict[str, float] = {}
@@ -190,7 +203,7 @@ class Trainer:
         with self._timer(timing, "reward"):
             reward = self.reward_fn(rollouts, teacher=teacher_rollouts)
         with self._timer(timing, "adv"):
-            scores = reward.scores.to(torch.float32)
+            scores = self._training_scores(reward.scores, rollouts, metrics)
             advantages = grpo_advantages(scores, rollouts.rows["uid"],
                                          norm_by_std=self.config.algorithm.norm_adv_by_std_in_grpo)
             rollouts.tensors["scores"] = scores
