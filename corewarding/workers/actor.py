@@ -11,7 +11,10 @@ Update (`ppo_update`), as verl's dp_actor:
   step each, `ppo_epochs` times; micro-batches of `ppo_micro_batch_size_per_gpu` rows, or with
   `use_dynamic_bsz` of at most `ppo_max_token_len_per_gpu` tokens, with gradient accumulation;
 - loss = clipped surrogate (dual clip) - entropy_coeff * entropy + kl_loss_coef * KL(ref), every term
-  aggregated with `loss_agg_mode`;
+  aggregated with `loss_agg_mode` over the loss mask: the response mask, less the rows of truncated
+  responses with `mask_truncated` (`actor.mask_truncated_completions`); with `rollout_is`
+  (`algorithm.rollout_correction`) the surrogate's tokens are weighted by the detached truncated
+  importance weights min(pi_old / pi_rollout, C) (docs/method.md);
 - `loss_scope="mini_batch"` (default): each micro-batch's loss numerator is divided by the mini-batch's
   denominator over all ranks (its token count for token-mean), times the world size because FSDP
   averages gradients; the gradient is then that of the mini-batch's exact aggregate, whatever the
