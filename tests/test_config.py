@@ -257,26 +257,18 @@ def test_values_that_would_train_wrong_are_config_errors(override, key):
 
 
 def test_loss_toolbox_keys_read_as_verl_writes_them():
-    """Off by default; verl's DAPO / rollout-correction / Dr. GRPO command lines read into typed values
-    (an overlong buffer that is off may keep verl's recipe default len=0)."""
-    defaults = load_config(compose_config(NO_PATHS), check_paths=False)
-    actor = defaults.actor_rollout_ref.actor
-    assert not defaults.reward_model.overlong_buffer.enable and defaults.algorithm.rollout_correction.rollout_is is None
-    assert actor.loss_agg_mode == "token-mean" and actor.loss_scale_factor is None and not actor.mask_truncated_completions
-    cfg = load_config(compose_config([*NO_PATHS, "actor_rollout_ref.rollout.name=vllm",
-                                      "reward_model.overlong_buffer.enable=True", "reward_model.overlong_buffer.len=512",
-                                      "reward_model.overlong_buffer.penalty_factor=1.0", "reward_model.overlong_buffer.log=False",
-                                      "algorithm.rollout_correction.rollout_is=sequence",
-                                      "algorithm.rollout_correction.rollout_is_threshold=5",
-                                      "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
-                                      "actor_rollout_ref.actor.loss_scale_factor=4096",
-                                      "actor_rollout_ref.actor.mask_truncated_completions=true"]), check_paths=False)
-    assert (cfg.reward_model.overlong_buffer.enable, cfg.reward_model.overlong_buffer.len) == (True, 512)
-    assert cfg.algorithm.rollout_correction.rollout_is == "sequence" and cfg.algorithm.rollout_correction.rollout_is_threshold == 5.0
-    actor = cfg.actor_rollout_ref.actor
+    """Off by default; verl's DAPO / rollout-correction / Dr. GRPO overrides read into typed values."""
+    off = load_config(compose_config(NO_PATHS + ["reward_model.overlong_buffer.len=0"]), check_paths=False)  # verl's recipe default
+    assert not off.reward_model.overlong_buffer.enable and off.algorithm.rollout_correction.rollout_is is None
+    assert (off.actor_rollout_ref.actor.loss_agg_mode, off.actor_rollout_ref.actor.mask_truncated_completions) == ("token-mean", False)
+    on = ["actor_rollout_ref.rollout.name=vllm", "reward_model.overlong_buffer.enable=True", "reward_model.overlong_buffer.len=512",
+          "algorithm.rollout_correction.rollout_is=sequence", "algorithm.rollout_correction.rollout_is_threshold=5",
+          "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm", "actor_rollout_ref.actor.loss_scale_factor=4096",
+          "actor_rollout_ref.actor.mask_truncated_completions=true"]
+    cfg = load_config(compose_config(NO_PATHS + on), check_paths=False)
+    actor, correction = cfg.actor_rollout_ref.actor, cfg.algorithm.rollout_correction
+    assert cfg.reward_model.overlong_buffer.len == 512 and (correction.rollout_is, correction.rollout_is_threshold) == ("sequence", 5.0)
     assert (actor.loss_agg_mode, actor.loss_scale_factor, actor.mask_truncated_completions) == ("seq-mean-token-sum-norm", 4096, True)
-    off = load_config(compose_config([*NO_PATHS, "reward_model.overlong_buffer.len=0"]), check_paths=False)
-    assert off.reward_model.overlong_buffer.len == 0
 
 
 def test_greedy_validation_and_defaults_pass():
