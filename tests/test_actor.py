@@ -5,11 +5,12 @@ scopes, against plain full-logits torch computations on a tiny random Llama."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
-from corewarding.algos import agg_loss, kl_penalty, policy_loss
+from corewarding.algos import agg_loss, kl_penalty, policy_loss, policy_loss_terms
 from corewarding.batch import Batch
 from corewarding.workers.actor import (
     ForwardSettings,
@@ -330,3 +331,95 @@ def test_per_view_loss_is_the_sum_of_each_views_loss(model_path):
                                                    use_kl_loss=False))
     assert "actor/pg_loss_ori" not in joint[0].metrics
     assert relative_error(joint[1]["model.norm.weight"], step["model.norm.weight"]) > 100 * GRAD_REL  # the joint form differs
+
+
+# ------------------------------------------------------------------------------- loss toolbox
+def reference_loss_grads(model_path, batch: Batch, norm: float | None = None, mask: torch.Tensor | None = None,
+                         pg_weights: torch.Tensor | None = None):
+    """The gradient and pg loss of `settings()`'s whole-mini-batch loss in float64 with full logits:
+    clipped surrogate (times `pg_weights`) - 0.01 entropy + 0.1 KL, each summed over `mask`'s tokens
+    and divided by their count, or with `norm` by (responses x norm) (Dr. GRPO), written out here."""
+    model = reference_model(model_path)
+    logp, entropy = full_logits_stats(model, batch)
+    mask = (batch["response_mask"] if mask is None else mask).double()
+    count = mask.sum() if norm is None else (mask.sum(-1) > 0).sum() * norm
+
+    def aggregate(x: torch.Tensor) -> torch.Tensor:
+        return (x * mask).sum() / count
+
+    terms = policy_loss_terms(logp, batch["old_log_probs"].double(), batch["advantages"].double())
+    pg = aggregate(terms.losses if pg_weights is None else terms.losses * pg_weights)
+    kl = aggregate(kl_penalty(logp, batch["ref_log_probs"].double()))
+    (pg - 0.01 * aggregate(entropy) + 0.1 * kl).backward()
+    return grads(model), float(pg.detach())
+
+
+@pytest.mark.parametrize("micro_rows, scale", [(2, None), (3, 7)])
+def test_dr_grpo_norm_is_exact_under_micro_batching(model_path, micro_rows, scale):
+    """loss_agg_mode=seq-mean-token-sum-norm: the gradient of the whole mini-batch's sum of response
+    token sums / (responses x loss_scale_factor; None: the response width), for 3 and 2 micro-batches."""
+    batch = with_old_log_probs(model_path, ragged_rollouts(seed=13), noise=0.3)
+    result, step = one_update(model_path, batch, settings(loss_agg_mode="seq-mean-token-sum-norm",
+                                                          loss_scale_factor=scale, micro_batch_rows=micro_rows))
+    expected, pg = reference_loss_grads(model_path, batch, norm=scale or 12)  # 12: the response width
+    assert_all_rel_close(step, expected, GRAD_REL, "grad")
+    # the loss sums token terms of about |A| each, which may cancel: their magnitudes' aggregate is its scale
+    scale_of_pg = float((batch["advantages"].abs()[:, None] * batch["response_mask"]).sum()) / (6 * (scale or 12))
+    assert_scalar_close(result.metrics["actor/pg_loss"], pg, scale_of_pg, FORWARD_REL, "pg_loss")
+    # not the length-normalised mode: the constant changes the gradient
+    _, other = one_update(model_path, batch, settings(loss_agg_mode="seq-mean-token-sum", micro_batch_rows=micro_rows))
+    assert relative_error(other["model.norm.weight"], step["model.norm.weight"]) > 100 * GRAD_REL
+
+
+def test_mask_truncated_drops_truncated_responses_exactly(model_path):
+    """mask_truncated: the update equals the whole-batch loss with the truncated rows' tokens out of
+    the numerator and the token count, whatever the micro-batches; the masked share is logged."""
+    batch = with_old_log_probs(model_path, ragged_rollouts(seed=14), noise=0.3)
+    truncated = torch.tensor([True, False, False, True, False, False])
+    batch = Batch({**batch.tensors, "truncated": truncated})
+    result, step = one_update(model_path, batch, settings(mask_truncated=True, micro_batch_rows=3))
+    loss_mask = batch["response_mask"] * (~truncated).long()[:, None]
+    expected, _ = reference_loss_grads(model_path, batch, mask=loss_mask)
+    assert_all_rel_close(step, expected, GRAD_REL, "grad")
+    assert result.metrics["actor/masked_truncated_ratio"] == pytest.approx(2 / 6)
+    _, kept = one_update(model_path, batch, settings(micro_batch_rows=3))  # off: the truncated rows train
+    assert relative_error(kept["model.norm.weight"], step["model.norm.weight"]) > 100 * GRAD_REL
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("on_policy", [False, True], ids=["two-pass", "on-policy"])
+def test_rollout_correction_weights_the_pg_loss(model_path, level, on_policy):
+    """algorithm.rollout_correction: the clipped surrogate of every token times the detached
+    min(exp(old_logp - rollout_logp), C) (per token, or exp of the response's summed log-ratio),
+    against a float64 hand computation. The sampler's log-probs are the trainer's, perturbed (on CPU
+    in float32 the real mismatch is ~1e-6); KL and entropy terms are not weighted."""
+    batch = with_old_log_probs(model_path, with_repeated_prompts(ragged_rollouts(seed=15)))
+    g = torch.Generator().manual_seed(16)
+    # the cap bites on some tokens (responses), not all; a response's summed log-ratio is in [-1.6, 0.11]
+    noise, cap = (0.3, 1.2) if level == "token" else (0.2, 1.05)
+    rollout = (batch["old_log_probs"] + noise * torch.randn(batch["old_log_probs"].shape, generator=g)) * batch["response_mask"]
+    tensors = {**batch.tensors, "rollout_log_probs": rollout}
+    if on_policy:
+        del tensors["old_log_probs"]
+    result, step = one_update(model_path, Batch(tensors), settings(rollout_is=level, rollout_is_threshold=cap))
+    mask = batch["response_mask"].double()
+    log_ratio = (batch["old_log_probs"].double() - rollout.double()) * mask
+    if level == "sequence":
+        log_ratio = log_ratio.sum(-1, keepdim=True).expand_as(mask)
+    weights = torch.clamp(torch.exp(log_ratio), max=cap) * mask
+    expected, _ = reference_loss_grads(model_path, batch, pg_weights=weights)
+    bound = GRAD_REL if not on_policy else 10 * GRAD_REL  # on-policy: the weights come from the float32 forward
+    assert_all_rel_close(step, expected, bound, "grad")
+    capped = (log_ratio > math.log(cap)) & mask.bool()
+    share = float(capped.sum() / mask.sum()) if level == "token" else float(capped[:, 0].float().mean())
+    assert 0 < share < 1
+    assert result.metrics["rollout_corr/rollout_is_ratio_fraction_high"] == pytest.approx(share)
+    assert result.metrics["rollout_corr/rollout_is_mean"] == pytest.approx(float((weights * mask).sum() / mask.sum()), rel=1e-5)
+    _, plain = one_update(model_path, Batch(tensors), settings())
+    assert relative_error(plain["model.norm.weight"], step["model.norm.weight"]) > 100 * GRAD_REL
+
+
+def test_rollout_correction_needs_the_samplers_log_probs(model_path):
+    batch = with_old_log_probs(model_path, ragged_rollouts(seed=17))
+    with pytest.raises(ValueError, match="rollout.name=vllm"):
+        one_update(model_path, batch, settings(rollout_is="token"))

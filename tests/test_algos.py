@@ -9,15 +9,19 @@ import torch
 
 from corewarding.algos import (
     agg_loss,
+    agg_loss_parts,
     build_lr_scheduler,
     ema_update_,
     ema_weight,
     grpo_advantages,
     kl_penalty,
     lr_lambda,
+    mask_truncated,
     masked_mean,
     masked_sum,
+    overlong_penalty,
     policy_loss,
+    rollout_is_weights,
     spread_over_tokens,
     token_stats,
 )
@@ -108,10 +112,60 @@ LMASK = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]])  # last row fully masked
         ("token-mean", 2.5),  # (1 + 2 + 3 + 4) / 4 tokens
         ("seq-mean-token-sum", 5.0),  # (6 + 4) / 2 sequences (the empty row is left out)
         ("seq-mean-token-mean", 3.0),  # (6/3 + 4/1) / 2
+        ("seq-mean-token-sum-norm", 10.0 / (2 * 3)),  # (6 + 4) / (2 sequences x the width, 3)
     ],
 )
 def test_agg_loss_modes(mode, expected):
     close(agg_loss(LOSS, LMASK, mode), expected)
+
+
+def test_dr_grpo_norm_divides_by_the_constant_not_the_lengths():
+    """seq-mean-token-sum-norm (Dr. GRPO): every response's token sum over the same constant, so a
+    long response's tokens weigh as much as a short one's; the parts add up over micro-batches."""
+    close(agg_loss(LOSS, LMASK, "seq-mean-token-sum-norm", scale_factor=8), 10.0 / (2 * 8))
+    numerators, denominators = zip(*(agg_loss_parts(LOSS[rows], LMASK[rows], "seq-mean-token-sum-norm", 8)
+                                     for rows in ([0], [1, 2])))
+    close(sum(numerators) / sum(denominators), 10.0 / 16)
+
+
+# --------------------------------------------------------------------------- overlong responses (DAPO)
+def test_overlong_penalty_is_linear_in_the_buffer():
+    # max 10, buffer 4: no penalty up to 6 tokens, then -(L - 6) / 4 * 0.5 down to -0.5 at 10
+    lengths = torch.tensor([0, 6, 7, 8, 10])
+    close(overlong_penalty(lengths, max_length=10, buffer_len=4, penalty_factor=0.5), [0.0, 0.0, -0.125, -0.25, -0.5])
+    close(overlong_penalty(lengths, 10, 10, 1.0), [0.0, -0.6, -0.7, -0.8, -1.0])  # the whole response is the buffer
+    with pytest.raises(ValueError, match="buffer"):
+        overlong_penalty(lengths, 10, 11, 1.0)
+
+
+def test_mask_truncated_zeroes_only_truncated_rows():
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    out = mask_truncated(mask, torch.tensor([True, False, False]))
+    assert out.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1]] and out.dtype == mask.dtype
+    # token-mean over what is left: the truncated row's tokens leave the numerator and the count
+    close(agg_loss(LOSS, mask_truncated(LMASK, torch.tensor([True, False, False]))), 4.0)
+    with pytest.raises(ValueError, match="truncated"):
+        mask_truncated(mask, torch.tensor([True, False]))
+
+
+# --------------------------------------------------------------------------- rollout correction (TIS)
+def test_rollout_is_weights_token_and_sequence_levels():
+    """w = min(exp(trainer - rollout), C): per token, or exp of the response's summed log-ratio on
+    all its tokens; 0 on padding; detached."""
+    trainer = torch.tensor([[0.0, -1.0, -2.0], [-1.0, -1.0, 5.0]], requires_grad=True)
+    rollout = torch.tensor([[-0.5, -1.0, -1.0], [-1.2, -1.3, 0.0]])  # log-ratios [.5, 0, -1], [.2, .3, (pad)]
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    token = rollout_is_weights(trainer, rollout, mask, "token", cap=1.5)
+    close(token.weights, [[1.5, 1.0, math.exp(-1.0)], [math.exp(0.2), math.exp(0.3), 0.0]])  # e^.5 = 1.65 capped
+    assert token.capped.tolist() == [[True, False, False], [False, False, False]]
+    assert not token.weights.requires_grad
+    seq = rollout_is_weights(trainer, rollout, mask, "sequence", cap=1.5)
+    close(seq.weights, [[math.exp(-0.5)] * 3, [1.5, 1.5, 0.0]])  # e^-.5; e^.5 capped
+    assert seq.capped.tolist() == [False, True]
+    huge = rollout_is_weights(torch.zeros(1, 2), torch.full((1, 2), -80.0), torch.ones(1, 2), "sequence", cap=3.0)
+    close(huge.weights, [[3.0, 3.0]])  # exp(160) would overflow float32: the cap is applied in log space
+    with pytest.raises(ValueError, match="level"):
+        rollout_is_weights(trainer, rollout, mask, "geometric")
 
 
 def test_agg_loss_unknown_mode():

@@ -192,6 +192,12 @@ def test_teacher_defaults(model, data):
         (["actor_rollout_ref.rollout.val_kwargs.n=0"], "actor_rollout_ref.rollout.val_kwargs.n=0 must be a positive integer"),
         (["actor_rollout_ref.rollout.val_kwargs.temperature=-1"], "val_kwargs.temperature=-1.0 must be a number in [0, inf)"),
         (["actor_rollout_ref.rollout.val_kwargs.temperature=hot"], "val_kwargs.temperature='hot' is not a number"),
+        (["reward_model.overlong_buffer.enable=true", "reward_model.overlong_buffer.len=4096"],
+         "reward_model.overlong_buffer.len=4096 is longer than data.max_response_length=3072"),
+        (["reward_model.overlong_buffer.enable=true", "reward_model.overlong_buffer.len=0"],
+         "reward_model.overlong_buffer.len=0 must be a positive integer"),
+        (["algorithm.rollout_correction.rollout_is=token"], "rollout_is=token needs the sampler's log-probs: use actor_rollout_ref.rollout.name=vllm"),
+        (["+algorithm.rollout_correction.rollout_rs=token_k1"], "algorithm.rollout_correction.rollout_rs is not a key"),  # not silently ignored
     ],
 )
 def test_config_errors(extra, message, model, data):
@@ -236,6 +242,10 @@ NO_PATHS = CPU + ["trainer.n_gpus_per_node=2", "data.train_batch_size=4", "actor
         ("data.train_max_samples=0", "data.train_max_samples"),
         ("trainer.max_actor_ckpt_to_keep=0", "trainer.max_actor_ckpt_to_keep"),
         ("trainer.save_freq=1.5", "trainer.save_freq"),
+        ("actor_rollout_ref.actor.loss_scale_factor=0", "actor_rollout_ref.actor.loss_scale_factor"),
+        ("algorithm.rollout_correction.rollout_is=geometric", "algorithm.rollout_correction.rollout_is"),
+        ("algorithm.rollout_correction.rollout_is_threshold=0", "algorithm.rollout_correction.rollout_is_threshold"),
+        ("reward_model.overlong_buffer.penalty_factor=-1", "reward_model.overlong_buffer.penalty_factor"),
     ],
 )
 def test_values_that_would_train_wrong_are_config_errors(override, key):
@@ -244,6 +254,21 @@ def test_values_that_would_train_wrong_are_config_errors(override, key):
         load_config(compose_config(NO_PATHS + [override]), check_paths=False)
     message = str(info.value)
     assert message.startswith(key + "=") and "\n" not in message, message
+
+
+def test_loss_toolbox_keys_read_as_verl_writes_them():
+    """Off by default; verl's DAPO / rollout-correction / Dr. GRPO overrides read into typed values."""
+    off = load_config(compose_config(NO_PATHS + ["reward_model.overlong_buffer.len=0"]), check_paths=False)  # verl's recipe default
+    assert not off.reward_model.overlong_buffer.enable and off.algorithm.rollout_correction.rollout_is is None
+    assert (off.actor_rollout_ref.actor.loss_agg_mode, off.actor_rollout_ref.actor.mask_truncated_completions) == ("token-mean", False)
+    on = ["actor_rollout_ref.rollout.name=vllm", "reward_model.overlong_buffer.enable=True", "reward_model.overlong_buffer.len=512",
+          "algorithm.rollout_correction.rollout_is=sequence", "algorithm.rollout_correction.rollout_is_threshold=5",
+          "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm", "actor_rollout_ref.actor.loss_scale_factor=4096",
+          "actor_rollout_ref.actor.mask_truncated_completions=true"]
+    cfg = load_config(compose_config(NO_PATHS + on), check_paths=False)
+    actor, correction = cfg.actor_rollout_ref.actor, cfg.algorithm.rollout_correction
+    assert cfg.reward_model.overlong_buffer.len == 512 and (correction.rollout_is, correction.rollout_is_threshold) == ("sequence", 5.0)
+    assert (actor.loss_agg_mode, actor.loss_scale_factor, actor.mask_truncated_completions) == ("seq-mean-token-sum-norm", 4096, True)
 
 
 def test_greedy_validation_and_defaults_pass():

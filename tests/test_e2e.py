@@ -465,3 +465,31 @@ def test_co_rewarding_ii_with_vllm(ray_session, boxing_model, data_files, tmp_pa
     assert history[1]["timing/weight_sync"] > 0  # the policy moved and had to come back after the teacher
     for step in (1, 2):
         check_dump("co_rewarding_II", read_dump(tmp_path / "rollouts" / f"{step}.jsonl"))
+
+
+@pytest.mark.vllm
+def test_loss_toolbox_with_vllm(ray_session, boxing_model, data_files, tmp_path):
+    """Co-rewarding-I, two steps through the whole loop (vLLM engine, 2 FSDP workers) with the loss
+    options on: DAPO's overlong penalty, truncated responses masked, token-level rollout correction
+    from vLLM's own log-probs, Dr. GRPO's aggregation. On CPU in float32 the sampler and the trainer
+    agree to ~1e-6, so the weights are ~1 and the cap never bites."""
+    pytest.importorskip("vllm")
+    result = run(cpu_overrides(boxing_model, data_files, tmp_path, "co_reward") + [
+        "actor_rollout_ref.rollout.name=vllm",
+        "reward_model.overlong_buffer.enable=True", "reward_model.overlong_buffer.len=12",
+        "reward_model.overlong_buffer.penalty_factor=0.5",
+        "actor_rollout_ref.actor.mask_truncated_completions=True",
+        "algorithm.rollout_correction.rollout_is=token", "algorithm.rollout_correction.rollout_is_threshold=2.0",
+        "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-sum-norm",
+    ])
+    history = [h for h in result["history"] if h["step"] > 0]
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:
+        assert torch.isfinite(torch.tensor(h["actor/pg_loss"])) and h["actor/grad_norm"] > 0
+        assert h["rollout_corr/rollout_is_mean"] == pytest.approx(1.0, abs=1e-3)
+        assert h["rollout_corr/rollout_is_ratio_fraction_high"] == 0.0
+        assert h["rollout/log_prob_diff_max"] < 1e-3
+        # the training score is the method's reward plus the penalty (all answers are past 16 - 12 tokens)
+        assert h["reward/overlong_penalised_ratio"] == 1.0 and -0.5 <= h["reward/overlong_penalty"] < 0
+        assert h["critic/score/mean"] == pytest.approx(h["reward/mean"] + h["reward/overlong_penalty"], abs=1e-6)
+        assert 0.0 <= h["actor/masked_truncated_ratio"] <= h["response_length/clip_ratio"]

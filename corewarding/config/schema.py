@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from corewarding.algos.losses import AGG_MODES, AGG_SCOPES, KL_KINDS
+from corewarding.algos.rollout_correction import IS_LEVELS
 from corewarding.config.sections import (
     Section, build, check_real, ignored, ignored_fields as _ignored_fields_of,
 )
@@ -126,6 +127,8 @@ class ActorConfig(Section):
     clip_ratio_high: float | None
     clip_ratio_c: float | None
     loss_agg_mode: Literal[AGG_MODES]  # type: ignore[valid-type]
+    loss_scale_factor: int | None  # seq-mean-token-sum-norm's constant (null: data.max_response_length)
+    mask_truncated_completions: bool  # responses that hit max_response_length get no loss weight (TRL's name)
     loss_agg_scope: Literal[AGG_SCOPES]  # type: ignore[valid-type]
     co_reward_loss: Literal["joint", "per_view"]
     entropy_coeff: float
@@ -137,7 +140,8 @@ class ActorConfig(Section):
     fsdp_config: ActorFSDPConfig
 
     def __post_init__(self) -> None:
-        self.positive("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs")
+        self.positive("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs",
+                      "loss_scale_factor")
         check_real(self.key("clip_ratio"), self.clip_ratio, 0.0, 1.0, open_low=True, open_high=True)
         if self.clip_ratio_low is not None:
             check_real(self.key("clip_ratio_low"), self.clip_ratio_low, 0.0, 1.0, open_low=True, open_high=True)
@@ -280,6 +284,18 @@ class FilterGroupsConfig(Section):
 
 
 @dataclass(frozen=True)
+class RolloutCorrectionConfig(Section):
+    """Truncated importance sampling from the rollout engine's sampler to the trainer (verl's keys)."""
+
+    PREFIX: ClassVar[str] = "algorithm.rollout_correction"
+    rollout_is: Literal[IS_LEVELS] | None  # type: ignore[valid-type]  # null: off
+    rollout_is_threshold: float  # the cap C on the weights
+
+    def __post_init__(self) -> None:
+        check_real(self.key("rollout_is_threshold"), self.rollout_is_threshold, 0.0, open_low=True)
+
+
+@dataclass(frozen=True)
 class AlgorithmConfig(Section):
     PREFIX: ClassVar[str] = "algorithm"
     adv_estimator: Literal["grpo", "co_reward"]  # co_reward: GRPO within each view's group
@@ -288,10 +304,27 @@ class AlgorithmConfig(Section):
     filter_groups: FilterGroupsConfig
     gamma: float = ignored("GRPO has no discounting")
     lam: float = ignored("GRPO has no GAE")
+    rollout_correction: RolloutCorrectionConfig
 
     def __post_init__(self) -> None:
         if self.use_kl_in_reward:
             raise ConfigError("algorithm.use_kl_in_reward=True is not supported: use actor_rollout_ref.actor.use_kl_loss=True")
+
+
+@dataclass(frozen=True)
+class OverlongBufferConfig(Section):
+    """DAPO's soft overlong penalty on every method's training score (verl's DAPO recipe keys)."""
+
+    PREFIX: ClassVar[str] = "reward_model.overlong_buffer"
+    enable: bool
+    len: int  # tokens before data.max_response_length where the penalty grows
+    penalty_factor: float  # the penalty at max_response_length
+    log: bool = ignored("the penalty's metrics are always logged when enable=True")
+
+    def __post_init__(self) -> None:
+        if self.enable:  # verl's DAPO recipe leaves len=0 when the buffer is off
+            self.positive("len")
+        check_real(self.key("penalty_factor"), self.penalty_factor, 0.0)
 
 
 @dataclass(frozen=True)
@@ -303,6 +336,7 @@ class RewardModelConfig(Section):
     vote_equivalence: Literal["string", "math"]
     gt_scorer: Literal["math_verify", "hendrycks"]
     reward_kwargs: dict
+    overlong_buffer: OverlongBufferConfig
 
     def __post_init__(self) -> None:
         if self.enable:

@@ -37,7 +37,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from corewarding.algos import ema_weight, grpo_advantages, spread_over_tokens
+from corewarding.algos import ema_weight, grpo_advantages, overlong_penalty, spread_over_tokens
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import DataError, to_batch
@@ -163,6 +163,19 @@ class Trainer:
             self.workers.call_all("update_teacher", weight)
         self.last_ema_weight = weight
 
+    def _training_scores(self, scores: torch.Tensor, rollouts: Batch, metrics: dict[str, Any]) -> torch.Tensor:
+        """The method's scores, plus DAPO's overlong penalty with `reward_model.overlong_buffer.enable`
+        (validation keeps the plain ground-truth score)."""
+        scores = scores.to(torch.float32)
+        overlong = self.config.reward_model.overlong_buffer
+        if not overlong.enable:
+            return scores
+        lengths = rollouts.tensors["response_mask"].sum(-1)
+        penalty = overlong_penalty(lengths, self.config.data.max_response_length, overlong.len, overlong.penalty_factor)
+        metrics["reward/overlong_penalty"] = float(penalty.mean())
+        metrics["reward/overlong_penalised_ratio"] = float((penalty < 0).float().mean())
+        return scores + penalty
+
     def _rollouts(self, batch: Batch, step: int, gen: int, timing: dict[str, float],
                   with_teacher: bool = True) -> tuple[Batch, Batch | None, Batch | None]:
         """(policy rollouts, the teacher's prompts, the teacher's rollouts) of one batch of prompts;
@@ -287,7 +300,7 @@ class Trainer:
         with self._timer(timing, "reward"):
             reward = self.reward_fn(rollouts, teacher=teacher_rollouts)
         with self._timer(timing, "adv"):
-            scores = reward.scores.to(torch.float32)
+            scores = self._training_scores(reward.scores, rollouts, metrics)
             advantages = grpo_advantages(scores, rollouts.rows["uid"],
                                          norm_by_std=self.config.algorithm.norm_adv_by_std_in_grpo)
             rollouts.tensors["scores"] = scores

@@ -11,7 +11,10 @@ Update (`ppo_update`), as verl's dp_actor:
   step each, `ppo_epochs` times; micro-batches of `ppo_micro_batch_size_per_gpu` rows, or with
   `use_dynamic_bsz` of at most `ppo_max_token_len_per_gpu` tokens, with gradient accumulation;
 - loss = clipped surrogate (dual clip) - entropy_coeff * entropy + kl_loss_coef * KL(ref), every term
-  aggregated with `loss_agg_mode`;
+  aggregated with `loss_agg_mode` over the loss mask: the response mask, less the rows of truncated
+  responses with `mask_truncated` (`actor.mask_truncated_completions`); with `rollout_is`
+  (`algorithm.rollout_correction`) the surrogate's tokens are weighted by the detached truncated
+  importance weights min(pi_old / pi_rollout, C) (docs/method.md);
 - `loss_scope="mini_batch"` (default): each micro-batch's loss numerator is divided by the mini-batch's
   denominator over all ranks (its token count for token-mean), times the world size because FSDP
   averages gradients; the gradient is then that of the mini-batch's exact aggregate, whatever the
@@ -38,7 +41,16 @@ from typing import Any, NamedTuple
 import torch
 import torch.distributed as dist
 
-from corewarding.algos import TokenStats, agg_loss_denominator, agg_loss_parts, kl_penalty, policy_loss_terms, token_stats
+from corewarding.algos import (
+    TokenStats,
+    agg_loss_denominator,
+    agg_loss_parts,
+    kl_penalty,
+    mask_truncated,
+    policy_loss_terms,
+    rollout_is_weights,
+    token_stats,
+)
 from corewarding.batch import Batch
 from corewarding.workers.packing import (
     packed_inputs,
@@ -154,7 +166,11 @@ class PPOSettings:
     clip_high: float = 0.2
     clip_c: float | None = 3.0
     loss_agg_mode: str = "token-mean"
+    loss_scale_factor: float | None = None  # seq-mean-token-sum-norm's constant (None: the response width)
     loss_scope: str = "mini_batch"
+    mask_truncated: bool = False  # responses that hit the length limit get no loss weight
+    rollout_is: str | None = None  # rollout correction: token | sequence truncated IS weights (None: off)
+    rollout_is_threshold: float = 2.0  # their cap C
     per_view_loss: bool = False  # Co-rewarding-I: each view aggregated on its own, the two summed
     entropy_coeff: float = 0.0
     use_kl_loss: bool = False
@@ -193,7 +209,7 @@ def plan_micro_batches(
     """(rows, loss weight, view or None) of each micro-batch of a mini-batch. With `per_view_loss`
     the rows of each view (`view_id` 0: original, 1: rephrased) form their own micro-batches and
     aggregate, and the two views' losses add up (the release's Co-rewarding-I update)."""
-    masks = mini.tensors["response_mask"]
+    masks = mini.tensors["loss_mask"]
     if not settings.per_view_loss:
         groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens)
         weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
@@ -214,7 +230,7 @@ def micro_batch_weights(
 ) -> list[float]:
     """The factor each micro-batch's loss numerator is multiplied by before backward (see the
     module docstring for the two scopes)."""
-    denominators = [float(agg_loss_denominator(m, settings.loss_agg_mode)) for m in masks]
+    denominators = [float(agg_loss_denominator(m, settings.loss_agg_mode, settings.loss_scale_factor)) for m in masks]
     if settings.loss_scope == "micro_batch":
         rows = sum(m.shape[0] for m in masks)
         return [m.shape[0] / rows / (d + 1e-8) for m, d in zip(masks, denominators)]
@@ -260,19 +276,22 @@ def _micro_batch_loss(
     """Forward, loss and backward of one micro-batch; records its token metrics; returns its detached
     log-probs and entropy, and its weighted loss terms (they add up to the optimizer step's loss)."""
     stats = forward_token_stats(model, mb, settings.forward)
-    mask = mb.tensors["response_mask"]
+    mask = mb.tensors["loss_mask"]  # response_mask, less the truncated responses with mask_truncated
     logp = stats.log_probs
     old = logp.detach() if on_policy else mb.tensors["old_log_probs"]
     terms = policy_loss_terms(logp, old, mb.tensors["advantages"], settings.clip_low, settings.clip_high, settings.clip_c)
-    mode = settings.loss_agg_mode
-    loss, _ = agg_loss_parts(terms.losses, mask, mode)
+    pg_terms = terms.losses
+    if settings.rollout_is is not None:
+        pg_terms = pg_terms * _rollout_correction(old, mb, mask, settings, meter)
+    mode, scale = settings.loss_agg_mode, settings.loss_scale_factor
+    loss, _ = agg_loss_parts(pg_terms, mask, mode, scale)
     losses = {"actor/pg_loss": float(loss.detach()) * weight}
     if settings.entropy_coeff != 0.0:
-        entropy_term, _ = agg_loss_parts(stats.entropy, mask, mode)
+        entropy_term, _ = agg_loss_parts(stats.entropy, mask, mode, scale)
         loss = loss - settings.entropy_coeff * entropy_term
         losses["actor/entropy_loss"] = float(entropy_term.detach()) * weight
     if settings.use_kl_loss:
-        kl, _ = agg_loss_parts(kl_penalty(logp, mb.tensors["ref_log_probs"], settings.kl_loss_type), mask, mode)
+        kl, _ = agg_loss_parts(kl_penalty(logp, mb.tensors["ref_log_probs"], settings.kl_loss_type), mask, mode, scale)
         loss = loss + settings.kl_loss_coef * kl
         losses["actor/kl_loss"] = float(kl.detach()) * weight
     (loss * weight).backward()
@@ -281,7 +300,23 @@ def _micro_batch_loss(
     meter.add("actor/pg_clipfrac", float((terms.clipped * fmask).sum()), tokens)
     meter.add("actor/pg_clipfrac_lower", float((terms.dual_clipped * fmask).sum()), tokens)
     meter.add("actor/ppo_kl", float((-terms.log_ratio.detach() * fmask).sum()), tokens)
+    if settings.mask_truncated:
+        meter.add("actor/masked_truncated_ratio", float(mb.tensors["truncated"].sum()), len(mb))
     return TokenStats(logp.detach(), stats.entropy.detach(), stats.self_certainty), losses
+
+
+def _rollout_correction(old: torch.Tensor, mb: Batch, mask: torch.Tensor, settings: PPOSettings,
+                        meter: _Meter) -> torch.Tensor:
+    """The detached TIS weights min(pi_old / pi_rollout, C) of a micro-batch's tokens; records their
+    mean and the share the cap bites on (tokens, or responses at the sequence level)."""
+    response_mask = mb.tensors["response_mask"]
+    weights, capped = rollout_is_weights(old, mb.tensors["rollout_log_probs"], response_mask, settings.rollout_is,
+                                         settings.rollout_is_threshold)
+    fmask = mask.to(torch.float32)
+    meter.add("rollout_corr/rollout_is_mean", float((weights * fmask).sum()), float(fmask.sum()))
+    kept = fmask if settings.rollout_is == "token" else (fmask.sum(dim=-1) > 0).to(torch.float32)
+    meter.add("rollout_corr/rollout_is_ratio_fraction_high", float((capped * kept).sum()), float(kept.sum()))
+    return weights
 
 
 def ppo_update(
@@ -306,9 +341,15 @@ def ppo_update(
             f"actor.ppo_epochs=1 and ppo_mini_batch_size=data.train_batch_size (have {settings.ppo_epochs} epochs, "
             f"{len(batch) // mini_rows} mini-batches)"
         )
+    _check_rollout_log_probs(batch, settings)
     keys = [*FORWARD_KEYS, "advantages", *(["old_log_probs"] if not on_policy else []),
-            *(["ref_log_probs"] if settings.use_kl_loss else []), *(["view_id"] if settings.per_view_loss else [])]
+            *(["ref_log_probs"] if settings.use_kl_loss else []), *(["view_id"] if settings.per_view_loss else []),
+            *(["truncated"] if settings.mask_truncated else []),
+            *(["rollout_log_probs"] if settings.rollout_is is not None else [])]
     data = batch.subset(keys).to(device)
+    response_mask = data.tensors["response_mask"]
+    data.tensors["loss_mask"] = (mask_truncated(response_mask, data.tensors["truncated"]) if settings.mask_truncated
+                                 else response_mask)
     mask_shape = data.tensors["response_mask"].shape
     kept = [torch.zeros(mask_shape), torch.zeros(mask_shape)] if on_policy else None
     meter = _Meter()
@@ -345,6 +386,14 @@ def ppo_update(
     metrics["actor/skipped_steps"] = float(skipped)  # the grad norm is global: the same on every rank
     tokens = Batch({"old_log_probs": kept[0], "entropy": kept[1]}) if kept is not None else Batch()
     return ActorUpdate(metrics, tokens)
+
+
+def _check_rollout_log_probs(batch: Batch, settings: PPOSettings) -> None:
+    if settings.rollout_is is not None and "rollout_log_probs" not in batch.tensors:
+        raise ValueError(
+            f"algorithm.rollout_correction.rollout_is={settings.rollout_is} needs the rollout engine's log-probs "
+            "(rollout_log_probs), which this batch lacks: use actor_rollout_ref.rollout.name=vllm"
+        )
 
 
 def _check_mini_batches(rows: int, mini_rows: int, settings: PPOSettings) -> None:

@@ -243,6 +243,7 @@ class ActorRolloutRefWorker:
     # ------------------------------------------------------------------ update
     def _ppo_settings(self) -> PPOSettings:
         a = self.config.actor_rollout_ref.actor
+        correction = self.config.algorithm.rollout_correction
         return PPOSettings(
             forward=self._forward_settings(), ppo_epochs=a.ppo_epochs, mini_batch_size=a.ppo_mini_batch_size,
             micro_batch_rows=a.ppo_micro_batch_size_per_gpu, max_tokens=a.ppo_max_token_len_per_gpu if a.use_dynamic_bsz else None,
@@ -250,6 +251,9 @@ class ActorRolloutRefWorker:
             loss_agg_mode=a.loss_agg_mode, loss_scope=a.loss_agg_scope, per_view_loss=a.co_reward_loss == "per_view",
             entropy_coeff=a.entropy_coeff, use_kl_loss=a.use_kl_loss, kl_loss_coef=a.kl_loss_coef,
             kl_loss_type=a.kl_loss_type, grad_clip=a.grad_clip or 0.0,
+            loss_scale_factor=a.loss_scale_factor or self.config.data.max_response_length,
+            mask_truncated=a.mask_truncated_completions, rollout_is=correction.rollout_is,
+            rollout_is_threshold=correction.rollout_is_threshold,
         )
 
     @collect(ActorUpdate.gather)

@@ -156,18 +156,20 @@ class RolloutRunner:
     def _rollout_batch(self, prompts: Batch, outputs: list[RolloutOutput], n: int, prompt_width: int) -> Batch:
         """The prompts' rows repeated n times, with `responses` [N, R] (right-padded to R =
         data.max_response_length), `response_mask`, `input_ids` / `attention_mask` / `position_ids`
-        [N, prompt_width + R] (prompts left-padded to the batch's width), `rollout_log_probs` where
-        the engine gives them, and rows `response_text` and `sample_index` (0 .. n-1: the order in
+        [N, prompt_width + R] (prompts left-padded to the batch's width), `truncated` [N] (the
+        response filled R tokens without stopping), `rollout_log_probs` where the engine gives them, and rows `response_text` and `sample_index` (0 .. n-1: the order in
         which the prompt's rollouts were generated; votes break ties by it)."""
         rows, width = len(outputs), self.response_length
         responses = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
         response_mask = torch.zeros((rows, width), dtype=torch.long)
+        truncated = torch.zeros(rows, dtype=torch.bool)
         with_logprobs = rows > 0 and all(o.logprobs is not None for o in outputs)
         rollout_log_probs = torch.zeros((rows, width), dtype=torch.float32) if with_logprobs else None
         for i, out in enumerate(outputs):
             ids = list(out.token_ids)[:width]
             responses[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             response_mask[i, : len(ids)] = 1
+            truncated[i] = len(ids) >= width and out.finish_reason != "stop"
             if rollout_log_probs is not None:
                 logprobs = list(out.logprobs)[: len(ids)]
                 rollout_log_probs[i, : len(logprobs)] = torch.tensor(logprobs, dtype=torch.float32)
@@ -177,6 +179,7 @@ class RolloutRunner:
         tensors = {
             "responses": responses,
             "response_mask": response_mask,
+            "truncated": truncated,
             "input_ids": torch.cat([prompt_ids, responses], dim=1),
             "attention_mask": attention_mask,
             "position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0),
