@@ -468,14 +468,16 @@ def test_co_rewarding_ii_with_vllm(ray_session, boxing_model, data_files, tmp_pa
 
 
 @pytest.mark.vllm
-def test_loss_toolbox_with_vllm(ray_session, boxing_model, data_files, tmp_path):
-    """Co-rewarding-I, two steps through the whole loop (vLLM engine, 2 FSDP workers) with the loss
-    options on: DAPO's overlong penalty, truncated responses masked, token-level rollout correction
-    from vLLM's own log-probs, Dr. GRPO's aggregation. On CPU in float32 the sampler and the trainer
-    agree to ~1e-6, so the weights are ~1 and the cap never bites."""
+@pytest.mark.parametrize("method", ["co_reward", "co_rewarding_II"])
+def test_loss_toolbox_with_vllm(method, ray_session, boxing_model, data_files, tmp_path):
+    """Co-rewarding-I and -II, two steps through the whole loop (vLLM engine, 2 FSDP workers) with
+    the toolbox all on at once: dynamic sampling, DAPO's overlong penalty, truncated responses
+    masked, token-level rollout correction from vLLM's own log-probs, Dr. GRPO's aggregation. On CPU
+    in float32 the sampler and the trainer agree to ~1e-6, so the weights are ~1 and the cap never bites."""
     pytest.importorskip("vllm")
-    result = run(cpu_overrides(boxing_model, data_files, tmp_path, "co_reward") + [
+    result = run(cpu_overrides(boxing_model, data_files, tmp_path, method) + [
         "actor_rollout_ref.rollout.name=vllm",
+        "algorithm.filter_groups.enable=True", "data.gen_batch_size=2",
         "reward_model.overlong_buffer.enable=True", "reward_model.overlong_buffer.len=12",
         "reward_model.overlong_buffer.penalty_factor=0.5",
         "actor_rollout_ref.actor.mask_truncated_completions=True",
@@ -493,3 +495,4 @@ def test_loss_toolbox_with_vllm(ray_session, boxing_model, data_files, tmp_path)
         assert h["reward/overlong_penalised_ratio"] == 1.0 and -0.5 <= h["reward/overlong_penalty"] < 0
         assert h["critic/score/mean"] == pytest.approx(h["reward/mean"] + h["reward/overlong_penalty"], abs=1e-6)
         assert 0.0 <= h["actor/masked_truncated_ratio"] <= h["response_length/clip_ratio"]
+        assert h["train/num_gen_batches"] >= 2 and h["filter_groups/kept"] >= 4  # generation batches of 2 for 4
