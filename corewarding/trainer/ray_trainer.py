@@ -22,6 +22,7 @@ tokens; nothing downstream depends on row order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -41,6 +42,7 @@ from corewarding.methods import resolve_method
 from corewarding.rewards.functions import VIEWS
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.monitor import CollapseMonitor, group_metrics
+from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
 from corewarding.trainer.rollout_stats import (
     balanced_order,
     batch_metrics,
@@ -98,6 +100,8 @@ class Trainer:
         self.per_view_loss = self.method.paired and actor.co_reward_loss == "per_view"
         self.monitor = CollapseMonitor(config.trainer.collapse_monitor)
         self.last_ema_weight: float | None = None
+        self.saved_step = 0  # the step of the newest checkpoint this run saved or resumed from (0: none needed)
+        self.preemption: PreemptionWatch | None = None  # set by fit
 
     # ------------------------------------------------------------------ worker calls
     def _generate(self, prompts: Batch, role: str, timing: dict[str, float]) -> Batch:
@@ -296,7 +300,10 @@ class Trainer:
             "last_ema_weight": self.last_ema_weight,
             "collapse_monitor": self.monitor.state_dict(),
         }
-        return ckpt.commit(root, self.global_step, tmp, state, keep=self.config.trainer.max_actor_ckpt_to_keep)
+        with self.preemption.publishing() if self.preemption is not None else contextlib.nullcontext():
+            saved = ckpt.commit(root, self.global_step, tmp, state, keep=self.config.trainer.max_actor_ckpt_to_keep)
+        self.saved_step = self.global_step
+        return saved
 
     def load_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
         if state.get("method") not in (None, self.method.name):
@@ -316,18 +323,33 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
             raise ckpt.CheckpointError(f"checkpoint {path} cannot be loaded by the workers ({worker_error(exc)[:300]}); "
                                        "delete it or resume from an earlier one") from exc
-        self.global_step = int(state["global_step"])
+        self.global_step = self.saved_step = int(state["global_step"])
         self.last_ema_weight = state.get("last_ema_weight")
         self.monitor.load_state_dict(state.get("collapse_monitor") or {})
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, progress: bool = True) -> list[dict[str, Any]]:
+    def _preempted(self) -> Preempted:
+        """The exception that ends a preempted run, its message naming the checkpoint and how to resume."""
+        received = self.preemption.received.name if self.preemption and self.preemption.received else "a signal"
+        root = self.config.trainer.default_local_dir
+        path = ckpt.step_dir(root, self.saved_step) if self.saved_step else None
+        where = f"saved {path}" if path is not None else "nothing trained yet, no checkpoint"
+        return Preempted(f"{received} at step {self.global_step}: {where}; resume with the same command "
+                         f"(trainer.resume_mode=auto); exit status {EXIT_PREEMPTED}", path)
+
+    def fit(self, progress: bool = True, preemption: PreemptionWatch | None = None) -> list[dict[str, Any]]:
+        """Train until the last step (or `trainer.max_steps_this_run`). After a `preemption` signal:
+        finish the step, save it, raise `Preempted`."""
+        self.preemption = preemption
+        preempted = lambda: preemption is not None and preemption.received is not None  # noqa: E731
         trainer_cfg = self.config.trainer
         save_freq, test_freq = trainer_cfg.save_freq or -1, trainer_cfg.test_freq or -1
         if self.global_step == 0 and trainer_cfg.val_before_train and self.val_dataset is not None:
             self._log(self.validate(), self.global_step)
             if trainer_cfg.val_only:
                 return self.history
+        if preempted():  # during start-up: nothing new to save
+            raise self._preempted()
         # trainer.max_steps_this_run: stop after a checkpoint (whatever save_freq says) once this
         # process has trained N steps, e.g. to fit a job's time slot; the next run resumes there.
         stop_after = trainer_cfg.max_steps_this_run
@@ -348,7 +370,7 @@ class Trainer:
                     if self.val_dataset is not None and test_freq > 0 and (self.global_step % test_freq == 0 or last):
                         metrics.update(self.validate())
                     periodic = save_freq > 0 and (self.global_step % save_freq == 0 or stopping)
-                    if periodic or (stop_after and stopping):
+                    if periodic or (stop_after and stopping) or preempted():
                         started = time.perf_counter()
                         saved = self.save_checkpoint()
                         metrics["timing/save_checkpoint"] = time.perf_counter() - started
@@ -362,6 +384,8 @@ class Trainer:
                         bar.update(1)
                     if stopping:
                         break
+                    if preempted():
+                        raise self._preempted()
         finally:
             self.tracker.printer = printer
             if bar is not None:

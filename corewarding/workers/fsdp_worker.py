@@ -23,6 +23,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,14 @@ class ActorRolloutRefWorker:
         self.device = torch.device("cpu")  # until init_model
 
     # ------------------------------------------------------------------ setup
+    def ignore_signals(self, names: list[str]) -> None:
+        """Ignore the driver's preemption signals (`trainer.preemption_signals`) in this worker
+        process: a cluster may signal every process of the job, and the driver decides when the
+        workers stop (after the step and its checkpoint). Ray runs an actor's calls on its main thread."""
+        if threading.current_thread() is threading.main_thread():
+            for name in names:
+                signal.signal(signal.Signals[name], signal.SIG_IGN)
+
     def init_model(self, total_steps: int) -> None:
         """Process group, tokenizer, the sharded policy with its optimizer and LR schedule over
         `total_steps` steps, the sharded reference model, the rollout engine."""
