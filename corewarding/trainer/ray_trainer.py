@@ -310,10 +310,10 @@ class Trainer:
             raise ckpt.CheckpointError(
                 f"checkpoint {path} was written by method {state['method']!r}, this run is {self.method.name!r}"
             )
-        if int(state.get("world_size", self.world_size)) != self.world_size:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} has {state['world_size']} worker shards, this run has {self.world_size} workers"
-            )
+        saved_world = int(state.get("world_size", self.world_size))
+        if saved_world != self.world_size:  # the workers re-slice the optimizer (worker_state.load_optimizer_shard)
+            logger.info("checkpoint %s was written by %d workers, this run has %d: re-slicing its optimizer state and "
+                        "re-deriving the sampling RNG streams", path, saved_world, self.world_size)
         try:  # first: it is cheap and says clearly when the data or batch size changed
             self.loader.load_state_dict(state["dataloader"])
         except ValueError as exc:
