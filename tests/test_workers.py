@@ -730,6 +730,22 @@ def test_a_checkpoint_resumes_on_another_worker_count(setup, tiny_model_path):
         os.environ.update(environ)
 
 
+def test_workers_ignore_the_preemption_signals(setup):
+    """A cluster may signal every process of the job: the workers outlive SIGTERM and SIGUSR1
+    (trainer.preemption_signals) and keep answering; the driver decides when they stop."""
+    import signal
+    import time
+
+    group = setup["group"]
+    pids = ray.get([worker.__ray_call__.remote(lambda self: os.getpid()) for worker in group.workers])
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(2)
+    assert ray.get([worker.__ray_call__.remote(lambda self: os.getpid()) for worker in group.workers], timeout=60) == pids
+    assert len(group.call_all("get_versions")) == 2
+
+
 def test_process_group_options():
     """gloo on CPU; on GPU a group with a CPU backend beside NCCL (clipping offloaded CPU gradients
     reduces over it); the timeout from actor_rollout_ref.nccl_timeout either way."""
