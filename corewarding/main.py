@@ -5,10 +5,11 @@
 
 The configuration is `corewarding/config/ppo_trainer.yaml`; the run scripts in Co-rewarding-I/ and
 Co-rewarding-II/ show the paper's settings. Bad input (missing model, data files or columns,
-batch sizes that do not divide, a corrupt checkpoint) ends with one line `error: ...` and exit
-status 2. A multi-node run joins a cluster started with `ray start`: `ray_init.address=auto`
-(with Ray's token authentication: README.md, "Multi-node"). A single-node run starts its own Ray
-on loopback (`corewarding.trainer.run.init_ray`).
+batch sizes that do not divide, a corrupt checkpoint, a run folder in use) ends with one line
+`error: ...` and exit status 2; a preempted run (`trainer.preemption_signals`) with one line
+`preempted: ...` naming its checkpoint and exit status 75. A multi-node run joins a cluster
+started with `ray start`: `ray_init.address=auto` (with Ray's token authentication: README.md,
+"Multi-node"). A single-node run starts its own Ray on loopback (`corewarding.trainer.run.init_ray`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted
     from corewarding.trainer.run import USER_ERRORS, run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -33,6 +35,9 @@ def main(cfg: DictConfig) -> None:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Preempted as exc:
+        print(f"preempted: {exc}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PREEMPTED)
     print(f"done: {result['global_step']} steps, checkpoints and metrics.jsonl in {result['checkpoint_dir']}", flush=True)
 
 

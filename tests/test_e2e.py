@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -227,26 +228,39 @@ def _comparable(entries: list[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if not k.startswith(skip)} for e in entries if e["step"] > 0]
 
 
-def run_until_killed(overrides: list[str], out: Path, killed_after_step: int) -> None:
-    """`python -m corewarding.main` in its own session, SIGKILLed (with its Ray processes) as soon
-    as metrics.jsonl has `killed_after_step`: a crash between two checkpoints."""
-    metrics = out / "ckpt" / "metrics.jsonl"
+@contextlib.contextmanager
+def main_process(overrides: list[str], out: Path) -> Iterator[subprocess.Popen]:
+    """`python -m corewarding.main` in its own session (stderr in out/stderr.txt); SIGKILLed with its
+    Ray processes at the end of the block if it still runs."""
     out.mkdir(parents=True, exist_ok=True)
     ray_dir = tempfile.mkdtemp(prefix="cw_ray_", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     proc = subprocess.Popen([sys.executable, "-m", "corewarding.main", *overrides, f"hydra.run.dir={out / 'hydra'}",
                              f"ray_init.temp_dir={ray_dir}"], cwd=out, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=open(out / "stderr.txt", "w"))
-    deadline = time.monotonic() + 600
     try:
-        while not (metrics.exists() and any(m["step"] == killed_after_step for m in read_metrics(metrics))):
-            assert proc.poll() is None, f"the run ended early: {(out / 'stderr.txt').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "the run did not reach the kill point in 600 s"
-            time.sleep(0.2)
+        yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def wait_for_step(proc: subprocess.Popen, out: Path, step: int) -> None:
+    """Until metrics.jsonl has `step` (600 s at most); fails if the run ends first."""
+    metrics = out / "ckpt" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while not (metrics.exists() and any(m["step"] == step for m in read_metrics(metrics))):
+        assert proc.poll() is None, f"the run ended early: {(out / 'stderr.txt').read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the run did not reach step {step} in 600 s"
+        time.sleep(0.2)
+
+
+def run_until_killed(overrides: list[str], out: Path, killed_after_step: int) -> None:
+    """SIGKILL the run (with its Ray processes) as soon as metrics.jsonl has `killed_after_step`:
+    a crash between two checkpoints."""
+    with main_process(overrides, out) as proc:
+        wait_for_step(proc, out, killed_after_step)
 
 
 def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
@@ -305,6 +319,44 @@ def test_dynamic_sampling_two_steps_and_exact_resume(method, ray_session, boxing
             assert len(unit) == (2 if method == "co_reward" else 1)
             assert any(max(rewards) > min(rewards) for rewards in unit.values())
     assert [h["filter_groups/kept"] for h in straight["history"] if h["step"] > 0] == [e["filter_groups/kept"] for e in a]
+
+
+GRACE_S = 120  # the README's `#SBATCH --signal=B:USR1@120`: the time SLURM leaves before it kills
+
+
+def test_preemption_saves_the_step_in_flight(ray_session, boxing_model, data_files, tmp_path):
+    """SIGTERM to the driver during step 2 of 3, with no periodic checkpoints (save_freq=-1): it
+    finishes step 2, saves global_step_2, names it in one line and exits with status 75 within the
+    grace time; meanwhile a second run on the folder is refused by its lock. The resumed run's
+    metrics and rollouts equal a straight run's."""
+    from corewarding.trainer.checkpoint import folder_bytes
+    from corewarding.trainer.run_lock import LOCK_FILE, RunLockError
+
+    common = ["trainer.total_training_steps=3", "trainer.save_freq=-1"]
+    run(cpu_overrides(boxing_model, data_files, tmp_path / "a") + common)
+    split = cpu_overrides(boxing_model, data_files, tmp_path / "b") + common
+    ckpt_dir = tmp_path / "b" / "ckpt"
+    with main_process(split, tmp_path / "b") as proc:
+        wait_for_step(proc, tmp_path / "b", 1)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert json.loads((ckpt_dir / LOCK_FILE).read_text())["pid"] == proc.pid
+        with pytest.raises(RunLockError, match=f"is in use by another run \\(pid {proc.pid} on "):
+            run(split)
+        proc.wait(timeout=GRACE_S)
+        took = time.monotonic() - signalled
+    stderr = (tmp_path / "b" / "stderr.txt").read_text()
+    assert proc.returncode == 75, stderr[-3000:]
+    assert f"preempted: SIGTERM at step 2: saved {ckpt_dir / 'global_step_2'}; resume with" in stderr
+    assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+    assert not (ckpt_dir / LOCK_FILE).exists()  # released on the way out
+    print(f"\nsignal to exit: {took:.1f} s; checkpoint: {folder_bytes(ckpt_dir / 'global_step_2') / 1e6:.1f} MB")
+    resumed = run(split + ["trainer.resume_mode=auto"])
+    assert resumed["global_step"] == 3 and [h["step"] for h in resumed["history"]] == [3]
+    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
+    b = _comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
+    assert [e["step"] for e in b] == [1, 2, 3] and a == b
+    assert read_dump(tmp_path / "a" / "rollouts" / "3.jsonl") == read_dump(tmp_path / "b" / "rollouts" / "3.jsonl")
 
 
 def test_single_process_run_equals_a_ray_run_of_one_worker(ray_session, boxing_model, data_files, tmp_path):

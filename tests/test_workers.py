@@ -19,7 +19,7 @@ from corewarding.batch import Batch
 from corewarding.config import Config, compose_config, load_config, replace_in
 from corewarding.data import left_pad, load_tokenizer
 from corewarding.workers.rollout.base import RolloutOutput
-from numerics import FORWARD_REL, WEIGHTS_REL, assert_all_rel_close, assert_ema, assert_rel_close
+from numerics import FORWARD_REL, GRAD_REL, WEIGHTS_REL, assert_all_rel_close, assert_ema, assert_rel_close
 from spawned_ranks import run_spawned_ranks
 
 pytestmark = pytest.mark.slow
@@ -652,6 +652,99 @@ def test_a_reference_that_never_moved_is_not_saved(setup):
     ref_state = full_state(setup, "ref")
     assert_states_equal({k: v for k, v in plain.items() if k in ref_state}, ref_state)
     assert group.call_all("get_versions")[0]["teacher"] == 0
+
+
+def minibatch_order(rows: int, world: int, per_rank: int) -> list[int]:
+    """The row order that gives one worker the mini-batches `world` workers form: mini-batch j of
+    the group is rows j*per_rank .. (j+1)*per_rank of every rank's consecutive chunk."""
+    chunk = rows // world
+    return [r * chunk + j * per_rank + i for j in range(chunk // per_rank) for r in range(world) for i in range(per_rank)]
+
+
+def optimizer_files(ckpt: Path) -> list[dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    return [load_file(str(f)) for f in sorted((ckpt / "actor" / "optim").glob("rank_*.safetensors"))]
+
+
+def assert_same_update(actual, expected) -> None:
+    """Two updates of the same weights on the same mini-batches by different worker counts: the same
+    sums in another order (per-rank partial sums, then the all-reduce). The losses are means of ~50
+    float32 terms of size <= 10, so reordering moves them by ~1e-6 at most; the gradient norm
+    within GRAD_REL of itself."""
+    for key in ("actor/pg_loss", "actor/kl_loss", "actor/entropy_loss", "actor/ppo_kl"):
+        assert actual.metrics[key] == pytest.approx(expected.metrics[key], rel=1e-5, abs=1e-6), key
+    assert actual.metrics["actor/grad_norm"] == pytest.approx(expected.metrics["actor/grad_norm"], rel=GRAD_REL)
+
+
+def test_a_checkpoint_resumes_on_another_worker_count(setup, tiny_model_path):
+    """2 -> 1 -> 2 workers: the optimizer moments are re-sliced exactly (the one worker's shard is the
+    two shards end to end; back on two workers the shards are the saved ones, bit for bit), the
+    weights, teacher and counters come back, and the next update equals the one a run that kept
+    its worker count makes, up to summation order (uneven shards: test_resharding.py)."""
+    from safetensors.torch import load_file
+
+    from corewarding.workers.local_group import LocalWorkerGroup
+
+    reset(setup)
+    group, tmp = setup["group"], setup["tmp"]
+    group.dispatch("update_actor", training_batch(setup, seed=11), rollouts_per_prompt=N)
+    group.call_all("update_teacher", 0.5)
+    by_two = tmp / "by_two"
+    group.call_all("save_checkpoint", str(by_two))
+    following = training_batch(setup, seed=12)
+    kept_two = group.dispatch("update_actor", following, rollouts_per_prompt=N)
+    after_two = full_state(setup)
+
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    one = LocalWorkerGroup(make_config(tiny_model_path, **{"trainer.n_gpus_per_node": 1}))
+    try:
+        one.call_all("init_model", 10)
+        one.call_all("load_checkpoint", str(by_two))
+        by_one = tmp / "by_one"
+        one.call_all("save_checkpoint", str(by_one))
+        halves, (whole,) = optimizer_files(by_two), optimizer_files(by_one)
+        assert set(whole) == set(halves[0])
+        for name, value in whole.items():  # exp_avg / exp_avg_sq sharded on dim 0, step whole on each rank
+            assert torch.equal(value, torch.cat([h[name] for h in halves]) if value.dim() else halves[0][name]), name
+        for part in ("actor", "ref"):
+            assert_states_equal(*(load_file(str(c / part / "model.safetensors")) for c in (by_one, by_two)))
+        assert one.call_all("get_versions")[0] == {"policy": 1, "teacher": 1, "skipped_steps": 0}
+        per_rank = setup["config"].actor_rollout_ref.actor.ppo_mini_batch_size * N // 2
+        order = minibatch_order(len(following), world=2, per_rank=per_rank)
+        went_one = one.dispatch("update_actor", following.select(order), rollouts_per_prompt=N)
+        assert_same_update(went_one, kept_two)
+        assert_all_rel_close(one.call_all("get_full_state_dict")[0], after_two, WEIGHTS_REL, "weights 2 -> 1")
+
+        group.call_all("load_checkpoint", str(by_one))
+        again = tmp / "by_two_again"
+        group.call_all("save_checkpoint", str(again))
+        for saved, resaved in zip(optimizer_files(by_two), optimizer_files(again), strict=True):
+            assert_states_equal(resaved, saved)
+        went_two = group.dispatch("update_actor", following, rollouts_per_prompt=N)
+        assert_same_update(went_two, went_one)  # 1 -> 2 against the run that kept its one worker
+        assert went_two.metrics == kept_two.metrics  # the very state the two workers had saved
+    finally:
+        one.call_all("shutdown")
+        torch.set_num_threads(threads)
+        os.environ.clear()
+        os.environ.update(environ)
+
+
+def test_workers_ignore_the_preemption_signals(setup):
+    """A cluster may signal every process of the job: the workers outlive SIGTERM and SIGUSR1
+    (trainer.preemption_signals) and keep answering; the driver decides when they stop."""
+    import signal
+    import time
+
+    group = setup["group"]
+    pids = ray.get([worker.__ray_call__.remote(lambda self: os.getpid()) for worker in group.workers])
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(2)
+    assert ray.get([worker.__ray_call__.remote(lambda self: os.getpid()) for worker in group.workers], timeout=60) == pids
+    assert len(group.call_all("get_versions")) == 2
 
 
 def test_process_group_options():

@@ -389,6 +389,8 @@ class TrainerConfig(Section):
     console_every: int
     collapse_monitor: CollapseMonitorConfig
     max_steps_this_run: int | None
+    preemption_signals: tuple[Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"], ...]
+    force_unlock: bool  # take over a run folder locked on another host (corewarding/trainer/run_lock.py)
 
     def __post_init__(self) -> None:
         self.positive("cpus_per_worker", "nnodes", "n_gpus_per_node", "total_epochs", "total_training_steps",

@@ -26,6 +26,7 @@ tokens; nothing downstream depends on row order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import shutil
@@ -46,16 +47,10 @@ from corewarding.rewards.functions import VIEWS
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.dynamic_sampling import Tally, concat_rollouts, kept_units, rows_of
 from corewarding.trainer.monitor import CollapseMonitor, group_metrics
-from corewarding.trainer.rollout_stats import (
-    balanced_order,
-    batch_metrics,
-    mean,
-    prompt_text,
-    rollout_records,
-    standard_error_over_questions,
-)
+from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
+from corewarding.trainer.rollout_stats import balanced_order, batch_metrics, prompt_text, rollout_records
 from corewarding.trainer.tracking import Tracker, dump_rollouts
-from corewarding.trainer.val_metrics import validation_metrics
+from corewarding.trainer.val_metrics import summarize_validation
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +99,8 @@ class Trainer:
         self.per_view_loss = self.method.paired and actor.co_reward_loss == "per_view"
         self.monitor = CollapseMonitor(config.trainer.collapse_monitor)
         self.last_ema_weight: float | None = None
+        self.saved_step = 0  # the step of the newest checkpoint this run saved or resumed from (0: none needed)
+        self.preemption: PreemptionWatch | None = None  # set by fit
 
     # ------------------------------------------------------------------ worker calls
     def _generate(self, prompts: Batch, role: str, timing: dict[str, float]) -> Batch:
@@ -371,15 +368,9 @@ class Trainer:
                      "answer": answers[i], "ground_truth": rollouts.rows["ground_truth"][i], "reward": float(result.scores[i])}
                     for i in range(len(rollouts))
                 ]
-        metrics: dict[str, float] = {}
-        for source in sorted(set(sources)):
-            metrics[f"val/{source}/acc"] = mean(s for s, d in zip(scores, sources) if d == source)
-        metrics["val/acc"] = mean(scores)
-        metrics["val/acc_se"] = standard_error_over_questions(scores, questions)
-        metrics["val/answer_present"] = mean(a is not None for a in given)
-        if self.config.actor_rollout_ref.rollout.val_kwargs.n > 1:
-            metrics.update(validation_metrics(sources, questions, scores, given, self.config.reward_model.vote_equivalence))
-        metrics["val/response_length/mean"] = mean(lengths)
+        metrics = summarize_validation(sources, questions, scores, given, lengths,
+                                       self.config.actor_rollout_ref.rollout.val_kwargs.n,
+                                       self.config.reward_model.vote_equivalence)
         metrics["timing/val"] = time.perf_counter() - start
         if trainer_cfg.validation_data_dir:
             dump_rollouts(trainer_cfg.validation_data_dir, self.global_step, records)
@@ -410,17 +401,20 @@ class Trainer:
             "last_ema_weight": self.last_ema_weight,
             "collapse_monitor": self.monitor.state_dict(),
         }
-        return ckpt.commit(root, self.global_step, tmp, state, keep=self.config.trainer.max_actor_ckpt_to_keep)
+        with self.preemption.publishing() if self.preemption is not None else contextlib.nullcontext():
+            saved = ckpt.commit(root, self.global_step, tmp, state, keep=self.config.trainer.max_actor_ckpt_to_keep)
+        self.saved_step = self.global_step
+        return saved
 
     def load_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
         if state.get("method") not in (None, self.method.name):
             raise ckpt.CheckpointError(
                 f"checkpoint {path} was written by method {state['method']!r}, this run is {self.method.name!r}"
             )
-        if int(state.get("world_size", self.world_size)) != self.world_size:
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} has {state['world_size']} worker shards, this run has {self.world_size} workers"
-            )
+        saved_world = int(state.get("world_size", self.world_size))
+        if saved_world != self.world_size:  # the workers re-slice the optimizer (worker_state.load_optimizer_shard)
+            logger.info("checkpoint %s was written by %d workers, this run has %d: re-slicing its optimizer state and "
+                        "re-deriving the sampling RNG streams", path, saved_world, self.world_size)
         try:  # first: it is cheap and says clearly when the data or batch size changed
             self.loader.load_state_dict(state["dataloader"], self.config.data.resume_allow_sampling_change)
         except ValueError as exc:
@@ -430,18 +424,33 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
             raise ckpt.CheckpointError(f"checkpoint {path} cannot be loaded by the workers ({worker_error(exc)[:300]}); "
                                        "delete it or resume from an earlier one") from exc
-        self.global_step = int(state["global_step"])
+        self.global_step = self.saved_step = int(state["global_step"])
         self.last_ema_weight = state.get("last_ema_weight")
         self.monitor.load_state_dict(state.get("collapse_monitor") or {})
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, progress: bool = True) -> list[dict[str, Any]]:
+    def _preempted(self) -> Preempted:
+        """The exception that ends a preempted run, its message naming the checkpoint and how to resume."""
+        received = self.preemption.received.name if self.preemption and self.preemption.received else "a signal"
+        root = self.config.trainer.default_local_dir
+        path = ckpt.step_dir(root, self.saved_step) if self.saved_step else None
+        where = f"saved {path}" if path is not None else "nothing trained yet, no checkpoint"
+        return Preempted(f"{received} at step {self.global_step}: {where}; resume with the same command "
+                         f"(trainer.resume_mode=auto); exit status {EXIT_PREEMPTED}", path)
+
+    def fit(self, progress: bool = True, preemption: PreemptionWatch | None = None) -> list[dict[str, Any]]:
+        """Train until the last step (or `trainer.max_steps_this_run`). After a `preemption` signal:
+        finish the step, save it, raise `Preempted`."""
+        self.preemption = preemption
+        preempted = lambda: preemption is not None and preemption.received is not None  # noqa: E731
         trainer_cfg = self.config.trainer
         save_freq, test_freq = trainer_cfg.save_freq or -1, trainer_cfg.test_freq or -1
         if self.global_step == 0 and trainer_cfg.val_before_train and self.val_dataset is not None:
             self._log(self.validate(), self.global_step)
             if trainer_cfg.val_only:
                 return self.history
+        if preempted():  # during start-up: nothing new to save
+            raise self._preempted()
         # trainer.max_steps_this_run: stop after a checkpoint (whatever save_freq says) once this
         # process has trained N steps, e.g. to fit a job's time slot; the next run resumes there.
         stop_after = trainer_cfg.max_steps_this_run
@@ -462,7 +471,7 @@ class Trainer:
                 if self.val_dataset is not None and test_freq > 0 and (self.global_step % test_freq == 0 or last):
                     metrics.update(self.validate())
                 periodic = save_freq > 0 and (self.global_step % save_freq == 0 or stopping)
-                if periodic or (stop_after and stopping):
+                if periodic or (stop_after and stopping) or preempted():
                     started = time.perf_counter()
                     saved = self.save_checkpoint()
                     metrics["timing/save_checkpoint"] = time.perf_counter() - started
@@ -474,6 +483,8 @@ class Trainer:
                 self._log(metrics, self.global_step)
                 if bar is not None:
                     bar.update(1)
+                if preempted() and not stopping:  # the last step's signal: the run is complete anyway
+                    raise self._preempted()
         finally:
             self.tracker.printer = printer
             if bar is not None:

@@ -1,9 +1,10 @@
 """`run_training(cfg)`: everything between a hydra config and a finished run.
 
-Loads and checks the config (`corewarding.config.load_config`), loads the tokenizer and the datasets, finds the checkpoint to resume (before
-any worker starts, so a bad resume folder fails fast), starts Ray when it is not running yet,
-starts the workers, trains, and tears down what it started (a Ray session that the caller had
-already started is left running, so tests can reuse one).
+Loads and checks the config (`corewarding.config.load_config`), takes the run folder's lock
+(`run_lock`) and the preemption signals (`preemption`), loads the tokenizer and the datasets, finds
+the checkpoint to resume (before any worker starts, so a bad resume folder fails fast), starts Ray
+when it is not running yet, starts the workers, trains, and tears down what it started (a Ray
+session that the caller had already started is left running, so tests can reuse one).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from corewarding.config import Config, ConfigError, load_config
 from corewarding.data import DataError, PairedRLDataset, RLDataset, StatefulLoader, load_tokenizer
 from corewarding.methods import Method
 from corewarding.trainer import checkpoint as ckpt
+from corewarding.trainer.preemption import Preempted, PreemptionWatch
+from corewarding.trainer.run_lock import RunLock, RunLockError
 from corewarding.trainer.tracking import Tracker
 
 logger = logging.getLogger(__name__)
@@ -128,8 +131,28 @@ def resume_target(config: Config) -> Path | None:
 
 def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, Any]:
     """Train as configured. Returns {"history": [metrics per logged step], "global_step",
-    "checkpoint_dir", "config"}. Raises ConfigError / DataError / CheckpointError for bad input."""
+    "checkpoint_dir", "config"}. Raises ConfigError / DataError / CheckpointError / RunLockError for
+    bad input, `Preempted` after a preemption signal. The run holds `trainer.default_local_dir`'s
+    lock (`run_lock.RunLock`) throughout."""
     config = cfg if isinstance(cfg, Config) else load_config(cfg)
+    trainer_cfg = config.trainer
+    watch = PreemptionWatch(trainer_cfg.preemption_signals, lambda: latest_or_none(trainer_cfg.default_local_dir))
+    watch.install()
+    try:
+        with RunLock(trainer_cfg.default_local_dir, force=trainer_cfg.force_unlock):
+            return _train(config, progress, watch)
+    finally:
+        watch.restore()
+
+
+def latest_or_none(root: str | Path) -> Path | None:
+    try:
+        return ckpt.latest_dir(root)
+    except ckpt.CheckpointError:
+        return None
+
+
+def _train(config: Config, progress: bool, watch: PreemptionWatch) -> dict[str, Any]:
     method = config.method
     model = config.actor_rollout_ref.model
     tokenizer = load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
@@ -159,7 +182,7 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
         dataclasses.asdict(config), console_every=trainer_cfg.console_every,
         resume_step=int(state["global_step"]) if state is not None else None,
     )
-    started = False
+    started = at_once = False
     workers = None
     try:
         from corewarding.trainer.ray_trainer import Trainer
@@ -171,6 +194,7 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
             workers = LocalWorkerGroup(config)
         else:
             started = init_ray(config)
+            watch.install()  # ray.init set its own SIGTERM handler
             import ray
 
             check_cluster_devices(config, ray.cluster_resources())
@@ -188,18 +212,22 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
             trainer.load_checkpoint(target, state)
             logger.info("resumed from %s (step %d)", target, trainer.global_step)
             print(f"resumed from {target} at step {trainer.global_step}", flush=True)
-        history = trainer.fit(progress=progress)
+        history = trainer.fit(progress=progress, preemption=watch)
         return {
             "history": history,
             "global_step": trainer.global_step,
             "checkpoint_dir": trainer_cfg.default_local_dir,
             "config": config,
         }
+    except Preempted as exc:
+        at_once = exc.at_once
+        raise
     finally:
         tracker.close()
         if workers is not None:
             try:
-                workers.call_all("shutdown")
+                if not at_once:  # a second signal does not wait for what the workers are doing
+                    workers.call_all("shutdown")
             except Exception:  # noqa: BLE001 - best effort at teardown
                 pass
             workers.shutdown()
@@ -209,4 +237,4 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
             ray.shutdown()
 
 
-USER_ERRORS = (ConfigError, DataError, ckpt.CheckpointError)
+USER_ERRORS = (ConfigError, DataError, ckpt.CheckpointError, RunLockError)

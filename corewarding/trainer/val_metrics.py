@@ -20,6 +20,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from corewarding.rewards.answers import vote_classes
+from corewarding.trainer.rollout_stats import mean, standard_error_over_questions
 
 __all__ = ["answer_classes", "question_metrics", "subset_sizes", "validation_metrics"]
 
@@ -100,3 +101,19 @@ def validation_metrics(sources: Sequence[str], questions: Sequence[Hashable], sc
                 per_metric.setdefault(name, []).append(value)
         out.update({f"val/{source}/{name}": float(np.mean(values)) for name, values in per_metric.items()})
     return out
+
+
+def summarize_validation(sources: Sequence[str], questions: Sequence[Hashable], scores: Sequence[float],
+                         answers: Sequence[str | None], lengths: Sequence[float], n: int,
+                         equivalence: str) -> dict[str, float]:
+    """A validation's metrics from its samples: `val/<source>/acc`, `val/acc` (the mean over all
+    samples) and its standard error over questions, the share with an answer, the mean response
+    length; with `n` > 1 samples per question also `validation_metrics`."""
+    metrics = {f"val/{source}/acc": mean(s for s, d in zip(scores, sources) if d == source) for source in sorted(set(sources))}
+    metrics["val/acc"] = mean(scores)
+    metrics["val/acc_se"] = standard_error_over_questions(scores, questions)
+    metrics["val/answer_present"] = mean(a is not None for a in answers)
+    if n > 1:
+        metrics.update(validation_metrics(sources, questions, scores, answers, equivalence))
+    metrics["val/response_length/mean"] = mean(lengths)
+    return metrics

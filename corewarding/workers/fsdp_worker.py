@@ -23,6 +23,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,14 @@ class ActorRolloutRefWorker:
         self.device = torch.device("cpu")  # until init_model
 
     # ------------------------------------------------------------------ setup
+    def ignore_signals(self, names: list[str]) -> None:
+        """Ignore the driver's preemption signals (`trainer.preemption_signals`) in this worker
+        process: a cluster may signal every process of the job, and the driver decides when the
+        workers stop (after the step and its checkpoint). Ray runs an actor's calls on its main thread."""
+        if threading.current_thread() is threading.main_thread():
+            for name in names:
+                signal.signal(signal.Signals[name], signal.SIG_IGN)
+
     def init_model(self, total_steps: int) -> str | None:
         """Process group, tokenizer, the sharded policy with its optimizer and LR schedule over
         `total_steps` steps, the sharded reference model, the rollout engine. On a GPU, returns the
@@ -363,9 +373,12 @@ class ActorRolloutRefWorker:
 
     def load_checkpoint(self, step_dir: str) -> None:
         """Restore what `save_checkpoint` wrote (policy, optimizer, scheduler, reference model, this
-        rank's RNG states). Call on all ranks; a missing or unreadable file fails on every rank together."""
+        rank's RNG states). Call on all ranks; a missing or unreadable file fails on every rank together.
+        A checkpoint of another worker count loads too: the full policy and reference are sharded
+        anew, the optimizer re-sliced from every rank's shard, the RNG streams re-derived (`_reseed`)."""
         root = Path(step_dir)
-        saved = worker_state.check_complete(root, self.world_size)
+        saved = worker_state.check_complete(root)
+        saved_world = int(saved["world_size"])
         sharding.load_full_state(self.actor, root / "actor" / MODEL_FILE, self.rank, self._agree)
         model_path = str(self.config.actor_rollout_ref.model.path)
         if not saved.get("ref_saved", True) and saved.get("model_path") not in (None, model_path):
@@ -378,8 +391,9 @@ class ActorRolloutRefWorker:
         elif self.teacher_version > 0:  # not saved: the model folder, which this teacher has moved away from
             self.ref = self._load_reference()
         if saved["optimizer_has_state"]:
-            shard = root / "actor" / "optim" / f"rank_{self.rank}.safetensors"
-            worker_state.load_optimizer_shard(self.actor, self.optimizer, shard, saved, self._agree)
+            shards = [root / "actor" / "optim" / f"rank_{r}.safetensors" for r in range(saved_world)]
+            worker_state.load_optimizer_shard(self.actor, self.optimizer, shards, self.rank, self.world_size, saved,
+                                              self._agree)
         else:
             self.optimizer.state.clear()
         self.lr_scheduler.load_state_dict(saved["scheduler"])
@@ -389,6 +403,9 @@ class ActorRolloutRefWorker:
         self.teacher_version = int(saved["teacher_version"])
         self.skipped_steps = int(saved.get("skipped_steps", 0))
         self.rollout.forget_weights()
+        if saved_world != self.world_size:
+            self._reseed()
+            return
         rng_file = root / "rng" / f"rank_{self.rank}.json"
         error, rollout_rng = None, self.rollout.rng
         try:
@@ -397,6 +414,15 @@ class ActorRolloutRefWorker:
             error = exc
         self._agree(error, f"cannot read {rng_file}")
         self.rollout.rng = rollout_rng
+
+    def _reseed(self) -> None:
+        """After a resume on another worker count: the rows a rank samples are not the ones it sampled
+        before, so no saved stream continues; every rank's trainer and rollout streams start anew from
+        its seed and the policy version (`worker_state.resumed_seed`), the same for the same checkpoint."""
+        rollout = self.config.actor_rollout_ref.rollout
+        worker_state.seed_process(worker_state.resumed_seed(rollout.seed + self.rank, self.policy_version))
+        self.rollout.rng = worker_state.seeded_rng_state(
+            worker_state.resumed_seed(rollout_seed(rollout, self.rank), self.policy_version), self.device)
 
     # ------------------------------------------------------------------ helpers
     def get_versions(self) -> dict[str, int]:

@@ -105,6 +105,8 @@ class RayWorkerGroup:
                 runtime_env={"env_vars": env},
             )
             self.workers.append(remote_cls.options(**options).remote(config, rank, self.world_size))
+        if trainer.preemption_signals:
+            self.call_all("ignore_signals", list(trainer.preemption_signals))
 
     def call_all(self, method: str, *args: Any, **kwargs: Any) -> list:
         """`method(*args, **kwargs)` on every rank; the results in rank order."""

@@ -6,10 +6,14 @@ once the reference differs from the model folder: an EMA teacher after its first
 `actor/optim/rank_<r>.safetensors` (each rank's optimizer shard) with `actor/optim/state.json`
 (param groups, scheduler, counters, format), `rng/rank_<r>.json`. Only safetensors and JSON: nothing
 in a checkpoint is unpickled, so loading one cannot run code. Every file is fsynced.
+
+A checkpoint of N workers loads on M: the models are saved whole; each rank cuts its slice of the
+optimizer moments from all N shards (`reslice`), and the RNG streams restart from `resumed_seed`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -72,18 +76,18 @@ def write_json(path: Path, value: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def check_complete(root: Path, world_size: int) -> dict[str, Any]:
-    """The checkpoint's state.json, after checking that every rank's files are there (every rank
-    checks all of them, so that all raise together and none is left in a collective)."""
+def check_complete(root: Path) -> dict[str, Any]:
+    """The checkpoint's state.json, after checking that the files of every rank that wrote it are
+    there (every rank checks all of them, so that all raise together and none is left in a collective)."""
     optim = root / "actor" / "optim"
     if not (optim / STATE_FILE).exists() and (optim / "extra.pt").exists():
         raise FileNotFoundError(
             f"checkpoint {root} was written by an older version in a pickle format, which is not loaded "
             "(unpickling a file can run code): resume from a checkpoint written by this version"
         )
-    needed = [root / "actor" / MODEL_FILE, optim / STATE_FILE]
-    needed += [root / "rng" / f"rank_{r}.json" for r in range(world_size)]
     state = json.loads((optim / STATE_FILE).read_text(encoding="utf-8")) if (optim / STATE_FILE).exists() else {}
+    needed = [root / "actor" / MODEL_FILE, optim / STATE_FILE]
+    needed += [root / "rng" / f"rank_{r}.json" for r in range(int(state.get("world_size", 0)))]
     if state.get("ref_saved", bool(state)):  # without state.json, whether a reference belongs there is unknown
         needed.append(root / "ref" / MODEL_FILE)
     missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
@@ -92,11 +96,8 @@ def check_complete(root: Path, world_size: int) -> dict[str, Any]:
                                 "point trainer.resume_from_path at a complete one")
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {root} has format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
-    if int(state.get("world_size", -1)) != world_size:
-        raise ValueError(f"checkpoint {root} holds optimizer shards of {state.get('world_size')} workers, this run has "
-                         f"{world_size}: resume with the same trainer.nnodes x trainer.n_gpus_per_node")
     if state["optimizer_has_state"]:
-        lost = [r for r in range(world_size) if not (optim / f"rank_{r}.safetensors").exists()]
+        lost = [r for r in range(int(state["world_size"])) if not (optim / f"rank_{r}.safetensors").exists()]
         if lost:
             raise FileNotFoundError(f"checkpoint {root} is incomplete (missing actor/optim/rank_{lost[0]}.safetensors)")
     return state
@@ -119,32 +120,63 @@ def optimizer_shard(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
     return {"tensors": tensors, "scalars": scalars, "param_groups": state["param_groups"]}
 
 
-def load_optimizer_shard(model: torch.nn.Module, optimizer: torch.optim.Optimizer, shard_file: Path,
-                         saved: dict[str, Any], agree: Callable[[BaseException | None, str], None]) -> None:
-    """Fill this rank's optimizer state, in place, from its shard (same world size, same sharding)."""
-    from safetensors.torch import load_file
+def load_optimizer_shard(model: torch.nn.Module, optimizer: torch.optim.Optimizer, shard_files: list[Path], rank: int,
+                         world_size: int, saved: dict[str, Any], agree: Callable[[BaseException | None, str], None]) -> None:
+    """Fill this rank's optimizer state, in place, from the shards of the ranks that saved it: its
+    own shard when the worker count is the same, else this rank's slice of every moment cut anew
+    from all of them (`reslice`)."""
+    from safetensors import safe_open
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     state = get_optimizer_state_dict(model, optimizer)  # the layout, with local shards to fill
+    same_layout = len(shard_files) == world_size
     error = None
     try:
-        shard = load_file(str(shard_file))
-        for fqn, entries in state["state"].items():
-            for key, value in entries.items():
-                name = f"{fqn}::{key}"
-                if isinstance(value, torch.Tensor):
-                    local(value).copy_(shard[name])
-                else:
-                    entries[key] = saved["optimizer_scalars"][name]
+        with contextlib.ExitStack() as stack:  # tensors are read one at a time, not whole files
+            files = [stack.enter_context(safe_open(str(f), framework="pt")) for f in shard_files]
+            own = files[rank] if same_layout else None
+            for fqn, entries in state["state"].items():
+                for key, value in entries.items():
+                    name = f"{fqn}::{key}"
+                    if not isinstance(value, torch.Tensor):
+                        entries[key] = saved["optimizer_scalars"][name]
+                    elif own is not None:
+                        local(value).copy_(own.get_tensor(name))
+                    else:
+                        local(value).copy_(reslice(value, [f.get_tensor(name) for f in files], name))
     except Exception as exc:  # noqa: BLE001 - a bad shard on one rank must fail all ranks together
         error = exc
-    agree(error, f"cannot read {shard_file}")
+    agree(error, f"cannot read the optimizer shards {shard_files[0].parent}")
     groups = saved["param_groups"]
     for group in groups:
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
     state["param_groups"] = groups
     set_optimizer_state_dict(model, optimizer, state)
+
+
+def reslice(target: torch.Tensor, saved: list[torch.Tensor], name: str) -> torch.Tensor:
+    """This rank's part of `target` (a DTensor sharded on dimension 0, or a plain tensor every rank
+    holds whole, as AdamW's step) from the parts `saved` by the ranks of another worker count.
+
+    FSDP2 cuts dimension 0 as `torch.chunk` does: every rank ceil(n / world) rows, the last ones fewer
+    or none (the padding it adds is not part of the local shard, nor of the saved files). The
+    saved parts, in rank order, are therefore the whole tensor once concatenated."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    if not isinstance(target, DTensor):
+        return saved[0]
+    if tuple(target.placements) != (Shard(0),):
+        raise ValueError(f"{name}: cannot re-slice a {target.placements} tensor (FSDP2 shards dimension 0)")
+    whole = torch.cat(saved, dim=0)
+    if tuple(whole.shape) != tuple(target.shape):
+        raise ValueError(f"{name}: the saved shards make {tuple(whole.shape)}, the model has {tuple(target.shape)}")
+    index, parts = target.device_mesh.get_local_rank(), target.device_mesh.size()
+    chunks = torch.chunk(whole, parts, dim=0)
+    mine = chunks[index] if index < len(chunks) else whole[:0]
+    if mine.shape != local(target).shape:
+        raise ValueError(f"{name}: this rank's slice is {tuple(mine.shape)}, its shard {tuple(local(target).shape)}")
+    return mine
 
 
 # ----------------------------------------------------------------------------------- RNG states
@@ -169,6 +201,13 @@ def seed_process(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def resumed_seed(seed: int, version: int) -> int:
+    """A seed for the RNG streams of a run resumed on another worker count, from a rank's own seed
+    and the policy version: the same checkpoint on the same worker count always draws alike, and
+    no stream restarts where a fresh run's did."""
+    return int(np.random.SeedSequence([int(seed), int(version)]).generate_state(1)[0])
 
 
 def rng_to_json(device: torch.device, rollout: torch.Tensor) -> dict[str, Any]:
