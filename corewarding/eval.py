@@ -407,6 +407,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if eval_harness.tasks_of(args):
         evaluate_harness(args, model_path, output_dir, summary)
     summary["seconds"] = time.time() - started
+    summary = eval_harness.merged_summary(summary, output_dir / "summary.json", run_math)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {output_dir / 'summary.json'}" + (f" and {output_dir / 'samples.jsonl'}" if run_math else ""))
     return summary

@@ -116,3 +116,20 @@ def format_table(metrics: dict[str, dict[str, float]]) -> str:
                 stderr = row.get(key.replace(",", "_stderr,", 1))
                 lines.append(f"{task}  {key}  {100 * value:.2f}" + (f" ± {100 * stderr:.2f}" if stderr is not None else ""))
     return "\n".join(lines)
+
+
+HARNESS_KEYS = ("lm_eval", "lm_eval_settings")
+
+
+def merged_summary(summary: dict[str, Any], path: Path, ran_math: bool) -> dict[str, Any]:
+    """The summary to write over `path`: a harness-only run (`--benchmarks none`) keeps the math
+    results already there, a math-only run keeps the harness results, when both are of one model
+    folder; so one summary.json holds a model's Table-1 row whichever order the two ran in."""
+    if not path.is_file():
+        return summary
+    previous = json.loads(path.read_text())
+    if previous.get("model_path") != summary["model_path"]:
+        return summary
+    if not ran_math:
+        return {**previous, **{k: summary[k] for k in HARNESS_KEYS if k in summary}}
+    return {**summary, **{k: previous[k] for k in HARNESS_KEYS if k in previous and k not in summary}}

@@ -398,3 +398,21 @@ def test_lm_eval_unknown_task_and_nothing_to_do(tiny_model_path: Path, tmp_path:
     with pytest.raises(SystemExit, match="--lm_eval_include .*not a folder"):
         ev.main(["--model", str(tiny_model_path), "--benchmarks", "none", "--lm_eval", "x", "--lm_eval_include",
                  str(tmp_path / "nowhere"), "--output_dir", str(tmp_path)])
+
+
+def test_summary_keeps_the_other_half_of_the_same_model(tmp_path: Path) -> None:
+    from corewarding.eval_harness import merged_summary
+
+    path = tmp_path / "summary.json"
+    math = {"model_path": "/m", "k": 8, "benchmarks": {"amc": {"avg@8": 0.4}}}
+    harness = {"model_path": "/m", "k": 1, "benchmarks": {}, "lm_eval": {"ifeval": {"prompt_level_strict_acc,none": 0.6}},
+               "lm_eval_settings": {"tasks": ["ifeval"]}}
+    assert merged_summary(math, path, ran_math=True) == math  # nothing there yet
+    path.write_text(json.dumps(math))
+    both = merged_summary(harness, path, ran_math=False)
+    assert both["benchmarks"] == math["benchmarks"] and both["k"] == 8 and both["lm_eval"] == harness["lm_eval"]
+    path.write_text(json.dumps(both))
+    again = merged_summary({**math, "benchmarks": {"amc": {"avg@8": 0.5}}}, path, ran_math=True)
+    assert again["benchmarks"]["amc"]["avg@8"] == 0.5 and again["lm_eval"] == harness["lm_eval"]
+    other = {**math, "model_path": "/other"}
+    assert merged_summary(other, path, ran_math=True) == other  # another model's summary is replaced whole
