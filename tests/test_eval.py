@@ -416,3 +416,19 @@ def test_summary_keeps_the_other_half_of_the_same_model(tmp_path: Path) -> None:
     assert again["benchmarks"]["amc"]["avg@8"] == 0.5 and again["lm_eval"] == harness["lm_eval"]
     other = {**math, "model_path": "/other"}
     assert merged_summary(other, path, ran_math=True) == other  # another model's summary is replaced whole
+
+
+def test_compare_runs_shows_the_asked_harness_tasks() -> None:
+    compare_runs = _load_script("compare_runs")
+    lm_eval = {"ifeval": {"prompt_level_strict_acc,none": 0.5, "prompt_level_strict_acc_stderr,none": 0.02,
+                          "inst_level_strict_acc,none": 0.6},
+               "mmlu_pro": {"exact_match,custom-extract": 0.25}, "mmlu_pro_law": {"exact_match,custom-extract": 0.1}}
+    summary = {"benchmarks": {"math500": {"k": 1, "pass@1": 0.7}}, "lm_eval": lm_eval,
+               "lm_eval_settings": {"tasks": ["ifeval", "mmlu_pro"]}}  # mmlu_pro_law: a subtask, no column
+    table = compare_runs.markdown_table([(None, "run", summary)]).splitlines()
+    assert table[0] == "| Method | MATH500 (pass@1) | IFEval (prompt_level_strict_acc) | MMLU-Pro (exact_match,custom-extract) | Avg |"
+    assert table[2] == "| run | 70.0 | 50.0 | 25.0 | 48.3 |"
+    metrics = compare_runs.parse_metrics(["ifeval=inst_level_strict_acc,none"])
+    assert compare_runs.markdown_table([(None, "run", summary)], ["ifeval"], metrics, average=False).splitlines()[2] == "| run | 60.0 |"
+    with pytest.raises(SystemExit, match="unknown metric"):
+        compare_runs.parse_metrics(["acc,none"])  # a harness metric names its task
