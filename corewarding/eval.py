@@ -18,6 +18,11 @@ Per benchmark:
   answer_present  fraction of samples with a non-empty \\boxed{} answer
 
 Writes `summary.json` and `samples.jsonl` (one line per sample) into --output_dir.
+
+`--num_gpus N` puts one engine on each of N GPUs, each in a process of its own with a contiguous
+share of every benchmark's batches (the results are merged back in question order and equal the
+one-engine run's); `--tensor_parallel_size T` splits each engine over T of them. `--lm_eval TASKS`
+also runs lm-evaluation-harness tasks (the paper's IFEval and MMLU-Pro: corewarding/eval_harness.py).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from corewarding import rewards
+from corewarding import eval_harness, eval_parallel, rewards
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +237,7 @@ def make_engine(args: argparse.Namespace, model_path: Path, tokenizer: Any, max_
         name=args.backend, max_model_len=max_model_len, dtype=None if args.dtype == "auto" else args.dtype,
         seed=args.seed, hf_micro_batch_size=args.batch_size * args.k,
         gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
     return make_rollout_engine(settings, str(model_path), tokenizer, "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -262,17 +268,24 @@ def load_benchmarks(args: argparse.Namespace, tokenizer: Any) -> list[Benchmark]
     return benchmarks
 
 
-def sample_benchmark(engine: Any, tokenizer: Any, bench: Benchmark, args: argparse.Namespace) -> tuple[list[list[str]], list[int], int]:
-    """k responses per question (decoded), the response lengths and how many hit --max_tokens."""
+Sampled = tuple[list[list[str]], list[int], int]  # responses per question, response lengths, truncated
+
+
+def sample_benchmark(engine: Any, tokenizer: Any, bench: Benchmark, args: argparse.Namespace,
+                     first: int = 0, last: int | None = None) -> Sampled:
+    """k responses per question (decoded) of questions [first, last), the response lengths and
+    how many hit --max_tokens. `first` is a multiple of --batch_size, so the batches (and their
+    seeds) are those of the whole benchmark's run."""
     from tqdm import tqdm
 
     from corewarding.workers.rollout.base import SamplingSettings
 
+    last = len(bench.prompt_ids) if last is None else last
     responses: list[list[str]] = []
     lengths: list[int] = []
     truncated = 0
-    bar = tqdm(total=len(bench.prompt_ids), desc=f"{bench.name} (k={bench.k})", unit="q", file=sys.stderr)
-    for start, end in _batches(len(bench.prompt_ids), args.batch_size):
+    bar = tqdm(total=last - first, desc=f"{bench.name} (k={bench.k})", unit="q", file=sys.stderr)
+    for start, end in ((first + s, first + e) for s, e in _batches(last - first, args.batch_size)):
         sampling = SamplingSettings(
             n=bench.k, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens,
             seed=args.seed + start * bench.k,  # vLLM: question g's sample j uses seed + g * k + j
@@ -288,6 +301,38 @@ def sample_benchmark(engine: Any, tokenizer: Any, bench: Benchmark, args: argpar
     return responses, lengths, truncated
 
 
+def sample_share(payload: tuple) -> list[Sampled]:
+    """One engine process of --num_gpus: its [first, last) of each benchmark (run in a spawned process)."""
+    from corewarding.data import load_tokenizer
+
+    args, model_path, max_model_len, jobs = payload
+    tokenizer = load_tokenizer(str(model_path))
+    engine = make_engine(args, model_path, tokenizer, max_model_len)
+    return [sample_benchmark(engine, tokenizer, bench, args, first, last) for bench, first, last in jobs]
+
+
+def sample_all(args: argparse.Namespace, model_path: Path, tokenizer: Any, benchmarks: list[Benchmark],
+               max_model_len: int) -> Iterable[Sampled]:
+    """Each benchmark's samples in question order: from one engine here, or from one engine per
+    --num_gpus device group, each in its own process with a contiguous share of whole batches.
+    With --lm_eval the one engine also gets a process, so that its GPU memory is free for the harness's."""
+    groups = eval_parallel.device_groups(args.num_gpus, args.tensor_parallel_size)
+    if len(groups) == 1 and not eval_harness.tasks_of(args):
+        started = time.time()
+        engine = make_engine(args, model_path, tokenizer, max_model_len)
+        logger.info("engine %s ready in %.1fs", args.backend, time.time() - started)
+        for bench in benchmarks:
+            yield sample_benchmark(engine, tokenizer, bench, args)
+        return
+    shares = [eval_parallel.contiguous_shares(len(b.prompt_ids), len(groups), args.batch_size) for b in benchmarks]
+    payloads = [(args, model_path, max_model_len, [(b, *s[rank]) for b, s in zip(benchmarks, shares)]) for rank in range(len(groups))]
+    logger.info("%d engines (%s) on devices %s", len(groups), args.backend, groups)
+    per_rank = eval_parallel.run_in_processes(sample_share, payloads, groups)
+    for i in range(len(benchmarks)):
+        parts = [rank_results[i] for rank_results in per_rank]
+        yield [r for p in parts for r in p[0]], [n for p in parts for n in p[1]], sum(p[2] for p in parts)
+
+
 def sample_records(bench: Benchmark, graded: list, scores: list) -> Iterable[dict[str, Any]]:
     """One samples.jsonl record per response."""
     for i, (group, score) in enumerate(zip(graded, scores)):
@@ -299,37 +344,20 @@ def sample_records(bench: Benchmark, graded: list, scores: list) -> Iterable[dic
             }
 
 
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def evaluate_math(args: argparse.Namespace, model_path: Path, output_dir: Path, summary: dict[str, Any]) -> None:
+    """The math --benchmarks: samples.jsonl, and each benchmark's metrics into summary["benchmarks"]."""
     from corewarding.data import load_tokenizer
-    from corewarding.export import resolve_model_path
 
-    if args.k < 1:
-        raise EvalError("--k must be at least 1")
-    if args.batch_size is None:
-        args.batch_size = 256 if args.backend == "vllm" else 8
-    model_path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(str(model_path))
     benchmarks = load_benchmarks(args, tokenizer)
     longest = max(len(p) for b in benchmarks for p in b.prompt_ids)
     max_model_len = args.max_model_len or longest + args.max_tokens
     if longest + args.max_tokens > max_model_len:
         raise EvalError(f"--max_model_len {max_model_len} < longest prompt {longest} + --max_tokens {args.max_tokens}")
-
-    started = time.time()
-    engine = make_engine(args, model_path, tokenizer, max_model_len)
-    logger.info("engine %s ready in %.1fs", args.backend, time.time() - started)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {
-        "model": str(args.model), "model_path": str(model_path), "backend": args.backend, "k": args.k,
-        "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed,
-        "gt_scorer": args.gt_scorer, "limit": args.limit, "benchmarks": {},
-    }
     samples_path = output_dir / "samples.jsonl"
     with samples_path.open("w") as samples_file:
-        for bench in benchmarks:
-            t0 = time.time()
-            responses, lengths, truncated = sample_benchmark(engine, tokenizer, bench, args)
+        t0 = time.time()
+        for bench, (responses, lengths, truncated) in zip(benchmarks, sample_all(args, model_path, tokenizer, benchmarks, max_model_len)):
             metrics, graded, scores = score_samples(responses, bench.ground_truths, args.gt_scorer)
             metrics.update({"file": str(bench.path), "mean_response_tokens": sum(lengths) / len(lengths),
                             "truncated": truncated / len(lengths), "seconds": time.time() - t0})
@@ -337,10 +365,62 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             for record in sample_records(bench, graded, scores):
                 samples_file.write(json.dumps(record, ensure_ascii=False) + "\n")
             samples_file.flush()
-    summary["seconds"] = time.time() - started
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            t0 = time.time()
     print(format_table(summary))
-    print(f"wrote {output_dir / 'summary.json'} and {samples_path}")
+
+
+def evaluate_harness(args: argparse.Namespace, model_path: Path, output_dir: Path, summary: dict[str, Any]) -> None:
+    """The --lm_eval tasks, in a process of their own (the harness builds its own engine)."""
+    try:
+        payload = eval_harness.harness_payload(args, model_path)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    devices = eval_parallel.visible_devices()[: args.num_gpus]
+    try:
+        output = eval_parallel.run_in_processes(eval_harness.run_harness, [payload], [devices])[0]
+    except eval_parallel.ProcessFailed as exc:
+        raise EvalError(f"lm-evaluation-harness failed: {exc}") from None
+    summary["lm_eval"] = eval_harness.write_outputs(output, output_dir)
+    summary["lm_eval_settings"] = {k: payload[k] for k in ("model", "tasks", "num_fewshot", "limit", "apply_chat_template")}
+    print(eval_harness.format_table(summary["lm_eval"]))
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from corewarding.export import resolve_model_path
+
+    if args.k < 1:
+        raise EvalError("--k must be at least 1")
+    if args.batch_size is None:
+        args.batch_size = 256 if args.backend == "vllm" else 8
+    if args.num_gpus is None:
+        args.num_gpus = args.tensor_parallel_size
+    if args.backend == "hf" and args.tensor_parallel_size > 1:
+        raise EvalError("--tensor_parallel_size > 1 needs --backend vllm")
+    run_math = args.benchmarks.strip().lower() not in ("", "none")
+    if not run_math and not eval_harness.tasks_of(args):
+        raise EvalError("--benchmarks none and no --lm_eval tasks: nothing to evaluate")
+    try:
+        eval_parallel.device_groups(args.num_gpus, args.tensor_parallel_size)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    model_path = resolve_model_path(args.model)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    summary: dict[str, Any] = {
+        "model": str(args.model), "model_path": str(model_path), "backend": args.backend, "k": args.k,
+        "temperature": args.temperature, "top_p": args.top_p, "max_tokens": args.max_tokens, "seed": args.seed,
+        "gt_scorer": args.gt_scorer, "limit": args.limit, "num_gpus": args.num_gpus,
+        "tensor_parallel_size": args.tensor_parallel_size, "benchmarks": {},
+    }
+    if run_math:
+        evaluate_math(args, model_path, output_dir, summary)
+    if eval_harness.tasks_of(args):
+        evaluate_harness(args, model_path, output_dir, summary)
+    summary["seconds"] = time.time() - started
+    summary = eval_harness.merged_summary(summary, output_dir / "summary.json", run_math)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {output_dir / 'summary.json'}" + (f" and {output_dir / 'samples.jsonl'}" if run_math else ""))
     return summary
 
 
@@ -374,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--benchmarks",
         default=DEFAULT_BENCHMARKS,
         help=f"comma-separated names or parquet paths, each optionally NAME:K for its own k, e.g. "
-        f"math500,gsm8k,amc:8 (the paper's setting with --k 1; default {DEFAULT_BENCHMARKS})",
+        f"math500,gsm8k,amc:8 (the paper's setting with --k 1; default {DEFAULT_BENCHMARKS}); none: only --lm_eval",
     )
     parser.add_argument("--data_dir", default="data", help="folder of the preprocessed files (default data/)")
     parser.add_argument("--k", type=int, default=1, help="samples per question unless NAME:K says otherwise (default 1)")
@@ -384,15 +464,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_model_len", type=int, default=None, help="vLLM context length (default: longest prompt + max_tokens)")
     parser.add_argument("--backend", choices=["vllm", "hf"], default="vllm")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions of each benchmark")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N questions of each benchmark and --lm_eval task")
     parser.add_argument("--output_dir", default="outputs/eval", help="where summary.json and samples.jsonl go")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gt_scorer", choices=list(rewards.GT_SCORERS), default="math_verify",
                         help="answer vs ground truth, as the training's reward_model.gt_scorer: math_verify (default) "
                         "| hendrycks (the release's MATH string normalisation)")
     parser.add_argument("--batch_size", type=int, default=None, help="questions per generate call (default 256 vllm, 8 hf)")
-    parser.add_argument("--gpu_memory_utilization", type=float, default=0.85, help="vLLM on GPU: fraction of GPU memory it may take (one GPU per eval)")
+    parser.add_argument("--gpu_memory_utilization", type=float, default=0.85, help="vLLM on GPU: fraction of each GPU's memory it may take")
     parser.add_argument("--no_enforce_eager", dest="enforce_eager", action="store_false", help="let vLLM use CUDA graphs (faster on GPU, slower start)")
+    parser.add_argument("--num_gpus", type=int, default=None,
+                        help="GPUs to use: one engine per --tensor_parallel_size of them, each in its own process with a "
+                        "contiguous share of the questions (default: one engine; on CPU: that many processes)")
+    parser.add_argument("--tensor_parallel_size", type=int, default=1, help="vLLM: GPUs per engine, for models one GPU cannot hold")
+    eval_harness.add_arguments(parser)
     return parser
 
 
@@ -404,7 +489,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     try:
         return evaluate(args)
-    except (EvalError, CheckpointError, DataError) as exc:
+    except (EvalError, CheckpointError, DataError, eval_parallel.ProcessFailed) as exc:
         raise SystemExit(f"error: {exc}") from None
 
 

