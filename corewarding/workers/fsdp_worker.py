@@ -33,7 +33,7 @@ from corewarding.algos import build_lr_scheduler, ema_update_
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
-from corewarding.trainer.checkpoint import fsync_dir, fsync_tree
+from corewarding.storage import fsync_dir, fsync_tree
 from corewarding.workers import sharding, worker_state
 from corewarding.workers.actor import ActorUpdate, ForwardSettings, PPOSettings, compute_token_stats, ppo_update
 from corewarding.workers.dispatch import collect, concat_rows
