@@ -291,6 +291,13 @@ class RewardModelConfig(Section):
             raise ConfigError("reward_model.enable=True (a learned reward model) is not supported: rewards are rule based")
 
 
+@dataclass(frozen=True)
+class CustomRewardFunctionConfig(Section):
+    PREFIX: ClassVar[str] = "custom_reward_function"
+    path: str | None  # a Python file with the reward function or `Method` record (docs/custom-method.md)
+    name: str
+
+
 # ----------------------------------------------------------------------------------- trainer
 @dataclass(frozen=True)
 class CollapseMonitorConfig(Section):
@@ -368,6 +375,7 @@ class Config:
     actor_rollout_ref: ActorRolloutRefConfig
     algorithm: AlgorithmConfig
     reward_model: RewardModelConfig
+    custom_reward_function: CustomRewardFunctionConfig
     trainer: TrainerConfig
     ray_init: RayInitConfig
 
@@ -377,9 +385,13 @@ class Config:
 
     @property
     def method(self) -> Any:
-        """The `corewarding.methods.Method` that `reward_model.reward_manager` names."""
-        from corewarding.methods import resolve_method  # methods import the reward library (torch)
+        """The `corewarding.methods.Method` of the run: the one `custom_reward_function` loads from a
+        user's file when its path is set, else the one `reward_model.reward_manager` names."""
+        from corewarding.methods import load_method, resolve_method  # methods import the reward library (torch)
 
+        custom = self.custom_reward_function
+        if custom.path:
+            return load_method(custom.path, custom.name)
         return resolve_method(self.reward_model.reward_manager)
 
 
