@@ -1,6 +1,6 @@
 """The trainer's configuration as frozen, typed objects: one dataclass per section of verl's key tree
-(`data`, `actor_rollout_ref.{model, actor, ref, rollout}`, `algorithm`, `reward_model`, `trainer`,
-`ray_init`), so code reads `config.actor_rollout_ref.actor.clip_ratio` with its type known.
+(`data`, `actor_rollout_ref.{model, actor, ref, rollout}`, `algorithm`, `reward_model`,
+`custom_reward_function`, `trainer`, `ray_init`), so code reads `config.actor_rollout_ref.actor.clip_ratio` with its type known.
 
 The default values live in one place, `ppo_trainer.yaml` beside this file (hydra reads it and applies
 the command line); `build` turns the composed config into these objects and refuses any key it does
@@ -341,6 +341,7 @@ class TrainerConfig(Section):
     max_actor_ckpt_to_keep: int | None
     default_hdfs_dir: str | None = ignored("checkpoints are written to trainer.default_local_dir only")
     console_every: int
+    verbose: bool
     collapse_monitor: CollapseMonitorConfig
     max_steps_this_run: int | None
 

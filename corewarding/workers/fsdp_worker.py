@@ -33,6 +33,7 @@ from corewarding.algos import build_lr_scheduler, ema_update_
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
+from corewarding.logs import quiet_worker
 from corewarding.storage import fsync_dir, fsync_tree
 from corewarding.workers import sharding, worker_state
 from corewarding.workers.actor import ActorUpdate, ForwardSettings, PPOSettings, compute_token_stats, ppo_update
@@ -56,6 +57,7 @@ def process_group_options(device: torch.device, timeout_s: float) -> dict[str, A
 
 class ActorRolloutRefWorker:
     def __init__(self, config: Config, rank: int, world_size: int) -> None:
+        quiet_worker()  # a Ray worker of a quiet run: its output to the run folder (corewarding/logs.py)
         self.config = config
         self.rank = rank
         self.world_size = world_size
