@@ -182,7 +182,7 @@ def try_method(method: Method, options: Mapping[str, Any]) -> None:
     if method.paired:
         n = 4
         rows = {k: v * 2 for k, v in rows.items()} | {"pair_id": [0] * 4, "view": ["original"] * 2 + ["rephrased"] * 2}
-    tensors = {stat: torch.rand(n, 3) for stat in method.token_stats}
+    tensors = {stat: torch.full((n, 3), 0.5) for stat in method.token_stats}  # no draw from the run's RNG
     if tensors:
         tensors["response_mask"] = torch.ones(n, 3)
     teacher = Batch(rows={"response_text": texts[::-1], "uid": ["q", "q"], "sample_index": [0, 1]}) if method.teacher else None
