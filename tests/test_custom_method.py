@@ -151,3 +151,13 @@ def test_register_method_then_name_it_in_reward_manager():
 
         for alias in ("always_one", "ones"):
             methods._BY_NAME.pop(alias)
+
+
+def test_a_method_record_declares_its_needs(tmp_path):
+    """A record's needs reach the trainer: here the policy's per-token self-certainty, as Intuitor."""
+    path = _user_file(tmp_path, (
+        "from corewarding.methods import Method\nfrom corewarding.rewards import self_certainty\n"
+        "M = Method('certainty_copy', self_certainty, token_stats=('self_certainty',))\n"
+    ), "record.py")
+    config = _load(path, "M")
+    assert config.method.name == "certainty_copy" and config.method.token_stats == ("self_certainty",)
