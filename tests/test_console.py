@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 VLLM_INFO = re.compile(r"\bINFO\b.*(\bvllm\b|\[[\w/]+\.py:\d+\])")  # vLLM's own format, or ours naming the logger
 
 
+@pytest.mark.slow
 def test_a_run_prints_steps_and_keeps_worker_logs_in_the_run_folder(tiny_model_path, tmp_path):
     pytest.importorskip("vllm")
     from corewarding.data import write_builtin_dataset
@@ -51,3 +51,27 @@ def test_a_run_prints_steps_and_keeps_worker_logs_in_the_run_folder(tiny_model_p
     assert sum(line.startswith("step ") for line in console) == 2, "\n".join(console)
     log = Path(run_dir / "logs" / "worker_0.log").read_text()
     assert re.search(r"INFO vllm\.", log), log[-3000:]
+
+
+QUIET_WORKER = """
+import logging, os, sys
+from corewarding.logs import quiet_worker
+print(quiet_worker())
+logging.getLogger("vllm.engine").info("an INFO line")
+logging.getLogger("corewarding.workers").error("an ERROR line")
+print("a print")
+os.write(2, b"a C-level write\\n")
+"""
+
+
+def test_a_quiet_worker_sends_its_output_to_the_file_and_its_errors_to_the_console(tmp_path):
+    from corewarding.logs import worker_env
+
+    env = {**os.environ, **worker_env(tmp_path / "run", 3, verbose=False)}
+    done = subprocess.run([sys.executable, "-c", QUIET_WORKER], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = (tmp_path / "run" / "logs" / "worker_3.log").read_text()
+    assert done.stdout == "" and done.stderr.count("\n") == 1 and "ERROR corewarding.workers: an ERROR line" in done.stderr
+    for line in ("INFO vllm.engine: an INFO line", "ERROR corewarding.workers: an ERROR line", "a print", "a C-level write"):
+        assert line in log, log
+    assert worker_env(tmp_path, 0, verbose=True) == {}
