@@ -25,12 +25,4 @@ launch "$EXP_NAME" \
     data.train_files="$TRAIN_FILES" \
     data.train_aug_files="$TRAIN_AUG_FILES" \
     data.val_files="$VAL_FILES" \
-    actor_rollout_ref.model.path="$LLM_PATH" \
-    actor_rollout_ref.rollout.tensor_model_parallel_size="$ROLLOUT_TP" \
-    trainer.n_gpus_per_node="$NUM_GPUS" \
-    trainer.nnodes="$NNODES" \
-    trainer.logger="$LOGGER" \
-    trainer.project_name="$PROJECT_NAME" \
-    trainer.experiment_name="$EXP_NAME" \
-    trainer.rollout_data_dir="rollout_log/$EXP_NAME" \
-    "$@"
+    -- "$@"

@@ -39,15 +39,7 @@ launch "$EXP_NAME" \
     data.train_aug_files="$TRAIN_AUG_FILES" \
     data.use_aug="$USE_AUG" \
     data.val_files="$VAL_FILES" \
-    actor_rollout_ref.model.path="$LLM_PATH" \
-    actor_rollout_ref.rollout.tensor_model_parallel_size="$ROLLOUT_TP" \
     actor_rollout_ref.ref.sliding_average.update_interval="$INTERVAL" \
     actor_rollout_ref.ref.sliding_average.alpha_start="$ALPHA_START" \
     actor_rollout_ref.ref.sliding_average.alpha_end="$ALPHA_END" \
-    trainer.n_gpus_per_node="$NUM_GPUS" \
-    trainer.nnodes="$NNODES" \
-    trainer.logger="$LOGGER" \
-    trainer.project_name="$PROJECT_NAME" \
-    trainer.experiment_name="$EXP_NAME" \
-    trainer.rollout_data_dir="rollout_log/$EXP_NAME" \
-    "$@"
+    -- "$@"

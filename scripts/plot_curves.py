@@ -2,7 +2,7 @@
 """Training curves of one or more runs from their metrics.jsonl files, as one PNG.
 
     python scripts/plot_curves.py --runs co-II=checkpoints/co-rewarding/co2/metrics.jsonl \\
-        maj=checkpoints/co-rewarding/maj/metrics.jsonl --out figs/curves.png
+        maj=checkpoints/co-rewarding/maj/metrics.jsonl --out outputs/curves.png
     python scripts/plot_curves.py checkpoints/co-rewarding/*/metrics.jsonl   # names from the folders
 
 Panels (a panel no run has data for is left out): validation accuracy (with a +-1 standard-error
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", help="metrics.jsonl files or run dirs (name = folder name)")
     parser.add_argument("--runs", nargs="+", default=[], help="name=path/metrics.jsonl (or name=run_dir)")
-    parser.add_argument("--out", default="figs/curves.png", help="PNG to write (default figs/curves.png)")
+    parser.add_argument("--out", default="outputs/curves.png", help="PNG to write (default outputs/curves.png; figs/ holds only the committed figures)")
     parser.add_argument("--smooth", type=float, default=0.0, help="EMA smoothing weight in [0, 1) (default 0: raw)")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)

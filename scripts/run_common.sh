@@ -26,12 +26,28 @@ else
 fi
 PYTHON=${PYTHON:-python3}
 
-# launch EXP_NAME OVERRIDE... : the run, logged to logs/EXP_NAME.log (the script's extra arguments
-# come last among the overrides, so they win)
+# launch EXP_NAME OVERRIDE... -- EXTRA... : the run, logged to logs/EXP_NAME.log, with the script's
+# own overrides, then the ones every run script sets from the environment (model, tensor parallel,
+# GPUs, nodes, logging, names), then the script's extra arguments (last, so they win)
 launch() {
     local name=$1
     shift
-    local args=("$@")
+    local own=()
+    while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+        own+=("$1")
+        shift
+    done
+    [ $# -gt 0 ] && shift
+    local args=("${own[@]}"
+        actor_rollout_ref.model.path="$LLM_PATH"
+        actor_rollout_ref.rollout.tensor_model_parallel_size="$ROLLOUT_TP"
+        trainer.n_gpus_per_node="$NUM_GPUS"
+        trainer.nnodes="$NNODES"
+        trainer.logger="$LOGGER"
+        trainer.project_name="$PROJECT_NAME"
+        trainer.experiment_name="$name"
+        trainer.rollout_data_dir="rollout_log/$name"
+        "$@")
     if [ "${RELEASE_EXACT:-0}" = 1 ]; then
         args=(+preset=release "${args[@]}")
     fi

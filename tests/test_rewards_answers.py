@@ -279,7 +279,7 @@ def test_timed_out_check_is_not_cached(monkeypatch):
     """A timeout (e.g. a CPU starved by other work) must not become a permanent false negative."""
     answers_mod.clear_cache()
     outcomes = iter([None, True])  # first call times out, the retry succeeds
-    monkeypatch.setattr(answers_mod, "_check_with_alarm", lambda pred, gold, timeout: next(outcomes))
+    monkeypatch.setattr(answers_mod, "check_with_alarm", lambda pred, gold, timeout: next(outcomes))
     monkeypatch.setattr(answers_mod._WORKER, "check", lambda pred, gold, timeout: next(outcomes))
     assert answers_equivalent("0.25", r"\frac{1}{4}") is False
     assert answers_equivalent("0.25", r"\frac{1}{4}") is True

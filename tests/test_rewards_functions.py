@@ -368,7 +368,7 @@ def _slow_math_verify(monkeypatch, seconds_per_check: float) -> list:
         time.sleep(min(timeout, seconds_per_check))
         return None
 
-    monkeypatch.setattr(answers_mod, "_check_with_alarm", slow)
+    monkeypatch.setattr(answers_mod, "check_with_alarm", slow)
     monkeypatch.setattr(answers_mod._WORKER, "check", slow)
     answers_mod.clear_cache()
     return checks

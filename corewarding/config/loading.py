@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from corewarding.config.schema import Config, ConfigError, build, ignored_fields
-from corewarding.methods import Method, UnknownMethod, resolve_method
+from corewarding.methods import BUILTIN, Method, UnknownMethod, check_method, resolve_method, try_method
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
     config = replace_in(config, "actor_rollout_ref.ref", sliding_average=_ema_schedule(arr.ref.sliding_average, method))
     if config.ray_init.temp_dir:
         config = replace_in(config, "ray_init", temp_dir=_abs(config.ray_init.temp_dir))
+    if config.custom_reward_function.path:
+        config = replace_in(config, "custom_reward_function", path=_abs(config.custom_reward_function.path))
     if check_paths:
         config = _resolve_paths(config)
     return config
@@ -184,6 +186,10 @@ def _check(config: Config, method: Method) -> None:
 
 
 def _check_method(config: Config, method: Method) -> None:
+    rewards = config.reward_model
+    check_method(method, rewards.reward_kwargs)
+    if method.name not in BUILTIN:  # a user's method: one trial call now, not a failure after the first generation
+        try_method(method, method.options(rewards.gt_scorer, rewards.vote_equivalence, rewards.reward_kwargs))
     try:
         val_method = resolve_method(config.reward_model.val_reward_manager)
     except UnknownMethod:

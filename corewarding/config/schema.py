@@ -1,6 +1,6 @@
 """The trainer's configuration as frozen, typed objects: one dataclass per section of verl's key tree
-(`data`, `actor_rollout_ref.{model, actor, ref, rollout}`, `algorithm`, `reward_model`, `trainer`,
-`ray_init`), so code reads `config.actor_rollout_ref.actor.clip_ratio` with its type known.
+(`data`, `actor_rollout_ref.{model, actor, ref, rollout}`, `algorithm`, `reward_model`,
+`custom_reward_function`, `trainer`, `ray_init`), so code reads `config.actor_rollout_ref.actor.clip_ratio` with its type known.
 
 The default values live in one place, `ppo_trainer.yaml` beside this file (hydra reads it and applies
 the command line); `build` turns the composed config into these objects and refuses any key it does
@@ -343,6 +343,13 @@ class RewardModelConfig(Section):
             raise ConfigError("reward_model.enable=True (a learned reward model) is not supported: rewards are rule based")
 
 
+@dataclass(frozen=True)
+class CustomRewardFunctionConfig(Section):
+    PREFIX: ClassVar[str] = "custom_reward_function"
+    path: str | None  # a Python file with the reward function or `Method` record (docs/custom-method.md)
+    name: str
+
+
 # ----------------------------------------------------------------------------------- trainer
 @dataclass(frozen=True)
 class CollapseMonitorConfig(Section):
@@ -387,6 +394,7 @@ class TrainerConfig(Section):
     max_actor_ckpt_to_keep: int | None
     default_hdfs_dir: str | None = ignored("checkpoints are written to trainer.default_local_dir only")
     console_every: int
+    verbose: bool
     collapse_monitor: CollapseMonitorConfig
     max_steps_this_run: int | None
     preemption_signals: tuple[Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"], ...]
@@ -423,6 +431,7 @@ class Config:
     actor_rollout_ref: ActorRolloutRefConfig
     algorithm: AlgorithmConfig
     reward_model: RewardModelConfig
+    custom_reward_function: CustomRewardFunctionConfig
     trainer: TrainerConfig
     ray_init: RayInitConfig
 
@@ -432,9 +441,13 @@ class Config:
 
     @property
     def method(self) -> Any:
-        """The `corewarding.methods.Method` that `reward_model.reward_manager` names."""
-        from corewarding.methods import resolve_method  # methods import the reward library (torch)
+        """The `corewarding.methods.Method` of the run: the one `custom_reward_function` loads from a
+        user's file when its path is set, else the one `reward_model.reward_manager` names."""
+        from corewarding.methods import load_method, resolve_method  # methods import the reward library (torch)
 
+        custom = self.custom_reward_function
+        if custom.path:
+            return load_method(custom.path, custom.name)
         return resolve_method(self.reward_model.reward_manager)
 
 

@@ -57,18 +57,16 @@ def _check_truncation(truncation: str) -> None:
         raise ValueError(f"data.truncation must be one of {TRUNCATION_MODES}, got {truncation!r}")
 
 
-class RLDataset:
-    """Prompts from verl-schema parquet file(s), tokenised with the model's chat template.
+class _PromptDataset:
+    """The constructor both datasets share: read the rows (`_read`), keep the first `max_samples`,
+    tokenise each view with the chat template, drop (`filter_overlong_prompts`) or fit (`truncation`)
+    the prompts over `max_prompt_length` tokens, and build one item per row (`_item`)."""
 
-    Items are dicts: `input_ids` (list[int]), `prompt_messages`, `ground_truth` (None only with
-    `require_ground_truth=False`), `data_source`, `index` (extra_info.index), `ability`,
-    `extra_info`, `uid` (a string unique in the dataset: "<data_source>/<index>" plus the file when
-    several files are given).
-    """
+    kind = "prompts"  # what an item is, in the messages
+    overlong = "prompts"  # what the length filter drops, in the log line
 
     def __init__(
         self,
-        files: str | Path | Sequence[str | Path],
         tokenizer: Any,
         max_prompt_length: int = 512,
         prompt_key: str = "prompt",
@@ -80,33 +78,22 @@ class RLDataset:
         _check_truncation(truncation)
         self.tokenizer = tokenizer
         self.max_prompt_length = max_prompt_length
-        frame = read_verl_parquet(files, prompt_key, require_ground_truth)
+        frame = self._read(prompt_key, require_ground_truth)
         if max_samples is not None:
             frame = frame.iloc[:max_samples]
-        ids = chat_prompt_ids(tokenizer, frame["prompt"].tolist())
-        several_files = frame["file"].nunique() > 1
+        ids = {view: chat_prompt_ids(tokenizer, frame[column].tolist()) for view, column in self._views()}
         items, dropped = [], 0
         for i, rec in enumerate(frame.itertuples(index=False)):
-            if filter_overlong_prompts and len(ids[i]) > max_prompt_length:
+            if filter_overlong_prompts and max(len(view_ids[i]) for view_ids in ids.values()) > max_prompt_length:
                 dropped += 1
                 continue
-            uid = f"{rec.data_source}/{rec.index}"
-            if several_files:
-                uid = f"{Path(rec.file).name}:{uid}"
-            items.append({
-                "input_ids": _fit(ids[i], max_prompt_length, truncation, f"{rec.file}: row {rec.row}"),
-                "prompt_messages": rec.prompt,
-                "ground_truth": rec.ground_truth,
-                "data_source": rec.data_source,
-                "index": rec.index,
-                "ability": rec.ability,
-                "extra_info": rec.extra_info,
-                "uid": uid,
-            })
+            fitted = {view: _fit(view_ids[i], max_prompt_length, truncation, self._where(rec, view)) for view, view_ids in ids.items()}
+            items.append(self._item(rec, fitted))
         if dropped:
-            logger.info("RLDataset: dropped %d of %d prompts longer than %d tokens", dropped, len(frame), max_prompt_length)
+            logger.info("%s: dropped %d of %d %s longer than %d tokens",
+                        type(self).__name__, dropped, len(frame), self.overlong, max_prompt_length)
         if not items:
-            raise DataError(f"{files}: no prompts left (after the max_prompt_length={max_prompt_length} filter)")
+            raise DataError(f"{self._sources()}: no {self.kind} left (after the max_prompt_length={max_prompt_length} filter)")
         self.items = items
         self.num_filtered = dropped
 
@@ -117,67 +104,94 @@ class RLDataset:
         return self.items[i]
 
 
-class PairedRLDataset:
+def _fields(rec: Any, input_ids: list[int], messages: Any, uid: str) -> dict[str, Any]:
+    """The fields of a prompt item that every dataset gives."""
+    return {
+        "input_ids": input_ids,
+        "prompt_messages": messages,
+        "ground_truth": rec.ground_truth,
+        "data_source": rec.data_source,
+        "index": rec.index,
+        "ability": rec.ability,
+        "extra_info": rec.extra_info,
+        "uid": uid,
+    }
+
+
+class RLDataset(_PromptDataset):
+    """Prompts from verl-schema parquet file(s), tokenised with the model's chat template.
+
+    Items are dicts: `input_ids` (list[int]), `prompt_messages`, `ground_truth` (None only with
+    `require_ground_truth=False`), `data_source`, `index` (extra_info.index), `ability`,
+    `extra_info`, `uid` (a string unique in the dataset: "<data_source>/<index>" plus the file when
+    several files are given). The other arguments are `_PromptDataset`'s.
+    """
+
+    def __init__(self, files: str | Path | Sequence[str | Path], tokenizer: Any, *args: Any, **kwargs: Any) -> None:
+        self.files = files
+        super().__init__(tokenizer, *args, **kwargs)
+
+    def _sources(self) -> str:
+        return str(self.files)
+
+    def _read(self, prompt_key: str, require_ground_truth: bool):
+        frame = read_verl_parquet(self.files, prompt_key, require_ground_truth)
+        self._several_files = frame["file"].nunique() > 1
+        return frame
+
+    def _views(self) -> tuple[tuple[str, str], ...]:
+        return (("prompt", "prompt"),)
+
+    def _where(self, rec: Any, view: str) -> str:
+        return f"{rec.file}: row {rec.row}"
+
+    def _item(self, rec: Any, ids: dict[str, list[int]]) -> dict[str, Any]:
+        uid = f"{rec.data_source}/{rec.index}"
+        if self._several_files:
+            uid = f"{Path(rec.file).name}:{uid}"
+        return _fields(rec, ids["prompt"], rec.prompt, uid)
+
+
+class PairedRLDataset(_PromptDataset):
     """Pairs (original, rephrased) for Co-rewarding-I, joined on extra_info.index by `load_pairs`.
 
     Items: {"pair_id": index, "original": item, "rephrased": item} where each sub-item is like an
-    `RLDataset` item plus `pair_id` and `view`. The ground truth is shared by both views.
+    `RLDataset` item plus `pair_id` and `view`. The ground truth is shared by both views; a pair is
+    dropped when either side is too long. The other arguments are `_PromptDataset`'s.
     """
+
+    kind = "pairs"
+    overlong = "pairs with a side"
 
     def __init__(
         self,
         original_files: str | Path | Sequence[str | Path],
         rephrased_files: str | Path | Sequence[str | Path],
         tokenizer: Any,
-        max_prompt_length: int = 512,
-        prompt_key: str = "prompt",
-        filter_overlong_prompts: bool = True,
-        truncation: str = "error",
-        require_ground_truth: bool = True,
-        max_samples: int | None = None,
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
-        _check_truncation(truncation)
-        self.tokenizer = tokenizer
-        self.max_prompt_length = max_prompt_length
-        pairs = load_pairs(original_files, rephrased_files, prompt_key, require_ground_truth)
-        if max_samples is not None:
-            pairs = pairs.iloc[:max_samples]
-        ids_o = chat_prompt_ids(tokenizer, pairs["original_prompt"].tolist())
-        ids_r = chat_prompt_ids(tokenizer, pairs["rephrased_prompt"].tolist())
-        items, dropped = [], 0
-        for i, rec in enumerate(pairs.itertuples(index=False)):
-            if filter_overlong_prompts and max(len(ids_o[i]), len(ids_r[i])) > max_prompt_length:
-                dropped += 1
-                continue
-            item: dict[str, Any] = {"pair_id": rec.index}
-            for view, ids, messages in (("original", ids_o[i], rec.original_prompt), ("rephrased", ids_r[i], rec.rephrased_prompt)):
-                item[view] = {
-                    "input_ids": _fit(ids, max_prompt_length, truncation, f"pair with extra_info.index {rec.index} ({view})"),
-                    "prompt_messages": messages,
-                    "ground_truth": rec.ground_truth,
-                    "data_source": rec.data_source,
-                    "index": rec.index,
-                    "ability": rec.ability,
-                    "extra_info": rec.extra_info,
-                    "uid": f"{rec.data_source}/{rec.index}/{view}",
-                    "pair_id": rec.index,
-                    "view": view,
-                }
-            items.append(item)
-        if dropped:
-            logger.info(
-                "PairedRLDataset: dropped %d of %d pairs with a side longer than %d tokens", dropped, len(pairs), max_prompt_length
-            )
-        if not items:
-            raise DataError(f"{original_files} + {rephrased_files}: no pairs left (after the length filter)")
-        self.items = items
-        self.num_filtered = dropped
+        self.original_files, self.rephrased_files = original_files, rephrased_files
+        super().__init__(tokenizer, *args, **kwargs)
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def _sources(self) -> str:
+        return f"{self.original_files} + {self.rephrased_files}"
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.items[i]
+    def _read(self, prompt_key: str, require_ground_truth: bool):
+        return load_pairs(self.original_files, self.rephrased_files, prompt_key, require_ground_truth)
+
+    def _views(self) -> tuple[tuple[str, str], ...]:
+        return (("original", "original_prompt"), ("rephrased", "rephrased_prompt"))
+
+    def _where(self, rec: Any, view: str) -> str:
+        return f"pair with extra_info.index {rec.index} ({view})"
+
+    def _item(self, rec: Any, ids: dict[str, list[int]]) -> dict[str, Any]:
+        item: dict[str, Any] = {"pair_id": rec.index}
+        for view, messages in (("original", rec.original_prompt), ("rephrased", rec.rephrased_prompt)):
+            fields = _fields(rec, ids[view], messages, f"{rec.data_source}/{rec.index}/{view}")
+            item[view] = {**fields, "pair_id": rec.index, "view": view}
+        return item
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from corewarding.data.schema import (
     user_content,
     write_verl_parquet,
 )
-from corewarding.rewards.answers import extract_boxed_answer
+from corewarding.rewards.extraction import extract_boxed_answer
 
 logger = logging.getLogger(__name__)
 

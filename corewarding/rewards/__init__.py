@@ -1,13 +1,8 @@
 """Reward library: answer extraction, math equivalence, majority vote, one function per method (the registry of
 methods is `corewarding.methods`)."""
 
-from corewarding.rewards.answers import (
-    Vote,
-    answers_equivalent,
-    extract_boxed_answer,
-    majority_vote,
-    normalize_answer,
-)
+from corewarding.rewards.answers import answers_equivalent, normalize_answer
+from corewarding.rewards.extraction import extract_boxed_answer
 from corewarding.rewards.functions import (
     GT_SCORERS,
     RewardOutput,
@@ -20,6 +15,7 @@ from corewarding.rewards.functions import (
     self_certainty,
 )
 from corewarding.rewards.hendrycks import hendrycks_equivalent
+from corewarding.rewards.voting import Vote, majority_vote
 
 __all__ = [
     "GT_SCORERS",

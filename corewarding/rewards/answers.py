@@ -1,126 +1,25 @@
-"""Answers: extraction of the last ``\\boxed{}``, math equivalence with a hard time limit, majority vote.
+"""Answers: normalisation and math equivalence (math-verify under a hard time limit, cached).
 
-This module imports only the standard library (math-verify lazily), so that the verification
-worker process (see below) can load it by file path without importing torch or the package.
-
-Time limit of a math-verify check
----------------------------------
-math-verify (sympy + a LaTeX grammar) can run for a very long time on hostile input: a
-5,000-deep ``\\frac{1}{\\frac{1}{...}}`` takes ~26 s just to parse, a 1,000-term polynomial ~5 s.
-Its own ``timeout_seconds`` uses ``signal.alarm`` (whole seconds only), which works only in the
-main thread; Ray actors, thread pools and async code are often not the main thread. So every check
-goes through three layers:
-
-1. **Size / depth pre-check** (`MAX_VERIFY_CHARS`, `MAX_VERIFY_DEPTH`): an answer longer than 500
-   characters or nested deeper than 32 brackets is never handed to math-verify; the pair is
-   compared by the normalised string only. Real final answers are far below both limits, and this
-   alone turns the pathological inputs into an O(n) scan, in any thread, with no extra process.
-2. **Main thread**: math-verify runs in-process with its own timeouts off, under our own
-   ``signal.setitimer`` timer (sub-second precision). The timer raises a ``BaseException``
-   subclass so that math-verify's many ``except Exception`` blocks cannot swallow it, and any
-   SIGALRM timer that was already armed (pytest-timeout, a caller's alarm) is restored afterwards
-   with its remaining time.
-3. **Any other thread** (or ``COREWARDING_VERIFY_BACKEND=process``): the check is sent to one
-   long-lived worker subprocess (``python -c`` loading this file; no multiprocessing, so the
-   parent's ``__main__`` - e.g. a Ray worker - is never re-imported). The parent waits at most
-   `timeout` seconds for the reply; on a timeout it kills the worker and starts a fresh one on
-   the next call. A subprocess is the only limit that also stops C-level work a signal cannot
-   interrupt. Calls from several threads are serialised by a lock.
-
-A timed-out or failed check counts as "not equivalent". Definite results are cached on the normalised pair (timeouts are not).
+The time limit itself lives in `corewarding.rewards.verify` (its docstring says how it works): a
+signal timer in the main thread, a worker subprocess in any other. A timed-out or failed check
+counts as "not equivalent". Definite results are cached on the normalised pair (timeouts are not).
 The limit is wall-clock time, ``DEFAULT_TIMEOUT`` = 1 s (env ``COREWARDING_VERIFY_TIMEOUT``): an
 ordinary check takes ~5 ms, but on a heavily oversubscribed CPU a legitimate check can pass 1 s.
+Extraction is in `corewarding.rewards.extraction`, the majority vote in `corewarding.rewards.voting`.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import re
-import select
-import signal
-import subprocess
-import sys
-import threading
 import time
-from collections import Counter
-from typing import Iterable, NamedTuple, Sequence
+
+from corewarding.rewards.verify import VerifyWorker, backend, check_with_alarm
 
 DEFAULT_TIMEOUT = float(os.environ.get("COREWARDING_VERIFY_TIMEOUT", "1.0"))  # seconds, wall clock
 MAX_VERIFY_CHARS = 500
 MAX_VERIFY_DEPTH = 32
-_WORKER_START_TIMEOUT = 120.0
-
-# --------------------------------------------------------------------------------------------
-# Extraction
-# --------------------------------------------------------------------------------------------
-
-_BOX_START = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def _bare_box_argument(text: str, start: int) -> str | None:
-    """The argument of a box written without braces, read from `start`: characters up to the
-    first whitespace or ``$`` outside braces, or up to a ``}`` closing a group the box sits in.
-    None when that leaves a brace open (a truncated response) or holds no digit, letter or
-    command (``\\boxed.``)."""
-    depth, end = 0, start
-    while end < len(text):
-        c = text[end]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            if depth == 0:
-                break
-            depth -= 1
-        elif depth == 0 and (c.isspace() or c == "$"):
-            break
-        end += 1
-    token = text[start:end]
-    if depth or not any(c.isalnum() or c == "\\" for c in token):
-        return None
-    return token
-
-
-def extract_boxed_answer(text: str | None) -> str | None:
-    """The answer of the last ``\\boxed`` / ``\\fbox`` command in `text`, stripped.
-
-    - ``\\boxed{...}``: the group's content (nested braces handled);
-    - ``\\boxed 5``: the space form of the release, the next token up to whitespace or ``$``;
-    - ``\\boxed\\frac12`` / ``\\boxed5``: decision: the same token rule, so ``\\frac12`` /
-      ``5``, which math equivalence reads as 1/2 / 5 (LaTeX itself would box only ``\\frac``).
-
-    The last box always decides: None when it is unbalanced or cut off (a truncated response ending
-    in ``\\boxed{3`` or ``\\boxed``) or empty, never an earlier box. ``\\boxedx`` is another macro.
-    """
-    if not text:
-        return None
-    starts = list(_BOX_START.finditer(text))
-    if not starts:
-        return None
-    i = starts[-1].end()
-    n = len(text)
-    j = i
-    while j < n and text[j].isspace():
-        j += 1
-    if j < n and text[j] == "{":
-        depth = 0
-        for k in range(j, n):
-            c = text[k]
-            if c == "{":
-                depth += 1
-            elif c == "}":
-                depth -= 1
-                if depth == 0:
-                    content = text[j + 1 : k].strip()
-                    return content or None
-        return None  # unbalanced
-    return _bare_box_argument(text, j)
-
-
-# --------------------------------------------------------------------------------------------
-# Normalisation (string fast path)
-# --------------------------------------------------------------------------------------------
 
 _TEXT_CMD = r"\\(?:text|textbf|textrm|mathrm|mbox)"
 _WHOLE_TEXT = re.compile(rf"^{_TEXT_CMD}\{{([^{{}}]*)\}}$")
@@ -184,179 +83,8 @@ def _verifiable(s: str) -> bool:
     return len(s) <= MAX_VERIFY_CHARS and _nesting_depth(s) <= MAX_VERIFY_DEPTH
 
 
-# --------------------------------------------------------------------------------------------
-# math-verify with a hard time limit
-# --------------------------------------------------------------------------------------------
-
-
-_MV_READY = False
-
-
-def _load_math_verify() -> None:
-    """Import math-verify (sympy, the LaTeX grammar) and run one check, once per process and
-    never under the timer: a ~1-2 s first import must not count as a timeout, and an import cut
-    short by the alarm would leave half-initialised modules behind."""
-    global _MV_READY
-    if _MV_READY:
-        return
-    from math_verify import grader as _mv_grader
-    from math_verify import parser as _mv_parser
-
-    _mv_parser.TIMEOUT_WARNING_SHOWN = True  # we provide the time limit ourselves
-    _mv_grader.TIMEOUT_WARNING_SHOWN = True
-    _MV_READY = True
-    _mv_equal("0.5", "\\frac{1}{2}")
-
-
-def _mv_equal(pred: str, gold: str) -> bool:
-    """math-verify on two bare answers, its own (signal based) timeouts switched off."""
-    _load_math_verify()
-    import math_verify
-
-    gold_parsed = math_verify.parse(f"${gold}$", parsing_timeout=None)
-    pred_parsed = math_verify.parse(f"${pred}$", parsing_timeout=None)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=None))
-
-
-class _Timeout(BaseException):
-    """BaseException so that math-verify's ``except Exception`` cannot swallow it."""
-
-
-def _alarm_handler(signum, frame):  # pragma: no cover - runs only on a timeout
-    raise _Timeout()
-
-
-def _check_with_alarm(pred: str, gold: str, timeout: float) -> bool | None:
-    """math-verify under a SIGALRM timer; None when the time limit was hit."""
-    _load_math_verify()
-    old_handler = signal.getsignal(signal.SIGALRM)
-    start = time.monotonic()
-    signal.signal(signal.SIGALRM, _alarm_handler)
-    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        try:
-            result = _mv_equal(pred, gold)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except _Timeout:
-        result = None
-    except Exception:
-        result = False
-    finally:
-        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
-        if old_delay > 0:  # give the caller's timer back, minus the time we used
-            remaining = old_delay - (time.monotonic() - start)
-            signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-3), old_interval)
-    return result
-
-
-_WORKER_BOOT = (
-    "import importlib.util, sys\n"
-    "spec = importlib.util.spec_from_file_location('_corewarding_answers', sys.argv[1])\n"
-    "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
-    "mod._worker_loop()\n"
-)
-
-
-def _worker_loop() -> None:  # runs in the worker subprocess
-    _load_math_verify()  # import and warm up before saying ready
-
-    out = sys.stdout
-    out.write("ready\n")
-    out.flush()
-    for line in sys.stdin:
-        try:
-            pred, gold = json.loads(line)
-            ok = _mv_equal(pred, gold)
-        except Exception:
-            ok = False
-        out.write("1\n" if ok else "0\n")
-        out.flush()
-
-
-class _VerifyWorker:
-    """One long-lived math-verify subprocess; killed and restarted after a timeout."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
-        self._buf = b""
-        self.restarts = 0
-
-    def _readline(self, timeout: float) -> bytes | None:
-        deadline = time.monotonic() + timeout
-        assert self._proc is not None and self._proc.stdout is not None
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            ready, _, _ = select.select([fd], [], [], left)
-            if not ready:
-                return None
-            chunk = os.read(fd, 4096)
-            if not chunk:  # worker died
-                return None
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line
-
-    def _start(self) -> None:
-        self._buf = b""
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        if self._readline(_WORKER_START_TIMEOUT) != b"ready":
-            self.stop()
-            raise RuntimeError("the math-verify worker process did not start")
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.kill()
-            self._proc.wait()
-            for pipe in (self._proc.stdin, self._proc.stdout):
-                if pipe is not None:
-                    try:
-                        pipe.close()
-                    except OSError:
-                        pass
-            self._proc = None
-
-    def check(self, pred: str, gold: str, timeout: float) -> bool | None:
-        """math-verify in the worker process; None when the time limit was hit."""
-        with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                self._start()
-            assert self._proc is not None and self._proc.stdin is not None
-            try:
-                self._proc.stdin.write((json.dumps([pred, gold]) + "\n").encode())
-                self._proc.stdin.flush()
-            except OSError:
-                self.stop()
-                return False
-            line = self._readline(timeout)
-            if line is None:  # timed out (or died): a fresh worker next time
-                self.stop()
-                self.restarts += 1
-                return None
-            return line == b"1"
-
-
-_WORKER = _VerifyWorker()
+_WORKER = VerifyWorker()  # checks from threads other than the main one
 atexit.register(_WORKER.stop)
-
-
-def _backend() -> str:
-    choice = os.environ.get("COREWARDING_VERIFY_BACKEND", "auto")
-    if choice in ("signal", "process"):
-        return choice
-    in_main = threading.current_thread() is threading.main_thread()
-    return "signal" if in_main and hasattr(signal, "setitimer") else "process"
 
 
 class _ResultCache:
@@ -398,15 +126,16 @@ def _verify_normalised(pred: str, gold: str, timeout: float) -> bool | None:
     quick = _without_math_verify(pred, gold)
     if quick is not None:
         return quick
-    check = _check_with_alarm if _backend() == "signal" else _WORKER.check
+    check = check_with_alarm if backend() == "signal" else _WORKER.check
     result = check(pred, gold, timeout)
     if result is not None:
         _RESULTS.put((pred, gold), result)
     return result
 
 
-def _equivalent_normalised(pred: str, gold: str, timeout: float) -> bool:
-    return bool(_verify_normalised(pred, gold, timeout))
+def normalised_equivalent(pred: str, gold: str, timeout: float | None = None) -> bool:
+    """`answers_equivalent` of two answers already passed through `normalize_answer`."""
+    return bool(_verify_normalised(pred, gold, float(DEFAULT_TIMEOUT if timeout is None else timeout)))
 
 
 class VerifyBudget:
@@ -459,92 +188,9 @@ def answers_equivalent(a: str | None, b: str | None, timeout: float | None = Non
     Decisions (inherited from math-verify, pinned by tests): ``x=3`` == ``3``; ``10\\%`` == ``10``
     but != ``0.1``; ``1,2`` == ``2,1`` (comma lists compare as sets); ``\\pi`` != ``3.14``.
     """
-    return _equivalent_normalised(normalize_answer(a), normalize_answer(b), _timeout(timeout))
-
-
-def _timeout(timeout: float | None) -> float:
-    return float(DEFAULT_TIMEOUT if timeout is None else timeout)
+    return normalised_equivalent(normalize_answer(a), normalize_answer(b), timeout)
 
 
 def clear_cache() -> None:
     _RESULTS.results.clear()
 
-
-# --------------------------------------------------------------------------------------------
-# Majority vote
-# --------------------------------------------------------------------------------------------
-
-
-class Vote(NamedTuple):
-    label: str | None
-    ratio: float
-    n_valid: int
-
-
-class _Class:
-    __slots__ = ("key", "size", "spellings", "members")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.size = 0
-        self.spellings: Counter[str] = Counter()  # insertion order = first seen
-        self.members: list[int] = []
-
-
-def vote_classes(answers: Sequence[str | None], equivalence: str = "math") -> list[_Class]:
-    """Answer classes in first-seen order. "string": identical after strip. "math": buckets of
-    identical `normalize_answer`, then bucket representatives merged with `answers_equivalent`
-    (each new bucket joins the first earlier class it is equivalent to), so math-verify runs
-    O(#distinct answers x #classes) times, not O(n^2)."""
-    if equivalence not in ("math", "string"):
-        raise ValueError(f"equivalence must be 'math' or 'string', got {equivalence!r}")
-    buckets: dict[str, _Class] = {}
-    for i, answer in enumerate(answers):
-        if answer is None:
-            continue
-        spelling = answer.strip()
-        key = spelling if equivalence == "string" else normalize_answer(spelling)
-        if not key:
-            continue
-        bucket = buckets.get(key)
-        if bucket is None:
-            bucket = buckets[key] = _Class(key)
-        bucket.size += 1
-        bucket.spellings[spelling] += 1
-        bucket.members.append(i)
-    if equivalence == "string":
-        return list(buckets.values())
-    classes: list[_Class] = []
-    for bucket in buckets.values():
-        for cls in classes:
-            if _equivalent_normalised(bucket.key, cls.key, _timeout(None)):
-                cls.size += bucket.size
-                cls.spellings.update(bucket.spellings)
-                cls.members.extend(bucket.members)
-                break
-        else:
-            classes.append(bucket)
-    return classes
-
-
-def majority_vote(answers: Iterable[str | None], equivalence: str = "math") -> Vote:
-    """The majority answer of `answers`.
-
-    None / empty answers never win. With ``"math"`` equivalent answers (``0.5``, ``\\frac{1}{2}``,
-    ``1/2``, ``\\dfrac12``) form one class, and the label is the class's most frequent spelling
-    (stripped; ties -> first seen). Ties between classes go to the class seen first. With
-    ``"string"`` this is the release exactly: exact match after strip, ``Counter.most_common``
-    (first seen on a tie). ``ratio`` = size of the winning class / len(answers) (None included);
-    no valid answer -> ``Vote(None, 0.0, 0)``.
-    """
-    answers = list(answers)
-    classes = vote_classes(answers, equivalence)
-    if not classes:
-        return Vote(None, 0.0, 0)
-    best = classes[0]
-    for cls in classes[1:]:
-        if cls.size > best.size:
-            best = cls
-    label = best.spellings.most_common(1)[0][0]
-    n_valid = sum(cls.size for cls in classes)
-    return Vote(label, best.size / len(answers), n_valid)

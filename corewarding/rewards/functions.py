@@ -37,8 +37,10 @@ import torch
 
 from corewarding.algos import masked_mean
 from corewarding.batch import Batch
-from corewarding.rewards.answers import VerifyBudget, answers_equivalent, extract_boxed_answer, majority_vote, Vote
+from corewarding.rewards.answers import VerifyBudget, answers_equivalent
+from corewarding.rewards.extraction import extract_boxed_answer
 from corewarding.rewards.hendrycks import hendrycks_equivalent
+from corewarding.rewards.voting import Vote, majority_vote
 
 VIEWS = ("original", "rephrased")
 GT_SCORERS = ("math_verify", "hendrycks")

@@ -87,10 +87,8 @@ class Trainer:
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
         rewards = config.reward_model
-        options: dict[str, Any] = {"gt_scorer": rewards.gt_scorer, **rewards.reward_kwargs}
-        if self.method.votes:
-            options["equivalence"] = rewards.vote_equivalence
-        self.reward_fn = self.method.reward_fn(**options)
+        self.reward_fn = self.method.reward_fn(**self.method.options(rewards.gt_scorer, rewards.vote_equivalence,
+                                                                     rewards.reward_kwargs))
         self.val_reward_fn = resolve_method("gt").reward_fn(gt_scorer=rewards.gt_scorer)
         actor = config.actor_rollout_ref.actor
         on_policy = (actor.on_policy_shortcut and actor.ppo_epochs == 1

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from corewarding.config import Config, ConfigError, load_config
 from corewarding.data import DataError, PairedRLDataset, RLDataset, StatefulLoader, load_tokenizer
+from corewarding.logs import is_verbose, worker_log
 from corewarding.methods import Method
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.preemption import Preempted, PreemptionWatch
@@ -53,15 +54,18 @@ def init_ray(config: Config) -> bool:
 
     if ray.is_initialized():
         return False
+    # A quiet run: Ray's own INFO lines on the driver (its start-up banner) only at WARNING; what the
+    # workers print reaches the driver only at ERROR (corewarding/logs.py).
+    level = logging.INFO if is_verbose(config.trainer.verbose) else logging.WARNING
     if address:
-        ray.init(address=str(address), log_to_driver=True)
+        ray.init(address=str(address), log_to_driver=True, logging_level=level)
         return True
     num_cpus = config.ray_init.num_cpus
     if num_cpus is None and local_cpu:
         num_cpus = max(config.world_size * (config.trainer.cpus_per_worker or 1), os.cpu_count() or 1)
     passed = ("TOKENIZERS_PARALLELISM", *LOCAL_CPU_RAY_ENV) if local_cpu else ("TOKENIZERS_PARALLELISM",)
     kwargs: dict[str, Any] = dict(
-        num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1",
+        num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, logging_level=level, _node_ip_address="127.0.0.1",
         runtime_env={"env_vars": {k: os.environ[k] for k in passed if k in os.environ}},
     )
     if config.ray_init.temp_dir:
@@ -136,6 +140,9 @@ def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, A
     lock (`run_lock.RunLock`) throughout."""
     config = cfg if isinstance(cfg, Config) else load_config(cfg)
     trainer_cfg = config.trainer
+    if not trainer_cfg.single_process and not is_verbose(trainer_cfg.verbose):
+        print(f"run folder {trainer_cfg.default_local_dir}; worker logs (vLLM, Ray, torch) in "
+              f"{worker_log(trainer_cfg.default_local_dir, 0).parent}/ (trainer.verbose=True to print them here)", flush=True)
     watch = PreemptionWatch(trainer_cfg.preemption_signals, lambda: latest_or_none(trainer_cfg.default_local_dir))
     watch.install()
     try:

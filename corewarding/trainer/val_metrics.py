@@ -19,7 +19,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from corewarding.rewards.answers import vote_classes
+from corewarding.rewards.voting import vote_classes
 from corewarding.trainer.rollout_stats import mean, standard_error_over_questions
 
 __all__ = ["answer_classes", "question_metrics", "subset_sizes", "validation_metrics"]

@@ -35,8 +35,9 @@ from corewarding.algos import build_lr_scheduler, ema_update_
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
-from corewarding.trainer.checkpoint import fsync_dir, fsync_tree
 from corewarding.errors import ConfigError
+from corewarding.logs import quiet_worker
+from corewarding.storage import fsync_dir, fsync_tree
 from corewarding.workers import memory_plan, sharding, worker_state
 from corewarding.workers.actor import ActorUpdate, ForwardSettings, PPOSettings, compute_token_stats, ppo_update
 from corewarding.workers.dispatch import collect, concat_rows
@@ -65,6 +66,7 @@ def gpu_worker_threads(configured: int, actor_offload: bool, node_cpus: int, gpu
 
 class ActorRolloutRefWorker:
     def __init__(self, config: Config, rank: int, world_size: int) -> None:
+        quiet_worker()  # a Ray worker of a quiet run: its output to the run folder (corewarding/logs.py)
         self.config = config
         self.rank = rank
         self.world_size = world_size

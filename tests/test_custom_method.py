@@ -1,0 +1,163 @@
+"""A method from a user's file (`custom_reward_function.path` / `.name`), `register_method`, and the
+contract checked when the configuration loads. The worked example is taken from docs/custom-method.md
+itself, so the page cannot drift from what runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from corewarding.batch import Batch
+from corewarding.config import compose_config, load_config
+from corewarding.errors import ConfigError
+from corewarding.methods import METHODS, Method, load_method, register_method, resolve_method
+
+REPO = Path(__file__).resolve().parents[1]
+PAGE = REPO / "docs" / "custom-method.md"
+CPU = ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf", "trainer.n_gpus_per_node=2", "data.train_batch_size=4",
+       "actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+       "actor_rollout_ref.rollout.n=2"]
+
+
+def example_code() -> str:
+    """The python block of the page's worked example."""
+    worked = PAGE.read_text().split("## A worked example", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", worked, re.DOTALL)
+    assert len(blocks) == 1, "the worked example has one python block"
+    return blocks[0]
+
+
+@pytest.fixture
+def example_file(tmp_path) -> Path:
+    path = tmp_path / "soft_co_rewarding_ii.py"
+    path.write_text(example_code())
+    return path
+
+
+def _user_file(tmp_path: Path, body: str, name: str = "mine.py") -> Path:
+    path = tmp_path / name
+    path.write_text("import torch\nfrom corewarding.rewards import RewardOutput\n\n" + body)
+    return path
+
+
+def _load(path: Path, name: str, *extra: str):
+    overrides = [*CPU, f"custom_reward_function.path={path}", f"custom_reward_function.name={name}", *extra]
+    return load_config(compose_config(overrides), check_paths=False)
+
+
+def test_the_example_rewards_the_share_of_agreeing_teacher_rollouts(example_file):
+    method = load_method(example_file, "METHOD")
+    assert (method.name, method.votes, method.teacher) == ("soft_co_rewarding_ii", True, True)
+    boxed = [f"so \\boxed{{{a}}}" if a else "no answer" for a in ("5", "7", None, "8")]
+    batch = Batch(rows={"response_text": boxed, "uid": ["q", "q", "q", "r"]})
+    teacher = Batch(rows={"response_text": [f"\\boxed{{{a}}}" for a in ("5", "5", "7", "8")], "uid": ["q", "q", "q", "r"]})
+    out = method.reward_fn(**method.options("math_verify", "string", {}))(batch, teacher=teacher)
+    torch.testing.assert_close(out.scores, torch.tensor([2 / 3, 1 / 3, 0.0, 1.0]))
+    assert out.rows == {"answer": ["5", "7", None, "8"], "pseudo_label": ["5", "5", "5", "8"]}
+
+
+@pytest.mark.slow
+def test_the_example_trains_one_cpu_step(example_file, boxing_model, tmp_path):
+    """The page's command on CPU: the Co-rewarding-II preset with the example's method, one step."""
+    from corewarding.data import write_builtin_dataset
+    from corewarding.trainer.run import run_training
+
+    data = write_builtin_dataset(tmp_path / "data", n_train=8, n_val=4, seed=0)
+    overrides = [
+        "+method=co_rewarding_ii", f"custom_reward_function.path={example_file}", "custom_reward_function.name=METHOD",
+        f"actor_rollout_ref.model.path={boxing_model}", f"data.train_files={data['train']}", f"data.val_files={data['val']}",
+        "data.train_batch_size=2", "data.max_prompt_length=192", "data.max_response_length=12",
+        "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.teacher_n=3",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False", "actor_rollout_ref.ref.sliding_average.alpha_start=0.5",
+        "trainer.device=cpu", "trainer.single_process=True", "trainer.nnodes=1", "trainer.n_gpus_per_node=1",
+        "trainer.total_training_steps=1", "trainer.logger=[console]", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+        "trainer.resume_mode=disable", "trainer.val_before_train=False", "trainer.test_freq=-1", "trainer.save_freq=-1",
+    ]
+    threads = torch.get_num_threads()
+    try:
+        result = run_training(compose_config(overrides), progress=False)
+    finally:
+        torch.set_num_threads(threads)  # the worker, here the test's own process, set its threads
+    (step,) = result["history"]
+    assert step["step"] == 1 and 0.0 <= step["reward/mean"] <= 1.0
+    assert "actor/pg_loss" in step or any(k.startswith("actor/") for k in step)
+
+
+def test_a_plain_function_votes_when_it_takes_equivalence(tmp_path):
+    path = _user_file(tmp_path, (
+        "def compute_score(batch, teacher=None, *, gt_scorer, equivalence):\n"
+        "    n = len(batch)\n"
+        "    return RewardOutput(torch.zeros(n), {}, {'answer': [None] * n, 'pseudo_label': [None] * n})\n"
+    ), "plain_vote.py")
+    config = _load(path, "compute_score", "reward_model.vote_equivalence=math")
+    assert config.method.name == "compute_score" and config.method.votes and not config.method.teacher
+    assert resolve_method("compute_score") is config.method
+
+
+@pytest.mark.parametrize("body, name, message", [
+    ("def f(batch):\n    pass\n", "f", r"method 'f': its reward f\(batch\) cannot be called as reward\(batch, teacher=None, "
+                                           r"gt_scorer=\.\.\.\).*unexpected keyword argument 'teacher'"),
+    ("def f(batch, teacher=None, *, gt_scorer):\n    return RewardOutput(torch.zeros(len(batch)))\n", "f",
+     r"method 'f': RewardOutput.rows\['answer'\] must hold one value per rollout \(2\); it has none"),
+    ("def f(batch, teacher=None, *, gt_scorer):\n    return [0.0] * len(batch)\n", "f",
+     "its reward returned list; return a corewarding.rewards.RewardOutput"),
+    ("def f(batch, teacher=None, *, gt_scorer):\n    return RewardOutput(torch.zeros(3), {}, {})\n", "f",
+     r"RewardOutput.scores must be a tensor of shape \[2\]"),
+    ("def f(batch, teacher=None, *, gt_scorer):\n    return batch.rows['missing']\n", "f",
+     "its reward raised KeyError: 'missing' on a test batch of 2 rollouts"),
+    ("from corewarding.methods import Method\ndef f(batch, teacher=None, *, gt_scorer):\n    pass\n"
+     "M = Method('m', f, votes=True)\n", "M", "unexpected keyword argument 'equivalence'"),
+    ("from corewarding.methods import Method\ndef f(batch, teacher=None, **kw):\n    pass\n"
+     "M = Method('m', f, token_stats=('perplexity',))\n", "M", r"token_stats \['perplexity'\] unknown"),
+    ("def f(batch, teacher=None, *, gt_scorer):\n    pass\n", "g", r"custom_reward_function.name='g': .* has no such function "
+                                                                    r"or Method \(it has \['RewardOutput', 'f'\]\)"),
+    ("raise RuntimeError('boom')\n", "f", "importing it failed: RuntimeError: boom"),
+])
+def test_a_broken_contract_is_one_line_when_the_config_loads(tmp_path, body, name, message):
+    path = _user_file(tmp_path, body, f"broken_{abs(hash((body, name)))}.py")
+    with pytest.raises(ConfigError, match=message) as error:
+        _load(path, name)
+    assert "\n" not in str(error.value)
+
+
+def test_reward_kwargs_are_checked_against_the_signature(tmp_path):
+    path = _user_file(tmp_path, "def f(batch, teacher=None, *, gt_scorer):\n    pass\n", "kwargs.py")
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'temperature'"):
+        _load(path, "f", "+reward_model.reward_kwargs.temperature=2")
+
+
+def test_register_method_then_name_it_in_reward_manager():
+    def shaped(batch, teacher=None, *, gt_scorer):
+        n = len(batch)
+        return __import__("corewarding.rewards", fromlist=["RewardOutput"]).RewardOutput(
+            torch.ones(n), {}, {"answer": [None] * n, "pseudo_label": [None] * n})
+
+    method = register_method(Method("always_one", shaped, aliases=("ones",)))
+    try:
+        config = load_config(compose_config([*CPU, "reward_model.reward_manager=ones"]), check_paths=False)
+        assert config.method is method
+        with pytest.raises(ConfigError, match="method name 'majority' is taken by method 'majority_voting'"):
+            register_method(Method("mine", shaped, aliases=("majority",)))
+        with pytest.raises(ConfigError, match="method name 'gt' is taken by method 'gt'"):
+            register_method(Method("gt", shaped))
+    finally:
+        METHODS.pop("always_one")
+        from corewarding import methods
+
+        for alias in ("always_one", "ones"):
+            methods._BY_NAME.pop(alias)
+
+
+def test_a_method_record_declares_its_needs(tmp_path):
+    """A record's needs reach the trainer: here the policy's per-token self-certainty, as Intuitor."""
+    path = _user_file(tmp_path, (
+        "from corewarding.methods import Method\nfrom corewarding.rewards import self_certainty\n"
+        "M = Method('certainty_copy', self_certainty, token_stats=('self_certainty',))\n"
+    ), "record.py")
+    config = _load(path, "M")
+    assert config.method.name == "certainty_copy" and config.method.token_stats == ("self_certainty",)
