@@ -30,6 +30,20 @@ def example_code() -> str:
     return blocks[0]
 
 
+@pytest.fixture(autouse=True)
+def registry_restored():
+    """Methods this file loads or registers do not outlive their test (the registry is global: a
+    later test that lists it would see them)."""
+    from corewarding import methods
+
+    saved, saved_names = dict(methods.METHODS), dict(methods._BY_NAME)
+    yield
+    methods.METHODS.clear()
+    methods.METHODS.update(saved)
+    methods._BY_NAME.clear()
+    methods._BY_NAME.update(saved_names)
+
+
 @pytest.fixture
 def example_file(tmp_path) -> Path:
     path = tmp_path / "soft_co_rewarding_ii.py"

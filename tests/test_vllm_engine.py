@@ -220,6 +220,17 @@ def test_weight_push_matches_transformers(engine, hf_model, tokenizer, eos_ids, 
     without_norm = ((n, t) for n, t in hf_model.named_parameters() if n != "model.norm.weight")
     with pytest.raises(RuntimeError, match=r"weight push: vLLM got no tensor for layers \['RMSNorm'\]"):
         engine.load_weights(without_norm)
+    # a logging configuration that disabled vLLM's loggers (dictConfig's disable_existing_loggers,
+    # as the full suite once left it) must not hide a layer without weights
+    reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    reload_log.disabled = True
+    try:
+        without_norm = ((n, t) for n, t in hf_model.named_parameters() if n != "model.norm.weight")
+        with pytest.raises(RuntimeError, match=r"vLLM got no tensor for layers \['RMSNorm'\]"):
+            engine.load_weights(without_norm)
+        assert reload_log.disabled  # given back as it was
+    finally:
+        reload_log.disabled = False
     engine.load_weights(hf_model.named_parameters())  # the same engine, whole again
 
 

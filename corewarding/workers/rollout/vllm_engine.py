@@ -244,6 +244,12 @@ class VLLMRolloutEngine:
             raise RuntimeError("wake_up(tags=('weights',)) the engine (or wake_up()) before loading weights")
         started = time.perf_counter()
         reload_log, watch = logging.getLogger(_RELOAD_LOGGER), _PushWarnings(self.tie_word_embeddings)
+        # the watch sees only records the logger emits: one disabled by a logging configuration
+        # (dictConfig's disable_existing_loggers, a level above WARNING) would hide a failed layer
+        was_disabled, level = reload_log.disabled, reload_log.level
+        reload_log.disabled = False
+        if reload_log.getEffectiveLevel() > logging.WARNING:
+            reload_log.setLevel(logging.WARNING)
         reload_log.addFilter(watch)
         try:
             self.llm.collective_rpc(
@@ -252,6 +258,8 @@ class VLLMRolloutEngine:
             )
         finally:
             reload_log.removeFilter(watch)
+            reload_log.disabled = was_disabled
+            reload_log.setLevel(level)
         if watch.missed:
             raise RuntimeError(f"weight push: vLLM got no tensor for layers {sorted(set(watch.missed))} and kept their "
                                "old weights (the pushed names do not match the model's?)")
