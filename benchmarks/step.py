@@ -13,9 +13,10 @@ rollouts, one optimizer step per step. TRL runs in one process with all the mach
 generating with the policy itself (`use_vllm=False`).
 
 A variant is `ours` or `trl`, optionally with `:key=value,...` (ours: `workers`, `rollout` = vllm | hf,
-`remove_padding` = 0 | 1, `shortcut` = 0 | 1). Each variant runs in its own subprocess; this process
-samples the proportional set size (PSS: shared pages counted once) of that subprocess and all its
-descendants (Ray's processes and workers included) every 0.25 s and reports the peak. Step times
+`remove_padding` = 0 | 1, `shortcut` = 0 | 1, `single` = 0 | 1: the one worker inside the run's
+process, without Ray). Each variant runs in its own subprocess; this process samples the
+proportional set size (PSS: shared pages counted once) of that subprocess and all its descendants
+(Ray's processes and workers included) every 0.25 s and reports the peak. Step times
 are the median over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old
 (a separate old-log-prob pass), ref (reference forward), update (policy forward + backward +
 optimizer), other (reward, advantages, transfers, the rest). The last line reads
@@ -62,6 +63,7 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
         f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={args.micro_batch}",
         f"actor_rollout_ref.model.use_remove_padding={bool(int(options.get('remove_padding', 1)))}",
         f"actor_rollout_ref.actor.on_policy_shortcut={bool(int(options.get('shortcut', 1)))}",
+        f"trainer.single_process={bool(int(options.get('single', 0)))}",
         f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.warmup_style=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0", f"actor_rollout_ref.actor.kl_loss_coef={args.kl}",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
@@ -77,7 +79,8 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
             continue
         phases = {"gen": h.get("timing/gen", 0.0), "old": h.get("timing/old_log_prob", 0.0),
                   "ref": h.get("timing/ref", 0.0), "update": h.get("timing/update_actor", 0.0)}
-        steps.append(_with_other(phases, h["timing/step"], reward=h["reward/mean"]))
+        steps.append(_with_other(phases, h["timing/step"], reward=h["reward/mean"],
+                                 response_length=h.get("response_length/mean", 0.0)))
     return steps
 
 

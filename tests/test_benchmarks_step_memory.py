@@ -4,6 +4,7 @@ tables print, the numbers are sane and the last line of the step benchmark is th
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -52,3 +53,28 @@ def test_memory_benchmark_chunked_head_bounds_the_logits(capsys):
         full, chunked = by_layout[f"{layout}, full logits"]["peak"], by_layout[f"{layout}, chunked"]["peak"]
         assert chunked["Activation"] < full["Activation"]
     assert "FSDP x8" in capsys.readouterr().out
+
+
+def test_scaling_slope_is_the_power_law_exponent():
+    bench = load_benchmark("scaling")
+    xs = [32.0, 64.0, 128.0, 256.0]
+    assert bench.loglog_slope(xs, [3.0 * x**2 for x in xs]) == pytest.approx(2.0, rel=1e-12)
+    assert bench.loglog_slope(xs, [5.0 + 0.0 * x for x in xs]) == pytest.approx(0.0, abs=1e-12)
+    assert bench.loglog_slope([64.0], [1.0]) is None and bench.loglog_slope([8.0, 8.0], [1.0, 2.0]) is None
+
+
+def test_scaling_benchmark_sweeps_rollouts_and_tokens(tiny_model_path, capsys, tmp_path):
+    bench = load_benchmark("scaling")
+    # two runs: the tokens sweep's one point is the rollouts sweep's first (run once, shared)
+    sweeps = bench.main(["--model", str(tiny_model_path), "--rollouts", "2", "4", "--tokens", "4",
+                         "--fixed-tokens", "4", "--fixed-rollouts", "2", "--n", "2", "--steps", "2",
+                         "--micro-batch", "2", "--rollout", "hf", "--single-process",
+                         "--json", str(tmp_path / "scaling.json")])
+    assert [(p["rollouts"], p["max_tokens"]) for p in sweeps["rollouts"]] == [(2, 4), (4, 4)]
+    assert sweeps["tokens"] == [sweeps["rollouts"][0]]
+    for point in sweeps["rollouts"]:
+        assert point["step"] > 0 and point["update"] > 0 and point["peak_gb"] > 0.1
+        assert 0 < point["mean_tokens"] <= point["max_tokens"]
+    out = capsys.readouterr().out
+    assert out.count("| exponent |") == 2 and out.count("running ") == 2
+    assert json.loads((tmp_path / "scaling.json").read_text()) == sweeps
