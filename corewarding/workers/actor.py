@@ -76,9 +76,11 @@ def _token_stats_method(
     targets: torch.Tensor,
     temperature: float,
     chunk_size: int,
+    **attention_kwargs: Any,
 ) -> TokenStats:
     hidden = self.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+        **attention_kwargs,
     ).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_positions)
     return token_stats(hidden, self.get_output_embeddings().weight, targets, temperature, chunk_size)
@@ -96,6 +98,15 @@ def install_token_stats(model: torch.nn.Module) -> None:
 
 
 LAYOUTS = ("padded", "packed", "shared_prefix")
+
+
+def uses_flash_attention(model: torch.nn.Module) -> bool:
+    """The model's attention is a flash-attention (transformers' own test: flash_attention_2 / 3, a
+    hub kernel named flash...)."""
+    from transformers.utils.generic import is_flash_attention_requested
+
+    config = getattr(model, "config", None)
+    return config is not None and is_flash_attention_requested(config)
 
 
 @dataclass(frozen=True)
@@ -117,9 +128,13 @@ def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSe
         inputs = padded_inputs(ids, attention, rows.tensors["position_ids"], mask)
     else:
         raise ValueError(f"unknown forward layout {settings.layout!r}; use one of {LAYOUTS}")
+    # packed rows on flash-attention: the row boundaries, computed once here, spare transformers a
+    # derivation from the position ids in every layer; SDPA / eager build their mask from the position
+    # ids and take no such arguments
+    varlen = inputs.varlen_kwargs() if uses_flash_attention(model) else {}
     stats = model.token_stats(
         inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.target_positions, inputs.targets,
-        settings.temperature, settings.chunk_size,
+        settings.temperature, settings.chunk_size, **varlen,
     )
     return TokenStats(*(scatter_to_rows(values, mask) for values in stats))
 

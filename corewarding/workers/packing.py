@@ -11,7 +11,9 @@ hidden states. Only those M positions go through the output embedding.
 - `packed_inputs` (`model.use_remove_padding=True`): the real tokens of all rows concatenated into
   one sequence (B = 1, L = total real tokens) with per-row `position_ids` restarting at 0 and no
   attention mask; transformers then keeps the rows apart (flash-attention varlen on GPU, a
-  block-diagonal mask with SDPA / eager), so no compute goes to padding.
+  block-diagonal mask with SDPA / eager), so no compute goes to padding. The row boundaries for
+  flash-attention (`ModelInputs.varlen_kwargs`) come with them, so that transformers does not derive
+  them again from the position ids in every layer.
 - `shared_prefix_inputs`: packed too, with one copy of each distinct prompt, which all the rollouts
   of that prompt in the micro-batch attend to (a 4-D mask), so a prompt's tokens are computed once.
 """
@@ -19,6 +21,7 @@ hidden states. Only those M positions go through the output embedding.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -32,7 +35,17 @@ class ModelInputs:
     attention_mask: torch.Tensor | None  # [B, L]; None when packed
     target_positions: torch.Tensor  # [M] into the flattened [B * L] hidden states
     targets: torch.Tensor  # [M] response token ids, row-major over response_mask
+    cu_seq_lens: torch.Tensor | None = None  # packed: int32 [rows + 1], where each row starts, then the total
+    max_length: int | None = None  # packed: the longest row's tokens
 
+    def varlen_kwargs(self) -> dict[str, Any]:
+        """The packed rows' boundaries as transformers' flash-attention takes them through the model's
+        forward (`FlashAttentionKwargs`); empty for the other layouts."""
+        if self.cu_seq_lens is None:
+            return {}
+        # self-attention over the same rows: the key boundaries are the query boundaries
+        return {"cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
+                "max_length_q": self.max_length, "max_length_k": self.max_length}
 
 
 def _response_coordinates(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +74,9 @@ def packed_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, respons
     real = attention_mask.bool()
     lengths = real.sum(dim=1)
     prompt_lengths = real[:, :prompt_width].sum(dim=1)
-    starts = torch.cumsum(lengths, dim=0) - lengths
-    total = int(lengths.sum())
+    ends = torch.cumsum(lengths, dim=0)
+    starts = ends - lengths
+    total, longest = torch.stack([ends[-1], lengths.max()]).tolist()  # one device sync for both
     positions = torch.arange(total, device=input_ids.device) - torch.repeat_interleave(starts, lengths)
     rows, cols = _response_coordinates(response_mask)
     return ModelInputs(
@@ -71,6 +85,10 @@ def packed_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, respons
         attention_mask=None,
         target_positions=starts[rows] + prompt_lengths[rows] - 1 + cols,
         targets=input_ids[rows, prompt_width + cols],
+        # flash-attn's varlen kernels take int32 offsets and an int maximum: a Python int here, so that
+        # no layer reads one back from the device
+        cu_seq_lens=torch.nn.functional.pad(ends, (1, 0)).to(torch.int32),
+        max_length=longest,
     )
 
 
