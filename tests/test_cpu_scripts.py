@@ -1,6 +1,7 @@
 """The CPU scripts end to end at smoke size on the tiny model: `make demo` (scripts/demo.py) and
 `make replicate` (scripts/replicate.py: all six methods one step each, the table, figure and metrics
-file, and a second call with the same folder that skips every finished method)."""
+file, and a second call with the same folder that skips every finished method), and Co-rewarding-I on
+unfaithful twins with the union baseline (the split pseudo-label accuracy, scripts/robustness_table.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import demo  # noqa: E402
 import replicate  # noqa: E402
+import robustness_table  # noqa: E402
+from plot_curves import read_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -75,5 +78,16 @@ def test_replicate_smoke_with_unfaithful_twins_and_the_union_baseline(ray_sessio
     assert overrides.index("data.train_batch_size=4") > overrides.index("data.train_batch_size=2")  # the later wins
     for row in rows:
         assert row["final"]["step"] == 1, row
+    # the pseudo-label accuracy split by faithful / unfaithful pairs reaches the logged metrics (one pair of each)
+    split = ["reward/pseudo_label_acc_faithful", "reward/pseudo_label_acc_unfaithful",
+             "reward/pseudo_label_twin_acc_unfaithful"]
+    logged = read_metrics(tmp_path / "runs" / "co_rewarding_i" / "metrics.jsonl")
+    step = next(h for h in logged if h["step"] == 1 and "reward/mean" in h)
+    assert all(0.0 <= step[key] <= 1.0 for key in split), step
+    assert not any(key in h for h in read_metrics(tmp_path / "runs" / "majority_voting_union" / "metrics.jsonl")
+                   for key in split)
+    runs = robustness_table.main(["--runs", f"0.5={tmp_path / 'runs' / 'co_rewarding_i'}",
+                                  "--union", str(tmp_path / "runs" / "majority_voting_union"), "--figs", str(tmp_path / "r")])
+    assert [r["f"] for r in runs] == [0.5, 0.5] and runs[0]["split"][split[0]] == step[split[0]]
     with pytest.raises(SystemExit, match="were trained on other data"):  # finished runs would be mixed in
         replicate.main([a if a != "0.5" else "0.25" for a in argv])

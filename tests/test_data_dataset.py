@@ -132,6 +132,23 @@ def test_paired_dataset_and_batch(tokenizer, builtin):
     assert batch["prompt_ids"][4] == ds[2]["rephrased"]["input_ids"]
 
 
+def test_unfaithful_twins_reach_the_batch_rows(tokenizer, tmp_path):
+    """extra_info.faithful / twin_answer of the built-in unfaithful twins become rows of a pair batch
+    (what Co-rewarding-I's reward splits pseudo_label_acc by); data without them gets no such rows."""
+    files = write_builtin_dataset(tmp_path / "f", n_train=8, n_val=2, seed=0, unfaithful_fraction=0.5)
+    ds = PairedRLDataset(files["train"], files["train_rewrite"], tokenizer, 256)
+    twins = pd.read_parquet(files["train_rewrite"])
+    truth = {int(info["index"]): (bool(info["faithful"]), str(info["twin_answer"])) for info in twins["extra_info"]}
+    batch = to_batch([ds[i] for i in range(8)])
+    assert batch["faithful"] == [truth[p][0] for p in batch["pair_id"]] and batch["faithful"].count(False) == 8
+    assert batch["twin_answer"] == [truth[p][1] for p in batch["pair_id"]]
+    unfaithful = batch["faithful"].index(False)
+    assert batch["twin_answer"][unfaithful] != batch["ground_truth"][unfaithful]  # the twin asks about another number
+    plain = write_builtin_dataset(tmp_path / "p", n_train=8, n_val=2, seed=0)
+    batch = to_batch([PairedRLDataset(plain["train"], plain["train_rewrite"], tokenizer, 256)[i] for i in range(2)])
+    assert "faithful" not in batch and "twin_answer" not in batch
+
+
 def test_paired_length_filter_drops_pair_when_either_side_is_long(tokenizer, tmp_path, caplog):
     short = lambda i: make_row(f"What is {i} + 1?", str(i + 1), index=i, split="train", data_source="t")  # noqa: E731
     long = lambda i: make_row("apple " * 300 + f"{i}?", str(i + 1), index=i, split="train", data_source="t")  # noqa: E731

@@ -215,6 +215,47 @@ def test_co_rewarding_i_cross_view():
     assert out.metrics["gt_acc"] == pytest.approx(4 / 10)  # 5, 5, 5 and 1
 
 
+def _pairs_batch(pairs: list[tuple[list, list, str, object, str | None]]) -> Batch:
+    """Co-rewarding-I rows of (original answers, rephrased answers, ground truth, faithful, twin
+    answer) per pair, the pair's index its pair_id."""
+    answers, uids, gts, pair_ids, views, faithful, twins = [], [], [], [], [], [], []
+    for pid, (orig, reph, gt_, flag, twin) in enumerate(pairs):
+        for view, group in (("original", orig), ("rephrased", reph)):
+            answers += group
+            uids += [f"{view[0]}{pid}"] * len(group)
+            gts += [gt_] * len(group)
+            pair_ids += [pid] * len(group)
+            views += [view] * len(group)
+            faithful += [flag] * len(group)
+            twins += [twin] * len(group)
+    return make_batch(answers, uids, gts, pair_id=pair_ids, view=views, faithful=faithful, twin_answer=twins)
+
+
+def test_co_rewarding_i_splits_pseudo_label_accuracy_by_faithful_pairs():
+    batch = _pairs_batch([
+        (["5", "5"], ["5", "6"], "5", True, "5"),  # faithful: labels 5 (tie: first generated) and 5, both right
+        (["7", "7"], ["9", "9"], "7", False, "9"),  # the twin asks for 9: o1's label 9 (wrong, = twin), r1's 7 (right)
+        (["2", "2"], ["8", "8"], "3", False, "4"),  # o2's label 8 (wrong, not the twin's 4), r2's 2 (wrong)
+        (["1", "1"], ["1", "1"], "1", None, None),  # no flag: in pseudo_label_acc only
+    ])
+    out = co_rewarding_i(batch)
+    check_output(out, 16)
+    assert out.rows["pseudo_label"][:8] == ["5"] * 4 + ["9"] * 2 + ["7"] * 2
+    assert out.metrics["pseudo_label_acc"] == 5 / 8  # o0, r0, r1, o3, r3
+    assert out.metrics["pseudo_label_acc_faithful"] == 1.0  # o0, r0
+    assert out.metrics["pseudo_label_acc_unfaithful"] == 0.25  # r1 of o1, r1, o2, r2
+    assert out.metrics["pseudo_label_twin_acc_unfaithful"] == 0.5  # original groups o1 (9 = 9), o2 (8 != 4)
+    # no unfaithful pair: no unfaithful share; no flag at all: no split
+    faithful_only = co_rewarding_i(_pairs_batch([(["5"], ["5"], "5", True, "5"), (["2"], ["4"], "3", True, "3")]))  # labels 5, 5 right; 4, 2 wrong
+    assert faithful_only.metrics["pseudo_label_acc_faithful"] == 0.5
+    assert not {"pseudo_label_acc_unfaithful", "pseudo_label_twin_acc_unfaithful"} & set(faithful_only.metrics)
+    plain = co_rewarding_i(make_batch(["5", "6"], ["o", "r"], ["5", "5"], pair_id=[0, 0], view=["original", "rephrased"]))
+    assert not [k for k in plain.metrics if k.startswith("pseudo_label_") and k != "pseudo_label_acc"]
+    # a pair without a ground truth is in neither accuracy share, but in the twin's
+    no_gt = co_rewarding_i(_pairs_batch([(["5"], ["5"], None, False, "5")]))
+    assert "pseudo_label_acc_unfaithful" not in no_gt.metrics and no_gt.metrics["pseudo_label_twin_acc_unfaithful"] == 1.0
+
+
 def test_co_rewarding_i_needs_both_views():
     batch = make_batch(["1", "1"], ["u", "u"], pair_id=[3, 3], view=["original", "original"])
     with pytest.raises(ValueError, match="rephrased"):

@@ -9,7 +9,9 @@
   A batch of B pairs becomes 2B prompt rows: **the B originals first, then the B rephrased
   questions in the same pair order** (row i and row B+i share `pair_id`); rows `pair_id` and
   `view` ("original" / "rephrased") say which is which, and `views_swapped` whether the loader
-  swapped the pair's roles (see below).
+  swapped the pair's roles (see below). Pairs whose `extra_info` carries `faithful` (the built-in
+  data's unfaithful twins) also give rows `faithful` and `twin_answer` (`PAIR_DIAGNOSTIC_KEYS`),
+  which Co-rewarding-I's reward splits its pseudo-label accuracy by.
 - `StatefulLoader`: deterministic shuffling per (seed, epoch), `state_dict()` / `load_state_dict()`
   with (epoch, position) so a checkpoint resumes at the exact next batch. With `view_swap_p`
   (`data.p`, Co-rewarding-II with `data.use_aug`) each pair's roles are swapped with probability
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 TRUNCATION_MODES = ("error", "left", "right")
 _SWAP_STREAM = 1  # third seed word of the view-swap draws: a stream apart from the order's (seed, epoch)
 ROW_KEYS = ("prompt_messages", "ground_truth", "data_source", "index", "uid")
+# extra_info fields of a pair (write_builtin_dataset with unfaithful_fraction > 0: is the twin
+# faithful, the twin's own answer) that become batch rows for the reward's metrics; datasets without
+# them carry nothing extra
+PAIR_DIAGNOSTIC_KEYS = ("faithful", "twin_answer")
 
 
 def _fit(ids: list[int], max_len: int, truncation: str, where: str) -> list[int]:
@@ -178,7 +184,11 @@ class PairedRLDataset(_PromptDataset):
         return f"{self.original_files} + {self.rephrased_files}"
 
     def _read(self, prompt_key: str, require_ground_truth: bool):
-        return load_pairs(self.original_files, self.rephrased_files, prompt_key, require_ground_truth)
+        frame = load_pairs(self.original_files, self.rephrased_files, prompt_key, require_ground_truth)
+        # decided once for the dataset, not per item: every batch then has the same rows (dynamic
+        # sampling concatenates several), None where a pair lacks the fields
+        self._diagnostics = any(isinstance(info, dict) and "faithful" in info for info in frame["extra_info"])
+        return frame
 
     def _views(self) -> tuple[tuple[str, str], ...]:
         return (("original", "original_prompt"), ("rephrased", "rephrased_prompt"))
@@ -191,7 +201,16 @@ class PairedRLDataset(_PromptDataset):
         for view, messages in (("original", rec.original_prompt), ("rephrased", rec.rephrased_prompt)):
             fields = _fields(rec, ids[view], messages, f"{rec.data_source}/{rec.index}/{view}")
             item[view] = {**fields, "pair_id": rec.index, "view": view}
+            if self._diagnostics:
+                item[view].update(_pair_diagnostics(rec.extra_info))
         return item
+
+
+def _pair_diagnostics(extra_info: dict[str, Any] | None) -> dict[str, Any]:
+    """`faithful` (bool) and `twin_answer` (str) of a pair's extra_info, None where absent."""
+    info = extra_info or {}
+    faithful, twin = info.get("faithful"), info.get("twin_answer")
+    return {"faithful": None if faithful is None else bool(faithful), "twin_answer": None if twin is None else str(twin)}
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,7 +236,8 @@ def to_batch(items: Sequence[dict[str, Any]]) -> Batch:
     Rows: `prompt_ids`, `prompt_messages`, `ground_truth`, `data_source`, `index`, `uid`; for pairs
     also `pair_id` and `view`: B pairs give 2B rows, originals first (rows 0..B-1) then the
     rephrased twins in the same order (rows B..2B-1), and `views_swapped` (the pair's flag from the
-    loader, False when absent) on both rows of a pair.
+    loader, False when absent) on both rows of a pair; `faithful` / `twin_answer` when the
+    dataset has them (`PAIR_DIAGNOSTIC_KEYS`).
     """
     items = list(items)
     if not items:
@@ -225,6 +245,8 @@ def to_batch(items: Sequence[dict[str, Any]]) -> Batch:
     paired = "original" in items[0]
     prompts = [it["original"] for it in items] + [it["rephrased"] for it in items] if paired else items
     keys = ROW_KEYS + (("pair_id", "view") if paired else ())
+    if paired and "faithful" in items[0]["original"]:
+        keys += PAIR_DIAGNOSTIC_KEYS
     rows = {key: [p[key] for p in prompts] for key in keys}
     rows["prompt_ids"] = [list(p["input_ids"]) for p in prompts]
     if paired:

@@ -25,6 +25,12 @@ Their math-verify time per call is bounded by ``metric_budget_s`` (`DEFAULT_METR
 each distinct pair is checked once): ``verify_timeouts`` counts checks that hit the per-check time
 limit and ``verify_skipped`` the pairs left unchecked (counted as wrong) once the budget was spent.
 The GT reward itself has no budget (a reward must not depend on the machine's speed).
+
+Co-rewarding-I on pairs whose rows carry ``faithful`` / ``twin_answer`` (the built-in data's
+unfaithful twins, `corewarding.data.dataset.PAIR_DIAGNOSTIC_KEYS`) also gives
+``pseudo_label_acc_faithful`` / ``pseudo_label_acc_unfaithful`` (pseudo_label_acc over the groups
+of faithful / unfaithful pairs, each only when there are such groups) and
+``pseudo_label_twin_acc_unfaithful`` (see `_faithfulness_metrics`).
 """
 
 from __future__ import annotations
@@ -198,9 +204,10 @@ def _label_rewards(
     equivalence: str,
     gt_scorer: str,
     metric_budget_s: float | None,
+    more_metrics: Callable[[Verifier], dict[str, float]] | None = None,
 ) -> RewardOutput:
     """Reward 1 where a rollout agrees with its group's pseudo-label; metrics over groups (their
-    math-verify time bounded by `metric_budget_s`)."""
+    math-verify time bounded by `metric_budget_s`), plus `more_metrics(verifier)` (the same budget)."""
     n = len(answers)
     labels: list[str | None] = [None] * n
     scores = [0.0] * n
@@ -212,7 +219,38 @@ def _label_rewards(
     verifier = ground_truth_verifier(gt_scorer, metric_budget_s)
     metrics = _common_metrics(scores, answers, gts, verifier)
     _vote_metrics(metrics, [(group_vote[k], _group_gt(idx, gts)) for k, idx in groups.items()], verifier)
+    if more_metrics is not None:
+        metrics.update(more_metrics(verifier))
     return _output(scores, _verify_metrics(metrics, verifier), answers, labels)
+
+
+def _faithfulness_metrics(
+    rows: dict[str, list], groups: dict[Hashable, list[int]], votes: dict[Hashable, Vote], gts: list[str | None],
+    verifier: Verifier,
+) -> dict[str, float]:
+    """Co-rewarding-I's pseudo_label_acc split by the pairs' `faithful` row (groups keyed (pair_id,
+    view); a group whose pair has no flag is in neither share), and pseudo_label_twin_acc_unfaithful:
+    over the original-view groups of unfaithful pairs, whose label is their twin's vote, the share
+    whose label equals `twin_answer`, the twin's own answer (the model answered the twin right and
+    so taught the original a wrong label). Under math-verify, a pair judged for pseudo_label_acc is not checked again."""
+    judged: dict[bool, list[bool]] = {True: [], False: []}
+    twin: list[bool] = []
+    twin_answers = rows.get("twin_answer")
+    for key, indices in groups.items():
+        faithful = rows["faithful"][indices[0]]  # a pair's rows share its flag
+        if faithful is None:
+            continue
+        label, gt = votes[key].label, _group_gt(indices, gts)
+        if gt is not None:
+            judged[bool(faithful)].append(verifier.equivalent(label, gt))
+        answer = twin_answers[indices[0]] if twin_answers is not None else None
+        if not faithful and key[1] == "original" and answer is not None:
+            twin.append(verifier.equivalent(label, str(answer)))
+    metrics = {f"pseudo_label_acc_{name}": _mean(judged[flag])
+               for name, flag in (("faithful", True), ("unfaithful", False)) if judged[flag]}
+    if twin:
+        metrics["pseudo_label_twin_acc_unfaithful"] = _mean(twin)
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +308,10 @@ def co_rewarding_i(
         if other not in own_vote:
             raise ValueError(f"co_rewarding_i: pair_id {pair_id!r} has {view!r} rollouts but no {other[1]!r} ones")
         cross_vote[(pair_id, view)] = own_vote[other]
-    return _label_rewards(answers, gts, groups, cross_vote, equivalence, gt_scorer, metric_budget_s)
+    split = None
+    if "faithful" in batch.rows:  # the built-in data's unfaithful twins; nothing to do otherwise
+        split = lambda verifier: _faithfulness_metrics(batch.rows, groups, cross_vote, gts, verifier)  # noqa: E731
+    return _label_rewards(answers, gts, groups, cross_vote, equivalence, gt_scorer, metric_budget_s, split)
 
 
 def co_rewarding_ii(
