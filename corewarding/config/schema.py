@@ -371,7 +371,7 @@ class TrainerConfig(Section):
     PREFIX: ClassVar[str] = "trainer"
     device: Literal["auto", "cuda", "cpu"]
     cpus_per_worker: int | None
-    cpu_preload: bool  # CPU workers start with tcmalloc and Intel OpenMP in LD_PRELOAD (workers/preload.py)
+    cpu_preload: bool  # CPU workers start with the system's tcmalloc in LD_PRELOAD (workers/preload.py)
     nnodes: int
     n_gpus_per_node: int
     single_process: bool  # one worker inside the driver process, without Ray (debuggers, profilers)
