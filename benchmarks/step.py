@@ -13,8 +13,8 @@ rollouts, one optimizer step per step. TRL runs in one process with all the mach
 generating with the policy itself (`use_vllm=False`).
 
 A variant is `ours` or `trl`, optionally with `:key=value,...` (ours: `workers`, `rollout` = vllm | hf,
-`remove_padding` = 0 | 1, `shortcut` = 0 | 1, `single` = 0 | 1: the one worker inside the run's
-process, without Ray). Each variant runs in its own subprocess; this process samples the
+`remove_padding` = 0 | 1, `shortcut` = 0 | 1, `preload` = 0 | 1 (`trainer.cpu_preload`), `single` =
+0 | 1: the one worker inside the run's process, without Ray). Each variant runs in its own subprocess; this process samples the
 proportional set size (PSS: shared pages counted once) of that subprocess and all its descendants
 (Ray's processes and workers included) every 0.25 s and reports the peak. Step times
 are the median over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old
@@ -64,6 +64,7 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
         f"actor_rollout_ref.model.use_remove_padding={bool(int(options.get('remove_padding', 1)))}",
         f"actor_rollout_ref.actor.on_policy_shortcut={bool(int(options.get('shortcut', 1)))}",
         f"trainer.single_process={bool(int(options.get('single', 0)))}",
+        f"trainer.cpu_preload={bool(int(options.get('preload', 1)))}",
         f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.warmup_style=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0", f"actor_rollout_ref.actor.kl_loss_coef={args.kl}",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",
