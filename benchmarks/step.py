@@ -14,12 +14,13 @@ generating with the policy itself (`use_vllm=False`).
 
 A variant is `ours` or `trl`, optionally with `:key=value,...` (ours: `workers`, `rollout` = vllm | hf,
 `remove_padding` = 0 | 1, `shortcut` = 0 | 1, `preload` = 0 | 1 (`trainer.cpu_preload`), `single` =
-0 | 1: the one worker inside the run's process, without Ray). Each variant runs in its own subprocess; this process samples the
+0 | 1: the one worker inside the run's process, without Ray; trl: `preload` = 0 | 1, the same
+tcmalloc in TRL's process). Each variant runs in its own subprocess; this process samples the
 proportional set size (PSS: shared pages counted once) of that subprocess and all its descendants
-(Ray's processes and workers included) every 0.25 s and reports the peak. Step times
-are the median over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old
-(a separate old-log-prob pass), ref (reference forward), update (policy forward + backward +
-optimizer), other (reward, advantages, transfers, the rest). The last line reads
+(Ray's processes and workers included) every 0.25 s and reports the peak. Step times are the median
+over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old (a separate
+old-log-prob pass), ref (reference forward), update (policy forward + backward + optimizer), other
+(reward, advantages, transfers, the rest). The last line reads
 `speedup_vs_trl=<TRL s/step / the first ours variant's s/step>` (ours faster: above 1).
 """
 
@@ -211,9 +212,16 @@ def measure(variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     result = work / "steps.json"
     command = [sys.executable, __file__, "--run-one", variant, "--work-dir", str(work), "--result", str(result),
                *args.passthrough]
+    env = dict(os.environ)
+    side, options = parse_variant(variant)
+    if side == "trl" and int(options.get("preload", 1)):
+        # the same allocator as our CPU workers (trainer.cpu_preload): TRL's one process, from its start
+        from corewarding.workers.preload import cpu_preload_libraries, with_preload
+
+        env["LD_PRELOAD"] = with_preload(env.get("LD_PRELOAD", ""), cpu_preload_libraries())
     started = time.perf_counter()
     log = open(work / "log.txt", "w")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_pss(proc.pid))

