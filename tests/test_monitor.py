@@ -70,6 +70,18 @@ def test_healthy_learning_raises_nothing():
     assert feed(monitor, series) == [0.0] * 8 and monitor.first_step is None
 
 
+def test_a_gt_reward_falling_from_its_peak_is_not_reward_hacking():
+    """The seed-1 GT run: reward is gt_acc itself, up from its start and down from its peak (noise on
+    8 questions a step); a reward that keeps rising while gt_acc falls is still flagged."""
+    gt = [0.02, 0.06, 0.17, 0.17, 0.36, 0.47, 0.41, 0.22, 0.34, 0.56, 0.41, 0.47, 0.56, 0.48, 0.25, 0.23]
+    monitor = CollapseMonitor(rules(window=3))
+    feed(monitor, {"reward/mean": gt, "reward/gt_acc": gt})
+    assert monitor.first_step is None and "reward up, truth down" not in monitor.warned
+    hacked = CollapseMonitor(rules(window=3))
+    feed(hacked, {"reward/mean": [0.1 + 0.05 * i for i in range(16)], "reward/gt_acc": gt})
+    assert "reward up, truth down" in hacked.warned and hacked.first_step is not None
+
+
 def test_low_entropy_alone_is_a_warning_not_a_collapse():
     """GT-reward learning lowers entropy too: monitor/entropy_low, never monitor/collapse."""
     series = {"actor/entropy": [1.0, 0.8, 0.5, 0.2, 0.1, 0.1]}

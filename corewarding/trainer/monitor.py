@@ -67,7 +67,8 @@ class CollapseMonitor:
     - consensus without correctness: the majority ratio's recent mean is at least `consensus` while
       the label accuracy (pseudo-label accuracy, or maj@n where there is no pseudo-label) falls;
     - reward up, truth down: the reward's recent mean is `drop` above its first window while the
-      accuracy of the rollouts against the ground truth falls;
+      accuracy of the rollouts against the ground truth falls, and the reward did not fall with it
+      (no lower than where the truth had its best window: a GT reward is the truth);
     - answers vanish: the share of rollouts with an answer (`reward/answer_present`) falls by
       `relative_drop` of its best window (the model stops answering; Self-Certainty's way).
     Entropy below `entropy_fraction` of the first step's is reported apart: learning with the ground
@@ -116,7 +117,8 @@ class CollapseMonitor:
         if consensus is not None and fall is not None and consensus >= self.rules.consensus and self._fell(label):
             found["consensus without correctness"] = f"majority ratio {consensus:.2f}, {label} down {fall:.2f}"
         rise, truth_fall = self._rise("reward/mean"), self._fall("reward/gt_acc")
-        if rise is not None and truth_fall is not None and rise >= self.rules.drop and self._fell("reward/gt_acc"):
+        if (rise is not None and truth_fall is not None and rise >= self.rules.drop and self._fell("reward/gt_acc")
+                and self._held_since_best("reward/mean", "reward/gt_acc")):
             found["reward up, truth down"] = f"reward up {rise:.2f}, gt_acc down {truth_fall:.2f}"
         if self._fell("reward/answer_present", absolute=False):
             windows = self._windows("reward/answer_present")
@@ -135,6 +137,14 @@ class CollapseMonitor:
             return False
         best, relative = max(self._windows(key)), self.rules.relative_drop
         return (absolute and fall >= self.rules.drop) or (relative > 0 and best > 0 and fall >= relative * best)
+
+    def _held_since_best(self, key: str, reference: str) -> bool:
+        """`key`'s latest window is not below its window where `reference` had its best: it did not
+        fall with it (a GT reward is the truth itself; its noise is no hacking)."""
+        windows, ref = self._windows(key), self._windows(reference)
+        if not windows or len(windows) != len(ref):
+            return True
+        return windows[-1] >= windows[ref.index(max(ref))]
 
     def _windows(self, key: str) -> list[float]:
         values, w = self.series.get(key, []), self.rules.window
