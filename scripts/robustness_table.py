@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from builtin_runs import LABELS  # noqa: E402
 from plot_curves import parse_run_arg, points, read_metrics  # noqa: E402
-from seed_table import _pm, first_collapse  # noqa: E402
+from seed_table import plus_minus, first_collapse  # noqa: E402
 
 PSEUDO = "reward/pseudo_label_acc"
 # the Co-rewarding-I reward's split (corewarding.rewards.functions._faithfulness_metrics): key -> column
@@ -98,7 +98,7 @@ def run_summary(method: str, f: float | None, metrics_file: Path) -> dict[str, A
 
 def _acc(run: dict[str, Any], which: str) -> str:
     step = run[which]
-    return _pm(run["val"][step], run["se"].get(step))
+    return plus_minus(run["val"][step], run["se"].get(step))
 
 
 def _cell(value: float | None) -> str:

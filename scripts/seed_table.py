@@ -87,7 +87,7 @@ def paired_difference(runs_a: dict[int, dict], runs_b: dict[int, dict], which: s
     return {"mean": mean, "se": se, "se_over": "questions", "per_seed": per_seed}
 
 
-def _pm(mean: float, se: float | None) -> str:
+def plus_minus(mean: float, se: float | None) -> str:
     return f"{mean:.3f} ± {se:.3f}" if se is not None else f"{mean:.3f}"
 
 
@@ -102,8 +102,8 @@ def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, 
         finals = ", ".join(f"s{seed}: {r['val'][r['final']]:.3f}" for seed, r in by_seed.items())
         collapse = ", ".join(f"s{seed}: " + (f"step {r['collapse']}" if r["collapse"] is not None else "none")
                              for seed, r in by_seed.items())
-        lines.append(f"| {LABELS[method]} | {len(by_seed)} | {_pm(*cols['base'])} | {_pm(*cols['best'])} | "
-                     f"{_pm(*cols['final'])} | {finals} | {collapse} |")
+        lines.append(f"| {LABELS[method]} | {len(by_seed)} | {plus_minus(*cols['base'])} | {plus_minus(*cols['best'])} | "
+                     f"{plus_minus(*cols['final'])} | {finals} | {collapse} |")
     lines += ["", "Paired differences (paired by question within each seed, at each method's own final / best "
               "step): the mean of the seeds' paired means ± its standard error over seeds (the questions of one "
               "seed share its training run); with one seed, over its questions.", "",
