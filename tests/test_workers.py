@@ -789,6 +789,17 @@ def test_forward_layout_is_padded_on_a_gpu_without_flash_attention(caplog):
         forward_layout(True, "true", cuda, "flash_attention_2")
 
 
+def test_a_hub_flash_kernel_packs_rows_like_flash_attention_2():
+    """A hub kernel (kernels-community/flash-attn2) is flash-attention to transformers, which then
+    takes the packed kwargs: the layout must agree, not fall back to padded by the name's prefix."""
+    from corewarding.workers.sharding import forward_layout
+
+    cuda = torch.device("cuda", 0)
+    assert forward_layout(True, "auto", cuda, "kernels-community/flash-attn2") == "packed"
+    with pytest.raises(ValueError, match="share_prompt_prefix=true needs an attention that takes a 4-D mask"):
+        forward_layout(True, "true", cuda, "kernels-community/flash-attn2")
+
+
 def test_a_flash_attn_that_does_not_load_is_not_used(tmp_path, monkeypatch):
     """A flash-attn wheel built for another torch is found by find_spec and fails when its CUDA
     extension loads: the attention is SDPA, not a crash at the first forward."""

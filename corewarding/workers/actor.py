@@ -100,13 +100,18 @@ def install_token_stats(model: torch.nn.Module) -> None:
 LAYOUTS = ("padded", "packed", "shared_prefix")
 
 
-def uses_flash_attention(model: torch.nn.Module) -> bool:
-    """The model's attention is a flash-attention (transformers' own test: flash_attention_2 / 3, a
-    hub kernel named flash...)."""
+def is_flash_attention(attn_impl: str | None) -> bool:
+    """`attn_impl` names a flash-attention (transformers' own test: flash_attention_2 / 3, a hub kernel
+    such as kernels-community/flash-attn2): one rule for the layout choice and the packed kwargs."""
     from transformers.utils.generic import is_flash_attention_requested
 
+    return is_flash_attention_requested(requested_attention_implementation=attn_impl)
+
+
+def uses_flash_attention(model: torch.nn.Module) -> bool:
+    """The model's attention is a flash-attention."""
     config = getattr(model, "config", None)
-    return config is not None and is_flash_attention_requested(config)
+    return config is not None and is_flash_attention(config._attn_implementation)
 
 
 @dataclass(frozen=True)

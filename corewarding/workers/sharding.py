@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from corewarding.workers.actor import install_token_stats
+from corewarding.workers.actor import install_token_stats, is_flash_attention
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +57,11 @@ def forward_layout(use_remove_padding: bool, share_prompt_prefix: str, device: t
         return "padded"
     share = share_prompt_prefix == "true" or (share_prompt_prefix == "auto" and device.type == "cpu")
     if share:
-        if attn_impl.startswith("flash"):
+        if is_flash_attention(attn_impl):
             raise ValueError(f"actor_rollout_ref.model.share_prompt_prefix=true needs an attention that takes a 4-D mask "
                              f"(sdpa, eager), not {attn_impl}: set it to auto or false")
         return "shared_prefix"
-    if device.type == "cuda" and not attn_impl.startswith("flash"):
+    if device.type == "cuda" and not is_flash_attention(attn_impl):
         logger.warning("actor_rollout_ref.model.use_remove_padding=True without flash-attention (%s): packed rows "
                        "would need a dense [tokens, tokens] mask on this GPU; using the padded layout", attn_impl)
         return "padded"
