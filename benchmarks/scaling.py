@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import step  # noqa: E402 - benchmarks/ is on the path above
+from corewarding.model_zoo import save_model_folder  # noqa: E402
 
 COLUMNS = ("step", "gen", "update", "peak_gb")
 
@@ -43,12 +43,7 @@ def random_weights_copy(source: Path, out: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=torch.float32)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(source).save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_model_folder(model, AutoTokenizer.from_pretrained(source), out)
 
 
 def loglog_slope(xs: list[float], ys: list[float]) -> float | None:

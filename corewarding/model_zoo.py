@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -37,6 +38,18 @@ def _smollm2_gguf_path() -> Path:
     return gguf
 
 
+def save_model_folder(model: Any, tokenizer: Any, out: Path) -> Path:
+    """`model` and `tokenizer` as an HF folder at `out`, in one step: written beside it and renamed, so a
+    killed save leaves no half-written folder that the next run would take for a whole one."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def prepare_smollm2(out_dir: str | Path | None = None) -> Path:
     """HF folder (fp32 safetensors, config, tokenizer with chat template) of SmolLM2-135M-Instruct."""
     out = Path(out_dir) if out_dir else cache_dir() / "SmolLM2-135M-Instruct"
@@ -57,13 +70,7 @@ def prepare_smollm2(out_dir: str | Path | None = None) -> Path:
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None
     model.config.torch_dtype = torch.float32
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
+    return save_model_folder(model, tokenizer, out)
 
 
 def make_tiny_model(
@@ -97,12 +104,7 @@ def make_tiny_model(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(torch.float32)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_model_folder(model, tokenizer, out)
 
 
 def main() -> None:
