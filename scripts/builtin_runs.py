@@ -68,6 +68,7 @@ def run_overrides(args: argparse.Namespace, method: str, data: dict[str, Path], 
         "trainer.device=cpu", "trainer.nnodes=1", f"trainer.n_gpus_per_node={args.workers}",
         f"trainer.total_training_steps={args.steps}", "trainer.logger=[console]", f"trainer.experiment_name={method}",
         f"trainer.default_local_dir={run_dir}", f"trainer.validation_data_dir={run_dir / 'validation'}",
+        f"trainer.rollout_data_dir={run_dir / 'rollouts'}",
         "trainer.val_before_train=True", f"trainer.test_freq={args.test_freq}",
         f"ray_init.temp_dir={Path('/tmp') / f'corewarding-cpu-{os.getuid()}'}",
     ]

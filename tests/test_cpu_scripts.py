@@ -49,6 +49,9 @@ def test_replicate_smoke(ray_session, boxing_model, tmp_path, capsys):
     assert (tmp_path / "figs" / "replication.png").stat().st_size > 10_000
     logged = [json.loads(line) for line in (tmp_path / "figs" / "replication_metrics.jsonl").read_text().splitlines()]
     assert {entry["method"] for entry in logged} == set(replicate.METHODS)
+    for method in replicate.METHODS:  # what a reading of the runs needs: every training rollout and validation sample
+        run = tmp_path / "runs" / method
+        assert (run / "rollouts" / "1.jsonl").stat().st_size > 0 and (run / "validation" / "0.jsonl").exists(), method
 
     capsys.readouterr()
     again = replicate.main(argv)
