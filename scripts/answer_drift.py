@@ -2,19 +2,29 @@
 share of the single most common answer over all questions (a model that answers the question is
 spread out; one that answers the same thing whatever it is asked is not), the share of the one-shot
 example's answer, of single-digit answers, of responses without an answer, and the agreement of the
-samples of one question.
+samples of one question, and of the digit shortcut: the answer of the problem's operation applied to
+its operands' last digits (86 - 32 -> 4), wrong whenever it differs from the true answer.
+
+With --rollouts, a second table from the training rollouts of Co-rewarding-I runs, per window of
+steps: how often the pseudo-label (the twin's majority answer) is right, how often the two views'
+majorities agree, agree on a wrong answer, or are the digit shortcut, and how often the rollouts
+answer with the shortcut or a single digit. A shortcut that only needs the numbers, which a twin
+shares with its original, lets both views agree on the same wrong answer and reward it.
 
     python scripts/answer_drift.py --root outputs/replication --seeds 0 1 2 --out figs/answer_drift.md
+    python scripts/answer_drift.py --root outputs/replication --seeds 0 --methods co_rewarding_i --rollouts
 
-Reads `<root>/seed<S>/<method>/validation/<step>.jsonl` (or `<root>/<method>/validation/` without
---seeds), the per-sample files every replication run writes.
+Reads `<root>/seed<S>/<method>/validation/<step>.jsonl` and `rollouts/<step>.jsonl` (or
+`<root>/<method>/...` without --seeds), the per-sample files every replication run writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import operator
 import re
+import statistics
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,7 +34,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from corewarding.data import ONE_SHOT_SYSTEM_PROMPT  # noqa: E402 - after the path
 
 EXAMPLE_ANSWER = re.search(r"\\boxed\{(\d+)\}", ONE_SHOT_SYSTEM_PROMPT).group(1)  # the one-shot example's answer
+OPERATIONS = (operator.add, operator.sub, operator.mul)
 METHODS = ("gt", "majority_voting", "self_certainty", "entropy", "co_rewarding_i", "co_rewarding_ii", "majority_voting_union")
+
+
+def digit_shortcut(question: str, truth: str | None) -> str | None:
+    """The problem's operation applied to the last digits of its two numbers (86 - 32 -> "4") where that
+    differs from the true answer; None when it does not, or for a question that is not such a problem."""
+    numbers = [int(x) for x in re.findall(r"\d+", question)]
+    if len(numbers) != 2 or truth is None or not truth.lstrip("-").isdigit():
+        return None
+    for x, y in (numbers, numbers[::-1]):  # "how much is 32 less than 86" names the operands in reverse
+        for op in OPERATIONS:
+            if op(x, y) == int(truth):
+                shortcut = str(op(x % 10, y % 10))
+                return shortcut if shortcut != truth else None
+    return None
 
 
 def drift(rows: list[dict[str, Any]], example_answer: str = EXAMPLE_ANSWER) -> dict[str, float]:
@@ -42,7 +67,51 @@ def drift(rows: list[dict[str, Any]], example_answer: str = EXAMPLE_ANSWER) -> d
         "single_digit": sum(a is not None and len(a) == 1 and a.isdigit() for a in answers) / n,
         "no_answer": answers.count(None) / n,
         "agreement": sum(max(Counter(v).values()) / len(v) for v in by_question.values()) / len(by_question),
+        "digit_shortcut": sum(r.get("answer") is not None and r["answer"] == digit_shortcut(r["prompt"], r["ground_truth"])
+                              for r in rows) / n,
     }
+
+
+def pair_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The pseudo-label statistics of one training step of Co-rewarding-I (policy rollouts with a
+    `pair_id` and a `view`): shares over (pair, view) labels, over pairs, and over rollouts."""
+    policy = [r for r in rows if r.get("role") == "policy" and r.get("pair_id") is not None]
+    label: dict[tuple[int, str], dict[str, Any]] = {}
+    for r in policy:
+        label[(r["pair_id"], r["view"])] = {"label": r["pseudo_label"], "truth": r["ground_truth"],
+                                            "shortcut": digit_shortcut(r["prompt"], r["ground_truth"])}
+    pairs = defaultdict(dict)
+    for (pair, view), value in label.items():
+        pairs[pair][view] = value
+    both = [views for views in pairs.values() if len(views) == 2]
+    agreed = [next(iter(v.values())) for v in both if len({x["label"] for x in v.values()}) == 1
+              and next(iter(v.values()))["label"] is not None]
+    labels = list(label.values())
+    return {
+        "label_acc": sum(x["label"] is not None and x["label"] == x["truth"] for x in labels) / len(labels),
+        "views_agree": len(agreed) / len(both),
+        "agree_wrong": sum(x["label"] != x["truth"] for x in agreed) / len(both),
+        "label_shortcut": sum(x["label"] is not None and x["label"] == x["shortcut"] for x in labels) / len(labels),
+        "answer_shortcut": sum(r["answer"] is not None and r["answer"] == digit_shortcut(r["prompt"], r["ground_truth"])
+                               for r in policy) / len(policy),
+        "single_digit": sum(r["answer"] is not None and len(r["answer"]) == 1 and r["answer"].isdigit()
+                            for r in policy) / len(policy),
+    }
+
+
+def read_rollouts(folder: Path, window: int) -> dict[str, dict[str, float]]:
+    """"first-last" steps -> the mean of `pair_stats` over each window of `window` training steps."""
+    per_step = {}
+    for path in sorted((folder / "rollouts").glob("*.jsonl"), key=lambda p: int(p.stem)):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if any(r.get("pair_id") is not None for r in rows):
+            per_step[int(path.stem)] = pair_stats(rows)
+    out = {}
+    steps = sorted(per_step)
+    for start in range(0, len(steps), window):
+        chunk = steps[start:start + window]
+        out[f"{chunk[0]}-{chunk[-1]}"] = {k: statistics.fmean(per_step[s][k] for s in chunk) for k in per_step[chunk[0]]}
+    return out
 
 
 def read_run(folder: Path) -> dict[int, dict[str, float]]:
@@ -55,10 +124,10 @@ def read_run(folder: Path) -> dict[int, dict[str, float]]:
     return out
 
 
-def table(runs: dict[str, dict[int, dict[str, float]]]) -> str:
-    """A markdown table: one row per run and step."""
-    keys = ("acc", "top_answer", "example_answer", "single_digit", "no_answer", "agreement")
-    lines = ["| run | step | " + " | ".join(keys) + " |", "| --- | ---: |" + " ---: |" * len(keys)]
+def table(runs: dict[str, dict[Any, dict[str, float]]], step_label: str = "step") -> str:
+    """A markdown table: one row per run and step (or window of steps), a column per statistic."""
+    keys = list(next(iter(next(iter(runs.values())).values())))
+    lines = [f"| run | {step_label} | " + " | ".join(keys) + " |", "| --- | ---: |" + " ---: |" * len(keys)]
     for name, steps in runs.items():
         for step, values in steps.items():
             lines.append(f"| {name} | {step} | " + " | ".join(f"{values[k]:.3f}" for k in keys) + " |")
@@ -70,13 +139,21 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--root", required=True)
     p.add_argument("--seeds", type=int, nargs="*", default=None)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--out", default=None, help="write the table here (markdown)")
+    p.add_argument("--out", default=None, help="write the table(s) here (markdown)")
+    p.add_argument("--rollouts", action="store_true", help="also the pseudo-label table of the training rollouts")
+    p.add_argument("--window", type=int, default=4, help="training steps per row of the rollouts table")
     args = p.parse_args(argv)
     root = Path(args.root)
     folders = {f"{m} seed {s}": root / f"seed{s}" / m for s in args.seeds for m in args.methods} if args.seeds else \
         {m: root / m for m in args.methods}
     runs = {name: read_run(folder) for name, folder in folders.items() if (folder / "validation").is_dir()}
     text = table({name: steps for name, steps in runs.items() if steps})
+    if args.rollouts:
+        pairs = {name: read_rollouts(folder, args.window) for name, folder in folders.items()
+                 if (folder / "rollouts").is_dir()}
+        pairs = {name: windows for name, windows in pairs.items() if windows}
+        if pairs:
+            text += "\n\nTraining rollouts (Co-rewarding-I pairs):\n\n" + table(pairs, step_label="steps")
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -23,5 +23,45 @@ def test_drift_statistics_by_hand(tmp_path):
     assert answer_drift.EXAMPLE_ANSWER == "68"
     stats = answer_drift.read_run(folder)[8]
     assert stats == pytest.approx({"acc": 2 / 8, "top_answer": 3 / 8, "example_answer": 2 / 8, "single_digit": 3 / 8,
-                                   "no_answer": 1 / 8, "agreement": (2 / 4 + 3 / 4) / 2})
+                                   "no_answer": 1 / 8, "agreement": (2 / 4 + 3 / 4) / 2, "digit_shortcut": 0.0})
     assert "| run | step | acc |" in answer_drift.table({"run": {8: stats}})
+
+
+def test_digit_shortcut_applies_the_operation_to_the_last_digits():
+    assert answer_drift.digit_shortcut("What is 86 minus 32?", "54") == "4"
+    assert answer_drift.digit_shortcut("How much is 32 less than 86?", "54") == "4"  # operands named in reverse
+    assert answer_drift.digit_shortcut("What is 47 + 38?", "85") == "15"
+    assert answer_drift.digit_shortcut("Tom has 12 bags with 11 apples in each bag. How many apples does Tom have?",
+                                       "132") == "2"
+    assert answer_drift.digit_shortcut("What is 4 * 9?", "36") is None  # one-digit operands: the shortcut is right
+    assert answer_drift.digit_shortcut("What is 86 minus 32?", None) is None
+    assert answer_drift.digit_shortcut("Solve x^2 = 1 for 3 values", "7") is None  # not one of these problems
+
+
+def test_pair_statistics_by_hand(tmp_path):
+    """Two pairs x 2 views x 2 rollouts. Pair 1 (86 - 32 = 54): both views labelled 4, the digit
+    shortcut, so they agree on a wrong answer. Pair 2 (12 + 30 = 42): labels 42 and none; one rollout answers 2 (2 + 0, the shortcut)."""
+    def rollout(pair, view, question, truth, label, answer):
+        return {"role": "policy", "pair_id": pair, "view": view, "prompt": question, "ground_truth": truth,
+                "pseudo_label": label, "answer": answer}
+
+    step = [rollout(1, "original", "What is 86 minus 32?", "54", "4", "4"),
+            rollout(1, "original", "What is 86 minus 32?", "54", "4", "54"),
+            rollout(1, "rephrased", "How much is 32 less than 86?", "54", "4", "4"),
+            rollout(1, "rephrased", "How much is 32 less than 86?", "54", "4", None),
+            rollout(2, "original", "What is 12 + 30?", "42", "42", "42"),
+            rollout(2, "original", "What is 12 + 30?", "42", "42", "2"),
+            rollout(2, "rephrased", "What is the sum of 12 and 30?", "42", None, "42"),
+            rollout(2, "rephrased", "What is the sum of 12 and 30?", "42", None, "42"),
+            {"role": "teacher", "pair_id": None, "prompt": "What is 1 + 1?", "answer": "2"}]
+    stats = answer_drift.pair_stats(step)
+    assert stats == pytest.approx({"label_acc": 1 / 4, "views_agree": 1 / 2, "agree_wrong": 1 / 2,
+                                   "label_shortcut": 2 / 4, "answer_shortcut": 3 / 8, "single_digit": 3 / 8})
+    (tmp_path / "run" / "rollouts").mkdir(parents=True)
+    for number, label in ((1, "4"), (2, "54")):  # step 2: every label right
+        rows = [dict(r, pseudo_label=label if r.get("pair_id") == 1 else r.get("pseudo_label")) for r in step]
+        (tmp_path / "run" / "rollouts" / f"{number}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    windows = answer_drift.read_rollouts(tmp_path / "run", window=2)
+    assert list(windows) == ["1-2"]
+    assert windows["1-2"]["label_acc"] == pytest.approx((1 / 4 + 3 / 4) / 2)
+    assert windows["1-2"]["agree_wrong"] == pytest.approx((1 / 2 + 0) / 2)
