@@ -21,7 +21,6 @@ Reads `<root>/seed<S>/<method>/validation/<step>.jsonl` and `rollouts/<step>.jso
 from __future__ import annotations
 
 import argparse
-import json
 import operator
 import re
 import statistics
@@ -32,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from corewarding.data import ONE_SHOT_SYSTEM_PROMPT  # noqa: E402 - after the path
+from corewarding.trainer.tracking import read_metrics  # noqa: E402 - any JSONL file of records
 
 EXAMPLE_ANSWER = re.search(r"\\boxed\{(\d+)\}", ONE_SHOT_SYSTEM_PROMPT).group(1)  # the one-shot example's answer
 OPERATIONS = (operator.add, operator.sub, operator.mul)
@@ -64,7 +64,7 @@ def drift(rows: list[dict[str, Any]], example_answer: str = EXAMPLE_ANSWER) -> d
         "acc": sum(r.get("answer") is not None and r["answer"] == r["ground_truth"] for r in rows) / n,
         "top_answer": Counter(given).most_common(1)[0][1] / n if given else 0.0,
         "example_answer": answers.count(example_answer) / n,
-        "single_digit": sum(a is not None and len(a) == 1 and a.isdigit() for a in answers) / n,
+        "single_digit": sum(is_single_digit(a) for a in answers) / n,
         "no_answer": answers.count(None) / n,
         "agreement": sum(max(Counter(v).values()) / len(v) for v in by_question.values()) / len(by_question),
         "digit_shortcut": sum(r.get("answer") is not None and r["answer"] == digit_shortcut(r["prompt"], r["ground_truth"])
@@ -72,30 +72,30 @@ def drift(rows: list[dict[str, Any]], example_answer: str = EXAMPLE_ANSWER) -> d
     }
 
 
+def is_single_digit(answer: str | None) -> bool:
+    return answer is not None and len(answer) == 1 and answer.isdigit()
+
+
 def pair_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
     """The pseudo-label statistics of one training step of Co-rewarding-I (policy rollouts with a
     `pair_id` and a `view`): shares over (pair, view) labels, over pairs, and over rollouts."""
     policy = [r for r in rows if r.get("role") == "policy" and r.get("pair_id") is not None]
-    label: dict[tuple[int, str], dict[str, Any]] = {}
-    for r in policy:
-        label[(r["pair_id"], r["view"])] = {"label": r["pseudo_label"], "truth": r["ground_truth"],
-                                            "shortcut": digit_shortcut(r["prompt"], r["ground_truth"])}
-    pairs = defaultdict(dict)
-    for (pair, view), value in label.items():
-        pairs[pair][view] = value
-    both = [views for views in pairs.values() if len(views) == 2]
-    agreed = [next(iter(v.values())) for v in both if len({x["label"] for x in v.values()}) == 1
-              and next(iter(v.values()))["label"] is not None]
-    labels = list(label.values())
+    shortcuts = [digit_shortcut(r["prompt"], r["ground_truth"]) for r in policy]
+    # (label, truth, shortcut) of each (pair, view): its rollouts share them
+    label = {(r["pair_id"], r["view"]): (r["pseudo_label"], r["ground_truth"], s) for r, s in zip(policy, shortcuts)}
+    views = defaultdict(list)
+    for (pair, _), value in label.items():
+        views[pair].append(value)
+    both = [v for v in views.values() if len(v) == 2]
+    agreed = [v[0] for v in both if v[0][0] is not None and v[0][0] == v[1][0]]  # judged by the first view's truth
     return {
-        "label_acc": sum(x["label"] is not None and x["label"] == x["truth"] for x in labels) / len(labels),
+        "label_acc": sum(lab is not None and lab == truth for lab, truth, _ in label.values()) / len(label),
         "views_agree": len(agreed) / len(both),
-        "agree_wrong": sum(x["label"] != x["truth"] for x in agreed) / len(both),
-        "label_shortcut": sum(x["label"] is not None and x["label"] == x["shortcut"] for x in labels) / len(labels),
-        "answer_shortcut": sum(r["answer"] is not None and r["answer"] == digit_shortcut(r["prompt"], r["ground_truth"])
-                               for r in policy) / len(policy),
-        "single_digit": sum(r["answer"] is not None and len(r["answer"]) == 1 and r["answer"].isdigit()
-                            for r in policy) / len(policy),
+        "agree_wrong": sum(lab != truth for lab, truth, _ in agreed) / len(both),
+        "label_shortcut": sum(lab is not None and lab == short for lab, _, short in label.values()) / len(label),
+        "answer_shortcut": sum(r["answer"] is not None and r["answer"] == short
+                               for r, short in zip(policy, shortcuts)) / len(policy),
+        "single_digit": sum(is_single_digit(r["answer"]) for r in policy) / len(policy),
     }
 
 
@@ -103,7 +103,7 @@ def read_rollouts(folder: Path, window: int) -> dict[str, dict[str, float]]:
     """"first-last" steps -> the mean of `pair_stats` over each window of `window` training steps."""
     per_step = {}
     for path in sorted((folder / "rollouts").glob("*.jsonl"), key=lambda p: int(p.stem)):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_metrics(path)
         if any(r.get("pair_id") is not None for r in rows):
             per_step[int(path.stem)] = pair_stats(rows)
     out = {}
@@ -118,7 +118,7 @@ def read_run(folder: Path) -> dict[int, dict[str, float]]:
     """step -> drift of every validation file of one run folder."""
     out = {}
     for path in sorted((folder / "validation").glob("*.jsonl"), key=lambda p: int(p.stem)):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_metrics(path)
         if rows:
             out[int(path.stem)] = drift(rows)
     return out
