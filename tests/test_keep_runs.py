@@ -40,6 +40,15 @@ def test_only_the_records_of_finished_runs_are_kept(tmp_path):
                     "seed0/co_rewarding_i/validation/0.jsonl", "seed0/data/args.json"]
 
 
+def test_rollouts_are_kept_when_asked(tmp_path):
+    src, dest = tmp_path / "runs", tmp_path / "kept"
+    make_run(src, "seed1/co_rewarding_i", finished=True)
+    keep_runs.main(["--src", str(src), "--dest", str(dest), "--rollouts"])
+    kept = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert kept == ["seed1/co_rewarding_i/metrics.jsonl", f"seed1/co_rewarding_i/{DONE}",
+                    "seed1/co_rewarding_i/rollouts/1.jsonl", "seed1/co_rewarding_i/validation/0.jsonl"]
+
+
 def test_a_finished_run_without_metrics_is_refused(tmp_path):
     run = make_run(tmp_path / "runs", "seed1/gt", finished=True)
     (run / "metrics.jsonl").unlink()
