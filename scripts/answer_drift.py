@@ -61,7 +61,7 @@ def drift(rows: list[dict[str, Any]], example_answer: str = EXAMPLE_ANSWER) -> d
         by_question[r["prompt"]].append(r.get("answer"))
     n = len(rows)
     return {
-        "acc": sum(r.get("answer") is not None and r["answer"] == r["ground_truth"] for r in rows) / n,
+        "acc": sum(float(r["reward"]) for r in rows) / n,  # the validation scorer's verdict, as val/acc
         "top_answer": Counter(given).most_common(1)[0][1] / n if given else 0.0,
         "example_answer": answers.count(example_answer) / n,
         "single_digit": sum(is_single_digit(a) for a in answers) / n,
