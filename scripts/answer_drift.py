@@ -13,9 +13,11 @@ shares with its original, lets both views agree on the same wrong answer and rew
 
     python scripts/answer_drift.py --root outputs/replication --seeds 0 1 2 --out figs/answer_drift.md
     python scripts/answer_drift.py --root outputs/replication --seeds 0 --methods co_rewarding_i --rollouts
+    python scripts/answer_drift.py --runs "per-view loss=outputs/perview/co_rewarding_i" --rollouts
 
 Reads `<root>/seed<S>/<method>/validation/<step>.jsonl` and `rollouts/<step>.jsonl` (or
-`<root>/<method>/...` without --seeds), the per-sample files every replication run writes.
+`<root>/<method>/...` without --seeds, or the folders given as `--runs label=<folder>`), the
+per-sample files every replication run writes.
 """
 
 from __future__ import annotations
@@ -136,16 +138,26 @@ def table(runs: dict[str, dict[Any, dict[str, float]]], step_label: str = "step"
 
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", required=True)
+    p.add_argument("--root", help="the runs folder: <root>/seed<S>/<method> with --seeds, else <root>/<method>")
     p.add_argument("--seeds", type=int, nargs="*", default=None)
+    p.add_argument("--runs", nargs="+", default=[], help="label=<run folder>, instead of (or beside) --root")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--out", default=None, help="write the table(s) here (markdown)")
     p.add_argument("--rollouts", action="store_true", help="also the pseudo-label table of the training rollouts")
     p.add_argument("--window", type=int, default=4, help="training steps per row of the rollouts table")
     args = p.parse_args(argv)
-    root = Path(args.root)
-    folders = {f"{m} seed {s}": root / f"seed{s}" / m for s in args.seeds for m in args.methods} if args.seeds else \
-        {m: root / m for m in args.methods}
+    if args.root is None and not args.runs:
+        raise SystemExit("error: give the runs as --root <folder> [--seeds ...] or --runs label=<folder> ...")
+    folders = {}
+    if args.root is not None:
+        root = Path(args.root)
+        folders = {f"{m} seed {s}": root / f"seed{s}" / m for s in args.seeds for m in args.methods} if args.seeds else \
+            {m: root / m for m in args.methods}
+    for text in args.runs:
+        label, folder = text.split("=", 1) if "=" in text else (Path(text).name, text)
+        if not (Path(folder) / "validation").is_dir():
+            raise SystemExit(f"error: {text}: {folder} has no validation/ folder (a replicate.py run folder)")
+        folders[label] = Path(folder)
     runs = {name: read_run(folder) for name, folder in folders.items() if (folder / "validation").is_dir()}
     text = table({name: steps for name, steps in runs.items() if steps})
     if args.rollouts:

@@ -26,6 +26,12 @@ def test_drift_statistics_by_hand(tmp_path):
     assert stats == pytest.approx({"acc": 2 / 8, "top_answer": 3 / 8, "example_answer": 2 / 8, "single_digit": 3 / 8,
                                    "no_answer": 1 / 8, "agreement": (1 / 4 + 3 / 4) / 2, "digit_shortcut": 0.0})
     assert "| run | step | acc |" in answer_drift.table({"run": {8: stats}})
+    text = answer_drift.main(["--runs", f"per-view loss={folder}", "--out", str(tmp_path / "drift.md")])
+    assert "| per-view loss | 8 | 0.250 | 0.375 |" in text and (tmp_path / "drift.md").read_text() == text + "\n"
+    with pytest.raises(SystemExit, match="has no validation/ folder"):
+        answer_drift.main(["--runs", f"x={tmp_path}"])
+    with pytest.raises(SystemExit, match="give the runs"):
+        answer_drift.main([])
 
 
 def test_digit_shortcut_applies_the_operation_to_the_last_digits():
