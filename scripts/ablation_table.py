@@ -27,8 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from plot_curves import parse_run_arg, plot_curves  # noqa: E402
-from robustness_table import run_summary  # noqa: E402
-from seed_table import plus_minus  # noqa: E402
+from robustness_table import accuracy_cells, collapse_cell, run_summary  # noqa: E402
 
 # metric -> column, each reported as "first half / second half" of the training steps
 HALVES = {"reward/pseudo_label_acc": "pseudo-label acc", "monitor/majority_ratio": "majority ratio",
@@ -55,11 +54,6 @@ def summarise(text: str) -> dict[str, Any]:
     return run
 
 
-def _acc(run: dict[str, Any], which: str) -> str:
-    step = run[which]
-    return plus_minus(run["val"][step], run["se"].get(step))
-
-
 def _halves(pair: tuple[float, float] | None) -> str:
     return "-" if pair is None else f"{pair[0]:.2f} / {pair[1]:.2f}"
 
@@ -75,9 +69,7 @@ def write_table(runs: list[dict[str, Any]], path: Path, command: str) -> None:
              + " | first collapse sign |",
              "| --- | --- | --- | --- | " + "--- | " * len(HALVES) + "--- |"]
     for run in runs:
-        collapse = f"step {run['collapse']}" if run["collapse"] is not None else "none"
-        cells = [run["label"], _acc(run, "base"), f"{_acc(run, 'best')} ({run['best']})", _acc(run, "final"),
-                 *(_halves(run["halves"][key]) for key in HALVES), collapse]
+        cells = [run["label"], *accuracy_cells(run), *(_halves(run["halves"][key]) for key in HALVES), collapse_cell(run)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{command}`"]
     path.write_text("\n".join(lines) + "\n")

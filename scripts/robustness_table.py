@@ -101,6 +101,15 @@ def _acc(run: dict[str, Any], which: str) -> str:
     return plus_minus(run["val"][step], run["se"].get(step))
 
 
+def accuracy_cells(run: dict[str, Any]) -> list[str]:
+    """The base, best (step) and final validation cells of a `run_summary`."""
+    return [_acc(run, "base"), f"{_acc(run, 'best')} ({run['best']})", _acc(run, "final")]
+
+
+def collapse_cell(run: dict[str, Any]) -> str:
+    return f"step {run['collapse']}" if run["collapse"] is not None else "none"
+
+
 def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -124,9 +133,8 @@ def write_table(runs: list[dict[str, Any]], path: Path, command: str) -> None:
              + " | first collapse sign |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
-        collapse = f"step {run['collapse']}" if run["collapse"] is not None else "none"
-        cells = [LABELS[run["method"]], _f(run["f"]), _acc(run, "base"), f"{_acc(run, 'best')} ({run['best']})",
-                 _acc(run, "final"), _cell(run["pseudo"]), *(_cell(run["split"][k]) for k in SPLIT), collapse]
+        cells = [LABELS[run["method"]], _f(run["f"]), *accuracy_cells(run), _cell(run["pseudo"]),
+                 *(_cell(run["split"][k]) for k in SPLIT), collapse_cell(run)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{command}`"]
     path.write_text("\n".join(lines) + "\n")
