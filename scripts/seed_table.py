@@ -60,13 +60,15 @@ def first_collapse(history: list[dict[str, Any]]) -> int | None:
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """One seed of one method: validation accuracy by step, the best and final steps, the first
-    step with a collapse sign, and the logged history."""
+    step with a collapse sign, its run time (from `replication_done.json`) and the logged history."""
     history = read_metrics(run_dir / "metrics.jsonl")
     val = {h["step"]: h["val/acc"] for h in history if "val/acc" in h}
     collapse = first_collapse(history)
     steps = sorted(val)
+    done = run_dir / "replication_done.json"
+    minutes = json.loads(done.read_text())["seconds"] / 60 if done.is_file() else None
     return {"val": val, "base": steps[0], "final": steps[-1], "best": max(steps, key=lambda s: (val[s], -s)),
-            "collapse": collapse, "history": history, "dir": run_dir}
+            "collapse": collapse, "minutes": minutes, "history": history, "dir": run_dir}
 
 
 def paired_difference(runs_a: dict[int, dict], runs_b: dict[int, dict], which: str) -> dict[str, Any]:
@@ -95,15 +97,17 @@ def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, 
     lines = ["# Micro-replication over seeds", "",
              f"Seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds (a method's best step is its own "
              "per seed: the maximum over steps, so it is biased upwards).", "",
-             "| method | seeds | base | best | final | final per seed | first collapse sign per seed |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| method | seeds | base | best | final | final per seed | first collapse sign per seed | minutes per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method, by_seed in runs.items():
         cols = {k: mean_se([r["val"][r[k]] for r in by_seed.values()]) for k in ("base", "best", "final")}
         finals = ", ".join(f"s{seed}: {r['val'][r['final']]:.3f}" for seed, r in by_seed.items())
         collapse = ", ".join(f"s{seed}: " + (f"step {r['collapse']}" if r["collapse"] is not None else "none")
                              for seed, r in by_seed.items())
+        minutes = ", ".join(f"s{seed}: " + (f"{r['minutes']:.1f}" if r["minutes"] is not None else "-")
+                            for seed, r in by_seed.items())
         lines.append(f"| {LABELS[method]} | {len(by_seed)} | {plus_minus(*cols['base'])} | {plus_minus(*cols['best'])} | "
-                     f"{plus_minus(*cols['final'])} | {finals} | {collapse} |")
+                     f"{plus_minus(*cols['final'])} | {finals} | {collapse} | {minutes} |")
     lines += ["", "Paired differences (paired by question within each seed, at each method's own final / best "
               "step): the mean of the seeds' paired means ± its standard error over seeds (the questions of one "
               "seed share its training run); with one seed, over its questions.", "",

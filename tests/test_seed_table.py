@@ -14,10 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import seed_table  # noqa: E402
 
 
-def write_run(folder: Path, per_step: dict[int, list[float]], vanish_at: int | None = None) -> None:
+def write_run(folder: Path, per_step: dict[int, list[float]], vanish_at: int | None = None,
+              seconds: float | None = None) -> None:
     """A run whose validation at each step of `per_step` gives question q the accuracy
     per_step[step][q] (2 samples each: 1/1, 1/0 or 0/0), training steps 1 .. its last validation
-    step, and the answers vanishing from the rollouts at `vanish_at` (the monitor's sign)."""
+    step, the answers vanishing from the rollouts at `vanish_at` (the monitor's sign), and its run
+    time in `replication_done.json` when `seconds` is given."""
     (folder / "validation").mkdir(parents=True)
     history = []
     for step in range(max(per_step) + 1):
@@ -35,13 +37,16 @@ def write_run(folder: Path, per_step: dict[int, list[float]], vanish_at: int | N
             entry["val/acc"] = sum(accs) / len(accs)
         history.append(entry)
     (folder / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    if seconds is not None:
+        (folder / "replication_done.json").write_text(json.dumps({"seconds": seconds, "steps": max(per_step)}))
 
 
 def test_seed_table_means_and_paired_differences(tmp_path):
     root = tmp_path / "seeds"
     # Co-rewarding-II: finals 0.5 and 0.75 over four questions; Entropy: finals 0.25 and 0.25
-    write_run(root / "seed0" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 1, 0, 0]})
-    write_run(root / "seed1" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 0.5, 0, 0], 8: [1, 1, 1, 0]}, vanish_at=6)
+    write_run(root / "seed0" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 1, 0, 0]}, seconds=750)
+    write_run(root / "seed1" / "co_rewarding_ii", {0: [0, 0, 0, 0], 4: [1, 0.5, 0, 0], 8: [1, 1, 1, 0]}, vanish_at=6,
+              seconds=93)
     write_run(root / "seed0" / "entropy", {0: [0, 0, 0, 0], 4: [1, 1, 0, 0], 8: [1, 0, 0, 0]})
     write_run(root / "seed1" / "entropy", {0: [0, 0, 0, 0], 4: [0.5, 0, 0, 0], 8: [0, 1, 0, 0]})
     figs = tmp_path / "figs"
@@ -53,9 +58,9 @@ def test_seed_table_means_and_paired_differences(tmp_path):
     se = math.sqrt(((0.5 - 0.625) ** 2 + (0.75 - 0.625) ** 2) / 1) / math.sqrt(2)
     assert se == pytest.approx(0.125)
     assert ("| Co-rewarding-II | 2 | 0.000 ± 0.000 | 0.625 ± 0.125 | 0.625 ± 0.125 | s0: 0.500, s1: 0.750 "
-            "| s0: none, s1: step 7 |") in table
+            "| s0: none, s1: step 7 | s0: 12.5, s1: 1.6 |") in table
     assert ("| Entropy | 2 | 0.000 ± 0.000 | 0.375 ± 0.125 | 0.250 ± 0.000 | s0: 0.250, s1: 0.250 "  # bests 0.5, 0.25
-            "| s0: none, s1: none |") in table
+            "| s0: none, s1: none | s0: -, s1: - |") in table
     # final differences by question: seed 0 (0, 1, 0, 0) -> 0.25, seed 1 (1, 0, 1, 0) -> 0.5; over seeds
     # mean 0.375, s.e. = stdev(0.25, 0.5) / sqrt(2) = 0.125 (a seed's questions share its training run)
     final = seed_table.paired_difference(runs["co_rewarding_ii"], runs["entropy"], "final")
