@@ -27,9 +27,14 @@ demo: env
 demo-i: env
 	$(PY) scripts/demo.py --method co_rewarding_i
 
-# six methods, identical settings, about 2 hours on 2 CPU cores; resumes when run again
+# six methods x three seeds, identical settings, about 90 minutes a seed on 2 CPU cores; resumes when
+# run again; the three-seed table and figure go to figs/ (each seed's own to outputs/replication/seed<S>/figs)
 replicate: env
-	$(PY) scripts/replicate.py --out outputs/replication --figs figs
+	for seed in 0 1 2; do \
+		$(PY) scripts/replicate.py --seed $$seed --out outputs/replication/seed$$seed \
+			--figs outputs/replication/seed$$seed/figs || exit 1; \
+	done
+	$(PY) scripts/seed_table.py --root outputs/replication --seeds 0 1 2 --figs figs
 
 bench: env
 	$(PY) benchmarks/rollout.py

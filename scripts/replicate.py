@@ -1,7 +1,7 @@
 """A micro-replication of the paper's central claim on this machine: the six methods on the same
 settings, with the collapse monitor on, a held-out validation set, a figure and a table.
 
-    make replicate                                       # the full run (about 2 hours on 2 CPU cores)
+    make replicate                                       # seeds 0-2, then seed_table.py (about 5 hours on 2 CPU cores)
     python scripts/replicate.py --methods gt co_rewarding_ii --steps 10
     python scripts/replicate.py --smoke --out outputs/replication-smoke   # 1 step each, tiny (CI)
 

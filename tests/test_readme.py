@@ -106,3 +106,12 @@ def test_every_key_the_docs_name_exists():
     missing = {page: keys for page, keys in missing.items() if keys}
     assert not missing, missing
     assert len(_named_keys(README)) > 10  # the scan finds the README's keys
+
+
+def test_the_replication_tables_are_the_committed_ones():
+    """Every table row of "Does it learn?" is a row of figs/replication.md, so redrawing that table
+    (scripts/seed_table.py) without the README fails here instead of leaving old numbers behind."""
+    section = README.split("## Does it learn?", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    committed = set((REPO / "figs" / "replication.md").read_text().splitlines())
+    assert len(rows) >= 8 and [row for row in rows if row not in committed] == []
