@@ -17,7 +17,7 @@ import math
 import statistics
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from builtin_runs import EXTRA_METHODS, LABELS, METHODS  # noqa: E402
 from plot_curves import plot_curves, read_metrics  # noqa: E402
+from replicate import DONE  # noqa: E402
 
 # the differences the README states in words: (method, baseline)
 PAIRS = [("co_rewarding_ii", "entropy"), ("co_rewarding_ii", "majority_voting"), ("co_rewarding_i", "majority_voting")]
@@ -60,12 +61,12 @@ def first_collapse(history: list[dict[str, Any]]) -> int | None:
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """One seed of one method: validation accuracy by step, the best and final steps, the first
-    step with a collapse sign, its run time (from `replication_done.json`) and the logged history."""
+    step with a collapse sign, its run time (from replicate.py's `DONE` file) and the logged history."""
     history = read_metrics(run_dir / "metrics.jsonl")
     val = {h["step"]: h["val/acc"] for h in history if "val/acc" in h}
     collapse = first_collapse(history)
     steps = sorted(val)
-    done = run_dir / "replication_done.json"
+    done = run_dir / DONE
     minutes = json.loads(done.read_text())["seconds"] / 60 if done.is_file() else None
     return {"val": val, "base": steps[0], "final": steps[-1], "best": max(steps, key=lambda s: (val[s], -s)),
             "collapse": collapse, "minutes": minutes, "history": history, "dir": run_dir}
@@ -93,6 +94,11 @@ def plus_minus(mean: float, se: float | None) -> str:
     return f"{mean:.3f} ± {se:.3f}" if se is not None else f"{mean:.3f}"
 
 
+def per_seed(by_seed: dict[int, Any], cell: Callable[[Any], str]) -> str:
+    """One table cell listing `cell` of each seed's value: `s0: ..., s1: ...`."""
+    return ", ".join(f"s{seed}: {cell(value)}" for seed, value in by_seed.items())
+
+
 def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, command: str) -> None:
     lines = ["# Micro-replication over seeds", "",
              f"Seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds (a method's best step is its own "
@@ -101,11 +107,9 @@ def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, 
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method, by_seed in runs.items():
         cols = {k: mean_se([r["val"][r[k]] for r in by_seed.values()]) for k in ("base", "best", "final")}
-        finals = ", ".join(f"s{seed}: {r['val'][r['final']]:.3f}" for seed, r in by_seed.items())
-        collapse = ", ".join(f"s{seed}: " + (f"step {r['collapse']}" if r["collapse"] is not None else "none")
-                             for seed, r in by_seed.items())
-        minutes = ", ".join(f"s{seed}: " + (f"{r['minutes']:.1f}" if r["minutes"] is not None else "-")
-                            for seed, r in by_seed.items())
+        finals = per_seed(by_seed, lambda r: f"{r['val'][r['final']]:.3f}")
+        collapse = per_seed(by_seed, lambda r: f"step {r['collapse']}" if r["collapse"] is not None else "none")
+        minutes = per_seed(by_seed, lambda r: f"{r['minutes']:.1f}" if r["minutes"] is not None else "-")
         lines.append(f"| {LABELS[method]} | {len(by_seed)} | {plus_minus(*cols['base'])} | {plus_minus(*cols['best'])} | "
                      f"{plus_minus(*cols['final'])} | {finals} | {collapse} | {minutes} |")
     lines += ["", "Paired differences (paired by question within each seed, at each method's own final / best "
@@ -115,9 +119,9 @@ def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, 
     for a, b in PAIRS:
         if a in runs and b in runs:
             final, best = paired_difference(runs[a], runs[b], "final"), paired_difference(runs[a], runs[b], "best")
-            per_seed = ", ".join(f"s{seed}: {v:+.3f}" for seed, v in final["per_seed"].items())
+            seeds_cell = per_seed(final["per_seed"], lambda v: f"{v:+.3f}")
             lines.append(f"| {LABELS[a]} - {LABELS[b]} | {final['mean']:+.3f} ± {final['se'] or 0:.3f} | "
-                         f"{best['mean']:+.3f} ± {best['se'] or 0:.3f} | {per_seed} | {final['se_over']} |")
+                         f"{best['mean']:+.3f} ± {best['se'] or 0:.3f} | {seeds_cell} | {final['se_over']} |")
     lines += ["", f"Command: `{command}`"]
     path.write_text("\n".join(lines) + "\n")
 
