@@ -27,7 +27,7 @@ demo: env
 demo-i: env
 	$(PY) scripts/demo.py --method co_rewarding_i
 
-# six methods x three seeds, identical settings, about 90 minutes a seed on 2 CPU cores; resumes when
+# six methods x three seeds, identical settings, about 95 minutes a seed on 2 CPU cores; resumes when
 # run again; the three-seed table and figure go to figs/ (each seed's own to outputs/replication/seed<S>/figs)
 replicate: env
 	for seed in 0 1 2; do \
