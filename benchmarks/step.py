@@ -303,4 +303,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    from corewarding.trainer.run import exit_status
+
+    with exit_status(resumes=False):
+        main()

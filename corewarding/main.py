@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -27,21 +26,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @hydra.main(config_path="config", config_name="ppo_trainer", version_base=None)
 def main(cfg: DictConfig) -> None:
     from corewarding.logs import FORMAT, is_verbose
-    from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted
-    from corewarding.trainer.run import USER_ERRORS, run_training
+    from corewarding.trainer.run import exit_status, run_training
 
     # A quiet console (corewarding/logs.py): the driver's own INFO lines only with trainer.verbose. Hydra
     # has set up the root logger already (basicConfig then does nothing): its level is what counts.
     logging.basicConfig(format=FORMAT)
     logging.getLogger().setLevel(logging.INFO if is_verbose(bool(cfg.trainer.get("verbose"))) else logging.WARNING)
-    try:
+    with exit_status():
         result = run_training(cfg)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except Preempted as exc:
-        print(f"preempted: {exc}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_PREEMPTED)
     print(f"done: {result['global_step']} steps, checkpoints and metrics.jsonl in {result['checkpoint_dir']}", flush=True)
 
 

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     started = time.time()
     from corewarding.config import compose_config
     from corewarding.data import write_builtin_dataset
-    from corewarding.trainer.run import USER_ERRORS, run_training
+    from corewarding.trainer.run import exit_status, run_training
     from plot_curves import plot_curves
 
     if args.model is None:
@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  f"trainer.rollout_data_dir={out / 'rollouts'}", "trainer.resume_mode=disable",
                  f"trainer.save_freq={args.steps}",  # one checkpoint at the end, for `python -m corewarding.eval`
                  *args.overrides]
-    try:
+    with exit_status(resumes=False):  # it clears its folder when it starts
         history = run_training(compose_config(overrides))["history"]
-    except USER_ERRORS as exc:
-        sys.exit(f"error: {exc}")
 
     print_timing(history)
     fig = Path(args.fig) if args.fig else out / "curves.png"

@@ -360,4 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from corewarding.trainer.run import exit_status
+
+    with exit_status(resumes=False):
+        sys.exit(main())

@@ -166,6 +166,7 @@ def write_table(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     from corewarding.data import write_builtin_dataset
+    from corewarding.trainer.run import exit_status
     from plot_curves import plot_curves
 
     if args.model is None:
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                           "n_val": args.val_size})
     data = write_builtin_dataset(out / "data", n_train=args.batch * args.steps, n_val=args.val_size, seed=args.data_seed,
                                  word_fraction=args.word_fraction, unfaithful_fraction=args.unfaithful_fraction)
-    runs = {method: run_method(args, method, data) for method in args.methods}
+    with exit_status():  # preempted (status 75): run again, the method in flight resumes and the rest follow
+        runs = {method: run_method(args, method, data) for method in args.methods}
     histories = {method: history for method, (history, _) in runs.items()}
     rows = [summarise(method, history, seconds) for method, (history, seconds) in runs.items()]
     figs = Path(args.figs)

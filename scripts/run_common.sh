@@ -56,6 +56,11 @@ launch() {
         return 0
     fi
     mkdir -p logs
+    # Python replaces this shell (exec), so a signal sent to the job's shell alone (SLURM's
+    # --signal=B:USR1@120) reaches the trainer, and the script's exit status is the trainer's (75
+    # when preempted). The log still goes through tee, which ignores the signals so that it keeps
+    # writing the trainer's last lines (the checkpoint it saved) and ends when Python does.
+    exec > >(trap '' TERM INT USR1 HUP; exec tee "logs/$name.log") 2>&1
     set -x
-    "$PYTHON" -m corewarding.main "${args[@]}" 2>&1 | tee "logs/$name.log"
+    exec "$PYTHON" -m corewarding.main "${args[@]}"
 }

@@ -347,7 +347,7 @@ def test_preemption_saves_the_step_in_flight(ray_session, boxing_model, data_fil
         took = time.monotonic() - signalled
     stderr = (tmp_path / "b" / "stderr.txt").read_text()
     assert proc.returncode == 75, stderr[-3000:]
-    assert f"preempted: SIGTERM at step 2: saved {ckpt_dir / 'global_step_2'}; resume with" in stderr
+    assert f"preempted: SIGTERM: last trained step 2, checkpoint {ckpt_dir / 'global_step_2'}; resume with" in stderr
     assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
     assert not (ckpt_dir / LOCK_FILE).exists()  # released on the way out
     print(f"\nsignal to exit: {took:.1f} s; checkpoint: {folder_bytes(ckpt_dir / 'global_step_2') / 1e6:.1f} MB")

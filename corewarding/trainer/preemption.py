@@ -1,7 +1,8 @@
 """Preemption: a signal (`trainer.preemption_signals`, SIGTERM and SIGUSR1 by default) asks the
-driver to stop; it finishes the step in flight, saves a checkpoint whatever `trainer.save_freq`
-says, and exits with status `EXIT_PREEMPTED` (75, EX_TEMPFAIL: "try again later"), which a SLURM
-script tells from a failure (1) or bad input (2) to requeue the job.
+driver to stop. The handler only records it; the fit loop decides once per step, after the step and
+its logging (`Trainer._done`): it saves the last trained step whatever `trainer.save_freq` says
+(unless it is saved already) and the command exits with status `EXIT_PREEMPTED` (75, EX_TEMPFAIL:
+"try again later"), which a SLURM script tells from a failure (1) or bad input (2) to requeue the job.
 
 A second signal stops the run at once: during a save that leaves only the `.tmp` folder, which the
 next save removes, and `latest_checkpointed_iteration.txt` still names the previous checkpoint. The
@@ -26,13 +27,17 @@ logger = logging.getLogger(__name__)
 EXIT_PREEMPTED = 75
 
 
-class Preempted(BaseException):
-    """The run stopped on a preemption signal; `checkpoint` is where it resumes (None: nowhere yet).
-    A BaseException, as KeyboardInterrupt: no `except Exception` around a worker call may turn a
-    second signal into a failed save."""
+RESUME_HINT = f"resume with the same command (trainer.resume_mode=auto); exit status {EXIT_PREEMPTED}"
 
-    def __init__(self, message: str, checkpoint: Path | None, at_once: bool = False) -> None:
-        super().__init__(message)
+
+class Preempted(BaseException):
+    """The run stopped on a preemption signal; `checkpoint` is where it resumes (None: nowhere yet),
+    `reason` what happened (the message adds how to resume). A BaseException, as KeyboardInterrupt:
+    no `except Exception` around a worker call may turn a second signal into a failed save."""
+
+    def __init__(self, reason: str, checkpoint: Path | None, at_once: bool = False) -> None:
+        super().__init__(f"{reason}; {RESUME_HINT}")
+        self.reason = reason
         self.checkpoint = checkpoint
         self.at_once = at_once  # a second signal: the workers are not waited for
 

@@ -47,7 +47,7 @@ from corewarding.rewards.functions import VIEWS
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.dynamic_sampling import Tally, concat_rollouts, kept_units, rows_of
 from corewarding.trainer.monitor import CollapseMonitor, group_metrics
-from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
+from corewarding.trainer.preemption import Preempted, PreemptionWatch
 from corewarding.trainer.rollout_stats import balanced_order, batch_metrics, prompt_text, rollout_records
 from corewarding.trainer.tracking import Tracker, dump_rollouts
 from corewarding.trainer.val_metrics import summarize_validation
@@ -98,6 +98,7 @@ class Trainer:
         self.monitor = CollapseMonitor(config.trainer.collapse_monitor)
         self.last_ema_weight: float | None = None
         self.saved_step = 0  # the step of the newest checkpoint this run saved or resumed from (0: none needed)
+        self.saved_path: Path | None = None  # ... and its folder
         self.preemption: PreemptionWatch | None = None  # set by fit
 
     # ------------------------------------------------------------------ worker calls
@@ -401,7 +402,7 @@ class Trainer:
         }
         with self.preemption.publishing() if self.preemption is not None else contextlib.nullcontext():
             saved = ckpt.commit(root, self.global_step, tmp, state, keep=self.config.trainer.max_actor_ckpt_to_keep)
-        self.saved_step = self.global_step
+        self.saved_step, self.saved_path = self.global_step, saved
         return saved
 
     def load_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
@@ -423,32 +424,50 @@ class Trainer:
             raise ckpt.CheckpointError(f"checkpoint {path} cannot be loaded by the workers ({worker_error(exc)[:300]}); "
                                        "delete it or resume from an earlier one") from exc
         self.global_step = self.saved_step = int(state["global_step"])
+        self.saved_path = Path(path)
         self.last_ema_weight = state.get("last_ema_weight")
         self.monitor.load_state_dict(state.get("collapse_monitor") or {})
 
     # ------------------------------------------------------------------ the loop
     def _preempted(self) -> Preempted:
-        """The exception that ends a preempted run, its message naming the checkpoint and how to resume."""
+        """The exception that ends a preempted run: the signal, the last trained step, the checkpoint."""
         received = self.preemption.received.name if self.preemption and self.preemption.received else "a signal"
-        root = self.config.trainer.default_local_dir
-        path = ckpt.step_dir(root, self.saved_step) if self.saved_step else None
-        where = f"saved {path}" if path is not None else "nothing trained yet, no checkpoint"
-        return Preempted(f"{received} at step {self.global_step}: {where}; resume with the same command "
-                         f"(trainer.resume_mode=auto); exit status {EXIT_PREEMPTED}", path)
+        path = self.saved_path
+        where = f"last trained step {self.global_step}, checkpoint {path}" if path else "no step trained yet, no checkpoint"
+        return Preempted(f"{received}: {where}", path)
+
+    def _save_and_time(self, metrics: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        saved = self.save_checkpoint()
+        metrics["timing/save_checkpoint"] = time.perf_counter() - started
+        # what a save costs on disk (x saves kept: trainer.max_actor_ckpt_to_keep)
+        metrics["checkpoint/size_gb"] = ckpt.folder_bytes(saved) / 1e9
+
+    def _done(self, stop_at: int) -> bool:
+        """The loop's one decision point, after a step and its logging (and before the first step):
+        a preemption signal received at any time since the last decision saves the last trained
+        step (unless it is saved already) and raises `Preempted`, or ends the run quietly when it
+        has reached its planned stop; otherwise the run is done at `stop_at`."""
+        if self.preemption is None or self.preemption.received is None:
+            return self.global_step >= stop_at
+        if self.global_step > self.saved_step:
+            saved: dict[str, Any] = {}
+            self._save_and_time(saved)
+            logger.info("step %d saved on preemption in %.1f s", self.global_step, saved["timing/save_checkpoint"])
+        if self.global_step >= stop_at:  # the planned stop came with the signal: this run is complete
+            return True
+        raise self._preempted()
 
     def fit(self, progress: bool = True, preemption: PreemptionWatch | None = None) -> list[dict[str, Any]]:
         """Train until the last step (or `trainer.max_steps_this_run`). After a `preemption` signal:
-        finish the step, save it, raise `Preempted`."""
+        finish the step, log it, save it, raise `Preempted` (`_done`)."""
         self.preemption = preemption
-        preempted = lambda: preemption is not None and preemption.received is not None  # noqa: E731
         trainer_cfg = self.config.trainer
         save_freq, test_freq = trainer_cfg.save_freq or -1, trainer_cfg.test_freq or -1
         if self.global_step == 0 and trainer_cfg.val_before_train and self.val_dataset is not None:
             self._log(self.validate(), self.global_step)
             if trainer_cfg.val_only:
                 return self.history
-        if preempted():  # during start-up: nothing new to save
-            raise self._preempted()
         # trainer.max_steps_this_run: stop after a checkpoint (whatever save_freq says) once this
         # process has trained N steps, e.g. to fit a job's time slot; the next run resumes there.
         stop_after = trainer_cfg.max_steps_this_run
@@ -462,27 +481,20 @@ class Trainer:
             self.tracker.printer = lambda line: bar.write(line, file=sys.stdout)
         try:
             batches = self._batch_stream()
-            while self.global_step < stop_at:
+            while not self._done(stop_at):
                 metrics = self.train_step(next(batches), batches)
                 last = self.global_step >= self.total_steps
                 stopping = self.global_step >= stop_at
                 if self.val_dataset is not None and test_freq > 0 and (self.global_step % test_freq == 0 or last):
                     metrics.update(self.validate())
-                periodic = save_freq > 0 and (self.global_step % save_freq == 0 or stopping)
-                if periodic or (stop_after and stopping) or preempted():
-                    started = time.perf_counter()
-                    saved = self.save_checkpoint()
-                    metrics["timing/save_checkpoint"] = time.perf_counter() - started
-                    # what a save costs on disk (x saves kept: trainer.max_actor_ckpt_to_keep)
-                    metrics["checkpoint/size_gb"] = ckpt.folder_bytes(saved) / 1e9
+                if (save_freq > 0 and (self.global_step % save_freq == 0 or stopping)) or (stop_after and stopping):
+                    self._save_and_time(metrics)
                 bad = [k for k, v in metrics.items() if k.startswith("actor/") and isinstance(v, float) and not math.isfinite(v)]
                 if bad:
                     logger.warning("step %d: non-finite metrics %s", self.global_step, bad)
                 self._log(metrics, self.global_step)
                 if bar is not None:
                     bar.update(1)
-                if preempted() and not stopping:  # the last step's signal: the run is complete anyway
-                    raise self._preempted()
         finally:
             self.tracker.printer = printer
             if bar is not None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
@@ -23,7 +25,7 @@ from corewarding.data import DataError, PairedRLDataset, RLDataset, StatefulLoad
 from corewarding.logs import is_verbose, worker_log
 from corewarding.methods import Method
 from corewarding.trainer import checkpoint as ckpt
-from corewarding.trainer.preemption import Preempted, PreemptionWatch
+from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
 from corewarding.trainer.run_lock import RunLock, RunLockError
 from corewarding.trainer.tracking import Tracker
 
@@ -245,3 +247,19 @@ def _train(config: Config, progress: bool, watch: PreemptionWatch) -> dict[str, 
 
 
 USER_ERRORS = (ConfigError, DataError, ckpt.CheckpointError, RunLockError)
+
+
+@contextmanager
+def exit_status(resumes: bool = True) -> Iterator[None]:
+    """Around a command that trains: bad input ends it with one `error: ...` line and status 2, a
+    preemption with one `preempted: ...` line and status 75 (`EXIT_PREEMPTED`), no traceback.
+    `resumes=False`: a command that starts afresh when run again (the demo, the benchmarks) says so."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except Preempted as exc:
+        message = exc if resumes else f"{exc.reason}; this command starts afresh when run again; exit status {EXIT_PREEMPTED}"
+        print(f"preempted: {message}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PREEMPTED)
