@@ -6,8 +6,12 @@ names among them). A method of your own needs no edit here: `custom_reward_funct
 `register_method` (docs/custom-method.md). The trainer reads everything else from the record:
 
 - `votes`: the reward takes a majority vote (`reward_model.vote_equivalence` applies);
-- `paired`: every question comes with its rephrased twin, both views are rolled out and trained on;
+- `paired`: every question comes with its rephrased twin, both views are rolled out and trained on,
+  and a vote on one view labels the other;
 - `teacher`: the reference model is an EMA teacher whose rollouts give the pseudo-label;
+
+together the method's roles: whose rollouts vote, on which view, for which views (`corewarding.roles`,
+where the table of the built-in methods is);
 - `token_stats`: per-token statistics of the policy the reward reads, computed before the update;
 - `ground_truth`: the reward reads the data's ground truth (rows without one are refused).
 """
@@ -28,6 +32,7 @@ from corewarding.batch import Batch
 from corewarding.errors import ConfigError
 from corewarding.rewards import functions as rewards
 from corewarding.rewards.functions import RewardFn, RewardOutput
+from corewarding.roles import Roles, roles_of
 
 __all__ = ["METHODS", "Method", "UnknownMethod", "check_method", "load_method", "register_method", "resolve_method"]
 
@@ -49,6 +54,11 @@ class Method:
     ground_truth: bool = False
     aliases: tuple[str, ...] = ()
 
+    def roles(self, use_aug: bool = False) -> Roles:
+        """Whose rollouts vote, on which view, for which views (`corewarding.roles`); `use_aug` is
+        `data.use_aug`."""
+        return roles_of(self.votes, self.paired, self.teacher, use_aug)
+
     def reward_fn(self, **options: Any) -> RewardFn:
         """The reward function with `options` bound (e.g. equivalence="math", gt_scorer=...)."""
         return partial(self.reward, **options) if options else self.reward
@@ -66,6 +76,8 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method("entropy", rewards.entropy, token_stats=("entropy",)),
     Method("co_rewarding_i", rewards.co_rewarding_i, votes=True, paired=True, aliases=("co_reward", "corewarding_i")),
     Method("co_rewarding_ii", rewards.co_rewarding_ii, votes=True, teacher=True, aliases=("corewarding_ii",)),
+    Method("co_rewarding_iii", rewards.co_rewarding_iii, votes=True, paired=True, teacher=True,
+           aliases=("corewarding_iii",)),
 )}
 
 BUILTIN = frozenset(METHODS)
@@ -85,7 +97,8 @@ def resolve_method(name: str) -> Method:
         custom = "".join(f" | {n}" for n in METHODS if n not in BUILTIN)
         raise UnknownMethod(
             f"reward_model.reward_manager={name!r} is unknown; choose one of "
-            f"naive (gt) | majority_voting | self_certainty | entropy | co_reward (co_rewarding_I) | co_rewarding_II{custom}"
+            f"naive (gt) | majority_voting | self_certainty | entropy | co_reward (co_rewarding_I) | co_rewarding_II | "
+            f"co_rewarding_III{custom}"
             " (or load your own with custom_reward_function.path)"
         )
     return _BY_NAME[key]
@@ -103,8 +116,6 @@ def check_method(method: Method, reward_kwargs: Mapping[str, Any] | None = None)
     unknown = [s for s in method.token_stats if s not in TOKEN_STATS]
     if unknown:
         raise ConfigError(f"{who}: token_stats {unknown} unknown; choose from {TOKEN_STATS}")
-    if method.paired and method.teacher:
-        raise ConfigError(f"{who}: paired (Co-rewarding-I) and teacher (Co-rewarding-II) cannot be combined")
     if not callable(method.reward):
         raise ConfigError(f"{who}: its reward {method.reward!r} is not callable")
     options = method.options("math_verify", "string", reward_kwargs or {})
@@ -181,11 +192,14 @@ def try_method(method: Method, options: Mapping[str, Any]) -> None:
     rows: dict[str, list] = {"response_text": texts, "uid": ["q", "q"], "sample_index": [0, 1], "ground_truth": ["1", "1"]}
     if method.paired:
         n = 4
-        rows = {k: v * 2 for k, v in rows.items()} | {"pair_id": [0] * 4, "view": ["original"] * 2 + ["rephrased"] * 2}
+        rows = {k: v * 2 for k, v in rows.items()} | {"pair_id": [0] * 4, "view": ["original"] * 2 + ["rephrased"] * 2,
+                                                       "uid": ["q", "q", "r", "r"]}
     tensors = {stat: torch.full((n, 3), 0.5) for stat in method.token_stats}  # no draw from the run's RNG
     if tensors:
         tensors["response_mask"] = torch.ones(n, 3)
-    teacher = Batch(rows={"response_text": texts[::-1], "uid": ["q", "q"], "sample_index": [0, 1]}) if method.teacher else None
+    teacher = None
+    if method.teacher:
+        teacher = Batch(rows={k: v[::-1] if k == "response_text" else v for k, v in rows.items()})
     who = f"method {method.name!r}"
     try:
         out = method.reward(Batch(tensors, rows), teacher=teacher, **options)

@@ -179,7 +179,7 @@ def test_teacher_defaults(model, data):
         (["actor_rollout_ref.model.path=/nonexistent/model"], "no such model folder"),
         (["data.train_files=/nonexistent/train.parquet"], "data.train_files: /nonexistent/train.parquet does not exist"),
         (["reward_model.reward_manager=co_reward", "data.train_aug_files=null"], "needs data.train_aug_files"),
-        (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator='gae' is not one of ['grpo', 'co_reward']"),
+        (["algorithm.adv_estimator=gae"], "algorithm.adv_estimator='gae' is not one of ['grpo', 'co_reward', 'co_rewarding_grpo']"),
         (["algorithm.use_kl_in_reward=True"], "use_kl_in_reward"),
         (["trainer.resume_mode=resume_path"], "needs trainer.resume_from_path"),
         (["actor_rollout_ref.model.path=Qwen/Qwen3-8B-Base"], "looks like a hub id: download it first"),

@@ -46,7 +46,7 @@ def test_every_module_imports_on_its_own():
 # The package's layers, lowest first: a module may import its own part of the package and lower
 # layers, never a higher one (algos < rewards < data < workers < trainer; the entry points on top).
 LAYERS = (
-    ("batch", "errors", "storage", "logs", "model_zoo"),
+    ("batch", "errors", "storage", "logs", "model_zoo", "roles"),
     ("algos",),
     ("rewards",),
     ("methods", "data"),

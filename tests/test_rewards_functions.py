@@ -18,6 +18,7 @@ from corewarding.rewards import (
     RewardOutput,
     co_rewarding_i,
     co_rewarding_ii,
+    co_rewarding_iii,
     entropy,
     gt,
     majority_voting,
@@ -325,10 +326,11 @@ def test_registry_and_aliases():
     assert resolve_method("co_reward").reward is co_rewarding_i
     assert resolve_method("co_rewarding_II").reward is co_rewarding_ii
     expected = {"gt": gt, "majority_voting": majority_voting, "co_rewarding_i": co_rewarding_i,
-                "co_rewarding_ii": co_rewarding_ii, "self_certainty": self_certainty, "entropy": entropy}
+                "co_rewarding_ii": co_rewarding_ii, "co_rewarding_iii": co_rewarding_iii, "self_certainty": self_certainty,
+                "entropy": entropy}
     assert {name: method.reward for name, method in REGISTRY.items()} == expected
     assert {name for name, method in REGISTRY.items() if method.votes} == {"majority_voting", "co_rewarding_i",
-                                                                         "co_rewarding_ii"}
+                                                                         "co_rewarding_ii", "co_rewarding_iii"}
     with pytest.raises(ValueError, match="co_reward"):
         resolve_method("nope")
     fn = resolve_method("majority_voting").reward_fn(equivalence="math")

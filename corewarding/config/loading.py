@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from corewarding.config.schema import Config, ConfigError, build, ignored_fields
+from corewarding.config.schema import ROLLOUT_DIRS, Config, ConfigError, build, ignored_fields
 from corewarding.methods import BUILTIN, Method, UnknownMethod, check_method, resolve_method, try_method
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
     if cpus is None:
         cores = config.ray_init.num_cpus or os.cpu_count() or 1
         cpus = max(1, cores // trainer.world_size) if device == "cpu" else 1
-    paths = {key: _abs(getattr(trainer, key)) for key in ("default_local_dir", "resume_from_path", "rollout_data_dir",
+    paths = {key: _abs(getattr(trainer, key)) for key in ("default_local_dir", "resume_from_path", *ROLLOUT_DIRS,
                                                          "validation_data_dir")}
     config = replace_in(config, "trainer", device=device, cpus_per_worker=cpus, **paths)
     model_dtype = arr.model.dtype or ("bfloat16" if device == "cuda" else "float32")
@@ -104,6 +104,9 @@ def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
     config = replace_in(config, "actor_rollout_ref.rollout", dtype=arr.rollout.dtype or model_dtype,
                         teacher_n=arr.rollout.teacher_n or arr.rollout.n)
     config = replace_in(config, "actor_rollout_ref.ref", sliding_average=_ema_schedule(arr.ref.sliding_average, method))
+    # Co-rewarding-III sums its two views' losses, as the release does; Co-rewarding-I aggregates them jointly
+    loss = arr.actor.co_reward_loss or ("per_view" if method.paired and method.teacher else "joint")
+    config = replace_in(config, "actor_rollout_ref.actor", co_reward_loss=loss)
     if config.ray_init.temp_dir:
         config = replace_in(config, "ray_init", temp_dir=_abs(config.ray_init.temp_dir))
     if config.custom_reward_function.path:
@@ -200,15 +203,16 @@ def _check_method(config: Config, method: Method) -> None:
     data = config.data
     if method.paired and not data.train_aug_files:
         raise ConfigError(
-            f"reward_model.reward_manager={config.reward_model.reward_manager} (Co-rewarding-I) needs data.train_aug_files: "
+            f"reward_model.reward_manager={config.reward_model.reward_manager} (both views train) needs data.train_aug_files: "
             "the rephrased questions, paired with data.train_files on extra_info.index"
         )
-    if data.use_aug and not method.teacher:
-        logger.warning("data.use_aug=True only matters for co_rewarding_II (the policy and the teacher get different views)")
+    if data.use_aug and not (method.teacher and not method.paired):
+        logger.warning("data.use_aug=True only changes co_rewarding_II (the policy and the teacher get different views); "
+                       "%s uses %s", method.name, "both views anyway" if method.paired else "one view")
     if data.use_aug and method.teacher and not data.train_aug_files:
         raise ConfigError("data.use_aug=True (the policy and the teacher get different views) needs data.train_aug_files")
     if method.teacher and not config.actor_rollout_ref.actor.use_kl_loss:
-        logger.info("co_rewarding_II without the KL loss: the reference model is used only as the teacher")
+        logger.info("%s without the KL loss: the reference model is used only as the teacher", method.name)
 
 
 def _check_devices(config: Config) -> None:
@@ -266,7 +270,7 @@ def _check_batches(config: Config, method: Method) -> None:
     data, actor, ws = config.data, config.actor_rollout_ref.actor, config.world_size
     batch, n = data.train_batch_size, config.actor_rollout_ref.rollout.n
     mini, micro = actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu
-    views = 2 if method.paired else 1
+    views = config.roles.trained_views
     if batch * views % ws:
         raise ConfigError(
             f"data.train_batch_size={batch}" + (" pairs (x2 views)" if views == 2 else "")

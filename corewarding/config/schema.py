@@ -130,7 +130,7 @@ class ActorConfig(Section):
     loss_scale_factor: int | None  # seq-mean-token-sum-norm's constant (null: data.max_response_length)
     mask_truncated_completions: bool  # responses that hit max_response_length get no loss weight (TRL's name)
     loss_agg_scope: Literal[AGG_SCOPES]  # type: ignore[valid-type]
-    co_reward_loss: Literal["joint", "per_view"]
+    co_reward_loss: Literal["joint", "per_view"] | None  # None: the method's (per_view for Co-rewarding-III)
     entropy_coeff: float
     use_kl_loss: bool
     kl_loss_coef: float
@@ -298,7 +298,7 @@ class RolloutCorrectionConfig(Section):
 @dataclass(frozen=True)
 class AlgorithmConfig(Section):
     PREFIX: ClassVar[str] = "algorithm"
-    adv_estimator: Literal["grpo", "co_reward"]  # co_reward: GRPO within each view's group
+    adv_estimator: Literal["grpo", "co_reward", "co_rewarding_grpo"]  # the release's names: GRPO within each view's group
     norm_adv_by_std_in_grpo: bool
     use_kl_in_reward: bool
     filter_groups: FilterGroupsConfig
@@ -383,6 +383,9 @@ class TrainerConfig(Section):
     logger: tuple[Literal["console", "wandb", "tensorboard", "jsonl"], ...]
     log_val_generations: int
     rollout_data_dir: str | None
+    rollout_data_dir_aug: str | None
+    ref_rollout_data_dir: str | None
+    ref_rollout_data_dir_aug: str | None
     validation_data_dir: str | None
     save_freq: int | None
     test_freq: int | None
@@ -426,6 +429,11 @@ class RayInitConfig(Section):
         self.positive("num_cpus")
 
 
+# the rollout-dump folders: everything, the policy's on rephrased questions, the teacher's, the
+# teacher's on rephrased questions (corewarding.trainer.tracking.rollout_folder)
+ROLLOUT_DIRS = ("rollout_data_dir", "rollout_data_dir_aug", "ref_rollout_data_dir", "ref_rollout_data_dir_aug")
+
+
 @dataclass(frozen=True)
 class Config:
     data: DataConfig
@@ -450,6 +458,11 @@ class Config:
         if custom.path:
             return load_method(custom.path, custom.name)
         return resolve_method(self.reward_model.reward_manager)
+
+    @property
+    def roles(self) -> Any:
+        """The run's `corewarding.roles.Roles`: its method's, with `data.use_aug`."""
+        return self.method.roles(self.data.use_aug)
 
 
 def ignored_fields(cls: type = Config, prefix: str = "") -> dict[str, str]:

@@ -33,6 +33,7 @@ from corewarding.batch import Batch
 from corewarding.data.chat import chat_prompt_ids
 from corewarding.data.pairs import load_pairs
 from corewarding.data.schema import DataError, read_verl_parquet
+from corewarding.roles import Roles
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_token_id: int, width: int |
     return input_ids, attention_mask
 
 
-def to_batch(items: Sequence[dict[str, Any]]) -> Batch:
+def to_batch(items: Sequence[dict[str, Any]], roles: Roles | None = None) -> Batch:
     """Items of `RLDataset` or `PairedRLDataset` -> one `Batch` of prompts, rows only (the prompts
     travel as token-id lists; the worker pads them once, where it needs a tensor).
 
@@ -237,7 +238,8 @@ def to_batch(items: Sequence[dict[str, Any]]) -> Batch:
     also `pair_id` and `view`: B pairs give 2B rows, originals first (rows 0..B-1) then the
     rephrased twins in the same order (rows B..2B-1), and `views_swapped` (the pair's flag from the
     loader, False when absent) on both rows of a pair; `faithful` / `twin_answer` when the
-    dataset has them (`PAIR_DIAGNOSTIC_KEYS`).
+    dataset has them (`PAIR_DIAGNOSTIC_KEYS`). With the run's `roles`, pairs also get the rows
+    `for_policy` / `for_teacher`: which side rolls out on each row (`Roles.row_roles`).
     """
     items = list(items)
     if not items:
@@ -251,6 +253,8 @@ def to_batch(items: Sequence[dict[str, Any]]) -> Batch:
     rows["prompt_ids"] = [list(p["input_ids"]) for p in prompts]
     if paired:
         rows["views_swapped"] = [bool(it.get("views_swapped", False)) for it in items] * 2
+        if roles is not None:
+            rows["for_policy"], rows["for_teacher"] = roles.row_roles(rows["view"], rows["views_swapped"])
     return Batch(rows=rows)
 
 

@@ -47,8 +47,8 @@ from corewarding.rewards.answers import VerifyBudget, answers_equivalent
 from corewarding.rewards.extraction import extract_boxed_answer
 from corewarding.rewards.hendrycks import hendrycks_equivalent
 from corewarding.rewards.voting import Vote, majority_vote
+from corewarding.roles import VIEWS, twin
 
-VIEWS = ("original", "rephrased")
 GT_SCORERS = ("math_verify", "hendrycks")
 # Wall-clock seconds that one reward call may spend in math-verify for its ground-truth metrics
 # (gt_acc of the label-free methods, pseudo_label_acc); env COREWARDING_METRIC_VERIFY_BUDGET.
@@ -304,7 +304,7 @@ def co_rewarding_i(
     own_vote = {k: _vote_in_generation_order(answers, order, idx, equivalence) for k, idx in groups.items()}
     cross_vote: dict[Hashable, Vote] = {}
     for pair_id, view in groups:
-        other = (pair_id, VIEWS[1 - VIEWS.index(view)])
+        other = (pair_id, twin(view))
         if other not in own_vote:
             raise ValueError(f"co_rewarding_i: pair_id {pair_id!r} has {view!r} rollouts but no {other[1]!r} ones")
         cross_vote[(pair_id, view)] = own_vote[other]
@@ -314,27 +314,83 @@ def co_rewarding_i(
     return _label_rewards(answers, gts, groups, cross_vote, equivalence, gt_scorer, metric_budget_s, split)
 
 
+def _teacher_votes(batch: Batch, teacher: Batch | None, equivalence: str, who: str) -> tuple[dict, dict[Hashable, Vote]]:
+    """The policy's groups (by ``uid``) and each one's label: the majority answer of the teacher's
+    rollouts on the same question (same ``uid``), or, when the teacher answered views of pairs (its
+    rows carry ``pair_id`` / ``view``), on the question's twin (the pair's other view)."""
+    if teacher is None:
+        raise ValueError(f"{who} needs the teacher batch (rows uid, response_text, sample_index)")
+    _require_rows(batch, ["response_text", "uid"], who)
+    _require_rows(teacher, ["response_text", "uid", "sample_index"], f"{who} (teacher)")
+    groups = _groups(batch.rows["uid"])
+    if "pair_id" in teacher.rows:
+        _require_rows(batch, ["pair_id", "view"], who)
+        _require_rows(teacher, ["view"], f"{who} (teacher)")
+        teacher_groups = _groups(list(zip(teacher.rows["pair_id"], teacher.rows["view"])))
+        source = {k: (batch.rows["pair_id"][idx[0]], twin(batch.rows["view"][idx[0]])) for k, idx in groups.items()}
+    else:
+        teacher_groups = _groups(teacher.rows["uid"])
+        source = {k: k for k in groups}
+    missing = [source[k] for k in groups if source[k] not in teacher_groups]
+    if missing:
+        raise ValueError(f"{who}: no teacher rollouts for {missing[:5]}")
+    answers, order = _answers(teacher), teacher.rows["sample_index"]
+    return groups, {k: _vote_in_generation_order(answers, order, teacher_groups[source[k]], equivalence) for k in groups}
+
+
 def co_rewarding_ii(
     batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify",
     metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
 ) -> RewardOutput:
-    """Co-rewarding-II: pseudo-label of a rollout = majority answer of the teacher's rollouts
-    (``teacher`` rows ``uid``, ``response_text``, ``sample_index``) with the same ``uid``; reward 1
-    on agreement."""
-    if teacher is None:
-        raise ValueError("co_rewarding_ii needs the teacher batch (rows uid, response_text, sample_index)")
-    _require_rows(batch, ["response_text", "uid"], "co_rewarding_ii")
-    _require_rows(teacher, ["response_text", "uid", "sample_index"], "co_rewarding_ii (teacher)")
+    """Co-rewarding-II: pseudo-label of a rollout = majority answer of the teacher's rollouts on the
+    same question (``teacher`` rows ``uid``, ``response_text``, ``sample_index``), or on its twin
+    when the policy and the teacher answer different views (``data.use_aug``: rows ``pair_id`` /
+    ``view``); reward 1 on agreement."""
+    groups, votes = _teacher_votes(batch, teacher, equivalence, "co_rewarding_ii")
+    return _label_rewards(_answers(batch), _ground_truth(batch), groups, votes, equivalence, gt_scorer, metric_budget_s)
+
+
+def co_rewarding_iii(
+    batch: Batch, teacher: Batch | None = None, *, equivalence: str = "string", gt_scorer: str = "math_verify",
+    metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
+) -> RewardOutput:
+    """Co-rewarding-III: the policy and the EMA teacher answer both views of every pair; the
+    pseudo-label of a rollout is the majority answer of the teacher's rollouts on the question's
+    twin; reward 1 on agreement. Besides the usual metrics, the release's per view
+    (`release_iii_metrics`)."""
+    _require_rows(batch, ["pair_id", "view", "sample_index"], "co_rewarding_iii")
+    groups, votes = _teacher_votes(batch, teacher, equivalence, "co_rewarding_iii")
     answers, gts = _answers(batch), _ground_truth(batch)
-    teacher_answers = _answers(teacher)
-    teacher_groups = _groups(teacher.rows["uid"])
-    groups = _groups(batch.rows["uid"])
-    missing = [k for k in groups if k not in teacher_groups]
-    if missing:
-        raise ValueError(f"co_rewarding_ii: no teacher rollouts for uids {missing[:5]}")
-    order = teacher.rows["sample_index"]
-    votes = {k: _vote_in_generation_order(teacher_answers, order, teacher_groups[k], equivalence) for k in groups}
-    return _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer, metric_budget_s)
+    out = _label_rewards(answers, gts, groups, votes, equivalence, gt_scorer, metric_budget_s)
+    out.metrics.update(release_iii_metrics(batch, answers, gts, out.rows["pseudo_label"], out.scores.tolist()))
+    return out
+
+
+def release_iii_metrics(batch: Batch, answers: list[str | None], gts: list[str | None], labels: list[str | None],
+                        scores: list[float]) -> dict[str, float]:
+    """The release's Co-rewarding-III metrics, per view ("ori" / "aug"), each over the view's
+    rollouts: `pseudo_nonempty_rate` (a label exists), `pseudo_count` / `pseudo_acc` (the label
+    equals the ground truth as stripped strings: how many, what share), `policypseudo_acc` (the same
+    for the majority of the *policy's* answers on the twin, a label the reward does not use) and
+    `pseudo_pass_rate` (rewarded 1). The release logs the aug count under the ori name; here each
+    view has its own."""
+    views, pairs, order = batch.rows["view"], batch.rows["pair_id"], batch.rows["sample_index"]
+    own = _groups(list(zip(pairs, views)))
+    policy_vote = {key: _vote_in_generation_order(answers, order, idx, "string").label for key, idx in own.items()}
+    same = lambda a, b: a is not None and b is not None and a.strip() != "" and a.strip() == b.strip()  # noqa: E731
+    metrics: dict[str, float] = {}
+    for view, name in zip(VIEWS, ("ori", "aug")):
+        rows = [i for i, v in enumerate(views) if v == view]
+        if not rows:
+            continue
+        correct = sum(same(gts[i], labels[i]) for i in rows)
+        metrics[f"coreward/{name}_pseudo_nonempty_rate"] = _mean([bool(labels[i] and labels[i].strip()) for i in rows])
+        metrics[f"coreward/{name}_pseudo_count"] = float(correct)
+        metrics[f"coreward/{name}_pseudo_acc"] = correct / len(rows)
+        metrics[f"coreward/{name}_policypseudo_acc"] = _mean([same(gts[i], policy_vote.get((pairs[i], twin(view))))
+                                                              for i in rows])
+        metrics[f"coreward/{name}_pseudo_pass_rate"] = _mean([scores[i] == 1.0 for i in rows])
+    return metrics
 
 
 def _response_mean(batch: Batch, key: str, who: str) -> torch.Tensor:

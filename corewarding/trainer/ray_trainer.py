@@ -41,15 +41,16 @@ import torch
 from corewarding.algos import ema_weight, grpo_advantages, overlong_penalty, spread_over_tokens
 from corewarding.batch import Batch
 from corewarding.config import Config
+from corewarding.config.schema import ROLLOUT_DIRS
 from corewarding.data import DataError, to_batch
 from corewarding.methods import resolve_method
-from corewarding.rewards.functions import VIEWS
+from corewarding.roles import VIEWS
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.dynamic_sampling import Tally, concat_rollouts, kept_units, rows_of
 from corewarding.trainer.monitor import CollapseMonitor, group_metrics
 from corewarding.trainer.preemption import Preempted, PreemptionWatch
 from corewarding.trainer.rollout_stats import balanced_order, batch_metrics, prompt_text, rollout_records
-from corewarding.trainer.tracking import Tracker, dump_rollouts
+from corewarding.trainer.tracking import Tracker, dump_rollouts, dump_step_rollouts
 from corewarding.trainer.val_metrics import summarize_validation
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ class Trainer:
         on_policy = (actor.on_policy_shortcut and actor.ppo_epochs == 1
                      and actor.ppo_mini_batch_size == config.data.train_batch_size)
         self.policy_pass_needed = not on_policy or bool(self.method.token_stats)
-        self.per_view_loss = self.method.paired and actor.co_reward_loss == "per_view"
+        self.roles = config.roles
+        self.per_view_loss = self.roles.trained_views == 2 and actor.co_reward_loss == "per_view"
         self.monitor = CollapseMonitor(config.trainer.collapse_monitor)
         self.last_ema_weight: float | None = None
         self.saved_step = 0  # the step of the newest checkpoint this run saved or resumed from (0: none needed)
@@ -126,7 +128,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _prepare_prompts(self, batch: Batch, step: int, gen: int = 0) -> tuple[Batch, Batch | None]:
-        """Fresh uids; split the prompts of the policy from those of the teacher. `gen`: the step's
+        """Fresh uids (one per prompt row); the prompts of the policy and those of the teacher, as the
+        loader marked them (`for_policy` / `for_teacher`, `corewarding.roles`). `gen`: the step's
         generation batch (dynamic sampling); a later one gets its own uids and pair ids, as the same
         question can come twice in one step when its prompts run into the next epoch."""
         rows = dict(batch.rows)
@@ -135,17 +138,12 @@ class Trainer:
             rows["pair_id"] = [f"{p}#{gen}" for p in rows["pair_id"]]
         rows.setdefault("view", ["original"] * len(batch))
         batch = Batch(batch.tensors, rows)
-        if not self.method.teacher:
+        if not self.roles.teacher:
             return batch, None
-        if "pair_id" not in rows:
+        if "for_policy" not in rows:  # one view: the teacher answers the policy's questions
             return batch, batch
-        # data.p: a swapped pair gives the policy its rephrased question and the teacher the original
-        swapped = rows.get("views_swapped") or [False] * len(batch)
-        for_policy = [(view == "rephrased") == bool(swap) for view, swap in zip(rows["view"], swapped)]
-        policy = batch.select([i for i, mine in enumerate(for_policy) if mine])
-        teacher = batch.select([i for i, mine in enumerate(for_policy) if not mine])
-        uid_of_pair = dict(zip(policy.rows["pair_id"], policy.rows["uid"]))
-        teacher.rows["uid"] = [uid_of_pair[p] for p in teacher.rows["pair_id"]]
+        policy = batch.select([i for i, mine in enumerate(rows["for_policy"]) if mine])
+        teacher = batch.select([i for i, its in enumerate(rows["for_teacher"]) if its])
         return policy, teacher
 
     def _update_teacher(self, step: int, timing: dict[str, float]) -> None:
@@ -175,7 +173,8 @@ class Trainer:
     def _rollouts(self, batch: Batch, step: int, gen: int, timing: dict[str, float],
                   with_teacher: bool = True) -> tuple[Batch, Batch | None, Batch | None]:
         """(policy rollouts, the teacher's prompts, the teacher's rollouts) of one batch of prompts;
-        Co-rewarding-II's EMA update comes once per step, before its first teacher rollouts."""
+        the EMA update (Co-rewarding-II and -III) comes once per step, before the teacher's first
+        rollouts, which cover every view the teacher answers in one call."""
         prompts, teacher_prompts = self._prepare_prompts(batch, step, gen)
         rollouts = self._generate(prompts, "policy", timing)
         if teacher_prompts is None:
@@ -189,7 +188,7 @@ class Trainer:
         """Whole groups to each worker, similar token counts (rewards group by ids, not position);
         Co-rewarding-I's per-view loss pairs each worker's micro-batches of the two views, so every
         worker gets as many groups of each view."""
-        if self.method.paired:
+        if self.roles.trained_views == 2:
             rollouts.tensors["view_id"] = torch.tensor([VIEWS.index(v) for v in rollouts.rows["view"]])
         lengths = rollouts.tensors["attention_mask"].sum(-1).tolist()
         kinds = rollouts.tensors["view_id"].tolist() if self.per_view_loss else None
@@ -229,7 +228,8 @@ class Trainer:
             if self.method.token_stats and by_reward:
                 rollouts = self._balanced(rollouts)
                 self._policy_pass(rollouts, timing)  # the reward reads the policy's token statistics
-            units = rollouts.rows["pair_id"] if self.method.paired else rollouts.rows["uid"]
+            unit_key = "pair_id" if self.roles.pairs else "uid"  # a pair's views are kept or dropped together
+            units = rollouts.rows[unit_key]
             kept, dropped = kept_units(self._filter_values(rollouts, teacher, timing), rollouts.rows["uid"], units)
             chosen = kept[:target - have]  # verl trims the batch to train_batch_size groups
             tally.kept += len(kept)
@@ -237,11 +237,12 @@ class Trainer:
             tally.trimmed += len(kept) - len(chosen)
             have += len(chosen)
             kept_rollouts.append(rollouts.select(rows_of(units, chosen)))
-            uids = set(kept_rollouts[-1].rows["uid"])
+            chosen_units = set(chosen)
             if teacher is not None:
-                kept_teacher.append(teacher.select([i for i, u in enumerate(teacher.rows["uid"]) if u in uids]))
+                kept_teacher.append(teacher.select([i for i, u in enumerate(teacher.rows[unit_key]) if u in chosen_units]))
             elif teacher_prompts is not None:
-                kept_prompts.append(teacher_prompts.select([i for i, u in enumerate(teacher_prompts.rows["uid"]) if u in uids]))
+                kept_prompts.append(teacher_prompts.select(
+                    [i for i, u in enumerate(teacher_prompts.rows[unit_key]) if u in chosen_units]))
             if have == target:
                 break
             if fg.limit is not None and tally.gen_batches >= fg.limit:
@@ -306,8 +307,8 @@ class Trainer:
         metrics.update(group_metrics(reward.rows["answer"], rollouts.rows["uid"],
                                      rollouts.rows.get("ground_truth") or [None] * len(rollouts), scores.tolist()))
 
-        # 5. PPO update (a mini-batch counts prompts; Co-rewarding-I: pairs, both views together)
-        per_prompt = self.config.actor_rollout_ref.rollout.n * (2 if self.method.paired else 1)
+        # 5. PPO update (a mini-batch counts prompts; both views trained: pairs, both views together)
+        per_prompt = self.config.actor_rollout_ref.rollout.n * self.roles.trained_views
         with self._timer(timing, "update_actor"):
             update = self.workers.dispatch("update_actor", rollouts, rollouts_per_prompt=per_prompt)
         metrics.update(update.metrics)  # reduced over ranks by the workers
@@ -323,9 +324,9 @@ class Trainer:
         metrics["perf/tokens_per_s"] = tokens / max(timing["step"], 1e-9)
         metrics["perf/tokens_per_s_per_worker"] = metrics["perf/tokens_per_s"] / self.world_size
         metrics.update({f"timing/{k}": v for k, v in timing.items()})
-        if self.config.trainer.rollout_data_dir:
-            dump_rollouts(self.config.trainer.rollout_data_dir, step,
-                          rollout_records(step, rollouts, reward, scores, advantages, teacher_rollouts))
+        folders = {key: getattr(self.config.trainer, key) for key in ROLLOUT_DIRS}
+        if any(folders.values()):
+            dump_step_rollouts(folders, step, rollout_records(step, rollouts, reward, scores, advantages, teacher_rollouts))
         self.monitor.update(step, metrics)
         self.global_step = step
         return metrics

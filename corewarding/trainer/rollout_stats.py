@@ -133,7 +133,8 @@ def rollout_records(step: int, rollouts: Batch, reward: RewardOutput, scores: to
         trows, size = teacher.rows, len(teacher)
         records += [{
             "step": step, "role": "teacher", "uid": trows["uid"][i], "view": column("view", trows, size)[i],
-            "sample_index": column("sample_index", trows, size)[i], "prompt": prompt_text(trows, i),
+            "sample_index": column("sample_index", trows, size)[i], "pair_id": column("pair_id", trows, size)[i],
+            "prompt": prompt_text(trows, i),
             "response": trows["response_text"][i], "answer": extract_boxed_answer(trows["response_text"][i]),
         } for i in range(size)]
     return records

@@ -10,6 +10,7 @@ session that the caller had already started is left running, so tests can reuse 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import sys
@@ -21,7 +22,7 @@ from typing import Any, Iterator
 from omegaconf import DictConfig
 
 from corewarding.config import Config, ConfigError, load_config
-from corewarding.data import DataError, PairedRLDataset, RLDataset, StatefulLoader, load_tokenizer
+from corewarding.data import DataError, PairedRLDataset, RLDataset, StatefulLoader, load_tokenizer, to_batch
 from corewarding.logs import is_verbose, worker_log
 from corewarding.methods import Method
 from corewarding.trainer import checkpoint as ckpt
@@ -104,7 +105,7 @@ def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any,
         tokenizer=tokenizer, max_prompt_length=data.max_prompt_length, prompt_key=data.prompt_key,
         filter_overlong_prompts=data.filter_overlong_prompts, truncation=data.truncation,
     )
-    if method.paired or (method.teacher and data.use_aug):
+    if method.roles(data.use_aug).pairs:
         train = PairedRLDataset(list(data.train_files), list(data.train_aug_files), require_ground_truth=require_gt,
                                 max_samples=data.train_max_samples, **common)
     else:
@@ -118,12 +119,14 @@ def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any,
 
 def build_loader(config: Config, method: Method, train: Any) -> StatefulLoader:
     """The resumable training loader, batches of data.gen_batch_size (= data.train_batch_size unless
-    dynamic sampling); Co-rewarding-II with data.use_aug swaps each pair's views with probability
-    data.p (the release's paired dataset; its Co-rewarding-I dataset never swaps)."""
+    dynamic sampling), each prompt row with its roles (`to_batch`); Co-rewarding-II with
+    data.use_aug swaps each pair's views with probability data.p (the release's paired dataset; its
+    Co-rewarding-I and -III datasets never swap)."""
     data = config.data
-    swap_p = data.p if method.teacher and data.use_aug else None
+    roles = method.roles(data.use_aug)
+    swap_p = data.p if roles.policy_views == "one" else None
     return StatefulLoader(train, data.gen_batch_size, shuffle=data.shuffle, seed=data.seed, drop_last=True,
-                          view_swap_p=swap_p)
+                          view_swap_p=swap_p, collate_fn=functools.partial(to_batch, roles=roles))
 
 
 def resume_target(config: Config) -> Path | None:

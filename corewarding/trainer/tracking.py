@@ -168,6 +168,28 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def rollout_folder(folders: Mapping[str, str | None], role: str, view: str | None) -> str | None:
+    """The folder of a rollout record among `folders` (`trainer.<key>` for the keys of
+    `corewarding.config.schema.ROLLOUT_DIRS`): `[ref_]rollout_data_dir[_aug]` for a teacher's (ref_) rollout on a rephrased
+    question (_aug), the most specific key that is set (`_aug` dropped first, then `ref_`); None: not kept."""
+    ref, aug = ("ref_" if role == "teacher" else ""), ("_aug" if view == "rephrased" else "")
+    for key in (f"{ref}rollout_data_dir{aug}", f"{ref}rollout_data_dir", f"rollout_data_dir{aug}", "rollout_data_dir"):
+        if folders.get(key):
+            return folders[key]
+    return None
+
+
+def dump_step_rollouts(folders: Mapping[str, str | None], step: int, records: Iterable[Mapping[str, Any]]) -> None:
+    """A step's rollout records, each into its `rollout_folder` (`<folder>/<step>.jsonl`)."""
+    kept: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        folder = rollout_folder(folders, record["role"], record["view"])
+        if folder:
+            kept.setdefault(folder, []).append(record)
+    for folder, chosen in kept.items():
+        dump_rollouts(folder, step, chosen)
+
+
 def dump_rollouts(out_dir: str | Path, step: int, records: Iterable[Mapping[str, Any]]) -> Path:
     """Write `<out_dir>/<step>.jsonl`, one JSON object per rollout (atomically)."""
     out = Path(out_dir)
