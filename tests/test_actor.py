@@ -301,14 +301,20 @@ def test_compute_token_stats_keeps_row_order_with_a_token_budget(model_path):
     assert_rel_close(fixed.log_probs, logp, FORWARD_REL, "log_probs")
 
 
-def test_per_view_loss_is_the_sum_of_each_views_loss(model_path):
-    """Co-rewarding-I's release form (co_reward_loss=per_view, loss_agg_scope=micro_batch): the rows
-    of each view form their own micro-batches, each aggregated on its own, and the views add up:
-    (L_original + L_rephrased) / grad_accum over paired micro-batches. Logged per view."""
+@pytest.mark.parametrize("kl", [False, True], ids=["Co-rewarding-I", "Co-rewarding-III"])
+def test_per_view_loss_is_the_sum_of_each_views_loss(kl, model_path):
+    """The release form of the two views' loss (co_reward_loss=per_view, loss_agg_scope=micro_batch;
+    Co-rewarding-III's default): the rows of each view form their own micro-batches, each aggregated
+    on its own, and the views add up: (L_original + L_rephrased) / grad_accum over paired
+    micro-batches, with III's low-variance KL to the teacher (coefficient 0.1 here) in each view's
+    loss. Against a float64 reference written out here. Logged per view."""
     batch = with_old_log_probs(model_path, ragged_rollouts(seed=12), noise=0.3)
-    batch = Batch({**batch.tensors, "view_id": torch.tensor([0, 1, 0, 1, 0, 1])})
+    # a teacher near the policy: a KL far from its clamp (ragged_rollouts' reference is, for a KL of 10)
+    teacher = batch["old_log_probs"] + 0.2 * torch.randn(batch["old_log_probs"].shape, generator=torch.Generator().manual_seed(5))
+    batch = Batch({**batch.tensors, "view_id": torch.tensor([0, 1, 0, 1, 0, 1]),
+                   "ref_log_probs": teacher * batch["response_mask"]})
     ppo = settings(per_view_loss=True, loss_scope="micro_batch", micro_batch_rows=1, entropy_coeff=0.0,
-                   use_kl_loss=False)
+                   use_kl_loss=kl)
     result, step = one_update(model_path, batch, ppo)
     model = reference_model(model_path)
     views = {0: [0, 2, 4], 1: [1, 3, 5]}
@@ -319,7 +325,11 @@ def test_per_view_loss_is_the_sum_of_each_views_loss(model_path):
             mb = batch.select([row])
             logp, _ = full_logits_stats(model, mb)
             pg, _ = policy_loss(logp, mb["old_log_probs"].double(), mb["advantages"].double(), mb["response_mask"])
-            (pg / len(rows)).backward()
+            loss = pg
+            if kl:
+                mask = mb["response_mask"].double()
+                loss = pg + 0.1 * (kl_penalty(logp, mb["ref_log_probs"].double()) * mask).sum() / mask.sum()
+            (loss / len(rows)).backward()
             total += float(pg.detach()) / len(rows)
         per_view[view] = total
     assert_all_rel_close(step, grads(model), GRAD_REL, "grad")
@@ -328,7 +338,7 @@ def test_per_view_loss_is_the_sum_of_each_views_loss(model_path):
     assert_scalar_close(result.metrics["actor/pg_loss_aug"], per_view[1], scale, FORWARD_REL, "pg_loss_aug")
     assert_scalar_close(result.metrics["actor/pg_loss"], per_view[0] + per_view[1], scale, FORWARD_REL, "pg_loss")
     joint = one_update(model_path, batch, settings(loss_scope="micro_batch", micro_batch_rows=1, entropy_coeff=0.0,
-                                                   use_kl_loss=False))
+                                                   use_kl_loss=kl))
     assert "actor/pg_loss_ori" not in joint[0].metrics
     assert relative_error(joint[1]["model.norm.weight"], step["model.norm.weight"]) > 100 * GRAD_REL  # the joint form differs
 

@@ -31,7 +31,7 @@ from corewarding.rewards import answers_equivalent, extract_boxed_answer, hendry
 from corewarding.config import compose_config
 from corewarding.trainer.tracking import read_metrics
 from numerics import WEIGHTS_REL, assert_all_rel_close, assert_ema
-from release_overrides import RELEASE_I, RELEASE_II, release
+from release_overrides import RELEASE_I, RELEASE_II, RELEASE_III, release
 
 pytestmark = pytest.mark.slow
 METHODS = ["naive", "majority_voting", "self_certainty", "entropy", "co_reward", "co_rewarding_II"]
@@ -133,6 +133,11 @@ def check_dump(method: str, records: list[dict]) -> None:
     elif method == "co_reward":
         other = {"original": "rephrased", "rephrased": "original"}
         voters_of = lambda r: [q for q in policy if q["pair_id"] == r["pair_id"] and q["view"] == other[r["view"]]]  # noqa: E731
+        assert {r["view"] for r in policy} == {"original", "rephrased"}
+    elif method == "co_rewarding_III":  # the teacher's rollouts on the twin vote
+        other = {"original": "rephrased", "rephrased": "original"}
+        assert teacher and {(r["pair_id"], r["view"]) for r in teacher} == {(r["pair_id"], r["view"]) for r in policy}
+        voters_of = lambda r: [t for t in teacher if t["pair_id"] == r["pair_id"] and t["view"] == other[r["view"]]]  # noqa: E731
         assert {r["view"] for r in policy} == {"original", "rephrased"}
     else:  # co_rewarding_II: the teacher's rollouts with the same uid vote
         assert teacher and {r["uid"] for r in teacher} == {r["uid"] for r in policy}
@@ -289,13 +294,13 @@ def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
         assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
 
 
-@pytest.mark.parametrize("method", ["co_reward", "co_rewarding_II"])
+@pytest.mark.parametrize("method", ["co_reward", "co_rewarding_II", "co_rewarding_III"])
 def test_dynamic_sampling_two_steps_and_exact_resume(method, ray_session, boxing_model, data_files, tmp_path):
     """algorithm.filter_groups on, generation batches of 2 prompts (pairs) for steps of 4: 2 steps
     straight == 1 step + resume + 1 step (the loader's position after several generation batches
     is in the checkpoint, so the resumed run trains on the same prompts). Every trained group of
-    the dumps has a spread (Co-rewarding-I: at least one group of each pair), and each pair comes
-    with both views."""
+    the dumps has a spread (Co-rewarding-I and -III: at least one group of each pair), and each pair
+    comes with both views. Co-rewarding-III's resumed run also gets its EMA teacher back."""
     common = ["algorithm.filter_groups.enable=True", "data.gen_batch_size=2", "algorithm.filter_groups.max_num_gen_batches=0"]
     straight = run(cpu_overrides(boxing_model, data_files, tmp_path / "a", method) + common)
     split = cpu_overrides(boxing_model, data_files, tmp_path / "b", method) + common
@@ -311,12 +316,13 @@ def test_dynamic_sampling_two_steps_and_exact_resume(method, ray_session, boxing
         assert records == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
         check_dump(method, records)
         policy = [r for r in records if r["role"] == "policy"]
+        paired = method != "co_rewarding_II"  # both views train: a pair is kept or dropped whole
         groups: dict = {}
         for r in policy:
-            groups.setdefault(r["pair_id"] if method == "co_reward" else r["uid"], {}).setdefault(r["uid"], []).append(r["reward"])
-        assert len(groups) == 4 and len(policy) == 4 * 4 * (2 if method == "co_reward" else 1)
+            groups.setdefault(r["pair_id"] if paired else r["uid"], {}).setdefault(r["uid"], []).append(r["reward"])
+        assert len(groups) == 4 and len(policy) == 4 * 4 * (2 if paired else 1)
         for unit in groups.values():
-            assert len(unit) == (2 if method == "co_reward" else 1)
+            assert len(unit) == (2 if paired else 1)
             assert any(max(rewards) > min(rewards) for rewards in unit.values())
     assert [h["filter_groups/kept"] for h in straight["history"] if h["step"] > 0] == [e["filter_groups/kept"] for e in a]
 
@@ -549,3 +555,44 @@ def test_loss_toolbox_with_vllm(method, ray_session, boxing_model, data_files, t
         assert h["critic/score/mean"] == pytest.approx(h["reward/mean"] + h["reward/overlong_penalty"], abs=1e-6)
         assert 0.0 <= h["actor/masked_truncated_ratio"] <= h["response_length/clip_ratio"]
         assert h["train/num_gen_batches"] >= 2 and h["filter_groups/kept"] >= 4  # generation batches of 2 for 4
+
+
+@pytest.mark.vllm
+def test_release_iii_script_two_steps_with_vllm(ray_session, boxing_model, data_files, tmp_path):
+    """The release's Co-rewarding-III overrides word for word, shrunk by appended ones: two steps with
+    the vLLM engine on 2 FSDP workers. Each view logs its pseudo-label accuracy (the release's
+    names), the EMA teacher follows the release's schedule (0.01 -> 1e-5 on the policy), and the
+    rollouts go to the four dump folders by role and view, rewarded by the teacher's vote on the twin."""
+    pytest.importorskip("vllm")
+    dumps = {key: tmp_path / key for key in ("rollout_data_dir", "ref_rollout_data_dir", "rollout_data_dir_aug",
+                                              "ref_rollout_data_dir_aug")}
+    overrides = release(RELEASE_III, train=data_files["train"], aug=data_files["train_rewrite"], val=data_files["val"],
+                        model=boxing_model) + [
+        "trainer.device=cpu", "data.train_batch_size=4", "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.n=2",
+        "data.max_prompt_length=192", "trainer.n_gpus_per_node=2", "data.max_response_length=16",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False", "actor_rollout_ref.actor.optim.lr=1e-3",
+        "trainer.total_training_steps=2", "trainer.val_before_train=False", "trainer.save_freq=-1",
+        "trainer.logger=[console]", f"trainer.default_local_dir={tmp_path / 'ckpt'}", "trainer.resume_mode=disable",
+        *[f"trainer.{key}={path}" for key, path in dumps.items()],
+    ]
+    result = run(overrides)
+    cfg = result["config"]
+    assert cfg.method.name == "co_rewarding_iii" and cfg.actor_rollout_ref.actor.co_reward_loss == "per_view"
+    history = [h for h in result["history"] if h["step"] > 0]
+    assert [h["step"] for h in history] == [1, 2]
+    assert [h["teacher/ema_weight"] for h in history] == pytest.approx([ema_weight(0, 2, 0.99, 1 - 1e-5),
+                                                                        ema_weight(1, 2, 0.99, 1 - 1e-5)])
+    for h in history:
+        assert torch.isfinite(torch.tensor(h["actor/pg_loss"])) and h["actor/grad_norm"] > 0
+        assert h["rollout/log_prob_diff_max"] < 1e-3
+        for view in ("ori", "aug"):
+            assert 0.0 <= h[f"coreward/{view}_pseudo_acc"] <= 1.0 and f"actor/pg_loss_{view}" in h
+        assert h["actor/pg_loss"] == pytest.approx(h["actor/pg_loss_ori"] + h["actor/pg_loss_aug"], rel=1e-5, abs=1e-7)
+    for step in (1, 2):
+        records = {key: read_dump(path / f"{step}.jsonl") for key, path in dumps.items()}
+        for key, expected in (("rollout_data_dir", ("policy", "original")), ("ref_rollout_data_dir", ("teacher", "original")),
+                              ("rollout_data_dir_aug", ("policy", "rephrased")),
+                              ("ref_rollout_data_dir_aug", ("teacher", "rephrased"))):
+            assert {(r["role"], r["view"]) for r in records[key]} == {expected} and len(records[key]) == 4 * 2
+        check_dump("co_rewarding_III", [r for rs in records.values() for r in rs])

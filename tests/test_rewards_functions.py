@@ -290,6 +290,52 @@ def test_co_rewarding_ii_errors():
         co_rewarding_ii(batch, teacher_batch(["4"], ["other"]))
 
 
+def iii_batches(teacher_rephrased: list[str | None]) -> tuple[Batch, Batch]:
+    """One pair, 4 policy rollouts and 3 teacher rollouts per view; each view's rows its own uid."""
+    views = ["original"] * 4 + ["rephrased"] * 4
+    policy = make_batch(["1", "7", "1", "1", "5", "9", "9", "9"], ["o"] * 4 + ["r"] * 4, ["7"] * 8,
+                        pair_id=[0] * 8, view=views)
+    teacher = Batch(rows={"uid": ["o"] * 3 + ["r"] * 3, "pair_id": [0] * 6, "view": ["original"] * 3 + ["rephrased"] * 3,
+                          "response_text": [resp(a) for a in ["5", "5", "6", *teacher_rephrased]],
+                          "sample_index": [0, 1, 2, 0, 1, 2]})
+    return policy, teacher
+
+
+def test_co_rewarding_iii_labels_each_view_with_the_teachers_vote_on_its_twin():
+    """Original: the teacher votes 7 on the rephrased twin (on the original itself it votes 5, the
+    policy's own majority is 1, the policy's vote on the twin 9): only the 7 is rewarded. Rephrased:
+    the teacher's vote on the original, 5. The release's metrics per view, worked out by hand."""
+    policy, teacher = iii_batches(["7", "7", "1"])
+    out = co_rewarding_iii(policy, teacher)
+    check_output(out, 8)
+    assert out.rows["pseudo_label"] == ["7"] * 4 + ["5"] * 4
+    assert out.scores.tolist() == [0, 1, 0, 0, 1, 0, 0, 0]
+    m = out.metrics
+    assert m["pseudo_label_acc"] == 0.5 and m["majority_ratio"] == pytest.approx(2 / 3)  # the groups' labels 7 / 5
+    assert (m["coreward/ori_pseudo_acc"], m["coreward/aug_pseudo_acc"]) == (1.0, 0.0)
+    assert (m["coreward/ori_pseudo_count"], m["coreward/aug_pseudo_count"]) == (4.0, 0.0)
+    assert (m["coreward/ori_pseudo_pass_rate"], m["coreward/aug_pseudo_pass_rate"]) == (0.25, 0.25)
+    assert (m["coreward/ori_pseudo_nonempty_rate"], m["coreward/aug_pseudo_nonempty_rate"]) == (1.0, 1.0)
+    # the policy's majority on the twin: 9 for the original, 1 for the rephrased; neither is the truth 7
+    assert (m["coreward/ori_policypseudo_acc"], m["coreward/aug_policypseudo_acc"]) == (0.0, 0.0)
+
+
+def test_co_rewarding_iii_without_a_teacher_answer_on_the_twin_rewards_nothing():
+    policy, teacher = iii_batches([None, None, None])
+    out = co_rewarding_iii(policy, teacher)
+    assert out.rows["pseudo_label"][:4] == [None] * 4 and out.scores.tolist()[:4] == [0.0] * 4
+    assert out.metrics["coreward/ori_pseudo_nonempty_rate"] == 0.0 and out.metrics["coreward/aug_pseudo_nonempty_rate"] == 1.0
+
+
+def test_co_rewarding_ii_with_use_aug_takes_the_teachers_vote_on_the_other_view():
+    """data.use_aug: the policy answers one view, the teacher the other; the pair joins them."""
+    policy, teacher = iii_batches(["7", "7", "1"])
+    out = co_rewarding_ii(policy.select([0, 1, 2, 3]), teacher.select([3, 4, 5]))
+    assert out.rows["pseudo_label"] == ["7"] * 4 and out.scores.tolist() == [0, 1, 0, 0]
+    with pytest.raises(ValueError, match="no teacher rollouts"):
+        co_rewarding_ii(policy.select([0, 1, 2, 3]), teacher.select([0, 1, 2]))  # the teacher answered the same view
+
+
 # --------------------------------------------------------------------------------------------
 # self-certainty and entropy
 # --------------------------------------------------------------------------------------------

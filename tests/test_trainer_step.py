@@ -493,3 +493,41 @@ def test_rollouts_say_which_responses_were_truncated(tiny_model_path, data, tmp_
     update = workers.updates[0]
     full = update["response_mask"].sum(-1) == R
     assert update["truncated"].tolist() == full.tolist() and 0 < int(full.sum()) < len(update)
+
+
+def test_co_rewarding_iii_one_ema_update_then_the_teacher_on_both_views(tiny_model_path, data, tmp_path):
+    """Per step: the policy answers both views, the EMA update comes once and before the teacher's
+    rollouts, which cover both views in one call (n each); every group is one (view, question) of
+    4 rollouts, never pooled across the views; the update gets both views with 2N rollouts per prompt."""
+    trainer, workers, engine = make_trainer(
+        tiny_model_path, data, tmp_path, "co_rewarding_III", "data.use_aug=True",
+        "actor_rollout_ref.ref.sliding_average.alpha_start=0.9", "actor_rollout_ref.ref.sliding_average.alpha_end=0.99",
+    )
+    metrics = run_steps(trainer, 2)
+    one_step = ["generate:policy", "update_teacher", "generate:teacher", "log_prob:ref", "update_actor"]
+    assert workers.calls == one_step * 2
+    assert workers.teacher_weights == pytest.approx([ema_weight(0, 4, 0.9, 0.99), ema_weight(1, 4, 0.9, 0.99)])
+    for role in ("policy", "teacher"):
+        calls = [c for c in engine.calls if c["role"] == role]
+        assert len(calls) == 2 and all(sorted(c["views"]) == ["original"] * 2 + ["rephrased"] * 2 for c in calls)
+        assert all(c["sampling"].n == N for c in calls)
+
+    # the teacher's unanimous "5" labels both views: originals 5, 5, 7, 8 -> 1, 1, 0, 0; rephrased
+    # 9, 9, 9, 5 -> 0, 0, 0, 1 (mean 0.25, unbiased std 0.5); pooled per pair they would share a mean
+    update = workers.updates[0]
+    assert workers.rollouts_per_prompt == 2 * N
+    scores, advantages = rows_by_uid(update, "scores"), rows_by_uid(update, "advantages")
+    views = {uid: {v for u, v in zip(update.rows["uid"], update.rows["view"]) if u == uid} for uid in scores}
+    assert len(scores) == 4 and all(len(v) == 1 for v in views.values())
+    for uid, values in scores.items():
+        (view,) = views[uid]
+        if view == "original":
+            assert sorted(values) == [0.0, 0.0, 1.0, 1.0]
+            expected = 0.5 / (3 ** -0.5 + 1e-6)
+            assert sorted(row[0] for row in advantages[uid]) == pytest.approx([-expected] * 2 + [expected] * 2, rel=1e-6)
+        else:
+            assert sorted(values) == [0.0, 0.0, 0.0, 1.0]
+            assert sorted(row[0] for row in advantages[uid]) == pytest.approx([-0.25 / (0.5 + 1e-6)] * 3 + [0.75 / (0.5 + 1e-6)],
+                                                              rel=1e-6)
+    assert metrics[0]["coreward/ori_pseudo_pass_rate"] == 0.5 and metrics[0]["coreward/aug_pseudo_pass_rate"] == 0.25
+    assert metrics[0]["teacher/ema_weight"] == pytest.approx(0.9)

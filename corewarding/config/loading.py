@@ -206,9 +206,8 @@ def _check_method(config: Config, method: Method) -> None:
             f"reward_model.reward_manager={config.reward_model.reward_manager} (both views train) needs data.train_aug_files: "
             "the rephrased questions, paired with data.train_files on extra_info.index"
         )
-    if data.use_aug and not (method.teacher and not method.paired):
-        logger.warning("data.use_aug=True only changes co_rewarding_II (the policy and the teacher get different views); "
-                       "%s uses %s", method.name, "both views anyway" if method.paired else "one view")
+    if data.use_aug and not method.teacher:  # Co-rewarding-III's release sets it too: both views, as always
+        logger.warning("data.use_aug=True only changes co_rewarding_II (the policy and the teacher get different views)")
     if data.use_aug and method.teacher and not data.train_aug_files:
         raise ConfigError("data.use_aug=True (the policy and the teacher get different views) needs data.train_aug_files")
     if method.teacher and not config.actor_rollout_ref.actor.use_kl_loss:

@@ -302,8 +302,8 @@ class Trainer:
                                          norm_by_std=self.config.algorithm.norm_adv_by_std_in_grpo)
             rollouts.tensors["scores"] = scores
             rollouts.tensors["advantages"] = spread_over_tokens(advantages, rollouts.tensors["response_mask"])
-        for key, value in reward.metrics.items():
-            metrics[REWARD_METRICS.get(key, f"reward/{key}")] = value
+        for key, value in reward.metrics.items():  # a name with a section of its own (coreward/...) is kept
+            metrics[REWARD_METRICS.get(key, key if "/" in key else f"reward/{key}")] = value
         metrics.update(group_metrics(reward.rows["answer"], rollouts.rows["uid"],
                                      rollouts.rows.get("ground_truth") or [None] * len(rollouts), scores.tolist()))
 
