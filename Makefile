@@ -3,7 +3,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: env lock-cpu lock-gpu test demo demo-i replicate bench bench-step bench-memory bench-scaling gpu-check clean
+.PHONY: env lock-cpu lock-gpu test demo demo-i demo-iii replicate bench bench-step bench-memory bench-scaling gpu-check clean
 
 # .venv exactly as requirements/cpu.lock says
 env:
@@ -26,6 +26,9 @@ demo: env
 
 demo-i: env
 	$(PY) scripts/demo.py --method co_rewarding_i
+
+demo-iii: env
+	$(PY) scripts/demo.py --method co_rewarding_iii
 
 # six methods x three seeds, identical settings, about 95 minutes a seed on 2 CPU cores; resumes when
 # run again; the three-seed table and figure go to figs/ (each seed's own to outputs/replication/seed<S>/figs)

@@ -10,10 +10,14 @@ from pathlib import Path
 
 # name on the command line -> reward_model.reward_manager
 METHODS = {"gt": "naive", "majority_voting": "majority_voting", "self_certainty": "self_certainty",
-           "entropy": "entropy", "co_rewarding_i": "co_reward", "co_rewarding_ii": "co_rewarding_II"}
+           "entropy": "entropy", "co_rewarding_i": "co_reward", "co_rewarding_ii": "co_rewarding_II",
+           "co_rewarding_iii": "co_rewarding_III"}
 LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "self_certainty": "Self-Certainty",
           "entropy": "Entropy", "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
-          "majority_voting_union": "Majority-Voting, both views"}
+          "co_rewarding_iii": "Co-rewarding-III", "majority_voting_union": "Majority-Voting, both views"}
+# the six methods of the committed three-seed replication (figs/replication.md): what
+# `scripts/replicate.py` and `scripts/seed_table.py` run and read unless --methods says otherwise
+REPLICATED = ("gt", "majority_voting", "self_certainty", "entropy", "co_rewarding_i", "co_rewarding_ii")
 # Majority-Voting trained on the original and the rephrased questions as independent prompts, with
 # Co-rewarding-I's prompts and rollouts per step (scripts/replicate.py --methods majority_voting_union)
 EXTRA_METHODS = {"majority_voting_union": "majority_voting"}

@@ -5,8 +5,8 @@ settings, with the collapse monitor on, a held-out validation set, a figure and 
     python scripts/replicate.py --methods gt co_rewarding_ii --steps 10
     python scripts/replicate.py --smoke --out outputs/replication-smoke   # 1 step each, tiny (CI)
 
-Every method (GT reward, Majority-Voting, Self-Certainty, Entropy, Co-rewarding-I, Co-rewarding-II)
-trains SmolLM2-135M-Instruct through the production path (Ray, FSDP2 worker, vLLM rollout) on the
+Every method (GT reward, Majority-Voting, Self-Certainty, Entropy, Co-rewarding-I, Co-rewarding-II;
+`--methods co_rewarding_iii` adds the paper's final version, `majority_voting_union` the control) trains SmolLM2-135M-Instruct through the production path (Ray, FSDP2 worker, vLLM rollout) on the
 built-in arithmetic problems with their rephrased twins, with identical settings: the same seeds,
 steps, questions per step, rollouts, learning rate, lengths, KL, temperature and validation set.
 Nothing is tuned per method. Validation: `--val-size` held-out questions, avg@`--val-n` at T=0.8,
@@ -38,14 +38,14 @@ sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from builtin_runs import EXTRA_METHODS, LABELS, METHODS, add_run_args, run_overrides  # noqa: E402
+from builtin_runs import EXTRA_METHODS, LABELS, METHODS, REPLICATED, add_run_args, run_overrides  # noqa: E402
 
 DONE = "replication_done.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *EXTRA_METHODS])
+    p.add_argument("--methods", nargs="+", default=list(REPLICATED), choices=[*METHODS, *EXTRA_METHODS])
     add_run_args(p)
     p.add_argument("--out", default=str(REPO / "outputs" / "replication"))
     p.add_argument("--figs", default=str(REPO / "figs"))

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from builtin_runs import EXTRA_METHODS, LABELS, METHODS  # noqa: E402
+from builtin_runs import EXTRA_METHODS, LABELS, METHODS, REPLICATED  # noqa: E402
 from plot_curves import plot_curves, read_metrics  # noqa: E402
 from replicate import DONE  # noqa: E402
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, *EXTRA_METHODS])
+    p.add_argument("--methods", nargs="+", default=list(REPLICATED), choices=[*METHODS, *EXTRA_METHODS])
     p.add_argument("--figs", default=str(REPO / "figs"))
     args = p.parse_args(argv)
     root, figs = Path(args.root), Path(args.figs)

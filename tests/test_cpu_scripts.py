@@ -21,14 +21,17 @@ from plot_curves import read_metrics  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def test_demo_smoke(ray_session, boxing_model, tmp_path):
-    history = demo.main(["--model", str(boxing_model), "--steps", "1", "--batch", "2", "--n", "2",
+@pytest.mark.parametrize("method", ["co_rewarding_ii", "co_rewarding_iii"])  # make demo, make demo-iii
+def test_demo_smoke(method, ray_session, boxing_model, tmp_path):
+    history = demo.main(["--method", method, "--model", str(boxing_model), "--steps", "1", "--batch", "2", "--n", "2",
                          "--max-new-tokens", "8", "--val-size", "2", "--test-freq", "1", "--workers", "1",
                          "--rollout", "hf", "--out", str(tmp_path)])
 
-    out = tmp_path / "co_rewarding_ii"
+    out = tmp_path / method
     assert [h["step"] for h in history if "val/acc" in h] == [0, 1]
     assert "reward/pseudo_label_acc" in history[-1]
+    if method == "co_rewarding_iii":
+        assert "coreward/ori_pseudo_acc" in history[-1] and "actor/pg_loss_aug" in history[-1]
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "run" / "global_step_1").is_dir()
     assert (out / "rollouts" / "1.jsonl").read_text().strip()
@@ -39,24 +42,24 @@ def test_replicate_smoke(ray_session, boxing_model, tmp_path, capsys):
             "--out", str(tmp_path / "runs"), "--figs", str(tmp_path / "figs")]
     rows = replicate.main(argv)
 
-    assert [r["method"] for r in rows] == list(replicate.METHODS)
+    assert [r["method"] for r in rows] == list(replicate.REPLICATED)
     for row in rows:
         assert row["base"]["step"] == 0 and row["final"]["step"] == 1, row
         assert 0.0 <= row["signal"] <= 1.0, row
     table = (tmp_path / "figs" / "replication.md").read_text()
-    for method in replicate.METHODS:
+    for method in replicate.REPLICATED:
         assert f"| {replicate.LABELS[method]} |" in table
     assert (tmp_path / "figs" / "replication.png").stat().st_size > 10_000
     logged = [json.loads(line) for line in (tmp_path / "figs" / "replication_metrics.jsonl").read_text().splitlines()]
-    assert {entry["method"] for entry in logged} == set(replicate.METHODS)
-    for method in replicate.METHODS:  # what a reading of the runs needs: every training rollout and validation sample
+    assert {entry["method"] for entry in logged} == set(replicate.REPLICATED)
+    for method in replicate.REPLICATED:  # what a reading of the runs needs: every training rollout and validation sample
         run = tmp_path / "runs" / method
         assert (run / "rollouts" / "1.jsonl").stat().st_size > 0 and (run / "validation" / "0.jsonl").exists(), method
 
     capsys.readouterr()
     again = replicate.main(argv)
     skipped = capsys.readouterr().out
-    assert all(f"{method}: finished before, skipped" in skipped for method in replicate.METHODS)
+    assert all(f"{method}: finished before, skipped" in skipped for method in replicate.REPLICATED)
     assert again == rows
 
 

@@ -175,3 +175,17 @@ def test_a_method_record_declares_its_needs(tmp_path):
     ), "record.py")
     config = _load(path, "M")
     assert config.method.name == "certainty_copy" and config.method.token_stats == ("self_certainty",)
+
+
+def test_a_record_can_declare_both_views_and_the_teacher(tmp_path):
+    """paired + teacher (Co-rewarding-III's roles) from a user's record: accepted, the trial call gets
+    a teacher batch of both views with pair_id / view, and the run's roles follow."""
+    path = _user_file(tmp_path, (
+        "from corewarding.methods import Method\nfrom corewarding.rewards import co_rewarding_iii\n"
+        "M = Method('iii_copy', co_rewarding_iii, votes=True, paired=True, teacher=True)\n"
+    ), "record.py")
+    with pytest.raises(ConfigError, match="method iii_copy trains on both views of every question: it needs data.train_aug_files"):
+        _load(path, "M")
+    config = _load(path, "M", "data.train_aug_files=twins.parquet")
+    assert config.method.name == "iii_copy"
+    assert (config.roles.voters, config.roles.label_view, config.roles.policy_views) == ("teacher", "twin", "both")

@@ -63,6 +63,23 @@ def test_the_release_share_for_co_rewarding_i_does_not_fit_an_80_gb_card():
     assert "vLLM" not in phases["update"]  # asleep during the update
 
 
+@pytest.mark.parametrize("preset", ["co_rewarding_i", "co_rewarding_ii", "co_rewarding_iii"])
+def test_the_method_presets_fit_qwen3_8b_on_8_x_80_gb(preset, tmp_path):
+    """Each Co-rewarding preset at the paper's shapes (Qwen3-8B, 8 GPUs of 80 GB), read through the
+    config as a run reads it. Co-rewarding-III's update micro-batch is the release's 4 (I, II: 8)."""
+    from corewarding.config.loading import compose_config, load_config
+
+    config = load_config(compose_config([f"+method={preset}", f"actor_rollout_ref.model.path={tmp_path}",
+                                         "data.train_files=x.parquet", "data.train_aug_files=y.parquet",
+                                         "trainer.n_gpus_per_node=8", "trainer.device=cuda"]), check_paths=False)
+    settings = memory_plan.settings_of(config, 8, 80)
+    assert settings.micro_tokens == (4 if preset == "co_rewarding_iii" else 8) * (512 + 3072)
+    assert settings.vllm_share == 0.6 and settings.ref_offload and settings.checkpointing
+    line = memory_plan.check(QWEN3_8B, settings)
+    phases = memory_plan.phases_gb(QWEN3_8B, settings)
+    assert max(sum(p.values()) for p in phases.values()) < memory_plan.HEADROOM * 80, line
+
+
 def test_an_update_that_does_not_fit_names_the_micro_batch_keys():
     small_card = dataclasses.replace(PAPER_CO_REWARDING_I, vllm_share=0.3, total_gb=40, checkpointing=False, sleeps=False)
     with pytest.raises(ValueError) as err:

@@ -203,8 +203,8 @@ def _check_method(config: Config, method: Method) -> None:
     data = config.data
     if method.paired and not data.train_aug_files:
         raise ConfigError(
-            f"reward_model.reward_manager={config.reward_model.reward_manager} (both views train) needs data.train_aug_files: "
-            "the rephrased questions, paired with data.train_files on extra_info.index"
+            f"method {method.name} trains on both views of every question: it needs data.train_aug_files, the rephrased "
+            "questions, paired with data.train_files on extra_info.index"
         )
     if data.use_aug and not method.teacher:  # Co-rewarding-III's release sets it too: both views, as always
         logger.warning("data.use_aug=True only changes co_rewarding_II (the policy and the teacher get different views)")

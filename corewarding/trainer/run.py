@@ -105,7 +105,7 @@ def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any,
         tokenizer=tokenizer, max_prompt_length=data.max_prompt_length, prompt_key=data.prompt_key,
         filter_overlong_prompts=data.filter_overlong_prompts, truncation=data.truncation,
     )
-    if method.roles(data.use_aug).pairs:
+    if config.roles.pairs:
         train = PairedRLDataset(list(data.train_files), list(data.train_aug_files), require_ground_truth=require_gt,
                                 max_samples=data.train_max_samples, **common)
     else:
@@ -123,7 +123,7 @@ def build_loader(config: Config, method: Method, train: Any) -> StatefulLoader:
     data.use_aug swaps each pair's views with probability data.p (the release's paired dataset; its
     Co-rewarding-I and -III datasets never swap)."""
     data = config.data
-    roles = method.roles(data.use_aug)
+    roles = config.roles
     swap_p = data.p if roles.policy_views == "one" else None
     return StatefulLoader(train, data.gen_batch_size, shuffle=data.shuffle, seed=data.seed, drop_last=True,
                           view_swap_p=swap_p, collate_fn=functools.partial(to_batch, roles=roles))

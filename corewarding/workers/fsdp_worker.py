@@ -153,19 +153,10 @@ class ActorRolloutRefWorker:
         one line, or a ConfigError naming the keys to change when it does not fit."""
         from transformers import AutoConfig
 
-        arr, data = self.config.actor_rollout_ref, self.config.data
-        actor, rollout = arr.actor, arr.rollout
-        shape = memory_plan.ModelShape.from_hf_config(
-            AutoConfig.from_pretrained(arr.model.path, trust_remote_code=arr.model.trust_remote_code))
-        tokens = (actor.ppo_max_token_len_per_gpu if actor.use_dynamic_bsz
-                  else actor.ppo_micro_batch_size_per_gpu * (data.max_prompt_length + data.max_response_length))
-        settings = memory_plan.Settings(
-            world_size=self.world_size, total_gb=torch.cuda.get_device_properties(self.device).total_memory / memory_plan.GIB,
-            vllm_share=rollout.gpu_memory_utilization if rollout.name == "vllm" else 0.0, sleeps=rollout.free_cache_engine,
-            actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
-            ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, chunk=arr.model.logits_chunk_size,
-            checkpointing=arr.model.enable_gradient_checkpointing,
-        )
+        model = self.config.actor_rollout_ref.model
+        shape = memory_plan.ModelShape.from_hf_config(AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code))
+        total_gb = torch.cuda.get_device_properties(self.device).total_memory / memory_plan.GIB
+        settings = memory_plan.settings_of(self.config, self.world_size, total_gb)
         try:
             return memory_plan.check(shape, settings)
         except ValueError as exc:

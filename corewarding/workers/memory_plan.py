@@ -76,6 +76,22 @@ class Settings:
     compute_bytes: int = 2  # bf16
 
 
+def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
+    """The plan's settings of a run's typed config (`corewarding.config.Config`) on `world_size`
+    cards of `total_gb`. The rollout count, views and teacher rollouts change no term: vLLM's share
+    is fixed and the update goes micro-batch by micro-batch."""
+    arr, data = config.actor_rollout_ref, config.data
+    actor, rollout = arr.actor, arr.rollout
+    tokens = (actor.ppo_max_token_len_per_gpu if actor.use_dynamic_bsz
+              else actor.ppo_micro_batch_size_per_gpu * (data.max_prompt_length + data.max_response_length))
+    return Settings(
+        world_size=world_size, total_gb=total_gb, vllm_share=rollout.gpu_memory_utilization if rollout.name == "vllm" else 0.0,
+        sleeps=rollout.free_cache_engine, actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
+        ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, chunk=arr.model.logits_chunk_size,
+        checkpointing=arr.model.enable_gradient_checkpointing,
+    )
+
+
 def working_gb(shape: ModelShape, s: Settings) -> float:
     """One update micro-batch's memory beyond the weights: what the forward keeps (with gradient
     checkpointing each layer's input, without it all a layer needs), then the larger of the two
