@@ -150,7 +150,7 @@ def make_trainer(tiny_model_path, data, tmp_path, method: str, *extra: str):
     worker.rollout = RolloutRunner(engine, cfg.actor_rollout_ref.rollout, R, tokenizer, tokenizer.pad_token_id,
                                    [tokenizer.eos_token_id], torch.device("cpu"), 0, None)
     workers = RecordingWorkers(worker, engine)
-    loader = build_loader(cfg, method_, train)
+    loader = build_loader(cfg, train)
     tracker = Tracker(tmp_path, ["console"], printer=lambda line: None)
     trainer = Trainer(cfg, tokenizer, loader, val, workers, tracker, total_steps=4)
     return trainer, workers, engine

@@ -105,7 +105,8 @@ def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
                         teacher_n=arr.rollout.teacher_n or arr.rollout.n)
     config = replace_in(config, "actor_rollout_ref.ref", sliding_average=_ema_schedule(arr.ref.sliding_average, method))
     # Co-rewarding-III sums its two views' losses, as the release does; Co-rewarding-I aggregates them jointly
-    loss = arr.actor.co_reward_loss or ("per_view" if method.paired and method.teacher else "joint")
+    roles = method.roles(config.data.use_aug)
+    loss = arr.actor.co_reward_loss or ("per_view" if roles.teacher and roles.trained_views == 2 else "joint")
     config = replace_in(config, "actor_rollout_ref.actor", co_reward_loss=loss)
     if config.ray_init.temp_dir:
         config = replace_in(config, "ray_init", temp_dir=_abs(config.ray_init.temp_dir))
@@ -200,16 +201,14 @@ def _check_method(config: Config, method: Method) -> None:
     if val_method is None or val_method.name != "gt":
         raise ConfigError(f"reward_model.val_reward_manager={config.reward_model.val_reward_manager!r}: validation "
                           "measures accuracy against the ground truth; use naive")
-    data = config.data
-    if method.paired and not data.train_aug_files:
-        raise ConfigError(
-            f"method {method.name} trains on both views of every question: it needs data.train_aug_files, the rephrased "
-            "questions, paired with data.train_files on extra_info.index"
-        )
-    if data.use_aug and not method.teacher:  # Co-rewarding-III's release sets it too: both views, as always
+    data, roles = config.data, config.roles
+    if roles.pairs and not data.train_aug_files:
+        what = "trains on both views of every question" if roles.trained_views == 2 else (
+            "with data.use_aug=True gives the policy and the teacher different views")
+        raise ConfigError(f"method {method.name} {what}: it needs data.train_aug_files, the rephrased questions, paired "
+                          "with data.train_files on extra_info.index")
+    if data.use_aug and not roles.teacher:  # Co-rewarding-III's release sets it too: both views, as always
         logger.warning("data.use_aug=True only changes co_rewarding_II (the policy and the teacher get different views)")
-    if data.use_aug and method.teacher and not data.train_aug_files:
-        raise ConfigError("data.use_aug=True (the policy and the teacher get different views) needs data.train_aug_files")
     if method.teacher and not config.actor_rollout_ref.actor.use_kl_loss:
         logger.info("%s without the KL loss: the reference model is used only as the teacher", method.name)
 

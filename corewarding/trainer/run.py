@@ -117,7 +117,7 @@ def build_datasets(config: Config, method: Method, tokenizer: Any) -> tuple[Any,
     return train, val
 
 
-def build_loader(config: Config, method: Method, train: Any) -> StatefulLoader:
+def build_loader(config: Config, train: Any) -> StatefulLoader:
     """The resumable training loader, batches of data.gen_batch_size (= data.train_batch_size unless
     dynamic sampling), each prompt row with its roles (`to_batch`); Co-rewarding-II with
     data.use_aug swaps each pair's views with probability data.p (the release's paired dataset; its
@@ -177,7 +177,7 @@ def _train(config: Config, progress: bool, watch: PreemptionWatch) -> dict[str, 
             f"data.{key}={batch_size} is larger than the training set ({len(train)} "
             f"{'pairs' if isinstance(train, PairedRLDataset) else 'prompts'} after filtering)"
         )
-    loader = build_loader(config, method, train)
+    loader = build_loader(config, train)
     trainer_cfg = config.trainer
     steps = trainer_cfg.total_training_steps or len(loader) * trainer_cfg.total_epochs
 
