@@ -12,6 +12,7 @@ import torch
 
 from corewarding.algos import agg_loss, kl_penalty, policy_loss, policy_loss_terms
 from corewarding.batch import Batch
+from corewarding.workers import segment_attention
 from corewarding.workers.actor import (
     ForwardSettings,
     PPOSettings,
@@ -39,11 +40,13 @@ def model_path(tiny_model_path):
     return tiny_model_path
 
 
-def load(path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def load(path, dtype: torch.dtype = torch.float32, attn: str = "sdpa") -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    if attn == segment_attention.NAME:
+        segment_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     install_token_stats(model)
     return model
 
@@ -122,12 +125,14 @@ def with_repeated_prompts(batch: Batch, repeats: int = 3) -> Batch:
                   "position_ids": (attention.cumsum(1) - 1).clamp(min=0)})
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa_segments"])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout):
-    """Padded, packed or with shared prompts, with the chunked output embedding: log-probs,
+def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout, attn):
+    """Padded, packed or with shared prompts, with the chunked output embedding, on SDPA (a mask) or
+    on the CPU workers' sdpa_segments (one SDPA call per row / prompt / response, no mask): log-probs,
     entropies and the gradients of a loss on both equal the plain full-logits forward of the padded
-    rows (rows with repeated prompts, so that shared_prefix shares them)."""
-    model = load(model_path)
+    rows in float64 (rows with repeated prompts, so that shared_prefix shares them)."""
+    model = load(model_path, attn=attn)
     batch = with_repeated_prompts(ragged_rollouts(seed=2))
     weights = torch.randn(batch["responses"].shape, generator=torch.Generator().manual_seed(3))
     stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, layout, chunk_size=5))

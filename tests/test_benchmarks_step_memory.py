@@ -78,3 +78,17 @@ def test_scaling_benchmark_sweeps_rollouts_and_tokens(tiny_model_path, capsys, t
     out = capsys.readouterr().out
     assert out.count("| exponent |") == 2 and out.count("running ") == 2
     assert json.loads((tmp_path / "scaling.json").read_text()) == sweeps
+
+
+def test_attention_benchmark_times_each_case_and_agrees_on_the_log_probs(tiny_model_path, capsys):
+    """benchmarks/attention.py on the tiny model: a row per case and length, the exponents, and every
+    case's log-probs within float32 rounding of the first's (the layouts and attentions agree)."""
+    attention = load_benchmark("attention")
+    rows = attention.main(["--model", str(tiny_model_path), "--responses", "8", "16", "--repeats", "1",
+                           "--cases", "sdpa:shared_prefix", "sdpa_segments:shared_prefix", "sdpa_segments:packed"])
+    assert [(r["case"], r["response"]) for r in rows] == [(c, n) for n in (8, 16) for c in
+                                                          ("sdpa:shared_prefix", "sdpa_segments:shared_prefix",
+                                                           "sdpa_segments:packed")]
+    out = capsys.readouterr().out
+    assert out.count("exponent") == 1 and "sdpa_segments:packed" in out.split("exponent")[1]
+    assert all(float(line.rsplit(": ", 1)[1]) < 1e-4 for line in out.splitlines() if line.startswith("R="))

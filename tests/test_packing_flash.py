@@ -149,3 +149,50 @@ def test_no_boundaries_off_flash_attention_or_off_the_packed_layout(tiny_model_p
     with torch.no_grad():
         forward_token_stats(model, rollouts(seed=8, rows=4), ForwardSettings(TEMPERATURE, layout, chunk_size=5))
     assert len(seen) == 1 and not VARLEN_KEYS & seen[0].keys(), sorted(seen[0])
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared_prefix"])
+def test_sdpa_segments_gets_the_segments_and_builds_no_mask(tiny_model_path, layout, monkeypatch):
+    """The CPU workers' attention (`sdpa_segments`): the model forward receives the packer's segments
+    and no attention mask, no [tokens, tokens] mask is built for it, each layer makes one SDPA call
+    per segment, and the log-probs equal SDPA's with its block-diagonal mask."""
+    from corewarding.workers import packing, segment_attention
+
+    segment_attention.register()
+    model = load(tiny_model_path, segment_attention.NAME)
+    seen = capture_base_model_kwargs(model)
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(segment_attention.F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(a[0].shape[2]) or sdpa(*a, **k))
+    built = []
+    real = packing.shared_prefix_inputs
+    monkeypatch.setattr("corewarding.workers.actor.shared_prefix_inputs",
+                        lambda *a, **k: built.append(k.get("dense_mask", True)) or real(*a, **k))
+    batch = rollouts(seed=9, rows=4, ones=0)
+    settings = ForwardSettings(TEMPERATURE, layout, chunk_size=5)
+    with torch.no_grad():
+        got = forward_token_stats(model, batch, settings)
+    assert len(seen) == 1 and seen[0].get("attention_mask") is None and seen[0]["segments"]
+    segments = seen[0]["segments"]
+    assert built == ([False] if layout == "shared_prefix" else [])
+    assert len(calls) == model.config.num_hidden_layers * len(segments)
+    assert sum(s.end - s.start for s in segments) == seen[0]["input_ids"].shape[1]  # the segments cover the sequence
+    with torch.no_grad():
+        reference = forward_token_stats(load(tiny_model_path, "sdpa"), batch, settings)
+    assert_rel_close(got.log_probs, reference.log_probs, FORWARD_REL, "log_probs")
+    assert_rel_close(got.entropy, reference.entropy, FORWARD_REL, "entropy")
+
+
+def test_sdpa_segments_is_sdpa_without_segments(tiny_model_path):
+    """Generation and the padded layout give no segments: the same logits as SDPA, padding mask and all."""
+    from corewarding.workers import segment_attention
+
+    segment_attention.register()
+    batch = rollouts(seed=10, rows=4, ones=0)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+    with torch.no_grad():
+        got = load(tiny_model_path, segment_attention.NAME)(**inputs).logits
+        expected = load(tiny_model_path, "sdpa")(**inputs).logits
+    real = batch["attention_mask"].bool()
+    assert torch.equal(got[real], expected[real])

@@ -810,7 +810,7 @@ def test_a_flash_attn_that_does_not_load_is_not_used(tmp_path, monkeypatch):
     (package / "__init__.py").write_text("raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert attention_implementation(None, torch.device("cuda", 0)) == "sdpa"
-    assert attention_implementation(None, torch.device("cpu")) == "sdpa"
+    assert attention_implementation(None, torch.device("cpu")) == "sdpa_segments"  # the CPU workers: no dense mask
     assert attention_implementation("eager", torch.device("cuda", 0)) == "eager"
 
 

@@ -52,6 +52,7 @@ from corewarding.algos import (
     token_stats,
 )
 from corewarding.batch import Batch
+from corewarding.workers import segment_attention
 from corewarding.workers.packing import (
     packed_inputs,
     padded_inputs,
@@ -114,6 +115,12 @@ def uses_flash_attention(model: torch.nn.Module) -> bool:
     return config is not None and is_flash_attention(config._attn_implementation)
 
 
+def uses_segment_attention(model: torch.nn.Module) -> bool:
+    """The model's attention is `sdpa_segments` (packed rows kept apart without a mask)."""
+    config = getattr(model, "config", None)
+    return config is not None and config._attn_implementation == segment_attention.NAME
+
+
 @dataclass(frozen=True)
 class ForwardSettings:
     temperature: float  # rollout.temperature: the logits are divided by it, as in sampling
@@ -125,18 +132,22 @@ def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSe
     """Log-probs of the responses, entropy and self-certainty, each [N, R] (0 on padding)."""
     mask = rows.tensors["response_mask"]
     ids, attention = rows.tensors["input_ids"], rows.tensors["attention_mask"]
+    segments = uses_segment_attention(model)
     if settings.layout == "packed":
         inputs = packed_inputs(ids, attention, mask)
     elif settings.layout == "shared_prefix":
-        inputs = shared_prefix_inputs(ids, attention, mask)
+        inputs = shared_prefix_inputs(ids, attention, mask, dense_mask=not segments)
     elif settings.layout == "padded":
         inputs = padded_inputs(ids, attention, rows.tensors["position_ids"], mask)
     else:
         raise ValueError(f"unknown forward layout {settings.layout!r}; use one of {LAYOUTS}")
     # packed rows on flash-attention: the row boundaries, computed once here, spare transformers a
-    # derivation from the position ids in every layer; SDPA / eager build their mask from the position
-    # ids and take no such arguments
-    varlen = inputs.varlen_kwargs() if uses_flash_attention(model) else {}
+    # derivation from the position ids in every layer; sdpa_segments takes the segments instead of a
+    # mask; SDPA / eager build their mask from the position ids and take no such arguments
+    if uses_flash_attention(model):
+        varlen = inputs.varlen_kwargs()
+    else:
+        varlen = {"segments": inputs.segments} if segments and inputs.segments is not None else {}
     stats = model.token_stats(
         inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.target_positions, inputs.targets,
         settings.temperature, settings.chunk_size, **varlen,

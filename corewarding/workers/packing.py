@@ -16,6 +16,9 @@ hidden states. Only those M positions go through the output embedding.
   them again from the position ids in every layer.
 - `shared_prefix_inputs`: packed too, with one copy of each distinct prompt, which all the rollouts
   of that prompt in the micro-batch attend to (a 4-D mask), so a prompt's tokens are computed once.
+
+Both packed layouts also give their `segments` (`segment_attention.Segment`: a row; a shared prompt;
+a response and the prompt it reads), which the `sdpa_segments` attention takes instead of a mask.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from corewarding.workers.segment_attention import Segment
 
 __all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "shared_prefix_inputs", "token_budget_groups"]
 
@@ -37,6 +42,7 @@ class ModelInputs:
     targets: torch.Tensor  # [M] response token ids, row-major over response_mask
     cu_seq_lens: torch.Tensor | None = None  # packed: int32 [rows + 1], where each row starts, then the total
     max_length: int | None = None  # packed: the longest row's tokens
+    segments: tuple[Segment, ...] | None = None  # packed layouts: what each span of the sequence attends to
 
     def varlen_kwargs(self) -> dict[str, Any]:
         """The packed rows' boundaries as transformers' flash-attention takes them through the model's
@@ -89,17 +95,20 @@ def packed_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, respons
         # no layer reads one back from the device
         cu_seq_lens=torch.nn.functional.pad(ends, (1, 0)).to(torch.int32),
         max_length=longest,
+        segments=tuple(Segment(start, end) for start, end in zip(starts.tolist(), ends.tolist())),
     )
 
 
-def shared_prefix_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> ModelInputs:
+def shared_prefix_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                         dense_mask: bool = True) -> ModelInputs:
     """Packed, with one copy of each distinct prompt: a GRPO micro-batch holds several rollouts of the
     same prompt, and each of its responses attends to that one copy. Per group of rows with equal
     prompts the sequence holds the prompt (positions 0 .. p-1), then each response (positions p ..);
     a 4-D attention mask lets a token see the earlier tokens of its group's prompt and of its own
     response only. The prompt's hidden states get the gradient of every response that reads them, as
     the separate copies would. The mask is [T, T] and needs an attention that accepts one (SDPA,
-    eager): for short sequences with long shared prompts (the CPU runs), not for flash-attention."""
+    eager): for short sequences with long shared prompts (the CPU runs), not for flash-attention.
+    `dense_mask=False` leaves it out: the `sdpa_segments` attention reads the segments instead."""
     prompt_width = input_ids.shape[1] - response_mask.shape[1]
     real = attention_mask.bool()
     prompts = [tuple(input_ids[i, :prompt_width][real[i, :prompt_width]].tolist()) for i in range(input_ids.shape[0])]
@@ -111,31 +120,39 @@ def shared_prefix_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     group_of: dict[tuple[int, ...], int] = {}
     last_prompt: dict[tuple[int, ...], int] = {}  # prompt -> position of its last token in the sequence
     starts: list[int] = [0] * len(prompts)  # per row: where its response starts
+    segments: list[Segment] = []
     for row, prompt in enumerate(prompts):
         if prompt not in group_of:
             group_of[prompt] = len(group_of)
             groups += [group_of[prompt]] * len(prompt)
             owners += [-1] * len(prompt)
+            segments.append(Segment(len(tokens), len(tokens) + len(prompt)))
             tokens += prompt
             positions += range(len(prompt))
             last_prompt[prompt] = len(tokens) - 1
         starts[row] = len(tokens)
+        prompt_end = last_prompt[prompt] + 1
+        segments.append(Segment(len(tokens), len(tokens) + len(responses[row]), prompt_end - len(prompt), prompt_end))
         groups += [group_of[prompt]] * len(responses[row])
         owners += [row] * len(responses[row])
         tokens += responses[row]
         positions += range(len(prompt), len(prompt) + len(responses[row]))
-    group, owner = torch.tensor(groups), torch.tensor(owners)
-    visible = (group[:, None] == group[None, :]) & ((owner[None, :] == -1) | (owner[:, None] == owner[None, :]))
-    visible &= torch.ones(len(tokens), len(tokens), dtype=torch.bool).tril()
+    visible = None
+    if dense_mask:
+        group, owner = torch.tensor(groups), torch.tensor(owners)
+        visible = (group[:, None] == group[None, :]) & ((owner[None, :] == -1) | (owner[:, None] == owner[None, :]))
+        visible &= torch.ones(len(tokens), len(tokens), dtype=torch.bool).tril()
+        visible = visible[None, None].to(input_ids.device)
     predicting = [last_prompt[prompts[row]] if col == 0 else starts[row] + col - 1
                   for row in range(len(prompts)) for col in range(len(responses[row]))]
     device = input_ids.device
     return ModelInputs(
         input_ids=torch.tensor([tokens], device=device),
         position_ids=torch.tensor([positions], device=device),
-        attention_mask=visible[None, None].to(device),
+        attention_mask=visible,
         target_positions=torch.tensor(predicting, device=device, dtype=torch.long),
         targets=torch.tensor([t for r in responses for t in r], device=device, dtype=torch.long),
+        segments=tuple(segments),
     )
 
 

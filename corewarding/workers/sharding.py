@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from corewarding.workers import segment_attention
 from corewarding.workers.actor import install_token_stats, is_flash_attention
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,11 @@ def flash_attention_works() -> bool:
 
 
 def attention_implementation(configured: str | None, device: torch.device) -> str:
-    """`model.attn_implementation`, or flash-attention 2 where this node has it working (GPU), else SDPA."""
+    """`model.attn_implementation`, or flash-attention 2 where this node has it working (GPU); on CPU
+    `sdpa_segments` (packed rows and shared prompts without a [tokens, tokens] mask: linear in the
+    number of rows, `segment_attention`); else SDPA."""
+    if configured == segment_attention.NAME or (not configured and device.type == "cpu"):
+        return segment_attention.register()
     if configured:
         return configured
     if device.type == "cuda" and flash_attention_works():
