@@ -1,15 +1,16 @@
-"""The fit loop: one GRPO step for all six methods, validation, checkpoints (docs/architecture.md).
+"""The fit loop: one GRPO step for every method, validation, checkpoints (docs/architecture.md).
 
 One training step (`Trainer.train_step`), in the order the code runs it:
 
-1. a batch of B prompts (Co-rewarding-I: B pairs -> 2B prompt rows, originals then rephrased,
+1. a batch of B prompts (Co-rewarding-I and -III: B pairs -> 2B prompt rows, originals then rephrased,
    sharing `pair_id`); every prompt row gets a fresh `uid`;
 2. the workers sample `rollout.n` responses per prompt with the policy;
    Co-rewarding-II: every `update_interval` steps the teacher (the reference model) is moved
    towards the policy by EMA with weight a_k on the teacher (k = step - 1, as the release), then it
-   samples `rollout.teacher_n` responses per prompt, with the uid of the policy's prompt so the
-   reward can group them; with `data.use_aug` the two get different views of each question
-   (`data.p`: the chance that the policy gets the rephrased one, 1.0 as the release);
+   samples `rollout.teacher_n` responses per prompt on the rows the loader marked for it (the
+   policy's own prompts, same uids); with `data.use_aug` the two get different views of each
+   question (`data.p`: the chance that the policy gets the rephrased one, 1.0 as the release) and
+   the reward finds the teacher's vote by pair and view. Co-rewarding-III: both answer both views;
 3. old log-probs (+ per-token entropy / self-certainty when the reward reads them) unless the update
    is on-policy, and, with the KL loss, reference log-probs;
 4. rewards on the driver (grouped by uid / pair_id, never by position), GRPO advantages per uid,
