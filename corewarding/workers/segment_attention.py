@@ -35,20 +35,21 @@ class Segment(NamedTuple):
 
 
 def segments_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, segments: Sequence[Segment],
-                       scaling: float | None = None, enable_gqa: bool = False) -> torch.Tensor:
+                       scaling: float | None = None, enable_gqa: bool = False, dropout: float = 0.0) -> torch.Tensor:
     """[B, H, T, D] queries over packed `segments` (covering the T positions) -> [B, H, T, D]."""
     out = torch.empty_like(query)
     for seg in segments:
         if seg.prefix_end == seg.prefix_start:
             out[:, :, seg.start:seg.end] = F.scaled_dot_product_attention(
                 query[:, :, seg.start:seg.end], key[:, :, seg.start:seg.end], value[:, :, seg.start:seg.end],
-                is_causal=True, scale=scaling, enable_gqa=enable_gqa)
+                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=enable_gqa)
             continue
         # the prefix's queries ride along so that the fused causal kernel applies (a mask would leave it):
         # they see only the prefix, and their outputs are dropped
         span = (slice(seg.prefix_start, seg.prefix_end), slice(seg.start, seg.end))
         q, k, v = (torch.cat([t[:, :, span[0]], t[:, :, span[1]]], dim=2) for t in (query, key, value))
-        own = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=enable_gqa)
+        own = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling,
+                                             enable_gqa=enable_gqa)
         out[:, :, seg.start:seg.end] = own[:, :, seg.prefix_end - seg.prefix_start:]
     return out
 
@@ -62,7 +63,8 @@ def _attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.
     if segments is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    return segments_attention(query, key, value, segments, scaling, gqa).transpose(1, 2).contiguous(), None
+    out = segments_attention(query, key, value, segments, scaling, gqa, dropout)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _mask(*args, **kwargs) -> torch.Tensor | None:
