@@ -39,12 +39,9 @@ def twin(view: str) -> str:
 @dataclass(frozen=True)
 class Roles:
     voters: Voters
-    label_view: Literal["same", "twin"]
     policy_views: PolicyViews
 
     def __post_init__(self) -> None:
-        if (self.label_view == "twin") != (self.policy_views != "original"):
-            raise ValueError(f"{self}: a label from the twin needs pairs, and pairs take their label from the twin")
         if self.policy_views == "one" and self.voters != "teacher":
             raise ValueError(f"{self}: one view per pair leaves the other to the teacher")
 
@@ -52,6 +49,12 @@ class Roles:
     def pairs(self) -> bool:
         """The data come as (original, rephrased) pairs."""
         return self.policy_views != "original"
+
+    @property
+    def label_view(self) -> Literal["same", "twin"]:
+        """Where a question's vote is taken: on pairs always the twin (a vote on the same view of a
+        pair is Majority-Voting on the union of the views, a data file of its own)."""
+        return "twin" if self.pairs else "same"
 
     @property
     def teacher(self) -> bool:
@@ -77,7 +80,7 @@ def roles_of(votes: bool, paired: bool, teacher: bool, use_aug: bool) -> Roles:
     with `data.use_aug` (which only changes Co-rewarding-II: the teacher answers the other view)."""
     voters: Voters = "teacher" if teacher else ("policy" if votes else None)
     if paired:
-        return Roles(voters, "twin", "both")
+        return Roles(voters, "both")
     if teacher and use_aug:
-        return Roles(voters, "twin", "one")
-    return Roles(voters, "same", "original")
+        return Roles(voters, "one")
+    return Roles(voters, "original")

@@ -132,11 +132,11 @@ def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSe
     """Log-probs of the responses, entropy and self-certainty, each [N, R] (0 on padding)."""
     mask = rows.tensors["response_mask"]
     ids, attention = rows.tensors["input_ids"], rows.tensors["attention_mask"]
-    segments = uses_segment_attention(model)
+    by_segments = uses_segment_attention(model)
     if settings.layout == "packed":
         inputs = packed_inputs(ids, attention, mask)
     elif settings.layout == "shared_prefix":
-        inputs = shared_prefix_inputs(ids, attention, mask, dense_mask=not segments)
+        inputs = shared_prefix_inputs(ids, attention, mask, dense_mask=not by_segments)
     elif settings.layout == "padded":
         inputs = padded_inputs(ids, attention, rows.tensors["position_ids"], mask)
     else:
@@ -147,7 +147,8 @@ def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSe
     if uses_flash_attention(model):
         varlen = inputs.varlen_kwargs()
     else:
-        varlen = {"segments": inputs.segments} if segments and inputs.segments is not None else {}
+        segments = inputs.attention_segments() if by_segments else None
+        varlen = {"segments": segments} if segments is not None else {}
     stats = model.token_stats(
         inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.target_positions, inputs.targets,
         settings.temperature, settings.chunk_size, **varlen,

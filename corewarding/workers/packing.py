@@ -17,8 +17,8 @@ hidden states. Only those M positions go through the output embedding.
 - `shared_prefix_inputs`: packed too, with one copy of each distinct prompt, which all the rollouts
   of that prompt in the micro-batch attend to (a 4-D mask), so a prompt's tokens are computed once.
 
-Both packed layouts also give their `segments` (`segment_attention.Segment`: a row; a shared prompt;
-a response and the prompt it reads), which the `sdpa_segments` attention takes instead of a mask.
+Both packed layouts also give their segments (`ModelInputs.attention_segments`: a row; a shared
+prompt; a response and the prompt it reads), which the `sdpa_segments` attention takes instead of a mask.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class ModelInputs:
     targets: torch.Tensor  # [M] response token ids, row-major over response_mask
     cu_seq_lens: torch.Tensor | None = None  # packed: int32 [rows + 1], where each row starts, then the total
     max_length: int | None = None  # packed: the longest row's tokens
-    segments: tuple[Segment, ...] | None = None  # packed layouts: what each span of the sequence attends to
+    segments: tuple[Segment, ...] | None = None  # shared_prefix: what each span of the sequence attends to
 
     def varlen_kwargs(self) -> dict[str, Any]:
         """The packed rows' boundaries as transformers' flash-attention takes them through the model's
@@ -52,6 +52,14 @@ class ModelInputs:
         # self-attention over the same rows: the key boundaries are the query boundaries
         return {"cu_seq_lens_q": self.cu_seq_lens, "cu_seq_lens_k": self.cu_seq_lens,
                 "max_length_q": self.max_length, "max_length_k": self.max_length}
+
+    def attention_segments(self) -> tuple[Segment, ...] | None:
+        """What each span of a packed sequence attends to (`sdpa_segments`); packed rows' come from
+        their boundaries, read from the device only here (the flash-attention path never asks)."""
+        if self.segments is not None or self.cu_seq_lens is None:
+            return self.segments
+        bounds = self.cu_seq_lens.tolist()
+        return tuple(Segment(start, end) for start, end in zip(bounds[:-1], bounds[1:]))
 
 
 def _response_coordinates(response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +103,6 @@ def packed_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, respons
         # no layer reads one back from the device
         cu_seq_lens=torch.nn.functional.pad(ends, (1, 0)).to(torch.int32),
         max_length=longest,
-        segments=tuple(Segment(start, end) for start, end in zip(starts.tolist(), ends.tolist())),
     )
 
 
