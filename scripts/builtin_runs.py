@@ -27,7 +27,7 @@ def add_run_args(p: argparse.ArgumentParser, **defaults: object) -> None:
     """The knobs of a run; `defaults` overrides the values below (keyword = option with '_')."""
     values = {"steps": 16, "batch": 8, "n": 8, "max_new_tokens": 40, "lr": 2e-5, "temperature": 0.7, "kl": 0.001,
               "word_fraction": 0.0, "val_size": 64, "val_n": 4, "test_freq": 4, "rollout": "vllm", "workers": 2,
-              "seed": 0, **defaults}
+              "seed": 0, "dtype": "auto", **defaults}
     p.add_argument("--steps", type=int, default=values["steps"])
     p.add_argument("--batch", type=int, default=values["batch"], help="questions per step (Co-rewarding-I: pairs)")
     p.add_argument("--n", type=int, default=values["n"], help="rollouts per question (and teacher rollouts)")
@@ -43,6 +43,9 @@ def add_run_args(p: argparse.ArgumentParser, **defaults: object) -> None:
     p.add_argument("--test-freq", type=int, default=values["test_freq"], help="validate every this many steps")
     p.add_argument("--rollout", default=values["rollout"], choices=["vllm", "hf"])
     p.add_argument("--workers", type=int, default=values["workers"])
+    p.add_argument("--dtype", default=values["dtype"], choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype of training and rollout (float32 master weights); auto: bfloat16 on CPUs "
+                   "that multiply it natively (avx512_bf16, AMX), float32 elsewhere")
     p.add_argument("--seed", type=int, default=values["seed"])
     p.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M-Instruct)")
     p.add_argument("overrides", nargs="*", help="extra hydra overrides (key=value), applied last")
@@ -56,7 +59,7 @@ def run_overrides(args: argparse.Namespace, method: str, data: dict[str, Path], 
         f"data.train_files={data['train']}", f"data.train_aug_files={data['train_rewrite']}",
         f"data.val_files={data['val']}", f"data.train_batch_size={args.batch}", "data.max_prompt_length=256",
         f"data.max_response_length={args.max_new_tokens}", f"data.seed={args.seed}",
-        f"actor_rollout_ref.rollout.name={args.rollout}", f"actor_rollout_ref.rollout.n={args.n}",
+        f"actor_rollout_ref.model.dtype={args.dtype}", f"actor_rollout_ref.rollout.name={args.rollout}", f"actor_rollout_ref.rollout.n={args.n}",
         f"actor_rollout_ref.rollout.teacher_n={args.n}", f"actor_rollout_ref.rollout.temperature={args.temperature}",
         f"actor_rollout_ref.rollout.seed={args.seed}", f"actor_rollout_ref.rollout.val_kwargs.n={args.val_n}",
         "actor_rollout_ref.rollout.val_kwargs.temperature=0.8", "actor_rollout_ref.rollout.val_kwargs.do_sample=True",

@@ -23,6 +23,12 @@ import torch
 FORWARD_REL = 1e-5  # log-probs, entropies, self-certainty
 GRAD_REL = 1e-4  # gradients of a loss over a few dozen tokens (cancellation in the sums)
 WEIGHTS_REL = 2e-6  # weights after an EMA or optimizer step: ~16 float32 epsilons of the weights' size
+# bfloat16 compute (float32 logits and loss) against a float64 reference with the same bf16-rounded
+# weights, in units of bf16's unit roundoff u = 2^-8: every matmul input is rounded once (a relative
+# error of u), a few times along two layers; a real bug moves the result by its whole size (error ~1)
+BF16_UNIT = 2.0**-8
+BF16_FORWARD_REL = 8 * BF16_UNIT  # log-probs' deviations from their mean (seen: ~1.6 u)
+BF16_GRAD_REL = 16 * BF16_UNIT  # gradients (seen: ~3 u)
 
 
 def _record(what: str, error: float, bound: float) -> None:

@@ -29,7 +29,16 @@ from corewarding.workers.packing import (
     token_budget_groups,
 )
 
-from numerics import FORWARD_REL, GRAD_REL, assert_all_rel_close, assert_rel_close, assert_scalar_close, relative_error
+from numerics import (
+    BF16_FORWARD_REL,
+    BF16_GRAD_REL,
+    FORWARD_REL,
+    GRAD_REL,
+    assert_all_rel_close,
+    assert_rel_close,
+    assert_scalar_close,
+    relative_error,
+)
 
 TEMPERATURE = 0.8
 CPU = torch.device("cpu")
@@ -144,6 +153,28 @@ def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout,
     assert_rel_close(stats.log_probs, logp, FORWARD_REL, "log_probs")
     assert_rel_close(stats.entropy, entropy, FORWARD_REL, "entropy")
     assert_all_rel_close(got, grads(reference), GRAD_REL, "grad")
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "sdpa_segments"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bfloat16_compute_matches_float64_to_bfloat16_rounding(model_path, layout, attn):
+    """The bfloat16 path (model.dtype=bfloat16 or auto on a CPU with native bf16: the weights cast to
+    bf16, logits and loss in float32) against float64 on the same bf16-rounded weights. Log-probs
+    are compared by their deviations from the mean: on a random tiny model they all sit near
+    -log(vocabulary), which would hide any error under a plain relative norm."""
+    model = load(model_path, dtype=torch.bfloat16, attn=attn)
+    batch = with_repeated_prompts(ragged_rollouts(seed=2))
+    weights = torch.randn(batch["responses"].shape, generator=torch.Generator().manual_seed(3))
+    stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, layout, chunk_size=5))
+    assert stats.log_probs.dtype == torch.float32
+    ((stats.log_probs * weights).sum() + (stats.entropy * weights).sum()).backward()
+    reference = load(model_path, dtype=torch.bfloat16).to(torch.float64)
+    logp, entropy = full_logits_stats(reference, batch)
+    ((logp * weights).sum() + (entropy * weights).sum()).backward()
+    mask = batch["response_mask"].bool()
+    spread = logp[mask] - logp[mask].mean()
+    assert_rel_close(stats.log_probs[mask] - logp[mask].mean(), spread, BF16_FORWARD_REL, "bf16 log_probs")
+    assert_all_rel_close(grads(model), grads(reference), BF16_GRAD_REL, "bf16 grad")
 
 
 def test_shared_prefix_inputs_hold_each_prompt_once():

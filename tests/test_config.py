@@ -209,6 +209,32 @@ def test_teacher_defaults(model, data):
     assert cfg.actor_rollout_ref.model.dtype == "float32"
 
 
+@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])
+def test_auto_dtype_is_bfloat16_on_a_cpu_that_multiplies_it_natively(model, data, monkeypatch, native, expected):
+    import corewarding.hardware
+
+    monkeypatch.setattr(corewarding.hardware, "native_bf16_cpu", lambda: native)
+    cfg = load_config(compose_config([*base(model, data, "majority_voting"), "actor_rollout_ref.model.dtype=auto"]))
+    assert cfg.actor_rollout_ref.model.dtype == expected and cfg.actor_rollout_ref.rollout.dtype == expected
+    plain = load_config(compose_config(base(model, data, "majority_voting")))
+    assert plain.actor_rollout_ref.model.dtype == "float32"  # null stays the float32 reference on CPU
+
+
+def test_cpu_flags_say_which_processors_multiply_bfloat16(tmp_path):
+    from corewarding.hardware import cpu_flags, native_bf16_cpu
+
+    zen4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+    icelake = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n"
+    sapphire = "flags\t\t: avx512f amx_bf16 amx_tile\n"
+    graviton3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+    assert "avx512_bf16" in cpu_flags(zen4) and cpu_flags("no flags here") == frozenset()
+    for text, native in ((zen4, True), (icelake, False), (sapphire, True), (graviton3, True)):
+        path = tmp_path / f"cpuinfo-{native}-{len(text)}"
+        path.write_text(text)
+        assert native_bf16_cpu(str(path)) is native, text
+    assert native_bf16_cpu(str(tmp_path / "absent")) is False
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "extra, message",

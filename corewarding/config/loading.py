@@ -32,6 +32,20 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WARNED_IGNORED: set[str] = set()
 
 
+def _model_dtype(name: str | None, device: str) -> str:
+    """`model.dtype`: null is bfloat16 on GPU and float32 on CPU (the reference); auto is bfloat16
+    on GPU and on CPUs that multiply it natively (float32 master weights either way), else float32."""
+    if name == "auto":
+        from corewarding.hardware import native_bf16_cpu
+
+        name = "bfloat16" if device == "cuda" or native_bf16_cpu() else "float32"
+        if device == "cpu":
+            logger.info("actor_rollout_ref.model.dtype=auto: %s compute on this CPU (%s)", name,
+                        "native bfloat16 matrix multiply" if name == "bfloat16" else "no native bfloat16")
+        return name
+    return name or ("bfloat16" if device == "cuda" else "float32")
+
+
 def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "ppo_trainer") -> DictConfig:
     """The hydra config with command-line style overrides, parsed as `python -m corewarding.main` parses them."""
     from hydra import compose, initialize_config_dir
@@ -99,7 +113,7 @@ def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
     paths = {key: _abs(getattr(trainer, key)) for key in ("default_local_dir", "resume_from_path", *ROLLOUT_DIRS,
                                                          "validation_data_dir")}
     config = replace_in(config, "trainer", device=device, cpus_per_worker=cpus, **paths)
-    model_dtype = arr.model.dtype or ("bfloat16" if device == "cuda" else "float32")
+    model_dtype = _model_dtype(arr.model.dtype, device)
     config = replace_in(config, "actor_rollout_ref.model", dtype=model_dtype)
     config = replace_in(config, "actor_rollout_ref.rollout", dtype=arr.rollout.dtype or model_dtype,
                         teacher_n=arr.rollout.teacher_n or arr.rollout.n)

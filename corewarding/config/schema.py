@@ -65,7 +65,7 @@ class ModelConfig(Section):
     PREFIX: ClassVar[str] = "actor_rollout_ref.model"
     path: str
     tokenizer_path: str | None
-    dtype: str | None  # null: bfloat16 on GPU, float32 on CPU
+    dtype: str | None  # null: bfloat16 on GPU, float32 on CPU; auto: bfloat16 on CPUs with native bf16
     attn_implementation: str | None  # null: flash_attention_2 where the worker has it, else sdpa
     use_remove_padding: bool  # packed micro-batches
     logits_chunk_size: int
