@@ -2,8 +2,9 @@
 
 `reward_model.reward_manager` names a method, by its name or one of its aliases (the release's
 names among them). A method of your own needs no edit here: `custom_reward_function.path` /
-`.name` (verl's keys) load a reward function or a `Method` record from your file, or call
-`register_method` (docs/custom-method.md). The trainer reads everything else from the record:
+`.name` (verl's keys) load a reward function, a `Method` record or verl's per-response
+`compute_score` from your file, or call `register_method` (docs/custom-method.md). The trainer
+reads everything else from the record:
 
 - `votes`: the reward takes a majority vote (`reward_model.vote_equivalence` applies);
 - `paired`: every question comes with its rephrased twin, both views are rolled out and trained on,
@@ -32,6 +33,7 @@ from corewarding.batch import Batch
 from corewarding.errors import ConfigError
 from corewarding.rewards import functions as rewards
 from corewarding.rewards.functions import RewardFn, RewardOutput
+from corewarding.rewards.verl_score import VerlScore, is_verl_shaped
 from corewarding.roles import Roles, roles_of
 
 __all__ = ["METHODS", "Method", "UnknownMethod", "check_method", "load_method", "register_method", "resolve_method"]
@@ -153,8 +155,9 @@ def register_method(method: Method) -> Method:
 
 def load_method(path: str | Path, name: str) -> Method:
     """The method `name` of the Python file `path` (verl's `custom_reward_function.path` / `.name`),
-    registered: a `Method` record, or a reward function (it votes when it takes `equivalence`).
-    A file is read once per process."""
+    registered: a `Method` record, a reward function (it votes when it takes `equivalence`), or
+    verl's ``compute_score(data_source, solution_str, ground_truth, extra_info=None)``, called per
+    rollout (`VerlScore`; a ground-truth reward). A file is read once per process."""
     return _load_method(str(Path(path).expanduser().resolve()), name)
 
 
@@ -178,6 +181,8 @@ def _load_method(path: str, name: str) -> Method:
     if not callable(found):
         raise ConfigError(f"custom_reward_function.name={name!r} in {path} is a {type(found).__name__}, "
                           "not a reward function or a Method")
+    if is_verl_shaped(found):
+        return register_method(Method(name, VerlScore(found, f"custom_reward_function {path}:{name}"), ground_truth=True))
     try:
         votes = "equivalence" in inspect.signature(found).parameters
     except (TypeError, ValueError):
@@ -187,9 +192,14 @@ def _load_method(path: str, name: str) -> Method:
 
 def try_method(method: Method, options: Mapping[str, Any]) -> None:
     """Call the reward once on a made-up batch of two rollouts (and the batches its needs ask for)
-    and check what it returns: scores [N] and rows `answer` / `pseudo_label`, one per rollout."""
+    and check what it returns: scores [N] and rows `answer` / `pseudo_label`, one per rollout. verl's
+    compute_score is called on one made-up rollout instead (`VerlScore.trial`)."""
+    if isinstance(method.reward, VerlScore):
+        method.reward.trial(**options)
+        return
     texts, n = ["The answer is \\boxed{1}.", "The answer is \\boxed{2}."], 2
-    rows: dict[str, list] = {"response_text": texts, "uid": ["q", "q"], "sample_index": [0, 1], "ground_truth": ["1", "1"]}
+    rows: dict[str, list] = {"response_text": texts, "uid": ["q", "q"], "sample_index": [0, 1], "ground_truth": ["1", "1"],
+                             "data_source": ["trial", "trial"], "index": [0, 0]}
     if method.paired:
         n = 4
         rows = {k: v * 2 for k, v in rows.items()} | {"pair_id": [0] * 4, "view": ["original"] * 2 + ["rephrased"] * 2,

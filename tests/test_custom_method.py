@@ -4,6 +4,8 @@ itself, so the page cannot drift from what runs."""
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from corewarding.batch import Batch
 from corewarding.config import compose_config, load_config
 from corewarding.errors import ConfigError
 from corewarding.methods import METHODS, Method, load_method, register_method, resolve_method
+from corewarding.rewards import ComputeScoreError, VerlScore
 
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "custom-method.md"
@@ -27,6 +30,20 @@ def example_code() -> str:
     worked = PAGE.read_text().split("## A worked example", 1)[1]
     blocks = re.findall(r"```python\n(.*?)```", worked, re.DOTALL)
     assert len(blocks) == 1, "the worked example has one python block"
+    return blocks[0]
+
+
+def contract_example_code() -> str:
+    """The python block of the page's short example of the batch contract."""
+    section = PAGE.read_text().split("## The contract", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.DOTALL)[-1]
+
+
+def verl_example_code() -> str:
+    """The python block of the page's section on verl's compute_score."""
+    section = PAGE.read_text().split("## verl's compute_score", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 1, "the verl section has one python block"
     return blocks[0]
 
 
@@ -131,6 +148,14 @@ def test_a_plain_function_votes_when_it_takes_equivalence(tmp_path):
     ("def f(batch, teacher=None, *, gt_scorer):\n    pass\n", "g", r"custom_reward_function.name='g': .* has no such function "
                                                                     r"or Method \(it has \['RewardOutput', 'f'\]\)"),
     ("raise RuntimeError('boom')\n", "f", "importing it failed: RuntimeError: boom"),
+    ("def f(data_source, solution_str, ground_truth, extra_info=None):\n    return 'high'\n", "f",
+     r"custom_reward_function .*broken_\d+\.py:f: on a made-up rollout it returned 'high' \(str\); return a float or a "
+     r"dict with a 'score'"),
+    ("def f(data_source, solution_str, ground_truth, extra_info=None):\n    return {'acc': 1.0}\n", "f",
+     r"on a made-up rollout it returned a dict without 'score' \(keys \['acc'\]\)"),
+    ("def f(data_source, solution_str, ground_truth, extra_info=None, *, scale):\n    return 1.0\n", "f",
+     r"its reward f\(batch, teacher=None, \*, gt_scorer='math_verify', metric_budget_s=.*, scale\) cannot be called .*"
+     r"missing a required argument: 'scale'"),
 ])
 def test_a_broken_contract_is_one_line_when_the_config_loads(tmp_path, body, name, message):
     path = _user_file(tmp_path, body, f"broken_{abs(hash((body, name)))}.py")
@@ -189,3 +214,144 @@ def test_a_record_can_declare_both_views_and_the_teacher(tmp_path):
     config = _load(path, "M", "data.train_aug_files=twins.parquet")
     assert config.method.name == "iii_copy"
     assert (config.roles.voters, config.roles.label_view, config.roles.policy_views) == ("teacher", "twin", "both")
+
+
+# --- verl's compute_score(data_source, solution_str, ground_truth, extra_info=None) --------------------------------
+
+RECORDING = '''
+import json
+
+CALLS = []
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, log_path=None, bonus=0.0):
+    CALLS.append(dict(data_source=data_source, solution_str=solution_str, ground_truth=ground_truth, extra_info=extra_info))
+    if log_path is not None:
+        with open(log_path, "a") as log:
+            log.write(json.dumps(CALLS[-1]) + "\\n")
+    right = ground_truth is not None and f"\\\\boxed{{{ground_truth}}}" in solution_str
+    if data_source == "plain":
+        return float(right) + bonus
+    return {"score": float(right) + bonus, "boxed": "\\\\boxed" in solution_str, "pred": solution_str[-3:]}
+'''
+
+
+def _rollouts() -> Batch:
+    """Three rollouts as the trainer's reward sees them: the prompt's rows repeated, then the responses."""
+    return Batch(rows={
+        "prompt_messages": [[{"role": "user", "content": f"question {q}"}] for q in ("a", "a", "b")],
+        "response_text": ["so \\boxed{4}", "so \\boxed{5}", "no box"], "data_source": ["arith", "arith", "plain"],
+        "ground_truth": ["4", "4", "7"], "index": [10, 10, 11], "uid": ["arith/10", "arith/10", "plain/11"],
+        "sample_index": [0, 1, 0],
+    })
+
+
+def test_verl_compute_score_is_called_once_per_rollout_with_verl_keywords(tmp_path):
+    method = load_method(_user_file(tmp_path, RECORDING, "recording.py"), "compute_score")
+    assert isinstance(method.reward, VerlScore) and method.ground_truth and not (method.votes or method.teacher)
+    out = method.reward_fn(**method.options("math_verify", "string", {"bonus": 0.5}))(_rollouts())
+    assert method.reward.fn.__globals__["CALLS"] == [
+        {"data_source": "arith", "solution_str": "so \\boxed{4}", "ground_truth": "4",
+         "extra_info": {"index": 10, "uid": "arith/10", "sample_index": 0}},
+        {"data_source": "arith", "solution_str": "so \\boxed{5}", "ground_truth": "4",
+         "extra_info": {"index": 10, "uid": "arith/10", "sample_index": 1}},
+        {"data_source": "plain", "solution_str": "no box", "ground_truth": "7",
+         "extra_info": {"index": 11, "uid": "plain/11", "sample_index": 0}},
+    ]
+    torch.testing.assert_close(out.scores, torch.tensor([1.5, 0.5, 0.5]))  # a dict's score, a float, reward_kwargs
+    assert out.rows == {"answer": ["4", "5", None], "pseudo_label": [None, None, None]}
+    assert out.metrics["boxed"] == 1.0  # the mean of a dict's numeric extra over the rows that returned it
+    assert "pred" not in out.metrics  # not a number: not a metric
+    assert (out.metrics["score_mean"], out.metrics["answer_present"], out.metrics["gt_acc"]) == (2.5 / 3, 2 / 3, 1 / 3)
+
+
+def test_the_pages_short_contract_example_loads_and_scores(tmp_path):
+    path = tmp_path / "boxed.py"
+    path.write_text(contract_example_code())
+    config = _load(path, "boxed")
+    assert not isinstance(config.method.reward, VerlScore)
+    out = config.method.reward_fn(gt_scorer="math_verify")(_rollouts())
+    torch.testing.assert_close(out.scores, torch.tensor([1.0, 1.0, 0.0]))
+
+
+def test_the_page_shows_a_verl_compute_score_that_loads_and_scores(tmp_path):
+    path = tmp_path / "my_score.py"
+    path.write_text(verl_example_code())
+    config = _load(path, "compute_score", "+reward_model.reward_kwargs.format_bonus=0.1")
+    assert config.method.name == "compute_score" and config.method.ground_truth
+    out = config.method.reward_fn(**config.method.options("math_verify", "string", {"format_bonus": 0.1}))(_rollouts())
+    torch.testing.assert_close(out.scores, torch.tensor([1.1, 0.1, 0.0]))
+    assert out.metrics["acc"] == pytest.approx(1 / 3)
+
+
+def test_a_raising_compute_score_names_its_row_source_and_file(tmp_path):
+    path = _user_file(tmp_path, "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                                "    return 1 / (solution_str.count('5') - 1)\n", "raising.py")
+    config = _load(path, "compute_score")  # the made-up rollout has no 5: it loads
+    reward = config.method.reward_fn(**config.method.options("math_verify", "string", {}))
+    with pytest.raises(ComputeScoreError) as error:
+        reward(_rollouts())
+    assert str(error.value) == (f"custom_reward_function {path}:compute_score on row 1 (data_source='arith', index=10): "
+                                "ZeroDivisionError: division by zero")
+
+
+def test_a_compute_score_that_refuses_the_trial_source_still_loads(tmp_path, caplog):
+    """verl's own default_compute_score raises for a data source it does not know: the made-up rollout
+    of the configuration check is such a source, so its raise is a warning, not an error."""
+    path = _user_file(tmp_path, "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n"
+                                "    if data_source != 'arith':\n        raise NotImplementedError(data_source)\n"
+                                "    return 1.0\n", "dispatch.py")
+    with caplog.at_level(logging.WARNING, logger="corewarding.rewards.verl_score"):
+        config = _load(path, "compute_score")
+    assert "raised NotImplementedError: corewarding_trial on a made-up rollout" in caplog.text
+    out = config.method.reward_fn(gt_scorer="math_verify")(_rollouts().select([0, 1]))
+    torch.testing.assert_close(out.scores, torch.ones(2))
+
+
+def test_reward_kwargs_are_checked_against_compute_scores_own_parameters(tmp_path):
+    path = _user_file(tmp_path, RECORDING, "recording_kwargs.py")
+    assert _load(path, "compute_score", "+reward_model.reward_kwargs.bonus=0.5").method.name == "compute_score"
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'temperature'"):
+        _load(path, "compute_score", "+reward_model.reward_kwargs.temperature=2")
+
+
+@pytest.mark.slow
+def test_a_verl_compute_score_trains_one_cpu_step(boxing_model, tmp_path):
+    """One CPU step with verl's shape: the function sees each rollout's decoded response, its prompt's
+    data_source and ground truth, and extra_info.index; its dict's extra is logged under reward/."""
+    from corewarding.data import write_builtin_dataset
+    from corewarding.data.schema import read_verl_parquet
+    from corewarding.trainer.run import run_training
+
+    data = write_builtin_dataset(tmp_path / "data", n_train=8, n_val=4, seed=0)
+    log = tmp_path / "calls.jsonl"
+    overrides = [
+        f"custom_reward_function.path={_user_file(tmp_path, RECORDING, 'recording_step.py')}",
+        f"+reward_model.reward_kwargs.log_path={log}",
+        f"actor_rollout_ref.model.path={boxing_model}", f"data.train_files={data['train']}", f"data.val_files={data['val']}",
+        "data.train_batch_size=2", "data.max_prompt_length=192", "data.max_response_length=12",
+        "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
+        "trainer.device=cpu", "trainer.single_process=True", "trainer.nnodes=1", "trainer.n_gpus_per_node=1",
+        "trainer.total_training_steps=1", "trainer.logger=[console]", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
+        "trainer.resume_mode=disable", "trainer.val_before_train=False", "trainer.test_freq=-1", "trainer.save_freq=-1",
+    ]
+    threads = torch.get_num_threads()
+    try:
+        result = run_training(compose_config(overrides), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    (step,) = result["history"]
+    calls = [call for call in map(json.loads, log.read_text().splitlines()) if call["data_source"] != "corewarding_trial"]
+    assert len(calls) == 4  # 2 prompts x 2 rollouts, one call each (the configuration check's made-up one aside)
+    train = read_verl_parquet(data["train"])
+    truth = {(s, i): g for s, i, g in zip(train["data_source"], train["index"], train["ground_truth"])}
+    questions = [m[-1]["content"] for m in train["prompt"]]
+    for call in calls:
+        assert truth[(call["data_source"], call["extra_info"]["index"])] == call["ground_truth"]
+        assert not any(q in call["solution_str"] for q in questions)  # the response, not its prompt
+    assert step["step"] == 1 and step["reward/mean"] == pytest.approx(sum(
+        f"\\boxed{{{c['ground_truth']}}}" in c["solution_str"] for c in calls) / 4)
+    assert 0.0 <= step["reward/boxed"] <= 1.0

@@ -16,12 +16,15 @@ from corewarding.rewards.functions import (
     self_certainty,
 )
 from corewarding.rewards.hendrycks import hendrycks_equivalent
+from corewarding.rewards.verl_score import ComputeScoreError, VerlScore
 from corewarding.rewards.voting import Vote, majority_vote
 
 __all__ = [
     "GT_SCORERS",
+    "ComputeScoreError",
     "RewardOutput",
     "Vote",
+    "VerlScore",
     "answers_equivalent",
     "co_rewarding_i",
     "co_rewarding_ii",
