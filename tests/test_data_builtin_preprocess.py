@@ -19,6 +19,7 @@ from corewarding.data import (
     read_verl_parquet,
     write_builtin_dataset,
 )
+from corewarding.data.builtin import arithmetic_keys, heldout_problems
 from corewarding.data.preprocess import convert_records, gsm8k_answer, preprocess
 from corewarding.rewards import extract_boxed_answer
 
@@ -49,6 +50,49 @@ def test_builtin_problems_are_right_and_have_real_twins():
         assert _solve(p["question"]) == _solve(p["rephrased"]) == int(p["answer"]), p
     kinds = {p["kind"] for p in problems}
     assert kinds == {"arithmetic", "word"}
+
+
+def test_arithmetic_keys_cover_every_drawn_problem():
+    sizes = {op: len(set(arithmetic_keys(op))) for op in "+-*"}
+    assert sizes == {"+": 90 * 90, "-": sum(a - 10 for a in range(20, 100)), "*": 11 * 11}
+    spaces = {op: set(arithmetic_keys(op)) for op in "+-*"}
+    for p in builtin_problems(2000, seed=4, word_fraction=0.0):
+        assert (p["op"], p["a"], p["b"]) in spaces[p["op"]], p
+    with pytest.raises(ValueError, match="unknown operation '/'"):
+        arithmetic_keys("/")
+
+
+def test_excluded_keys_are_never_drawn_in_any_wording():
+    plain = builtin_problems(400, seed=2, word_fraction=0.0)
+    assert builtin_problems(400, seed=2, word_fraction=0.0, exclude_keys=frozenset()) == plain
+    excluded = {(p["op"], p["a"], p["b"]) for p in plain[:150]} | set(arithmetic_keys("*")[:60])
+    kept = builtin_problems(400, seed=2, word_fraction=0.0, exclude_keys=excluded)
+    assert len(kept) == 400
+    assert not {(p["op"], p["a"], p["b"]) for p in kept} & excluded
+
+
+def test_heldout_problems_are_distinct_stratified_and_disjoint():
+    taken = {("*", 2, 2), ("+", 10, 10)}
+    problems = heldout_problems({"+": 50, "-": 40, "*": 119}, seed=7, exclude_keys=taken)
+    keys = [(p["op"], p["a"], p["b"]) for p in problems]
+    assert len(set(keys)) == len(keys) == 209 and not set(keys) & taken
+    assert [p["op"] for p in problems] == ["+"] * 50 + ["-"] * 40 + ["*"] * 119
+    assert all(_solve(p["question"]) == int(p["answer"]) for p in problems)
+    assert heldout_problems({"+": 50}, seed=7) == heldout_problems({"+": 50}, seed=7)
+    with pytest.raises(ValueError, match=r"121 held-out problems of '\*' asked for, only 120"):
+        heldout_problems({"*": 121}, seed=7, exclude_keys=taken)
+
+
+def test_write_builtin_dataset_with_heldout_keys_and_a_given_validation_set(tmp_path):
+    val = heldout_problems({"+": 6, "*": 4}, seed=1)
+    keys = {(p["op"], p["a"], p["b"]) for p in val} | set(arithmetic_keys("*")[:100])
+    paths = write_builtin_dataset(tmp_path, n_train=120, seed=5, word_fraction=0.0, heldout_keys=keys, val_problems=val)
+    train, written_val = read_verl_parquet(paths["train"]), read_verl_parquet(paths["val"])
+    assert [m[-1]["content"] for m in written_val["prompt"]] == [p["question"] for p in val]
+    assert list(written_val["ground_truth"]) == [p["answer"] for p in val]
+    drawn = builtin_problems(120, seed=5, word_fraction=0.0, exclude_keys=keys)
+    assert [m[-1]["content"] for m in train["prompt"]] == [p["question"] for p in drawn]
+    assert drawn != builtin_problems(120, seed=5, word_fraction=0.0)  # the exclusion took effect
 
 
 def test_one_shot_prompt():

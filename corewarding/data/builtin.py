@@ -74,6 +74,9 @@ NAMES = ["Tom", "Sara", "Ali", "Mia", "Ben", "Lena", "Omar", "Zoe", "Ivan", "Nor
 ITEMS = ["apples", "pencils", "cookies", "marbles", "stickers", "oranges", "books", "shells", "cards", "eggs"]
 
 
+Key = tuple[str, int, int]  # (operation, a, b): a problem whatever its wording
+
+
 @dataclass(frozen=True)
 class Problem:
     kind: str  # "arithmetic" | "word"
@@ -85,18 +88,40 @@ class Problem:
     def answer(self) -> int:
         return self.a + self.b if self.op == "+" else self.a - self.b if self.op == "-" else self.a * self.b
 
+    @property
+    def key(self) -> Key:
+        return self.op, self.a, self.b
+
+
+# Operand ranges of arithmetic problems (inclusive); "-" draws b from [10, a - 1]
+SUM_RANGE, DIFFERENCE_A_RANGE, PRODUCT_RANGE = (10, 99), (20, 99), (2, 12)
+
 
 def _draw_problem(rng: random.Random, word_fraction: float) -> Problem:
     kind = "word" if rng.random() < word_fraction else "arithmetic"
     op = rng.choice("+-*")
     if op == "+":
-        a, b = rng.randint(10, 99), rng.randint(10, 99) if kind == "arithmetic" else rng.randint(2, 30)
+        a, b = rng.randint(*SUM_RANGE), rng.randint(*SUM_RANGE) if kind == "arithmetic" else rng.randint(2, 30)
     elif op == "-":
-        a = rng.randint(20, 99)
+        a = rng.randint(*DIFFERENCE_A_RANGE)
         b = rng.randint(10, a - 1) if kind == "arithmetic" else rng.randint(1, min(30, a - 1))
     else:
-        a, b = rng.randint(2, 12), rng.randint(2, 12)
+        a, b = rng.randint(*PRODUCT_RANGE), rng.randint(*PRODUCT_RANGE)
     return Problem(kind, op, a, b)
+
+
+def arithmetic_keys(op: str) -> list[Key]:
+    """Every (op, a, b) an arithmetic problem of `op` can be (the ranges `_draw_problem` draws from)."""
+    if op == "+":
+        pairs = [(a, b) for a in range(SUM_RANGE[0], SUM_RANGE[1] + 1) for b in range(SUM_RANGE[0], SUM_RANGE[1] + 1)]
+    elif op == "-":
+        pairs = [(a, b) for a in range(DIFFERENCE_A_RANGE[0], DIFFERENCE_A_RANGE[1] + 1) for b in range(10, a)]
+    elif op == "*":
+        pairs = [(a, b) for a in range(PRODUCT_RANGE[0], PRODUCT_RANGE[1] + 1)
+                 for b in range(PRODUCT_RANGE[0], PRODUCT_RANGE[1] + 1)]
+    else:
+        raise ValueError(f"unknown operation {op!r}: use one of + - *")
+    return [(op, a, b) for a, b in pairs]
 
 
 def draw_props(problem: Problem, rng: random.Random) -> tuple[str, str] | None:
@@ -117,9 +142,11 @@ def render(problem: Problem, template_id: int, rng: random.Random, props: tuple[
     return templates[template_id % len(templates)].format(a=problem.a, b=problem.b, name=name, item=item)
 
 
-def builtin_problems(n: int, seed: int = 0, word_fraction: float = 0.3, exclude: set[str] | None = None) -> list[dict]:
+def builtin_problems(n: int, seed: int = 0, word_fraction: float = 0.3, exclude: set[str] | None = None,
+                     exclude_keys: set[Key] | frozenset[Key] = frozenset()) -> list[dict]:
     """`n` distinct problems: dicts with `question`, `rephrased` (another template, other names and
-    items for word problems), `answer` (str), `kind`, `op`. Questions in `exclude` are skipped."""
+    items for word problems), `answer` (str), `kind`, `op`, `a`, `b`. Questions in `exclude` and
+    problems whose (op, a, b) is in `exclude_keys` (in any wording) are skipped."""
     rng = random.Random(seed)
     seen = set(exclude or ())
     out: list[dict] = []
@@ -133,7 +160,7 @@ def builtin_problems(n: int, seed: int = 0, word_fraction: float = 0.3, exclude:
         first = rng.randrange(len(templates))
         second = (first + rng.randrange(1, len(templates))) % len(templates)
         question = render(problem, first, rng)
-        if question in seen:
+        if question in seen or problem.key in exclude_keys:
             continue
         props = draw_props(problem, rng)
         rephrased = render(problem, second, rng, props)
@@ -143,6 +170,23 @@ def builtin_problems(n: int, seed: int = 0, word_fraction: float = 0.3, exclude:
             "kind": problem.kind, "op": problem.op, "a": problem.a, "b": problem.b,
             "rephrased_template": second, "rephrased_props": props,
         })
+    return out
+
+
+def heldout_problems(counts: dict[str, int], seed: int, exclude_keys: set[Key] | frozenset[Key] = frozenset()) -> list[dict]:
+    """Arithmetic problems with distinct (op, a, b), `counts[op]` of each operation, none in
+    `exclude_keys`, each in a template drawn from `seed`: a validation set that no training problem
+    drawn with `exclude_keys` set to its keys can match in any wording. Grouped by operation."""
+    rng = random.Random(seed)
+    out = []
+    for op, count in counts.items():
+        free = [key for key in arithmetic_keys(op) if key not in exclude_keys]
+        if count > len(free):
+            raise ValueError(f"{count} held-out problems of {op!r} asked for, only {len(free)} (op, a, b) are left")
+        for _, a, b in rng.sample(free, count):
+            problem = Problem("arithmetic", op, a, b)
+            question = render(problem, rng.randrange(len(ARITHMETIC_TEMPLATES[op])), rng)
+            out.append({"question": question, "answer": str(problem.answer), "kind": "arithmetic", "op": op, "a": a, "b": b})
     return out
 
 
@@ -173,16 +217,23 @@ def write_builtin_dataset(
     system_prompt: str | None = ONE_SHOT_SYSTEM_PROMPT,
     word_fraction: float = 0.3,
     unfaithful_fraction: float = 0.0,
+    heldout_keys: set[Key] | frozenset[Key] = frozenset(),
+    val_problems: list[dict] | None = None,
 ) -> dict[str, Path]:
     """Write `train.parquet`, `train_rewrite.parquet` (same indices and answers, other wording) and
     `val.parquet` (questions not in train) in the verl schema. Returns {"train", "train_rewrite",
     "val"} -> path. data_source is "builtin_arithmetic" or "builtin_word". With
     `unfaithful_fraction` f > 0, a share f of the twins asks about another number (`make_unfaithful`)
     and, as a rewrite file made by a model would, still carries the original's ground truth;
-    `extra_info.faithful` says which pairs, `extra_info.twin_answer` the twin's own answer."""
+    `extra_info.faithful` says which pairs, `extra_info.twin_answer` the twin's own answer.
+    `heldout_keys`: (op, a, b) that no training or drawn validation problem may be; `val_problems`:
+    the validation problems as given (`n_val` is then ignored)."""
     out = Path(out_dir)
-    train = make_unfaithful(builtin_problems(n_train, seed=seed, word_fraction=word_fraction), unfaithful_fraction, seed)
-    val = builtin_problems(n_val, seed=seed + 1_000_003, word_fraction=word_fraction, exclude={p["question"] for p in train})
+    train = builtin_problems(n_train, seed=seed, word_fraction=word_fraction, exclude_keys=heldout_keys)
+    train = make_unfaithful(train, unfaithful_fraction, seed)
+    val = val_problems if val_problems is not None else builtin_problems(
+        n_val, seed=seed + 1_000_003, word_fraction=word_fraction, exclude={p["question"] for p in train},
+        exclude_keys=heldout_keys)
 
     def rows(problems: list[dict], split: str, field: str) -> list[dict]:
         def extra(p: dict) -> dict:
