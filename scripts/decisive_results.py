@@ -1,0 +1,253 @@
+"""The decisive experiment's analysis, exactly as figs/decisive/PROTOCOL.md fixes it: the primary
+endpoint with its t-test, the secondary endpoints, each run's collapse status, and the verdict.
+
+    python scripts/decisive_results.py                   # figs/decisive/RESULTS.md and decisive.png
+    python scripts/decisive_results.py --root figs/decisive/runs --out figs/decisive
+
+Reads the records `scripts/decisive.py` keeps (`<root>/seed<S>/<run>/`: metrics.jsonl,
+heldout/<step>.jsonl.gz, decisive_done.json; `<root>/base/heldout/0.jsonl.gz`). Before the primary
+seeds are all in, it writes an interim report and no verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+FIGS = REPO / "figs" / "decisive"
+PRIMARY = ("majority_voting", "co_rewarding_ii")
+PRIMARY_SEEDS, EXTENDED_SEEDS = 8, 12
+MIN_EFFECT = 0.03
+HELDOUT_STEPS = (0, 16, 32, 48)
+LATE_STEPS = range(45, 49)  # the steps whose majority ratio and truncated share say what a fall is
+LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "entropy": "Entropy",
+          "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
+          "co_rewarding_iii": "Co-rewarding-III", "majority_voting-float32": "Majority-Voting (float32)"}
+
+
+# ----------------------------------------------------------------------------- reading
+def heldout_correct(path: Path) -> list[int]:
+    """Per held-out question (in index order), 1 when the greedy answer was right."""
+    with gzip.open(path, "rt") as handle:
+        records = [json.loads(line) for line in handle]
+    return [int(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
+
+
+@dataclass
+class Run:
+    name: str
+    seed: int
+    heldout: dict[int, list[int]]  # step -> per-question correctness (step 0: the base model)
+    history: list[dict[str, Any]]
+    minutes: float | None
+
+    def accuracy(self, step: int) -> float | None:
+        return statistics.fmean(self.heldout[step]) if step in self.heldout else None
+
+    def late_mean(self, key: str) -> float | None:
+        values = [h[key] for h in self.history if h.get("step") in LATE_STEPS and key in h]
+        return statistics.fmean(values) if values else None
+
+
+def read_runs(root: Path) -> tuple[list[int], list[Run]]:
+    """The base model's correctness and every finished run under `root`."""
+    base = heldout_correct(root / "base" / "heldout" / "0.jsonl.gz")
+    runs = []
+    for done in sorted(root.glob("seed*/*/decisive_done.json")):
+        folder, marker = done.parent, json.loads(done.read_text())
+        heldout = {0: base} | {int(p.name.split(".")[0]): heldout_correct(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
+        history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        seconds = marker.get("train_seconds", 0.0) + sum(marker.get("eval_seconds", {}).values())
+        runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60))
+    return base, runs
+
+
+# ----------------------------------------------------------------------------- statistics
+def t_summary(values: list[float]) -> dict[str, float]:
+    """Mean, its standard error, the one-sample t against 0 (S - 1 degrees of freedom), the
+    two-sided p and the 90 % interval."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else math.nan
+    t = mean / se if n > 1 and se > 0 else math.nan
+    half = stats.t.ppf(0.95, n - 1) * se if n > 1 else math.nan
+    p = 2 * stats.t.sf(abs(t), n - 1) if n > 1 and se > 0 else math.nan
+    return {"mean": mean, "se": se, "t": t, "df": n - 1, "p": p, "lo90": mean - half, "hi90": mean + half, "n": n}
+
+
+def fisher_greater(a: int, n_a: int, b: int, n_b: int) -> float:
+    """One-sided Fisher exact p that group a collapses more often than group b."""
+    from scipy import stats
+
+    return float(stats.fisher_exact([[a, n_a - a], [b, n_b - b]], alternative="greater").pvalue)
+
+
+def status(run: Run, base_accuracy: float) -> str:
+    """The protocol's reading of a run at step 48: collapsed, truncation, fell (neither sign) or held."""
+    acc16, acc48 = run.accuracy(16), run.accuracy(48)
+    if acc16 is None or acc48 is None:
+        return "unfinished"
+    if acc48 >= 0.5 * max(base_accuracy, acc16):
+        return "held"
+    if (run.late_mean("response_length/clip_ratio") or 0.0) >= 0.5:
+        return "truncation"
+    return "collapsed" if (run.late_mean("monitor/majority_ratio") or 0.0) >= 0.9 else "fell"
+
+
+def paired_differences(runs: list[Run], a: str, b: str, step: int) -> dict[int, float]:
+    """Per seed that has both: mean over questions of a's correctness minus b's at `step`."""
+    by = {(r.name, r.seed): r for r in runs}
+    seeds = sorted({r.seed for r in runs if (a, r.seed) in by and (b, r.seed) in by})
+    return {s: statistics.fmean(x - y for x, y in zip(by[a, s].heldout[step], by[b, s].heldout[step]))
+            for s in seeds if step in by[a, s].heldout and step in by[b, s].heldout}
+
+
+def verdict(primary: dict[str, float], collapses: dict[str, int], seeds: int) -> tuple[str, str]:
+    """The protocol's verdict rules, with the clause that decided it."""
+    from scipy import stats
+
+    mv, cr = collapses[PRIMARY[0]], collapses[PRIMARY[1]]
+    critical = stats.t.ppf(0.975, seeds - 1)
+    if primary["mean"] >= MIN_EFFECT and primary["t"] >= critical:
+        return "supported", f"D = {primary['mean']:+.3f} >= +{MIN_EFFECT} and t = {primary['t']:.2f} >= {critical:.3f}"
+    if 2 * mv >= seeds and cr == 0:
+        return "supported", f"Majority-Voting collapsed in {mv} of {seeds} seeds, Co-rewarding-II in none"
+    if primary["hi90"] < MIN_EFFECT and (mv <= 1 or cr >= mv):
+        return "refuted", (f"the 90 % interval of D ends at {primary['hi90']:+.3f} < +{MIN_EFFECT}, and Majority-Voting "
+                           f"collapsed in {mv} seeds, Co-rewarding-II in {cr}")
+    return "inconclusive", f"neither rule holds (D = {primary['mean']:+.3f}, t = {primary['t']:.2f}; collapses {mv} / {cr})"
+
+
+# ----------------------------------------------------------------------------- the report
+def _fmt(stat: dict[str, float]) -> str:
+    if stat["n"] < 2:
+        return f"{stat['mean']:+.3f} (1 seed)"
+    return (f"{stat['mean']:+.3f} ± {stat['se']:.3f} (t = {stat['t']:.2f}, df {stat['df']}, p = {stat['p']:.3f}; "
+            f"90 % interval {stat['lo90']:+.3f} .. {stat['hi90']:+.3f})")
+
+
+def accuracy_table(runs: list[Run]) -> list[str]:
+    lines = ["| run | seeds | " + " | ".join(f"step {s}" for s in HELDOUT_STEPS) + " | minutes per run |",
+             "| --- | --- |" + " --- |" * (len(HELDOUT_STEPS) + 1)]
+    for name in LABELS:
+        mine = [r for r in runs if r.name == name]
+        if not mine:
+            continue
+        cells = []
+        for step in HELDOUT_STEPS:
+            values = [r.accuracy(step) for r in mine if r.accuracy(step) is not None]
+            se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+            cells.append(f"{statistics.fmean(values):.3f}" + (f" ± {se:.3f}" if se is not None else ""))
+        minutes = statistics.fmean(r.minutes for r in mine)
+        lines.append(f"| {LABELS[name]} | {len(mine)} | " + " | ".join(cells) + f" | {minutes:.0f} |")
+    return lines
+
+
+def collapse_table(runs: list[Run], base_accuracy: float) -> list[str]:
+    lines = ["| run | seed | step 16 | step 48 | majority ratio 45-48 | truncated 45-48 | reading |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed)):
+        majority, truncated = r.late_mean("monitor/majority_ratio"), r.late_mean("response_length/clip_ratio")
+        cells = [LABELS.get(r.name, r.name), str(r.seed), f"{r.accuracy(16):.3f}", f"{r.accuracy(48):.3f}",
+                 f"{majority:.2f}" if majority is not None else "-", f"{truncated:.2f}" if truncated is not None else "-",
+                 status(r, base_accuracy)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(base: list[int], runs: list[Run]) -> str:
+    """RESULTS.md: the endpoints, the collapse readings and, once the primary seeds are in, the verdict."""
+    base_accuracy = statistics.fmean(base)
+    primary = paired_differences(runs, PRIMARY[1], PRIMARY[0], 48)
+    counts = {name: sum(status(r, base_accuracy) == "collapsed" for r in runs if r.name == name and r.seed in primary)
+              for name in PRIMARY}
+    lines = ["# The decisive experiment: results", "",
+             f"Computed by `python scripts/decisive_results.py` from `figs/decisive/runs/` as `PROTOCOL.md` fixes it. "
+             f"Base model on the 1,024 held-out questions (greedy): {base_accuracy:.3f}.", "",
+             "## Held-out accuracy (greedy, 1,024 questions; mean ± s.e. over seeds)", "", *accuracy_table(runs), ""]
+    lines += ["## Primary: Co-rewarding-II − Majority-Voting at step 48, paired by question within a seed", ""]
+    if primary:
+        per_seed = ", ".join(f"s{s}: {d:+.3f}" for s, d in primary.items())
+        lines += [f"D = {_fmt(t_summary(list(primary.values())))}", "", f"Per seed: {per_seed}", ""]
+    changes = {name: [r.accuracy(48) - r.accuracy(16) for r in runs if r.name == name] for name in PRIMARY}
+    lines += ["## Secondary", "", "Change from step 16 to step 48 (held-out):", ""]
+    lines += [f"- {LABELS[name]}: {_fmt(t_summary(v))}" for name, v in changes.items() if v]
+    by_seed = {name: {r.seed: r.accuracy(48) - r.accuracy(16) for r in runs if r.name == name} for name in PRIMARY}
+    both = sorted(set(by_seed[PRIMARY[0]]) & set(by_seed[PRIMARY[1]]))
+    if both:
+        gap = [by_seed[PRIMARY[1]][s] - by_seed[PRIMARY[0]][s] for s in both]
+        lines.append(f"- Co-rewarding-II's change − Majority-Voting's, paired by seed: {_fmt(t_summary(gap))}")
+    n = len(primary)
+    fisher = fisher_greater(counts[PRIMARY[0]], n, counts[PRIMARY[1]], n) if n else math.nan
+    lines += ["", f"Collapses over the {n} paired seeds: Majority-Voting {counts[PRIMARY[0]]}, Co-rewarding-II "
+              f"{counts[PRIMARY[1]]} (one-sided Fisher p = {fisher:.3f}). Each run's reading:", "",
+              *collapse_table(runs, base_accuracy), ""]
+    lines += ["## Verdict", ""]
+    if n >= PRIMARY_SEEDS:
+        word, reason = verdict(t_summary(list(primary.values())), counts, n)
+        lines.append(f"**{word}** at this scale, at {n} seeds: {reason}.")
+    else:
+        lines.append(f"None yet: {n} of the protocol's {PRIMARY_SEEDS} primary seed pairs are finished (an interim "
+                     "look; the verdict is taken at 8 seeds, or at 12 after the one extension).")
+    return "\n".join(lines) + "\n"
+
+
+def plot(base: list[int], runs: list[Run], path: Path) -> None:
+    """Per method: held-out accuracy, majority ratio and truncated share against the step (mean over
+    seeds, each seed faint)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("held-out accuracy (greedy)", None), ("majority ratio", "monitor/majority_ratio"),
+              ("truncated share", "response_length/clip_ratio")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for index, name in enumerate(n for n in LABELS if any(r.name == n for r in runs)):
+        colour = f"C{index}"
+        mine = [r for r in runs if r.name == name]
+        for ax, (title, key) in zip(axes, panels):
+            curves = []
+            for r in mine:
+                steps = sorted(r.heldout) if key is None else [h["step"] for h in r.history if key in h]
+                values = [r.accuracy(s) for s in steps] if key is None else [h[key] for h in r.history if key in h]
+                ax.plot(steps, values, color=colour, alpha=0.2, linewidth=0.8)
+                curves.append(dict(zip(steps, values)))
+            common = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(common, [statistics.fmean(c[s] for c in curves) for s in common], color=colour, linewidth=2,
+                    label=f"{LABELS[name]} ({len(mine)})")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+    axes[0].axhline(statistics.fmean(base), color="grey", linestyle=":", linewidth=1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=str(FIGS / "runs"))
+    p.add_argument("--out", default=str(FIGS))
+    args = p.parse_args(argv)
+    base, runs = read_runs(Path(args.root))
+    text = report(base, runs)
+    out = Path(args.out)
+    (out / "RESULTS.md").write_text(text)
+    if runs:
+        plot(base, runs, out / "decisive.png")
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

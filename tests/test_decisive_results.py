@@ -1,0 +1,107 @@
+"""scripts/decisive_results.py: the protocol's statistics and readings on made-up records whose
+answers are known by construction."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import decisive_results as dr  # noqa: E402
+
+N = 100  # held-out questions of the made-up records
+
+
+def _heldout(path: Path, correct: list[int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as handle:
+        for i in reversed(range(len(correct))):  # out of order: the reader sorts by index
+            handle.write(json.dumps({"index": i, "correct": bool(correct[i])}) + "\n")
+
+
+def _first(k: int) -> list[int]:
+    return [1] * k + [0] * (N - k)
+
+
+def _run(root: Path, seed: int, name: str, right: dict[int, int], majority: float, truncated: float) -> None:
+    folder = root / f"seed{seed}" / name
+    for step, k in right.items():
+        _heldout(folder / "heldout" / f"{step}.jsonl.gz", _first(k))
+    rows = [{"step": s, "monitor/majority_ratio": majority if s >= 45 else 0.3,
+             "response_length/clip_ratio": truncated if s >= 45 else 0.0} for s in range(1, 49)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "decisive_done.json").write_text(json.dumps({"train_seconds": 1800.0, "eval_seconds": {"16": 60.0}}))
+
+
+@pytest.fixture
+def records(tmp_path):
+    _heldout(tmp_path / "base" / "heldout" / "0.jsonl.gz", _first(10))
+    # seed 0: MV collapses (10 -> 30 -> 2 right, confident); CR-II holds (30 -> 35)
+    _run(tmp_path, 0, "majority_voting", {16: 30, 32: 20, 48: 2}, majority=0.95, truncated=0.0)
+    _run(tmp_path, 0, "co_rewarding_ii", {16: 30, 32: 32, 48: 35}, majority=0.8, truncated=0.0)
+    # seed 1: MV falls by truncation (25 -> 5, clipped); CR-II holds (25 -> 26)
+    _run(tmp_path, 1, "majority_voting", {16: 25, 32: 15, 48: 5}, majority=0.95, truncated=0.7)
+    _run(tmp_path, 1, "co_rewarding_ii", {16: 25, 32: 26, 48: 26}, majority=0.85, truncated=0.0)
+    return tmp_path
+
+
+def test_the_primary_difference_is_paired_by_question_within_each_seed(records):
+    base, runs = dr.read_runs(records)
+    assert sum(base) == 10 and {(r.name, r.seed) for r in runs} == {(m, s) for m in dr.PRIMARY for s in (0, 1)}
+    assert dr.paired_differences(runs, "co_rewarding_ii", "majority_voting", 48) == {0: 0.33, 1: 0.21}
+    assert next(r for r in runs if r.seed == 0 and r.name == "majority_voting").heldout[0] == _first(10)
+
+
+def test_each_run_is_read_as_the_protocol_defines(records):
+    base, runs = dr.read_runs(records)
+    readings = {(r.name, r.seed): dr.status(r, sum(base) / N) for r in runs}
+    assert readings == {("majority_voting", 0): "collapsed", ("majority_voting", 1): "truncation",
+                        ("co_rewarding_ii", 0): "held", ("co_rewarding_ii", 1): "held"}
+    early = next(r for r in runs if (r.name, r.seed) == ("majority_voting", 0))
+    early.heldout[16] = _first(1)  # collapsed before step 16: measured against the base model (0.10)
+    assert dr.status(early, 0.10) == "collapsed"
+    early.history = [{**h, "monitor/majority_ratio": 0.5} for h in early.history]
+    assert dr.status(early, 0.10) == "fell"  # fell, but not confidently: neither sign
+
+
+def test_t_summary_and_fisher_against_their_formulas():
+    stat = dr.t_summary([0.1, 0.2, 0.3])
+    se = math.sqrt(0.01 / 3)  # sample variance 0.01
+    assert stat["mean"] == pytest.approx(0.2, rel=1e-12) and stat["se"] == pytest.approx(se, rel=1e-12)
+    assert stat["t"] == pytest.approx(0.2 / se, rel=1e-12) and stat["df"] == 2
+    # two-sided p of t = 2 * sqrt(3) with 2 degrees of freedom: 1 - t / sqrt(2 + t^2)
+    t = 0.2 / se
+    assert stat["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    assert stat["hi90"] - stat["mean"] == pytest.approx(2.919986 * se, rel=1e-6)  # t(0.95, 2)
+    # 4 of 8 against 0 of 8: the hypergeometric tail C(8,4) C(8,0) / C(16,4)
+    assert dr.fisher_greater(4, 8, 0, 8) == pytest.approx(70 / 1820, rel=1e-9)
+
+
+@pytest.mark.parametrize("mean, t, hi90, mv, cr, expected", [
+    (0.05, 2.5, 0.09, 0, 0, "supported"),  # large and significant
+    (0.05, 2.0, 0.09, 0, 0, "inconclusive"),  # large, not significant at 8 seeds (2.365)
+    (0.01, 0.5, 0.02, 4, 0, "supported"),  # half of MV collapses, CR-II none
+    (0.00, 0.0, 0.02, 1, 0, "refuted"),  # no difference and MV holds
+    (0.00, 0.0, 0.02, 5, 5, "refuted"),  # both give it back alike
+    (0.00, 0.0, 0.02, 3, 1, "inconclusive"),
+    (0.02, 1.0, 0.05, 0, 0, "inconclusive"),  # the interval still reaches +0.03
+])
+def test_the_verdict_rules(mean, t, hi90, mv, cr, expected):
+    primary = {"mean": mean, "t": t, "hi90": hi90}
+    word, reason = dr.verdict(primary, {"majority_voting": mv, "co_rewarding_ii": cr}, seeds=8)
+    assert word == expected, reason
+
+
+def test_the_report_gives_no_verdict_before_eight_seeds(records, tmp_path):
+    text = dr.main(["--root", str(records), "--out", str(tmp_path)])
+    assert "None yet: 2 of the protocol's 8 primary seed pairs" in text
+    assert "D = +0.270 ± 0.060" in text and "s0: +0.330, s1: +0.210" in text
+    assert "Majority-Voting 1, Co-rewarding-II 0" in text
+    assert (tmp_path / "decisive.png").stat().st_size > 10_000 and (tmp_path / "RESULTS.md").read_text() == text
