@@ -8,8 +8,8 @@ Co-rewarding-II/ show the paper's settings. Bad input (missing model, data files
 batch sizes that do not divide, a corrupt checkpoint, a run folder in use) ends with one line
 `error: ...` and exit status 2; a preempted run (`trainer.preemption_signals`) with one line
 `preempted: ...` naming its checkpoint and exit status 75. A multi-node run joins a cluster
-started with `ray start`: `ray_init.address=auto` (with Ray's token authentication: README.md,
-"Multi-node"). A single-node run starts its own Ray on loopback (`corewarding.trainer.run.init_ray`).
+started with `ray start`: `ray_init.address=auto` (with Ray's token authentication:
+Co-rewarding-I/README.md, "Multi-node"). A single-node run starts its own Ray on loopback (`corewarding.trainer.run.init_ray`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger().setLevel(logging.INFO if is_verbose(bool(cfg.trainer.get("verbose"))) else logging.WARNING)
     with exit_status():
         result = run_training(cfg)
-    print(f"done: {result['global_step']} steps, checkpoints and metrics.jsonl in {result['checkpoint_dir']}", flush=True)
+    saved = result["saved_path"]
+    checkpoint = f"last checkpoint {saved}" if saved else "no checkpoint (trainer.save_freq=-1)"
+    print(f"done: {result['global_step']} steps; {checkpoint}; metrics.jsonl in {result['checkpoint_dir']}", flush=True)
 
 
 if __name__ == "__main__":

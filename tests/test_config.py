@@ -207,6 +207,7 @@ def test_teacher_defaults(model, data):
     cfg = load_config(compose_config(base(model, data, "majority_voting")))
     assert cfg.actor_rollout_ref.ref.sliding_average.enable is False
     assert cfg.actor_rollout_ref.model.dtype == "float32"
+    assert cfg.trainer.save_freq == 20  # a long run checkpoints by default (every 20 steps and at its last)
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32")])

@@ -229,6 +229,7 @@ def _train(config: Config, progress: bool, watch: PreemptionWatch) -> dict[str, 
             "history": history,
             "global_step": trainer.global_step,
             "checkpoint_dir": trainer_cfg.default_local_dir,
+            "saved_path": trainer.saved_path,  # the last checkpoint written or resumed from (None: none)
             "config": config,
         }
     except Preempted as exc:
