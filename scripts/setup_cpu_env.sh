@@ -11,8 +11,16 @@ STAMP="$VENV/.corewarding-installed"
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt "$0" ] && [ "$STAMP" -nt "$LOCK" ]; then
     exit 0
 fi
+# The lock is resolved for CPython 3.11 (its wheels, torch's included): refuse another version plainly.
+PYTHON=${PYTHON:-python3}
+[ -x "$VENV/bin/python" ] && PYTHON="$VENV/bin/python"
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+    echo "error: requirements/cpu.lock is for Python 3.11, and $PYTHON is $("$PYTHON" --version 2>&1 || echo missing)." >&2
+    echo "Install Python 3.11 (e.g. pyenv install 3.11) and run: rm -rf $VENV; PYTHON=python3.11 make env" >&2
+    exit 2
+fi
 source scripts/cpu_torch_source.sh
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 $PIP install -q --no-deps "${TORCH_SOURCE[@]}" -r "$LOCK"

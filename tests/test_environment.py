@@ -80,3 +80,17 @@ def test_cpu_torch_comes_from_a_local_wheel_or_the_cpu_index(tmp_path):
     assert torch_source("") == "--extra-index-url https://download.pytorch.org/whl/cpu"
     (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
     assert torch_source(f"/nowhere file://{tmp_path}") == ""
+
+
+@pytest.mark.parametrize("version, exit_code", [("3.12.4", 1), ("3.10.14", 1)])
+def test_make_env_refuses_another_python_plainly(tmp_path, version, exit_code):
+    """The lock is for Python 3.11: setup_cpu_env.sh stops before installing anything and says how to
+    get the right one (a fake interpreter that answers like `version` stands in for it)."""
+    fake = tmp_path / "python-fake"
+    fake.write_text(f"#!/bin/sh\n[ \"$1\" = -c ] && exit {exit_code}\necho 'Python {version}'\n")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(fake), "VENV": str(tmp_path / "venv")}
+    done = subprocess.run(["bash", str(REPO / "scripts" / "setup_cpu_env.sh")], env=env, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert f"requirements/cpu.lock is for Python 3.11, and {fake} is Python {version}" in done.stderr
+    assert "PYTHON=python3.11 make env" in done.stderr and not (tmp_path / "venv").exists()
