@@ -41,7 +41,7 @@ from corewarding import eval_harness, eval_parallel, rewards
 logger = logging.getLogger(__name__)
 
 # Benchmark name -> parquet paths tried in order under --data_dir (the first that exists wins).
-# `scripts/preprocess.py NAME --local_path ...` writes data/NAME/test.parquet (see the README).
+# `scripts/preprocess.py NAME --local_path ...` writes data/NAME/test.parquet (see data/README.md).
 BENCHMARK_FILES: dict[str, tuple[str, ...]] = {
     name: (f"{name}/test.parquet", f"eval/{name}.parquet", f"eval/{name}_test.parquet")
     for name in ("math500", "gsm8k", "amc", "amc23", "aime24", "math")

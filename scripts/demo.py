@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 title=f"demo: {LABELS[args.method]}, SmolLM2-135M-Instruct on CPU, built-in arithmetic data")
     print(f"\nwrote {fig}; checkpoint and metrics.jsonl in {run_dir}, rollouts in {out / 'rollouts'}")
     print(f"demo finished in {time.time() - started:.0f} s")
-    print("next (README, 'Evaluation and curves'):\n"
+    print("next (docs/evaluation.md):\n"
           f"  python -m corewarding.eval --model {run_dir} --benchmarks math500,gsm8k,amc:8 --backend hf"
           " --limit 8 --max_tokens 128\n"
           f"  python scripts/plot_curves.py {run_dir} --out outputs/curves.png")

@@ -27,7 +27,7 @@ from builtin_runs import EXTRA_METHODS, LABELS, METHODS, REPLICATED  # noqa: E40
 from plot_curves import plot_curves, read_metrics  # noqa: E402
 from replicate import DONE  # noqa: E402
 
-# the differences the README states in words: (method, baseline)
+# the differences docs/results.md states in words: (method, baseline)
 PAIRS = [("co_rewarding_ii", "entropy"), ("co_rewarding_ii", "majority_voting"), ("co_rewarding_i", "majority_voting")]
 
 

@@ -327,7 +327,7 @@ def test_dynamic_sampling_two_steps_and_exact_resume(method, ray_session, boxing
     assert [h["filter_groups/kept"] for h in straight["history"] if h["step"] > 0] == [e["filter_groups/kept"] for e in a]
 
 
-GRACE_S = 120  # the README's `#SBATCH --signal=B:USR1@120`: the time SLURM leaves before it kills
+GRACE_S = 120  # docs/training.md's `#SBATCH --signal=B:USR1@120`: the time SLURM leaves before it kills
 
 
 def test_preemption_saves_the_step_in_flight(ray_session, boxing_model, data_files, tmp_path):

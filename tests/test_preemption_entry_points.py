@@ -2,7 +2,7 @@
 no traceback: `scripts/demo.py` and `scripts/replicate.py` (which stops its method loop and, run
 again, resumes that method and goes on) in this process, with SIGTERM sent from inside the loop
 while it logs step 1; and `bash run_corewarding-II.sh` (a copy, so its logs stay in tmp), alone and
-inside the README's SLURM job script, with the signal sent to the shell alone, as SLURM's
+inside the SLURM job script of docs/training.md, with the signal sent to the shell alone, as SLURM's
 `--signal=B:...` does. `python -m
 corewarding.main` is test_e2e.py's `test_preemption_saves_the_step_in_flight`."""
 
@@ -100,9 +100,9 @@ RUN_SCRIPT = "Co-rewarding-II/run_corewarding-II.sh"
 
 
 def sbatch_recipe(folder: Path, overrides: list[str]) -> Path:
-    """The README's SLURM job script, with `scontrol requeue` writing a file instead and the run's
-    folder replaced by these CPU overrides."""
-    readme = (REPO / "README.md").read_text()
+    """The SLURM job script of docs/training.md, with `scontrol requeue` writing a file instead and the
+    run's folder replaced by these CPU overrides."""
+    readme = (REPO / "docs" / "training.md").read_text()
     lines = readme[readme.index("    #!/bin/bash"):readme.index("    exit $status") + len("    exit $status")].splitlines()
     job = "\n".join(line[4:] for line in lines)
     job = job.replace("LLM_PATH=/models/Qwen3-8B-Base ", "").replace("trainer.default_local_dir=/shared/runs/my-run",
@@ -114,7 +114,7 @@ def sbatch_recipe(folder: Path, overrides: list[str]) -> Path:
 
 @pytest.mark.parametrize("how", ["run script", "sbatch recipe"])
 def test_a_signal_to_the_shell_alone_saves_and_exits_75(how, boxing_model, data_files_small, tmp_path):
-    """SIGTERM to `bash run_corewarding-II.sh` alone (or USR1 to the README's SLURM job shell alone)
+    """SIGTERM to `bash run_corewarding-II.sh` alone (or USR1 to docs/training.md's SLURM job shell alone)
     after step 1 of 3: the trainer saves its last trained step and the shell exits 75 (the job asks
     for a requeue), with the trainer's line in logs/<name>.log."""
     for script in (RUN_SCRIPT, "scripts/run_common.sh"):  # a copy: logs/ and hydra's outputs/ stay in tmp

