@@ -31,6 +31,7 @@ import torch
 
 from corewarding.batch import Batch
 from corewarding.errors import ConfigError
+from corewarding.rewards import controls
 from corewarding.rewards import functions as rewards
 from corewarding.rewards.functions import RewardFn, RewardOutput
 from corewarding.rewards.verl_score import VerlScore, is_verl_shaped
@@ -80,6 +81,11 @@ METHODS: dict[str, Method] = {method.name: method for method in (
     Method("co_rewarding_ii", rewards.co_rewarding_ii, votes=True, teacher=True, aliases=("corewarding_ii",)),
     Method("co_rewarding_iii", rewards.co_rewarding_iii, votes=True, paired=True, teacher=True,
            aliases=("corewarding_iii",)),
+    # the controls of Spurious Rewards and the EMPO baseline (corewarding.rewards.controls)
+    Method("random", controls.random_reward, aliases=("random_reward",)),
+    Method("format", controls.format_reward, aliases=("format_reward",)),
+    Method("incorrect", controls.incorrect, ground_truth=True, aliases=("incorrect_label",)),
+    Method("empo", controls.empo, votes=True),
 )}
 
 BUILTIN = frozenset(METHODS)
@@ -100,7 +106,7 @@ def resolve_method(name: str) -> Method:
         raise UnknownMethod(
             f"reward_model.reward_manager={name!r} is unknown; choose one of "
             f"naive (gt) | majority_voting | self_certainty | entropy | co_reward (co_rewarding_I) | co_rewarding_II | "
-            f"co_rewarding_III{custom}"
+            f"co_rewarding_III | random | format | incorrect | empo{custom}"
             " (or load your own with custom_reward_function.path)"
         )
     return _BY_NAME[key]

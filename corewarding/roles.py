@@ -14,6 +14,8 @@ its `Roles`, read once per run (`roles_of`, from the method and `data.use_aug`):
 | Co-rewarding-II | teacher | same question | original | original |
 | Co-rewarding-II, `data.use_aug` | teacher | twin | one view (`data.p`) | the other view |
 | Co-rewarding-III | teacher | twin | both views | both views |
+| Random, Format, Incorrect (controls) | none | - | original | - |
+| EMPO | policy | same question | original | - |
 
 (Majority-Voting on the union of the views is Majority-Voting on a file that holds both.)
 

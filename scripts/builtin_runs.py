@@ -11,10 +11,12 @@ from pathlib import Path
 # name on the command line -> reward_model.reward_manager
 METHODS = {"gt": "naive", "majority_voting": "majority_voting", "self_certainty": "self_certainty",
            "entropy": "entropy", "co_rewarding_i": "co_reward", "co_rewarding_ii": "co_rewarding_II",
-           "co_rewarding_iii": "co_rewarding_III"}
+           "co_rewarding_iii": "co_rewarding_III", "random": "random", "format": "format", "incorrect": "incorrect",
+           "empo": "empo"}
 LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "self_certainty": "Self-Certainty",
           "entropy": "Entropy", "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
-          "co_rewarding_iii": "Co-rewarding-III", "majority_voting_union": "Majority-Voting, both views"}
+          "co_rewarding_iii": "Co-rewarding-III", "majority_voting_union": "Majority-Voting, both views",
+          "random": "Random reward", "format": "Format reward", "incorrect": "Incorrect label", "empo": "EMPO"}
 # the six methods of the committed three-seed replication (figs/replication.md): what
 # `scripts/replicate.py` and `scripts/seed_table.py` run and read unless --methods says otherwise
 REPLICATED = ("gt", "majority_voting", "self_certainty", "entropy", "co_rewarding_i", "co_rewarding_ii")

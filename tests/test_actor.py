@@ -1,6 +1,6 @@
 """The worker's update room in one process (no Ray, no process group): packed vs padded forward,
 token-budget vs fixed micro-batches, the on-policy shortcut vs the two-pass path, the two loss
-scopes, against plain full-logits torch computations on a tiny random Llama."""
+scopes, the policy-loss modes, against plain full-logits torch computations on a tiny random Llama."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from corewarding.algos import agg_loss, kl_penalty, policy_loss, policy_loss_terms
+from corewarding.algos import agg_loss, kl_penalty, loss_mode_terms, policy_agg_mode, policy_loss, policy_loss_terms
 from corewarding.batch import Batch
 from corewarding.workers import segment_attention
 from corewarding.workers.actor import (
@@ -259,47 +259,72 @@ def with_old_log_probs(model_path, batch: Batch, noise: float = 0.0) -> Batch:
     return Batch({**batch.tensors, "old_log_probs": old * mask, "ref_log_probs": ref * mask})
 
 
-def test_exact_update_equals_the_plain_mini_batch_loss(model_path):
-    """The mini-batch scope: the gradient of the whole mini-batch's token-mean loss, computed in one
-    piece with full logits, whatever the micro-batches."""
-    batch = with_old_log_probs(model_path, ragged_rollouts(seed=5), noise=0.3)
-    result, step = one_update(model_path, batch, settings())
+MODES = ["vanilla", "gspo", "cispo"]
+
+
+def mode_settings(mode: str, **changes) -> PPOSettings:
+    """`settings()` with policy-loss `mode`; GSPO with a clip range of 0.1, which the test batches'
+    response ratios (old log-probs 0.3 away per token) cross for some responses, not all."""
+    clip = {"clip_low": 0.1, "clip_high": 0.1} if mode == "gspo" else {}
+    return settings(loss_mode=mode, **clip, **changes)
+
+
+def reference_policy_loss(logp: torch.Tensor, batch: Batch, ppo: PPOSettings) -> tuple[torch.Tensor, dict[str, float]]:
+    """`ppo`'s policy loss of the whole batch in float64 (its mode, clip range and aggregation)."""
+    return policy_loss(logp, batch["old_log_probs"].double(), batch["advantages"].double(), batch["response_mask"],
+                       ppo.clip_low, ppo.clip_high, ppo.clip_c, ppo.loss_agg_mode, ppo.loss_mode)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("mode", MODES)
+def test_exact_update_equals_the_plain_mini_batch_loss(model_path, mode, layout):
+    """The mini-batch scope: the gradient of the whole mini-batch's loss (token-mean; GSPO's surrogate
+    seq-mean-token-mean with the entropy and KL terms token-mean), computed in one piece with full
+    logits, whatever the micro-batches, in every forward layout and policy-loss mode."""
+    batch = with_old_log_probs(model_path, with_repeated_prompts(ragged_rollouts(seed=5)), noise=0.3)
+    ppo = mode_settings(mode, forward=ForwardSettings(TEMPERATURE, layout, chunk_size=7))
+    result, step = one_update(model_path, batch, ppo)
     model = reference_model(model_path)
     logp, entropy = full_logits_stats(model, batch)
     mask = batch["response_mask"]
-    old, ref = batch["old_log_probs"].double(), batch["ref_log_probs"].double()
-    pg, metrics = policy_loss(logp, old, batch["advantages"].double(), mask)
-    kl_terms = kl_penalty(logp, ref)
+    pg, metrics = reference_policy_loss(logp, batch, ppo)
+    kl_terms = kl_penalty(logp, batch["ref_log_probs"].double())
     kl = agg_loss(kl_terms, mask)
     (pg - 0.01 * agg_loss(entropy, mask) + 0.1 * kl).backward()
     assert_all_rel_close(step, grads(model), GRAD_REL, "grad")
-    # each loss is a token mean of terms that may cancel: their mean magnitude is the scale of its rounding
-    pg_scale = float(agg_loss((batch["advantages"].double()[:, None] * (logp.detach() - old).exp()).abs(), mask))
-    assert_scalar_close(result.metrics["actor/pg_loss"], float(pg), pg_scale, FORWARD_REL, "pg_loss")
-    assert_scalar_close(result.metrics["actor/kl_loss"], float(kl), float(agg_loss(kl_terms.abs(), mask)),
-                        FORWARD_REL, "kl_loss")
+    # each loss is a mean of terms that may cancel: their mean magnitude is the scale of its rounding
+    terms = loss_mode_terms(mode, logp.detach(), batch["old_log_probs"].double(), batch["advantages"].double(), mask,
+                            ppo.clip_low, ppo.clip_high, ppo.clip_c)
+    pg_scale = float(agg_loss(terms.losses.abs(), mask, policy_agg_mode(mode, ppo.loss_agg_mode)))
+    assert_scalar_close(result.metrics["actor/pg_loss"], float(pg.detach()), pg_scale, FORWARD_REL, "pg_loss")
+    kl_scale = float(agg_loss(kl_terms.detach().abs(), mask))
+    assert_scalar_close(result.metrics["actor/kl_loss"], float(kl.detach()), kl_scale, FORWARD_REL, "kl_loss")
     assert result.metrics["actor/pg_clipfrac"] == pytest.approx(metrics["pg_clipfrac"], abs=1e-6)
-    assert result.metrics["actor/pg_clipfrac"] > 0
+    assert 0 < result.metrics["actor/pg_clipfrac"] < 1
     assert len(result.tokens) == 0  # not on-policy: nothing to hand back
 
 
-def test_release_scope_is_the_row_weighted_mean_of_micro_batch_losses(model_path):
+@pytest.mark.parametrize("mode", ["vanilla", "gspo"])
+def test_release_scope_is_the_row_weighted_mean_of_micro_batch_losses(model_path, mode):
+    """Each micro-batch aggregated on its own (GSPO's surrogate over its responses), weighted by rows."""
     batch = with_old_log_probs(model_path, ragged_rollouts(seed=6), noise=0.3)
-    _, step = one_update(model_path, batch, settings(loss_scope="micro_batch", entropy_coeff=0.0, use_kl_loss=False))
+    ppo = mode_settings(mode, loss_scope="micro_batch", entropy_coeff=0.0, use_kl_loss=False)
+    _, step = one_update(model_path, batch, ppo)
     model = reference_model(model_path)
     for rows in ([0, 1], [2, 3], [4, 5]):
         mb = batch.select(rows)
         logp, _ = full_logits_stats(model, mb)
-        pg, _ = policy_loss(logp, mb["old_log_probs"].double(), mb["advantages"].double(), mb["response_mask"])
+        pg, _ = reference_policy_loss(logp, mb, ppo)
         (pg * len(rows) / 6).backward()
     assert_all_rel_close(step, grads(model), GRAD_REL, "grad")
 
 
-def test_token_budget_micro_batches_give_the_same_update(model_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_token_budget_micro_batches_give_the_same_update(model_path, mode):
     batch = with_old_log_probs(model_path, ragged_rollouts(seed=7), noise=0.3)
-    fixed = one_update(model_path, batch, settings())
+    fixed = one_update(model_path, batch, mode_settings(mode))
     longest = int(batch["attention_mask"].sum(1).max())
-    budget = one_update(model_path, batch, settings(max_tokens=longest + 3))
+    budget = one_update(model_path, batch, mode_settings(mode, max_tokens=longest + 3))
     assert_same_update(fixed, budget)
 
 

@@ -98,6 +98,8 @@ def test_method_roles_table():
         "gt": (None, "same", "original"), "self_certainty": (None, "same", "original"), "entropy": (None, "same", "original"),
         "majority_voting": ("policy", "same", "original"), "co_rewarding_i": ("policy", "twin", "both"),
         "co_rewarding_ii": ("teacher", "same", "original"), "co_rewarding_iii": ("teacher", "twin", "both"),
+        "random": (None, "same", "original"), "format": (None, "same", "original"),
+        "incorrect": (None, "same", "original"), "empo": ("policy", "same", "original"),
     }
     aug = resolve_method("co_rewarding_ii").roles(use_aug=True)
     assert (aug.voters, aug.label_view, aug.policy_views) == ("teacher", "twin", "one")
@@ -315,6 +317,9 @@ NO_PATHS = CPU + ["trainer.n_gpus_per_node=2", "data.train_batch_size=4", "actor
         ("algorithm.rollout_correction.rollout_is=geometric", "algorithm.rollout_correction.rollout_is"),
         ("algorithm.rollout_correction.rollout_is_threshold=0", "algorithm.rollout_correction.rollout_is_threshold"),
         ("reward_model.overlong_buffer.penalty_factor=-1", "reward_model.overlong_buffer.penalty_factor"),
+        ("actor_rollout_ref.actor.policy_loss.loss_mode=sapo", "actor_rollout_ref.actor.policy_loss.loss_mode"),
+        ("actor_rollout_ref.actor.kl_loss_type=k4+", "actor_rollout_ref.actor.kl_loss_type"),
+        ("actor_rollout_ref.actor.clip_ratio_low=10", "actor_rollout_ref.actor.clip_ratio_low"),  # >= 1: CISPO's only
     ],
 )
 def test_values_that_would_train_wrong_are_config_errors(override, key):
@@ -338,6 +343,34 @@ def test_loss_toolbox_keys_read_as_verl_writes_them():
     actor, correction = cfg.actor_rollout_ref.actor, cfg.algorithm.rollout_correction
     assert cfg.reward_model.overlong_buffer.len == 512 and (correction.rollout_is, correction.rollout_is_threshold) == ("sequence", 5.0)
     assert (actor.loss_agg_mode, actor.loss_scale_factor, actor.mask_truncated_completions) == ("seq-mean-token-sum-norm", 4096, True)
+
+
+def test_policy_loss_keys_read_as_verl_writes_them():
+    """actor.policy_loss.loss_mode (vanilla by default), +preset=gspo's clip range, verl's CISPO clip_ratio_low=10
+    (no lower clip) and the straight-through KL reach the update's settings."""
+    from types import SimpleNamespace
+
+    from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+    def ppo_settings(*overrides: str):
+        cfg = load_config(compose_config(NO_PATHS + list(overrides)), check_paths=False)
+        return ActorRolloutRefWorker._ppo_settings(SimpleNamespace(config=cfg, _forward_settings=lambda: None))
+
+    plain = ppo_settings()
+    assert (plain.loss_mode, plain.clip_low, plain.clip_high, plain.loss_agg_mode) == ("vanilla", 0.2, 0.2, "token-mean")
+    gspo = ppo_settings("+preset=gspo", "actor_rollout_ref.actor.kl_loss_type=k3+")
+    assert (gspo.loss_mode, gspo.clip_low, gspo.clip_high, gspo.loss_agg_mode) == ("gspo", 3e-4, 4e-4, "seq-mean-token-mean")
+    assert gspo.kl_loss_type == "k3+"
+    assert ppo_settings("+preset=gspo", "actor_rollout_ref.actor.clip_ratio_high=1e-3").clip_high == 1e-3  # overrides win
+    cispo = ppo_settings("actor_rollout_ref.actor.policy_loss.loss_mode=cispo", "actor_rollout_ref.actor.clip_ratio_low=10")
+    assert (cispo.loss_mode, cispo.clip_low, cispo.clip_high) == ("cispo", 10.0, 0.2)
+
+
+def test_gspo_with_a_token_level_clip_range_warns(caplog):
+    load_config(compose_config(NO_PATHS + ["+preset=gspo"]), check_paths=False)
+    assert "loss_mode=gspo" not in caplog.text
+    load_config(compose_config(NO_PATHS + ["actor_rollout_ref.actor.policy_loss.loss_mode=gspo"]), check_paths=False)
+    assert "loss_mode=gspo with clip_ratio_low=0.2, clip_ratio_high=0.2" in caplog.text and "+preset=gspo" in caplog.text
 
 
 def test_greedy_validation_and_defaults_pass():

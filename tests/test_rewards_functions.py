@@ -19,9 +19,13 @@ from corewarding.rewards import (
     co_rewarding_i,
     co_rewarding_ii,
     co_rewarding_iii,
+    empo,
     entropy,
+    format_reward,
     gt,
+    incorrect,
     majority_voting,
+    random_reward,
     self_certainty,
 )
 
@@ -373,10 +377,10 @@ def test_registry_and_aliases():
     assert resolve_method("co_rewarding_II").reward is co_rewarding_ii
     expected = {"gt": gt, "majority_voting": majority_voting, "co_rewarding_i": co_rewarding_i,
                 "co_rewarding_ii": co_rewarding_ii, "co_rewarding_iii": co_rewarding_iii, "self_certainty": self_certainty,
-                "entropy": entropy}
+                "entropy": entropy, "random": random_reward, "format": format_reward, "incorrect": incorrect, "empo": empo}
     assert {name: method.reward for name, method in REGISTRY.items()} == expected
     assert {name for name, method in REGISTRY.items() if method.votes} == {"majority_voting", "co_rewarding_i",
-                                                                         "co_rewarding_ii", "co_rewarding_iii"}
+                                                                         "co_rewarding_ii", "co_rewarding_iii", "empo"}
     with pytest.raises(ValueError, match="co_reward"):
         resolve_method("nope")
     fn = resolve_method("majority_voting").reward_fn(equivalence="math")
@@ -424,6 +428,11 @@ METHODS = [
     ("co_rewarding_ii", {"equivalence": "math"}),
     ("self_certainty", {}),
     ("entropy", {}),
+    ("random", {}),
+    ("format", {}),
+    ("incorrect", {}),
+    ("empo", {}),
+    ("empo", {"equivalence": "math"}),
 ]
 
 

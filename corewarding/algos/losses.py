@@ -1,5 +1,6 @@
 """Masked reductions, the PPO clipped policy loss (with dual clip), KL estimators and loss
-aggregation. Semantics follow verl's `core_algos` / `torch_functional` (docs/method.md)."""
+aggregation. Semantics follow verl's `core_algos` / `torch_functional` (docs/method.md); the other
+policy-loss modes (GSPO, CISPO) and the aggregated `policy_loss` are in `policy_modes.py`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ __all__ = [
     "agg_loss_parts",
     "PolicyTerms",
     "policy_loss_terms",
-    "policy_loss",
     "kl_penalty",
     "AGG_MODES",
     "AGG_SCOPES",
@@ -26,7 +26,9 @@ AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mea
 # Over what a micro-batch's loss is aggregated: the whole mini-batch on all ranks (exact), or the
 # micro-batch itself, weighted by its share of rows (the release, verl 0.4).
 AGG_SCOPES = ("mini_batch", "micro_batch")
-KL_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
+KL_BASE_KINDS = ("k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl")
+# verl's straight-through variants: `<kind>+` has the value of <kind> and the gradient of k2
+KL_KINDS = (*KL_BASE_KINDS, *(f"{kind}+" for kind in KL_BASE_KINDS))
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
@@ -123,37 +125,26 @@ def policy_loss_terms(
     return PolicyTerms(losses, l2 > l1, (clipped > l3) & negative, log_ratio)
 
 
-def policy_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    clip_c: float | None = 3.0,
-    agg: str = "token-mean",
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """`policy_loss_terms` aggregated with `agg`, and float metrics ``pg_clipfrac`` (fraction of
-    tokens where the clipped term is the larger), ``pg_clipfrac_lower`` (fraction where the dual
-    clip bites) and ``ppo_kl`` (masked mean of old_logp - logp)."""
-    terms = policy_loss_terms(logp, old_logp, advantages, clip_low, clip_high, clip_c)
-    mask = mask.to(logp.dtype)
-    with torch.no_grad():
-        metrics = {
-            "pg_clipfrac": float(masked_mean(terms.clipped.to(logp.dtype), mask)),
-            "pg_clipfrac_lower": float(masked_mean(terms.dual_clipped.to(logp.dtype), mask)),
-            "ppo_kl": float(masked_mean(-terms.log_ratio, mask)),
-        }
-    return agg_loss(terms.losses, mask, agg), metrics
-
-
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
     """Per-token KL estimate between the policy and the reference model.
 
     ``k1``/``kl``: logp - ref; ``abs``: |logp - ref|; ``k2``/``mse``: 0.5 (logp - ref)^2;
     ``k3``/``low_var_kl``: with d = ref - logp (clamped to [-20, 20]), exp(d) - d - 1 clamped to
     [-10, 10].
+
+    ``<kind>+`` (verl's straight-through variants, e.g. ``k3+``, ``low_var_kl+``): the value of
+    <kind> with the gradient of k2, computed as verl does, k2 - sg(k2) + sg(kX) (sg: stop-gradient),
+    so the value is kX's exactly. Why: k1 and k3 estimate the KL's value without bias, but their
+    gradients do not estimate its gradient; k2's gradient, (logp - ref) grad logp, is in expectation
+    over the policy's samples the gradient of KL(pi_theta || pi_ref). ``k2+``/``mse+`` are k2.
     """
+    if kind.endswith("+") and kind[:-1] in KL_BASE_KINDS:
+        k2 = 0.5 * (logp - ref_logp).square()
+        return k2 - k2.detach() + _kl_value(logp, ref_logp, kind[:-1]).detach()
+    return _kl_value(logp, ref_logp, kind)
+
+
+def _kl_value(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
     if kind in ("k1", "kl"):
         return logp - ref_logp
     if kind == "abs":

@@ -201,6 +201,7 @@ def _check(config: Config, method: Method) -> None:
     _check_devices(config)
     _check_lengths(config)
     _check_batches(config, method)
+    _check_policy_loss(config)
 
 
 def _check_method(config: Config, method: Method) -> None:
@@ -308,6 +309,15 @@ def _check_batches(config: Config, method: Method) -> None:
             f"each worker gets {mini_rows // ws} rollouts per mini-batch ({what} / workers), which "
             f"does not divide by actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro}"
         )
+
+
+def _check_policy_loss(config: Config) -> None:
+    """GSPO with a token-level clip range: its per-response ratio, a geometric mean, would hardly ever leave it."""
+    actor = config.actor_rollout_ref.actor
+    if actor.policy_loss.loss_mode == "gspo" and max(actor.clip_low, actor.clip_high) >= 0.01:
+        logger.warning("actor_rollout_ref.actor.policy_loss.loss_mode=gspo with clip_ratio_low=%s, clip_ratio_high=%s: "
+                       "GSPO's per-response ratio hardly ever leaves that range; verl's recipe uses 3e-4 and 4e-4 "
+                       "(+preset=gspo)", actor.clip_low, actor.clip_high)
 
 
 def _warn_ignored(values: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from corewarding.algos.losses import AGG_MODES, AGG_SCOPES, KL_KINDS
+from corewarding.algos.policy_modes import POLICY_LOSS_MODES
 from corewarding.algos.rollout_correction import IS_LEVELS
 from corewarding.config.sections import (
     Section, build, check_real, ignored, ignored_fields as _ignored_fields_of,
@@ -111,6 +112,14 @@ class ActorFSDPConfig(Section):
 
 
 @dataclass(frozen=True)
+class PolicyLossConfig(Section):
+    """verl's policy-loss group: which surrogate the update minimises (algos/policy_modes.py)."""
+
+    PREFIX: ClassVar[str] = "actor_rollout_ref.actor.policy_loss"
+    loss_mode: Literal[POLICY_LOSS_MODES]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
 class ActorConfig(Section):
     PREFIX: ClassVar[str] = "actor_rollout_ref.actor"
     strategy: str = ignored("the workers always use FSDP2")
@@ -126,6 +135,7 @@ class ActorConfig(Section):
     clip_ratio_low: float | None
     clip_ratio_high: float | None
     clip_ratio_c: float | None
+    policy_loss: PolicyLossConfig
     loss_agg_mode: Literal[AGG_MODES]  # type: ignore[valid-type]
     loss_scale_factor: int | None  # seq-mean-token-sum-norm's constant (null: data.max_response_length)
     mask_truncated_completions: bool  # responses that hit max_response_length get no loss weight (TRL's name)
@@ -143,8 +153,9 @@ class ActorConfig(Section):
         self.positive("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "ppo_max_token_len_per_gpu", "ppo_epochs",
                       "loss_scale_factor")
         check_real(self.key("clip_ratio"), self.clip_ratio, 0.0, 1.0, open_low=True, open_high=True)
-        if self.clip_ratio_low is not None:
-            check_real(self.key("clip_ratio_low"), self.clip_ratio_low, 0.0, 1.0, open_low=True, open_high=True)
+        if self.clip_ratio_low is not None:  # CISPO clips a weight: >= 1 is no lower clip (verl's example: 10)
+            high = None if self.policy_loss.loss_mode == "cispo" else 1.0
+            check_real(self.key("clip_ratio_low"), self.clip_ratio_low, 0.0, high, open_low=True, open_high=True)
         if self.clip_ratio_high is not None:
             check_real(self.key("clip_ratio_high"), self.clip_ratio_high, 0.0, open_low=True)
         if self.clip_ratio_c is not None:

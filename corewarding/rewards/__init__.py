@@ -2,6 +2,7 @@
 methods is `corewarding.methods`)."""
 
 from corewarding.rewards.answers import answers_equivalent, normalize_answer
+from corewarding.rewards.controls import empo, format_reward, incorrect, random_reward, wrong_label
 from corewarding.rewards.extraction import extract_boxed_answer
 from corewarding.rewards.functions import (
     GT_SCORERS,
@@ -29,13 +30,18 @@ __all__ = [
     "co_rewarding_i",
     "co_rewarding_ii",
     "co_rewarding_iii",
+    "empo",
     "entropy",
     "extract_boxed_answer",
+    "format_reward",
     "ground_truth_verifier",
     "gt",
     "hendrycks_equivalent",
+    "incorrect",
     "majority_vote",
     "majority_voting",
     "normalize_answer",
+    "random_reward",
     "self_certainty",
+    "wrong_label",
 ]

@@ -71,7 +71,12 @@ def majority_vote(answers: Iterable[str | None], equivalence: str = "math") -> V
     no valid answer -> ``Vote(None, 0.0, 0)``.
     """
     answers = list(answers)
-    classes = vote_classes(answers, equivalence)
+    return class_vote(vote_classes(answers, equivalence), len(answers))
+
+
+def class_vote(classes: Sequence[_Class], n: int) -> Vote:
+    """The vote of `vote_classes` over `n` answers (None included): the largest class, the first
+    seen on a tie, spelt as its most frequent spelling; no class -> ``Vote(None, 0.0, 0)``."""
     if not classes:
         return Vote(None, 0.0, 0)
     best = classes[0]
@@ -80,4 +85,4 @@ def majority_vote(answers: Iterable[str | None], equivalence: str = "math") -> V
             best = cls
     label = best.spellings.most_common(1)[0][0]
     n_valid = sum(cls.size for cls in classes)
-    return Vote(label, best.size / len(answers), n_valid)
+    return Vote(label, best.size / n, n_valid)

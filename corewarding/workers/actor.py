@@ -10,16 +10,19 @@ Update (`ppo_update`), as verl's dp_actor:
 - mini-batches of `ppo_mini_batch_size` prompts x rollouts per prompt / world size rows, one optimizer
   step each, `ppo_epochs` times; micro-batches of `ppo_micro_batch_size_per_gpu` rows, or with
   `use_dynamic_bsz` of at most `ppo_max_token_len_per_gpu` tokens, with gradient accumulation;
-- loss = clipped surrogate (dual clip) - entropy_coeff * entropy + kl_loss_coef * KL(ref), every term
-  aggregated with `loss_agg_mode` over the loss mask: the response mask, less the rows of truncated
+- loss = policy loss - entropy_coeff * entropy + kl_loss_coef * KL(ref), the policy loss of
+  `actor.policy_loss.loss_mode` (vanilla: the clipped surrogate with dual clip; gspo; cispo:
+  `algos.policy_modes`), every term aggregated with `loss_agg_mode` (GSPO's surrogate with
+  seq-mean-token-mean, as verl) over the loss mask: the response mask, less the rows of truncated
   responses with `mask_truncated` (`actor.mask_truncated_completions`); with `rollout_is`
   (`algorithm.rollout_correction`) the surrogate's tokens are weighted by the detached truncated
   importance weights min(pi_old / pi_rollout, C) (docs/method.md);
 - `loss_scope="mini_batch"` (default): each micro-batch's loss numerator is divided by the mini-batch's
   denominator over all ranks (its token count for token-mean), times the world size because FSDP
   averages gradients; the gradient is then that of the mini-batch's exact aggregate, whatever the
-  micro-batch split or the rows per rank. `loss_scope="micro_batch"` is the release's (verl 0.4) rule:
-  each micro-batch aggregated on its own and weighted by its share of the rank's mini-batch rows;
+  micro-batch split or the rows per rank (`micro_batches.py` says why, also for GSPO's per-response
+  ratio). `loss_scope="micro_batch"` is the release's (verl 0.4) rule: each micro-batch aggregated on
+  its own and weighted by its share of the rank's mini-batch rows;
 - `per_view_loss` (Co-rewarding-I, `actor.co_reward_loss=per_view`): the rows of each view form their
   own micro-batches, each view's loss is aggregated on its own (with the scope above) and the two add
   up; with `loss_agg_scope=micro_batch` this is the release's (L_original + L_rephrased) / grad_accum
@@ -39,26 +42,25 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.distributed as dist
 
 from corewarding.algos import (
     TokenStats,
-    agg_loss_denominator,
     agg_loss_parts,
     kl_penalty,
+    loss_mode_terms,
     mask_truncated,
-    policy_loss_terms,
+    policy_agg_mode,
     rollout_is_weights,
     token_stats,
 )
 from corewarding.batch import Batch
 from corewarding.workers import segment_attention
+from corewarding.workers.micro_batches import LossWeights, micro_batch_groups, plan_micro_batches, sum_over_ranks
 from corewarding.workers.packing import (
     packed_inputs,
     padded_inputs,
     scatter_to_rows,
     shared_prefix_inputs,
-    token_budget_groups,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,18 +158,6 @@ def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSe
     return TokenStats(*(scatter_to_rows(values, mask) for values in stats))
 
 
-def row_tokens(rows: Batch) -> list[int]:
-    """Real tokens (prompt + response) per row."""
-    return rows.tensors["attention_mask"].sum(dim=1).tolist()
-
-
-def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None) -> list[list[int]]:
-    """Row indices of each micro-batch: consecutive `micro_rows`, or by token budget."""
-    if max_tokens is not None:
-        return token_budget_groups(row_tokens(rows), max_tokens)
-    return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]
-
-
 @torch.no_grad()
 def compute_token_stats(
     model: torch.nn.Module, batch: Batch, settings: ForwardSettings, micro_rows: int, max_tokens: int | None
@@ -194,6 +184,7 @@ class PPOSettings:
     micro_batch_rows: int = 1  # rows per micro-batch (fixed micro-batches)
     max_tokens: int | None = None  # token budget per micro-batch (use_dynamic_bsz)
     shuffle: bool = False
+    loss_mode: str = "vanilla"  # actor.policy_loss.loss_mode: vanilla | gspo | cispo
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float | None = 3.0
@@ -225,50 +216,8 @@ class ActorUpdate(NamedTuple):
         return ActorUpdate(metrics, Batch.concat([r.tokens for r in results]))
 
 
-def _sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
-    if world_size > 1:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
-
-
 def _reduce_device(device: torch.device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
-
-
-def plan_micro_batches(
-    mini: Batch, settings: PPOSettings, world_size: int, device: torch.device
-) -> list[tuple[list[int], float, int | None]]:
-    """(rows, loss weight, view or None) of each micro-batch of a mini-batch. With `per_view_loss`
-    the rows of each view (`view_id` 0: original, 1: rephrased) form their own micro-batches and
-    aggregate, and the two views' losses add up (the release's Co-rewarding-I update)."""
-    masks = mini.tensors["loss_mask"]
-    if not settings.per_view_loss:
-        groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens)
-        weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
-        return [(group, weight, None) for group, weight in zip(groups, weights)]
-    plan = []
-    views = mini.tensors["view_id"].tolist()
-    for view in (0, 1):
-        rows = [i for i, v in enumerate(views) if v == view]
-        groups = [[rows[j] for j in g] for g in micro_batch_groups(mini.select(rows), settings.micro_batch_rows,
-                                                                   settings.max_tokens)]
-        weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
-        plan += [(group, weight, view) for group, weight in zip(groups, weights)]
-    return plan
-
-
-def micro_batch_weights(
-    masks: list[torch.Tensor], settings: PPOSettings, world_size: int, device: torch.device
-) -> list[float]:
-    """The factor each micro-batch's loss numerator is multiplied by before backward (see the
-    module docstring for the two scopes)."""
-    denominators = [float(agg_loss_denominator(m, settings.loss_agg_mode, settings.loss_scale_factor)) for m in masks]
-    if settings.loss_scope == "micro_batch":
-        rows = sum(m.shape[0] for m in masks)
-        return [m.shape[0] / rows / (d + 1e-8) for m, d in zip(masks, denominators)]
-    total = _sum_over_ranks(torch.tensor([sum(denominators)], dtype=torch.float64, device=device), world_size)
-    total = float(total.item())
-    return [world_size / total if total > 0 else 0.0] * len(masks)
 
 
 class _Meter:
@@ -286,7 +235,7 @@ class _Meter:
         keys = sorted(self.sums)
         values = torch.tensor([[self.sums[k] for k in keys], [self.counts[k] for k in keys]], dtype=torch.float64,
                               device=device)
-        values = _sum_over_ranks(values, world_size)
+        values = sum_over_ranks(values, world_size)
         return {k: float(s / c) if c > 0 else 0.0 for k, s, c in zip(keys, values[0].tolist(), values[1].tolist())}
 
 
@@ -303,7 +252,7 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> float:
 
 
 def _micro_batch_loss(
-    model: torch.nn.Module, mb: Batch, settings: PPOSettings, on_policy: bool, meter: _Meter, weight: float
+    model: torch.nn.Module, mb: Batch, settings: PPOSettings, on_policy: bool, meter: _Meter, weights: LossWeights
 ) -> tuple[TokenStats, dict[str, float]]:
     """Forward, loss and backward of one micro-batch; records its token metrics; returns its detached
     log-probs and entropy, and its weighted loss terms (they add up to the optimizer step's loss)."""
@@ -311,22 +260,24 @@ def _micro_batch_loss(
     mask = mb.tensors["loss_mask"]  # response_mask, less the truncated responses with mask_truncated
     logp = stats.log_probs
     old = logp.detach() if on_policy else mb.tensors["old_log_probs"]
-    terms = policy_loss_terms(logp, old, mb.tensors["advantages"], settings.clip_low, settings.clip_high, settings.clip_c)
+    terms = loss_mode_terms(settings.loss_mode, logp, old, mb.tensors["advantages"], mask, settings.clip_low,
+                            settings.clip_high, settings.clip_c)
     pg_terms = terms.losses
     if settings.rollout_is is not None:
         pg_terms = pg_terms * _rollout_correction(old, mb, mask, settings, meter)
     mode, scale = settings.loss_agg_mode, settings.loss_scale_factor
-    loss, _ = agg_loss_parts(pg_terms, mask, mode, scale)
-    losses = {"actor/pg_loss": float(loss.detach()) * weight}
+    pg, _ = agg_loss_parts(pg_terms, mask, policy_agg_mode(settings.loss_mode, mode), scale)
+    loss = pg * weights.policy
+    losses = {"actor/pg_loss": float(loss.detach())}
     if settings.entropy_coeff != 0.0:
         entropy_term, _ = agg_loss_parts(stats.entropy, mask, mode, scale)
-        loss = loss - settings.entropy_coeff * entropy_term
-        losses["actor/entropy_loss"] = float(entropy_term.detach()) * weight
+        loss = loss - settings.entropy_coeff * weights.other * entropy_term
+        losses["actor/entropy_loss"] = float(entropy_term.detach()) * weights.other
     if settings.use_kl_loss:
         kl, _ = agg_loss_parts(kl_penalty(logp, mb.tensors["ref_log_probs"], settings.kl_loss_type), mask, mode, scale)
-        loss = loss + settings.kl_loss_coef * kl
-        losses["actor/kl_loss"] = float(kl.detach()) * weight
-    (loss * weight).backward()
+        loss = loss + settings.kl_loss_coef * weights.other * kl
+        losses["actor/kl_loss"] = float(kl.detach()) * weights.other
+    loss.backward()
     fmask = mask.to(torch.float32)
     tokens = float(fmask.sum())
     meter.add("actor/pg_clipfrac", float((terms.clipped * fmask).sum()), tokens)
@@ -395,8 +346,8 @@ def ppo_update(
             mini = data.select(mini_index)
             optimizer.zero_grad(set_to_none=True)
             step_losses: dict[str, float] = {}
-            for group, weight, view in plan_micro_batches(mini, settings, world_size, reduce_device):
-                stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weight)
+            for group, weights, view in plan_micro_batches(mini, settings, world_size, reduce_device):
+                stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weights)
                 if view is not None:
                     losses[f"actor/pg_loss_{VIEW_NAMES[view]}"] = losses["actor/pg_loss"]
                 for key, value in losses.items():

@@ -250,7 +250,8 @@ class ActorRolloutRefWorker:
         return PPOSettings(
             forward=self._forward_settings(), ppo_epochs=a.ppo_epochs, mini_batch_size=a.ppo_mini_batch_size,
             micro_batch_rows=a.ppo_micro_batch_size_per_gpu, max_tokens=a.ppo_max_token_len_per_gpu if a.use_dynamic_bsz else None,
-            shuffle=a.shuffle, clip_low=a.clip_low, clip_high=a.clip_high, clip_c=a.clip_ratio_c,
+            shuffle=a.shuffle, loss_mode=a.policy_loss.loss_mode, clip_low=a.clip_low, clip_high=a.clip_high,
+            clip_c=a.clip_ratio_c,
             loss_agg_mode=a.loss_agg_mode, loss_scope=a.loss_agg_scope, per_view_loss=a.co_reward_loss == "per_view",
             entropy_coeff=a.entropy_coeff, use_kl_loss=a.use_kl_loss, kl_loss_coef=a.kl_loss_coef,
             kl_loss_type=a.kl_loss_type, grad_clip=a.grad_clip or 0.0,

@@ -1,0 +1,96 @@
+"""How `ppo_update` splits a mini-batch into micro-batches, and the factors each micro-batch's loss
+numerators are multiplied by before backward, so that the accumulated gradient is that of the
+mini-batch's aggregate (the two loss scopes: `corewarding.workers.actor`'s module docstring).
+
+Why the mini-batch scope is exact: every aggregation mode is numerator / denominator, both sums over
+rows (`algos.agg_loss_parts`); each micro-batch backpropagates its own numerator divided by the
+denominator summed over the whole mini-batch on all ranks (times the world size, as FSDP averages
+gradients), and the numerators add up to the mini-batch's. Micro-batches hold whole rows, so a
+per-row quantity (GSPO's sequence ratio, a sequence's token mean) is computed whole in one of them.
+A term aggregated with another mode than `loss_agg_mode` (GSPO's surrogate) gets its own factor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from corewarding.algos import agg_loss_denominator, policy_agg_mode
+from corewarding.batch import Batch
+from corewarding.workers.packing import token_budget_groups
+
+if TYPE_CHECKING:
+    from corewarding.workers.actor import PPOSettings
+
+__all__ = ["LossWeights", "micro_batch_groups", "micro_batch_weights", "plan_micro_batches", "row_tokens",
+           "sum_over_ranks"]
+
+
+def row_tokens(rows: Batch) -> list[int]:
+    """Real tokens (prompt + response) per row."""
+    return rows.tensors["attention_mask"].sum(dim=1).tolist()
+
+
+def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None) -> list[list[int]]:
+    """Row indices of each micro-batch: consecutive `micro_rows`, or by token budget."""
+    if max_tokens is not None:
+        return token_budget_groups(row_tokens(rows), max_tokens)
+    return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]
+
+
+def sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
+    """`values` summed over the ranks, in place (as is with one rank)."""
+    if world_size > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+class LossWeights(NamedTuple):
+    policy: float  # times the micro-batch's policy-loss numerator (aggregated by `policy_agg_mode`)
+    other: float  # times its entropy and KL numerators (aggregated by loss_agg_mode)
+
+
+def plan_micro_batches(
+    mini: Batch, settings: PPOSettings, world_size: int, device: torch.device
+) -> list[tuple[list[int], LossWeights, int | None]]:
+    """(rows, loss weights, view or None) of each micro-batch of a mini-batch. With `per_view_loss`
+    the rows of each view (`view_id` 0: original, 1: rephrased) form their own micro-batches and
+    aggregate, and the two views' losses add up (the release's Co-rewarding-I update)."""
+    masks = mini.tensors["loss_mask"]
+    if not settings.per_view_loss:
+        groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens)
+        weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
+        return [(group, weight, None) for group, weight in zip(groups, weights)]
+    plan = []
+    views = mini.tensors["view_id"].tolist()
+    for view in (0, 1):
+        rows = [i for i, v in enumerate(views) if v == view]
+        groups = [[rows[j] for j in g] for g in micro_batch_groups(mini.select(rows), settings.micro_batch_rows,
+                                                                   settings.max_tokens)]
+        weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
+        plan += [(group, weight, view) for group, weight in zip(groups, weights)]
+    return plan
+
+
+def micro_batch_weights(
+    masks: list[torch.Tensor], settings: PPOSettings, world_size: int, device: torch.device
+) -> list[LossWeights]:
+    """The factors each micro-batch's loss numerators are multiplied by before backward (see the
+    module docstring for the two scopes): one per aggregation mode, the policy loss's and the rest's."""
+    other = _mode_weights(masks, settings.loss_agg_mode, settings, world_size, device)
+    mode = policy_agg_mode(settings.loss_mode, settings.loss_agg_mode)
+    policy = other if mode == settings.loss_agg_mode else _mode_weights(masks, mode, settings, world_size, device)
+    return [LossWeights(p, o) for p, o in zip(policy, other)]
+
+
+def _mode_weights(masks: list[torch.Tensor], mode: str, settings: PPOSettings, world_size: int,
+                  device: torch.device) -> list[float]:
+    denominators = [float(agg_loss_denominator(m, mode, settings.loss_scale_factor)) for m in masks]
+    if settings.loss_scope == "micro_batch":
+        rows = sum(m.shape[0] for m in masks)
+        return [m.shape[0] / rows / (d + 1e-8) for m, d in zip(masks, denominators)]
+    total = sum_over_ranks(torch.tensor([sum(denominators)], dtype=torch.float64, device=device), world_size)
+    total = float(total.item())
+    return [world_size / total if total > 0 else 0.0] * len(masks)
