@@ -22,6 +22,8 @@ from corewarding.rewards import answers_equivalent, empo, format_reward, hendryc
 from corewarding.rewards.controls import OFFSETS, wrong_label
 from corewarding.roles import Roles
 
+from one_process_run import one_process_overrides, run_in_process
+
 REPO = Path(__file__).resolve().parents[1]
 CPU = ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf", "trainer.n_gpus_per_node=2"]
 
@@ -239,27 +241,11 @@ def test_the_scripts_name_the_new_methods():
 def test_random_trains_two_cpu_steps(boxing_model, tmp_path):
     """The preset's method on CPU, two steps: the rewards reach the update and the metrics are logged."""
     from corewarding.data import write_builtin_dataset
-    from corewarding.trainer.run import run_training
 
     data = write_builtin_dataset(tmp_path / "data", n_train=8, n_val=4, seed=0)
-    overrides = [
-        "+method=random", "reward_model.reward_kwargs.p=0.5",
-        f"actor_rollout_ref.model.path={boxing_model}", f"data.train_files={data['train']}", f"data.val_files={data['val']}",
-        "data.train_batch_size=2", "data.max_prompt_length=192", "data.max_response_length=12",
-        "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.n=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4", "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        "trainer.device=cpu", "trainer.single_process=True", "trainer.nnodes=1", "trainer.n_gpus_per_node=1",
-        "trainer.total_training_steps=2", "trainer.logger=[console]", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
-        "trainer.resume_mode=disable", "trainer.val_before_train=False", "trainer.test_freq=-1", "trainer.save_freq=-1",
-    ]
-    threads = torch.get_num_threads()
-    try:
-        result = run_training(compose_config(overrides), progress=False)
-    finally:
-        torch.set_num_threads(threads)  # the worker, here the test's own process, set its threads
-    steps = result["history"]
+    overrides = one_process_overrides(boxing_model, data, tmp_path / "ckpt", 2, 4, 4, "+method=random",
+                                      "reward_model.reward_kwargs.p=0.5")
+    steps = run_in_process(overrides)
     assert [s["step"] for s in steps] == [1, 2]
     for step in steps:
         assert step["reward/mean"] in {k / 8 for k in range(9)}  # 2 questions x 4 rollouts of 0 / 1

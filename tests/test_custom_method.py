@@ -18,6 +18,8 @@ from corewarding.errors import ConfigError
 from corewarding.methods import METHODS, Method, load_method, register_method, resolve_method
 from corewarding.rewards import ComputeScoreError, VerlScore
 
+from one_process_run import one_process_overrides, run_in_process
+
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "custom-method.md"
 CPU = ["trainer.device=cpu", "actor_rollout_ref.rollout.name=hf", "trainer.n_gpus_per_node=2", "data.train_batch_size=4",
@@ -94,27 +96,13 @@ def test_the_example_rewards_the_share_of_agreeing_teacher_rollouts(example_file
 def test_the_example_trains_one_cpu_step(example_file, boxing_model, tmp_path):
     """The page's command on CPU: the Co-rewarding-II preset with the example's method, one step."""
     from corewarding.data import write_builtin_dataset
-    from corewarding.trainer.run import run_training
 
     data = write_builtin_dataset(tmp_path / "data", n_train=8, n_val=4, seed=0)
-    overrides = [
-        "+method=co_rewarding_ii", f"custom_reward_function.path={example_file}", "custom_reward_function.name=METHOD",
-        f"actor_rollout_ref.model.path={boxing_model}", f"data.train_files={data['train']}", f"data.val_files={data['val']}",
-        "data.train_batch_size=2", "data.max_prompt_length=192", "data.max_response_length=12",
-        "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.teacher_n=3",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.model.enable_gradient_checkpointing=False", "actor_rollout_ref.ref.sliding_average.alpha_start=0.5",
-        "trainer.device=cpu", "trainer.single_process=True", "trainer.nnodes=1", "trainer.n_gpus_per_node=1",
-        "trainer.total_training_steps=1", "trainer.logger=[console]", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
-        "trainer.resume_mode=disable", "trainer.val_before_train=False", "trainer.test_freq=-1", "trainer.save_freq=-1",
-    ]
-    threads = torch.get_num_threads()
-    try:
-        result = run_training(compose_config(overrides), progress=False)
-    finally:
-        torch.set_num_threads(threads)  # the worker, here the test's own process, set its threads
-    (step,) = result["history"]
+    overrides = one_process_overrides(
+        boxing_model, data, tmp_path / "ckpt", 1, 2, 2, "+method=co_rewarding_ii",
+        f"custom_reward_function.path={example_file}", "custom_reward_function.name=METHOD",
+        "actor_rollout_ref.rollout.teacher_n=3", "actor_rollout_ref.ref.sliding_average.alpha_start=0.5")
+    (step,) = run_in_process(overrides)
     assert step["step"] == 1 and 0.0 <= step["reward/mean"] <= 1.0
     assert "actor/pg_loss" in step or any(k.startswith("actor/") for k in step)
 
@@ -321,29 +309,14 @@ def test_a_verl_compute_score_trains_one_cpu_step(boxing_model, tmp_path):
     data_source and ground truth, and extra_info.index; its dict's extra is logged under reward/."""
     from corewarding.data import write_builtin_dataset
     from corewarding.data.schema import read_verl_parquet
-    from corewarding.trainer.run import run_training
 
     data = write_builtin_dataset(tmp_path / "data", n_train=8, n_val=4, seed=0)
     log = tmp_path / "calls.jsonl"
-    overrides = [
+    overrides = one_process_overrides(
+        boxing_model, data, tmp_path / "ckpt", 1, 2, 2,
         f"custom_reward_function.path={_user_file(tmp_path, RECORDING, 'recording_step.py')}",
-        f"+reward_model.reward_kwargs.log_path={log}",
-        f"actor_rollout_ref.model.path={boxing_model}", f"data.train_files={data['train']}", f"data.val_files={data['val']}",
-        "data.train_batch_size=2", "data.max_prompt_length=192", "data.max_response_length=12",
-        "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.rollout.n=2",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=4", "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=4",
-        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        "trainer.device=cpu", "trainer.single_process=True", "trainer.nnodes=1", "trainer.n_gpus_per_node=1",
-        "trainer.total_training_steps=1", "trainer.logger=[console]", f"trainer.default_local_dir={tmp_path / 'ckpt'}",
-        "trainer.resume_mode=disable", "trainer.val_before_train=False", "trainer.test_freq=-1", "trainer.save_freq=-1",
-    ]
-    threads = torch.get_num_threads()
-    try:
-        result = run_training(compose_config(overrides), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    (step,) = result["history"]
+        f"+reward_model.reward_kwargs.log_path={log}")
+    (step,) = run_in_process(overrides)
     calls = [call for call in map(json.loads, log.read_text().splitlines()) if call["data_source"] != "corewarding_trial"]
     assert len(calls) == 4  # 2 prompts x 2 rollouts, one call each (the configuration check's made-up one aside)
     train = read_verl_parquet(data["train"])
