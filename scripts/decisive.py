@@ -212,8 +212,11 @@ def finish_run(name: str, seed: int, steps: int, out: Path, sets: dict[str, list
 
 # ----------------------------------------------------------------------------- records
 def _gzip(src: Path, dest: Path) -> None:
+    """`src` gzipped to `dest`, the same bytes every time (no time stamp): keeping a run's records
+    again leaves git nothing to see."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as handle, gzip.open(dest, "wb", compresslevel=9) as packed:
+    with open(src, "rb") as handle, open(dest, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9,
+                                                                           mtime=0, filename="") as packed:
         shutil.copyfileobj(handle, packed)
 
 

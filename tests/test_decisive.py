@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_a_run_resumes_training_and_grades_each_step_once(tmp_path, monkeypatch)
     assert len(calls) == 4  # a finished run is left alone
 
 
-def test_records_keep_the_tables_inputs_and_gzip_the_large_files(tmp_path):
+def test_records_keep_the_tables_inputs_and_gzip_the_large_files(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     for relative, text in {decisive.DONE: "{}", "metrics.jsonl": '{"step": 0}\n', "validation/0.jsonl": "v\n",
                            "rollouts/1.jsonl": "r\n", "heldout/16/samples.jsonl": "s\n",
@@ -126,6 +127,11 @@ def test_records_keep_the_tables_inputs_and_gzip_the_large_files(tmp_path):
     assert kept == [decisive.DONE, "heldout/16.json", "heldout/16.jsonl.gz", "metrics.jsonl", "rollouts/1.jsonl.gz",
                     "validation/0.jsonl"]
     assert gzip.decompress((tmp_path / "kept/heldout/16.jsonl.gz").read_bytes()) == b"s\n"
+    first = (tmp_path / "kept/rollouts/1.jsonl.gz").read_bytes()
+    os.utime(run_dir / "rollouts/1.jsonl", (1, 1))
+    monkeypatch.setattr(gzip.time, "time", lambda: 1e9)  # a later start of the queue
+    decisive.keep_records(run_dir, tmp_path / "kept")  # kept again: the same bytes
+    assert (tmp_path / "kept/rollouts/1.jsonl.gz").read_bytes() == first
     assert (tmp_path / "kept/validation/0.jsonl").read_text() == "v\n"
 
 
