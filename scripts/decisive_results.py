@@ -178,6 +178,8 @@ def report(base: list[int], runs: list[Run]) -> str:
     if primary:
         per_seed = ", ".join(f"s{s}: {d:+.3f}" for s, d in primary.items())
         lines += [f"D = {_fmt(t_summary(list(primary.values())))}", "", f"Per seed: {per_seed}", ""]
+    else:
+        lines += ["No seed has both runs finished yet.", ""]
     changes = {name: [r.accuracy(48) - r.accuracy(16) for r in runs if r.name == name] for name in PRIMARY}
     lines += ["## Secondary", "", "Change from step 16 to step 48 (held-out):", ""]
     lines += [f"- {LABELS[name]}: {_fmt(t_summary(v))}" for name, v in changes.items() if v]
