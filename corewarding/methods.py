@@ -33,7 +33,7 @@ from corewarding.batch import Batch
 from corewarding.errors import ConfigError
 from corewarding.rewards import controls
 from corewarding.rewards import functions as rewards
-from corewarding.rewards.functions import RewardFn, RewardOutput
+from corewarding.rewards.common import RewardFn, RewardOutput
 from corewarding.rewards.verl_score import VerlScore, is_verl_shaped
 from corewarding.roles import Roles, roles_of
 

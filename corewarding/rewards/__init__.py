@@ -2,16 +2,14 @@
 methods is `corewarding.methods`)."""
 
 from corewarding.rewards.answers import answers_equivalent, normalize_answer
+from corewarding.rewards.common import GT_SCORERS, RewardOutput, ground_truth_verifier
 from corewarding.rewards.controls import empo, format_reward, incorrect, random_reward, wrong_label
 from corewarding.rewards.extraction import extract_boxed_answer
 from corewarding.rewards.functions import (
-    GT_SCORERS,
-    RewardOutput,
     co_rewarding_i,
     co_rewarding_ii,
     co_rewarding_iii,
     entropy,
-    ground_truth_verifier,
     gt,
     majority_voting,
     self_certainty,

@@ -26,22 +26,22 @@ from typing import Hashable, Sequence
 
 from corewarding.batch import Batch
 from corewarding.rewards.answers import answers_equivalent
-from corewarding.rewards.functions import (
+from corewarding.rewards.common import (
     DEFAULT_METRIC_BUDGET_S,
     RewardOutput,
     Verifier,
-    _answers,
-    _common_metrics,
-    _group_gt,
-    _ground_truth,
-    _groups,
-    _gt_correct,
-    _mean,
-    _output,
-    _require_rows,
-    _verify_metrics,
-    _vote_metrics,
+    boxed_answers,
+    common_metrics,
     ground_truth_verifier,
+    ground_truths,
+    group_ground_truth,
+    group_rows,
+    gt_correct,
+    mean_or_zero,
+    require_rows,
+    reward_output,
+    verify_metrics,
+    vote_metrics,
 )
 from corewarding.rewards.hendrycks import hendrycks_equivalent
 from corewarding.rewards.voting import Vote, class_vote, vote_classes
@@ -72,8 +72,8 @@ def _metrics(
     """The common metrics and `rewarded_gt_acc`, with the verifier that judged them (its math-verify
     time bounded by `metric_budget_s`)."""
     verifier = ground_truth_verifier(gt_scorer, metric_budget_s)
-    correct = _gt_correct(answers, gts, verifier)
-    metrics = _common_metrics(list(scores), answers, gts, verifier, correct)
+    correct = gt_correct(answers, gts, verifier)
+    metrics = common_metrics(list(scores), answers, gts, verifier, correct)
     rewarded = [(s, c) for s, c, g in zip(scores, correct, gts) if g is not None and s > 0]
     if rewarded:
         metrics["rewarded_gt_acc"] = sum(s for s, c in rewarded if c) / sum(s for s, _ in rewarded)
@@ -95,12 +95,12 @@ def random_reward(
     `p` and `seed` come from `reward_model.reward_kwargs`."""
     if not 0.0 <= float(p) <= 1.0:
         raise ValueError(f"random: reward_model.reward_kwargs.p={p} must be in [0, 1]")
-    _require_rows(batch, ["response_text", "uid", "sample_index"], "random")
+    require_rows(batch, ["response_text", "uid", "sample_index"], "random")
     keys = zip(_rows(batch, "data_source"), _rows(batch, "index"), batch.rows["uid"], batch.rows["sample_index"])
     scores = [float(stable_uniform("random", seed, source, index, uid, int(k)) < float(p)) for source, index, uid, k in keys]
-    answers, gts = _answers(batch), _ground_truth(batch)
+    answers, gts = boxed_answers(batch), ground_truths(batch)
     metrics, verifier = _metrics(scores, answers, gts, gt_scorer, metric_budget_s)
-    return _output(scores, _verify_metrics(metrics, verifier), answers, [None] * len(batch))
+    return reward_output(scores, verify_metrics(metrics, verifier), answers, [None] * len(batch))
 
 
 def format_reward(
@@ -109,11 +109,11 @@ def format_reward(
 ) -> RewardOutput:
     """Format reward (Spurious Rewards): 1 when the response has an answer, i.e. its last ``\\boxed{}``
     (or ``\\fbox{}``) is complete and not empty (`extract_boxed_answer`), else 0."""
-    _require_rows(batch, ["response_text"], "format")
-    answers, gts = _answers(batch), _ground_truth(batch)
+    require_rows(batch, ["response_text"], "format")
+    answers, gts = boxed_answers(batch), ground_truths(batch)
     scores = [float(answer is not None) for answer in answers]
     metrics, verifier = _metrics(scores, answers, gts, gt_scorer, metric_budget_s)
-    return _output(scores, _verify_metrics(metrics, verifier), answers, [None] * len(batch))
+    return reward_output(scores, verify_metrics(metrics, verifier), answers, [None] * len(batch))
 
 
 def _moved(ground_truth: str, offset: int) -> str | None:
@@ -161,8 +161,8 @@ def incorrect(
     the ground truth alone. A question without a wrong label rewards nothing; `wrong_label_coverage`
     is the share of rollouts with a ground truth whose question has one. `pseudo_label` is the wrong
     label, and `pseudo_label_acc` (0 by construction) checks it against the ground truth."""
-    _require_rows(batch, ["response_text", "ground_truth"], "incorrect")
-    answers, gts = _answers(batch), _ground_truth(batch)
+    require_rows(batch, ["response_text", "ground_truth"], "incorrect")
+    answers, gts = boxed_answers(batch), ground_truths(batch)
     keys = zip(gts, _rows(batch, "data_source"), _rows(batch, "index"))
     labels = [None if g is None else wrong_label(g, seed, source, index) for g, source, index in keys]
     judge = ground_truth_verifier(gt_scorer, None)
@@ -170,13 +170,13 @@ def incorrect(
     metrics, verifier = _metrics(scores, answers, gts, gt_scorer, metric_budget_s)
     with_gt = [i for i, g in enumerate(gts) if g is not None]
     if with_gt:
-        metrics["wrong_label_coverage"] = _mean([labels[i] is not None for i in with_gt])
-    groups = _groups(batch.rows["uid"] if "uid" in batch.rows else range(len(batch)))
-    truths = [(labels[idx[0]], _group_gt(idx, gts)) for idx in groups.values()]
+        metrics["wrong_label_coverage"] = mean_or_zero([labels[i] is not None for i in with_gt])
+    groups = group_rows(batch.rows["uid"] if "uid" in batch.rows else range(len(batch)))
+    truths = [(labels[idx[0]], group_ground_truth(idx, gts)) for idx in groups.values()]
     judged = [verifier.equivalent(label, gt) for label, gt in truths if label is not None and gt is not None]
     if judged:
-        metrics["pseudo_label_acc"] = _mean(judged)
-    return _output(scores, _verify_metrics(metrics, verifier, judge), answers, labels)
+        metrics["pseudo_label_acc"] = mean_or_zero(judged)
+    return reward_output(scores, verify_metrics(metrics, verifier, judge), answers, labels)
 
 
 def empo(
@@ -195,9 +195,9 @@ def empo(
     the advantages then rank the classes by size. The row `pseudo_label` and the metrics
     `majority_ratio` / `pseudo_label_acc` are those of the group's majority vote, which the reward
     does not use otherwise."""
-    _require_rows(batch, ["response_text", "uid", "sample_index"], "empo")
-    answers, gts, order = _answers(batch), _ground_truth(batch), batch.rows["sample_index"]
-    groups = _groups(batch.rows["uid"])
+    require_rows(batch, ["response_text", "uid", "sample_index"], "empo")
+    answers, gts, order = boxed_answers(batch), ground_truths(batch), batch.rows["sample_index"]
+    groups = group_rows(batch.rows["uid"])
     scores = [0.0] * len(batch)
     labels: list[str | None] = [None] * len(batch)
     votes: dict[Hashable, Vote] = {}
@@ -211,5 +211,5 @@ def empo(
         for i in indices:
             labels[i] = votes[key].label
     metrics, verifier = _metrics(scores, answers, gts, gt_scorer, metric_budget_s)
-    _vote_metrics(metrics, [(votes[k], _group_gt(idx, gts)) for k, idx in groups.items()], verifier)
-    return _output(scores, _verify_metrics(metrics, verifier), answers, labels)
+    vote_metrics(metrics, [(votes[k], group_ground_truth(idx, gts)) for k, idx in groups.items()], verifier)
+    return reward_output(scores, verify_metrics(metrics, verifier), answers, labels)

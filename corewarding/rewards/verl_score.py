@@ -23,8 +23,13 @@ from typing import Any, Callable
 from corewarding.batch import Batch
 from corewarding.errors import ConfigError
 from corewarding.rewards.extraction import extract_boxed_answer
-from corewarding.rewards.functions import (
-    DEFAULT_METRIC_BUDGET_S, RewardOutput, _common_metrics, _output, _verify_metrics, ground_truth_verifier,
+from corewarding.rewards.common import (
+    DEFAULT_METRIC_BUDGET_S,
+    RewardOutput,
+    common_metrics,
+    ground_truth_verifier,
+    reward_output,
+    verify_metrics,
 )
 
 __all__ = ["VERL_PARAMETERS", "ComputeScoreError", "VerlScore", "is_verl_shaped", "read_score"]
@@ -142,8 +147,8 @@ class VerlScore:
         verifier = ground_truth_verifier(gt_scorer, metric_budget_s)
         truths = [None if g is None or str(g).strip() == "" else str(g) for g in gts]
         metrics = {k: sum(v) / len(v) for k, v in extras.items()}
-        metrics.update(_verify_metrics(_common_metrics(scores, answers, truths, verifier), verifier))
-        return _output(scores, metrics, answers, [None] * n)
+        metrics.update(verify_metrics(common_metrics(scores, answers, truths, verifier), verifier))
+        return reward_output(scores, metrics, answers, [None] * n)
 
     def trial(self, **options: Any) -> None:
         """One call on a made-up rollout, when the configuration loads: a return that is no score is a

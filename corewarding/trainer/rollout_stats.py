@@ -12,7 +12,7 @@ from corewarding.algos import kl_penalty, masked_mean
 from corewarding.batch import Batch
 from corewarding.data import user_content
 from corewarding.rewards import extract_boxed_answer
-from corewarding.rewards.functions import RewardOutput
+from corewarding.rewards.common import RewardOutput
 
 
 def balanced_order(lengths: list[int], groups: list[Hashable], parts: int, kinds: list[int] | None = None) -> list[int]:
