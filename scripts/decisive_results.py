@@ -58,12 +58,14 @@ class Run:
 
 def read_runs(root: Path) -> tuple[list[int], list[Run]]:
     """The base model's correctness and every finished run under `root`."""
+    from corewarding.trainer.tracking import read_metrics
+
     base = heldout_correct(root / "base" / "heldout" / "0.jsonl.gz")
     runs = []
     for done in sorted(root.glob("seed*/*/decisive_done.json")):
         folder, marker = done.parent, json.loads(done.read_text())
         heldout = {0: base} | {int(p.name.split(".")[0]): heldout_correct(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
-        history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        history = read_metrics(folder / "metrics.jsonl")
         seconds = marker.get("train_seconds", 0.0) + sum(marker.get("eval_seconds", {}).values())
         runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60))
     return base, runs
