@@ -1,5 +1,5 @@
-# Sourced by Co-rewarding-I/run_corewarding-I.sh and Co-rewarding-II/run_corewarding-II.sh: the
-# environment both read, and `launch`, which runs `python -m corewarding.main` with their overrides.
+# Sourced by the run scripts (Co-rewarding-I/, -II/, -III/, baselines/run_baseline.sh): the
+# environment they all read, and `launch`, which runs `python -m corewarding.main` with their overrides.
 #
 # LLM_PATH (required), NUM_GPUS (GPUs per node; default: all visible), NNODES (1), WANDB_API_KEY
 # (wandb logging when set, else tensorboard), PROJECT_NAME (co-rewarding), ROLLOUT_TP (vLLM tensor
@@ -8,14 +8,8 @@
 
 export PYTHONUNBUFFERED=1 PYTHONUTF8=1 HYDRA_FULL_ERROR=1 TOKENIZERS_PARALLELISM=false
 LLM_PATH=${LLM_PATH:?set LLM_PATH to the base model folder, e.g. LLM_PATH=/models/Qwen3-8B-Base}
-if [ -z "${NUM_GPUS:-}" ]; then
-    if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
-        NUM_GPUS=$(echo "$CUDA_VISIBLE_DEVICES" | awk -F',' '{print NF}')
-    else
-        NUM_GPUS=$(nvidia-smi -L 2>/dev/null | wc -l || true)
-        [ "${NUM_GPUS:-0}" -gt 0 ] || NUM_GPUS=1
-    fi
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/visible_gpus.sh"
+NUM_GPUS=${NUM_GPUS:-$(visible_gpus)}
 NNODES=${NNODES:-1}
 ROLLOUT_TP=${ROLLOUT_TP:-1}
 PROJECT_NAME=${PROJECT_NAME:-co-rewarding}

@@ -117,7 +117,7 @@ def test_a_signal_to_the_shell_alone_saves_and_exits_75(how, boxing_model, data_
     """SIGTERM to `bash run_corewarding-II.sh` alone (or USR1 to docs/training.md's SLURM job shell alone)
     after step 1 of 3: the trainer saves its last trained step and the shell exits 75 (the job asks
     for a requeue), with the trainer's line in logs/<name>.log."""
-    for script in (RUN_SCRIPT, "scripts/run_common.sh"):  # a copy: logs/ and hydra's outputs/ stay in tmp
+    for script in (RUN_SCRIPT, "scripts/run_common.sh", "scripts/visible_gpus.sh"):  # a copy: logs/, outputs/ stay in tmp
         (tmp_path / script).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / script, tmp_path / script)
     ckpt = tmp_path / "ckpt"
