@@ -228,3 +228,37 @@ def test_unfaithful_twins(tmp_path):
             assert twin_truth != truth
     with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
         write_builtin_dataset(tmp_path / "bad", n_train=4, n_val=2, unfaithful_fraction=1.5)
+
+
+def _preprocess_script():
+    spec = importlib.util.spec_from_file_location("preprocess_script", REPO / "scripts" / "preprocess.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_the_authors_rephrased_set_lands_beside_its_originals_and_pairs(shared_data, tmp_path, capsys, monkeypatch):
+    """`preprocess.py dapo_rephrased` writes data/dapo/train_rewrite_Qwen3-32B.parquet (the file the run
+    scripts read as the twin) keeping each row's own index: the DAPO rewrites miss 7 rows, so pairing
+    by position would join the wrong questions from row 1308 on."""
+    monkeypatch.chdir(tmp_path)
+    script = _preprocess_script()
+    assert script.main(["dapo_rephrased", "--local_path", str(shared_data / "dapo" / "train_rewrite_Qwen3-32B.parquet")]) == 0
+    assert "data/dapo/train.parquet is not there yet" in capsys.readouterr().out
+    assert script.main(["dapo", "--local_path", str(shared_data / "dapo" / "train.parquet")]) == 0
+    assert script.main(["dapo_rephrased", "--local_path", str(shared_data / "dapo" / "train_rewrite_Qwen3-32B.parquet")]) == 0
+    assert "pairs: 14109 of the 14116 questions in data/dapo/train.parquet" in capsys.readouterr().out
+    twins = read_verl_parquet(tmp_path / "data" / "dapo" / "train_rewrite_Qwen3-32B.parquet", require_index=True)
+    source = pd.read_parquet(shared_data / "dapo" / "train_rewrite_Qwen3-32B.parquet")
+    assert list(twins["index"]) == [int(info["index"]) for info in source["extra_info"]]
+    assert set(twins["data_source"]) == {"dapo"}
+    pairs = load_pairs(tmp_path / "data" / "dapo" / "train.parquet", tmp_path / "data" / "dapo" / "train_rewrite_Qwen3-32B.parquet")
+    assert len(pairs) == 14109
+
+
+def test_a_rephrased_row_without_its_originals_index_is_refused():
+    rows = [{"rewritten": "A farmer has 3 apples and buys 4 more: how many?", "answer": "7"}]
+    with pytest.raises(DataError, match=r"math_rephrased/train: record 0: no extra_info.index .* original in math"):
+        convert_records("math_rephrased", rows, "train")
+    kept = convert_records("math_rephrased", [{**rows[0], "index": 12}], "train")
+    assert kept[0]["extra_info"]["index"] == 12 and kept[0]["data_source"] == "math"

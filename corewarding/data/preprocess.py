@@ -10,6 +10,11 @@ its own `extra_info.index`. Rows without a question or an answer are dropped and
 version pair with originals made from another); data_source is the short dataset name, so
 validation metrics per data source read "math500", "gsm8k", ...
 
+The authors' rephrased training sets (`math_rephrased`, `dapo_rephrased`, `openrs_rephrased`) are
+datasets like the others: each row keeps its original's `extra_info.index` and goes to the file the
+run scripts read as the twin (`data/math/train_rewrite_Qwen3-32B.parquet`, ...); `twin_of` names the
+originals it pairs with.
+
 The command-line entry is `scripts/preprocess.py`.
 """
 
@@ -75,6 +80,11 @@ class DatasetSpec:
     answers: tuple[AnswerFn, ...]
     hub_config: str | None = None
     keep: tuple[str, ...] = ()  # source fields copied into extra_info
+    twin_of: str | None = None  # a rephrased set: the dataset of its originals (its data_source)
+    file_name: str | None = None  # written as <output_dir>/<file_name> instead of <output_dir>/<split>.parquet
+
+    def output_path(self, output_dir: str | Path, split: str) -> Path:
+        return Path(output_dir) / (self.file_name or f"{split}.parquet")
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -108,6 +118,15 @@ DATASETS: dict[str, DatasetSpec] = {
         (field_answer("answer"), boxed_answer("solution")), keep=("id", "url"),
     ),
 }
+_REPHRASED_RELEASES = {"math": "MATH", "dapo": "DAPO-14k", "openrs": "OpenRS"}
+DATASETS.update({  # the authors' rephrased sets: rows in verl's schema, each with its original's index
+    f"{name}_rephrased": DatasetSpec(
+        f"TMLR-Group-HF/Co-rewarding-Rephrased{release}", {"train": "train"}, ("rewritten", "rewrite", "problem", "question"),
+        (reward_model_answer, field_answer("answer"), boxed_answer("solution")),
+        keep=DATASETS[name].keep, twin_of=name, file_name="train_rewrite_Qwen3-32B.parquet",
+    )
+    for name, release in _REPHRASED_RELEASES.items()
+})
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -180,7 +199,7 @@ def convert_records(
             continue
         question, answer, index, extra = converted
         rows.append(make_row(
-            question, answer, index=index, split=split, data_source=name,
+            question, answer, index=index, split=split, data_source=spec.twin_of or name,
             system_prompt=system_prompt, extra_info=extra,
         ))
     if dropped:
@@ -197,18 +216,28 @@ def _convert_record(spec: DatasetSpec, record: dict[str, Any], position: int) ->
         question = user_content(normalise_messages(record["prompt"], "column 'prompt'"))
         answer = reward_model_answer(record)
         info = record.get("extra_info") or {}
-        index = as_index(info["index"]) if info.get("index") is not None else position
+        index = _source_index(spec, info.get("index"), position)
         extra.update({k: v for k, v in info.items() if k not in ("index", "split") and v is not None})
     else:
         question = next((record[f] for f in spec.question_fields if isinstance(record.get(f), str) and record[f].strip()), None)
         answer = next((a for a in (fn(record) for fn in spec.answers) if a), None)
-        index = position
+        index = _source_index(spec, record.get("index"), position)
     extra.update({k: record[k] for k in spec.keep if record.get(k) is not None})
     if not question or not answer:
         return None
     if _INTEGRAL_FLOAT.match(answer):  # "142.0" (AMC stores floats) -> "142"
         answer = answer.split(".")[0]
     return question.strip(), answer, index, extra
+
+
+def _source_index(spec: DatasetSpec, index: Any, position: int) -> int:
+    """The record's own index, else its position; a rephrased set must carry its original's index,
+    because its rows can be missing (pairing by position would join the wrong questions)."""
+    if index is not None:
+        return as_index(index)
+    if spec.twin_of is not None:
+        raise ValueError(f"no extra_info.index (or index field): a rephrased row must name its original in {spec.twin_of}")
+    return position
 
 
 def infer_split(name: str, local_path: str | Path) -> str:
@@ -248,5 +277,5 @@ def preprocess(
         rows = convert_records(name, records, s, system_prompt, limit)
         if not rows:
             raise DataError(f"{name}/{s}: no usable rows in {local_path or spec.hub_id}")
-        written[s] = write_verl_parquet(rows, output or Path(output_dir) / f"{s}.parquet")
+        written[s] = write_verl_parquet(rows, output or spec.output_path(output_dir, s))
     return written
