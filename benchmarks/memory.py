@@ -5,7 +5,7 @@ micro-batch 8, vocabulary 151,936): padded vs packed rows, full logits vs the ch
     python benchmarks/memory.py --lengths 512 3072 --check --json out.json
 
 How it measures. Computing one such micro-batch takes about 100 TFLOP, hours on this machine's two
-cores, so the update's real code (`corewarding.workers.actor`: `packed_inputs` / `padded_inputs`,
+cores, so the update's real code (`corewarding.workers.forward`: `packed_inputs` / `padded_inputs`,
 the model's `token_stats` forward method, the loss, backward) runs on fake tensors (torch's
 FakeTensorMode: every op produces outputs of the right shape, dtype and device, without data), and
 torch's `MemTracker` records the bytes of every tensor from its allocation until its release. This
@@ -79,7 +79,7 @@ def rollout_rows(rows: int, prompt_width: int, response_width: int, seed: int = 
 def build_model(config: dict[str, Any], checkpointing: bool) -> torch.nn.Module:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from corewarding.workers.actor import install_token_stats
+    from corewarding.workers.forward import install_token_stats
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)

@@ -1,6 +1,6 @@
 """Turn a saved training checkpoint into a plain HF folder (safetensors + config + tokenizer).
 
-Checkpoint layout written by the trainer::
+Checkpoint layout written by the trainer (its names: `corewarding.checkpoint_layout`)::
 
     <run_dir>/
       latest_checkpointed_iteration.txt      the step of the newest complete checkpoint
@@ -10,8 +10,9 @@ Checkpoint layout written by the trainer::
                       (or an HF folder of its own)
         ...           optimizer, scheduler, dataloader and RNG states (not exported)
 
-`export_checkpoint(src, out_dir, which="actor")` accepts the run dir, a `global_step_N` dir or an
-HF folder and writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` and
+`export_checkpoint(src, out_dir, which="actor")` accepts the run dir (its latest checkpoint, by the
+rule resume follows: `checkpoint_layout.latest_step_dir`), a `global_step_N` dir or an HF folder and
+writes a folder that `transformers.AutoModelForCausalLM.from_pretrained` and
 `vllm.LLM(model=...)` load. Tensors are streamed file by file (never the whole model twice in
 memory); a tied `lm_head.weight` that FSDP's full state dict carries is dropped, as
 `save_pretrained` does.
@@ -24,13 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 from pathlib import Path
 
-from corewarding.trainer.checkpoint import LATEST_FILE, CheckpointError, replace_dir
+from corewarding import checkpoint_layout as layout
+from corewarding.storage import CheckpointError, replace_dir
 
-STEP_DIR = re.compile(r"^global_step_(\d+)$")
+WHICH = (layout.ACTOR_DIR, layout.REF_DIR)  # the policy, the reference / EMA teacher
 
 # Everything of an HF folder that is not a weight file: config, generation config, tokenizer.
 META_FILES = (
@@ -58,33 +59,22 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def resolve_step_dir(path: str | Path) -> Path:
-    """A run dir (via `latest_checkpointed_iteration.txt`, else its newest complete `global_step_N`)
-    or a `global_step_N` dir -> the `global_step_N` dir."""
+    """A run dir (its latest checkpoint: `checkpoint_layout.latest_step_dir`, the rule resume
+    follows) or a `global_step_N` dir -> the `global_step_N` dir."""
     path = Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    if (path / "actor").is_dir():
+    if layout.actor_dir(path).is_dir():
         return path
-    latest = path / LATEST_FILE
-    if latest.is_file():
-        text = latest.read_text().strip()
-        if not text.isdigit():
-            raise CheckpointError(f"{latest}: expected a step number, found {text[:40]!r}")
-        step_dir = path / f"global_step_{int(text)}"
-        if not (step_dir / "actor").is_dir():
-            raise CheckpointError(f"{latest} names step {text} but {step_dir}/actor is missing")
-        return step_dir
-    steps = sorted(
-        (int(m.group(1)), child)
-        for child in path.iterdir()
-        if child.is_dir() and (m := STEP_DIR.match(child.name)) and (child / "actor").is_dir()
-    )
-    if steps:
-        return steps[-1][1]
-    raise CheckpointError(
-        f"{path}: not a checkpoint: expected an HF folder (config.json + *.safetensors), a global_step_N "
-        f"folder with actor/ in it, or a run folder with {LATEST_FILE}"
-    )
+    step_dir = layout.latest_step_dir(path)
+    if step_dir is None:
+        raise CheckpointError(
+            f"{path}: not a checkpoint: expected an HF folder (config.json + *.safetensors), a global_step_N "
+            f"folder with actor/ in it, or a run folder with {layout.LATEST_FILE}"
+        )
+    if not layout.actor_dir(step_dir).is_dir():
+        raise CheckpointError(f"{path / layout.LATEST_FILE} names {step_dir.name} but {layout.actor_dir(step_dir)} is missing")
+    return step_dir
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -95,8 +85,7 @@ def resolve_model_path(path: str | Path) -> Path:
     path = Path(path).expanduser()
     if path.is_dir() and is_hf_folder(path):
         return path
-    step_dir = resolve_step_dir(path)
-    actor = step_dir / "actor"
+    actor = layout.actor_dir(resolve_step_dir(path))
     if not is_hf_folder(actor):
         raise CheckpointError(f"{actor}: expected an HF folder (config.json + *.safetensors)")
     return actor
@@ -182,46 +171,37 @@ def _refuse_overlap(out: Path, sources: list[Path]) -> None:
             )
 
 
-def export_checkpoint(
-    src: str | Path,
-    out_dir: str | Path,
-    which: str = "actor",
-    dtype: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a plain HF folder for the policy (`which="actor"`) or the reference / EMA teacher
-    (`which="ref"`) of a checkpoint. `src` is a run dir, a `global_step_N` dir or (actor only) an
-    HF folder. `dtype` (float32 | bfloat16 | float16) casts floating-point weights; None keeps them.
-    The folder is written to a temp sibling and swapped in by renames (`replace_dir`), so a crash
-    never leaves half a model at `out_dir`; an `out_dir` that is, holds or sits inside a source
-    folder is refused (replacing it would delete the checkpoint)."""
-    if which not in ("actor", "ref"):
+def _check_request(which: str, dtype: str | None, out: Path, overwrite: bool) -> None:
+    if which not in WHICH:
         raise CheckpointError(f"which must be 'actor' or 'ref', got {which!r}")
     if dtype is not None and dtype not in DTYPES:
         raise CheckpointError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    src = Path(src).expanduser()
-    out = Path(out_dir).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise CheckpointError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
 
-    if src.is_dir() and is_hf_folder(src) and not (src / "actor").is_dir():
-        if which == "ref":
+
+def _source_folders(src: Path, which: str) -> tuple[Path, Path]:
+    """(the folder with the config and tokenizer, the folder with the weights) of what to export."""
+    if src.is_dir() and is_hf_folder(src) and not layout.actor_dir(src).is_dir():
+        if which == layout.REF_DIR:
             raise CheckpointError(f"{src} is an HF folder, not a checkpoint: it has no reference model")
-        meta_dir, weight_dir = src, src
-    else:
-        step_dir = resolve_step_dir(src)
-        meta_dir = step_dir / "actor"
-        weight_dir = step_dir / which
-        if not weight_dir.is_dir():
-            state_file = step_dir / "actor" / "optim" / "state.json"
-            state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-            if which == "ref" and state.get("ref_saved") is False:
-                raise CheckpointError(f"{step_dir}: the reference never moved from the model it started from, so it "
-                                      f"was not saved: use that model folder ({state.get('model_path')}) itself")
-            raise CheckpointError(f"{step_dir}: no {which}/ folder")
-        if which == "ref" and (weight_dir / "config.json").is_file():
-            meta_dir = weight_dir  # a ref saved as a full HF folder brings its own config
+        return src, src
+    step_dir = resolve_step_dir(src)
+    meta_dir = layout.actor_dir(step_dir)
+    weight_dir = step_dir / which
+    if not weight_dir.is_dir():
+        state_file = layout.optim_dir(step_dir) / layout.OPTIM_STATE_FILE
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        if which == layout.REF_DIR and state.get("ref_saved") is False:
+            raise CheckpointError(f"{step_dir}: the reference never moved from the model it started from, so it "
+                                  f"was not saved: use that model folder ({state.get('model_path')}) itself")
+        raise CheckpointError(f"{step_dir}: no {which}/ folder")
+    if which == layout.REF_DIR and (weight_dir / "config.json").is_file():
+        meta_dir = weight_dir  # a ref saved as a full HF folder brings its own config
+    return meta_dir, weight_dir
+
+
+def _refuse_bin_only(weight_dir: Path) -> None:
     if any(weight_dir.glob("*.bin")) and not any(weight_dir.glob("*.safetensors")):
         raise CheckpointError(
             f"{weight_dir}: only .bin weights, and export reads *.safetensors; re-save them with "
@@ -229,11 +209,11 @@ def export_checkpoint(
             f"'{weight_dir}/model.safetensors')`"
         )
 
-    _refuse_overlap(out, [src, meta_dir, weight_dir])
 
+def _write_folder(meta_dir: Path, weight_dir: Path, out: Path, dtype: str | None) -> None:
+    """The HF folder, written to a temp sibling of `out` and swapped in by renames."""
     config = json.loads((meta_dir / "config.json").read_text())
     tied = bool(config.get("tie_word_embeddings", False))
-
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -249,6 +229,28 @@ def export_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def export_checkpoint(
+    src: str | Path,
+    out_dir: str | Path,
+    which: str = "actor",
+    dtype: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a plain HF folder for the policy (`which="actor"`) or the reference / EMA teacher
+    (`which="ref"`) of a checkpoint. `src` is a run dir, a `global_step_N` dir or (actor only) an
+    HF folder. `dtype` (float32 | bfloat16 | float16) casts floating-point weights; None keeps them.
+    The folder is written to a temp sibling and swapped in by renames (`replace_dir`), so a crash
+    never leaves half a model at `out_dir`; an `out_dir` that is, holds or sits inside a source
+    folder is refused (replacing it would delete the checkpoint)."""
+    src = Path(src).expanduser()
+    out = Path(out_dir).expanduser()
+    _check_request(which, dtype, out, overwrite)
+    meta_dir, weight_dir = _source_folders(src, which)
+    _refuse_bin_only(weight_dir)
+    _refuse_overlap(out, [src, meta_dir, weight_dir])
+    _write_folder(meta_dir, weight_dir, out, dtype)
     return out
 
 
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("src", help="run dir (uses latest_checkpointed_iteration.txt), global_step_N dir, or HF folder")
     parser.add_argument("--out", "--out_dir", dest="out", required=True, help="output folder")
-    parser.add_argument("--which", choices=["actor", "ref"], default="actor", help="policy (actor) or reference / EMA teacher (ref)")
+    parser.add_argument("--which", choices=WHICH, default=layout.ACTOR_DIR, help="policy (actor) or reference / EMA teacher (ref)")
     parser.add_argument("--dtype", choices=DTYPES, default=None, help="cast floating-point weights (default: keep)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     args = parser.parse_args(argv)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
+from typing import Any
 
 # x86: AVX512-BF16 (AMD Zen 4+, Intel Cooper Lake, Sapphire Rapids+) or AMX; Arm: the BF16 extension
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -18,12 +20,32 @@ def cpu_flags(cpuinfo: str) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model(cpuinfo: str) -> str:
+    """The first processor's `model name` in /proc/cpuinfo's text ("unknown" where it names none)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return "unknown"
+
+
+def _cpuinfo(path: str) -> str:
+    """The text of /proc/cpuinfo; empty where it is absent (not Linux)."""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
 @functools.cache
 def native_bf16_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU multiplies bfloat16 matrices natively (then oneDNN's bf16 GEMM is ~2.3x its
     float32 one); False where /proc/cpuinfo is absent (not Linux) or says nothing of it."""
-    try:
-        text = Path(cpuinfo_path).read_text()
-    except OSError:
-        return False
-    return bool(cpu_flags(text) & NATIVE_BF16_FLAGS)
+    return bool(cpu_flags(_cpuinfo(cpuinfo_path)) & NATIVE_BF16_FLAGS)
+
+
+def describe_machine(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The processor a run computes on, as a run's record keeps it: its model name, the cores this
+    process sees and whether it multiplies bfloat16 natively (what `model.dtype=auto` follows)."""
+    return {"cpu": cpu_model(_cpuinfo(cpuinfo_path)), "cores": os.cpu_count(),
+            "bfloat16": native_bf16_cpu(cpuinfo_path)}

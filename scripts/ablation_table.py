@@ -22,12 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from corewarding.experiments.curves import plot_curves
+from corewarding.experiments.runs import accuracy_cells, collapse_cell, parse_run_arg, run_summary
 
-from plot_curves import parse_run_arg, plot_curves  # noqa: E402
-from robustness_table import accuracy_cells, collapse_cell, run_summary  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # metric -> column, each reported as "first half / second half" of the training steps
 HALVES = {"reward/pseudo_label_acc": "pseudo-label acc", "monitor/majority_ratio": "majority ratio",
@@ -45,10 +43,10 @@ def half_means(history: list[dict[str, Any]], key: str) -> tuple[float, float] |
 
 
 def summarise(text: str) -> dict[str, Any]:
-    """One row: robustness_table's summary of the run (validation by step, best / final, collapse)
-    with the half means of HALVES."""
+    """One row: the run's summary (validation by step, best / final, collapse) with the half means
+    of HALVES."""
     label, metrics_file = parse_run_arg(text)
-    run = run_summary(metrics_file.parent.name, None, metrics_file)
+    run = run_summary(metrics_file)
     run["label"] = label
     run["halves"] = {key: half_means(run["history"], key) for key in HALVES}
     return run

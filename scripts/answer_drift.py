@@ -26,18 +26,17 @@ import argparse
 import operator
 import re
 import statistics
-import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from corewarding.data import ONE_SHOT_SYSTEM_PROMPT  # noqa: E402 - after the path
-from corewarding.trainer.tracking import read_metrics  # noqa: E402 - any JSONL file of records
+from corewarding.data import ONE_SHOT_SYSTEM_PROMPT
+from corewarding.experiments.builtin_runs import EXTRA_METHODS, REPLICATED
+from corewarding.trainer.tracking import read_metrics  # any JSONL file of records
 
 EXAMPLE_ANSWER = re.search(r"\\boxed\{(\d+)\}", ONE_SHOT_SYSTEM_PROMPT).group(1)  # the one-shot example's answer
 OPERATIONS = (operator.add, operator.sub, operator.mul)
-METHODS = ("gt", "majority_voting", "self_certainty", "entropy", "co_rewarding_i", "co_rewarding_ii", "majority_voting_union")
+METHODS = (*REPLICATED, *EXTRA_METHODS)  # the replication's methods and the union control
 
 
 def digit_shortcut(question: str, truth: str | None) -> str | None:

@@ -26,6 +26,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from corewarding.experiments.runs import parse_run_arg
+
 PRETTY = {"math500": "MATH500", "gsm8k": "GSM8K", "amc": "AMC", "amc23": "AMC23", "aime24": "AIME24", "math": "MATH",
           "ifeval": "IFEval", "mmlu_pro": "MMLU-Pro"}
 # lm-evaluation-harness task -> the metric its column shows (the harness's `metric,filter` names)
@@ -36,25 +38,14 @@ METRICS = ("pass@1", "avg@k", "maj@k", "pass@k", "answer_present")
 EXPLICIT_K = re.compile(r"^(avg|maj|pass)@[1-9][0-9]*$")
 
 
-def parse_run_arg(text: str) -> tuple[str | None, str, Path]:
+def parse_row_arg(text: str) -> tuple[str | None, str, Path]:
+    """`[GROUP::]NAME=PATH` or `[GROUP::]PATH`: (group or None, row name, summary.json)."""
     group = None
     spec = text
     if "::" in spec and not Path(spec).exists():
         group, spec = spec.split("::", 1)
-    if "=" in spec and not Path(spec).exists():
-        name, path = spec.split("=", 1)
-        return group, name, _summary_file(Path(path))
-    path = _summary_file(Path(spec))
-    return group, path.parent.name, path
-
-
-def _summary_file(path: Path) -> Path:
-    path = path.expanduser()
-    if path.is_dir():
-        path = path / "summary.json"
-    if not path.is_file():
-        raise SystemExit(f"error: {path}: no such summary file (run python -m corewarding.eval first)")
-    return path
+    name, path = parse_run_arg(spec, "summary.json", "no such summary file (run python -m corewarding.eval first)")
+    return group, name, path
 
 
 def default_metric(benchmark: str) -> str:
@@ -186,7 +177,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--no_bold", dest="bold", action="store_false", help="do not bold the best value per column")
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
-    specs = [parse_run_arg(p) for p in args.runs + args.paths]
+    specs = [parse_row_arg(p) for p in args.runs + args.paths]
     if not specs:
         parser.error("give at least one summary (positional or --runs)")
     runs = [(group, name, json.loads(path.read_text())) for group, name, path in specs]

@@ -7,8 +7,8 @@
     python scripts/decisive.py status                    # which runs are finished, in flight, waiting
 
 Every run trains through `corewarding.trainer.run.run_training` on the replication's settings
-(`scripts/builtin_runs.py`) at 48 steps, on its seed's own training problems (384, drawn with
-`data_seed = seed`, none of them a validation problem in any wording), validating on the
+(`corewarding/experiments/builtin_runs.py`) at 48 steps, on its seed's own training problems (384,
+drawn with `data_seed = seed`, none of them a validation problem in any wording), validating on the
 replication's 64 questions (avg@4 at T=0.8) every 8 steps. It saves every 8 steps; after training,
 `python -m corewarding.eval` grades the checkpoints of steps 16, 32 and 48 on the 1,024 held-out
 questions (greedy, one sample each), then the checkpoints are deleted. The base model is graded
@@ -24,7 +24,6 @@ changes: every run of the experiment is trained at one commit, and the marker na
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -32,25 +31,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# this process, Ray's workers and the evaluation's subprocess import corewarding from this worktree,
+# not from the editable install (which may be another checkout at another commit)
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-# Ray's workers and the evaluation's subprocess import corewarding from this worktree, not from the
-# editable install (which may be another checkout at another commit)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from builtin_runs import add_run_args, run_overrides  # noqa: E402
+from corewarding import checkpoint_layout  # noqa: E402
+from corewarding.experiments.builtin_runs import add_run_args, run_overrides  # noqa: E402
+from corewarding.experiments.decisive_protocol import (  # noqa: E402
+    DONE, EVERY, HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS, STEPS,
+)
+from corewarding.experiments.records import gzip_copy, keep_run_records  # noqa: E402
+from corewarding.hardware import describe_machine  # noqa: E402
 
 FIGS = REPO / "figs" / "decisive"
-DONE = "decisive_done.json"
-STEPS, EVERY, HELDOUT_STEPS = 48, 8, (16, 32, 48)
 HELDOUT_COUNTS = {"+": 496, "-": 496, "*": 32}  # 1,024; "*" has only 121 (a, b): training keeps the rest
-PRIMARY = ("majority_voting", "co_rewarding_ii")
-PRIMARY_SEEDS = range(8)
 # a run's name is its method, or "<method>-float32" for the same method computed in float32
 REFERENCES = (("gt", range(3)), ("entropy", range(3)), ("co_rewarding_iii", range(4)), ("co_rewarding_i", range(4)),
               ("majority_voting-float32", range(3)))
@@ -64,7 +63,7 @@ def split_run(name: str) -> tuple[str, str]:
 
 def queue(plan: str) -> list[tuple[str, int]]:
     """(run name, seed) in the protocol's order: the primary pairs seed by seed, then the references."""
-    primary = [(method, seed) for seed in PRIMARY_SEEDS for method in PRIMARY]
+    primary = [(method, seed) for seed in range(PRIMARY_SEEDS) for method in PRIMARY]
     references = [(method, seed) for method, seeds in REFERENCES for seed in seeds]
     return {"primary": primary, "references": references, "all": primary + references}[plan]
 
@@ -168,15 +167,6 @@ def commit_of(repo: Path = REPO) -> str:
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def machine() -> dict[str, Any]:
-    """The processor a run trained on and whether it computed in bfloat16 (model.dtype=auto)."""
-    from corewarding.hardware import native_bf16_cpu
-
-    models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-              if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
-    return {"cpu": models[0] if models else "unknown", "cores": os.cpu_count(), "bfloat16": native_bf16_cpu()}
-
-
 def heldout_steps(steps: int) -> list[int]:
     """The steps graded on the held-out set: 16, 32, 48 (and a shorter run's last)."""
     return [s for s in HELDOUT_STEPS if s < steps] + [steps]
@@ -190,7 +180,7 @@ def finish_run(name: str, seed: int, steps: int, out: Path, sets: dict[str, list
     run_dir.mkdir(parents=True, exist_ok=True)
     progress = run_dir / "progress.json"
     record = json.loads(progress.read_text()) if progress.exists() else {"train_seconds": 0.0, "eval_seconds": {}}
-    if not (run_dir / f"global_step_{steps}").exists():
+    if not checkpoint_layout.step_dir(run_dir, steps).exists():
         started = time.time()
         try:
             train(name, seed, steps, out, sets)
@@ -199,39 +189,23 @@ def finish_run(name: str, seed: int, steps: int, out: Path, sets: dict[str, list
             progress.write_text(json.dumps(record))
     for step in heldout_steps(steps):
         if str(step) not in record["eval_seconds"]:
-            record["eval_seconds"][str(step)] = evaluate_heldout(run_dir / f"global_step_{step}",
+            record["eval_seconds"][str(step)] = evaluate_heldout(checkpoint_layout.step_dir(run_dir, step),
                                                                  run_dir / "heldout" / str(step), heldout)
             progress.write_text(json.dumps(record))
-    for checkpoint in run_dir.glob("global_step_*"):
+    for checkpoint in checkpoint_layout.step_folders(run_dir, staging=True):
         shutil.rmtree(checkpoint)
     method, dtype = split_run(name)
     (run_dir / DONE).write_text(json.dumps({**record, "commit": commit_of(), "steps": steps, "method": method,
-                                            "dtype": dtype, "seed": seed, "machine": machine()}, indent=1))
+                                            "dtype": dtype, "seed": seed, "machine": describe_machine()}, indent=1))
     return run_dir
 
 
 # ----------------------------------------------------------------------------- records
-def _gzip(src: Path, dest: Path) -> None:
-    """`src` gzipped to `dest`, the same bytes every time (no time stamp): keeping a run's records
-    again leaves git nothing to see."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as handle, open(dest, "wb") as out, gzip.GzipFile(fileobj=out, mode="wb", compresslevel=9,
-                                                                           mtime=0, filename="") as packed:
-        shutil.copyfileobj(handle, packed)
-
-
 def keep_records(run_dir: Path, dest: Path) -> None:
     """A finished run's records into `dest` (the large ones gzipped); checkpoints and logs stay behind."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in (DONE, "metrics.jsonl"):
-        shutil.copy2(run_dir / name, dest / name)
-    for path in sorted((run_dir / "validation").glob("*.jsonl")):
-        (dest / "validation").mkdir(exist_ok=True)
-        shutil.copy2(path, dest / "validation" / path.name)
-    for path in sorted((run_dir / "rollouts").glob("*.jsonl")):
-        _gzip(path, dest / "rollouts" / f"{path.name}.gz")
+    keep_run_records(run_dir, dest, DONE, rollouts="gzip")
     for step_dir in sorted((run_dir / "heldout").glob("*")):
-        _gzip(step_dir / "samples.jsonl", dest / "heldout" / f"{step_dir.name}.jsonl.gz")
+        gzip_copy(step_dir / "samples.jsonl", dest / "heldout" / f"{step_dir.name}.jsonl.gz")
         shutil.copy2(step_dir / "summary.json", dest / "heldout" / f"{step_dir.name}.json")
 
 
@@ -242,7 +216,7 @@ def base_model(out: Path, heldout: Path, records: Path) -> None:
         from corewarding.model_zoo import prepare_smollm2
 
         evaluate_heldout(prepare_smollm2(), folder / "0", heldout)
-    _gzip(folder / "0" / "samples.jsonl", records / "base" / "heldout" / "0.jsonl.gz")
+    gzip_copy(folder / "0" / "samples.jsonl", records / "base" / "heldout" / "0.jsonl.gz")
     shutil.copy2(folder / "0" / "summary.json", records / "base" / "heldout" / "0.json")
 
 

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corewarding.experiments.decisive_protocol import DONE, HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS
+from corewarding.trainer.tracking import read_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 FIGS = REPO / "figs" / "decisive"
-PRIMARY = ("majority_voting", "co_rewarding_ii")
-PRIMARY_SEEDS, EXTENDED_SEEDS = 8, 12
+EXTENDED_SEEDS = 12
 MIN_EFFECT = 0.03
-HELDOUT_STEPS = (0, 16, 32, 48)
+TABLE_STEPS = (0, *HELDOUT_STEPS)  # the base model and the graded checkpoints
 LATE_STEPS = range(45, 49)  # the steps whose majority ratio and truncated share say what a fall is
 LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "entropy": "Entropy",
           "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
@@ -58,11 +60,9 @@ class Run:
 
 def read_runs(root: Path) -> tuple[list[int], list[Run]]:
     """The base model's correctness and every finished run under `root`."""
-    from corewarding.trainer.tracking import read_metrics
-
     base = heldout_correct(root / "base" / "heldout" / "0.jsonl.gz")
     runs = []
-    for done in sorted(root.glob("seed*/*/decisive_done.json")):
+    for done in sorted(root.glob(f"seed*/*/{DONE}")):
         folder, marker = done.parent, json.loads(done.read_text())
         heldout = {0: base} | {int(p.name.split(".")[0]): heldout_correct(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
         history = read_metrics(folder / "metrics.jsonl")
@@ -138,14 +138,14 @@ def _fmt(stat: dict[str, float]) -> str:
 
 
 def accuracy_table(runs: list[Run]) -> list[str]:
-    lines = ["| run | seeds | " + " | ".join(f"step {s}" for s in HELDOUT_STEPS) + " | minutes per run |",
-             "| --- | --- |" + " --- |" * (len(HELDOUT_STEPS) + 1)]
+    lines = ["| run | seeds | " + " | ".join(f"step {s}" for s in TABLE_STEPS) + " | minutes per run |",
+             "| --- | --- |" + " --- |" * (len(TABLE_STEPS) + 1)]
     for name in LABELS:
         mine = [r for r in runs if r.name == name]
         if not mine:
             continue
         cells = []
-        for step in HELDOUT_STEPS:
+        for step in TABLE_STEPS:
             values = [r.accuracy(step) for r in mine if r.accuracy(step) is not None]
             se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
             cells.append(f"{statistics.fmean(values):.3f}" + (f" ± {se:.3f}" if se is not None else ""))

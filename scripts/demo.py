@@ -20,17 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
+
+from corewarding.experiments.builtin_runs import LABELS, METHODS, add_run_args, run_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-
-from builtin_runs import LABELS, METHODS, add_run_args, run_overrides  # noqa: E402
 
 PHASES = ["gen", "weight_sync", "teacher_update", "teacher_gen", "old_log_prob", "ref", "reward", "adv", "update_actor",
           "step", "val", "save_checkpoint"]
@@ -62,8 +59,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     started = time.time()
     from corewarding.config import compose_config
     from corewarding.data import write_builtin_dataset
+    from corewarding.experiments.curves import plot_curves
     from corewarding.trainer.run import exit_status, run_training
-    from plot_curves import plot_curves
 
     if args.model is None:
         from corewarding.model_zoo import prepare_smollm2

@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from corewarding import checkpoint_layout  # noqa: E402
+
 SPECIAL = ["<|im_start|>", "<|im_end|>", "<|pad|>"]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -199,11 +201,12 @@ def ema_formula(ckpt: Path, model: Path, history: list[dict[str, Any]]) -> tuple
     errors = []
     for k in (2, 3):
         a = history[k - 1]["teacher/ema_weight"]
-        teacher, before, policy = (load_weights(ckpt / f"global_step_{k}" / "ref"), load_weights(ckpt / f"global_step_{k - 1}" / "ref"),
-                                   load_weights(ckpt / f"global_step_{k - 1}" / "actor"))
+        teacher, before, policy = (load_weights(checkpoint_layout.ref_dir(checkpoint_layout.step_dir(ckpt, k))),
+                                   load_weights(checkpoint_layout.ref_dir(checkpoint_layout.step_dir(ckpt, k - 1))),
+                                   load_weights(checkpoint_layout.actor_dir(checkpoint_layout.step_dir(ckpt, k - 1))))
         expected = {n: a * before[n].double() + (1 - a) * policy[n].double() for n in teacher}
         errors.append(relative(teacher, expected))
-    moved = relative(load_weights(ckpt / "global_step_3" / "ref"), load_weights(model))
+    moved = relative(load_weights(checkpoint_layout.ref_dir(checkpoint_layout.step_dir(ckpt, 3))), load_weights(model))
     return max(errors) <= EMA_REL and moved > 1000 * EMA_REL, f"rel. error {max(errors):.1e} (bound {EMA_REL:g}), teacher moved {moved:.1e}"
 
 
@@ -213,7 +216,7 @@ def packed_equals_padded(model_path: Path, device: torch.device) -> tuple[bool, 
     from transformers import AutoModelForCausalLM
 
     from corewarding.batch import Batch
-    from corewarding.workers.actor import ForwardSettings, forward_token_stats, install_token_stats
+    from corewarding.workers.forward import ForwardSettings, forward_token_stats, install_token_stats
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, attn_implementation="sdpa").to(device)
     install_token_stats(model)
@@ -236,7 +239,7 @@ def fresh_process_resume(overrides: list[str], out: Path, straight: list[dict[st
     resumed_dir = out / "resumed"
     args = [a for a in overrides if not a.startswith(("trainer.default_local_dir=", "trainer.resume_mode="))]
     args += [f"trainer.default_local_dir={resumed_dir}", "trainer.resume_mode=resume_path",
-             f"trainer.resume_from_path={ckpt / 'global_step_2'}", f"hydra.run.dir={out / 'hydra'}"]
+             f"trainer.resume_from_path={checkpoint_layout.step_dir(ckpt, 2)}", f"hydra.run.dir={out / 'hydra'}"]
     proc = subprocess.run([sys.executable, "-m", "corewarding.main", *args], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])))
     if proc.returncode != 0:

@@ -16,33 +16,25 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replicate import DONE  # noqa: E402
-
-
-def run_records(run: Path, rollouts: bool = False) -> list[Path]:
-    """The files of one finished run (and of its data settings) that the tables need."""
-    records = [run / DONE, run / "metrics.jsonl", *sorted((run / "validation").glob("*.jsonl"))]
-    if rollouts:
-        records += sorted((run / "rollouts").glob("*.jsonl"))
-    args = run.parent / "data" / "args.json"
-    return records + ([args] if args.exists() else [])
+from corewarding.experiments.records import keep_run_records
+from corewarding.experiments.runs import REPLICATION_DONE
 
 
 def keep_runs(src: Path, dest: Path, rollouts: bool = False) -> list[Path]:
-    """Copy every finished run's records from `src` to `dest`; the runs copied, relative to `src`."""
+    """Copy every finished run's records (and its data settings) from `src` to `dest`; the runs
+    copied, relative to `src`."""
     kept = []
-    for done in sorted(src.rglob(DONE)):
+    for done in sorted(src.rglob(REPLICATION_DONE)):
         run = done.parent
         if not (run / "metrics.jsonl").exists():
             raise SystemExit(f"error: {run} is marked finished but has no metrics.jsonl: rerun it or remove {done}")
-        for path in run_records(run, rollouts):
-            target = dest / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+        keep_run_records(run, dest / run.relative_to(src), REPLICATION_DONE, "copy" if rollouts else None)
+        args = run.parent / "data" / "args.json"
+        if args.exists():
+            (dest / args.parent.relative_to(src)).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(args, dest / args.relative_to(src))
         kept.append(run.relative_to(src))
     return kept
 

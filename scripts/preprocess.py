@@ -25,12 +25,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from corewarding.data.builtin import ONE_SHOT_SYSTEM_PROMPT, write_builtin_dataset  # noqa: E402
-from corewarding.data.pairs import load_pairs  # noqa: E402
-from corewarding.data.preprocess import DATASETS, preprocess  # noqa: E402
-from corewarding.data.schema import SYSTEM_PROMPT, DataError  # noqa: E402
+from corewarding.data.builtin import ONE_SHOT_SYSTEM_PROMPT, write_builtin_dataset
+from corewarding.data.pairs import load_pairs
+from corewarding.data.preprocess import DATASETS, preprocess
+from corewarding.data.schema import SYSTEM_PROMPT, DataError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,15 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corewarding.experiments.builtin_runs import (
+    EXTRA_METHODS, LABELS, METHODS, REPLICATED, add_run_args, run_overrides,
+)
+from corewarding.experiments.runs import REPLICATION_DONE
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from builtin_runs import EXTRA_METHODS, LABELS, METHODS, REPLICATED, add_run_args, run_overrides  # noqa: E402
-
-DONE = "replication_done.json"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -101,7 +100,7 @@ def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> 
     from corewarding.trainer.tracking import read_metrics
 
     run_dir = Path(args.out) / method
-    done = run_dir / DONE
+    done = run_dir / REPLICATION_DONE
     if done.exists():
         print(f"{method}: finished before, skipped", flush=True)
     else:
@@ -166,8 +165,8 @@ def write_table(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     from corewarding.data import write_builtin_dataset
+    from corewarding.experiments.curves import plot_curves
     from corewarding.trainer.run import exit_status
-    from plot_curves import plot_curves
 
     if args.model is None:
         from corewarding.model_zoo import prepare_smollm2

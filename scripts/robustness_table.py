@@ -25,28 +25,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from corewarding.experiments.builtin_runs import LABELS
+from corewarding.experiments.runs import accuracy_cells, collapse_cell, parse_run_arg, points, run_summary
 
-from builtin_runs import LABELS  # noqa: E402
-from plot_curves import parse_run_arg, points, read_metrics  # noqa: E402
-from seed_table import plus_minus, first_collapse  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 PSEUDO = "reward/pseudo_label_acc"
 # the Co-rewarding-I reward's split (corewarding.rewards.functions._faithfulness_metrics): key -> column
 SPLIT = {"reward/pseudo_label_acc_faithful": "faithful pairs", "reward/pseudo_label_acc_unfaithful": "unfaithful pairs",
          "reward/pseudo_label_twin_acc_unfaithful": "unfaithful: label = twin's answer"}
 UNION = "majority_voting_union"
-
-
-def merged_steps(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per step, in step order; a step logged again (a resumed run) keeps its later values."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for entry in history:
-        if "step" in entry:
-            by_step.setdefault(int(entry["step"]), {}).update(entry)
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def recorded_fraction(run_dir: Path) -> float | None:
@@ -77,37 +65,14 @@ def _mean_of(steps: list[dict[str, Any]], key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def run_summary(method: str, f: float | None, metrics_file: Path) -> dict[str, Any]:
-    """Validation accuracy by step (with standard errors where logged), its base / best / final
-    step, the mean over training steps of the pseudo-label accuracy and its split, the first step
-    with a collapse sign (this version's monitor replayed, as scripts/seed_table.py), the history."""
-    history = merged_steps(read_metrics(metrics_file))
-    found = points(history, "val/acc")
-    if found is None:
-        raise SystemExit(f"error: {metrics_file}: no validation accuracy (val/acc) logged")
-    val = {int(s): v for s, v in zip(*found)}
-    errors = points(history, "val/acc_se")
-    se = {int(s): e for s, e in zip(*errors)} if errors else {}
-    steps = sorted(val)
-    training = [h for h in history if h["step"] > 0]
-    return {"method": method, "f": f, "val": val, "se": se, "base": steps[0], "final": steps[-1],
-            "best": max(steps, key=lambda s: (val[s], -s)),  # ties go to the earlier step
-            "pseudo": _mean_of(training, PSEUDO), "split": {key: _mean_of(training, key) for key in SPLIT},
-            "collapse": first_collapse(history), "history": history, "dir": metrics_file.parent}
-
-
-def _acc(run: dict[str, Any], which: str) -> str:
-    step = run[which]
-    return plus_minus(run["val"][step], run["se"].get(step))
-
-
-def accuracy_cells(run: dict[str, Any]) -> list[str]:
-    """The base, best (step) and final validation cells of a `run_summary`."""
-    return [_acc(run, "base"), f"{_acc(run, 'best')} ({run['best']})", _acc(run, "final")]
-
-
-def collapse_cell(run: dict[str, Any]) -> str:
-    return f"step {run['collapse']}" if run["collapse"] is not None else "none"
+def fraction_summary(method: str, f: float | None, metrics_file: Path) -> dict[str, Any]:
+    """The run's summary (`corewarding.experiments.runs.run_summary`: validation by step, base / best
+    / final, the first collapse sign, the history) with its method, its f and the mean over training
+    steps of the pseudo-label accuracy and of its split."""
+    run = run_summary(metrics_file)
+    training = [h for h in run["history"] if h["step"] > 0]
+    return {"method": method, "f": f, **run, "pseudo": _mean_of(training, PSEUDO),
+            "split": {key: _mean_of(training, key) for key in SPLIT}}
 
 
 def _cell(value: float | None) -> str:
@@ -205,8 +170,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--union", nargs="*", default=[], help="[f=]<run folder> of Majority-Voting on both views")
     p.add_argument("--figs", default=str(REPO / "figs"))
     args = p.parse_args(argv)
-    co = sorted((run_summary("co_rewarding_i", *parse_run(t, need_f=True)) for t in args.runs), key=lambda r: r["f"])
-    runs = co + [run_summary(UNION, *parse_run(t, need_f=False)) for t in args.union]
+    co = sorted((fraction_summary("co_rewarding_i", *parse_run(t, need_f=True)) for t in args.runs), key=lambda r: r["f"])
+    runs = co + [fraction_summary(UNION, *parse_run(t, need_f=False)) for t in args.union]
     figs = Path(args.figs)
     figs.mkdir(parents=True, exist_ok=True)
     command = "python scripts/robustness_table.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -19,13 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from corewarding.experiments.builtin_runs import EXTRA_METHODS, LABELS, METHODS, REPLICATED
+from corewarding.experiments.curves import plot_curves
+from corewarding.experiments.runs import REPLICATION_DONE, plus_minus, run_summary
 
-from builtin_runs import EXTRA_METHODS, LABELS, METHODS, REPLICATED  # noqa: E402
-from plot_curves import plot_curves, read_metrics  # noqa: E402
-from replicate import DONE  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # the differences docs/results.md states in words: (method, baseline)
 PAIRS = [("co_rewarding_ii", "entropy"), ("co_rewarding_ii", "majority_voting"), ("co_rewarding_i", "majority_voting")]
@@ -47,29 +45,12 @@ def question_accuracy(run_dir: Path, step: int) -> dict[str, float]:
     return {prompt: statistics.fmean(rewards) for prompt, rewards in samples.items()}
 
 
-def first_collapse(history: list[dict[str, Any]]) -> int | None:
-    """The first step with a collapse sign by this version's monitor (at its default rules), replayed
-    over the logged metrics: every seed and method is judged alike, whichever version ran it."""
-    from corewarding.config import compose_config, load_config
-    from corewarding.trainer.monitor import CollapseMonitor
-
-    monitor = CollapseMonitor(load_config(compose_config([]), check_paths=False).trainer.collapse_monitor)
-    for entry in sorted((h for h in history if h["step"] > 0), key=lambda h: h["step"]):
-        monitor.update(entry["step"], dict(entry))
-    return monitor.first_step
-
-
-def run_summary(run_dir: Path) -> dict[str, Any]:
-    """One seed of one method: validation accuracy by step, the best and final steps, the first
-    step with a collapse sign, its run time (from replicate.py's `DONE` file) and the logged history."""
-    history = read_metrics(run_dir / "metrics.jsonl")
-    val = {h["step"]: h["val/acc"] for h in history if "val/acc" in h}
-    collapse = first_collapse(history)
-    steps = sorted(val)
-    done = run_dir / DONE
+def seed_summary(run_dir: Path) -> dict[str, Any]:
+    """One seed of one method: the run's summary (`corewarding.experiments.runs.run_summary`) with
+    its run time in minutes (from replicate.py's finished marker; None without one)."""
+    done = run_dir / REPLICATION_DONE
     minutes = json.loads(done.read_text())["seconds"] / 60 if done.is_file() else None
-    return {"val": val, "base": steps[0], "final": steps[-1], "best": max(steps, key=lambda s: (val[s], -s)),
-            "collapse": collapse, "minutes": minutes, "history": history, "dir": run_dir}
+    return {**run_summary(run_dir / "metrics.jsonl"), "minutes": minutes}
 
 
 def paired_difference(runs_a: dict[int, dict], runs_b: dict[int, dict], which: str) -> dict[str, Any]:
@@ -88,10 +69,6 @@ def paired_difference(runs_a: dict[int, dict], runs_b: dict[int, dict], which: s
         return {"mean": mean, "se": se, "se_over": "seeds", "per_seed": per_seed}
     mean, se = mean_se(diffs)
     return {"mean": mean, "se": se, "se_over": "questions", "per_seed": per_seed}
-
-
-def plus_minus(mean: float, se: float | None) -> str:
-    return f"{mean:.3f} ± {se:.3f}" if se is not None else f"{mean:.3f}"
 
 
 def per_seed(by_seed: dict[int, Any], cell: Callable[[Any], str]) -> str:
@@ -137,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[int, dict]]:
     runs: dict[str, dict[int, dict]] = {}
     for method in args.methods:
         found = {s: root / f"seed{s}" / method for s in args.seeds}
-        done = {s: run_summary(d) for s, d in found.items() if (d / "metrics.jsonl").is_file()}
+        done = {s: seed_summary(d) for s, d in found.items() if (d / "metrics.jsonl").is_file()}
         if done:
             runs[method] = done
     if not runs:

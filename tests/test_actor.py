@@ -13,14 +13,9 @@ import torch
 from corewarding.algos import agg_loss, kl_penalty, loss_mode_terms, policy_agg_mode, policy_loss, policy_loss_terms
 from corewarding.batch import Batch
 from corewarding.workers import segment_attention
-from corewarding.workers.actor import (
-    ForwardSettings,
-    PPOSettings,
-    compute_token_stats,
-    forward_token_stats,
-    install_token_stats,
-    ppo_update,
-)
+from corewarding.workers.actor import ppo_update
+from corewarding.workers.ppo_settings import PPOSettings
+from corewarding.workers.forward import ForwardSettings, compute_token_stats, forward_token_stats, install_token_stats
 from corewarding.workers.packing import (
     packed_inputs,
     padded_inputs,

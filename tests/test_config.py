@@ -238,6 +238,18 @@ def test_cpu_flags_say_which_processors_multiply_bfloat16(tmp_path):
     assert native_bf16_cpu(str(tmp_path / "absent")) is False
 
 
+def test_the_machine_record_names_the_processor(tmp_path):
+    from corewarding.hardware import cpu_model, describe_machine
+
+    zen4 = "processor\t: 0\nmodel name\t: AMD EPYC 9R14 96-Core Processor\nflags\t\t: fpu avx512_bf16\n"
+    assert cpu_model(zen4) == "AMD EPYC 9R14 96-Core Processor" and cpu_model("no model here") == "unknown"
+    path = tmp_path / "cpuinfo"
+    path.write_text(zen4)
+    assert describe_machine(str(path)) == {"cpu": "AMD EPYC 9R14 96-Core Processor", "cores": os.cpu_count(),
+                                           "bfloat16": True}
+    assert describe_machine(str(tmp_path / "absent"))["cpu"] == "unknown"
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "extra, message",

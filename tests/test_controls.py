@@ -225,8 +225,7 @@ def test_the_preset_composes_and_loads(name, roles, kwargs):
 
 
 def test_the_scripts_name_the_new_methods():
-    sys.path.insert(0, str(REPO / "scripts"))
-    from builtin_runs import LABELS, METHODS as RUNS, REPLICATED
+    from corewarding.experiments.builtin_runs import LABELS, METHODS as RUNS, REPLICATED
 
     for name in ("random", "format", "incorrect", "empo"):
         assert resolve_method(RUNS[name]).name == name and LABELS[name] and name not in REPLICATED

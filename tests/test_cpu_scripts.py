@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from corewarding.trainer.tracking import read_metrics
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import demo  # noqa: E402
 import replicate  # noqa: E402
 import robustness_table  # noqa: E402
-from plot_curves import read_metrics  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

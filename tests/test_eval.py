@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from corewarding import eval as ev
+from corewarding.eval import EvalError, benchmarks, cli, sampling, scoring
 from corewarding.workers.rollout.base import RolloutOutput
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,16 +31,16 @@ HAND_METRICS = {"pass@1": 0.4375, "avg@4": 0.4375, "maj@4": 0.5, "pass@4": 0.75,
 
 
 def test_grade_response() -> None:
-    assert ev.grade_response("Thus \\boxed{\\dfrac12}", "0.5").correct
-    assert ev.grade_response("\\boxed{1} then \\boxed{2}", "2").answer == "2"  # the last box
-    missing = ev.grade_response("no answer", "2")
+    assert scoring.grade_response("Thus \\boxed{\\dfrac12}", "0.5").correct
+    assert scoring.grade_response("\\boxed{1} then \\boxed{2}", "2").answer == "2"  # the last box
+    missing = scoring.grade_response("no answer", "2")
     assert missing.answer is None and not missing.correct
-    empty = ev.grade_response("\\boxed{}", "2")
+    empty = scoring.grade_response("\\boxed{}", "2")
     assert empty.answer is None and not empty.correct
 
 
 def test_score_samples_by_hand() -> None:
-    metrics, graded, scores = ev.score_samples([r for _, r, _ in HAND], [gt for gt, _, _ in HAND])
+    metrics, graded, scores = scoring.score_samples([r for _, r, _ in HAND], [gt for gt, _, _ in HAND])
     for group, (_, _, flags) in zip(graded, HAND):
         assert [int(g.correct) for g in group] == flags
     for key, value in HAND_METRICS.items():
@@ -55,36 +55,36 @@ def test_gt_scorer_hendrycks_is_the_release_string_check() -> None:
     """--gt_scorer hendrycks (the training's reward_model.gt_scorer): MATH's strip_string, under
     which "42.0" is not "42" (math-verify: equal) while its 0.5 -> \\frac{1}{2} rule still holds:
     question 1 scores 1/4 instead of 2/4, so pass@1 = (1/4 + 1/4 + 0 + 1) / 4."""
-    metrics, graded, _ = ev.score_samples([r for _, r, _ in HAND], [gt for gt, _, _ in HAND], "hendrycks")
+    metrics, graded, _ = scoring.score_samples([r for _, r, _ in HAND], [gt for gt, _, _ in HAND], "hendrycks")
     assert [int(g.correct) for g in graded[0]] == [1, 0, 0, 0]
     assert [int(g.correct) for g in graded[1]] == [1, 0, 0, 0]
     assert metrics["pass@1"] == pytest.approx(0.375) and metrics["maj@4"] == 0.5
-    assert ev.build_parser().parse_args(["--model", "m", "--gt_scorer", "hendrycks"]).gt_scorer == "hendrycks"
-    assert ev.build_parser().parse_args(["--model", "m"]).gt_scorer == "math_verify"
+    assert cli.build_parser().parse_args(["--model", "m", "--gt_scorer", "hendrycks"]).gt_scorer == "hendrycks"
+    assert cli.build_parser().parse_args(["--model", "m"]).gt_scorer == "math_verify"
     with pytest.raises(SystemExit):
-        ev.build_parser().parse_args(["--model", "m", "--gt_scorer", "exact"])
+        cli.build_parser().parse_args(["--model", "m", "--gt_scorer", "exact"])
 
 
 def test_majority_uses_math_equivalence() -> None:
     # 1/2 written three ways is one class of 3 against two 7s: the majority is right.
-    score = ev.score_question(["\\frac12", "0.5", "7", "1/2", "7"], [True, True, False, True, False], "\\frac{1}{2}")
+    score = scoring.score_question(["\\frac12", "0.5", "7", "1/2", "7"], [True, True, False, True, False], "\\frac{1}{2}")
     assert score.majority_correct and score.majority_ratio == pytest.approx(0.6)
     assert score.n_correct == 3 and score.n_present == 5
     # pass@1 low but majority right; pass@1 nonzero but majority wrong
-    low = ev.aggregate([ev.score_question(["5", "5", "6", None], [True, True, False, False], "5")])
+    low = scoring.aggregate([scoring.score_question(["5", "5", "6", None], [True, True, False, False], "5")])
     assert low["pass@1"] == 0.5 and low["maj@4"] == 1.0 and low["answer_present"] == 0.75
-    nobody = ev.score_question([None, None], [False, False], "5")
+    nobody = scoring.score_question([None, None], [False, False], "5")
     assert nobody.majority_answer is None and not nobody.majority_correct and nobody.majority_ratio == 0.0
 
 
 def test_aggregate_needs_one_k() -> None:
-    scores = [ev.score_question(["1"], [True], "1"), ev.score_question(["1", "2"], [True, False], "1")]
+    scores = [scoring.score_question(["1"], [True], "1"), scoring.score_question(["1", "2"], [True, False], "1")]
     with pytest.raises(ValueError, match=r"different sample counts \[1, 2\]"):
-        ev.aggregate(scores)
+        scoring.aggregate(scores)
 
 
 def test_k1_metrics() -> None:
-    metrics, _, _ = ev.score_samples([["\\boxed{1}"], ["\\boxed{3}"]], ["1", "2"])
+    metrics, _, _ = scoring.score_samples([["\\boxed{1}"], ["\\boxed{3}"]], ["1", "2"])
     assert metrics["pass@1"] == metrics["avg@1"] == metrics["maj@1"] == 0.5
 
 
@@ -92,15 +92,15 @@ def test_resolve_benchmark(tmp_path: Path) -> None:
     from corewarding.data.schema import make_row, write_verl_parquet
 
     path = write_verl_parquet([make_row("1+1?", "2", 0, "test", "x")], tmp_path / "eval" / "gsm8k.parquet")
-    assert ev.resolve_benchmark("gsm8k", tmp_path) == ("gsm8k", path)
-    assert ev.resolve_benchmark("GSM8K", tmp_path) == ("gsm8k", path)
-    assert ev.resolve_benchmark(str(path), "elsewhere") == ("gsm8k", path)
-    with pytest.raises(ev.EvalError, match="preprocess"):
-        ev.resolve_benchmark("math500", tmp_path)
-    with pytest.raises(ev.EvalError, match="unknown benchmark"):
-        ev.resolve_benchmark("mmlu", tmp_path)
-    with pytest.raises(ev.EvalError, match="not found"):
-        ev.resolve_benchmark(str(tmp_path / "x.parquet"), tmp_path)
+    assert benchmarks.resolve_benchmark("gsm8k", tmp_path) == ("gsm8k", path)
+    assert benchmarks.resolve_benchmark("GSM8K", tmp_path) == ("gsm8k", path)
+    assert benchmarks.resolve_benchmark(str(path), "elsewhere") == ("gsm8k", path)
+    with pytest.raises(EvalError, match="preprocess"):
+        benchmarks.resolve_benchmark("math500", tmp_path)
+    with pytest.raises(EvalError, match="unknown benchmark"):
+        benchmarks.resolve_benchmark("mmlu", tmp_path)
+    with pytest.raises(EvalError, match="not found"):
+        benchmarks.resolve_benchmark(str(tmp_path / "x.parquet"), tmp_path)
 
 
 class ScriptedEngine:
@@ -138,15 +138,15 @@ def test_driver_with_scripted_engine(tiny_model_path: Path, tmp_path: Path, monk
     engine = ScriptedEngine(tokenizer, [r for _, responses, _ in HAND for r in responses])
     seen = {}
 
-    def fake_make_engine(args, model_path, tok, max_model_len):
-        seen["model_path"] = model_path
+    def fake_make_engine(settings, model_path, tok, device):
+        seen["model_path"], seen["name"] = model_path, settings.name
         return engine
 
-    monkeypatch.setattr(ev, "make_engine", fake_make_engine)
+    monkeypatch.setattr(sampling, "make_engine", fake_make_engine)
     out = tmp_path / "out"
-    summary = ev.main(["--model", str(run), "--benchmarks", str(bench), "--k", "4", "--batch_size", "3",
+    summary = cli.main(["--model", str(run), "--benchmarks", str(bench), "--k", "4", "--batch_size", "3",
                        "--backend", "hf", "--output_dir", str(out), "--max_tokens", "16"])
-    assert seen["model_path"] == run / "global_step_2" / "actor"
+    assert seen["model_path"] == str(run / "global_step_2" / "actor") and seen["name"] == "hf"
     assert engine.calls == [(3, 4), (1, 4)] and not engine.queue
     metrics = summary["benchmarks"]["hand"]
     for key, value in HAND_METRICS.items():
@@ -199,7 +199,7 @@ def test_every_shared_benchmark_is_evaluated(shared_data: Path) -> None:
     """Each test file in ../shared/data is one of the benchmarks evaluated below, and eval knows it by name."""
     shared = {p.relative_to(shared_data).as_posix() for p in shared_data.glob("*/*test*.*")}
     assert shared == set(SHARED_FILES.values())
-    assert set(SHARED_FILES) == set(SHARED_BENCHMARKS) <= set(ev.BENCHMARK_FILES)
+    assert set(SHARED_FILES) == set(SHARED_BENCHMARKS) <= set(benchmarks.BENCHMARK_FILES)
 
 
 def preprocess_shared_benchmarks(shared_data: Path, out: Path) -> None:
@@ -224,7 +224,7 @@ def _run_real(model: Path, data_dir: Path, out: Path, backend: str, subprocess_c
         assert "pass@1" in result.stdout and "math500" in result.stdout
         summary = json.loads((out / "summary.json").read_text())
     else:
-        summary = ev.main(argv)
+        summary = cli.main(argv)
     assert set(summary["benchmarks"]) == set(SHARED_BENCHMARKS)
     lines = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == len(SHARED_BENCHMARKS) * N_QUESTIONS * 2
@@ -275,8 +275,8 @@ def test_two_engine_processes_equal_one(boxing_model: Path, tmp_path: Path) -> N
                                tmp_path / "box.parquet")
     argv = ["--model", str(boxing_model), "--benchmarks", f"{bench}:2", "--backend", "hf", "--batch_size", "2",
             "--max_tokens", "12", "--temperature", "1.0", "--seed", "7"]
-    one = ev.main(argv + ["--output_dir", str(tmp_path / "one")])
-    two = ev.main(argv + ["--output_dir", str(tmp_path / "two"), "--num_gpus", "2"])
+    one = cli.main(argv + ["--output_dir", str(tmp_path / "one")])
+    two = cli.main(argv + ["--output_dir", str(tmp_path / "two"), "--num_gpus", "2"])
     samples = {name: (tmp_path / name / "samples.jsonl").read_text().splitlines() for name in ("one", "two")}
     assert len(samples["one"]) == 10 and samples["one"] == samples["two"]
     answers = [json.loads(line)["extracted_answer"] for line in samples["one"]]
@@ -290,7 +290,7 @@ def test_two_engine_processes_equal_one(boxing_model: Path, tmp_path: Path) -> N
 
 
 def test_contiguous_shares_are_whole_batches() -> None:
-    from corewarding.eval_parallel import contiguous_shares
+    from corewarding.eval.parallel import contiguous_shares
 
     assert contiguous_shares(5, 2, 2) == [(0, 4), (4, 5)]
     assert contiguous_shares(10, 3, 1) == [(0, 4), (4, 7), (7, 10)]
@@ -303,9 +303,9 @@ def test_contiguous_shares_are_whole_batches() -> None:
 
 def test_num_gpus_must_be_a_multiple_of_tensor_parallel(tmp_path: Path, tiny_model_path: Path) -> None:
     with pytest.raises(SystemExit, match="--num_gpus 3 must be a positive multiple of --tensor_parallel_size 2"):
-        ev.main(["--model", str(tiny_model_path), "--num_gpus", "3", "--tensor_parallel_size", "2", "--output_dir", str(tmp_path)])
+        cli.main(["--model", str(tiny_model_path), "--num_gpus", "3", "--tensor_parallel_size", "2", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="needs --backend vllm"):
-        ev.main(["--model", str(tiny_model_path), "--backend", "hf", "--tensor_parallel_size", "2", "--output_dir", str(tmp_path)])
+        cli.main(["--model", str(tiny_model_path), "--backend", "hf", "--tensor_parallel_size", "2", "--output_dir", str(tmp_path)])
 
 
 # ----------------------------------------------------------------------------- lm-evaluation-harness
@@ -374,7 +374,7 @@ def test_lm_eval_matches_a_hand_count(tiny_model_path: Path, tmp_path: Path, mon
 
     tasks = harness_task_folder(tmp_path / "tasks", targets)
     out = tmp_path / "out"
-    summary = ev.main(["--model", str(tiny_model_path), "--benchmarks", "none", "--lm_eval", "tiny_gen,tiny_mc",
+    summary = cli.main(["--model", str(tiny_model_path), "--benchmarks", "none", "--lm_eval", "tiny_gen,tiny_mc",
                        "--lm_eval_backend", "hf", "--lm_eval_include", str(tasks), "--lm_eval_batch_size", "1",
                        "--output_dir", str(out)])
     samples = [json.loads(line) for line in (out / "lm_eval_samples.jsonl").read_text().splitlines()]
@@ -408,14 +408,14 @@ def _load_script(name: str):
 
 def test_lm_eval_unknown_task_and_nothing_to_do(tiny_model_path: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="nothing to evaluate"):
-        ev.main(["--model", str(tiny_model_path), "--benchmarks", "none", "--output_dir", str(tmp_path)])
+        cli.main(["--model", str(tiny_model_path), "--benchmarks", "none", "--output_dir", str(tmp_path)])
     with pytest.raises(SystemExit, match="--lm_eval_include .*not a folder"):
-        ev.main(["--model", str(tiny_model_path), "--benchmarks", "none", "--lm_eval", "x", "--lm_eval_include",
+        cli.main(["--model", str(tiny_model_path), "--benchmarks", "none", "--lm_eval", "x", "--lm_eval_include",
                  str(tmp_path / "nowhere"), "--output_dir", str(tmp_path)])
 
 
 def test_summary_keeps_the_other_half_of_the_same_model(tmp_path: Path) -> None:
-    from corewarding.eval_harness import merged_summary
+    from corewarding.eval.harness import merged_summary
 
     path = tmp_path / "summary.json"
     math = {"model_path": "/m", "k": 8, "benchmarks": {"amc": {"avg@8": 0.4}}}

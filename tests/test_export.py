@@ -59,11 +59,15 @@ def test_resolve(fake_run: Path, tiny_model_path: Path) -> None:
     assert resolve_model_path(tiny_model_path) == tiny_model_path
 
 
-def test_resolve_without_latest_file_takes_newest_step(fake_run: Path, tmp_path: Path) -> None:
+def test_resolve_without_latest_file_refuses_as_resume_does(fake_run: Path, tmp_path: Path) -> None:
+    """A run folder whose latest file is gone is not guessed at (`checkpoint_layout.latest_step_dir`):
+    the error names the newest folder, which exports when named itself."""
     run = tmp_path / "run"
     shutil.copytree(fake_run, run)
     (run / "latest_checkpointed_iteration.txt").unlink()
-    assert resolve_step_dir(run) == run / "global_step_3"
+    with pytest.raises(CheckpointError, match=r"no latest_checkpointed_iteration.txt.*global_step_3"):
+        resolve_step_dir(run)
+    assert resolve_step_dir(run / "global_step_3") == run / "global_step_3"
 
 
 def test_bad_paths_say_what_is_expected(fake_run: Path, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from corewarding.config.schema import ValKwargs
+from corewarding.config.actor_rollout_ref import ValKwargs
 from corewarding.workers.rollout import EngineSettings, make_engine
 from corewarding.workers.rollout.base import SamplingSettings, validation_sampling
 from corewarding.workers.rollout.hf_engine import HFRolloutEngine

@@ -46,14 +46,16 @@ def test_every_module_imports_on_its_own():
 # The package's layers, lowest first: a module may import its own part of the package and lower
 # layers, never a higher one (algos < rewards < data < workers < trainer; the entry points on top).
 LAYERS = (
-    ("batch", "errors", "storage", "logs", "model_zoo", "roles", "hardware"),
+    # export (an entry point) sits low: it needs only the checkpoint layout, not the trainer
+    ("batch", "errors", "storage", "logs", "model_zoo", "roles", "hardware", "checkpoint_layout", "export",
+     "rollout_engines"),
     ("algos",),
     ("rewards",),
     ("methods", "data"),
     ("config", "rewrite"),
     ("workers",),
     ("trainer",),
-    ("export", "eval", "eval_harness", "eval_parallel", "main", "plan"),
+    ("eval", "main", "plan", "experiments"),
 )
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 

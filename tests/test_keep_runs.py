@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from corewarding.experiments.runs import REPLICATION_DONE as DONE
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import keep_runs  # noqa: E402
-from replicate import DONE  # noqa: E402
 
 
 def make_run(root: Path, rel: str, finished: bool) -> Path:

@@ -15,7 +15,7 @@ import torch
 import transformers.modeling_flash_attention_utils as fa_utils
 
 from corewarding.batch import Batch
-from corewarding.workers.actor import ForwardSettings, forward_token_stats, install_token_stats
+from corewarding.workers.forward import ForwardSettings, forward_token_stats, install_token_stats
 from corewarding.workers.packing import packed_inputs
 
 from numerics import FORWARD_REL, assert_rel_close
@@ -167,7 +167,7 @@ def test_sdpa_segments_gets_the_segments_and_builds_no_mask(tiny_model_path, lay
                         lambda *a, **k: calls.append(a[0].shape[2]) or sdpa(*a, **k))
     built = []
     real = packing.shared_prefix_inputs
-    monkeypatch.setattr("corewarding.workers.actor.shared_prefix_inputs",
+    monkeypatch.setattr("corewarding.workers.forward.shared_prefix_inputs",
                         lambda *a, **k: built.append(k.get("dense_mask", True)) or real(*a, **k))
     batch = rollouts(seed=9, rows=4, ones=0)
     settings = ForwardSettings(TEMPERATURE, layout, chunk_size=5)

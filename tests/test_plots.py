@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from corewarding.experiments import curves
+from corewarding.trainer.tracking import read_metrics
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,15 +53,15 @@ def _write_log(path: Path, collapse: bool, with_val: bool = True) -> Path:
 
 def test_series_picks_keys_and_steps(tmp_path: Path) -> None:
     log = _write_log(tmp_path / "a" / "metrics.jsonl", collapse=False)
-    entries = plot_curves.read_metrics(log)
+    entries = read_metrics(log, skip_bad_lines=True)
     assert len(entries) == 40
-    val = plot_curves.series(entries, dict(plot_curves.PANELS)["validation accuracy"])
+    val = curves.series(entries, dict(curves.PANELS)["validation accuracy"])
     assert list(val) == ["val/acc"]
     steps, values = val["val/acc"]
     assert steps == [5, 10, 15, 20, 25, 30, 35, 40] and values[0] == pytest.approx(0.35)
     # per-source validation keys when there is no overall one; a NaN logged as a string is skipped
     entries = [{"step": 1, "val/math500/acc": 0.1, "val/gsm8k/acc": "nan"}, {"step": 2, "val/math500/acc": 0.2, "val/gsm8k/acc": 0.4}]
-    found = plot_curves.series(entries, dict(plot_curves.PANELS)["validation accuracy"])
+    found = curves.series(entries, dict(curves.PANELS)["validation accuracy"])
     assert found == {"val/math500/acc": ([1, 2], [0.1, 0.2]), "val/gsm8k/acc": ([2], [0.4])}
 
 
@@ -68,7 +71,7 @@ def test_validation_standard_error_is_drawn_as_a_band(tmp_path: Path, monkeypatc
     bands = []
     monkeypatch.setattr(Axes, "fill_between", lambda self, x, low, high, **kw: bands.append((list(x), low, high)))
     entries = [{"step": 0, "val/acc": 0.1, "val/acc_se": 0.02}, {"step": 4, "val/acc": 0.3, "val/acc_se": 0.05}]
-    plot_curves.plot_curves([("run", entries)], tmp_path / "curves.png")
+    curves.plot_curves([("run", entries)], tmp_path / "curves.png")
     assert len(bands) == 1
     steps, low, high = bands[0]
     assert steps == [0, 4] and low == pytest.approx([0.08, 0.25]) and high == pytest.approx([0.12, 0.35])
@@ -147,7 +150,7 @@ def test_compare_runs_groups_metrics_and_missing(tmp_path: Path) -> None:
 
 
 def test_compare_runs_metrics_are_what_eval_writes() -> None:
-    from corewarding.eval import aggregate, score_question
+    from corewarding.eval.scoring import aggregate, score_question
 
     written = set(aggregate([score_question(["1", "2", "1"], [True, False, True], "1")]))
     assert {m.replace("@k", "@3") for m in compare_runs.METRICS} == written - {"n_questions", "k"}
@@ -163,7 +166,7 @@ def test_compare_runs_metrics_are_what_eval_writes() -> None:
 def test_reward_panel_is_each_runs_own_scale_and_seeds_follow_their_mean():
     """Rewards of different scales (Self-Certainty ~40, a vote in [0, 1]) are drawn over each run's
     largest |value|; the thin lines of a run's seeds are scaled like its mean."""
-    plot = plot_curves
+    plot = curves
     runs = [("SC", [{"step": 1, "reward/mean": 20.0}, {"step": 2, "reward/mean": 40.0}]),
             ("MV", [{"step": 1, "reward/mean": 0.25}, {"step": 2, "reward/mean": 0.5}])]
     thin = {"MV": [[{"step": 1, "reward/mean": 0.5}, {"step": 2, "reward/mean": 0.25}]]}

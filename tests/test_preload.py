@@ -10,6 +10,7 @@ import pytest
 
 from corewarding.config import compose_config, load_config
 from corewarding.workers import preload
+from corewarding.workers.dispatch import Dispatch, first_rank, register
 
 
 def test_with_preload_puts_the_libraries_first_each_once():
@@ -37,6 +38,7 @@ class PreloadProbe:
     def __init__(self, config, rank: int, world_size: int) -> None:
         pass
 
+    @register(Dispatch.SAME_ARGS, first_rank)
     def mapped(self) -> tuple[str, list[str]]:
         import os
 
@@ -65,9 +67,9 @@ def test_a_cpu_worker_starts_with_the_libraries_preloaded(ray_session, tiny_mode
     ]), check_paths=False)
     group = RayWorkerGroup(config, worker_cls=PreloadProbe)
     try:
-        (ld_preload, mapped), = group.call_all("mapped")
+        ld_preload, mapped = group.call(PreloadProbe.mapped)
     finally:
-        group.shutdown()
+        group.close()
     if enabled:
         assert ld_preload == library and library in mapped
     else:

@@ -75,7 +75,7 @@ def _rank(rank: int, world: int, port: int, folder: str, phase: str) -> None:
 
 
 def test_uneven_shards_of_three_ranks_load_on_two(tmp_path):
-    from corewarding.workers.local_group import free_port
+    from corewarding.workers.ports import free_port
 
     for phase, world in (("save", 3), ("load", 2)):
         port = free_port()

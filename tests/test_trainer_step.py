@@ -26,7 +26,7 @@ from corewarding.trainer.run import build_datasets, build_loader
 from corewarding.trainer.tracking import Tracker, read_metrics
 from corewarding.workers.actor import ActorUpdate
 from corewarding.workers.rollout.base import RolloutOutput
-from corewarding.workers.rollout_runner import RolloutRunner
+from corewarding.workers.rollout_runner import Generated, RolloutRunner
 
 N = 4  # policy rollouts per prompt
 R = 12  # max response length
@@ -76,8 +76,8 @@ class ScriptedEngine:
 
 
 class RecordingWorkers:
-    """The worker-group interface of `RayWorkerGroup` (world size 2) on one in-process worker:
-    rollouts go through the real `generate_sequences`, log-probs are constants, updates record."""
+    """A `WorkerGroup` of world size 2 on one in-process worker: rollouts go through the real
+    `generate_sequences`, log-probs are constants, updates and the other calls record."""
 
     world_size = 2
 
@@ -87,37 +87,47 @@ class RecordingWorkers:
         self.teacher_weights: list[float] = []
         self.updates: list[Batch] = []
 
-    def dispatch(self, method: str, batch: Batch, **kwargs):
+    def _split(self, method: str, batch: Batch) -> None:
         assert len(batch) % self.world_size == 0, f"{method}: {len(batch)} rows for {self.world_size} workers"
-        if method == "generate_sequences":
-            role = kwargs["role"]
-            self.calls.append(f"generate:{role}")
-            self.engine.role = role
-            return self.worker.generate_sequences(batch, **kwargs)
-        if method == "compute_log_prob":
-            self.calls.append(f"log_prob:{kwargs['model']}")
-            shape = batch.tensors["responses"].shape
-            name = "old_log_probs" if kwargs["model"] == "actor" else "ref_log_probs"
-            tensors = {name: torch.full(shape, -1.0)}
-            if kwargs.get("with_entropy"):
-                tensors["entropy"] = torch.full(shape, 0.5)
-            if kwargs.get("with_self_certainty"):
-                tensors["self_certainty"] = torch.full(shape, 2.0)
-            return Batch(tensors)
-        if method == "update_actor":
-            self.calls.append("update_actor")
-            self.updates.append(Batch(dict(batch.tensors), batch.rows))  # as it was sent
-            self.rollouts_per_prompt = kwargs["rollouts_per_prompt"]
-            shape = batch.tensors["responses"].shape
-            on_policy = "old_log_probs" not in batch.tensors
-            tokens = Batch({"old_log_probs": torch.full(shape, -1.0), "entropy": torch.full(shape, 0.5)}) if on_policy else Batch()
-            return ActorUpdate({"actor/pg_loss": 0.0}, tokens)
-        raise AssertionError(f"unexpected dispatch {method}")
 
-    def call_all(self, name: str, *args):
-        self.calls.append(name)
-        if name == "update_teacher":
-            self.teacher_weights.append(args[0])
+    def generate_sequences(self, prompts: Batch, role: str, prompt_width: int) -> Generated:
+        self._split("generate_sequences", prompts)
+        self.calls.append(f"generate:{role}")
+        self.engine.role = role
+        return self.worker.generate_sequences(prompts, role=role, prompt_width=prompt_width)
+
+    def compute_log_prob(self, batch: Batch, model: str = "actor", with_entropy: bool = False,
+                         with_self_certainty: bool = False) -> Batch:
+        self._split("compute_log_prob", batch)
+        self.calls.append(f"log_prob:{model}")
+        shape = batch.tensors["responses"].shape
+        name = "old_log_probs" if model == "actor" else "ref_log_probs"
+        tensors = {name: torch.full(shape, -1.0)}
+        if with_entropy:
+            tensors["entropy"] = torch.full(shape, 0.5)
+        if with_self_certainty:
+            tensors["self_certainty"] = torch.full(shape, 2.0)
+        return Batch(tensors)
+
+    def update_actor(self, batch: Batch, rollouts_per_prompt: int) -> ActorUpdate:
+        self._split("update_actor", batch)
+        self.calls.append("update_actor")
+        self.updates.append(Batch(dict(batch.tensors), batch.rows))  # as it was sent
+        self.rollouts_per_prompt = rollouts_per_prompt
+        shape = batch.tensors["responses"].shape
+        on_policy = "old_log_probs" not in batch.tensors
+        tokens = Batch({"old_log_probs": torch.full(shape, -1.0), "entropy": torch.full(shape, 0.5)}) if on_policy else Batch()
+        return ActorUpdate({"actor/pg_loss": 0.0}, tokens)
+
+    def update_teacher(self, weight: float) -> None:
+        self.calls.append("update_teacher")
+        self.teacher_weights.append(weight)
+
+    def save_checkpoint(self, step_dir: str) -> None:
+        self.calls.append("save_checkpoint")
+
+    def load_checkpoint(self, step_dir: str) -> None:
+        self.calls.append("load_checkpoint")
 
 
 @pytest.fixture(scope="module")

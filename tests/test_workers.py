@@ -79,12 +79,12 @@ def setup(tiny_model_path):
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "ray"), log_to_driver=False)
     group = RayWorkerGroup(config)
     try:
-        group.call_all("init_model", 10)
+        group.init_model(10)
         initial = tmp / "initial"
-        group.call_all("save_checkpoint", str(initial))  # fresh optimizer: no state saved
+        group.save_checkpoint(str(initial))  # fresh optimizer: no state saved
         yield {"group": group, "config": config, "tmp": tmp, "initial": initial, "path": tiny_model_path}
     finally:
-        group.shutdown()
+        group.close()
         ray.shutdown()
 
 
@@ -96,7 +96,7 @@ def tokenizer(tiny_model_path):
 
 
 def reset(setup) -> None:
-    setup["group"].call_all("load_checkpoint", str(setup["initial"]))
+    setup["group"].load_checkpoint(str(setup["initial"]))
 
 
 def prompt_batch(tokenizer, texts: list[str]) -> Batch:
@@ -105,10 +105,9 @@ def prompt_batch(tokenizer, texts: list[str]) -> Batch:
 
 
 def generate(group_or_worker, prompts: Batch, role: str = "policy") -> Batch:
-    """Rollouts of `prompts` (a worker group's dispatch or one worker), prompts padded to their longest."""
+    """Rollouts of `prompts` (a worker group, which answers as one worker, or one worker), prompts
+    padded to their longest."""
     width = max(len(p) for p in prompts.rows["prompt_ids"])
-    if hasattr(group_or_worker, "dispatch"):
-        return group_or_worker.dispatch("generate_sequences", prompts, role=role, prompt_width=width).rollouts
     return group_or_worker.generate_sequences(prompts, role=role, prompt_width=width).rollouts
 
 
@@ -157,7 +156,7 @@ def load_plain(path: Path, state: dict | None = None, dtype: torch.dtype = torch
 
 
 def full_state(setup, which: str = "actor") -> dict[str, torch.Tensor]:
-    return setup["group"].call_all("get_full_state_dict", which)[0]
+    return setup["group"].get_full_state_dict(which)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,7 +168,7 @@ def test_generate_shapes_and_masks(setup, tokenizer):
     texts = ["hello there", "what is 1+1?", "a", "the quick brown fox jumps"]
     batch = prompt_batch(tokenizer, texts)
     width = max(len(p) for p in batch.rows["prompt_ids"])
-    generated = group.dispatch("generate_sequences", batch, role="policy", prompt_width=width)
+    generated = group.generate_sequences(batch, role="policy", prompt_width=width)
     out = generated.rollouts
     rows = len(texts) * N
     assert out.rows["uid"] == [u for u in batch.rows["uid"] for _ in range(N)]
@@ -324,7 +323,7 @@ def test_free_cache_engine_call_order(tiny_model_path, tokenizer, drops_weights)
 def test_update_actor_entropy_loss_only_with_a_bonus(tiny_model_path):
     """actor/entropy_loss is reported (and the entropy bonus applied) only with actor.entropy_coeff != 0;
     actor/entropy is the trainer's metric of the rollouts, not the update's."""
-    from corewarding.workers.actor import install_token_stats
+    from corewarding.workers.forward import install_token_stats
     from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 
     config = make_config(tiny_model_path, **{"actor_rollout_ref.actor.entropy_coeff": 0.0})
@@ -460,8 +459,8 @@ def test_tp_rank_keeps_the_rollouts_of_its_own_prompts(tp_run, tiny_model_path):
 def test_compute_log_prob_matches_plain_hf(setup):
     reset(setup)
     batch = rollout_batch(num_prompts=5, seed=1)
-    got = setup["group"].dispatch("compute_log_prob", batch, with_entropy=True, with_self_certainty=True)
-    ref = setup["group"].dispatch("compute_log_prob", batch, model="ref")
+    got = setup["group"].compute_log_prob(batch, with_entropy=True, with_self_certainty=True)
+    ref = setup["group"].compute_log_prob(batch, model="ref")
     assert set(got.tensors) == {"old_log_probs", "entropy", "self_certainty"} and set(ref.tensors) == {"ref_log_probs"}
     logits = reference_logits(load_plain(setup["path"], dtype=torch.float64), batch)  # the exact values
     logp = torch.log_softmax(logits, -1).gather(-1, batch["responses"][..., None]).squeeze(-1)
@@ -479,8 +478,8 @@ def test_compute_log_prob_matches_plain_hf(setup):
 def training_batch(setup, seed: int, num_prompts: int = 8) -> Batch:
     batch = rollout_batch(num_prompts=num_prompts, seed=seed)
     group = setup["group"]
-    old = group.dispatch("compute_log_prob", batch)["old_log_probs"]
-    refl = group.dispatch("compute_log_prob", batch, model="ref")["ref_log_probs"]
+    old = group.compute_log_prob(batch)["old_log_probs"]
+    refl = group.compute_log_prob(batch, model="ref")["ref_log_probs"]
     g = torch.Generator().manual_seed(seed + 100)
     tensors = dict(batch.tensors)
     tensors["old_log_probs"] = old + 0.2 * torch.randn(old.shape, generator=g)  # ratios off 1: clipping bites
@@ -552,20 +551,20 @@ def test_update_actor_matches_single_process(setup):
     # size (an update is ~lr, so the difference after - before would carry the weights' rounding / lr)
     assert_all_rel_close(after, expected, WEIGHTS_REL, "weights")
     assert metrics["actor/grad_norm"] == pytest.approx(sum(norms) / len(norms), rel=1e-4)
-    assert group.call_all("get_versions")[0]["policy"] == 1
+    assert group.get_versions()["policy"] == 1
 
 
 def test_update_teacher_is_ema(setup):
     reset(setup)
     group = setup["group"]
     batch = training_batch(setup, seed=3)
-    group.dispatch("update_actor", batch, rollouts_per_prompt=N)
+    group.update_actor(batch, rollouts_per_prompt=N)
     policy, teacher = full_state(setup, "actor"), full_state(setup, "ref")
-    group.call_all("update_teacher", 0.7)
+    group.update_teacher(0.7)
     new_teacher = full_state(setup, "ref")
     assert_ema(new_teacher, teacher, policy, 0.7)
     assert torch.equal(full_state(setup, "actor")["model.norm.weight"], policy["model.norm.weight"])
-    assert group.call_all("get_versions")[0]["teacher"] == 1
+    assert group.get_versions()["teacher"] == 1
 
 
 def test_teacher_generation_uses_teacher_weights(setup, tokenizer):
@@ -577,7 +576,7 @@ def test_teacher_generation_uses_teacher_weights(setup, tokenizer):
     width = max(len(p) for p in prompts.rows["prompt_ids"])
 
     def sample(role: str):
-        return group.dispatch("generate_sequences", prompts, role=role, prompt_width=width)
+        return group.generate_sequences(prompts, role=role, prompt_width=width)
 
     reset(setup)
     first = sample("teacher")
@@ -590,12 +589,12 @@ def test_teacher_generation_uses_teacher_weights(setup, tokenizer):
 
     reset(setup)
     for seed in (4, 5):  # the rollout RNG is untouched by updates
-        group.dispatch("update_actor", training_batch(setup, seed=seed), rollouts_per_prompt=N)
+        group.update_actor(training_batch(setup, seed=seed), rollouts_per_prompt=N)
     teacher = sample("teacher")
     assert torch.equal(teacher.rollouts["responses"], first.rollouts["responses"])  # the teacher did not move
     reset(setup)
     for seed in (4, 5):
-        group.dispatch("update_actor", training_batch(setup, seed=seed), rollouts_per_prompt=N)
+        group.update_actor(training_batch(setup, seed=seed), rollouts_per_prompt=N)
     policy = sample("policy")
     assert not torch.equal(policy.rollouts["responses"], first.rollouts["responses"])  # the policy did
 
@@ -604,26 +603,26 @@ def test_checkpoint_round_trip_is_exact(setup):
     reset(setup)
     group = setup["group"]
     b1, b2 = training_batch(setup, seed=6), training_batch(setup, seed=7)
-    group.dispatch("update_actor", b1, rollouts_per_prompt=N)
-    group.call_all("update_teacher", 0.5)
+    group.update_actor(b1, rollouts_per_prompt=N)
+    group.update_teacher(0.5)
     ckpt = setup["tmp"] / "step1"
-    group.call_all("save_checkpoint", str(ckpt))
+    group.save_checkpoint(str(ckpt))
     assert (ckpt / "actor" / "model.safetensors").exists() and (ckpt / "actor" / "config.json").exists()
     assert (ckpt / "ref" / "model.safetensors").exists() and (ckpt / "rng" / "rank_1.json").exists()
-    straight = group.dispatch("update_actor", b2, rollouts_per_prompt=N)
+    straight = group.update_actor(b2, rollouts_per_prompt=N)
     sample_straight = generate(group, prompt_batch_from(b2))
     state_straight = full_state(setup)
 
     reset(setup)  # something else in between
-    group.call_all("load_checkpoint", str(ckpt))
-    resumed = group.dispatch("update_actor", b2, rollouts_per_prompt=N)
+    group.load_checkpoint(str(ckpt))
+    resumed = group.update_actor(b2, rollouts_per_prompt=N)
     sample_resumed = generate(group, prompt_batch_from(b2))
     assert resumed.metrics == straight.metrics
     assert_states_equal(full_state(setup), state_straight)
     assert torch.equal(sample_resumed["responses"], sample_straight["responses"])  # RNG restored too
 
     export = setup["tmp"] / "export"
-    group.call_all("export_hf", str(export), "ref")
+    group.export_hf(str(export), "ref")
     plain = load_plain(export)
     ref_state = full_state(setup, "ref")
     assert_states_equal({k: v for k, v in plain.state_dict().items() if k in ref_state}, ref_state)
@@ -634,24 +633,24 @@ def test_a_reference_that_never_moved_is_not_saved(setup):
     write it again (at 8B that is 33 GB per save), and loading one puts the model folder back."""
     reset(setup)
     group = setup["group"]
-    group.dispatch("update_actor", training_batch(setup, seed=8), rollouts_per_prompt=N)
+    group.update_actor(training_batch(setup, seed=8), rollouts_per_prompt=N)
     ckpt = setup["tmp"] / "frozen-ref"
-    group.call_all("save_checkpoint", str(ckpt))
+    group.save_checkpoint(str(ckpt))
     assert not (ckpt / "ref").exists()
     assert json.loads((ckpt / "actor" / "optim" / "state.json").read_text())["ref_saved"] is False
-    group.call_all("update_teacher", 0.5)  # the reference moves away from the model folder
+    group.update_teacher(0.5)  # the reference moves away from the model folder
     state_file = ckpt / "actor" / "optim" / "state.json"
     state = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**state, "model_path": "/models/another"}))
     with pytest.raises(Exception, match="did not save its reference model, which is the model folder the run started "
                                         "from \\(/models/another\\)"):
-        group.call_all("load_checkpoint", str(ckpt))  # a resume on another base model would change the reference
+        group.load_checkpoint(str(ckpt))  # a resume on another base model would change the reference
     state_file.write_text(json.dumps(state))
-    group.call_all("load_checkpoint", str(ckpt))
+    group.load_checkpoint(str(ckpt))
     plain = load_plain(setup["path"]).state_dict()
     ref_state = full_state(setup, "ref")
     assert_states_equal({k: v for k, v in plain.items() if k in ref_state}, ref_state)
-    assert group.call_all("get_versions")[0]["teacher"] == 0
+    assert group.get_versions()["teacher"] == 0
 
 
 def minibatch_order(rows: int, world: int, per_rank: int) -> list[int]:
@@ -688,44 +687,44 @@ def test_a_checkpoint_resumes_on_another_worker_count(setup, tiny_model_path):
 
     reset(setup)
     group, tmp = setup["group"], setup["tmp"]
-    group.dispatch("update_actor", training_batch(setup, seed=11), rollouts_per_prompt=N)
-    group.call_all("update_teacher", 0.5)
+    group.update_actor(training_batch(setup, seed=11), rollouts_per_prompt=N)
+    group.update_teacher(0.5)
     by_two = tmp / "by_two"
-    group.call_all("save_checkpoint", str(by_two))
+    group.save_checkpoint(str(by_two))
     following = training_batch(setup, seed=12)
-    kept_two = group.dispatch("update_actor", following, rollouts_per_prompt=N)
+    kept_two = group.update_actor(following, rollouts_per_prompt=N)
     after_two = full_state(setup)
 
     environ, threads = dict(os.environ), torch.get_num_threads()
     one = LocalWorkerGroup(make_config(tiny_model_path, **{"trainer.n_gpus_per_node": 1}))
     try:
-        one.call_all("init_model", 10)
-        one.call_all("load_checkpoint", str(by_two))
+        one.init_model(10)
+        one.load_checkpoint(str(by_two))
         by_one = tmp / "by_one"
-        one.call_all("save_checkpoint", str(by_one))
+        one.save_checkpoint(str(by_one))
         halves, (whole,) = optimizer_files(by_two), optimizer_files(by_one)
         assert set(whole) == set(halves[0])
         for name, value in whole.items():  # exp_avg / exp_avg_sq sharded on dim 0, step whole on each rank
             assert torch.equal(value, torch.cat([h[name] for h in halves]) if value.dim() else halves[0][name]), name
         for part in ("actor", "ref"):
             assert_states_equal(*(load_file(str(c / part / "model.safetensors")) for c in (by_one, by_two)))
-        assert one.call_all("get_versions")[0] == {"policy": 1, "teacher": 1, "skipped_steps": 0}
+        assert one.get_versions() == {"policy": 1, "teacher": 1, "skipped_steps": 0}
         per_rank = setup["config"].actor_rollout_ref.actor.ppo_mini_batch_size * N // 2
         order = minibatch_order(len(following), world=2, per_rank=per_rank)
-        went_one = one.dispatch("update_actor", following.select(order), rollouts_per_prompt=N)
+        went_one = one.update_actor(following.select(order), rollouts_per_prompt=N)
         assert_same_update(went_one, kept_two)
-        assert_all_rel_close(one.call_all("get_full_state_dict")[0], after_two, WEIGHTS_REL, "weights 2 -> 1")
+        assert_all_rel_close(one.get_full_state_dict(), after_two, WEIGHTS_REL, "weights 2 -> 1")
 
-        group.call_all("load_checkpoint", str(by_one))
+        group.load_checkpoint(str(by_one))
         again = tmp / "by_two_again"
-        group.call_all("save_checkpoint", str(again))
+        group.save_checkpoint(str(again))
         for saved, resaved in zip(optimizer_files(by_two), optimizer_files(again), strict=True):
             assert_states_equal(resaved, saved)
-        went_two = group.dispatch("update_actor", following, rollouts_per_prompt=N)
+        went_two = group.update_actor(following, rollouts_per_prompt=N)
         assert_same_update(went_two, went_one)  # 1 -> 2 against the run that kept its one worker
         assert went_two.metrics == kept_two.metrics  # the very state the two workers had saved
     finally:
-        one.call_all("shutdown")
+        one.shutdown()
         torch.set_num_threads(threads)
         os.environ.clear()
         os.environ.update(environ)
@@ -744,7 +743,7 @@ def test_workers_ignore_the_preemption_signals(setup):
         os.kill(pid, signal.SIGTERM)
     time.sleep(2)
     assert ray.get([worker.__ray_call__.remote(lambda self: os.getpid()) for worker in group.workers], timeout=60) == pids
-    assert len(group.call_all("get_versions")) == 2
+    assert len(ray.get([worker.get_versions.remote() for worker in group.workers])) == 2
 
 
 def test_process_group_options():
@@ -871,9 +870,9 @@ def test_checkpoint_files_load_without_unpickling(setup):
 
     reset(setup)
     group = setup["group"]
-    group.dispatch("update_actor", training_batch(setup, seed=9), rollouts_per_prompt=N)
+    group.update_actor(training_batch(setup, seed=9), rollouts_per_prompt=N)
     ckpt = setup["tmp"] / "no_pickle"
-    group.call_all("save_checkpoint", str(ckpt))
+    group.save_checkpoint(str(ckpt))
     kinds = {f.suffix for f in ckpt.rglob("*") if f.is_file()}
     assert kinds <= {".safetensors", ".json", ".jinja", ".txt"}, kinds
     assert all(f.read_bytes()[:1] != b"\x80" for f in ckpt.rglob("*") if f.is_file())  # no pickle stream
@@ -889,20 +888,20 @@ def test_checkpoint_files_load_without_unpickling(setup):
 def state_after_load(setup, ckpt: Path):
     """What a resumed worker does next: its counters, one update (optimizer state) and one sample (RNG)."""
     group = setup["group"]
-    group.call_all("load_checkpoint", str(ckpt))
+    group.load_checkpoint(str(ckpt))
     batch = training_batch(setup, seed=10)
-    metrics = group.dispatch("update_actor", batch, rollouts_per_prompt=N)
+    metrics = group.update_actor(batch, rollouts_per_prompt=N)
     sample = generate(group, prompt_batch_from(batch))["responses"].tolist()
-    return group.call_all("get_versions"), metrics, sample
+    return ray.get([worker.get_versions.remote() for worker in group.workers]), metrics, sample
 
 
 def test_old_pickle_checkpoints_are_refused_with_a_reason(setup):
     group = setup["group"]
     old = setup["tmp"] / "old_format"
-    group.call_all("save_checkpoint", str(old))
+    group.save_checkpoint(str(old))
     (old / "actor" / "optim" / "state.json").rename(old / "actor" / "optim" / "extra.pt")
     with pytest.raises(Exception, match="older version in a pickle format"):
-        group.call_all("load_checkpoint", str(old))
+        group.load_checkpoint(str(old))
 
 
 def test_a_corrupt_checkpoint_file_fails_every_rank_at_once(setup):
@@ -976,12 +975,12 @@ def test_errors(setup, tiny_model_path):
 
     group = setup["group"]
     with pytest.raises(ValueError, match="data.train_batch_size"):
-        group.dispatch("compute_log_prob", rollout_batch(num_prompts=3, seed=0).select(range(5)))
+        group.compute_log_prob(rollout_batch(num_prompts=3, seed=0).select(range(5)))
     batch = training_batch(setup, seed=8, num_prompts=6)  # 6 rows per rank, mini-batch of 4
     with pytest.raises(Exception, match="ppo_mini_batch_size"):
-        group.dispatch("update_actor", batch, rollouts_per_prompt=N)
+        group.update_actor(batch, rollouts_per_prompt=N)
     bad = make_config(tiny_model_path, **{"actor_rollout_ref.model.path": "/nonexistent/model"})
     with pytest.raises(FileNotFoundError, match="actor_rollout_ref.model.path"):
         ActorRolloutRefWorker(bad, rank=0, world_size=1).init_model(total_steps=10)
     with pytest.raises(Exception, match="incomplete"):
-        group.call_all("load_checkpoint", str(setup["tmp"] / "nothing-here"))
+        group.load_checkpoint(str(setup["tmp"] / "nothing-here"))

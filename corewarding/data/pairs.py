@@ -83,6 +83,22 @@ def load_pairs(
         rephrased[["index", "prompt", "ground_truth", "file", "row"]],
         on="index", how="inner", suffixes=("", "_r"), sort=False, validate="one_to_one",
     )
+    pairs = pd.DataFrame({
+        "index": merged["index"].astype("int64"),
+        "ground_truth": pd.Series(_pair_ground_truths(merged), dtype=object, index=merged.index),
+        "data_source": merged["data_source"].astype(object),
+        "ability": merged["ability"],
+        "original_prompt": merged["prompt"],
+        "rephrased_prompt": merged["prompt_r"],
+        "extra_info": merged["extra_info"],
+    }, columns=PAIR_COLUMNS)
+    _check_pairs(pairs, originals, rephrased, original_files, rephrased_files)
+    return pairs
+
+
+def _pair_ground_truths(merged: pd.DataFrame) -> list[str | None]:
+    """Each pair's ground truth: the original's, else the rewrite's; an error where both are given
+    and differ."""
     gt_o, gt_r = merged["ground_truth"].tolist(), merged["ground_truth_r"].tolist()
     ground_truth = []
     for i, (a, b) in enumerate(zip(gt_o, gt_r)):
@@ -93,17 +109,13 @@ def load_pairs(
                 f"({merged['file_r'].iloc[i]} row {merged['row_r'].iloc[i]})"
             )
         ground_truth.append(a if a is not None else b)
+    return ground_truth
 
-    pairs = pd.DataFrame({
-        "index": merged["index"].astype("int64"),
-        "ground_truth": pd.Series(ground_truth, dtype=object, index=merged.index),
-        "data_source": merged["data_source"].astype(object),
-        "ability": merged["ability"],
-        "original_prompt": merged["prompt"],
-        "rephrased_prompt": merged["prompt_r"],
-        "extra_info": merged["extra_info"],
-    }, columns=PAIR_COLUMNS)
 
+def _check_pairs(pairs: pd.DataFrame, originals: pd.DataFrame, rephrased: pd.DataFrame,
+                 original_files: Sequence[Path], rephrased_files: Sequence[Path]) -> None:
+    """Refuse no pairs at all and rewrites that are all their originals; log what was dropped and
+    the rewrites identical to their original."""
     if pairs.empty:
         raise DataError(
             f"no extra_info.index in common between the originals ({', '.join(map(str, original_files))}, indices "
@@ -130,7 +142,6 @@ def load_pairs(
         )
     if unchanged:
         logger.warning("load_pairs: %d pairs have a 'rewrite' identical to the original question", unchanged)
-    return pairs
 
 
 def _check_distinct_files(original_files: Sequence[Path], rephrased_files: Sequence[Path]) -> None:

@@ -194,41 +194,11 @@ def _normalise_frame(
     for row in range(n):
         where = f"{path}: row {row}"
         out["prompt"].append(normalise_messages(prompts[row], f"{where}, column {prompt_key!r}"))
-
-        reward_model = reward_models[row]
-        gt = None
-        if isinstance(reward_model, dict):
-            try:
-                gt = ground_truth_to_str(reward_model.get("ground_truth"))
-            except ValueError as exc:
-                raise DataError(f"{where}, column 'reward_model.ground_truth': {exc}") from None
-        elif not _missing(reward_model) and require_ground_truth:
-            raise DataError(f"{where}, column 'reward_model': expected a dict with 'ground_truth', got {reward_model!r:.120}")
-        if gt is None and require_ground_truth:
-            raise DataError(
-                f"{where}, column 'reward_model.ground_truth': no ground truth "
-                "(only label-free methods may train without one: require_ground_truth=False)"
-            )
-        out["ground_truth"].append(gt)
-
-        extra = extra_infos[row]
-        if _missing(extra):
-            extra = {}
-        if not isinstance(extra, dict):
-            raise DataError(f"{where}, column 'extra_info': expected a dict, got {extra!r:.120}")
-        index = extra.get("index")
-        if _missing(index):
-            if require_index:
-                raise DataError(f"{where}, column 'extra_info.index': missing (needed to pair originals with rewrites)")
-            index = row
-        try:
-            index = as_index(index)
-        except ValueError as exc:
-            raise DataError(f"{where}, column 'extra_info.index': {exc}") from None
+        out["ground_truth"].append(_row_ground_truth(reward_models[row], where, require_ground_truth))
+        extra, index = _row_extra_info(extra_infos[row], row, where, require_index)
         out["index"].append(index)
         out["split"].append(extra.get("split"))
         out["extra_info"].append(extra)
-
         source = data_sources[row]
         out["data_source"].append(path.stem if _missing(source) else str(source))
         ability = abilities[row]
@@ -238,6 +208,42 @@ def _normalise_frame(
     # object dtype: keeps None as None (pandas 3 would turn a str column's None into NaN)
     frame = pd.DataFrame({c: pd.Series(out[c], dtype=object) for c in NORMALISED_COLUMNS})
     return frame.astype({"index": "int64", "row": "int64"})
+
+
+def _row_ground_truth(reward_model: Any, where: str, require_ground_truth: bool) -> str | None:
+    """The ground truth of one row's `reward_model` cell (None where it has none and none is required)."""
+    gt = None
+    if isinstance(reward_model, dict):
+        try:
+            gt = ground_truth_to_str(reward_model.get("ground_truth"))
+        except ValueError as exc:
+            raise DataError(f"{where}, column 'reward_model.ground_truth': {exc}") from None
+    elif not _missing(reward_model) and require_ground_truth:
+        raise DataError(f"{where}, column 'reward_model': expected a dict with 'ground_truth', got {reward_model!r:.120}")
+    if gt is None and require_ground_truth:
+        raise DataError(
+            f"{where}, column 'reward_model.ground_truth': no ground truth "
+            "(only label-free methods may train without one: require_ground_truth=False)"
+        )
+    return gt
+
+
+def _row_extra_info(extra: Any, row: int, where: str, require_index: bool) -> tuple[dict[str, Any], int]:
+    """One row's `extra_info` dict ({} where missing) and its index (the row number where it has
+    none, unless `require_index`)."""
+    if _missing(extra):
+        extra = {}
+    if not isinstance(extra, dict):
+        raise DataError(f"{where}, column 'extra_info': expected a dict, got {extra!r:.120}")
+    index = extra.get("index")
+    if _missing(index):
+        if require_index:
+            raise DataError(f"{where}, column 'extra_info.index': missing (needed to pair originals with rewrites)")
+        index = row
+    try:
+        return extra, as_index(index)
+    except ValueError as exc:
+        raise DataError(f"{where}, column 'extra_info.index': {exc}") from None
 
 
 def make_row(

@@ -1,6 +1,18 @@
 """Engines: generate(list of user messages) -> list of replies (a `Reply`, or a bare text when the
 engine cannot say why it stopped). `vllm` (`LLM.chat` with the chat template) and `hf`
-(transformers `generate`)."""
+(transformers `generate`); `rewrite_questions.py` picks one with `--backend`.
+
+These are not the trainer's rollout engines (`corewarding.workers.rollout.make_engine` and the
+registry `corewarding.rollout_engines`), because the jobs differ: the rewriter is one standalone
+process that sends chat messages and reads text back, on a large model spread over a node by vLLM's
+own multi-process executor (the release: Qwen3-32B, tensor parallel 8), with the model's own
+context length and, in the hf engine, transformers' sampling defaults (top_k from the model's
+generation config, else 50). A rollout engine is colocated with an FSDP worker: token ids in and
+out, in the worker's process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), tensor parallel only through
+`external_launcher` across worker processes that already form a torch.distributed group, every
+sampling knob pinned so that log-probs match the trainer's, and weights pushed in place. Built on
+the rollout engine, the rewriter could not run tensor parallel on its own and its hf backend would
+sample differently."""
 
 from __future__ import annotations
 

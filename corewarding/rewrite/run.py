@@ -75,18 +75,10 @@ def rewrite_dataset(
     """Rewrite every question not yet in `output_jsonl`, then write both parquets. Returns counts:
     total, resumed (already in the JSONL), generated (this run), rewritten, failed, attempts,
     bad_lines (set aside from the JSONL) and rejected (replies without a rewrite, by reason)."""
-    from tqdm import tqdm
-
     check_paths(input_path, output_jsonl, output_parquet, output_original_parquet)
     df, questions, keys = load_questions(input_path, question_column, limit)
     done, bad_lines = load_done(output_jsonl)
-    by_key = dict(zip(keys, questions))
-    for key, record in done.items():
-        if key in by_key and " ".join(str(record.get("original", "")).split()) != " ".join(by_key[key].split()):
-            raise RewriteError(
-                f"{output_jsonl}: the record of index {key} has another question than {input_path}; "
-                "this JSONL belongs to another input (use a new --output_jsonl)"
-            )
+    _check_same_questions(done, dict(zip(keys, questions)), input_path, output_jsonl)
     todo = [
         i for i, key in enumerate(keys)
         if key not in done or (retry_failed and done[key].get("status") != "ok")
@@ -95,6 +87,44 @@ def rewrite_dataset(
     if resumed:
         logger.info("resuming: %d of %d questions already in %s", resumed, len(keys), output_jsonl)
     rejected: Counter = Counter()
+    attempts = _rewrite_into(output_jsonl, engine, questions, keys, todo, done, batch_size, max_retries, rejected, progress)
+
+    kept = [i for i, key in enumerate(keys) if done.get(key, {}).get("status") == "ok"]
+    failed = [keys[i] for i, key in enumerate(keys) if done.get(key, {}).get("status") != "ok"]
+    originals = df.iloc[kept].reset_index(drop=True)
+    rephrased = originals.copy()
+    rephrased[question_column] = [
+        with_question(cell, done[keys[i]]["rewritten"]) for i, cell in zip(kept, originals[question_column].tolist())
+    ]
+    write_parquet(rephrased, output_parquet)
+    write_parquet(originals, output_original_parquet)
+    stats = {
+        "total": len(keys), "resumed": resumed, "generated": len(todo), "rewritten": len(kept),
+        "failed": len(failed), "attempts": attempts,
+        "bad_lines": bad_lines, "rejected": dict(sorted(rejected.items())),
+    }
+    _report(stats, failed, max_retries, output_jsonl, output_parquet, output_original_parquet)
+    return stats
+
+
+def _check_same_questions(done: dict[int, dict[str, Any]], by_key: dict[int, str], input_path: str | Path,
+                          output_jsonl: str | Path) -> None:
+    """A JSONL record must hold the question of its index in the input (whitespace aside)."""
+    for key, record in done.items():
+        if key in by_key and " ".join(str(record.get("original", "")).split()) != " ".join(by_key[key].split()):
+            raise RewriteError(
+                f"{output_jsonl}: the record of index {key} has another question than {input_path}; "
+                "this JSONL belongs to another input (use a new --output_jsonl)"
+            )
+
+
+def _rewrite_into(output_jsonl: str | Path, engine: Engine, questions: list[str], keys: list[int], todo: list[int],
+                  done: dict[int, dict[str, Any]], batch_size: int, max_retries: int, rejected: Counter,
+                  progress: bool) -> int:
+    """Rewrite `questions[i]` for i in `todo` batch by batch, each batch's records appended to
+    `output_jsonl` (on disk before the next batch starts) and into `done`; the model calls made."""
+    from tqdm import tqdm
+
     attempts = 0
     Path(output_jsonl).parent.mkdir(parents=True, exist_ok=True)
     with open(output_jsonl, "a", encoding="utf-8") as sink, tqdm(total=len(todo), desc="rewriting", disable=not progress) as bar:
@@ -114,23 +144,7 @@ def rewrite_dataset(
             os.fsync(sink.fileno())
             bar.update(len(batch))
             bar.set_postfix(failed=len(batch) - len(result.rewrites))
-
-    kept = [i for i, key in enumerate(keys) if done.get(key, {}).get("status") == "ok"]
-    failed = [keys[i] for i, key in enumerate(keys) if done.get(key, {}).get("status") != "ok"]
-    originals = df.iloc[kept].reset_index(drop=True)
-    rephrased = originals.copy()
-    rephrased[question_column] = [
-        with_question(cell, done[keys[i]]["rewritten"]) for i, cell in zip(kept, originals[question_column].tolist())
-    ]
-    write_parquet(rephrased, output_parquet)
-    write_parquet(originals, output_original_parquet)
-    stats = {
-        "total": len(keys), "resumed": resumed, "generated": len(todo), "rewritten": len(kept),
-        "failed": len(failed), "attempts": attempts,
-        "bad_lines": bad_lines, "rejected": dict(sorted(rejected.items())),
-    }
-    _report(stats, failed, max_retries, output_jsonl, output_parquet, output_original_parquet)
-    return stats
+    return attempts
 
 
 def _report(stats: dict[str, Any], failed: list[int], max_retries: int, *paths: str | Path) -> None:

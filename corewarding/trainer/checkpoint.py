@@ -1,11 +1,10 @@
 """Checkpoint folders: atomic writes, the driver's state, finding where to resume.
 
-Layout under `trainer.default_local_dir`::
-
-    global_step_<N>/                 one checkpoint (the workers write policy, optimizer, scheduler,
-      trainer_state.json             reference/teacher and their RNG states inside it; the driver
-      ...                            writes trainer_state.json last)
-    latest_checkpointed_iteration.txt    N of the newest complete checkpoint
+The folder and file names, and the rule that finds a run's latest checkpoint, are
+`corewarding.checkpoint_layout`'s (export follows the same rule). Under `trainer.default_local_dir`
+the workers write the policy, optimizer, scheduler, reference/teacher and their RNG states into
+`global_step_<N>/`; the driver writes `trainer_state.json` last, and then
+`latest_checkpointed_iteration.txt`.
 
 A checkpoint is written into `global_step_<N>.tmp/` and renamed when complete, so a crash never
 leaves a half-written `global_step_<N>/`; `latest_checkpointed_iteration.txt` is replaced atomically
@@ -23,11 +22,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+from corewarding.checkpoint_layout import (
+    LATEST_FILE,
+    checkpoint_steps,
+    describe_steps,
+    latest_step_dir,
+    staging_dir,
+    step_dir,
+    step_name,
+)
 from corewarding.storage import (  # noqa: F401  re-exported for the callers of this module
     CheckpointError,
     WorkerCheckpointError,
@@ -42,18 +49,12 @@ from corewarding.storage import (  # noqa: F401  re-exported for the callers of 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
-LATEST_FILE = "latest_checkpointed_iteration.txt"
 STATE_VERSION = 1
-STEP_DIR = re.compile(r"^global_step_(\d+)$")
-
-
-def step_dir(root: str | Path, step: int) -> Path:
-    return Path(root) / f"global_step_{int(step)}"
 
 
 def begin(root: str | Path, step: int) -> Path:
     """A fresh temporary folder for the checkpoint of `step`."""
-    tmp = step_dir(root, step).with_name(f"global_step_{int(step)}.tmp")
+    tmp = staging_dir(root, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
@@ -94,21 +95,13 @@ def prune(root: str | Path, newest: int, keep: int) -> list[int]:
     return doomed
 
 
-def checkpoint_steps(root: str | Path) -> list[int]:
-    """The steps of the `global_step_<N>` folders under `root`, ascending (`.tmp` ones excluded)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name)))
-
-
 def check_start_step(root: str | Path, start: int, resumed_from: Path | None) -> None:
     """Refuse a run that starts at step `start` in a folder holding checkpoints after it: its own
     saves would overwrite them and retention would mix two histories."""
     later = [s for s in checkpoint_steps(root) if s > start]
     if not later:
         return
-    found = f"global_step_{later[0]}" + (f" .. global_step_{later[-1]}" if len(later) > 1 else "")
+    found = describe_steps(later)
     how = (
         f"to branch from step {start} set trainer.default_local_dir to a new folder (keep "
         f"trainer.resume_from_path={resumed_from}), or delete the later checkpoints to go back"
@@ -134,30 +127,19 @@ def save_failed(root: str | Path, step: int, reason: BaseException | str) -> Che
     except CheckpointError:
         good = None
     still = f"{good} is still good" if good is not None else "no earlier checkpoint exists"
-    return CheckpointError(f"cannot save checkpoint global_step_{int(step)} in {root}: {reason}; {still}")
+    return CheckpointError(f"cannot save checkpoint {step_name(step)} in {root}: {reason}; {still}")
 
 
 def latest_dir(root: str | Path) -> Path | None:
-    """The newest complete checkpoint under `root`, or None when there is none.
-
-    A `latest_checkpointed_iteration.txt` that is unreadable or points at a missing folder is an
-    error (something deleted or damaged the checkpoint), not a silent fresh start."""
-    root = Path(root)
-    latest = root / LATEST_FILE
-    if not latest.exists():
-        if any(p.is_dir() for p in root.glob("global_step_*[0-9]")):
-            raise CheckpointError(
-                f"{root}: has global_step_* folders but no {LATEST_FILE}; resume one explicitly with "
-                "trainer.resume_mode=resume_path trainer.resume_from_path=<folder>, or set trainer.resume_mode=disable"
-            )
-        return None
-    text = latest.read_text(encoding="utf-8").strip()
-    if not text.isdigit():
-        raise CheckpointError(f"{latest}: expected a step number, found {text[:40]!r}; fix or delete it (or trainer.resume_mode=disable)")
-    path = step_dir(root, int(text))
-    if not path.is_dir():
-        raise CheckpointError(f"{latest} points at {path.name}, which does not exist; fix or delete it (or trainer.resume_mode=disable)")
-    return path
+    """The checkpoint to resume in run folder `root` (`checkpoint_layout.latest_step_dir`, the rule
+    export follows too), or None when there is none; its errors say how to resume or start afresh."""
+    try:
+        return latest_step_dir(root)
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{exc}; to resume a checkpoint by name: trainer.resume_mode=resume_path trainer.resume_from_path=<folder>, "
+            "to start afresh: trainer.resume_mode=disable"
+        ) from None
 
 
 def read_state(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""DAPO's dynamic sampling (`algorithm.filter_groups`), the part that is pure: which groups a
-generation batch keeps, and how many of them a step still needs (docs/method.md).
+"""DAPO's dynamic sampling (`algorithm.filter_groups`), the part without the workers: which groups a
+generation batch keeps, how many of them a step still needs, and the rows kept so far (`Kept`;
+docs/method.md).
 
 A *group* is the rollouts of one prompt (one `uid`). It is kept when the filter's metric differs
 between its rollouts, or when it has a single rollout (verl's rule: `np.std > 0 or len == 1`); a
@@ -11,7 +12,7 @@ when either of its groups has a spread, and dropped with both groups otherwise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from corewarding.batch import Batch
 
-__all__ = ["Tally", "concat_rollouts", "groups_with_spread", "kept_units", "rows_of"]
+__all__ = ["Kept", "Tally", "concat_rollouts", "groups_with_spread", "kept_units", "rows_of"]
 
 FULL_WIDTH = ("input_ids", "attention_mask", "position_ids")  # [rows, prompt width + R]: prompts left-padded
 
@@ -80,3 +81,34 @@ class Tally:
             "filter_groups/trimmed": float(self.trimmed),
             "filter_groups/kept_ratio": self.kept / total if total else 0.0,
         }
+
+
+@dataclass
+class Kept:
+    """What a step's dynamic sampling has kept so far, generation batch after generation batch: up to
+    `target` units in generation order (verl trims the step to exactly data.train_batch_size)."""
+
+    target: int
+    unit_key: str  # "pair_id" (a pair's views are kept or dropped together) or "uid"
+    tally: Tally
+    rollouts: list[Batch] = field(default_factory=list)
+    teacher: list[Batch] = field(default_factory=list)  # the teacher's rollouts of the kept units, or
+    teacher_prompts: list[Batch] = field(default_factory=list)  # the prompts it has still to answer
+    have: int = 0
+
+    def add(self, values: Sequence[float], rollouts: Batch, teacher: Batch | None, teacher_prompts: Batch | None) -> bool:
+        """Keep the units of one generation batch whose `values` (per rollout) have a spread, as many
+        as still fit; True once the step has `target` units."""
+        units = rollouts.rows[self.unit_key]
+        kept, dropped = kept_units(values, rollouts.rows["uid"], units)
+        chosen = kept[:self.target - self.have]
+        self.tally.kept += len(kept)
+        self.tally.dropped += dropped
+        self.tally.trimmed += len(kept) - len(chosen)
+        self.have += len(chosen)
+        self.rollouts.append(rollouts.select(rows_of(units, chosen)))
+        if teacher is not None:
+            self.teacher.append(teacher.select(rows_of(teacher.rows[self.unit_key], chosen)))
+        elif teacher_prompts is not None:
+            self.teacher_prompts.append(teacher_prompts.select(rows_of(teacher_prompts.rows[self.unit_key], chosen)))
+        return self.have == self.target

@@ -1,4 +1,5 @@
-"""The fit loop: one GRPO step for every method, validation, checkpoints (docs/architecture.md).
+"""The fit loop and one GRPO step for every method (docs/architecture.md); the loop validates
+(`validation.py`) and saves checkpoints (`save_resume.py`) on its schedule.
 
 One training step (`Trainer.train_step`), in the order the code runs it:
 
@@ -30,8 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,44 +38,30 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from corewarding.algos import ema_weight, grpo_advantages, overlong_penalty, spread_over_tokens
+from corewarding.algos import ema_weight, grpo_advantages, spread_over_tokens
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.config.schema import ROLLOUT_DIRS
-from corewarding.data import DataError, to_batch
+from corewarding.data import DataError
 from corewarding.methods import resolve_method
+from corewarding.rewards.common import RewardOutput
 from corewarding.roles import VIEWS
 from corewarding.trainer import checkpoint as ckpt
-from corewarding.trainer.dynamic_sampling import Tally, concat_rollouts, kept_units, rows_of
+from corewarding.trainer.dynamic_sampling import Kept, Tally, concat_rollouts
 from corewarding.trainer.monitor import CollapseMonitor, group_metrics
 from corewarding.trainer.preemption import Preempted, PreemptionWatch
-from corewarding.trainer.rollout_stats import balanced_order, batch_metrics, prompt_text, rollout_records
-from corewarding.trainer.tracking import Tracker, dump_rollouts, dump_step_rollouts
-from corewarding.trainer.val_metrics import summarize_validation
+from corewarding.trainer.rollout_stats import balanced_order, batch_metrics, rollout_records, throughput_metrics
+from corewarding.trainer.save_resume import resume, save_step
+from corewarding.trainer.scoring import reward_metric_name, training_scores
+from corewarding.trainer.tracking import Tracker, dump_step_rollouts, progress_bar
+from corewarding.trainer.validation import validate
+from corewarding.workers.worker_api import WorkerGroup
 
 logger = logging.getLogger(__name__)
 
-# reward metric names (corewarding.rewards) -> logged names
-REWARD_METRICS = {
-    "score_mean": "reward/mean",
-    "pseudo_label_acc": "reward/pseudo_label_acc",
-    "answer_present": "reward/answer_present",
-    "majority_ratio": "reward/majority_ratio",
-    "gt_acc": "reward/gt_acc",
-}
-
-
-def worker_error(exc: BaseException) -> str:
-    """The one-line message of an exception a worker raised (Ray wraps it with a traceback)."""
-    cause = getattr(exc, "cause", None)
-    cause = cause if isinstance(cause, BaseException) else exc
-    lines = str(cause).strip().splitlines()
-    return ckpt.describe_error(cause) if isinstance(cause, OSError) or not lines else lines[-1]
-
-
 class Trainer:
-    def __init__(self, config: Config, tokenizer: Any, train_loader: Any, val_dataset: Any | None, workers: Any,
-                 tracker: Tracker, total_steps: int) -> None:
+    def __init__(self, config: Config, tokenizer: Any, train_loader: Any, val_dataset: Any | None,
+                 workers: WorkerGroup, tracker: Tracker, total_steps: int) -> None:
         self.config = config
         self.method = config.method
         self.tokenizer = tokenizer
@@ -114,8 +99,8 @@ class Trainer:
         prefix = "teacher_" if role == "teacher" else ""
         with self._timer(timing, f"{prefix}gen"):
             width = max(len(p) for p in prompts.rows["prompt_ids"])
-            generated = self.workers.dispatch("generate_sequences", prompts.select(list(range(n)) + [0] * pad),
-                                              role=role, prompt_width=width)
+            generated = self.workers.generate_sequences(prompts.select(list(range(n)) + [0] * pad), role=role,
+                                                        prompt_width=width)
         timing[f"{prefix}weight_sync"] = timing.get(f"{prefix}weight_sync", 0.0) + generated.weight_sync_s
         timing[f"{prefix}generate_engine"] = timing.get(f"{prefix}generate_engine", 0.0) + generated.generate_s
         rollouts = generated.rollouts
@@ -155,21 +140,8 @@ class Trainer:
         # k counts the steps before this one, as the release does: its first update uses alpha_start
         weight = ema_weight(step - 1, self.total_steps, sa.alpha_start, sa.alpha_end)
         with self._timer(timing, "teacher_update"):
-            self.workers.call_all("update_teacher", weight)
+            self.workers.update_teacher(weight)
         self.last_ema_weight = weight
-
-    def _training_scores(self, scores: torch.Tensor, rollouts: Batch, metrics: dict[str, Any]) -> torch.Tensor:
-        """The method's scores, plus DAPO's overlong penalty with `reward_model.overlong_buffer.enable`
-        (validation keeps the plain ground-truth score)."""
-        scores = scores.to(torch.float32)
-        overlong = self.config.reward_model.overlong_buffer
-        if not overlong.enable:
-            return scores
-        lengths = rollouts.tensors["response_mask"].sum(-1)
-        penalty = overlong_penalty(lengths, self.config.data.max_response_length, overlong.len, overlong.penalty_factor)
-        metrics["reward/overlong_penalty"] = float(penalty.mean())
-        metrics["reward/overlong_penalised_ratio"] = float((penalty < 0).float().mean())
-        return scores + penalty
 
     def _rollouts(self, batch: Batch, step: int, gen: int, timing: dict[str, float],
                   with_teacher: bool = True) -> tuple[Batch, Batch | None, Batch | None]:
@@ -195,11 +167,31 @@ class Trainer:
         kinds = rollouts.tensors["view_id"].tolist() if self.per_view_loss else None
         return rollouts.select(balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds))
 
+    def _score(self, rollouts: Batch, teacher: Batch | None, timing: dict[str, float],
+               metrics: dict[str, Any]) -> tuple[RewardOutput, torch.Tensor, torch.Tensor]:
+        """(the reward, the training scores, the GRPO advantages per uid); scores and advantages into
+        `rollouts`, the reward's and the collapse monitor's group metrics into `metrics`."""
+        with self._timer(timing, "reward"):
+            reward = self.reward_fn(rollouts, teacher=teacher)
+        with self._timer(timing, "adv"):
+            scores, penalty_metrics = training_scores(reward.scores, rollouts.tensors["response_mask"],
+                                                      self.config.reward_model.overlong_buffer,
+                                                      self.config.data.max_response_length)
+            metrics.update(penalty_metrics)
+            advantages = grpo_advantages(scores, rollouts.rows["uid"],
+                                         norm_by_std=self.config.algorithm.norm_adv_by_std_in_grpo)
+            rollouts.tensors["scores"] = scores
+            rollouts.tensors["advantages"] = spread_over_tokens(advantages, rollouts.tensors["response_mask"])
+        metrics.update({reward_metric_name(key): value for key, value in reward.metrics.items()})
+        metrics.update(group_metrics(reward.rows["answer"], rollouts.rows["uid"],
+                                     rollouts.rows.get("ground_truth") or [None] * len(rollouts), scores.tolist()))
+        return reward, scores, advantages
+
     def _policy_pass(self, rollouts: Batch, timing: dict[str, float]) -> None:
         """Old log-probs (+ entropy / self-certainty for the rewards that read them) into `rollouts`."""
         with self._timer(timing, "old_log_prob"):
-            policy = self.workers.dispatch("compute_log_prob", rollouts, model="actor", with_entropy=True,
-                                           with_self_certainty="self_certainty" in self.method.token_stats)
+            policy = self.workers.compute_log_prob(rollouts, model="actor", with_entropy=True,
+                                                   with_self_certainty="self_certainty" in self.method.token_stats)
         rollouts.tensors.update(policy.tensors)
 
     def _filter_values(self, rollouts: Batch, teacher: Batch | None, timing: dict[str, float]) -> list[float]:
@@ -219,45 +211,27 @@ class Trainer:
         which needs the teacher's rollouts of every prompt first."""
         fg, target = self.config.algorithm.filter_groups, self.config.data.train_batch_size
         by_reward = fg.metric != "acc"  # the reward needs the teacher's rollouts and the token statistics first
-        kept_rollouts: list[Batch] = []
-        kept_teacher: list[Batch] = []
-        kept_prompts: list[Batch] = []
-        have = 0
+        kept = Kept(target, "pair_id" if self.roles.pairs else "uid", tally)
         while True:
             rollouts, teacher_prompts, teacher = self._rollouts(batch, step, tally.gen_batches, timing, by_reward)
             tally.gen_batches += 1
             if self.method.token_stats and by_reward:
                 rollouts = self._balanced(rollouts)
                 self._policy_pass(rollouts, timing)  # the reward reads the policy's token statistics
-            unit_key = "pair_id" if self.roles.pairs else "uid"  # a pair's views are kept or dropped together
-            units = rollouts.rows[unit_key]
-            kept, dropped = kept_units(self._filter_values(rollouts, teacher, timing), rollouts.rows["uid"], units)
-            chosen = kept[:target - have]  # verl trims the batch to train_batch_size groups
-            tally.kept += len(kept)
-            tally.dropped += dropped
-            tally.trimmed += len(kept) - len(chosen)
-            have += len(chosen)
-            kept_rollouts.append(rollouts.select(rows_of(units, chosen)))
-            chosen_units = set(chosen)
-            if teacher is not None:
-                kept_teacher.append(teacher.select([i for i, u in enumerate(teacher.rows[unit_key]) if u in chosen_units]))
-            elif teacher_prompts is not None:
-                kept_prompts.append(teacher_prompts.select(
-                    [i for i, u in enumerate(teacher_prompts.rows[unit_key]) if u in chosen_units]))
-            if have == target:
+            if kept.add(self._filter_values(rollouts, teacher, timing), rollouts, teacher, teacher_prompts):
                 break
             if fg.limit is not None and tally.gen_batches >= fg.limit:
                 raise DataError(
-                    f"step {step}: algorithm.filter_groups kept {have} of the data.train_batch_size={target} groups "
+                    f"step {step}: algorithm.filter_groups kept {kept.have} of the data.train_batch_size={target} groups "
                     f"after max_num_gen_batches={fg.limit} generation batches (the rest had one {fg.metric} for all "
                     "their rollouts): raise algorithm.filter_groups.max_num_gen_batches (0: no limit) or data.gen_batch_size"
                 )
             batch = next(more)
         pad = self.tokenizer.pad_token_id
-        teacher_rollouts = concat_rollouts(kept_teacher, pad) if kept_teacher else None
-        if kept_prompts:
-            teacher_rollouts = self._generate(Batch.concat(kept_prompts), "teacher", timing)
-        return concat_rollouts(kept_rollouts, pad), teacher_rollouts
+        teacher_rollouts = concat_rollouts(kept.teacher, pad) if kept.teacher else None
+        if kept.teacher_prompts:
+            teacher_rollouts = self._generate(Batch.concat(kept.teacher_prompts), "teacher", timing)
+        return concat_rollouts(kept.rollouts, pad), teacher_rollouts
 
     def _batch_stream(self) -> Iterator[Batch]:
         """The loader's batches, epoch after epoch."""
@@ -292,38 +266,22 @@ class Trainer:
             self._policy_pass(rollouts, timing)
         if self.config.actor_rollout_ref.actor.use_kl_loss:
             with self._timer(timing, "ref"):
-                rollouts.tensors.update(self.workers.dispatch("compute_log_prob", rollouts, model="ref").tensors)
+                rollouts.tensors.update(self.workers.compute_log_prob(rollouts, model="ref").tensors)
 
         # 4. rewards, GRPO advantages (per uid), the collapse monitor's group metrics
-        with self._timer(timing, "reward"):
-            reward = self.reward_fn(rollouts, teacher=teacher_rollouts)
-        with self._timer(timing, "adv"):
-            scores = self._training_scores(reward.scores, rollouts, metrics)
-            advantages = grpo_advantages(scores, rollouts.rows["uid"],
-                                         norm_by_std=self.config.algorithm.norm_adv_by_std_in_grpo)
-            rollouts.tensors["scores"] = scores
-            rollouts.tensors["advantages"] = spread_over_tokens(advantages, rollouts.tensors["response_mask"])
-        for key, value in reward.metrics.items():  # a name with a section of its own (coreward/...) is kept
-            metrics[REWARD_METRICS.get(key, key if "/" in key else f"reward/{key}")] = value
-        metrics.update(group_metrics(reward.rows["answer"], rollouts.rows["uid"],
-                                     rollouts.rows.get("ground_truth") or [None] * len(rollouts), scores.tolist()))
+        reward, scores, advantages = self._score(rollouts, teacher_rollouts, timing, metrics)
 
         # 5. PPO update (a mini-batch counts prompts; both views trained: pairs, both views together)
         per_prompt = self.config.actor_rollout_ref.rollout.n * self.roles.trained_views
         with self._timer(timing, "update_actor"):
-            update = self.workers.dispatch("update_actor", rollouts, rollouts_per_prompt=per_prompt)
+            update = self.workers.update_actor(rollouts, rollouts_per_prompt=per_prompt)
         metrics.update(update.metrics)  # reduced over ranks by the workers
         rollouts.tensors.update(update.tokens.tensors)  # on-policy: the update's log-probs and entropy
         timing["step"] = time.perf_counter() - start
 
         metrics.update(batch_metrics(rollouts, teacher_rollouts, scores, advantages,
                                      self.config.data.max_response_length, self.config.actor_rollout_ref.actor.kl_loss_type))
-        tokens = int(rollouts.tensors["attention_mask"].sum())
-        if teacher_rollouts is not None:
-            tokens += int(teacher_rollouts.tensors["attention_mask"].sum())
-        metrics["perf/total_tokens"] = tokens
-        metrics["perf/tokens_per_s"] = tokens / max(timing["step"], 1e-9)
-        metrics["perf/tokens_per_s_per_worker"] = metrics["perf/tokens_per_s"] / self.world_size
+        metrics.update(throughput_metrics(rollouts, teacher_rollouts, timing["step"], self.world_size))
         metrics.update({f"timing/{k}": v for k, v in timing.items()})
         folders = {key: getattr(self.config.trainer, key) for key in ROLLOUT_DIRS}
         if any(folders.values()):
@@ -341,59 +299,12 @@ class Trainer:
         (`corewarding.trainer.val_metrics`)."""
         if self.val_dataset is None:
             return {}
-        start = time.perf_counter()
-        items = [self.val_dataset[i] for i in range(len(self.val_dataset))]
-        size = self.config.data.val_batch_size or len(items)
-        scores: list[float] = []
-        questions: list[str] = []
-        sources: list[str] = []
-        given: list[str | None] = []
-        lengths: list[float] = []
-        records: list[dict[str, Any]] = []
-        trainer_cfg = self.config.trainer
-        shown = trainer_cfg.log_val_generations
-        keep_records = bool(trainer_cfg.validation_data_dir) or shown > 0
-        for lo in range(0, len(items), size):
-            rollouts = self._generate(to_batch(items[lo:lo + size]), "validation", {})
-            result = self.val_reward_fn(rollouts)
-            answers = result.rows["answer"]
-            scores += result.scores.tolist()
-            questions += list(rollouts.rows["uid"])
-            sources += list(rollouts.rows["data_source"])
-            given += answers
-            lengths += rollouts.tensors["response_mask"].float().sum(-1).tolist()
-            if keep_records:
-                records += [
-                    {"step": self.global_step, "data_source": rollouts.rows["data_source"][i],
-                     "prompt": prompt_text(rollouts.rows, i), "response": rollouts.rows["response_text"][i],
-                     "answer": answers[i], "ground_truth": rollouts.rows["ground_truth"][i], "reward": float(result.scores[i])}
-                    for i in range(len(rollouts))
-                ]
-        metrics = summarize_validation(sources, questions, scores, given, lengths,
-                                       self.config.actor_rollout_ref.rollout.val_kwargs.n,
-                                       self.config.reward_model.vote_equivalence)
-        metrics["timing/val"] = time.perf_counter() - start
-        if trainer_cfg.validation_data_dir:
-            dump_rollouts(trainer_cfg.validation_data_dir, self.global_step, records)
-        if shown > 0:
-            self.tracker.log_generations(records[:shown], self.global_step)
-        return metrics
+        return validate(self.val_dataset, lambda prompts: self._generate(prompts, "validation", {}), self.val_reward_fn,
+                        self.config, self.global_step, self.tracker)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Workers write into global_step_<N>.tmp, the driver commits it. A failed write anywhere (a
-        full disk) removes the .tmp folder and raises one `CheckpointError` line naming the
-        checkpoint that is still good."""
-        root = self.config.trainer.default_local_dir
-        try:
-            tmp = ckpt.begin(root, self.global_step)
-        except OSError as exc:
-            raise ckpt.save_failed(root, self.global_step, exc) from exc
-        try:
-            self.workers.call_all("save_checkpoint", str(tmp))
-        except Exception as exc:  # noqa: BLE001 - Ray wraps the workers' exception
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ckpt.save_failed(root, self.global_step, worker_error(exc)) from exc
+        """This step's checkpoint: the workers' files and the driver's state (`save_resume.save_step`)."""
         state = {
             "dataloader": self.loader.state_dict(),
             "total_training_steps": self.total_steps,
@@ -402,29 +313,17 @@ class Trainer:
             "last_ema_weight": self.last_ema_weight,
             "collapse_monitor": self.monitor.state_dict(),
         }
-        with self.preemption.publishing() if self.preemption is not None else contextlib.nullcontext():
-            saved = ckpt.commit(root, self.global_step, tmp, state, keep=self.config.trainer.max_actor_ckpt_to_keep)
+        publishing = self.preemption.publishing() if self.preemption is not None else contextlib.nullcontext()
+        trainer_cfg = self.config.trainer
+        saved = save_step(self.workers, trainer_cfg.default_local_dir, self.global_step, state,
+                          trainer_cfg.max_actor_ckpt_to_keep, publishing)
         self.saved_step, self.saved_path = self.global_step, saved
         return saved
 
     def load_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
-        if state.get("method") not in (None, self.method.name):
-            raise ckpt.CheckpointError(
-                f"checkpoint {path} was written by method {state['method']!r}, this run is {self.method.name!r}"
-            )
-        saved_world = int(state.get("world_size", self.world_size))
-        if saved_world != self.world_size:  # the workers re-slice the optimizer (worker_state.load_optimizer_shard)
-            logger.info("checkpoint %s was written by %d workers, this run has %d: re-slicing its optimizer state and "
-                        "re-deriving the sampling RNG streams", path, saved_world, self.world_size)
-        try:  # first: it is cheap and says clearly when the data or batch size changed
-            self.loader.load_state_dict(state["dataloader"], self.config.data.resume_allow_sampling_change)
-        except ValueError as exc:
-            raise ckpt.CheckpointError(f"checkpoint {path}: {exc}") from exc
-        try:
-            self.workers.call_all("load_checkpoint", str(path))
-        except Exception as exc:  # noqa: BLE001 - Ray wraps the worker's exception
-            raise ckpt.CheckpointError(f"checkpoint {path} cannot be loaded by the workers ({worker_error(exc)[:300]}); "
-                                       "delete it or resume from an earlier one") from exc
+        """Resume from the checkpoint at `path`, whose driver state is `state` (`save_resume.resume`)."""
+        resume(self.workers, path, state, self.method.name, self.world_size, self.loader,
+               self.config.data.resume_allow_sampling_change)
         self.global_step = self.saved_step = int(state["global_step"])
         self.saved_path = Path(path)
         self.last_ema_weight = state.get("last_ema_weight")
@@ -474,14 +373,7 @@ class Trainer:
         # process has trained N steps, e.g. to fit a job's time slot; the next run resumes there.
         stop_after = trainer_cfg.max_steps_this_run
         stop_at = self.total_steps if not stop_after else min(self.total_steps, self.global_step + stop_after)
-        bar, printer = None, self.tracker.printer
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.global_step, desc="training", unit="step",
-                       file=sys.stderr, dynamic_ncols=True, leave=False)
-            self.tracker.printer = lambda line: bar.write(line, file=sys.stdout)
-        try:
+        with progress_bar(self.tracker, self.total_steps, self.global_step, progress) as advance:
             batches = self._batch_stream()
             while not self._done(stop_at):
                 metrics = self.train_step(next(batches), batches)
@@ -495,12 +387,7 @@ class Trainer:
                 if bad:
                     logger.warning("step %d: non-finite metrics %s", self.global_step, bad)
                 self._log(metrics, self.global_step)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            self.tracker.printer = printer
-            if bar is not None:
-                bar.close()
+                advance()
         return self.history
 
     def _log(self, metrics: dict[str, Any], step: int) -> None:

@@ -1,5 +1,5 @@
-"""Pure functions over a step's rollouts: how rows are spread over the workers, the batch's metrics,
-the per-rollout dump records, and the standard error of a validation score."""
+"""Pure functions over a step's rollouts: how rows are spread over the workers, the batch's metrics
+and throughput, the per-rollout dump records, and the standard error of a validation score."""
 
 from __future__ import annotations
 
@@ -101,6 +101,15 @@ def batch_metrics(rollouts: Batch, teacher: Batch | None, scores: torch.Tensor, 
         metrics["teacher/response_length/mean"] = float(teacher.tensors["response_mask"].float().sum(-1).mean())
         metrics["teacher/answer_present"] = mean(a is not None for a in answers)
     return metrics
+
+
+def throughput_metrics(rollouts: Batch, teacher: Batch | None, seconds: float, world_size: int) -> dict[str, float]:
+    """The tokens of a step's rollouts (and the teacher's), and per second of the step: overall and per worker."""
+    tokens = int(rollouts.tensors["attention_mask"].sum())
+    if teacher is not None:
+        tokens += int(teacher.tensors["attention_mask"].sum())
+    per_s = tokens / max(seconds, 1e-9)
+    return {"perf/total_tokens": tokens, "perf/tokens_per_s": per_s, "perf/tokens_per_s_per_worker": per_s / world_size}
 
 
 def prompt_text(rows: dict[str, list], i: int) -> str | None:

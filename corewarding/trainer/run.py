@@ -29,6 +29,7 @@ from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.preemption import EXIT_PREEMPTED, Preempted, PreemptionWatch
 from corewarding.trainer.run_lock import RunLock, RunLockError
 from corewarding.trainer.tracking import Tracker
+from corewarding.workers.worker_api import WorkerGroup
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,57 @@ def resume_target(config: Config) -> Path | None:
     return ckpt.latest_dir(trainer.default_local_dir)
 
 
+def check_train_size(config: Config, train: RLDataset | PairedRLDataset) -> None:
+    """Refuse a training set smaller than one batch of prompts (pairs)."""
+    batch_size = max(config.data.train_batch_size, config.data.gen_batch_size)
+    if len(train) < batch_size:
+        key = "train_batch_size" if batch_size == config.data.train_batch_size else "gen_batch_size"
+        raise ConfigError(
+            f"data.{key}={batch_size} is larger than the training set ({len(train)} "
+            f"{'pairs' if isinstance(train, PairedRLDataset) else 'prompts'} after filtering)"
+        )
+
+
+def resume_state(config: Config, steps: int) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from and its driver state ((None, None): a fresh start), read before
+    any worker starts, so that a bad resume folder fails fast."""
+    trainer_cfg = config.trainer
+    target = resume_target(config)
+    state = ckpt.read_state(target) if target is not None else None
+    if (trainer_cfg.save_freq or -1) > 0 or trainer_cfg.max_steps_this_run:
+        start = int(state["global_step"]) if state is not None else 0
+        ckpt.check_start_step(trainer_cfg.default_local_dir, start, target)
+    if state is not None and int(state.get("total_training_steps", steps)) != steps:
+        logger.warning("resuming a run planned for %s steps with %s steps", state["total_training_steps"], steps)
+    return target, state
+
+
+def build_workers(config: Config) -> WorkerGroup:
+    """The one worker in this process (`trainer.single_process`), or one Ray actor per device (Ray is
+    running: `init_ray`)."""
+    if config.trainer.single_process:
+        from corewarding.workers.local_group import LocalWorkerGroup
+
+        return LocalWorkerGroup(config)
+    import ray
+
+    check_cluster_devices(config, ray.cluster_resources())
+    from corewarding.workers.group import RayWorkerGroup
+
+    return RayWorkerGroup(config)
+
+
+def stop_workers(workers: WorkerGroup, wait: bool) -> None:
+    """Every worker leaves its process group (unless `wait` is False: a second signal does not wait
+    for what the workers are doing), then the group stops them."""
+    try:
+        if wait:
+            workers.shutdown()
+    except Exception:  # noqa: BLE001 - best effort at teardown
+        pass
+    workers.close()
+
+
 def run_training(cfg: DictConfig | Config, progress: bool = True) -> dict[str, Any]:
     """Train as configured. Returns {"history": [metrics per logged step], "global_step",
     "checkpoint_dir", "config"}. Raises ConfigError / DataError / CheckpointError / RunLockError for
@@ -169,25 +221,11 @@ def _train(config: Config, progress: bool, watch: PreemptionWatch) -> dict[str, 
     model = config.actor_rollout_ref.model
     tokenizer = load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
     train, val = build_datasets(config, method, tokenizer)
-
-    batch_size = max(config.data.train_batch_size, config.data.gen_batch_size)
-    if len(train) < batch_size:
-        key = "train_batch_size" if batch_size == config.data.train_batch_size else "gen_batch_size"
-        raise ConfigError(
-            f"data.{key}={batch_size} is larger than the training set ({len(train)} "
-            f"{'pairs' if isinstance(train, PairedRLDataset) else 'prompts'} after filtering)"
-        )
+    check_train_size(config, train)
     loader = build_loader(config, train)
     trainer_cfg = config.trainer
     steps = trainer_cfg.total_training_steps or len(loader) * trainer_cfg.total_epochs
-
-    target = resume_target(config)
-    state = ckpt.read_state(target) if target is not None else None
-    if (trainer_cfg.save_freq or -1) > 0 or trainer_cfg.max_steps_this_run:
-        start = int(state["global_step"]) if state is not None else 0
-        ckpt.check_start_step(trainer_cfg.default_local_dir, start, target)
-    if state is not None and int(state.get("total_training_steps", steps)) != steps:
-        logger.warning("resuming a run planned for %s steps with %s steps", state["total_training_steps"], steps)
+    target, state = resume_state(config, steps)
 
     tracker = Tracker(
         trainer_cfg.default_local_dir, trainer_cfg.logger, trainer_cfg.project_name, trainer_cfg.experiment_name,
@@ -195,26 +233,17 @@ def _train(config: Config, progress: bool, watch: PreemptionWatch) -> dict[str, 
         resume_step=int(state["global_step"]) if state is not None else None,
     )
     started = at_once = False
-    workers = None
+    workers: WorkerGroup | None = None
     try:
         from corewarding.trainer.ray_trainer import Trainer
 
         start = time.perf_counter()
-        if config.trainer.single_process:
-            from corewarding.workers.local_group import LocalWorkerGroup
-
-            workers = LocalWorkerGroup(config)
-        else:
+        if not config.trainer.single_process:
             started = init_ray(config)
             watch.install()  # ray.init set its own SIGTERM handler
-            import ray
-
-            check_cluster_devices(config, ray.cluster_resources())
-            from corewarding.workers.group import RayWorkerGroup
-
-            workers = RayWorkerGroup(config)
+        workers = build_workers(config)
         placed = time.perf_counter()
-        memory_line = workers.call_all("init_model", steps)[0]
+        memory_line = workers.init_model(steps)
         if memory_line:
             print(memory_line, flush=True)
         logger.info("%d workers placed in %.1f s, models loaded in %.1f s", workers.world_size, placed - start,
@@ -238,12 +267,7 @@ def _train(config: Config, progress: bool, watch: PreemptionWatch) -> dict[str, 
     finally:
         tracker.close()
         if workers is not None:
-            try:
-                if not at_once:  # a second signal does not wait for what the workers are doing
-                    workers.call_all("shutdown")
-            except Exception:  # noqa: BLE001 - best effort at teardown
-                pass
-            workers.shutdown()
+            stop_workers(workers, wait=not at_once)
         if started:
             import ray
 

@@ -3,6 +3,7 @@
 `Tracker.log(metrics, step)` writes one JSON line to `<default_local_dir>/metrics.jsonl`, one compact
 console line (every `trainer.console_every` steps) and, when configured, to wandb / tensorboard.
 `dump_rollouts(dir, step, records)` writes `<dir>/<step>.jsonl` (one JSON object per rollout).
+`progress_bar` draws the training steps' bar, the console lines printed above it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +165,20 @@ class Tracker:
             self._tb = None
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The entries of a metrics.jsonl file, in order."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_metrics(path: str | Path, skip_bad_lines: bool = False) -> list[dict[str, Any]]:
+    """The entries of a metrics.jsonl file, in order. A line that is not JSON raises, or with
+    `skip_bad_lines` is skipped with a warning (the truncated last line of a run still writing)."""
+    entries = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            if not skip_bad_lines:
+                raise
+            print(f"warning: {path}:{number}: not JSON, skipped", file=sys.stderr)
+    return entries
 
 
 def rollout_folder(folders: Mapping[str, str | None], role: str, view: str | None) -> str | None:
@@ -201,3 +214,22 @@ def dump_rollouts(out_dir: str | Path, step: int, records: Iterable[Mapping[str,
             fh.write(json.dumps({k: _jsonable(v) for k, v in record.items()}, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path
+
+
+@contextmanager
+def progress_bar(tracker: Tracker, total: int, initial: int, shown: bool) -> Iterator[Callable[[], None]]:
+    """A bar of the training steps on stderr when `shown`, under which the tracker prints its console
+    lines; yields the function that advances it by one step."""
+    if not shown:
+        yield lambda: None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc="training", unit="step", file=sys.stderr, dynamic_ncols=True,
+               leave=False)
+    printer, tracker.printer = tracker.printer, lambda line: bar.write(line, file=sys.stdout)
+    try:
+        yield lambda: bar.update(1)
+    finally:
+        tracker.printer = printer
+        bar.close()

@@ -1,12 +1,6 @@
-"""The policy's forward pass and the PPO update, on one rank's rows (the worker's update room).
+"""The PPO update on one rank's rows (the worker's update room); its forward is `forward.py`'s.
 
-Forward: `install_token_stats(model)` gives an HF causal LM a `token_stats` method (registered as an
-FSDP2 forward method, so sharded parameters are gathered around it as around `forward`): the decoder
-runs on padded or packed rows (`packing.py`), and only the hidden states that predict real response
-tokens meet the output embedding, in chunks (`algos.token_stats`): log-probs, entropy and
-self-certainty without ever holding the full [tokens, vocabulary] logits.
-
-Update (`ppo_update`), as verl's dp_actor:
+`ppo_update`, as verl's dp_actor:
 - mini-batches of `ppo_mini_batch_size` prompts x rollouts per prompt / world size rows, one optimizer
   step each, `ppo_epochs` times; micro-batches of `ppo_micro_batch_size_per_gpu` rows, or with
   `use_dynamic_bsz` of at most `ppo_max_token_len_per_gpu` tokens, with gradient accumulation;
@@ -37,9 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import types
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
@@ -51,155 +43,15 @@ from corewarding.algos import (
     mask_truncated,
     policy_agg_mode,
     rollout_is_weights,
-    token_stats,
 )
 from corewarding.batch import Batch
-from corewarding.workers import segment_attention
-from corewarding.workers.micro_batches import LossWeights, micro_batch_groups, plan_micro_batches, sum_over_ranks
-from corewarding.workers.packing import (
-    packed_inputs,
-    padded_inputs,
-    scatter_to_rows,
-    shared_prefix_inputs,
-)
+from corewarding.workers.forward import FORWARD_KEYS, forward_token_stats
+from corewarding.workers.micro_batches import LossWeights, plan_micro_batches, sum_over_ranks
+from corewarding.workers.ppo_settings import PPOSettings
 
 logger = logging.getLogger(__name__)
 
-FORWARD_KEYS = ("responses", "input_ids", "attention_mask", "position_ids", "response_mask")
 VIEW_NAMES = ("ori", "aug")  # view_id 0 / 1, as the release names its Co-rewarding-I loss metrics
-
-
-# ------------------------------------------------------------------------------------- forward
-def _token_stats_method(
-    self: Any,
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    target_positions: torch.Tensor,
-    targets: torch.Tensor,
-    temperature: float,
-    chunk_size: int,
-    **attention_kwargs: Any,
-) -> TokenStats:
-    hidden = self.base_model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-        **attention_kwargs,
-    ).last_hidden_state
-    hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_positions)
-    return token_stats(hidden, self.get_output_embeddings().weight, targets, temperature, chunk_size)
-
-
-def install_token_stats(model: torch.nn.Module) -> None:
-    """Add `model.token_stats(...)` (call after `fully_shard`, so that FSDP2 wraps it)."""
-    from torch.distributed.fsdp import register_fsdp_forward_method
-
-    head = model.get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise NotImplementedError(f"{type(model).__name__}: an output embedding with a bias is not supported")
-    model.token_stats = types.MethodType(_token_stats_method, model)
-    register_fsdp_forward_method(model, "token_stats")
-
-
-LAYOUTS = ("padded", "packed", "shared_prefix")
-
-
-def is_flash_attention(attn_impl: str | None) -> bool:
-    """`attn_impl` names a flash-attention (transformers' own test: flash_attention_2 / 3, a hub kernel
-    such as kernels-community/flash-attn2): one rule for the layout choice and the packed kwargs."""
-    from transformers.utils.generic import is_flash_attention_requested
-
-    return is_flash_attention_requested(requested_attention_implementation=attn_impl)
-
-
-def uses_flash_attention(model: torch.nn.Module) -> bool:
-    """The model's attention is a flash-attention."""
-    config = getattr(model, "config", None)
-    return config is not None and is_flash_attention(config._attn_implementation)
-
-
-def uses_segment_attention(model: torch.nn.Module) -> bool:
-    """The model's attention is `sdpa_segments` (packed rows kept apart without a mask)."""
-    config = getattr(model, "config", None)
-    return config is not None and config._attn_implementation == segment_attention.NAME
-
-
-@dataclass(frozen=True)
-class ForwardSettings:
-    temperature: float  # rollout.temperature: the logits are divided by it, as in sampling
-    layout: str  # padded | packed (model.use_remove_padding) | shared_prefix (model.share_prompt_prefix)
-    chunk_size: int  # tokens per chunk of logits
-
-
-def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSettings) -> TokenStats:
-    """Log-probs of the responses, entropy and self-certainty, each [N, R] (0 on padding)."""
-    mask = rows.tensors["response_mask"]
-    ids, attention = rows.tensors["input_ids"], rows.tensors["attention_mask"]
-    by_segments = uses_segment_attention(model)
-    if settings.layout == "packed":
-        inputs = packed_inputs(ids, attention, mask)
-    elif settings.layout == "shared_prefix":
-        inputs = shared_prefix_inputs(ids, attention, mask, dense_mask=not by_segments)
-    elif settings.layout == "padded":
-        inputs = padded_inputs(ids, attention, rows.tensors["position_ids"], mask)
-    else:
-        raise ValueError(f"unknown forward layout {settings.layout!r}; use one of {LAYOUTS}")
-    # packed rows on flash-attention: the row boundaries, computed once here, spare transformers a
-    # derivation from the position ids in every layer; sdpa_segments takes the segments instead of a
-    # mask; SDPA / eager build their mask from the position ids and take no such arguments
-    if uses_flash_attention(model):
-        varlen = inputs.varlen_kwargs()
-    else:
-        segments = inputs.attention_segments() if by_segments else None
-        varlen = {"segments": segments} if segments is not None else {}
-    stats = model.token_stats(
-        inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.target_positions, inputs.targets,
-        settings.temperature, settings.chunk_size, **varlen,
-    )
-    return TokenStats(*(scatter_to_rows(values, mask) for values in stats))
-
-
-@torch.no_grad()
-def compute_token_stats(
-    model: torch.nn.Module, batch: Batch, settings: ForwardSettings, micro_rows: int, max_tokens: int | None
-) -> TokenStats:
-    """`forward_token_stats` over micro-batches, results in the batch's row order (on the CPU)."""
-    data = batch.subset(FORWARD_KEYS)
-    out = [torch.zeros(data.tensors["response_mask"].shape) for _ in TokenStats._fields]
-    was_training = model.training
-    model.eval()
-    for group in micro_batch_groups(data, micro_rows, max_tokens):
-        stats = forward_token_stats(model, data.select(group), settings)
-        for target, values in zip(out, stats):
-            target[group] = values.float().cpu()
-    model.train(was_training)
-    return TokenStats(*out)
-
-
-# ------------------------------------------------------------------------------------- update
-@dataclass(frozen=True)
-class PPOSettings:
-    forward: ForwardSettings
-    ppo_epochs: int = 1
-    mini_batch_size: int = 1  # prompts per optimizer step (all ranks)
-    micro_batch_rows: int = 1  # rows per micro-batch (fixed micro-batches)
-    max_tokens: int | None = None  # token budget per micro-batch (use_dynamic_bsz)
-    shuffle: bool = False
-    loss_mode: str = "vanilla"  # actor.policy_loss.loss_mode: vanilla | gspo | cispo
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    clip_c: float | None = 3.0
-    loss_agg_mode: str = "token-mean"
-    loss_scale_factor: float | None = None  # seq-mean-token-sum-norm's constant (None: the response width)
-    loss_scope: str = "mini_batch"
-    mask_truncated: bool = False  # responses that hit the length limit get no loss weight
-    rollout_is: str | None = None  # rollout correction: token | sequence truncated IS weights (None: off)
-    rollout_is_threshold: float = 2.0  # their cap C
-    per_view_loss: bool = False  # Co-rewarding-I: each view aggregated on its own, the two summed
-    entropy_coeff: float = 0.0
-    use_kl_loss: bool = False
-    kl_loss_coef: float = 0.0
-    kl_loss_type: str = "low_var_kl"
-    grad_clip: float = 1.0
 
 
 class ActorUpdate(NamedTuple):
@@ -318,21 +170,9 @@ def ppo_update(
     # the per-view loss applies to batches of two views (Co-rewarding-I), which carry view_id
     settings = dataclasses.replace(settings, per_view_loss=settings.per_view_loss and "view_id" in batch.tensors)
     on_policy = "old_log_probs" not in batch.tensors
-    if on_policy and (settings.ppo_epochs != 1 or mini_rows != len(batch)):
-        raise ValueError(
-            "update_actor without old_log_probs (the on-policy shortcut) needs one optimizer step per batch: "
-            f"actor.ppo_epochs=1 and ppo_mini_batch_size=data.train_batch_size (have {settings.ppo_epochs} epochs, "
-            f"{len(batch) // mini_rows} mini-batches)"
-        )
+    _check_on_policy(on_policy, len(batch), mini_rows, settings)
     _check_rollout_log_probs(batch, settings)
-    keys = [*FORWARD_KEYS, "advantages", *(["old_log_probs"] if not on_policy else []),
-            *(["ref_log_probs"] if settings.use_kl_loss else []), *(["view_id"] if settings.per_view_loss else []),
-            *(["truncated"] if settings.mask_truncated else []),
-            *(["rollout_log_probs"] if settings.rollout_is is not None else [])]
-    data = batch.subset(keys).to(device)
-    response_mask = data.tensors["response_mask"]
-    data.tensors["loss_mask"] = (mask_truncated(response_mask, data.tensors["truncated"]) if settings.mask_truncated
-                                 else response_mask)
+    data = _update_rows(batch, settings, on_policy, device)
     mask_shape = data.tensors["response_mask"].shape
     kept = [torch.zeros(mask_shape), torch.zeros(mask_shape)] if on_policy else None
     meter = _Meter()
@@ -343,32 +183,70 @@ def ppo_update(
         order = torch.randperm(len(data)).tolist() if settings.shuffle else list(range(len(data)))
         for start in range(0, len(data), mini_rows):
             mini_index = order[start : start + mini_rows]
-            mini = data.select(mini_index)
             optimizer.zero_grad(set_to_none=True)
-            step_losses: dict[str, float] = {}
-            for group, weights, view in plan_micro_batches(mini, settings, world_size, reduce_device):
-                stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weights)
-                if view is not None:
-                    losses[f"actor/pg_loss_{VIEW_NAMES[view]}"] = losses["actor/pg_loss"]
-                for key, value in losses.items():
-                    step_losses[key] = step_losses.get(key, 0.0) + value
-                if kept is not None:
-                    rows = [mini_index[i] for i in group]
-                    kept[0][rows], kept[1][rows] = stats.log_probs.float().cpu(), stats.entropy.float().cpu()
-            for key, value in step_losses.items():
-                meter.add(key, value)
-            grad_norm = clip_grad_norm(model, settings.grad_clip)
-            meter.add("actor/grad_norm", grad_norm)
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            else:
-                skipped += 1
-                logger.warning("grad norm %s is not finite, optimizer step skipped", grad_norm)
-            optimizer.zero_grad(set_to_none=True)
+            _accumulate_gradients(model, data.select(mini_index), settings, on_policy, meter, world_size, reduce_device,
+                                  kept, mini_index)
+            skipped += not _optimizer_step(model, optimizer, settings.grad_clip, meter)
     metrics = meter.reduce(world_size, reduce_device)
     metrics["actor/skipped_steps"] = float(skipped)  # the grad norm is global: the same on every rank
     tokens = Batch({"old_log_probs": kept[0], "entropy": kept[1]}) if kept is not None else Batch()
     return ActorUpdate(metrics, tokens)
+
+
+def _update_rows(batch: Batch, settings: PPOSettings, on_policy: bool, device: torch.device) -> Batch:
+    """The tensors the update reads, on `device`, with `loss_mask`: the response mask, less the
+    truncated responses with `mask_truncated`."""
+    keys = [*FORWARD_KEYS, "advantages", *(["old_log_probs"] if not on_policy else []),
+            *(["ref_log_probs"] if settings.use_kl_loss else []), *(["view_id"] if settings.per_view_loss else []),
+            *(["truncated"] if settings.mask_truncated else []),
+            *(["rollout_log_probs"] if settings.rollout_is is not None else [])]
+    data = batch.subset(keys).to(device)
+    response_mask = data.tensors["response_mask"]
+    data.tensors["loss_mask"] = (mask_truncated(response_mask, data.tensors["truncated"]) if settings.mask_truncated
+                                 else response_mask)
+    return data
+
+
+def _accumulate_gradients(
+    model: torch.nn.Module, mini: Batch, settings: PPOSettings, on_policy: bool, meter: _Meter, world_size: int,
+    reduce_device: torch.device, kept: list[torch.Tensor] | None, mini_index: list[int],
+) -> None:
+    """Forward, loss and backward of one mini-batch's micro-batches; records the mini-batch's loss
+    terms; on-policy, each micro-batch's log-probs and entropy into `kept` (at its rows `mini_index`)."""
+    step_losses: dict[str, float] = {}
+    for group, weights, view in plan_micro_batches(mini, settings, world_size, reduce_device):
+        stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weights)
+        if view is not None:
+            losses[f"actor/pg_loss_{VIEW_NAMES[view]}"] = losses["actor/pg_loss"]
+        for key, value in losses.items():
+            step_losses[key] = step_losses.get(key, 0.0) + value
+        if kept is not None:
+            rows = [mini_index[i] for i in group]
+            kept[0][rows], kept[1][rows] = stats.log_probs.float().cpu(), stats.entropy.float().cpu()
+    for key, value in step_losses.items():
+        meter.add(key, value)
+
+
+def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, meter: _Meter) -> bool:
+    """Clip the gradients and take the optimizer step, unless their norm is not finite; whether it was taken."""
+    grad_norm = clip_grad_norm(model, grad_clip)
+    meter.add("actor/grad_norm", grad_norm)
+    stepped = math.isfinite(grad_norm)
+    if stepped:
+        optimizer.step()
+    else:
+        logger.warning("grad norm %s is not finite, optimizer step skipped", grad_norm)
+    optimizer.zero_grad(set_to_none=True)
+    return stepped
+
+
+def _check_on_policy(on_policy: bool, rows: int, mini_rows: int, settings: PPOSettings) -> None:
+    if on_policy and (settings.ppo_epochs != 1 or mini_rows != rows):
+        raise ValueError(
+            "update_actor without old_log_probs (the on-policy shortcut) needs one optimizer step per batch: "
+            f"actor.ppo_epochs=1 and ppo_mini_batch_size=data.train_batch_size (have {settings.ppo_epochs} epochs, "
+            f"{rows // mini_rows} mini-batches)"
+        )
 
 
 def _check_rollout_log_probs(batch: Batch, settings: PPOSettings) -> None:

@@ -4,14 +4,16 @@ FSDP2-sharded reference model (the EMA teacher of Co-rewarding-II) and a rollout
 `RayWorkerGroup` (group.py) starts one per device, wrapped with `ray.remote`, and sets
 MASTER_ADDR / MASTER_PORT / RANK / WORLD_SIZE / LOCAL_RANK; `init_model` forms the
 torch.distributed group (gloo on CPU, NCCL on GPU). Every method is called on all ranks at once
-(FSDP2 all-gathers are collectives), each rank with its own equal share of the rows; `@collect`
-declares how the driver combines the ranks' results.
+(FSDP2 all-gathers are collectives); each method's `@register` declares what every rank gets (the
+same arguments, or an equal share of the rows) and how the driver combines the ranks' results. The
+methods are `worker_api.WorkerApi`'s, which the trainer calls on a group as on one worker.
 
 This class only wires the rooms together:
 - `sharding.py`: loading and FSDP2 sharding, full weights in and out;
 - `rollout_runner.py`: the engine, the weights it holds, the rollout RNG stream, TP gathering;
-- `actor.py`: the forward pass (padded, packed or shared-prefix; chunked output head) and the PPO update;
-- `worker_state.py`: this worker's checkpoint files and RNG states.
+- `forward.py`: the forward pass (padded, packed or shared-prefix; chunked output head); `actor.py`: the PPO update;
+- `worker_checkpoint.py`: saving and restoring this worker, into the files of `worker_state.py` (named by
+  `checkpoint_layout.py`); `rng_state.py`: its RNG states.
 
 Master weights are float32 everywhere; on GPU FSDP2 computes in `model.dtype` (bf16) with float32
 gradient reduction. The reference model keeps float32 shards too, so that a 1e-4 EMA step is not
@@ -21,7 +23,6 @@ lost to bf16 rounding.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import signal
 import threading
@@ -31,19 +32,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from corewarding.algos import build_lr_scheduler, ema_update_
+from corewarding.algos import build_lr_scheduler
+from corewarding.algos.schedules import ema_update_  # from its module: a static reader follows the call into it
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
 from corewarding.errors import ConfigError
 from corewarding.logs import quiet_worker
-from corewarding.storage import fsync_dir, fsync_tree
-from corewarding.workers import memory_plan, sharding, worker_state
-from corewarding.workers.actor import ActorUpdate, ForwardSettings, PPOSettings, compute_token_stats, ppo_update
-from corewarding.workers.dispatch import collect, concat_rows
+from corewarding.workers import memory_plan, rng_state, sharding, worker_checkpoint
+from corewarding.workers.actor import ActorUpdate, ppo_update
+from corewarding.workers.ppo_settings import PPOSettings
+from corewarding.workers.dispatch import Dispatch, concat_rows, first_rank, register
+from corewarding.workers.forward import ForwardSettings, compute_token_stats
 from corewarding.workers.rollout import EngineSettings, eos_token_ids, make_engine, resolve_dtype
 from corewarding.workers.rollout_runner import Generated, RolloutRunner, rollout_seed
-from corewarding.workers.worker_state import MODEL_FILE, STATE_FILE, attempt
+from corewarding.workers.worker_api import WorkerApi
 
 
 def process_group_options(device: torch.device, timeout_s: float) -> dict[str, Any]:
@@ -64,7 +67,7 @@ def gpu_worker_threads(configured: int, actor_offload: bool, node_cpus: int, gpu
     return max(configured, node_cpus // gpus_per_node) if actor_offload else configured
 
 
-class ActorRolloutRefWorker:
+class ActorRolloutRefWorker(WorkerApi):
     def __init__(self, config: Config, rank: int, world_size: int) -> None:
         quiet_worker()  # a Ray worker of a quiet run: its output to the run folder (corewarding/logs.py)
         self.config = config
@@ -80,6 +83,7 @@ class ActorRolloutRefWorker:
         self.device = torch.device("cpu")  # until init_model
 
     # ------------------------------------------------------------------ setup
+    @register(Dispatch.SAME_ARGS, first_rank)
     def ignore_signals(self, names: list[str]) -> None:
         """Ignore the driver's preemption signals (`trainer.preemption_signals`) in this worker
         process: a cluster may signal every process of the job, and the driver decides when the
@@ -88,6 +92,7 @@ class ActorRolloutRefWorker:
             for name in names:
                 signal.signal(signal.Signals[name], signal.SIG_IGN)
 
+    @register(Dispatch.SAME_ARGS, first_rank)
     def init_model(self, total_steps: int) -> str | None:
         """Process group, tokenizer, the sharded policy with its optimizer and LR schedule over
         `total_steps` steps, the sharded reference model, the rollout engine. On a GPU, returns the
@@ -191,7 +196,7 @@ class ActorRolloutRefWorker:
             max_num_batched_tokens=rollout.max_num_batched_tokens,
         )
         engine = make_engine(settings, model.path, self.tokenizer, self.device)
-        worker_state.seed_process(rollout.seed + self.rank)
+        rng_state.seed_process(rollout.seed + self.rank)
         return RolloutRunner(engine, rollout, config.data.max_response_length, self.tokenizer, pad_token_id(self.tokenizer),
                              eos_token_ids(self.tokenizer, model.path), self.device, self.rank, tp_group)
 
@@ -203,7 +208,7 @@ class ActorRolloutRefWorker:
         raise ValueError(f"unknown model {which!r}: use 'actor' or 'ref'")
 
     # ------------------------------------------------------------------ rollouts
-    @collect(Generated.gather)
+    @register(Dispatch.SPLIT_ROWS, Generated.gather)
     def generate_sequences(self, prompts: Batch, role: str, prompt_width: int) -> Generated:
         """Each prompt's rollouts (row `prompt_ids`), sampled as `role` (policy, teacher or
         validation) wants, as a rollout `Batch` (`RolloutRunner.generate`); prompts are left-padded
@@ -224,7 +229,7 @@ class ActorRolloutRefWorker:
         model = self.config.actor_rollout_ref.model
         return sharding.forward_layout(model.use_remove_padding, model.share_prompt_prefix, self.device, self.attn_impl)
 
-    @collect(concat_rows)
+    @register(Dispatch.SPLIT_ROWS, concat_rows)
     def compute_log_prob(self, batch: Batch, model: str = "actor", with_entropy: bool = False,
                          with_self_certainty: bool = False) -> Batch:
         """`old_log_probs` (model="actor") or `ref_log_probs` (model="ref") of the response tokens
@@ -260,7 +265,7 @@ class ActorRolloutRefWorker:
             rollout_is_threshold=correction.rollout_is_threshold,
         )
 
-    @collect(ActorUpdate.gather)
+    @register(Dispatch.SPLIT_ROWS, ActorUpdate.gather)
     def update_actor(self, batch: Batch, rollouts_per_prompt: int) -> ActorUpdate:
         """PPO/GRPO update on this rank's rows (`actor.ppo_update`); a mini-batch counts prompts, each
         with `rollouts_per_prompt` rows (Co-rewarding-I trains both views of a pair together: 2 x n).
@@ -279,6 +284,7 @@ class ActorRolloutRefWorker:
             torch.cuda.reset_peak_memory_stats(self.device)
         return result
 
+    @register(Dispatch.SAME_ARGS, first_rank)
     def update_teacher(self, weight: float) -> None:
         """In place on the local shards: ref = weight * ref + (1 - weight) * policy."""
         sharding.reshard(self.ref)
@@ -290,142 +296,42 @@ class ActorRolloutRefWorker:
         self.teacher_version += 1
 
     # ------------------------------------------------------------------ checkpoints and export
-    def _agree(self, error: BaseException | None, what: str) -> None:
-        worker_state.agree_on_error(error, what, self.rank, self.world_size)
-
-    def _write_hf_folder(self, out_dir: Path, state: dict[str, torch.Tensor], with_config: bool = True) -> None:
-        """model.safetensors (+ config, generation config, tokenizer) in `out_dir`, all fsynced."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        worker_state.save_safetensors(state, out_dir / MODEL_FILE, metadata={"format": "pt"})
-        if with_config:
-            self.actor.config.save_pretrained(out_dir)
-            if getattr(self.actor, "generation_config", None) is not None:
-                self.actor.generation_config.save_pretrained(out_dir)
-            self.tokenizer.save_pretrained(out_dir)
-        fsync_tree(out_dir)
-
+    @register(Dispatch.SAME_ARGS, first_rank)
     def export_hf(self, out_dir: str, which: str = "actor") -> None:
         """A plain HF folder (model.safetensors in float32, config, generation config, tokenizer)
         of the policy (`actor`) or the reference / teacher (`ref`). Call on all ranks."""
-        state = sharding.gather_full_state(self._model(which))
-        error = attempt(lambda: self._write_hf_folder(Path(out_dir), state)) if self.rank == 0 else None
-        self._agree(error, f"export to {out_dir} failed")
+        worker_checkpoint.export(self, self._model(which), Path(out_dir))
 
+    @register(Dispatch.SAME_ARGS, first_rank)
     def save_checkpoint(self, step_dir: str) -> None:
-        """This worker's part of the checkpoint (`worker_state` says what and where). Call on all
-        ranks; a write that fails on any rank (a full disk) makes every rank raise the same one-line
-        `WorkerCheckpointError` at once."""
-        root = Path(step_dir)
-        # the reference changes only as an EMA teacher; until its first update it is the model folder
-        save_ref = self.teacher_version > 0
-        actor_state = sharding.gather_full_state(self.actor)
+        """This worker's part of the checkpoint (`worker_checkpoint` writes it, `worker_state` says
+        what and where). Call on all ranks; a write that fails on any rank (a full disk) makes every
+        rank raise the same one-line `WorkerCheckpointError` at once."""
+        worker_checkpoint.save(self, Path(step_dir))
 
-        def write_models() -> None:
-            self._write_hf_folder(root / "actor", actor_state)
-            (root / "actor" / "optim").mkdir(parents=True, exist_ok=True)
-            (root / "rng").mkdir(parents=True, exist_ok=True)
-            fsync_dir(root)
-
-        self._agree(attempt(write_models) if self.rank == 0 else None, "write failed")
-        del actor_state
-        if save_ref:  # after the actor's write: rank 0 holds one full model in memory at a time
-            ref_state = sharding.gather_full_state(self.ref)
-
-            def write_ref() -> None:
-                self._write_hf_folder(root / "ref", ref_state, with_config=False)
-                fsync_dir(root)  # the new ref/ entry
-
-            self._agree(attempt(write_ref) if self.rank == 0 else None, "write failed")
-            del ref_state
-        has_state = bool(self.optimizer.state)  # one that never stepped has none; asking would fake a step
-        optim = worker_state.optimizer_shard(self.actor, self.optimizer) if has_state else None
-        self._agree(attempt(lambda: self._write_states(root, optim, has_state, save_ref)), "write failed")
-        if self.rank == 0:  # the names the other ranks created, now that all have written
-            for folder in (root / "actor" / "optim", root / "rng"):
-                fsync_dir(folder)
-
-    def _write_states(self, root: Path, optim: dict[str, Any] | None, has_state: bool, ref_saved: bool) -> None:
-        if optim is not None:
-            worker_state.save_safetensors(optim["tensors"], root / "actor" / "optim" / f"rank_{self.rank}.safetensors")
-        if self.rank == 0:
-            state = {
-                "format": worker_state.CHECKPOINT_FORMAT,
-                "scheduler": self.lr_scheduler.state_dict(),
-                "optimizer_has_state": has_state,
-                "optimizer_scalars": optim["scalars"] if optim else {},
-                "param_groups": optim["param_groups"] if optim else [],
-                "policy_version": self.policy_version,
-                "teacher_version": self.teacher_version,
-                "skipped_steps": self.skipped_steps,
-                "world_size": self.world_size,
-                # False: the reference is the model folder it started from (not written again)
-                "ref_saved": ref_saved,
-                "model_path": str(self.config.actor_rollout_ref.model.path),
-            }
-            worker_state.write_json(root / "actor" / "optim" / STATE_FILE, state)
-        worker_state.write_json(root / "rng" / f"rank_{self.rank}.json", worker_state.rng_to_json(self.device, self.rollout.rng))
-
+    @register(Dispatch.SAME_ARGS, first_rank)
     def load_checkpoint(self, step_dir: str) -> None:
         """Restore what `save_checkpoint` wrote (policy, optimizer, scheduler, reference model, this
         rank's RNG states). Call on all ranks; a missing or unreadable file fails on every rank together.
         A checkpoint of another worker count loads too: the full policy and reference are sharded
-        anew, the optimizer re-sliced from every rank's shard, the RNG streams re-derived (`_reseed`)."""
+        anew, the optimizer re-sliced from every rank's shard, the RNG streams re-derived."""
         root = Path(step_dir)
-        saved = worker_state.check_complete(root)
-        saved_world = int(saved["world_size"])
-        sharding.load_full_state(self.actor, root / "actor" / MODEL_FILE, self.rank, self._agree)
-        model_path = str(self.config.actor_rollout_ref.model.path)
-        if not saved.get("ref_saved", True) and saved.get("model_path") not in (None, model_path):
-            # the same on every rank (one config): all ranks raise together
-            raise ValueError(f"checkpoint {root} did not save its reference model, which is the model folder the run "
-                             f"started from ({saved['model_path']}); this run has actor_rollout_ref.model.path="
-                             f"{model_path}: resume with that path")
-        if saved.get("ref_saved", True):
-            sharding.load_full_state(self.ref, root / "ref" / MODEL_FILE, self.rank, self._agree)
-        elif self.teacher_version > 0:  # not saved: the model folder, which this teacher has moved away from
-            self.ref = self._load_reference()
-        if saved["optimizer_has_state"]:
-            shards = [root / "actor" / "optim" / f"rank_{r}.safetensors" for r in range(saved_world)]
-            worker_state.load_optimizer_shard(self.actor, self.optimizer, shards, self.rank, self.world_size, saved,
-                                              self._agree)
-        else:
-            self.optimizer.state.clear()
-        self.lr_scheduler.load_state_dict(saved["scheduler"])
-        for group, lr in zip(self.optimizer.param_groups, self.lr_scheduler.get_last_lr()):
-            group["lr"] = lr
-        self.policy_version = int(saved["policy_version"])
-        self.teacher_version = int(saved["teacher_version"])
-        self.skipped_steps = int(saved.get("skipped_steps", 0))
-        self.rollout.forget_weights()
-        if saved_world != self.world_size:
-            self._reseed()
-            return
-        rng_file = root / "rng" / f"rank_{self.rank}.json"
-        error, rollout_rng = None, self.rollout.rng
-        try:
-            rollout_rng = worker_state.rng_from_json(json.loads(rng_file.read_text(encoding="utf-8")), self.device)
-        except Exception as exc:  # noqa: BLE001 - a bad file on one rank must fail all ranks together
-            error = exc
-        self._agree(error, f"cannot read {rng_file}")
-        self.rollout.rng = rollout_rng
-
-    def _reseed(self) -> None:
-        """After a resume on another worker count: the rows a rank samples are not the ones it sampled
-        before, so no saved stream continues; every rank's trainer and rollout streams start anew from
-        its seed and the policy version (`worker_state.resumed_seed`), the same for the same checkpoint."""
-        rollout = self.config.actor_rollout_ref.rollout
-        worker_state.seed_process(worker_state.resumed_seed(rollout.seed + self.rank, self.policy_version))
-        self.rollout.rng = worker_state.seeded_rng_state(
-            worker_state.resumed_seed(rollout_seed(rollout, self.rank), self.policy_version), self.device)
+        saved = worker_checkpoint.load_models(self, root)
+        if not saved.get("ref_saved", True) and self.teacher_version > 0:
+            self.ref = self._load_reference()  # not saved: the model folder, which this teacher has moved away from
+        worker_checkpoint.load_training_state(self, root, saved)
 
     # ------------------------------------------------------------------ helpers
+    @register(Dispatch.SAME_ARGS, first_rank)
     def get_versions(self) -> dict[str, int]:
         return {"policy": self.policy_version, "teacher": self.teacher_version, "skipped_steps": self.skipped_steps}
 
+    @register(Dispatch.SAME_ARGS, first_rank)
     def get_full_state_dict(self, which: str = "actor") -> dict[str, torch.Tensor]:
         """Full CPU state dict on rank 0 (empty elsewhere); for tests and small models only."""
         return sharding.gather_full_state(self._model(which))
 
+    @register(Dispatch.SAME_ARGS, first_rank)
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -1,9 +1,9 @@
 """N worker actors in one Ray placement group, forming one torch.distributed group (the one worker of
 a single-process run lives in `local_group.py`, which does not import Ray).
 
-The caller (the trainer) initialises Ray, builds the group, then calls
-`group.call_all("init_model")`; every worker method is then called on all ranks at once, either
-with the same arguments (`call_all`) or with an equal share of a batch's rows (`dispatch`).
+The caller (the trainer) initialises Ray, builds the group, then calls `group.init_model(steps)`;
+every worker method (`worker_api.WorkerApi`) is called on all ranks at once, as its `@register`
+declaration says: with the same arguments, or with an equal share of a batch's rows.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.logs import is_verbose, worker_env
-from corewarding.workers.dispatch import collect_rule
+from corewarding.workers.dispatch import RankCalls
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
-from corewarding.workers.local_group import free_port
+from corewarding.workers.ports import free_port
 from corewarding.workers.preload import cpu_preload_libraries, with_preload
+from corewarding.workers.worker_api import WorkerGroupBase
 
 
 @ray.remote(num_cpus=1)
@@ -54,7 +54,7 @@ def ranks_by_node(bundle_nodes: list[str], tp: int) -> list[tuple[int, int]]:
     return ranks
 
 
-class RayWorkerGroup:
+class RayWorkerGroup(WorkerGroupBase):
     def __init__(self, config: Config, worker_cls: type = ActorRolloutRefWorker) -> None:
         trainer = config.trainer
         self.config = config
@@ -112,26 +112,13 @@ class RayWorkerGroup:
             )
             self.workers.append(remote_cls.options(**options).remote(config, rank, self.world_size))
         if trainer.preemption_signals:
-            self.call_all("ignore_signals", list(trainer.preemption_signals))
+            self.ignore_signals(list(trainer.preemption_signals))
 
-    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list:
-        """`method(*args, **kwargs)` on every rank; the results in rank order."""
-        return ray.get([getattr(worker, method).remote(*args, **kwargs) for worker in self.workers])
+    def _run(self, name: str, calls: RankCalls) -> list[Any]:
+        return ray.get([getattr(worker, name).remote(*args, **kwargs)
+                        for worker, (args, kwargs) in zip(self.workers, calls)])
 
-    def dispatch(self, method: str, batch: Batch, **kwargs: Any) -> Any:
-        """Split `batch` into world_size equal consecutive chunks, run `method(chunk, **kwargs)` on
-        each rank, and combine the results with the method's declared `@collect` rule."""
-        rule = collect_rule(self.worker_cls, method)
-        if len(batch) % self.world_size:
-            raise ValueError(
-                f"{method}: {len(batch)} rows cannot be split evenly over {self.world_size} workers "
-                f"(trainer.nnodes x trainer.n_gpus_per_node): choose data.train_batch_size (prompts; rows = "
-                "prompts x actor_rollout_ref.rollout.n) and data.val_batch_size as multiples of the worker count"
-            )
-        chunks = batch.chunk(self.world_size)
-        return rule(ray.get([getattr(w, method).remote(chunk, **kwargs) for w, chunk in zip(self.workers, chunks)]))
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
         for worker in getattr(self, "workers", []):
             try:
                 ray.kill(worker)

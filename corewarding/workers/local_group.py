@@ -4,22 +4,16 @@
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
-from corewarding.batch import Batch
 from corewarding.config import Config
-from corewarding.workers.dispatch import collect_rule
+from corewarding.workers.dispatch import RankCalls
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+from corewarding.workers.ports import free_port
+from corewarding.workers.worker_api import WorkerGroupBase
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
-
-
-class LocalWorkerGroup:
+class LocalWorkerGroup(WorkerGroupBase):
     """The one worker of a `trainer.single_process=True` run, inside this process: the same worker
     class and the same calls as `RayWorkerGroup`, without Ray, so breakpoints and profilers reach
     the worker's code. Its torch.distributed group is a world of one on loopback."""
@@ -34,11 +28,8 @@ class LocalWorkerGroup:
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         self.workers = [worker_cls(config, 0, 1)]
 
-    def call_all(self, method: str, *args: Any, **kwargs: Any) -> list:
-        return [getattr(self.workers[0], method)(*args, **kwargs)]
+    def _run(self, name: str, calls: RankCalls) -> list[Any]:
+        return [getattr(worker, name)(*args, **kwargs) for worker, (args, kwargs) in zip(self.workers, calls)]
 
-    def dispatch(self, method: str, batch: Batch, **kwargs: Any) -> Any:
-        return collect_rule(self.worker_cls, method)([getattr(self.workers[0], method)(batch, **kwargs)])
-
-    def shutdown(self) -> None:
+    def close(self) -> None:
         self.workers = []

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from corewarding.rollout_engines import engine_spec
+
 GIB = 2**30
 CONTEXT_GB = 1.5  # CUDA context, cuBLAS workspace, NCCL buffers per process: about this on Hopper
 HEADROOM = 0.95  # the share of the card an estimate may fill (fragmentation, kernel workspaces)
@@ -66,8 +68,8 @@ class ModelShape:
 class Settings:
     world_size: int
     total_gb: float  # the card's memory
-    vllm_share: float  # rollout.gpu_memory_utilization (0: no vLLM engine on the GPU)
-    sleeps: bool  # rollout.free_cache_engine
+    vllm_share: float  # rollout.gpu_memory_utilization (0: the engine takes no share of the card)
+    sleeps: bool  # rollout.free_cache_engine, on an engine whose sleep frees its share
     actor_offload: bool
     ref_offload: bool
     micro_tokens: int  # tokens of one update micro-batch
@@ -84,9 +86,10 @@ def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
     actor, rollout = arr.actor, arr.rollout
     tokens = (actor.ppo_max_token_len_per_gpu if actor.use_dynamic_bsz
               else actor.ppo_micro_batch_size_per_gpu * (data.max_prompt_length + data.max_response_length))
+    engine = engine_spec(rollout.name)
     return Settings(
-        world_size=world_size, total_gb=total_gb, vllm_share=rollout.gpu_memory_utilization if rollout.name == "vllm" else 0.0,
-        sleeps=rollout.free_cache_engine, actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
+        world_size=world_size, total_gb=total_gb, vllm_share=rollout.gpu_memory_utilization if engine.memory_share else 0.0,
+        sleeps=rollout.free_cache_engine and engine.sleeps, actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
         ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, chunk=arr.model.logits_chunk_size,
         checkpointing=arr.model.enable_gradient_checkpointing,
     )

@@ -12,32 +12,17 @@ A term aggregated with another mode than `loss_agg_mode` (GSPO's surrogate) gets
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from corewarding.algos import agg_loss_denominator, policy_agg_mode
 from corewarding.batch import Batch
-from corewarding.workers.packing import token_budget_groups
+from corewarding.workers.packing import micro_batch_groups
+from corewarding.workers.ppo_settings import PPOSettings
 
-if TYPE_CHECKING:
-    from corewarding.workers.actor import PPOSettings
-
-__all__ = ["LossWeights", "micro_batch_groups", "micro_batch_weights", "plan_micro_batches", "row_tokens",
-           "sum_over_ranks"]
-
-
-def row_tokens(rows: Batch) -> list[int]:
-    """Real tokens (prompt + response) per row."""
-    return rows.tensors["attention_mask"].sum(dim=1).tolist()
-
-
-def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None) -> list[list[int]]:
-    """Row indices of each micro-batch: consecutive `micro_rows`, or by token budget."""
-    if max_tokens is not None:
-        return token_budget_groups(row_tokens(rows), max_tokens)
-    return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]
+__all__ = ["LossWeights", "micro_batch_weights", "plan_micro_batches", "sum_over_ranks"]
 
 
 def sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from corewarding.batch import Batch
 from corewarding.workers.segment_attention import Segment
 
 __all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "shared_prefix_inputs", "token_budget_groups"]
@@ -190,3 +191,15 @@ def token_budget_groups(lengths: list[int], budget: int) -> list[list[int]]:
             groups.append([row])
             loads.append(lengths[row])
     return [sorted(group) for group in groups]
+
+
+def row_tokens(rows: Batch) -> list[int]:
+    """Real tokens (prompt + response) per row."""
+    return rows.tensors["attention_mask"].sum(dim=1).tolist()
+
+
+def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None) -> list[list[int]]:
+    """Row indices of each micro-batch: consecutive `micro_rows`, or by token budget."""
+    if max_tokens is not None:
+        return token_budget_groups(row_tokens(rows), max_tokens)
+    return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]

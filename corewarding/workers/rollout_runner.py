@@ -27,10 +27,10 @@ import torch
 import torch.distributed as dist
 
 from corewarding.batch import Batch
-from corewarding.config.schema import RolloutConfig
+from corewarding.config.actor_rollout_ref import RolloutConfig
 from corewarding.data import left_pad
 from corewarding.workers.rollout.base import RolloutEngine, RolloutOutput, SamplingSettings, validation_sampling
-from corewarding.workers.worker_state import device_rng_state, seeded_rng_state, set_device_rng_state
+from corewarding.workers.rng_state import device_rng_state, seeded_rng_state, set_device_rng_state
 
 ROLES = ("policy", "teacher", "validation")
 

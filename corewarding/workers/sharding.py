@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from corewarding.workers import segment_attention
-from corewarding.workers.actor import install_token_stats, is_flash_attention
+from corewarding.workers.forward import install_token_stats, is_flash_attention
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def reshard(model: torch.nn.Module) -> None:
 def shard_model(model: torch.nn.Module, mesh: Any, compute_dtype: torch.dtype, offload: bool, reshard: bool,
                 rank: int, device: torch.device) -> None:
     """fully_shard per decoder layer + root, then rank 0's weights and buffers to every rank, and the
-    `token_stats` forward method (`actor.install_token_stats`)."""
+    `token_stats` forward method (`forward.install_token_stats`)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 

@@ -1,14 +1,16 @@
-"""A worker's part of a checkpoint, and the RNG states it keeps: files, formats, and the rule that a
-failure on any rank fails every rank at once.
+"""A worker's part of a checkpoint: files, formats, and the rule that a failure on any rank fails
+every rank at once.
 
-Layout inside `global_step_<N>/`: `actor/` (HF folder of the policy), `ref/model.safetensors` (only
-once the reference differs from the model folder: an EMA teacher after its first update),
-`actor/optim/rank_<r>.safetensors` (each rank's optimizer shard) with `actor/optim/state.json`
-(param groups, scheduler, counters, format), `rng/rank_<r>.json`. Only safetensors and JSON: nothing
-in a checkpoint is unpickled, so loading one cannot run code. Every file is fsynced.
+Inside `global_step_<N>/` (names and paths: `corewarding.checkpoint_layout`): `actor/` (HF folder of
+the policy), `ref/model.safetensors` (only once the reference differs from the model folder: an EMA
+teacher after its first update), `actor/optim/rank_<r>.safetensors` (each rank's optimizer shard)
+with `actor/optim/state.json` (param groups, scheduler, counters, format), `rng/rank_<r>.json` (the
+RNG states, `rng_state.py`). Only safetensors and JSON: nothing in a checkpoint is unpickled, so
+loading one cannot run code. Every file is fsynced.
 
 A checkpoint of N workers loads on M: the models are saved whole; each rank cuts its slice of the
-optimizer moments from all N shards (`reslice`), and the RNG streams restart from `resumed_seed`.
+optimizer moments from all N shards (`reslice`), and the RNG streams restart from
+`rng_state.resumed_seed`.
 """
 
 from __future__ import annotations
@@ -16,19 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
+from corewarding import checkpoint_layout as layout
 from corewarding.storage import WorkerCheckpointError, describe_error, fsync_file
 from corewarding.workers.sharding import local
 
 MODEL_FILE = "model.safetensors"
-STATE_FILE = "state.json"  # actor/optim/: param groups, scheduler, counters
 CHECKPOINT_FORMAT = 2  # 2: safetensors + JSON (1: torch.save pickles + torch.distributed.checkpoint)
 
 
@@ -79,17 +79,18 @@ def write_json(path: Path, value: Any) -> None:
 def check_complete(root: Path) -> dict[str, Any]:
     """The checkpoint's state.json, after checking that the files of every rank that wrote it are
     there (every rank checks all of them, so that all raise together and none is left in a collective)."""
-    optim = root / "actor" / "optim"
-    if not (optim / STATE_FILE).exists() and (optim / "extra.pt").exists():
+    optim = layout.optim_dir(root)
+    state_file = optim / layout.OPTIM_STATE_FILE
+    if not state_file.exists() and (optim / "extra.pt").exists():
         raise FileNotFoundError(
             f"checkpoint {root} was written by an older version in a pickle format, which is not loaded "
             "(unpickling a file can run code): resume from a checkpoint written by this version"
         )
-    state = json.loads((optim / STATE_FILE).read_text(encoding="utf-8")) if (optim / STATE_FILE).exists() else {}
-    needed = [root / "actor" / MODEL_FILE, optim / STATE_FILE]
-    needed += [root / "rng" / f"rank_{r}.json" for r in range(int(state.get("world_size", 0)))]
+    state = json.loads(state_file.read_text(encoding="utf-8")) if state_file.exists() else {}
+    needed = [layout.actor_dir(root) / MODEL_FILE, state_file]
+    needed += [layout.rng_file(root, r) for r in range(int(state.get("world_size", 0)))]
     if state.get("ref_saved", bool(state)):  # without state.json, whether a reference belongs there is unknown
-        needed.append(root / "ref" / MODEL_FILE)
+        needed.append(layout.ref_dir(root) / MODEL_FILE)
     missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
     if missing:
         raise FileNotFoundError(f"checkpoint {root} is incomplete (missing {', '.join(missing[:3])}): delete it or "
@@ -97,9 +98,10 @@ def check_complete(root: Path) -> dict[str, Any]:
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint {root} has format {state.get('format')!r}, this version reads {CHECKPOINT_FORMAT}")
     if state["optimizer_has_state"]:
-        lost = [r for r in range(int(state["world_size"])) if not (optim / f"rank_{r}.safetensors").exists()]
+        lost = [r for r in range(int(state["world_size"])) if not layout.optim_shard_file(root, r).exists()]
         if lost:
-            raise FileNotFoundError(f"checkpoint {root} is incomplete (missing actor/optim/rank_{lost[0]}.safetensors)")
+            missing = layout.optim_shard_file(root, lost[0]).relative_to(root)
+            raise FileNotFoundError(f"checkpoint {root} is incomplete (missing {missing})")
     return state
 
 
@@ -177,61 +179,3 @@ def reslice(target: torch.Tensor, saved: list[torch.Tensor], name: str) -> torch
     if mine.shape != local(target).shape:
         raise ValueError(f"{name}: this rank's slice is {tuple(mine.shape)}, its shard {tuple(local(target).shape)}")
     return mine
-
-
-# ----------------------------------------------------------------------------------- RNG states
-def seeded_rng_state(seed: int, device: torch.device) -> torch.Tensor:
-    """The state of `device`'s default generator after manual_seed(seed), without touching it."""
-    return torch.Generator(device=device).manual_seed(int(seed)).get_state()
-
-
-def device_rng_state(device: torch.device) -> torch.Tensor:
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def set_device_rng_state(state: torch.Tensor, device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
-
-
-def seed_process(seed: int) -> None:
-    """random, numpy and torch seeded alike (the trainer's per-rank streams)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resumed_seed(seed: int, version: int) -> int:
-    """A seed for the RNG streams of a run resumed on another worker count, from a rank's own seed
-    and the policy version: the same checkpoint on the same worker count always draws alike, and
-    no stream restarts where a fresh run's did."""
-    return int(np.random.SeedSequence([int(seed), int(version)]).generate_state(1)[0])
-
-
-def rng_to_json(device: torch.device, rollout: torch.Tensor) -> dict[str, Any]:
-    """The trainer's RNG states (random, numpy, torch, cuda) and the rollout stream as plain JSON."""
-    version, python_state, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": [version, list(python_state), gauss],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state().tolist(),
-        "rollout": rollout.tolist(),
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
-    return state
-
-
-def rng_from_json(state: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """Set the trainer's RNGs from `rng_to_json`'s output; returns the rollout stream's state."""
-    version, python_state, gauss = state["python"]
-    random.setstate((version, tuple(python_state), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8), device)
-    return torch.tensor(state["rollout"], dtype=torch.uint8)

@@ -1,14 +1,17 @@
-"""Rollout engines behind one interface (`base.RolloutEngine`): `hf` (transformers `generate`, the
-CPU-test engine and fallback) and `vllm` (imported only when asked for)."""
+"""Rollout engines behind one interface (`base.RolloutEngine`), one module each (`hf_engine.py`:
+transformers `generate`, the CPU-test engine and fallback; `vllm_engine.py`), and `make_engine`, the
+one factory. Which engines exist and what each can do is `corewarding.rollout_engines`' registry."""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from corewarding.rollout_engines import installed_engine
 from corewarding.workers.rollout.base import RolloutEngine, RolloutOutput, SamplingSettings, validation_sampling
 
 __all__ = [
@@ -21,8 +24,6 @@ __all__ = [
     "resolve_dtype",
     "validation_sampling",
 ]
-
-ENGINES = ("hf", "vllm")
 
 
 def resolve_dtype(name: str | None, device: torch.device | str) -> torch.dtype:
@@ -62,16 +63,16 @@ def eos_token_ids(tokenizer: Any, model_path: str | Path | None = None) -> list[
 @dataclass(frozen=True)
 class EngineSettings:
     """What an engine is built with (the worker takes them from `actor_rollout_ref.rollout`,
-    `corewarding.eval` and `rewrite_questions.py` from their command lines)."""
+    `corewarding.eval` from its command line); each engine's `build` reads the fields it uses."""
 
-    name: str  # vllm | hf
+    name: str  # a name of corewarding.rollout_engines.ENGINES
     max_model_len: int  # prompt + response tokens
     dtype: str | None = None  # null: bfloat16 on GPU, float32 on CPU
     seed: int = 0
     attn_implementation: str = "sdpa"  # hf
     trust_remote_code: bool = False
     hf_micro_batch_size: int = 32  # hf: sequences per generate call
-    gpu_memory_utilization: float = 0.5  # vllm
+    gpu_memory_utilization: float = 0.5  # an engine with a memory share (vllm)
     tensor_parallel_size: int = 1
     enforce_eager: bool = True
     sleep_mode: bool = False
@@ -80,28 +81,8 @@ class EngineSettings:
 
 
 def make_engine(settings: EngineSettings, model_path: str, tokenizer: Any, device: torch.device | str) -> RolloutEngine:
-    """The rollout engine `settings.name` on the model folder (vllm is imported only when asked for)."""
-    device = torch.device(device)
-    dtype = resolve_dtype(settings.dtype, device)
-    if settings.name == "hf":
-        from transformers import AutoModelForCausalLM
-
-        from corewarding.data.chat import pad_token_id
-        from corewarding.workers.rollout.hf_engine import HFRolloutEngine
-
-        model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=dtype, attn_implementation=settings.attn_implementation,
-            trust_remote_code=settings.trust_remote_code,
-        ).to(device)
-        return HFRolloutEngine(model, pad_token_id=pad_token_id(tokenizer), eos_token_ids=eos_token_ids(tokenizer, model_path),
-                               micro_batch_size=settings.hf_micro_batch_size)
-    if settings.name == "vllm":
-        from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
-
-        return VLLMRolloutEngine(
-            str(model_path), dtype=str(dtype).removeprefix("torch."), max_model_len=settings.max_model_len,
-            gpu_memory_utilization=settings.gpu_memory_utilization, tensor_parallel_size=settings.tensor_parallel_size,
-            enforce_eager=settings.enforce_eager, enable_sleep_mode=settings.sleep_mode and device.type == "cuda",
-            seed=settings.seed, max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
-        )
-    raise ValueError(f"unknown rollout engine {settings.name!r}; allowed: {', '.join(ENGINES)}")
+    """The rollout engine `settings.name` on the model folder, for training and evaluation alike: its
+    registry entry (`corewarding.rollout_engines`) names the module whose `build` makes it, imported
+    only when asked for and once its package is known to be installed."""
+    spec = installed_engine(settings.name)
+    return importlib.import_module(spec.module).build(settings, model_path, tokenizer, torch.device(device))

@@ -6,12 +6,24 @@ teacher's full weights into it with `load_weights`, exactly as it does for vLLM.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedModel
 
+from corewarding.data.chat import pad_token_id
+from corewarding.workers.rollout import EngineSettings, eos_token_ids, resolve_dtype
 from corewarding.workers.rollout.base import RolloutOutput, SamplingSettings
+
+
+def build(settings: EngineSettings, model_path: str, tokenizer: Any, device: torch.device) -> HFRolloutEngine:
+    """The engine of `settings` on the model folder (`make_engine` calls it through the registry)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=resolve_dtype(settings.dtype, device), attn_implementation=settings.attn_implementation,
+        trust_remote_code=settings.trust_remote_code,
+    ).to(device)
+    return HFRolloutEngine(model, pad_token_id=pad_token_id(tokenizer), eos_token_ids=eos_token_ids(tokenizer, model_path),
+                           micro_batch_size=settings.hf_micro_batch_size)
 
 
 class HFRolloutEngine:

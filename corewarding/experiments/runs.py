@@ -1,0 +1,117 @@
+"""A run's records as the scripts read them: the file of a run given on a command line, the series
+of one logged key, and a run's validation summary (base / best / final step, the first collapse sign)
+with its table cells. A run is a folder with the `metrics.jsonl` the trainer writes
+(`corewarding.trainer.tracking`) and, from `scripts/replicate.py`, a finished marker.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from corewarding.trainer.tracking import read_metrics
+
+METRICS = "metrics.jsonl"
+MISSING_METRICS = "no such metrics file"
+REPLICATION_DONE = "replication_done.json"  # scripts/replicate.py's mark of a finished run: its run time
+STEP_KEYS = ("step", "global_step", "_step", "training/global_step")
+
+
+def run_file(path: Path, name: str, missing: str) -> Path:
+    """`path`, or the file `name` in the folder `path`; exits with `missing` where there is none."""
+    path = path.expanduser()
+    if path.is_dir():
+        path = path / name
+    if not path.is_file():
+        raise SystemExit(f"error: {path}: {missing}")
+    return path
+
+
+def parse_run_arg(text: str, name: str = METRICS, missing: str = MISSING_METRICS) -> tuple[str, Path]:
+    """`label=path` or a path (labelled by the folder holding the file): (label, the file `name`)."""
+    if "=" in text and not Path(text).exists():
+        label, path = text.split("=", 1)
+        return label, run_file(Path(path), name, missing)
+    path = run_file(Path(text), name, missing)
+    return path.parent.name or path.stem, path
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def points(entries: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]] | None:
+    """(steps, values) of one key, or None where no entry has it. A step logged twice (a resumed
+    run) keeps its last value."""
+    found: dict[float, float] = {}
+    for position, entry in enumerate(entries):
+        value = _number(entry.get(key))
+        if value is None:
+            continue
+        step = next((_number(entry[s]) for s in STEP_KEYS if s in entry), None)
+        found[step if step is not None else float(position)] = value
+    steps = sorted(found)
+    return (steps, [found[s] for s in steps]) if steps else None
+
+
+def merged_steps(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per step, in step order; a step logged again (a resumed run) keeps its later values."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for entry in history:
+        if "step" in entry:
+            by_step.setdefault(int(entry["step"]), {}).update(entry)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def first_collapse(history: list[dict[str, Any]]) -> int | None:
+    """The first step with a collapse sign by this version's monitor (at its default rules), replayed
+    over the logged metrics: every seed and method is judged alike, whichever version ran it."""
+    from corewarding.config import compose_config, load_config
+    from corewarding.trainer.monitor import CollapseMonitor
+
+    monitor = CollapseMonitor(load_config(compose_config([]), check_paths=False).trainer.collapse_monitor)
+    for entry in sorted((h for h in history if h["step"] > 0), key=lambda h: h["step"]):
+        monitor.update(entry["step"], dict(entry))
+    return monitor.first_step
+
+
+def run_summary(metrics_file: Path) -> dict[str, Any]:
+    """Validation accuracy by step (`val`, with standard errors `se` where logged), its base / best /
+    final step, the first step with a collapse sign, the logged history (one entry per step; a
+    truncated last line, a run still writing, is skipped) and the run's folder (`dir`)."""
+    history = merged_steps(read_metrics(metrics_file, skip_bad_lines=True))
+    found = points(history, "val/acc")
+    if found is None:
+        raise SystemExit(f"error: {metrics_file}: no validation accuracy (val/acc) logged")
+    val = {int(s): v for s, v in zip(*found)}
+    errors = points(history, "val/acc_se")
+    se = {int(s): e for s, e in zip(*errors)} if errors else {}
+    steps = sorted(val)
+    return {"val": val, "se": se, "base": steps[0], "final": steps[-1],
+            "best": max(steps, key=lambda s: (val[s], -s)),  # ties go to the earlier step
+            "collapse": first_collapse(history), "history": history, "dir": metrics_file.parent}
+
+
+def plus_minus(mean: float, se: float | None) -> str:
+    return f"{mean:.3f} ± {se:.3f}" if se is not None else f"{mean:.3f}"
+
+
+def _accuracy(run: dict[str, Any], which: str) -> str:
+    step = run[which]
+    return plus_minus(run["val"][step], run["se"].get(step))
+
+
+def accuracy_cells(run: dict[str, Any]) -> list[str]:
+    """The base, best (step) and final validation cells of a `run_summary`."""
+    return [_accuracy(run, "base"), f"{_accuracy(run, 'best')} ({run['best']})", _accuracy(run, "final")]
+
+
+def collapse_cell(run: dict[str, Any]) -> str:
+    return f"step {run['collapse']}" if run["collapse"] is not None else "none"
