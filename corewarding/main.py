@@ -3,8 +3,8 @@
     python -m corewarding.main reward_model.reward_manager=co_rewarding_II \\
         actor_rollout_ref.model.path=/models/Qwen3-8B-Base data.train_files=data/math/train.parquet ...
 
-The configuration is `corewarding/config/ppo_trainer.yaml`; the run scripts in Co-rewarding-I/ and
-Co-rewarding-II/ show the paper's settings. Bad input (missing model, data files or columns,
+The configuration is `corewarding/config/ppo_trainer.yaml`; the run scripts in Co-rewarding-I/,
+-II/, -III/ and baselines/ show the paper's settings. Bad input (missing model, data files or columns,
 batch sizes that do not divide, a corrupt checkpoint, a run folder in use) ends with one line
 `error: ...` and exit status 2; a preempted run (`trainer.preemption_signals`) with one line
 `preempted: ...` naming its checkpoint and exit status 75. A multi-node run joins a cluster

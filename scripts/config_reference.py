@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 YAML = REPO / "corewarding" / "config" / "ppo_trainer.yaml"
 OUT = REPO / "docs" / "config.md"
@@ -34,8 +33,8 @@ with one line naming the key.
 
 The defaults are the paper's algorithm; the presets a run script selects add the paper's scale and
 the release's switches. The last column gives every value a preset changes: `I` is
-`+method=co_rewarding_i`, `II` `+method=co_rewarding_ii`, `baselines` `+method=gt`,
-`majority_voting`, `self_certainty` or `entropy` (the GRPO settings of `paper_grpo.yaml` they all
+`+method=co_rewarding_i`, `II` `+method=co_rewarding_ii`, `III` `+method=co_rewarding_iii`,
+`baselines` `+method=gt`, `majority_voting`, `self_certainty`, `entropy` or a control (the GRPO settings of `paper_grpo.yaml` they all
 share, with their own `reward_model.reward_manager`), `release` `+preset=release`. To see the
 configuration a command line composes, without running it: `python -m corewarding.main <overrides>
 --cfg job`.
@@ -66,13 +65,13 @@ more than the experiment's):
 `python -m corewarding.main` is a hydra application: besides the run folder
 (`trainer.default_local_dir`), hydra writes the composed configuration and its log to
 `outputs/<date>/<time>/` under the folder the command starts in (for the run scripts,
-`Co-rewarding-I/outputs/`, `Co-rewarding-II/outputs/` and `baselines/outputs/`).
+`Co-rewarding-I/outputs/`, `Co-rewarding-II/outputs/`, `Co-rewarding-III/outputs/` and `baselines/outputs/`).
 `hydra.run.dir=<folder>` puts them elsewhere; `hydra.output_subdir=null` leaves out the
 `.hydra/` copy of the configuration.
 """
 
-PRESETS = {"I": ["+method=co_rewarding_i"], "II": ["+method=co_rewarding_ii"], "baselines": ["+method=gt"],
-           "release": ["+preset=release"]}
+PRESETS = {"I": ["+method=co_rewarding_i"], "II": ["+method=co_rewarding_ii"], "III": ["+method=co_rewarding_iii"],
+           "baselines": ["+method=gt"], "release": ["+preset=release"]}
 
 
 def yaml_keys() -> list[tuple[str, str, str]]:

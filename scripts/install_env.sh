@@ -10,6 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FLASH_ATTN_VERSION=2.8.3.post2  # built from source against the locked torch (no wheel on PyPI)
+python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+    echo "requirements/gpu.lock is for Python 3.11; this python is $(python -V 2>&1): activate a 3.11 environment" >&2
+    exit 1
+}
 pip install -r requirements/gpu.lock
 pip install --no-build-isolation "flash-attn==${FLASH_ATTN_VERSION}"
 pip install --no-deps -e .
