@@ -24,7 +24,7 @@ from corewarding.data import load_tokenizer
 from corewarding.trainer.ray_trainer import Trainer
 from corewarding.trainer.run import build_datasets, build_loader
 from corewarding.trainer.tracking import Tracker, read_metrics
-from corewarding.workers.actor import ActorUpdate
+from corewarding.workers.update.actor import ActorUpdate
 from corewarding.workers.rollout.base import RolloutOutput
 from corewarding.workers.rollout_runner import Generated, RolloutRunner
 
@@ -541,3 +541,30 @@ def test_co_rewarding_iii_one_ema_update_then_the_teacher_on_both_views(tiny_mod
                                                               rel=1e-6)
     assert metrics[0]["coreward/ori_pseudo_pass_rate"] == 0.5 and metrics[0]["coreward/aug_pseudo_pass_rate"] == 0.25
     assert metrics[0]["teacher/ema_weight"] == pytest.approx(0.9)
+
+
+def test_ttrl_votes_over_n_votes_and_updates_on_the_first_n_samples(tiny_model_path, data, tmp_path):
+    """TTRL's split: 5 rollouts drawn per prompt, the majority over all 5 is the label ("5"), the
+    update gets the first 2 of each prompt ("7", "7": reward 0). A vote over the 2 kept would say "7"."""
+    trainer, workers, engine = make_trainer(tiny_model_path, data, tmp_path, "majority_voting", "ttrl.enable=True",
+                                            "ttrl.n_votes_per_prompt=5", "ttrl.n_samples_per_prompt=2")
+    assert trainer.config.actor_rollout_ref.rollout.n == 5
+    engine.policy_answer = lambda info, j: ["7", "7", "5", "5", "5"][j]
+    metrics = run_steps(trainer, 1)[0]
+    assert [c["sampling"].n for c in engine.calls if c["role"] == "policy"] == [5]
+    update = workers.updates[0]
+    assert workers.rollouts_per_prompt == 2 and len(update) == 4
+    assert all(len(rows) == 2 for rows in rows_by_uid(update, "scores").values())
+    assert update.tensors["scores"].tolist() == [0.0] * 4
+    assert metrics["reward/majority_ratio"] == pytest.approx(0.6)  # 3 of the 5 voted
+
+
+def test_ttrl_refuses_a_reward_that_reads_more_than_the_answers(tiny_model_path, data, tmp_path):
+    from corewarding.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ttrl.enable=True with method self_certainty: .*majority_voting"):
+        make_trainer(tiny_model_path, data, tmp_path, "self_certainty", "ttrl.enable=True",
+                     "ttrl.n_votes_per_prompt=4", "ttrl.n_samples_per_prompt=2")
+    with pytest.raises(ConfigError, match=r"ttrl.n_samples_per_prompt=8 > ttrl.n_votes_per_prompt=4"):
+        make_trainer(tiny_model_path, data, tmp_path, "majority_voting", "ttrl.enable=True",
+                     "ttrl.n_votes_per_prompt=4", "ttrl.n_samples_per_prompt=8")

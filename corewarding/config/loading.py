@@ -115,6 +115,8 @@ def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
     config = replace_in(config, "trainer", device=device, cpus_per_worker=cpus, **paths)
     model_dtype = _model_dtype(arr.model.dtype, device)
     config = replace_in(config, "actor_rollout_ref.model", dtype=model_dtype)
+    if config.ttrl.enable:  # TTRL's fork sets the draw from its own keys, whatever rollout.n says
+        config = replace_in(config, "actor_rollout_ref.rollout", n=config.ttrl.n_votes_per_prompt)
     config = replace_in(config, "actor_rollout_ref.rollout", dtype=arr.rollout.dtype or model_dtype,
                         teacher_n=arr.rollout.teacher_n or arr.rollout.n)
     config = replace_in(config, "actor_rollout_ref.ref", sliding_average=_ema_schedule(arr.ref.sliding_average, method))
@@ -224,8 +226,21 @@ def _check_method(config: Config, method: Method) -> None:
                           "with data.train_files on extra_info.index")
     if data.use_aug and not roles.teacher:  # Co-rewarding-III's release sets it too: both views, as always
         logger.warning("data.use_aug=True only changes co_rewarding_II (the policy and the teacher get different views)")
+    if config.ttrl.enable:
+        _check_ttrl(config, method)
     if method.teacher and not config.actor_rollout_ref.actor.use_kl_loss:
         logger.info("%s without the KL loss: the reference model is used only as the teacher", method.name)
+
+
+def _check_ttrl(config: Config, method: Method) -> None:
+    """TTRL's split scores every drawn rollout before the log-prob passes, within its own prompt's group:
+    a reward that reads the policy's token statistics, a teacher or a twin does not fit it."""
+    roles = config.roles
+    if method.token_stats or roles.teacher or roles.pairs or roles.trained_views != 1:
+        raise ConfigError(f"ttrl.enable=True with method {method.name}: TTRL's split scores each prompt's rollouts from "
+                          "their own answers alone; use majority_voting, empo or a control (or +method=ttrl)")
+    if config.algorithm.filter_groups.enable:
+        raise ConfigError("ttrl.enable=True with algorithm.filter_groups.enable=True: choose one of the two")
 
 
 def _check_devices(config: Config) -> None:
@@ -285,7 +300,7 @@ def _check_lengths(config: Config) -> None:
 def _check_batches(config: Config, method: Method) -> None:
     """Prompts, mini-batches and micro-batches must divide over the workers."""
     data, actor, ws = config.data, config.actor_rollout_ref.actor, config.world_size
-    batch, n = data.train_batch_size, config.actor_rollout_ref.rollout.n
+    batch, n = data.train_batch_size, config.trained_per_prompt
     mini, micro = actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu
     views = config.roles.trained_views
     if batch * views % ws:
@@ -305,7 +320,8 @@ def _check_batches(config: Config, method: Method) -> None:
     if batch % mini:
         raise ConfigError(f"data.train_batch_size={batch} does not divide by actor_rollout_ref.actor.ppo_mini_batch_size={mini}")
     mini_rows = mini * views * n  # Co-rewarding-I: a mini-batch holds both views of its pairs
-    what = "ppo_mini_batch_size x 2 views x rollout.n" if views == 2 else "ppo_mini_batch_size x rollout.n"
+    per_prompt = "ttrl.n_samples_per_prompt" if config.ttrl.enable else "rollout.n"
+    what = f"ppo_mini_batch_size x 2 views x {per_prompt}" if views == 2 else f"ppo_mini_batch_size x {per_prompt}"
     if mini_rows % ws:
         raise ConfigError(f"{what} = {mini_rows} rollouts does not divide by the {ws} workers")
     if (mini_rows // ws) % micro:

@@ -122,6 +122,23 @@ class OverlongBufferConfig(Section):
 
 
 @dataclass(frozen=True)
+class TTRLConfig(Section):
+    """TTRL's split (Zuo et al., arXiv:2504.16084, under its verl fork's keys): the policy draws and votes
+    over `n_votes_per_prompt` rollouts of each prompt and trains on the first `n_samples_per_prompt`."""
+
+    PREFIX: ClassVar[str] = "ttrl"
+    enable: bool
+    n_votes_per_prompt: int
+    n_samples_per_prompt: int
+
+    def __post_init__(self) -> None:
+        self.positive("n_votes_per_prompt", "n_samples_per_prompt")
+        if self.enable and self.n_samples_per_prompt > self.n_votes_per_prompt:
+            raise ConfigError(f"ttrl.n_samples_per_prompt={self.n_samples_per_prompt} > ttrl.n_votes_per_prompt="
+                              f"{self.n_votes_per_prompt}: the update takes its rollouts from those voted on")
+
+
+@dataclass(frozen=True)
 class RewardModelConfig(Section):
     PREFIX: ClassVar[str] = "reward_model"
     enable: bool
@@ -235,12 +252,18 @@ class Config:
     algorithm: AlgorithmConfig
     reward_model: RewardModelConfig
     custom_reward_function: CustomRewardFunctionConfig
+    ttrl: TTRLConfig
     trainer: TrainerConfig
     ray_init: RayInitConfig
 
     @property
     def world_size(self) -> int:
         return self.trainer.world_size
+
+    @property
+    def trained_per_prompt(self) -> int:
+        """Rollouts of each prompt the update trains on: rollout.n, or TTRL's n_samples_per_prompt."""
+        return self.ttrl.n_samples_per_prompt if self.ttrl.enable else self.actor_rollout_ref.rollout.n
 
     @property
     def method(self) -> Any:

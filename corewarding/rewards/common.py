@@ -29,6 +29,11 @@ class RewardOutput:
     metrics: dict[str, float] = field(default_factory=dict)
     rows: dict[str, list] = field(default_factory=dict)  # per rollout: "answer", "pseudo_label"
 
+    def select(self, indices: list[int]) -> RewardOutput:
+        """The scores and rows of the rollouts at `indices`, in that order; the metrics as they are."""
+        return RewardOutput(self.scores[torch.as_tensor(indices, dtype=torch.long)], dict(self.metrics),
+                            {key: [values[i] for i in indices] for key, values in self.rows.items()})
+
 
 RewardFn = Callable[..., RewardOutput]
 

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from corewarding.algos import ema_weight, grpo_advantages, spread_over_tokens
+from corewarding.algos import ema_weight
 from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.config.schema import ROLLOUT_DIRS
@@ -48,11 +48,11 @@ from corewarding.rewards.common import RewardOutput
 from corewarding.roles import VIEWS
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.dynamic_sampling import Kept, Tally, concat_rollouts
-from corewarding.trainer.monitor import CollapseMonitor, group_metrics
+from corewarding.trainer.monitor import CollapseMonitor
 from corewarding.trainer.preemption import Preempted, PreemptionWatch
 from corewarding.trainer.rollout_stats import balanced_order, batch_metrics, rollout_records, throughput_metrics
 from corewarding.trainer.save_resume import resume, save_step
-from corewarding.trainer.scoring import reward_metric_name, training_scores
+from corewarding.trainer.scoring import first_of_each_group, score_rollouts
 from corewarding.trainer.tracking import Tracker, dump_step_rollouts, progress_bar
 from corewarding.trainer.validation import validate
 from corewarding.workers.worker_api import WorkerGroup
@@ -157,34 +157,35 @@ class Trainer:
         teacher = self._generate(teacher_prompts, "teacher", timing) if with_teacher else None
         return rollouts, teacher_prompts, teacher
 
-    def _balanced(self, rollouts: Batch) -> Batch:
-        """Whole groups to each worker, similar token counts (rewards group by ids, not position);
-        Co-rewarding-I's per-view loss pairs each worker's micro-batches of the two views, so every
-        worker gets as many groups of each view."""
+    def _balanced(self, rollouts: Batch, voted: RewardOutput | None = None) -> tuple[Batch, RewardOutput | None]:
+        """Whole groups to each worker, similar token counts (rewards group by ids, not position), and
+        a reward already computed in the same order; Co-rewarding-I's per-view loss pairs each worker's
+        micro-batches of the two views, so every worker gets as many groups of each view."""
         if self.roles.trained_views == 2:
             rollouts.tensors["view_id"] = torch.tensor([VIEWS.index(v) for v in rollouts.rows["view"]])
         lengths = rollouts.tensors["attention_mask"].sum(-1).tolist()
         kinds = rollouts.tensors["view_id"].tolist() if self.per_view_loss else None
-        return rollouts.select(balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds))
+        order = balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds)
+        return rollouts.select(order), voted.select(order) if voted is not None else None
 
-    def _score(self, rollouts: Batch, teacher: Batch | None, timing: dict[str, float],
-               metrics: dict[str, Any]) -> tuple[RewardOutput, torch.Tensor, torch.Tensor]:
-        """(the reward, the training scores, the GRPO advantages per uid); scores and advantages into
-        `rollouts`, the reward's and the collapse monitor's group metrics into `metrics`."""
+    def _ttrl_vote(self, rollouts: Batch, timing: dict[str, float]) -> tuple[Batch, RewardOutput | None]:
+        """TTRL (`ttrl.enable`): the reward of each rollout from the vote over all N of its prompt's,
+        then the first n of each prompt kept for the update; without TTRL, the rollouts as they are."""
+        if not self.config.ttrl.enable:
+            return rollouts, None
         with self._timer(timing, "reward"):
-            reward = self.reward_fn(rollouts, teacher=teacher)
+            voted = self.reward_fn(rollouts, teacher=None)
+        keep = first_of_each_group(rollouts.rows["uid"], self.config.ttrl.n_samples_per_prompt)
+        return rollouts.select(keep), voted.select(keep)
+
+    def _score(self, rollouts: Batch, teacher: Batch | None, timing: dict[str, float], metrics: dict[str, Any],
+               voted: RewardOutput | None = None) -> tuple[RewardOutput, torch.Tensor, torch.Tensor]:
+        """(the reward (`voted` when TTRL computed it already), the training scores, the GRPO
+        advantages per uid), as `score_rollouts` puts them into `rollouts` and `metrics`."""
+        with self._timer(timing, "reward"):
+            reward = voted if voted is not None else self.reward_fn(rollouts, teacher=teacher)
         with self._timer(timing, "adv"):
-            scores, penalty_metrics = training_scores(reward.scores, rollouts.tensors["response_mask"],
-                                                      self.config.reward_model.overlong_buffer,
-                                                      self.config.data.max_response_length)
-            metrics.update(penalty_metrics)
-            advantages = grpo_advantages(scores, rollouts.rows["uid"],
-                                         norm_by_std=self.config.algorithm.norm_adv_by_std_in_grpo)
-            rollouts.tensors["scores"] = scores
-            rollouts.tensors["advantages"] = spread_over_tokens(advantages, rollouts.tensors["response_mask"])
-        metrics.update({reward_metric_name(key): value for key, value in reward.metrics.items()})
-        metrics.update(group_metrics(reward.rows["answer"], rollouts.rows["uid"],
-                                     rollouts.rows.get("ground_truth") or [None] * len(rollouts), scores.tolist()))
+            scores, advantages = score_rollouts(reward, rollouts, self.config, metrics)
         return reward, scores, advantages
 
     def _policy_pass(self, rollouts: Batch, timing: dict[str, float]) -> None:
@@ -216,7 +217,7 @@ class Trainer:
             rollouts, teacher_prompts, teacher = self._rollouts(batch, step, tally.gen_batches, timing, by_reward)
             tally.gen_batches += 1
             if self.method.token_stats and by_reward:
-                rollouts = self._balanced(rollouts)
+                rollouts, _ = self._balanced(rollouts)
                 self._policy_pass(rollouts, timing)  # the reward reads the policy's token statistics
             if kept.add(self._filter_values(rollouts, teacher, timing), rollouts, teacher, teacher_prompts):
                 break
@@ -258,7 +259,7 @@ class Trainer:
         if self.last_ema_weight is not None:
             metrics["teacher/ema_weight"] = self.last_ema_weight
 
-        rollouts = self._balanced(rollouts)
+        rollouts, voted = self._balanced(*self._ttrl_vote(rollouts, timing))
 
         # 3. old log-probs (+ entropy / self-certainty) unless on-policy (or dynamic sampling has
         # them already), reference log-probs
@@ -269,10 +270,10 @@ class Trainer:
                 rollouts.tensors.update(self.workers.compute_log_prob(rollouts, model="ref").tensors)
 
         # 4. rewards, GRPO advantages (per uid), the collapse monitor's group metrics
-        reward, scores, advantages = self._score(rollouts, teacher_rollouts, timing, metrics)
+        reward, scores, advantages = self._score(rollouts, teacher_rollouts, timing, metrics, voted)
 
         # 5. PPO update (a mini-batch counts prompts; both views trained: pairs, both views together)
-        per_prompt = self.config.actor_rollout_ref.rollout.n * self.roles.trained_views
+        per_prompt = self.config.trained_per_prompt * self.roles.trained_views
         with self._timer(timing, "update_actor"):
             update = self.workers.update_actor(rollouts, rollouts_per_prompt=per_prompt)
         metrics.update(update.metrics)  # reduced over ranks by the workers
