@@ -26,8 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from corewarding.batch import Batch  # noqa: E402
-from corewarding.workers import segment_attention  # noqa: E402
-from corewarding.workers.forward import ForwardSettings, forward_token_stats, install_token_stats  # noqa: E402
+from corewarding.workers.model import segment_attention  # noqa: E402
+from corewarding.workers.model.forward import ForwardSettings, forward_token_stats, install_token_stats  # noqa: E402
 
 ROWS, PROMPTS, PROMPT_TOKENS = 8, 2, 93
 

@@ -5,7 +5,7 @@ micro-batch 8, vocabulary 151,936): padded vs packed rows, full logits vs the ch
     python benchmarks/memory.py --lengths 512 3072 --check --json out.json
 
 How it measures. Computing one such micro-batch takes about 100 TFLOP, hours on this machine's two
-cores, so the update's real code (`corewarding.workers.forward`: `packed_inputs` / `padded_inputs`,
+cores, so the update's real code (`corewarding.workers.model.forward`: `packed_inputs` / `padded_inputs`,
 the model's `token_stats` forward method, the loss, backward) runs on fake tensors (torch's
 FakeTensorMode: every op produces outputs of the right shape, dtype and device, without data), and
 torch's `MemTracker` records the bytes of every tensor from its allocation until its release. This
@@ -79,7 +79,7 @@ def rollout_rows(rows: int, prompt_width: int, response_width: int, seed: int = 
 def build_model(config: dict[str, Any], checkpointing: bool) -> torch.nn.Module:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from corewarding.workers.forward import install_token_stats
+    from corewarding.workers.model.forward import install_token_stats
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -97,7 +97,7 @@ def build_model(config: dict[str, Any], checkpointing: bool) -> torch.nn.Module:
 def model_inputs(batch: dict[str, torch.Tensor], case: Case) -> tuple[Any, torch.Tensor]:
     """The update's inputs for `case` (real tensors: built before any fake mode) and, for the padded
     full-logits head, the flat index of each real response token in the [B * (R + 1)] logit rows."""
-    from corewarding.workers.packing import packed_inputs, padded_inputs
+    from corewarding.workers.model.packing import packed_inputs, padded_inputs
 
     mask = batch["response_mask"]
     if case.packed:

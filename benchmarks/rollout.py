@@ -7,7 +7,7 @@ full-model weight push into each engine.
 tokens/s counts generated tokens (up to and including the stop token) over wall time; the HF engine
 keeps stepping a micro-batch until its longest row ends, vLLM stops each sequence on its own, so on
 sampled runs the two also differ in wasted work. The weight push is what the trainer's worker pushes
-(`workers.sharding.full_params`): every named parameter of the model (a tied lm_head once) as a full fp32
+(`workers.model.sharding.full_params`): every named parameter of the model (a tied lm_head once) as a full fp32
 tensor (the master weights) on the worker's device, streamed one by one; each engine casts to its
 own dtype. The first push is a warm-up and the median of `--push-repeats` is reported. Each engine
 runs in this process, one after the other.

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import step  # noqa: E402 - benchmarks/ is on the path above
+from corewarding.rollout_engines import ENGINE_NAMES  # noqa: E402
 from corewarding.model_zoo import save_model_folder  # noqa: E402
 
 COLUMNS = ("step", "gen", "update", "peak_gb")
@@ -100,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="steps per point (the first is a warm-up)")
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--rollout", default="vllm", choices=["vllm", "hf"])
+    p.add_argument("--rollout", default="vllm", choices=ENGINE_NAMES)
     p.add_argument("--single-process", action="store_true", help="one worker inside the driver, without Ray")
     p.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M's shape, random weights)")
     p.add_argument("--json", default=None, help="write every point here")

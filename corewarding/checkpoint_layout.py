@@ -1,7 +1,8 @@
 """The layout of a run folder's checkpoints, and which checkpoint is a run's latest.
 
-One owner for the names that the trainer (writing and resuming), the workers (their files inside a
-checkpoint), export, eval and the scripts share::
+One owner for the folder and file names that the trainer (writing and resuming), the workers (their
+files inside a checkpoint), export, eval and the scripts share (the driver's own `trainer_state.json`
+is named by `trainer/checkpoint.py`, the one file only it reads)::
 
     <run>/                                  trainer.default_local_dir
       latest_checkpointed_iteration.txt     N of the newest complete checkpoint, written after its folder

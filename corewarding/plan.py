@@ -60,14 +60,6 @@ def read_shape(config: Config) -> ModelShape:
         raise ConfigError(f"{file}: cannot build the model from it: {exc}".replace("\n", " ")) from None
 
 
-def largest_share(phases: dict[str, dict[str, float]], total_gb: float) -> float:
-    """The largest `gpu_memory_utilization` with which every phase that holds vLLM's budget fits."""
-    limit = memory_plan.HEADROOM * total_gb
-    rooms = [(limit - sum(v for k, v in parts.items() if k != "vLLM")) / total_gb
-             for parts in phases.values() if "vLLM" in parts]
-    return max(min(rooms), 0.0) if rooms else 0.0
-
-
 def table(phases: dict[str, dict[str, float]], total_gb: float) -> list[str]:
     """Every part of each phase in GB (`-`: not in that phase), the sums and their share of the card."""
     names = sorted(dict.fromkeys(name for parts in phases.values() for name in parts), key=lambda n: n == "context")
@@ -92,13 +84,13 @@ def report(config: Config, shape: ModelShape, s: Settings) -> list[str]:
         f"model {config.actor_rollout_ref.model.path}: {shape.total / 1e9:.2f} B parameters, {shape.layers} layers",
         f"GPUs: {s.world_size} ({trainer.nnodes} node(s) x {trainer.n_gpus_per_node}) of {s.total_gb:g} GB; "
         f"limit {memory_plan.HEADROOM:.0%} = {limit:.1f} GB",
-        f"settings: gpu_memory_utilization {s.vllm_share:g}, free_cache_engine {on[s.sleeps]}, update micro-batch "
+        f"settings: gpu_memory_utilization {s.vllm_share:g}, vLLM asleep in the update {on[s.sleeps]}, update micro-batch "
         f"{s.micro_tokens:,} tokens, gradient checkpointing {on[s.checkpointing]}, actor offload "
         f"{on[s.actor_offload]}, reference offload {on[s.ref_offload]}",
         *table(phases, s.total_gb),
     ]
     if s.vllm_share > 0:
-        lines.append(f"largest gpu_memory_utilization that fits: {largest_share(phases, s.total_gb):.2f}")
+        lines.append(f"largest gpu_memory_utilization that fits: {memory_plan.largest_share(phases, s.total_gb):.2f}")
     return lines
 
 
@@ -109,6 +101,10 @@ def plan(overrides: list[str], gpu_memory_gb: float) -> int:
     config = read_config(overrides)
     shape = read_shape(config)
     settings = memory_plan.settings_of(config, config.world_size, gpu_memory_gb)
+    if not config.trainer.skip_memory_check:
+        settings, note = memory_plan.fit_rollout_share(shape, settings)
+        if note:
+            print(f"note: {note}", flush=True)
     print("\n".join(report(config, shape, settings)), flush=True)
     try:
         memory_plan.check(shape, settings)

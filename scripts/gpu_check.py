@@ -216,7 +216,7 @@ def packed_equals_padded(model_path: Path, device: torch.device) -> tuple[bool, 
     from transformers import AutoModelForCausalLM
 
     from corewarding.batch import Batch
-    from corewarding.workers.forward import ForwardSettings, forward_token_stats, install_token_stats
+    from corewarding.workers.model.forward import ForwardSettings, forward_token_stats, install_token_stats
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16, attn_implementation="sdpa").to(device)
     install_token_stats(model)
@@ -264,7 +264,7 @@ def update_micro_batch_memory(device: torch.device, small: bool) -> tuple[bool, 
     estimate (fake tensors, one and two layers, a layer's share extrapolated)."""
     from memory import Case, build_model, model_inputs, rollout_rows, tracked_peak, update_micro_batch
 
-    from corewarding.workers import sharding
+    from corewarding.workers.model import sharding
 
     config, rows, prompt, response = (SMALL, 4, 64, 128) if small else (QWEN3_1_7B, 8, 512, 3072)
     packed = sharding.forward_layout(True, "false", device, "sdpa") == "packed"  # what the trainer would use here

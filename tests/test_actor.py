@@ -12,11 +12,11 @@ import torch
 
 from corewarding.algos import agg_loss, kl_penalty, loss_mode_terms, policy_agg_mode, policy_loss, policy_loss_terms
 from corewarding.batch import Batch
-from corewarding.workers import segment_attention
-from corewarding.workers.actor import ppo_update
-from corewarding.workers.ppo_settings import PPOSettings
-from corewarding.workers.forward import ForwardSettings, compute_token_stats, forward_token_stats, install_token_stats
-from corewarding.workers.packing import (
+from corewarding.workers.model import segment_attention
+from corewarding.workers.update.actor import ppo_update
+from corewarding.workers.update.ppo_settings import PPOSettings
+from corewarding.workers.model.forward import ForwardSettings, compute_token_stats, forward_token_stats, install_token_stats
+from corewarding.workers.model.packing import (
     packed_inputs,
     padded_inputs,
     scatter_to_rows,

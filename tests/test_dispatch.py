@@ -101,6 +101,8 @@ def test_a_group_calls_every_rank_as_the_declaration_says():
     assert rows["x"].tolist() == list(range(6)) and rows["rank"].tolist() == [10, 10, 10, 11, 11, 11]
     with pytest.raises(ValueError, match="data.train_batch_size"):
         group.call(Probe.mark_rows, Batch({"x": torch.arange(5)}), offset=0)
+    with pytest.raises(TypeError, match="mark_rows splits its first argument's rows .*by position"):
+        group.call(Probe.mark_rows, batch=Batch({"x": torch.arange(6)}), offset=0)
 
 
 def test_a_method_without_a_declaration_cannot_be_called_through_a_group():

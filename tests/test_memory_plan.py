@@ -104,6 +104,16 @@ def test_model_shape_from_a_config_counts_the_parameters():
     assert shape.root == 2 * 512 * 64 + 64 and shape.largest == 512 * 64 and shape.layers == 3
 
 
+def test_a_share_alone_too_large_is_lowered_to_what_fits():
+    fitted, note = memory_plan.fit_rollout_share(QWEN3_8B, PAPER_CO_REWARDING_I)
+    assert fitted.vllm_share == 0.75 and fitted == dataclasses.replace(PAPER_CO_REWARDING_I, vllm_share=0.75)
+    assert note.startswith("actor_rollout_ref.rollout.gpu_memory_utilization=0.8 does not fit this 80 GB GPU")
+    assert memory_plan.check(QWEN3_8B, fitted).startswith("GPU memory estimate per GPU")
+    assert memory_plan.fit_rollout_share(QWEN3_8B, fitted) == (fitted, None)  # what fits is left alone
+    too_long = dataclasses.replace(PAPER_CO_REWARDING_I, sleeps=True, micro_tokens=200_000)  # the update is over
+    assert memory_plan.fit_rollout_share(QWEN3_8B, too_long) == (too_long, None)
+
+
 def _worker_on_a_fake_gpu(tiny_model_path: Path, total_gb: float, *extra: str):
     from corewarding.config.loading import compose_config, load_config
     from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
@@ -127,3 +137,12 @@ def test_the_worker_checks_before_loading_and_refuses_with_a_config_error(tiny_m
     worker, props = _worker_on_a_fake_gpu(tiny_model_path, 80, "actor_rollout_ref.rollout.gpu_memory_utilization=0.5")
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     assert worker._check_memory().startswith("GPU memory estimate per GPU (GB, card 80)")
+    assert worker.rollout_share == 0.5
+
+
+def test_the_worker_uses_a_lowered_share_and_says_so_first(tiny_model_path, monkeypatch):
+    worker, props = _worker_on_a_fake_gpu(tiny_model_path, 80, "actor_rollout_ref.rollout.gpu_memory_utilization=0.99")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    note, line = worker._check_memory().split("\n")
+    assert note.startswith("note: actor_rollout_ref.rollout.gpu_memory_utilization=0.99 does not fit this 80 GB GPU")
+    assert worker.rollout_share == 0.9 and line.startswith("GPU memory estimate per GPU (GB, card 80)")

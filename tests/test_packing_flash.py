@@ -15,8 +15,8 @@ import torch
 import transformers.modeling_flash_attention_utils as fa_utils
 
 from corewarding.batch import Batch
-from corewarding.workers.forward import ForwardSettings, forward_token_stats, install_token_stats
-from corewarding.workers.packing import packed_inputs
+from corewarding.workers.model.forward import ForwardSettings, forward_token_stats, install_token_stats
+from corewarding.workers.model.packing import packed_inputs
 
 from numerics import FORWARD_REL, assert_rel_close
 
@@ -156,7 +156,7 @@ def test_sdpa_segments_gets_the_segments_and_builds_no_mask(tiny_model_path, lay
     """The CPU workers' attention (`sdpa_segments`): the model forward receives the packer's segments
     and no attention mask, no [tokens, tokens] mask is built for it, each layer makes one SDPA call
     per segment, and the log-probs equal SDPA's with its block-diagonal mask."""
-    from corewarding.workers import packing, segment_attention
+    from corewarding.workers.model import packing, segment_attention
 
     segment_attention.register()
     model = load(tiny_model_path, segment_attention.NAME)
@@ -167,7 +167,7 @@ def test_sdpa_segments_gets_the_segments_and_builds_no_mask(tiny_model_path, lay
                         lambda *a, **k: calls.append(a[0].shape[2]) or sdpa(*a, **k))
     built = []
     real = packing.shared_prefix_inputs
-    monkeypatch.setattr("corewarding.workers.forward.shared_prefix_inputs",
+    monkeypatch.setattr("corewarding.workers.model.forward.shared_prefix_inputs",
                         lambda *a, **k: built.append(k.get("dense_mask", True)) or real(*a, **k))
     batch = rollouts(seed=9, rows=4, ones=0)
     settings = ForwardSettings(TEMPERATURE, layout, chunk_size=5)
@@ -186,7 +186,7 @@ def test_sdpa_segments_gets_the_segments_and_builds_no_mask(tiny_model_path, lay
 
 def test_sdpa_segments_is_sdpa_without_segments(tiny_model_path):
     """Generation and the padded layout give no segments: the same logits as SDPA, padding mask and all."""
-    from corewarding.workers import segment_attention
+    from corewarding.workers.model import segment_attention
 
     segment_attention.register()
     batch = rollouts(seed=10, rows=4, ones=0)

@@ -42,7 +42,7 @@ def _full_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> d
 def _rank(rank: int, world: int, port: int, folder: str, phase: str) -> None:
     import torch.distributed as dist
 
-    from corewarding.workers import worker_state
+    from corewarding.workers.checkpoint import worker_state
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world)

@@ -323,7 +323,7 @@ def test_free_cache_engine_call_order(tiny_model_path, tokenizer, drops_weights)
 def test_update_actor_entropy_loss_only_with_a_bonus(tiny_model_path):
     """actor/entropy_loss is reported (and the entropy bonus applied) only with actor.entropy_coeff != 0;
     actor/entropy is the trainer's metric of the rollouts, not the update's."""
-    from corewarding.workers.forward import install_token_stats
+    from corewarding.workers.model.forward import install_token_stats
     from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 
     config = make_config(tiny_model_path, **{"actor_rollout_ref.actor.entropy_coeff": 0.0})
@@ -413,7 +413,7 @@ def _tp_rank(rank: int, port: int, model_path: str, out_dir: str) -> None:
     out = generate(worker, ids_batch(TP_PROMPTS[rank]))
     torch.save({"prompts": engine.prompts, "draws": engine.draws, "seeds": engine.seeds, "out": out},
                Path(out_dir) / f"rank{rank}.pt")
-    worker.shutdown()
+    worker.leave_process_group()
 
 
 @pytest.fixture(scope="module")
@@ -724,7 +724,8 @@ def test_a_checkpoint_resumes_on_another_worker_count(setup, tiny_model_path):
         assert_same_update(went_two, went_one)  # 1 -> 2 against the run that kept its one worker
         assert went_two.metrics == kept_two.metrics  # the very state the two workers had saved
     finally:
-        one.shutdown()
+        one.leave_process_group()
+        one.close()
         torch.set_num_threads(threads)
         os.environ.clear()
         os.environ.update(environ)
@@ -773,7 +774,7 @@ def test_an_offloading_gpu_worker_takes_its_share_of_the_node_cores():
 def test_forward_layout_is_padded_on_a_gpu_without_flash_attention(caplog):
     """Packed rows without flash-attention make transformers build a dense [T, T] mask: on CUDA the
     layout falls back to padded, with one warning; flash-attention keeps packing; CPU shares prompts."""
-    from corewarding.workers.sharding import forward_layout
+    from corewarding.workers.model.sharding import forward_layout
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     with caplog.at_level("WARNING"):
@@ -791,7 +792,7 @@ def test_forward_layout_is_padded_on_a_gpu_without_flash_attention(caplog):
 def test_a_hub_flash_kernel_packs_rows_like_flash_attention_2():
     """A hub kernel (kernels-community/flash-attn2) is flash-attention to transformers, which then
     takes the packed kwargs: the layout must agree, not fall back to padded by the name's prefix."""
-    from corewarding.workers.sharding import forward_layout
+    from corewarding.workers.model.sharding import forward_layout
 
     cuda = torch.device("cuda", 0)
     assert forward_layout(True, "auto", cuda, "kernels-community/flash-attn2") == "packed"
@@ -802,7 +803,7 @@ def test_a_hub_flash_kernel_packs_rows_like_flash_attention_2():
 def test_a_flash_attn_that_does_not_load_is_not_used(tmp_path, monkeypatch):
     """A flash-attn wheel built for another torch is found by find_spec and fails when its CUDA
     extension loads: the attention is SDPA, not a crash at the first forward."""
-    from corewarding.workers.sharding import attention_implementation
+    from corewarding.workers.model.sharding import attention_implementation
 
     package = tmp_path / "flash_attn"
     package.mkdir()
@@ -821,7 +822,7 @@ def test_reshard_leaves_only_shards_after_a_no_grad_forward(tiny_model_path, tmp
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
-    from corewarding.workers import sharding
+    from corewarding.workers.model import sharding
 
     own = not dist.is_initialized()
     if own:
@@ -843,7 +844,7 @@ def test_reshard_leaves_only_shards_after_a_no_grad_forward(tiny_model_path, tmp
 def test_weight_push_in_the_engine_dtype():
     """The push hands the engine its own dtype (bf16 on GPU: half the bytes of the fp32 masters);
     without a dtype the float32 masters go as they are."""
-    from corewarding.workers.sharding import full_params
+    from corewarding.workers.model.sharding import full_params
 
     model = torch.nn.Linear(3, 2)
     pushed = dict(full_params(model, torch.device("cpu"), torch.bfloat16))
@@ -928,7 +929,7 @@ def _agree_rank(rank: int, port: int, fail_on: tuple[int, ...], out_dir: str) ->
     import torch.distributed as dist
 
     from corewarding.storage import WorkerCheckpointError
-    from corewarding.workers.worker_state import agree_on_error
+    from corewarding.workers.checkpoint.worker_state import agree_on_error
 
     os.environ.update(GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

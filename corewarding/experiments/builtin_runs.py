@@ -9,6 +9,8 @@ import math
 import os
 from pathlib import Path
 
+from corewarding.rollout_engines import ENGINE_NAMES
+
 # name on the command line -> reward_model.reward_manager
 METHODS = {"gt": "naive", "majority_voting": "majority_voting", "self_certainty": "self_certainty",
            "entropy": "entropy", "co_rewarding_i": "co_reward", "co_rewarding_ii": "co_rewarding_II",
@@ -44,7 +46,7 @@ def add_run_args(p: argparse.ArgumentParser, **defaults: object) -> None:
     p.add_argument("--val-size", type=int, default=values["val_size"], help="held-out validation questions")
     p.add_argument("--val-n", type=int, default=values["val_n"], help="validation samples per question (avg@n, T=0.8)")
     p.add_argument("--test-freq", type=int, default=values["test_freq"], help="validate every this many steps")
-    p.add_argument("--rollout", default=values["rollout"], choices=["vllm", "hf"])
+    p.add_argument("--rollout", default=values["rollout"], choices=ENGINE_NAMES)
     p.add_argument("--workers", type=int, default=values["workers"])
     p.add_argument("--dtype", default=values["dtype"], choices=["auto", "float32", "bfloat16"],
                    help="compute dtype of training and rollout (float32 master weights); auto: bfloat16 on CPUs "

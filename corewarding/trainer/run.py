@@ -184,7 +184,7 @@ def stop_workers(workers: WorkerGroup, wait: bool) -> None:
     for what the workers are doing), then the group stops them."""
     try:
         if wait:
-            workers.shutdown()
+            workers.leave_process_group()
     except Exception:  # noqa: BLE001 - best effort at teardown
         pass
     workers.close()

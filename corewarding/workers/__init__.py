@@ -1,20 +1,3 @@
-"""Workers: the FSDP2 actor / reference / rollout worker (`ActorRolloutRefWorker`), the Ray group
-that runs one per device (`RayWorkerGroup`), and the rollout engines (`workers.rollout`)."""
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["ActorRolloutRefWorker", "RayWorkerGroup"]
-
-
-def __getattr__(name: str) -> Any:  # lazy: importing the package must not import ray / transformers
-    if name == "ActorRolloutRefWorker":
-        from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
-
-        return ActorRolloutRefWorker
-    if name == "RayWorkerGroup":
-        from corewarding.workers.group import RayWorkerGroup
-
-        return RayWorkerGroup
-    raise AttributeError(name)
+"""Workers: the FSDP2 actor / reference / rollout worker (`fsdp_worker.ActorRolloutRefWorker`), the Ray
+group that runs one per device (`group.RayWorkerGroup`) and its rooms: the model (`model/`), the PPO
+update (`update/`), the worker's checkpoint (`checkpoint/`) and the rollout engines (`rollout/`)."""

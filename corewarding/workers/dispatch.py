@@ -61,6 +61,8 @@ def rank_calls(name: str, dispatch: Dispatch, world_size: int, args: tuple[Any, 
     """Each rank's arguments of one call of the method `name`, as its dispatch says."""
     if dispatch is Dispatch.SAME_ARGS:
         return [(args, kwargs)] * world_size
+    if not args or not isinstance(args[0], Batch):
+        raise TypeError(f"{name} splits its first argument's rows over the ranks: pass the Batch first, by position")
     batch, *rest = args
     return [((share, *rest), kwargs) for share in split_rows(name, batch, world_size)]
 

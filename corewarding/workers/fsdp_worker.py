@@ -9,11 +9,12 @@ same arguments, or an equal share of the rows) and how the driver combines the r
 methods are `worker_api.WorkerApi`'s, which the trainer calls on a group as on one worker.
 
 This class only wires the rooms together:
-- `sharding.py`: loading and FSDP2 sharding, full weights in and out;
+- `model/sharding.py`: loading and FSDP2 sharding, full weights in and out; `model/forward.py`: the
+  forward pass (padded, packed or shared-prefix; chunked output head);
 - `rollout_runner.py`: the engine, the weights it holds, the rollout RNG stream, TP gathering;
-- `forward.py`: the forward pass (padded, packed or shared-prefix; chunked output head); `actor.py`: the PPO update;
-- `worker_checkpoint.py`: saving and restoring this worker, into the files of `worker_state.py` (named by
-  `checkpoint_layout.py`); `rng_state.py`: its RNG states.
+- `update/actor.py`: the PPO update;
+- `checkpoint/worker_checkpoint.py`: saving and restoring this worker, into the files of
+  `checkpoint/worker_state.py` (named by `checkpoint_layout.py`); `rng_state.py`: its RNG states.
 
 Master weights are float32 everywhere; on GPU FSDP2 computes in `model.dtype` (bf16) with float32
 gradient reduction. The reference model keeps float32 shards too, so that a 1e-4 EMA step is not
@@ -39,13 +40,15 @@ from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
 from corewarding.errors import ConfigError
 from corewarding.logs import quiet_worker
-from corewarding.workers import memory_plan, rng_state, sharding, worker_checkpoint
-from corewarding.workers.actor import ActorUpdate, ppo_update
-from corewarding.workers.ppo_settings import PPOSettings
+from corewarding.workers import memory_plan, rng_state
+from corewarding.workers.checkpoint import worker_checkpoint
 from corewarding.workers.dispatch import Dispatch, concat_rows, first_rank, register
-from corewarding.workers.forward import ForwardSettings, compute_token_stats
+from corewarding.workers.model import sharding
+from corewarding.workers.model.forward import ForwardSettings, compute_token_stats
 from corewarding.workers.rollout import EngineSettings, eos_token_ids, make_engine, resolve_dtype
 from corewarding.workers.rollout_runner import Generated, RolloutRunner, rollout_seed
+from corewarding.workers.update.actor import ActorUpdate, ppo_update
+from corewarding.workers.update.ppo_settings import PPOSettings
 from corewarding.workers.worker_api import WorkerApi
 
 
@@ -76,6 +79,7 @@ class ActorRolloutRefWorker(WorkerApi):
         self.policy_version = 0
         self.teacher_version = 0
         self.skipped_steps = 0
+        self.rollout_share = config.actor_rollout_ref.rollout.gpu_memory_utilization  # the memory check may lower it
         tp = config.actor_rollout_ref.rollout.tensor_model_parallel_size
         if world_size % tp:
             raise ValueError(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} does not divide the "
@@ -155,15 +159,22 @@ class ActorRolloutRefWorker(WorkerApi):
 
     def _check_memory(self) -> str:
         """This GPU's memory at rollout and update, estimated before any model loads (`memory_plan`):
-        one line, or a ConfigError naming the keys to change when it does not fit."""
+        one line (after a note when vLLM's share was lowered to fit), or a ConfigError naming the keys
+        to change when it does not fit."""
         from transformers import AutoConfig
 
         model = self.config.actor_rollout_ref.model
         shape = memory_plan.ModelShape.from_hf_config(AutoConfig.from_pretrained(model.path, trust_remote_code=model.trust_remote_code))
         total_gb = torch.cuda.get_device_properties(self.device).total_memory / memory_plan.GIB
         settings = memory_plan.settings_of(self.config, self.world_size, total_gb)
+        note = None
+        if not self.config.trainer.skip_memory_check:
+            settings, note = memory_plan.fit_rollout_share(shape, settings)
+            if note:
+                self.rollout_share = settings.vllm_share
         try:
-            return memory_plan.check(shape, settings)
+            line = memory_plan.check(shape, settings)
+            return f"note: {note}\n{line}" if note else line
         except ValueError as exc:
             if not self.config.trainer.skip_memory_check:
                 raise ConfigError(str(exc)) from None
@@ -191,7 +202,7 @@ class ActorRolloutRefWorker(WorkerApi):
             name=rollout.name, max_model_len=config.data.max_prompt_length + config.data.max_response_length,
             dtype=rollout.dtype, seed=rollout_seed(rollout, self.rank), attn_implementation=self.attn_impl,
             trust_remote_code=model.trust_remote_code, hf_micro_batch_size=rollout.micro_batch_size,
-            gpu_memory_utilization=rollout.gpu_memory_utilization, tensor_parallel_size=rollout.tensor_model_parallel_size,
+            gpu_memory_utilization=self.rollout_share, tensor_parallel_size=rollout.tensor_model_parallel_size,
             enforce_eager=rollout.enforce_eager, sleep_mode=rollout.free_cache_engine, max_num_seqs=rollout.max_num_seqs,
             max_num_batched_tokens=rollout.max_num_batched_tokens,
         )
@@ -304,7 +315,7 @@ class ActorRolloutRefWorker(WorkerApi):
 
     @register(Dispatch.SAME_ARGS, first_rank)
     def save_checkpoint(self, step_dir: str) -> None:
-        """This worker's part of the checkpoint (`worker_checkpoint` writes it, `worker_state` says
+        """This worker's part of the checkpoint (`checkpoint/worker_checkpoint` writes it, `checkpoint_layout` names
         what and where). Call on all ranks; a write that fails on any rank (a full disk) makes every
         rank raise the same one-line `WorkerCheckpointError` at once."""
         worker_checkpoint.save(self, Path(step_dir))
@@ -332,6 +343,6 @@ class ActorRolloutRefWorker(WorkerApi):
         return sharding.gather_full_state(self._model(which))
 
     @register(Dispatch.SAME_ARGS, first_rank)
-    def shutdown(self) -> None:
+    def leave_process_group(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

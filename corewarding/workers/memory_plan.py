@@ -15,11 +15,17 @@ each layer keeps its input; one layer's recomputation or the output head's gradi
 chunk); `tests/test_memory_plan.py` holds it against that benchmark's
 fake-tensor accounting. It does not see allocator fragmentation or kernel workspaces: the check
 refuses above `HEADROOM` of the card.
+
+When vLLM's share alone keeps a run from fitting (the release's Co-rewarding-I script asks for 0.8,
+which an 80 GB card cannot hold beside the FSDP state at Qwen3-8B), `fit_rollout_share` lowers it to
+the largest multiple of 0.05 that fits, if that still leaves vLLM its weights and a tenth of the card
+for the KV cache, and says so: the run uses that share instead of being refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 from corewarding.rollout_engines import engine_spec
@@ -76,6 +82,7 @@ class Settings:
     chunk: int  # model.logits_chunk_size
     checkpointing: bool
     compute_bytes: int = 2  # bf16
+    rollout_tp: int = 1  # the engine's tensor parallel size (its weights are split that many ways)
 
 
 def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
@@ -91,7 +98,7 @@ def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
         world_size=world_size, total_gb=total_gb, vllm_share=rollout.gpu_memory_utilization if engine.memory_share else 0.0,
         sleeps=rollout.free_cache_engine and engine.sleeps, actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
         ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, chunk=arr.model.logits_chunk_size,
-        checkpointing=arr.model.enable_gradient_checkpointing,
+        checkpointing=arr.model.enable_gradient_checkpointing, rollout_tp=rollout.tensor_model_parallel_size,
     )
 
 
@@ -121,7 +128,7 @@ def phases_gb(shape: ModelShape, s: Settings) -> dict[str, dict[str, float]]:
     rollout = {"actor": actor_shards + moments, "reference": ref, "vLLM": vllm, "push": push, "context": CONTEXT_GB}
     update = {"actor": actor_shards + moments + gradients, "reference": ref, "unsharded": unsharded,
               "micro-batch": working_gb(shape, s), "context": CONTEXT_GB}
-    if not s.sleeps:
+    if not s.sleeps and s.vllm_share > 0:
         update["vLLM"] = vllm
     return {"rollout": rollout, "update": update}
 
@@ -131,6 +138,32 @@ def describe(phases: dict[str, dict[str, float]], total_gb: float) -> str:
     parts = [f"{phase} " + " + ".join(f"{name} {gb:.1f}" for name, gb in items.items()) + f" = {sum(items.values()):.1f}"
              for phase, items in phases.items()]
     return f"GPU memory estimate per GPU (GB, card {total_gb:.3g}): " + "; ".join(parts)
+
+
+def largest_share(phases: dict[str, dict[str, float]], total_gb: float) -> float:
+    """The largest `gpu_memory_utilization` with which every phase that holds vLLM's budget fits."""
+    limit = HEADROOM * total_gb
+    rooms = [(limit - sum(v for k, v in parts.items() if k != "vLLM")) / total_gb
+             for parts in phases.values() if "vLLM" in parts]
+    return max(min(rooms), 0.0) if rooms else 0.0
+
+
+def fit_rollout_share(shape: ModelShape, s: Settings) -> tuple[Settings, str | None]:
+    """`s`, or `s` with vLLM's share lowered to the largest multiple of 0.05 that fits when the share is
+    all that does not fit, and a note saying so (None when nothing changed). The lowered share must
+    leave vLLM its weights (split over its tensor-parallel ranks) and a tenth of the card."""
+    phases = phases_gb(shape, s)
+    if s.vllm_share <= 0 or all(sum(parts.values()) <= HEADROOM * s.total_gb for parts in phases.values()):
+        return s, None
+    share = math.floor(largest_share(phases, s.total_gb) * 20 + 1e-9) / 20
+    weights_gb = shape.total * s.compute_bytes / s.rollout_tp / GIB
+    fitted = replace(s, vllm_share=share)
+    fits = all(sum(parts.values()) <= HEADROOM * s.total_gb for parts in phases_gb(shape, fitted).values())
+    if not fits or share * s.total_gb < weights_gb + 0.1 * s.total_gb:
+        return s, None
+    return fitted, (f"actor_rollout_ref.rollout.gpu_memory_utilization={s.vllm_share:g} does not fit this "
+                    f"{s.total_gb:.3g} GB GPU beside the training state; using {share:g}, the largest share that "
+                    f"fits (set it yourself to silence this, or trainer.skip_memory_check=True to keep {s.vllm_share:g})")
 
 
 def check(shape: ModelShape, s: Settings) -> str:
@@ -143,8 +176,8 @@ def check(shape: ModelShape, s: Settings) -> str:
         return line
     hints = []
     if "rollout" in over and s.vllm_share > 0:
-        room = (limit - sum(v for k, v in phases["rollout"].items() if k != "vLLM")) / s.total_gb
-        hints.append(f"actor_rollout_ref.rollout.gpu_memory_utilization={s.vllm_share:g} -> at most {max(room, 0):.2f}")
+        hints.append(f"actor_rollout_ref.rollout.gpu_memory_utilization={s.vllm_share:g} -> at most "
+                     f"{largest_share(phases, s.total_gb):.2f}")
     if "update" in over:
         hints.append("a smaller actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu (or ppo_max_token_len_per_gpu "
                      "with use_dynamic_bsz)")

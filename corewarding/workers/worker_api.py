@@ -21,9 +21,9 @@ from typing import Any, Callable, Protocol, TypeVar
 import torch
 
 from corewarding.batch import Batch
-from corewarding.workers.actor import ActorUpdate
 from corewarding.workers.dispatch import RankCalls, declaration_of, rank_calls
 from corewarding.workers.rollout_runner import Generated
+from corewarding.workers.update.actor import ActorUpdate
 
 T = TypeVar("T")
 
@@ -65,7 +65,7 @@ class WorkerApi(Protocol):
     def get_full_state_dict(self, which: str = "actor") -> dict[str, torch.Tensor]:
         ...
 
-    def shutdown(self) -> None:
+    def leave_process_group(self) -> None:
         ...
 
 

@@ -5,7 +5,7 @@ Inside `global_step_<N>/` (names and paths: `corewarding.checkpoint_layout`): `a
 the policy), `ref/model.safetensors` (only once the reference differs from the model folder: an EMA
 teacher after its first update), `actor/optim/rank_<r>.safetensors` (each rank's optimizer shard)
 with `actor/optim/state.json` (param groups, scheduler, counters, format), `rng/rank_<r>.json` (the
-RNG states, `rng_state.py`). Only safetensors and JSON: nothing in a checkpoint is unpickled, so
+RNG states, `workers/rng_state.py`). Only safetensors and JSON: nothing in a checkpoint is unpickled, so
 loading one cannot run code. Every file is fsynced.
 
 A checkpoint of N workers loads on M: the models are saved whole; each rank cuts its slice of the
@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from corewarding import checkpoint_layout as layout
 from corewarding.storage import WorkerCheckpointError, describe_error, fsync_file
-from corewarding.workers.sharding import local
+from corewarding.workers.model.sharding import local
 
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FORMAT = 2  # 2: safetensors + JSON (1: torch.save pickles + torch.distributed.checkpoint)

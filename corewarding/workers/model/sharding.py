@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
-from corewarding.workers import segment_attention
-from corewarding.workers.forward import install_token_stats, is_flash_attention
+from corewarding.workers.model import segment_attention
+from corewarding.workers.model.forward import install_token_stats, is_flash_attention
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 
 from corewarding.algos import TokenStats, token_stats
 from corewarding.batch import Batch
-from corewarding.workers import segment_attention
-from corewarding.workers.packing import (
+from corewarding.workers.model import segment_attention
+from corewarding.workers.model.packing import (
     micro_batch_groups,
     packed_inputs,
     padded_inputs,

@@ -17,9 +17,11 @@ from torch.optim.lr_scheduler import LRScheduler
 from corewarding import checkpoint_layout as layout
 from corewarding.config import Config
 from corewarding.storage import fsync_dir, fsync_tree
-from corewarding.workers import rng_state, sharding, worker_state
+from corewarding.workers import rng_state
+from corewarding.workers.checkpoint import worker_state
+from corewarding.workers.checkpoint.worker_state import MODEL_FILE, attempt
+from corewarding.workers.model import sharding
 from corewarding.workers.rollout_runner import RolloutRunner, rollout_seed
-from corewarding.workers.worker_state import MODEL_FILE, attempt
 
 
 class CheckpointedWorker(Protocol):

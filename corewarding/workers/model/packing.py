@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from corewarding.batch import Batch
-from corewarding.workers.segment_attention import Segment
+from corewarding.workers.model.segment_attention import Segment
 
 __all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "shared_prefix_inputs", "token_budget_groups"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from corewarding.workers.forward import ForwardSettings
+from corewarding.workers.model.forward import ForwardSettings
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The PPO update on one rank's rows (the worker's update room); its forward is `forward.py`'s.
+"""The PPO update on one rank's rows (the worker's update room); its forward is `workers/model/forward.py`'s.
 
 `ppo_update`, as verl's dp_actor:
 - mini-batches of `ppo_mini_batch_size` prompts x rollouts per prompt / world size rows, one optimizer
@@ -45,9 +45,9 @@ from corewarding.algos import (
     rollout_is_weights,
 )
 from corewarding.batch import Batch
-from corewarding.workers.forward import FORWARD_KEYS, forward_token_stats
-from corewarding.workers.micro_batches import LossWeights, plan_micro_batches, sum_over_ranks
-from corewarding.workers.ppo_settings import PPOSettings
+from corewarding.workers.model.forward import FORWARD_KEYS, forward_token_stats
+from corewarding.workers.update.micro_batches import LossWeights, plan_micro_batches, sum_over_ranks
+from corewarding.workers.update.ppo_settings import PPOSettings
 
 logger = logging.getLogger(__name__)
 

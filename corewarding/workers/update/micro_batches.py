@@ -1,6 +1,6 @@
 """How `ppo_update` splits a mini-batch into micro-batches, and the factors each micro-batch's loss
 numerators are multiplied by before backward, so that the accumulated gradient is that of the
-mini-batch's aggregate (the two loss scopes: `corewarding.workers.actor`'s module docstring).
+mini-batch's aggregate (the two loss scopes: `corewarding.workers.update.actor`'s module docstring).
 
 Why the mini-batch scope is exact: every aggregation mode is numerator / denominator, both sums over
 rows (`algos.agg_loss_parts`); each micro-batch backpropagates its own numerator divided by the
@@ -19,8 +19,8 @@ import torch.distributed as dist
 
 from corewarding.algos import agg_loss_denominator, policy_agg_mode
 from corewarding.batch import Batch
-from corewarding.workers.packing import micro_batch_groups
-from corewarding.workers.ppo_settings import PPOSettings
+from corewarding.workers.model.packing import micro_batch_groups
+from corewarding.workers.update.ppo_settings import PPOSettings
 
 __all__ = ["LossWeights", "micro_batch_weights", "plan_micro_batches", "sum_over_ranks"]
 
