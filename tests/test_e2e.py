@@ -558,6 +558,30 @@ def test_loss_toolbox_with_vllm(method, ray_session, boxing_model, data_files, t
 
 
 @pytest.mark.vllm
+@pytest.mark.parametrize("method, extra", [
+    ("random", ["+preset=gspo"]),
+    ("format", ["actor_rollout_ref.actor.policy_loss.loss_mode=cispo"]),
+    ("incorrect", ["actor_rollout_ref.actor.use_kl_loss=True", "actor_rollout_ref.actor.kl_loss_type=k3+"]),
+    ("empo", []),
+    ("majority_voting", ["ttrl.enable=True", "ttrl.n_votes_per_prompt=4", "ttrl.n_samples_per_prompt=2"]),
+], ids=["random+gspo", "format+cispo", "incorrect+k3+", "empo", "ttrl"])
+def test_the_toolbox_methods_and_losses_train_two_steps_with_vllm(method, extra, ray_session, boxing_model, data_files,
+                                                                   tmp_path):
+    """Each control, EMPO and TTRL's split, each paired with one of the new loss modes, through the
+    whole loop (vLLM engine, 2 FSDP workers) for two steps."""
+    pytest.importorskip("vllm")
+    result = run(cpu_overrides(boxing_model, data_files, tmp_path, method) + ["actor_rollout_ref.rollout.name=vllm", *extra])
+    history = [h for h in result["history"] if h["step"] > 0]
+    assert [h["step"] for h in history] == [1, 2]
+    for h in history:
+        assert torch.isfinite(torch.tensor(h["actor/pg_loss"])) and h["actor/grad_norm"] > 0
+        assert 0.0 <= h["reward/mean"] <= 1.0
+    trained = read_dump(tmp_path / "rollouts" / "1.jsonl")
+    per_prompt = 2 if method == "majority_voting" else 4  # TTRL: the first 2 of the 4 voted on
+    assert len(trained) == 4 * per_prompt
+
+
+@pytest.mark.vllm
 def test_release_iii_script_two_steps_with_vllm(ray_session, boxing_model, data_files, tmp_path):
     """The release's Co-rewarding-III overrides word for word, shrunk by appended ones: two steps with
     the vLLM engine on 2 FSDP workers. Each view logs its pseudo-label accuracy (the release's
