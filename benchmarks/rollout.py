@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args(argv)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from corewarding.model_zoo import prepare_smollm2
-    from corewarding.workers.rollout import eos_token_ids, resolve_dtype
+    from corewarding.workers.rollout import EngineSettings, make_engine, resolve_dtype
     from corewarding.workers.rollout.base import SamplingSettings
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -116,23 +116,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "push_mb": sum(t.numel() * t.element_size() for t in state.values()) / 2**20, "engines": {},
     }
 
+    os.environ["COREWARDING_VLLM_KV_CACHE_GB"] = str(args.kv_cache_gb)  # vLLM's KV cache on CPU
     for name in [e.strip() for e in args.engines.split(",") if e.strip()]:
         started = time.perf_counter()
-        if name == "vllm":
-            from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
-
-            engine = VLLMRolloutEngine(
-                str(model_path), dtype=results["dtype"], max_model_len=1024, kv_cache_gb=args.kv_cache_gb,
-                max_num_seqs=256, max_num_batched_tokens=8192, gpu_memory_utilization=0.5,
-            )
-        elif name == "hf":
-            from corewarding.workers.rollout.hf_engine import HFRolloutEngine
-
-            model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            engine = HFRolloutEngine(model, int(pad), eos_token_ids(tokenizer, model_path), micro_batch_size=args.hf_micro_batch)
-        else:
-            raise SystemExit(f"unknown engine {name!r}")
+        engine = make_engine(EngineSettings(name, max_model_len=1024, dtype=results["dtype"],
+                                            hf_micro_batch_size=args.hf_micro_batch, gpu_memory_utilization=0.5),
+                             str(model_path), tokenizer, device)
         start_s = time.perf_counter() - started
         gen = time_generate(engine, prompts, settings)
         push_s = time_push(engine, state, args.push_repeats)
