@@ -5,6 +5,7 @@ and every configuration key the user docs name exists. The README's longer secti
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -118,3 +119,13 @@ def test_the_replication_tables_are_the_committed_ones():
     rows = [line for line in section.splitlines() if line.startswith("| ")]
     committed = set((REPO / "figs" / "replication.md").read_text().splitlines())
     assert len(rows) >= 8 and [row for row in rows if row not in committed] == []
+
+
+def test_the_controls_numbers_are_the_committed_runs():
+    """docs/results.md's validation accuracies of the two controls are those of their records."""
+    for label, run in (("Random reward", "random"), ("Format reward", "format")):
+        line = next(line for line in RESULTS.splitlines() if line.startswith(f"- {label}: "))
+        stated = [float(v) for v in re.findall(r"\d\.\d{3}", line.split(". ", 1)[0])]
+        metrics = [json.loads(row) for row in (REPO / "figs" / "runs" / "controls" / run / "metrics.jsonl").open()]
+        recorded = [round(m["val/acc"], 3) for m in metrics if "val/acc" in m]
+        assert stated == recorded, (label, stated, recorded)
