@@ -172,8 +172,8 @@ def test_cli_help_lists_benchmarks() -> None:
 # ----------------------------------------------------------------------------- real model
 
 SHARED_BENCHMARKS = ("math500", "gsm8k", "amc", "amc23", "aime24", "math")
-N_QUESTIONS = 8
-MAX_TOKENS = 16  # the plumbing of six benchmarks on a 2-core CPU, not the model's accuracy
+N_QUESTIONS = 4
+MAX_TOKENS = 8  # the plumbing of six benchmarks on a 2-core CPU, not the model's accuracy
 
 
 @pytest.fixture(scope="module")
