@@ -491,3 +491,22 @@ def test_rollout_correction_needs_the_samplers_log_probs(model_path):
     batch = with_old_log_probs(model_path, ragged_rollouts(seed=17))
     with pytest.raises(ValueError, match="rollout.name=vllm"):
         one_update(model_path, batch, settings(rollout_is="token"))
+
+
+def test_deferred_gradient_sync_reduces_once_per_mini_batch(model_path):
+    """With `defer_grad_sync` (CPU workers) a mini-batch's micro-batches run backward without reducing
+    gradients over ranks (FSDP2's `set_requires_gradient_sync(False)`) but its last, which reduces the
+    sum; the two-rank update still equals one process's (`test_workers.py`)."""
+    batch = with_old_log_probs(model_path, ragged_rollouts(seed=7), noise=0.3)
+    ppo = settings(micro_batch_rows=2)  # one mini-batch of 6 rows: 3 micro-batches
+    model = load(model_path)
+    sync = {"now": True}
+    seen: list[bool] = []  # the setting each micro-batch's forward ran under
+    model.set_requires_gradient_sync = lambda requires: sync.update(now=requires)
+    model.get_decoder().register_forward_pre_hook(lambda module, args: seen.append(sync["now"]))
+    ppo_update(model, GradRecorder(model), batch, dataclasses.replace(ppo, defer_grad_sync=True), 1, world_size=1,
+               device=CPU)
+    assert seen == [False, False, True]
+    seen.clear()
+    ppo_update(model, GradRecorder(model), batch, ppo, 1, world_size=1, device=CPU)
+    assert seen == [True, True, True]  # GPUs: every backward reduces (FSDP2's default), nothing is changed

@@ -273,7 +273,7 @@ class ActorRolloutRefWorker(WorkerApi):
             kl_loss_type=a.kl_loss_type, grad_clip=a.grad_clip or 0.0,
             loss_scale_factor=a.loss_scale_factor or self.config.data.max_response_length,
             mask_truncated=a.mask_truncated_completions, rollout_is=correction.rollout_is,
-            rollout_is_threshold=correction.rollout_is_threshold,
+            rollout_is_threshold=correction.rollout_is_threshold, defer_grad_sync=self.device.type == "cpu",
         )
 
     @register(Dispatch.SPLIT_ROWS, ActorUpdate.gather)

@@ -214,7 +214,10 @@ def _accumulate_gradients(
     """Forward, loss and backward of one mini-batch's micro-batches; records the mini-batch's loss
     terms; on-policy, each micro-batch's log-probs and entropy into `kept` (at its rows `mini_index`)."""
     step_losses: dict[str, float] = {}
-    for group, weights, view in plan_micro_batches(mini, settings, world_size, reduce_device):
+    plan = plan_micro_batches(mini, settings, world_size, reduce_device)
+    for index, (group, weights, view) in enumerate(plan):
+        if settings.defer_grad_sync:
+            _set_gradient_sync(model, index == len(plan) - 1)
         stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weights)
         if view is not None:
             losses[f"actor/pg_loss_{VIEW_NAMES[view]}"] = losses["actor/pg_loss"]
@@ -225,6 +228,13 @@ def _accumulate_gradients(
             kept[0][rows], kept[1][rows] = stats.log_probs.float().cpu(), stats.entropy.float().cpu()
     for key, value in step_losses.items():
         meter.add(key, value)
+
+
+def _set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:
+    """Whether this backward reduces the gradients over ranks (FSDP2); a module that is not
+    sharded reduces nothing."""
+    if hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
 
 
 def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, meter: _Meter) -> bool:
