@@ -359,17 +359,22 @@ def test_loss_toolbox_keys_read_as_verl_writes_them():
 
 def test_policy_loss_keys_read_as_verl_writes_them():
     """actor.policy_loss.loss_mode (vanilla by default), +preset=gspo's clip range, verl's CISPO clip_ratio_low=10
-    (no lower clip) and the straight-through KL reach the update's settings."""
+    (no lower clip) and the straight-through KL reach the update's settings; CPU workers reduce gradients once
+    per mini-batch, GPU workers after every backward."""
     from types import SimpleNamespace
+
+    import torch
 
     from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 
-    def ppo_settings(*overrides: str):
+    def ppo_settings(*overrides: str, device: str = "cpu"):
         cfg = load_config(compose_config(NO_PATHS + list(overrides)), check_paths=False)
-        return ActorRolloutRefWorker._ppo_settings(SimpleNamespace(config=cfg, _forward_settings=lambda: None))
+        worker = SimpleNamespace(config=cfg, _forward_settings=lambda: None, device=torch.device(device))
+        return ActorRolloutRefWorker._ppo_settings(worker)
 
     plain = ppo_settings()
     assert (plain.loss_mode, plain.clip_low, plain.clip_high, plain.loss_agg_mode) == ("vanilla", 0.2, 0.2, "token-mean")
+    assert plain.defer_grad_sync and not ppo_settings(device="cuda").defer_grad_sync
     gspo = ppo_settings("+preset=gspo", "actor_rollout_ref.actor.kl_loss_type=k3+")
     assert (gspo.loss_mode, gspo.clip_low, gspo.clip_high, gspo.loss_agg_mode) == ("gspo", 3e-4, 4e-4, "seq-mean-token-mean")
     assert gspo.kl_loss_type == "k3+"
