@@ -498,7 +498,7 @@ def test_deferred_gradient_sync_reduces_once_per_mini_batch(model_path):
     gradients over ranks (FSDP2's `set_requires_gradient_sync(False)`) but its last, which reduces the
     sum; the two-rank update still equals one process's (`test_workers.py`)."""
     batch = with_old_log_probs(model_path, ragged_rollouts(seed=7), noise=0.3)
-    ppo = settings(micro_batch_rows=2)  # one mini-batch of 6 rows: 3 micro-batches
+    ppo = settings()  # one mini-batch of 6 rows in micro-batches of 2: 3 micro-batches
     model = load(model_path)
     sync = {"now": True}
     seen: list[bool] = []  # the setting each micro-batch's forward ran under
