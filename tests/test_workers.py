@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -74,6 +75,7 @@ def make_config(model_path: Path, **extra: Any) -> Config:
 def setup(tiny_model_path):
     from corewarding.workers.group import RayWorkerGroup
 
+    # a short folder under /tmp: Ray's socket paths must stay under 108 bytes
     tmp = Path(tempfile.mkdtemp(prefix="cw_wk_", dir="/tmp"))
     config = make_config(tiny_model_path)
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(tmp / "ray"), log_to_driver=False)
@@ -86,6 +88,7 @@ def setup(tiny_model_path):
     finally:
         group.close()
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)  # checkpoints and Ray's session: ~700 MB a run
 
 
 @pytest.fixture(scope="module")
