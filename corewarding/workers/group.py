@@ -21,6 +21,7 @@ from corewarding.workers.dispatch import RankCalls
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 from corewarding.workers.ports import free_port
 from corewarding.workers.preload import cpu_preload_libraries, with_preload
+from corewarding.workers.startup import RAY_WORKER_ENV
 from corewarding.workers.worker_api import WorkerGroupBase
 
 
@@ -96,6 +97,7 @@ class RayWorkerGroup(WorkerGroupBase):
                 "WORLD_SIZE": str(self.world_size),
                 "LOCAL_RANK": str(local_rank),
                 "OMP_NUM_THREADS": str(cpus),
+                RAY_WORKER_ENV: "1",
             }
             env.update(worker_env(trainer.default_local_dir, rank, is_verbose(trainer.verbose)))
             if not self.on_gpu and trainer.cpu_preload and preload:
