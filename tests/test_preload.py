@@ -107,7 +107,7 @@ def test_only_a_ray_worker_hides_sklearn_from_transformers(tiny_model_path, ray_
     """In a fresh process: with the group's variable transformers imports no scikit-learn; without it
     (the driver, a single-process run, lm-eval) it does, as before."""
     pytest.importorskip("sklearn")
-    code = ("import sys; from corewarding.workers.startup import skip_unused_imports; skip_unused_imports(); "
+    code = ("from corewarding.workers.startup import skip_unused_imports; skip_unused_imports(); "
             f"from test_preload import _loads_transformers_and_reports_sklearn as f; print(f({str(tiny_model_path)!r}))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "COREWARDING_RAY_WORKER": "1" if ray_worker else "0"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
