@@ -13,6 +13,7 @@ import pytest
 
 from corewarding.config import compose_config, load_config
 from corewarding.workers import preload
+from corewarding.workers.startup import RAY_WORKER_ENV
 from corewarding.workers.dispatch import Dispatch, first_rank, register
 
 
@@ -109,7 +110,7 @@ def test_only_a_ray_worker_hides_sklearn_from_transformers(tiny_model_path, ray_
     pytest.importorskip("sklearn")
     code = ("from corewarding.workers.startup import skip_unused_imports; skip_unused_imports(); "
             f"from test_preload import _loads_transformers_and_reports_sklearn as f; print(f({str(tiny_model_path)!r}))")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "COREWARDING_RAY_WORKER": "1" if ray_worker else "0"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), RAY_WORKER_ENV: "1" if ray_worker else "0"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == str(not ray_worker)
