@@ -20,13 +20,17 @@ import replicate  # noqa: E402
 import robustness_table  # noqa: E402
 
 pytestmark = pytest.mark.slow
+# The one worker inside the test's process, without Ray: these tests are about the scripts, and a Ray
+# worker would add its start-up to each run (about 5 s). test_e2e holds a run of one Ray worker equal
+# to it (test_single_process_run_equals_a_ray_run_of_one_worker).
+ONE_PROCESS = "trainer.single_process=True"
 
 
 @pytest.mark.parametrize("method", ["co_rewarding_ii", "co_rewarding_iii"])  # make demo, make demo-iii
-def test_demo_smoke(method, ray_session, boxing_model, tmp_path):
+def test_demo_smoke(method, boxing_model, tmp_path):
     history = demo.main(["--method", method, "--model", str(boxing_model), "--steps", "1", "--batch", "2", "--n", "2",
                          "--max-new-tokens", "8", "--val-size", "2", "--test-freq", "1", "--workers", "1",
-                         "--rollout", "hf", "--out", str(tmp_path)])
+                         "--rollout", "hf", "--out", str(tmp_path), ONE_PROCESS])
 
     out = tmp_path / method
     assert [h["step"] for h in history if "val/acc" in h] == [0, 1]
@@ -38,9 +42,9 @@ def test_demo_smoke(method, ray_session, boxing_model, tmp_path):
     assert (out / "rollouts" / "1.jsonl").read_text().strip()
 
 
-def test_replicate_smoke(ray_session, boxing_model, tmp_path, capsys):
+def test_replicate_smoke(boxing_model, tmp_path, capsys):
     argv = ["--smoke", "--model", str(boxing_model), "--rollout", "hf", "--workers", "1",
-            "--out", str(tmp_path / "runs"), "--figs", str(tmp_path / "figs")]
+            "--out", str(tmp_path / "runs"), "--figs", str(tmp_path / "figs"), ONE_PROCESS]
     rows = replicate.main(argv)
 
     assert [r["method"] for r in rows] == list(replicate.REPLICATED)
@@ -64,14 +68,14 @@ def test_replicate_smoke(ray_session, boxing_model, tmp_path, capsys):
     assert again == rows
 
 
-def test_replicate_smoke_with_unfaithful_twins_and_the_union_baseline(ray_session, boxing_model, tmp_path):
+def test_replicate_smoke_with_unfaithful_twins_and_the_union_baseline(boxing_model, tmp_path):
     """One step of Co-rewarding-I on data whose twins are half unfaithful, and of Majority-Voting on
     both views as independent prompts (twice the prompts of a plain Majority-Voting step)."""
     import pandas as pd
 
     argv = ["--smoke", "--model", str(boxing_model), "--rollout", "hf", "--workers", "1", "--unfaithful-fraction", "0.5",
             "--methods", "co_rewarding_i", "majority_voting_union", "--out", str(tmp_path / "runs"),
-            "--figs", str(tmp_path / "figs")]
+            "--figs", str(tmp_path / "figs"), ONE_PROCESS]
     rows = replicate.main(argv)
     assert [r["method"] for r in rows] == ["co_rewarding_i", "majority_voting_union"]
     twins = pd.read_parquet(tmp_path / "runs" / "data" / "train_rewrite.parquet")

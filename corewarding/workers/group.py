@@ -26,10 +26,9 @@ from corewarding.workers.worker_api import WorkerGroupBase
 
 
 @ray.remote(num_cpus=1)
-def _rendezvous(loopback: bool) -> tuple[str, int]:
+def _rendezvous() -> tuple[str, int]:
     """Run inside rank 0's bundle: that node's address and a port free there."""
-    address = "127.0.0.1" if loopback else ray.util.get_node_ip_address()
-    return address, free_port()
+    return ray.util.get_node_ip_address(), free_port()
 
 
 def uses_loopback(config: Config) -> bool:
@@ -83,8 +82,11 @@ class RayWorkerGroup(WorkerGroupBase):
         bundle_nodes = [nodes[i] for i in range(self.world_size)]
         ranks = ranks_by_node(bundle_nodes, config.actor_rollout_ref.rollout.tensor_model_parallel_size)
         self.node_of_rank = [bundle_nodes[bundle] for bundle, _ in ranks]
-        first_bundle = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=ranks[0][0])
-        master_addr, master_port = ray.get(_rendezvous.options(scheduling_strategy=first_bundle).remote(loopback))
+        if loopback:  # every rank is on this machine: no task to place (on CPU that is a process start, ~1 s)
+            master_addr, master_port = "127.0.0.1", free_port()
+        else:
+            first_bundle = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=ranks[0][0])
+            master_addr, master_port = ray.get(_rendezvous.options(scheduling_strategy=first_bundle).remote())
         self.master_addr = master_addr
         remote_cls = ray.remote(worker_cls)
         self.workers = []
