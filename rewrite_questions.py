@@ -98,4 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from corewarding.startup import skip_unused_imports
+
+    skip_unused_imports()
     sys.exit(main())

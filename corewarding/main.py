@@ -40,4 +40,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from corewarding.startup import skip_unused_imports
+
+    skip_unused_imports()
     main()

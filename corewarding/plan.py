@@ -133,4 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from corewarding.startup import skip_unused_imports
+
+    skip_unused_imports()
     sys.exit(main())

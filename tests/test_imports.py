@@ -48,7 +48,7 @@ def test_every_module_imports_on_its_own():
 LAYERS = (
     # export (an entry point) sits low: it needs only the checkpoint layout, not the trainer
     ("batch", "errors", "storage", "logs", "model_zoo", "roles", "hardware", "checkpoint_layout", "export",
-     "rollout_engines"),
+     "rollout_engines", "startup"),
     ("algos",),
     ("rewards",),
     ("methods", "data"),

@@ -47,7 +47,7 @@ from corewarding.workers.model import sharding
 from corewarding.workers.model.forward import ForwardSettings, compute_token_stats
 from corewarding.workers.rollout import EngineSettings, eos_token_ids, make_engine, resolve_dtype
 from corewarding.workers.rollout_runner import Generated, RolloutRunner, rollout_seed
-from corewarding.workers.startup import skip_unused_imports
+from corewarding.startup import in_ray_worker, skip_unused_imports
 from corewarding.workers.update.actor import ActorUpdate, ppo_update
 from corewarding.workers.update.ppo_settings import PPOSettings
 from corewarding.workers.worker_api import WorkerApi
@@ -74,7 +74,8 @@ def gpu_worker_threads(configured: int, actor_offload: bool, node_cpus: int, gpu
 class ActorRolloutRefWorker(WorkerApi):
     def __init__(self, config: Config, rank: int, world_size: int) -> None:
         quiet_worker()  # a Ray worker of a quiet run: its output to the run folder (corewarding/logs.py)
-        skip_unused_imports()  # a Ray worker: transformers without scikit-learn (startup.py)
+        if in_ray_worker():  # a process of ours: transformers without scikit-learn (corewarding/startup.py)
+            skip_unused_imports()
         self.config = config
         self.rank = rank
         self.world_size = world_size

@@ -21,7 +21,7 @@ from corewarding.workers.dispatch import RankCalls
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 from corewarding.workers.ports import free_port
 from corewarding.workers.preload import cpu_preload_libraries, with_preload
-from corewarding.workers.startup import RAY_WORKER_ENV
+from corewarding.startup import RAY_WORKER_ENV
 from corewarding.workers.worker_api import WorkerGroupBase
 
 

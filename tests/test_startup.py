@@ -1,0 +1,107 @@
+"""The processes this project owns start without the scikit-learn import transformers would make
+(`corewarding/startup.py`): a worker that Ray starts for a group, and each command line; a worker in
+a user's own process (a single-process run) leaves that process's transformers as it is."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corewarding.config import compose_config, load_config
+from corewarding.startup import RAY_WORKER_ENV
+from corewarding.workers.dispatch import Dispatch, first_rank, register
+from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
+
+REPO = Path(__file__).resolve().parents[1]
+# find_spec, not importorskip: the fresh processes below import this module, and must not import sklearn
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="scikit-learn is not installed")
+
+
+def _loads_transformers_and_reports_sklearn(model_path: str) -> bool:
+    import transformers.generation.utils  # noqa: F401 - what imports scikit-learn
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(model_path)
+    return "sklearn" in sys.modules
+
+
+def _config(model_path: Path):
+    return load_config(compose_config([
+        "trainer.device=cpu", "trainer.nnodes=1", "trainer.n_gpus_per_node=1", "trainer.cpus_per_worker=1",
+        "trainer.preemption_signals=[]", f"actor_rollout_ref.model.path={model_path}",
+    ]), check_paths=False)
+
+
+class ImportProbe(ActorRolloutRefWorker):
+    """The FSDP worker as it starts, with one more method: did loading a tokenizer and transformers'
+    generation code import scikit-learn?"""
+
+    @register(Dispatch.SAME_ARGS, first_rank)
+    def imported_sklearn(self) -> bool:
+        return _loads_transformers_and_reports_sklearn(self.config.actor_rollout_ref.model.path)
+
+
+WORKER_IN_A_FRESH_PROCESS = """
+import sys
+from test_startup import ImportProbe, _config
+print(ImportProbe(_config(sys.argv[1]), 0, 1).imported_sklearn())
+"""
+
+
+@pytest.mark.parametrize("ray_worker", [True, False])
+def test_only_a_worker_of_a_ray_group_hides_sklearn(tiny_model_path, ray_worker):
+    """The worker's own start-up, in a fresh process: with the group's variable transformers imports
+    no scikit-learn; without it (a single-process run in a user's process) it does, as before."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), RAY_WORKER_ENV: "1" if ray_worker else "0"}
+    done = subprocess.run([sys.executable, "-c", WORKER_IN_A_FRESH_PROCESS, str(tiny_model_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == str(not ray_worker)
+
+
+@pytest.mark.slow
+def test_a_worker_of_the_ray_group_starts_without_sklearn(ray_session, tiny_model_path):
+    from ray import cloudpickle
+
+    from corewarding.workers.group import RayWorkerGroup
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    group = RayWorkerGroup(_config(tiny_model_path), worker_cls=ImportProbe)
+    try:
+        assert group.call(ImportProbe.imported_sklearn) is False
+    finally:
+        group.close()
+
+
+ENTRY_POINT = """
+import runpy, sys
+entry, model = sys.argv[1:]
+sys.argv = [entry, "--help"]
+try:
+    if entry.endswith(".py"):
+        runpy.run_path(entry, run_name="__main__")
+    else:
+        runpy.run_module(entry, run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+from test_startup import _loads_transformers_and_reports_sklearn
+print(_loads_transformers_and_reports_sklearn(model))
+"""
+
+
+@pytest.mark.parametrize("entry", ["corewarding.main", "corewarding.plan", "corewarding.eval",
+                                   str(REPO / "rewrite_questions.py")])
+def test_each_command_line_hides_sklearn_before_it_runs(tiny_model_path, entry):
+    """`python -m ... --help` (or the script): after the entry point's start-up, loading transformers'
+    generation code imports no scikit-learn."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    env.pop(RAY_WORKER_ENV, None)
+    done = subprocess.run([sys.executable, "-c", ENTRY_POINT, entry, str(tiny_model_path)], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout[-2000:]
