@@ -78,30 +78,33 @@ def test_a_worker_of_the_ray_group_starts_without_sklearn(ray_session, tiny_mode
         group.close()
 
 
-ENTRY_POINT = """
+ENTRY_POINTS = ["corewarding.main", "corewarding.plan", "corewarding.eval", str(REPO / "rewrite_questions.py")]
+EACH_ENTRY_POINT = """
 import runpy, sys
-entry, model = sys.argv[1:]
-sys.argv = [entry, "--help"]
-try:
-    if entry.endswith(".py"):
-        runpy.run_path(entry, run_name="__main__")
-    else:
-        runpy.run_module(entry, run_name="__main__", alter_sys=True)
-except SystemExit:
-    pass
-from test_startup import _loads_transformers_and_reports_sklearn
-print(_loads_transformers_and_reports_sklearn(model))
+import transformers.utils
+from transformers.utils import import_utils
+
+as_installed = import_utils.is_sklearn_available
+for entry in sys.argv[1:]:
+    sys.argv = [entry, "--help"]
+    try:
+        if entry.endswith(".py"):
+            runpy.run_path(entry, run_name="__main__")
+        else:
+            runpy.run_module(entry, run_name="__main__", alter_sys=True)
+    except SystemExit:
+        pass
+    print(entry, transformers.utils.is_sklearn_available())
+    transformers.utils.is_sklearn_available = import_utils.is_sklearn_available = as_installed
 """
 
 
-@pytest.mark.parametrize("entry", ["corewarding.main", "corewarding.plan", "corewarding.eval",
-                                   str(REPO / "rewrite_questions.py")])
-def test_each_command_line_hides_sklearn_before_it_runs(tiny_model_path, entry):
-    """`python -m ... --help` (or the script): after the entry point's start-up, loading transformers'
-    generation code imports no scikit-learn."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
-    env.pop(RAY_WORKER_ENV, None)
-    done = subprocess.run([sys.executable, "-c", ENTRY_POINT, entry, str(tiny_model_path)], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=REPO)
+def test_each_command_line_hides_sklearn_before_it_runs():
+    """`python -m ... --help` (or the script), each in turn in one fresh process: the entry point
+    told transformers that scikit-learn is absent before its command ran."""
+    env = {k: v for k, v in os.environ.items() if k != RAY_WORKER_ENV}
+    done = subprocess.run([sys.executable, "-c", EACH_ENTRY_POINT, *ENTRY_POINTS], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout[-2000:]
+    reported = dict(line.rsplit(" ", 1) for line in done.stdout.splitlines() if line.startswith(tuple(ENTRY_POINTS)))
+    assert reported == {entry: "False" for entry in ENTRY_POINTS}, done.stdout[-3000:]
