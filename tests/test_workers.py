@@ -925,7 +925,12 @@ def test_a_corrupt_checkpoint_file_fails_every_rank_at_once(setup):
     reset(setup)  # the group still works
 
 
-def _agree_rank(rank: int, port: int, fail_on: tuple[int, ...], out_dir: str) -> None:
+FAILED_WRITES = [(0,), (1,), (0, 1), ()]  # the ranks whose write fails, one case each
+
+
+def _agree_rank(rank: int, ports: list[int], out_dir: str) -> None:
+    """Every case of FAILED_WRITES in turn, each in a process group of its own (one spawn of the two
+    ranks for all cases: a spawned process imports this module, seconds of start-up)."""
     import errno
     import time
 
@@ -935,27 +940,37 @@ def _agree_rank(rank: int, port: int, fail_on: tuple[int, ...], out_dir: str) ->
     from corewarding.workers.checkpoint.worker_state import agree_on_error
 
     os.environ.update(GLOO_SOCKET_IFNAME="lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    error = OSError(errno.ENOSPC, "No space left on device", f"/ckpt/rank{rank}") if rank in fail_on else None
-    start = time.monotonic()
-    try:
-        agree_on_error(error, "write failed", rank, 2)
-        message = "no error"
-    except WorkerCheckpointError as exc:
-        message = str(exc)
-    Path(out_dir, f"rank{rank}.txt").write_text(f"{time.monotonic() - start:.3f}\n{message}")
-    dist.destroy_process_group()
+    for case, (fail_on, port) in enumerate(zip(FAILED_WRITES, ports)):
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        error = OSError(errno.ENOSPC, "No space left on device", f"/ckpt/rank{rank}") if rank in fail_on else None
+        start = time.monotonic()
+        try:
+            agree_on_error(error, "write failed", rank, 2)
+            message = "no error"
+        except WorkerCheckpointError as exc:
+            message = str(exc)
+        Path(out_dir, f"case{case}_rank{rank}.txt").write_text(f"{time.monotonic() - start:.3f}\n{message}")
+        dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("fail_on", [(0,), (1,), (0, 1), ()])
-def test_all_ranks_learn_of_a_failed_write_together(fail_on, tmp_path):
+@pytest.fixture(scope="module")
+def failed_write_agreements(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("agree")
+    ports = []
+    for _ in FAILED_WRITES:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    run_spawned_ranks(_agree_rank, [(rank, ports, str(out)) for rank in range(2)], timeout=120)
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(FAILED_WRITES)), ids=[f"fail_on{c}" for c in FAILED_WRITES])
+def test_all_ranks_learn_of_a_failed_write_together(case, failed_write_agreements):
     """A write that fails on one rank (rank 0 writing the models while the others wait) makes every
     rank raise the same one-line error at once, not a hang until the distributed timeout."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    run_spawned_ranks(_agree_rank, [(rank, port, fail_on, str(tmp_path)) for rank in range(2)], timeout=120)
-    results = [(tmp_path / f"rank{r}.txt").read_text().split("\n", 1) for r in range(2)]
+    fail_on = FAILED_WRITES[case]
+    results = [(failed_write_agreements / f"case{case}_rank{r}.txt").read_text().split("\n", 1) for r in range(2)]
     messages = {message for _, message in results}
     assert len(messages) == 1 and all(float(seconds) < 10 for seconds, _ in results)
     (message,) = messages
