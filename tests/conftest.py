@@ -78,6 +78,13 @@ def ray_session(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def two_step_histories() -> dict[str, list[dict]]:
+    """method -> the logged steps of test_e2e's `test_two_steps` run of it, for a test elsewhere that
+    compares a run of the same settings with it (each such test runs it itself when it is missing)."""
+    return {}
+
+
+@pytest.fixture(scope="session")
 def boxing_model(tiny_model_path):
     """The tiny model, trained (about a minute, once) to answer "The answer is \\boxed{d}." (d in 1..3)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

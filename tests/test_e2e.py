@@ -152,7 +152,7 @@ def check_dump(method: str, records: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("method", METHODS)
-def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
+def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path, two_step_histories):
     extra = []
     if method == "co_rewarding_II":
         extra = ["actor_rollout_ref.ref.sliding_average.alpha_start=0.5",
@@ -161,6 +161,8 @@ def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path):
         extra = ["trainer.val_before_train=True", "trainer.test_freq=2", f"trainer.validation_data_dir={tmp_path / 'val'}",
                  "data.val_batch_size=2", "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.5"]
     result = run(cpu_overrides(boxing_model, data_files, tmp_path, method) + extra)
+    if not extra:
+        two_step_histories[method] = result["history"]
     history = [h for h in result["history"] if h["step"] > 0]
     assert [h["step"] for h in history] == [1, 2]
     for h in history:

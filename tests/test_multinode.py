@@ -17,10 +17,12 @@ def test_ranks_are_consecutive_on_each_node_whatever_the_bundle_order():
         ranks_by_node(["a", "a", "a", "b"], tp=2)
 
 
-def test_two_nodes_on_one_machine_train_as_one_node_does(boxing_model, data_files, tmp_path, monkeypatch):
+def test_two_nodes_on_one_machine_train_as_one_node_does(boxing_model, data_files, tmp_path, monkeypatch,
+                                                        two_step_histories):
     """trainer.nnodes=2 on a two-node Ray cluster (both nodes on 127.0.0.1, one CPU worker each):
     the rendezvous takes rank 0's node address (no loopback shortcut), each node holds one rank, and
-    two Co-rewarding-I steps log what the single-node two-worker run logs."""
+    two Co-rewarding-I steps log what the single-node two-worker run logs (test_e2e's
+    `test_two_steps[co_reward]`, the same settings, when it ran before in this session)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -28,7 +30,9 @@ def test_two_nodes_on_one_machine_train_as_one_node_does(boxing_model, data_file
 
     if ray.is_initialized():
         ray.shutdown()
-    single = run(cpu_overrides(boxing_model, data_files, tmp_path / "one", "co_reward"))
+    single = two_step_histories.get("co_reward")
+    if single is None:
+        single = run(cpu_overrides(boxing_model, data_files, tmp_path / "one", "co_reward"))["history"]
 
     groups = []
     original_init = group.RayWorkerGroup.__init__
@@ -50,4 +54,4 @@ def test_two_nodes_on_one_machine_train_as_one_node_does(boxing_model, data_file
     (workers,) = groups
     assert len(set(workers.node_of_rank)) == 2  # one rank on each node
     assert not workers.loopback and workers.master_addr == "127.0.0.1"  # rank 0's node address, asked in its bundle
-    assert _comparable(two["history"]) == _comparable(single["history"])
+    assert _comparable(two["history"]) == _comparable(single)
