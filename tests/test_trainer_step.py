@@ -74,6 +74,9 @@ class ScriptedEngine:
     def wake_up(self, tags=None):
         pass
 
+    def close(self):
+        pass
+
 
 class RecordingWorkers:
     """A `WorkerGroup` of world size 2 on one in-process worker: rollouts go through the real

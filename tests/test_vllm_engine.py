@@ -16,6 +16,8 @@ import copy
 import json
 import logging
 import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -80,10 +82,12 @@ def eos_ids(tokenizer, smollm2_path: Path) -> list[int]:
 def engine(smollm2_path: Path):
     from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
 
-    return VLLMRolloutEngine(
+    engine = VLLMRolloutEngine(
         str(smollm2_path), dtype="float32", max_model_len=512, kv_cache_gb=0.5, max_num_seqs=16,
         max_num_batched_tokens=2048, seed=0,
     )
+    yield engine
+    engine.close()  # while its groups exist: later tests of this process may leave theirs
 
 
 def _hf_engine(model, tokenizer, eos_ids):
@@ -381,3 +385,27 @@ def test_gpu_sleep_and_wake_up_in_two_parts():
     engine.wake_up()  # awake already: nothing to do
     assert calls == [("sleep", 2), ("wake_up", ["weights"]), ("rpc", "reload_weights", 1), ("reset",),
                      ("wake_up", ["kv_cache"]), ("reset",)]
+
+
+CLOSE_THEN_LEAVE = """
+import sys
+import torch.distributed as dist
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[2]}", rank=0, world_size=1)
+from corewarding.workers.rollout.vllm_engine import VLLMRolloutEngine
+engine = VLLMRolloutEngine(sys.argv[1], max_model_len=256, kv_cache_gb=0.25, max_num_seqs=8, max_num_batched_tokens=512)
+engine.close()
+if dist.is_initialized():
+    dist.destroy_process_group()
+print("left")
+"""
+
+
+@pytest.mark.timeout(600)
+def test_a_closed_engine_leaves_nothing_to_the_exit_hook(tiny_model_path: Path, tmp_path: Path):
+    """The end of a single-process run: the engine closes, the worker leaves its process group and
+    the process exits; vLLM's own exit hook, which would tear down groups that are gone, has
+    nothing left to do (no traceback on the console)."""
+    done = subprocess.run([sys.executable, "-c", CLOSE_THEN_LEAVE, str(tiny_model_path), str(tmp_path / "store")],
+                          capture_output=True, text=True, timeout=420)
+    assert done.returncode == 0 and done.stdout.strip().endswith("left"), done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]

@@ -196,7 +196,7 @@ def test_generate_shapes_and_masks(setup, tokenizer):
 
 class RecordingEngine:
     """A fake engine whose outputs depend only on the prompt and the sample index; it records the
-    calls (generate, weight pushes with the first pushed value, sleep / wake-up), the prompts of each
+    calls (generate, weight pushes with the first pushed value, sleep / wake-up, close), the prompts of each
     generate call and one draw from the global torch RNG per call (what a sampler draws from)."""
 
     def __init__(self, drops_weights: bool = False) -> None:
@@ -227,6 +227,9 @@ class RecordingEngine:
 
     def wake_up(self, tags=None) -> None:
         self.calls.append("wake_up:" + ",".join(tags or ("all",)))
+
+    def close(self) -> None:
+        self.calls.append("close")
 
 
 class IdsTokenizer:
@@ -276,6 +279,9 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
         def wake_up(self, tags=None):
             pass
 
+        def close(self):
+            pass
+
     engine = Engine()
     worker = bare_worker(make_config(tiny_model_path), engine, tokenizer)
     batch = prompt_batch(tokenizer, ["one two three", "four"])
@@ -293,6 +299,19 @@ def test_generate_packing_with_fake_engine(tiny_model_path, tokenizer):
     assert out.rows["sample_index"] == [0, 1, 0, 1]  # generation order within each prompt's group
     val = worker.rollout.sampling("validation")
     assert val.greedy and val.n == 1
+
+
+def test_leaving_the_process_group_closes_the_engine_first(tiny_model_path, tokenizer, monkeypatch):
+    """An engine's groups (vLLM's) live under the worker's process group: the worker closes the
+    engine, then leaves the group."""
+    from corewarding.workers import fsdp_worker
+
+    engine = RecordingEngine()
+    worker = bare_worker(make_config(tiny_model_path), engine, tokenizer)
+    monkeypatch.setattr(fsdp_worker.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(fsdp_worker.dist, "destroy_process_group", lambda: engine.calls.append("destroy"))
+    worker.leave_process_group()
+    assert engine.calls == ["close", "destroy"]
 
 
 @pytest.mark.parametrize("drops_weights", [False, True])

@@ -347,5 +347,8 @@ class ActorRolloutRefWorker(WorkerApi):
 
     @register(Dispatch.SAME_ARGS, first_rank)
     def leave_process_group(self) -> None:
+        runner = getattr(self, "rollout", None)  # None: init_model did not get that far
+        if runner is not None:
+            runner.engine.close()  # an engine's groups live under this process group: it leaves them first
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -66,3 +66,8 @@ class RolloutEngine(Protocol):
         """Undo `sleep` (the weights too, unless `sleep` returned True); `tags` ("weights",
         "kv_cache") wakes one part at a time, None both."""
         ...
+
+    def close(self) -> None:
+        """Release what the engine holds, its distributed groups too: the worker calls it before it
+        leaves its own process group, under which an engine's groups live."""
+        ...

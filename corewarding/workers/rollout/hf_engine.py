@@ -118,3 +118,6 @@ class HFRolloutEngine:
 
     def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
         """Nothing to restore (see `sleep`)."""
+
+    def close(self) -> None:
+        """Nothing to release: the model is the worker's."""

@@ -224,6 +224,11 @@ class VLLMRolloutEngine:
             self.weights_dropped = True
         return True
 
+    def close(self) -> None:
+        """Shut vLLM's engine down while the process group it joined still exists: its own exit hook
+        would run after the worker left that group, and end the process with a traceback."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def wake_up(self, tags: tuple[str, ...] | None = None) -> None:
         """Reallocate the weight memory and / or the KV cache after `sleep` (weights: push them next).
         The worker wakes the weights, pushes, then wakes the KV cache, so that the push's transient
