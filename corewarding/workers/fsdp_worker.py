@@ -40,6 +40,7 @@ from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
 from corewarding.errors import ConfigError
 from corewarding.logs import quiet_worker
+from corewarding.startup import in_ray_worker, skip_unused_imports
 from corewarding.workers import memory_plan, rng_state
 from corewarding.workers.checkpoint import worker_checkpoint
 from corewarding.workers.dispatch import Dispatch, concat_rows, first_rank, register
@@ -47,7 +48,6 @@ from corewarding.workers.model import sharding
 from corewarding.workers.model.forward import ForwardSettings, compute_token_stats
 from corewarding.workers.rollout import EngineSettings, eos_token_ids, make_engine, resolve_dtype
 from corewarding.workers.rollout_runner import Generated, RolloutRunner, rollout_seed
-from corewarding.startup import in_ray_worker, skip_unused_imports
 from corewarding.workers.update.actor import ActorUpdate, ppo_update
 from corewarding.workers.update.ppo_settings import PPOSettings
 from corewarding.workers.worker_api import WorkerApi

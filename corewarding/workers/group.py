@@ -17,11 +17,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from corewarding.config import Config
 from corewarding.logs import is_verbose, worker_env
+from corewarding.startup import RAY_WORKER_ENV
 from corewarding.workers.dispatch import RankCalls
 from corewarding.workers.fsdp_worker import ActorRolloutRefWorker
 from corewarding.workers.ports import free_port
 from corewarding.workers.preload import cpu_preload_libraries, with_preload
-from corewarding.startup import RAY_WORKER_ENV
 from corewarding.workers.worker_api import WorkerGroupBase
 
 
