@@ -26,9 +26,18 @@ from corewarding.workers.worker_api import WorkerGroupBase
 
 
 @ray.remote(num_cpus=1)
-def _rendezvous() -> tuple[str, int]:
+def _address_and_free_port() -> tuple[str, int]:
     """Run inside rank 0's bundle: that node's address and a port free there."""
     return ray.util.get_node_ip_address(), free_port()
+
+
+def rendezvous(placement_group: Any, first_bundle: int, loopback: bool) -> tuple[str, int]:
+    """Rank 0's address and a port free there. On loopback every rank is on this machine: no task to
+    place (on CPU a task is a worker process's start, ~1 s); a cluster asks inside rank 0's bundle."""
+    if loopback:
+        return "127.0.0.1", free_port()
+    strategy = PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=first_bundle)
+    return ray.get(_address_and_free_port.options(scheduling_strategy=strategy).remote())
 
 
 def uses_loopback(config: Config) -> bool:
@@ -82,11 +91,7 @@ class RayWorkerGroup(WorkerGroupBase):
         bundle_nodes = [nodes[i] for i in range(self.world_size)]
         ranks = ranks_by_node(bundle_nodes, config.actor_rollout_ref.rollout.tensor_model_parallel_size)
         self.node_of_rank = [bundle_nodes[bundle] for bundle, _ in ranks]
-        if loopback:  # every rank is on this machine: no task to place (on CPU that is a process start, ~1 s)
-            master_addr, master_port = "127.0.0.1", free_port()
-        else:
-            first_bundle = PlacementGroupSchedulingStrategy(self.placement_group, placement_group_bundle_index=ranks[0][0])
-            master_addr, master_port = ray.get(_rendezvous.options(scheduling_strategy=first_bundle).remote())
+        master_addr, master_port = rendezvous(self.placement_group, ranks[0][0], loopback)
         self.master_addr = master_addr
         remote_cls = ray.remote(worker_cls)
         self.workers = []
