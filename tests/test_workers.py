@@ -7,7 +7,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from corewarding.batch import Batch
 from corewarding.config import Config, compose_config, load_config, replace_in
 from corewarding.data import left_pad, load_tokenizer
+from corewarding.workers.ports import free_port
 from corewarding.workers.rollout.base import RolloutOutput
 from numerics import FORWARD_REL, GRAD_REL, WEIGHTS_REL, assert_all_rel_close, assert_ema, assert_rel_close
 from spawned_ranks import run_spawned_ranks
@@ -441,9 +441,7 @@ def _tp_rank(rank: int, port: int, model_path: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def tp_run(tiny_model_path, tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("tp")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     run_spawned_ranks(_tp_rank, [(rank, port, str(tiny_model_path), str(out_dir)) for rank in range(TP_WORLD)], timeout=300)
     return [torch.load(out_dir / f"rank{rank}.pt", weights_only=False) for rank in range(TP_WORLD)]
 
@@ -975,11 +973,7 @@ def _agree_rank(rank: int, ports: list[int], out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def failed_write_agreements(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("agree")
-    ports = []
-    for _ in FAILED_WRITES:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
+    ports = [free_port() for _ in FAILED_WRITES]
     run_spawned_ranks(_agree_rank, [(rank, ports, str(out)) for rank in range(2)], timeout=120)
     return out
 
