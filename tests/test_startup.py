@@ -1,6 +1,7 @@
 """The processes this project owns start without the scikit-learn import transformers would make
 (`corewarding/startup.py`): a worker that Ray starts for a group, and each command line; a worker in
-a user's own process (a single-process run) leaves that process's transformers as it is."""
+a user's own process (a single-process run) leaves that process's transformers as it is. A worker
+starts without pandas too: it reads no data file (`corewarding/data/schema.py`)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,16 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None, reason="scikit-learn is not installed")
 
 
-def _loads_transformers_and_reports_sklearn(model_path: str) -> bool:
+UNUSED_BY_A_WORKER = ("sklearn", "pandas")  # (pyarrow: Ray imports it in its workers)
+
+
+def _loads_transformers_and_reports_unused(model_path: str) -> list[str]:
+    """Which of UNUSED_BY_A_WORKER are imported once transformers' generation code and a tokenizer are."""
     import transformers.generation.utils  # noqa: F401 - what imports scikit-learn
     from transformers import AutoTokenizer
 
     AutoTokenizer.from_pretrained(model_path)
-    return "sklearn" in sys.modules
+    return [name for name in UNUSED_BY_A_WORKER if name in sys.modules]
 
 
 def _config(model_path: Path):
@@ -38,34 +43,36 @@ def _config(model_path: Path):
 
 
 class ImportProbe(ActorRolloutRefWorker):
-    """The FSDP worker as it starts, with one more method: did loading a tokenizer and transformers'
-    generation code import scikit-learn?"""
+    """The FSDP worker as it starts, with one more method: which unused packages did loading a
+    tokenizer and transformers' generation code import?"""
 
     @register(Dispatch.SAME_ARGS, first_rank)
-    def imported_sklearn(self) -> bool:
-        return _loads_transformers_and_reports_sklearn(self.config.actor_rollout_ref.model.path)
+    def imported_unused(self) -> list[str]:
+        return _loads_transformers_and_reports_unused(self.config.actor_rollout_ref.model.path)
 
 
 WORKER_IN_A_FRESH_PROCESS = """
 import sys
 from test_startup import ImportProbe, _config
-print(ImportProbe(_config(sys.argv[1]), 0, 1).imported_sklearn())
+print(ImportProbe(_config(sys.argv[1]), 0, 1).imported_unused())
 """
 
 
 @pytest.mark.parametrize("ray_worker", [True, False])
 def test_only_a_worker_of_a_ray_group_hides_sklearn(tiny_model_path, ray_worker):
     """The worker's own start-up, in a fresh process: with the group's variable transformers imports
-    no scikit-learn; without it (a single-process run in a user's process) it does, as before."""
+    no scikit-learn; without it (a single-process run in a user's process) it does, as before.
+    (scikit-learn brings pandas; a worker of the group imports neither.)"""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), RAY_WORKER_ENV: "1" if ray_worker else "0"}
     done = subprocess.run([sys.executable, "-c", WORKER_IN_A_FRESH_PROCESS, str(tiny_model_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == str(not ray_worker)
+    imported = done.stdout.strip().splitlines()[-1]
+    assert (imported == "[]") if ray_worker else ("'sklearn'" in imported), imported
 
 
 @pytest.mark.slow
-def test_a_worker_of_the_ray_group_starts_without_sklearn(ray_session, tiny_model_path):
+def test_a_worker_of_the_ray_group_starts_without_sklearn_or_pandas(ray_session, tiny_model_path):
     from ray import cloudpickle
 
     from corewarding.workers.group import RayWorkerGroup
@@ -73,7 +80,7 @@ def test_a_worker_of_the_ray_group_starts_without_sklearn(ray_session, tiny_mode
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     group = RayWorkerGroup(_config(tiny_model_path), worker_cls=ImportProbe)
     try:
-        assert group.call(ImportProbe.imported_sklearn) is False
+        assert group.call(ImportProbe.imported_unused) == []
     finally:
         group.close()
 

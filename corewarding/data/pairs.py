@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Sequence
 
 from corewarding.rewards.answers import normalize_answer
 from corewarding.data.schema import DataError, as_files, read_verl_parquet, user_content
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def load_pairs(
     an error naming the index. The originals must have a ground truth unless
     `require_ground_truth=False`; a rewrite may lack one (the original's is used).
     """
+    import pandas as pd
+
     original_files, rephrased_files = as_files(original_files), as_files(rephrased_files)
     _check_distinct_files(original_files, rephrased_files)
     originals = read_verl_parquet(original_files, prompt_key, require_ground_truth, require_index=True)

@@ -17,11 +17,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
+
+# pandas and pyarrow are imported where a file is read or written: a Ray worker, which only tokenizes,
+# starts ~0.3 s sooner without them.
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +161,9 @@ def read_verl_parquet(
     (dict), `file`, `row` (position in its file). Any problem raises `DataError` naming the file,
     the row and the column.
     """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
     frames = []
     for path in as_files(files):
         if not path.exists():
@@ -205,6 +211,8 @@ def _normalise_frame(
         out["ability"].append("math" if _missing(ability) else str(ability))
         out["file"].append(str(path))
         out["row"].append(row)
+    import pandas as pd
+
     # object dtype: keeps None as None (pandas 3 would turn a str column's None into NaN)
     frame = pd.DataFrame({c: pd.Series(out[c], dtype=object) for c in NORMALISED_COLUMNS})
     return frame.astype({"index": "int64", "row": "int64"})
@@ -277,6 +285,8 @@ def make_row(
 def write_verl_parquet(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """Write rows (from `make_row`) to parquet atomically (temp file then rename)."""
     path = Path(path)
+    import pandas as pd
+
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(list(rows))
     tmp = path.with_name(path.name + ".tmp")
