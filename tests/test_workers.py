@@ -720,6 +720,7 @@ def test_a_checkpoint_resumes_on_another_worker_count(setup, tiny_model_path):
     try:
         one.init_model(10)
         one.load_checkpoint(str(by_two))
+        assert all(g["fused"] for g in one.workers[0].optimizer.param_groups)  # one kernel, not a loop over tensors
         by_one = tmp / "by_one"
         one.save_checkpoint(str(by_one))
         halves, (whole,) = optimizer_files(by_two), optimizer_files(by_one)

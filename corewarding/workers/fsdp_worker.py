@@ -121,8 +121,10 @@ class ActorRolloutRefWorker(WorkerApi):
         self.actor = self._load_and_shard(train=True, compute_dtype=compute_dtype, reshard=actor_fsdp.reshard_after_forward,
                                           offload=on_gpu and (actor_fsdp.param_offload or actor_fsdp.optimizer_offload))
         optim = arr.actor.optim
+        # fused: one kernel over all shards (HF Trainer's default, adamw_torch_fused); on CPU the
+        # default is a Python loop over the parameters, ~6x slower (docs/speed.md)
         self.optimizer = torch.optim.AdamW(self.actor.parameters(), lr=optim.lr, betas=optim.betas, eps=optim.eps,
-                                           weight_decay=optim.weight_decay)
+                                           weight_decay=optim.weight_decay, fused=True)
         self.lr_scheduler = build_lr_scheduler(
             self.optimizer, total_steps=total_steps, warmup_steps_ratio=optim.lr_warmup_steps_ratio,
             warmup_steps=optim.lr_warmup_steps, style=optim.warmup_style, min_lr_ratio=optim.min_lr_ratio,
