@@ -9,13 +9,33 @@ generation code: the Ray workers of a group (`group.py` sets `RAY_WORKER_ENV`) a
 lines (`python -m corewarding.main`, `.plan`, `.eval`, `rewrite_questions.py`). lm-eval imports
 scikit-learn itself, which this does not touch. A run started from a user's own Python process
 (`run_training`, a single-process run) leaves that process's transformers as it is.
+
+A worker also loads its models and starts its engine with Python's cyclic garbage collector paused
+(`gc_paused`): those imports and loads make millions of long-lived objects, and each full
+collection they trigger walks all of them again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from typing import Iterator
 
 RAY_WORKER_ENV = "COREWARDING_RAY_WORKER"  # set to "1" in the environment of the group's actors
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside the block; the collector's state is restored after it, and
+    the cycles made meanwhile are freed by its next collection (reference counting frees the rest)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _absent() -> bool:

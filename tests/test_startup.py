@@ -1,7 +1,8 @@
 """The processes this project owns start without the scikit-learn import transformers would make
 (`corewarding/startup.py`): a worker that Ray starts for a group, and each command line; a worker in
 a user's own process (a single-process run) leaves that process's transformers as it is. A worker
-starts without pandas too: it reads no data file (`corewarding/data/schema.py`)."""
+starts without pandas too: it reads no data file (`corewarding/data/schema.py`), and loads its models
+with the garbage collector paused."""
 
 from __future__ import annotations
 
@@ -115,3 +116,31 @@ def test_each_command_line_hides_sklearn_before_it_runs():
     assert done.returncode == 0, done.stderr[-3000:]
     reported = dict(line.rsplit(" ", 1) for line in done.stdout.splitlines() if line.startswith(tuple(ENTRY_POINTS)))
     assert reported == {entry: "False" for entry in ENTRY_POINTS}, done.stdout[-3000:]
+
+
+def test_gc_paused_restores_the_collector_whatever_happens():
+    import gc
+
+    from corewarding.startup import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failed start-up")
+    assert gc.isenabled()
+    gc.disable()  # a caller that runs without the collector keeps it off
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_worker_loads_its_models_with_the_collector_paused(tiny_model_path, monkeypatch):
+    import gc
+
+    worker = ActorRolloutRefWorker(_config(tiny_model_path), 0, 1)
+    monkeypatch.setattr(worker, "_init_model", lambda total_steps: f"collector on: {gc.isenabled()}")
+    assert worker.init_model(1) == "collector on: False"
+    assert gc.isenabled()

@@ -40,7 +40,7 @@ from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
 from corewarding.errors import ConfigError
 from corewarding.logs import quiet_worker
-from corewarding.startup import in_ray_worker, skip_unused_imports
+from corewarding.startup import gc_paused, in_ray_worker, skip_unused_imports
 from corewarding.workers import memory_plan, rng_state
 from corewarding.workers.checkpoint import worker_checkpoint
 from corewarding.workers.dispatch import Dispatch, concat_rows, first_rank, register
@@ -104,6 +104,10 @@ class ActorRolloutRefWorker(WorkerApi):
         """Process group, tokenizer, the sharded policy with its optimizer and LR schedule over
         `total_steps` steps, the sharded reference model, the rollout engine. On a GPU, returns the
         start-up memory estimate (one line), checked before any model loads."""
+        with gc_paused():  # 7.9 -> 6.6 s with vLLM on this project's 2-core machine (corewarding/startup.py)
+            return self._init_model(total_steps)
+
+    def _init_model(self, total_steps: int) -> str | None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # Ray forwards every worker's per-load bars to the driver
