@@ -10,8 +10,8 @@ lines (`python -m corewarding.main`, `.plan`, `.eval`, `rewrite_questions.py`). 
 scikit-learn itself, which this does not touch. A run started from a user's own Python process
 (`run_training`, a single-process run) leaves that process's transformers as it is.
 
-A worker also loads its models and starts its engine with Python's cyclic garbage collector paused
-(`gc_paused`): those imports and loads make millions of long-lived objects, and each full
+A CPU worker also loads its models and starts its engine with Python's cyclic garbage collector
+paused (`gc_paused`): those imports and loads make millions of long-lived objects, and each full
 collection they trigger walks all of them again.
 """
 

@@ -1,8 +1,8 @@
 """The processes this project owns start without the scikit-learn import transformers would make
 (`corewarding/startup.py`): a worker that Ray starts for a group, and each command line; a worker in
 a user's own process (a single-process run) leaves that process's transformers as it is. A worker
-starts without pandas too: it reads no data file (`corewarding/data/schema.py`), and loads its models
-with the garbage collector paused."""
+starts without pandas too: it reads no data file (`corewarding/data/schema.py`); on CPU it loads its
+models with the garbage collector paused."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def _loads_transformers_and_reports_unused(model_path: str) -> list[str]:
     return [name for name in UNUSED_BY_A_WORKER if name in sys.modules]
 
 
-def _config(model_path: Path):
+def _config(model_path: Path, device: str = "cpu"):
     return load_config(compose_config([
-        "trainer.device=cpu", "trainer.nnodes=1", "trainer.n_gpus_per_node=1", "trainer.cpus_per_worker=1",
+        f"trainer.device={device}", "trainer.nnodes=1", "trainer.n_gpus_per_node=1", "trainer.cpus_per_worker=1",
         "trainer.preemption_signals=[]", f"actor_rollout_ref.model.path={model_path}",
     ]), check_paths=False)
 
@@ -137,10 +137,11 @@ def test_gc_paused_restores_the_collector_whatever_happens():
         gc.enable()
 
 
-def test_a_worker_loads_its_models_with_the_collector_paused(tiny_model_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_a_cpu_worker_loads_its_models_with_the_collector_paused(tiny_model_path, monkeypatch, device):
     import gc
 
-    worker = ActorRolloutRefWorker(_config(tiny_model_path), 0, 1)
-    monkeypatch.setattr(worker, "_init_model", lambda total_steps: f"collector on: {gc.isenabled()}")
-    assert worker.init_model(1) == "collector on: False"
+    worker = ActorRolloutRefWorker(_config(tiny_model_path, device), 0, 1)
+    monkeypatch.setattr(worker, "_init_model", lambda total_steps: gc.isenabled())
+    assert worker.init_model(1) is (device != "cpu")
     assert gc.isenabled()

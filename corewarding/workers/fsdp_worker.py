@@ -23,6 +23,7 @@ lost to bf16 rounding.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import signal
@@ -104,7 +105,9 @@ class ActorRolloutRefWorker(WorkerApi):
         """Process group, tokenizer, the sharded policy with its optimizer and LR schedule over
         `total_steps` steps, the sharded reference model, the rollout engine. On a GPU, returns the
         start-up memory estimate (one line), checked before any model loads."""
-        with gc_paused():  # 7.9 -> 6.6 s with vLLM on this project's 2-core machine (corewarding/startup.py)
+        # CPU only (7.9 -> 6.6 s with vLLM on this project's 2-core machine): on a GPU a cycle made
+        # during the loads could hold device memory until the next collection, for a second of minutes
+        with gc_paused() if self.config.trainer.device == "cpu" else contextlib.nullcontext():
             return self._init_model(total_steps)
 
     def _init_model(self, total_steps: int) -> str | None:
