@@ -5,6 +5,7 @@ a method as its declaration says and refuses one without a declaration."""
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 import pytest
@@ -136,11 +137,13 @@ def test_a_method_without_a_declaration_cannot_be_called_through_a_group():
 
 
 def test_the_local_group_is_a_group_of_one(monkeypatch):
-    """`LocalWorkerGroup` hands the batch itself to its one worker and refuses undeclared methods too."""
-    from corewarding.workers.local_group import LocalWorkerGroup
+    """`LocalWorkerGroup` hands the batch itself to its one worker and refuses undeclared methods too;
+    closed, it leaves the process's environment as it found it (no rendezvous of a world that is gone)."""
+    from corewarding.workers.local_group import RENDEZVOUS_VARIABLES, LocalWorkerGroup
 
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "GLOO_SOCKET_IFNAME"):
-        monkeypatch.setenv(key, "")  # restored after the test: the group sets them for its worker
+    for key in RENDEZVOUS_VARIABLES:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")  # the user's own: kept while the group runs and after
     config = load_config(compose_config(["trainer.device=cpu", "trainer.n_gpus_per_node=1",
                                          "actor_rollout_ref.model.path=/nonexistent"]), check_paths=False)
     group = LocalWorkerGroup(config, worker_cls=Probe)
@@ -149,5 +152,8 @@ def test_the_local_group_is_a_group_of_one(monkeypatch):
     assert group.call(Probe.whoami, "b") == (0, "b")
     with pytest.raises(TypeError, match="declares no @register"):
         group.call(Probe.undeclared, "b")
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
     group.close()
     assert group.workers == []
+    assert {key: os.environ.get(key) for key in RENDEZVOUS_VARIABLES} == {
+        **dict.fromkeys(RENDEZVOUS_VARIABLES), "GLOO_SOCKET_IFNAME": "eth7"}
