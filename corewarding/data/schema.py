@@ -183,6 +183,8 @@ def read_verl_parquet(
 def _normalise_frame(
     raw: dict[str, list[Any]], n: int, path: Path, prompt_key: str, require_ground_truth: bool, require_index: bool
 ) -> pd.DataFrame:
+    import pandas as pd
+
     required = [prompt_key] + (["reward_model"] if require_ground_truth else []) + (["extra_info"] if require_index else [])
     missing = [c for c in required if c not in raw]
     if missing:
@@ -211,8 +213,6 @@ def _normalise_frame(
         out["ability"].append("math" if _missing(ability) else str(ability))
         out["file"].append(str(path))
         out["row"].append(row)
-    import pandas as pd
-
     # object dtype: keeps None as None (pandas 3 would turn a str column's None into NaN)
     frame = pd.DataFrame({c: pd.Series(out[c], dtype=object) for c in NORMALISED_COLUMNS})
     return frame.astype({"index": "int64", "row": "int64"})
@@ -284,9 +284,9 @@ def make_row(
 
 def write_verl_parquet(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """Write rows (from `make_row`) to parquet atomically (temp file then rename)."""
-    path = Path(path)
     import pandas as pd
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(list(rows))
     tmp = path.with_name(path.name + ".tmp")
