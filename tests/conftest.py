@@ -29,8 +29,9 @@ REQUIRE_VLLM = "COREWARDING_REQUIRE_VLLM"
 
 def pytest_configure(config: pytest.Config) -> None:
     """With COREWARDING_REQUIRE_VLLM=1, fail the run when `import vllm` fails (checked in a subprocess,
-    so that this process does not import vllm before the tests that need it)."""
-    if os.environ.get(REQUIRE_VLLM) != "1":
+    so that this process does not import vllm before the tests that need it). Under pytest-xdist the
+    controller checks once; its workers do not repeat it."""
+    if os.environ.get(REQUIRE_VLLM) != "1" or hasattr(config, "workerinput"):
         return
     result = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True)
     if result.returncode != 0:
@@ -87,14 +88,17 @@ def two_step_histories() -> dict[str, list[dict]]:
 @pytest.fixture(scope="session")
 def boxing_model(tiny_model_path):
     """The tiny model, trained (about a minute, once) to answer "The answer is \\boxed{d}." (d in 1..3)."""
+    from corewarding.model_zoo import build_once, cache_dir
+
+    return build_once(cache_dir() / "tiny-llama-2l-128h-boxing-v3", lambda out: _train_boxing_model(tiny_model_path, out))
+
+
+def _train_boxing_model(tiny_model_path: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from corewarding.data import ONE_SHOT_SYSTEM_PROMPT, builtin_problems
-    from corewarding.model_zoo import cache_dir
+    from corewarding.model_zoo import save_model_folder
 
-    out = cache_dir() / "tiny-llama-2l-128h-boxing-v3"
-    if (out / "config.json").exists():
-        return out
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -121,8 +125,4 @@ def boxing_model(tiny_model_path):
         opt.step()
         opt.zero_grad()
     torch.set_num_threads(threads)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+    return save_model_folder(model, tok, out)

@@ -1,12 +1,15 @@
-"""model_zoo's folder saves: whole or absent, never half-written."""
+"""model_zoo's folder saves: whole or absent, never half-written, and built once by processes that want
+the same folder together."""
 
 from __future__ import annotations
 
+import multiprocessing
+import time
 from pathlib import Path
 
 import pytest
 
-from corewarding.model_zoo import save_model_folder
+from corewarding.model_zoo import build_once, save_model_folder
 
 
 class FakeModel:
@@ -47,3 +50,30 @@ def test_a_save_replaces_an_incomplete_folder(tmp_path):
     (out / "config.json").write_text("stale")
     save_model_folder(FakeModel(), FakeTokenizer(), out)
     assert (out / "config.json").read_text() == "{}" and (out / "tokenizer.json").exists()
+
+
+def _slow_build(out: Path) -> Path:
+    """A build that takes long enough for a second process to ask meanwhile, and counts itself."""
+    with open(out.parent / "builds.txt", "a") as log:
+        log.write("built\n")
+    time.sleep(0.5)
+    return save_model_folder(FakeModel(), FakeTokenizer(), out)
+
+
+def _want_the_folder(out: Path, ready: multiprocessing.synchronize.Barrier) -> None:
+    ready.wait()
+    assert (build_once(out, _slow_build) / "tokenizer.json").exists()
+
+
+def test_two_processes_that_want_one_folder_build_it_once(tmp_path):
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Barrier(2)
+    procs = [fork.Process(target=_want_the_folder, args=(tmp_path / "model", ready)) for _ in range(2)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(30)
+    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert (tmp_path / "builds.txt").read_text() == "built\n"
+    assert build_once(tmp_path / "model", _slow_build) == tmp_path / "model"  # made: no third build
+    assert (tmp_path / "builds.txt").read_text() == "built\n"
