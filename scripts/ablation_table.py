@@ -10,7 +10,7 @@ A run is `label=<folder>` (or a folder, labelled by its name) with the `metrics.
 `scripts/replicate.py` writes. Writes into `--figs`: `ablations.md` (per run: base / best / final
 validation accuracy ± its standard error over questions, the pseudo-label accuracy, the majority
 ratio and the share of rollouts with an answer, each averaged over the first and the second half of
-the training steps, and the first collapse sign) and `ablations.png` (the replication's panels, one
+the training steps, and the collapse monitor's reading) and `ablations.png` (the replication's panels, one
 line per run).
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corewarding.experiments.curves import plot_curves
-from corewarding.experiments.runs import accuracy_cells, collapse_cell, parse_run_arg, run_summary
+from corewarding.experiments.runs import MONITOR_NOTE, accuracy_cells, monitor_cell, parse_run_arg, run_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,12 +62,12 @@ def write_table(runs: list[dict[str, Any]], path: Path, command: str) -> None:
              "steps, so it is biased upwards. The next three columns are means over the first / the second half "
              "of the training steps: the share of groups whose pseudo-label equals the ground truth, the share of a "
              "group's rollouts that give its most common answer, and the share of rollouts with an answer. "
-             "Collapse: this version's monitor replayed over the logged metrics.", "",
+             + MONITOR_NOTE, "",
              "| run | base | best (step) | final | " + " | ".join(f"{name}, 1st / 2nd half" for name in HALVES.values())
-             + " | first collapse sign |",
+             + " | collapse monitor |",
              "| --- | --- | --- | --- | " + "--- | " * len(HALVES) + "--- |"]
     for run in runs:
-        cells = [run["label"], *accuracy_cells(run), *(_halves(run["halves"][key]) for key in HALVES), collapse_cell(run)]
+        cells = [run["label"], *accuracy_cells(run), *(_halves(run["halves"][key]) for key in HALVES), monitor_cell(run["monitor"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{command}`"]
     path.write_text("\n".join(lines) + "\n")

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from corewarding.experiments.decisive_protocol import DONE, HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS
+from corewarding.experiments.runs import merged_steps, monitor_cell, replay_monitor
+from corewarding.trainer.monitor import CollapseMonitor
 from corewarding.trainer.tracking import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +107,14 @@ def status(run: Run, base_accuracy: float) -> str:
     return "collapsed" if (run.late_mean("monitor/majority_ratio") or 0.0) >= 0.9 else "fell"
 
 
+def monitor_agrees(run: Run, reading: str) -> bool:
+    """The collapse monitor, replayed over the run's metrics, flags a collapse exactly when the
+    protocol reads the run as collapsed, and a degenerate run exactly when it reads truncation."""
+    first = replay_monitor(merged_steps(run.history))
+    return ((CollapseMonitor.COLLAPSE in first) == (reading == "collapsed")
+            and (CollapseMonitor.DEGENERATE in first) == (reading == "truncation"))
+
+
 def paired_differences(runs: list[Run], a: str, b: str, step: int) -> dict[int, float]:
     """Per seed that has both: mean over questions of a's correctness minus b's at `step`."""
     by = {(r.name, r.seed): r for r in runs}
@@ -155,13 +165,13 @@ def accuracy_table(runs: list[Run]) -> list[str]:
 
 
 def collapse_table(runs: list[Run], base_accuracy: float) -> list[str]:
-    lines = ["| run | seed | step 16 | step 48 | majority ratio 45-48 | truncated 45-48 | reading |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| run | seed | step 16 | step 48 | majority ratio 45-48 | truncated 45-48 | reading | collapse monitor |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed)):
         majority, truncated = r.late_mean("monitor/majority_ratio"), r.late_mean("response_length/clip_ratio")
         cells = [LABELS.get(r.name, r.name), str(r.seed), f"{r.accuracy(16):.3f}", f"{r.accuracy(48):.3f}",
                  f"{majority:.2f}" if majority is not None else "-", f"{truncated:.2f}" if truncated is not None else "-",
-                 status(r, base_accuracy)]
+                 status(r, base_accuracy), monitor_cell(replay_monitor(merged_steps(r.history)))]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -195,6 +205,11 @@ def report(base: list[int], runs: list[Run]) -> str:
     lines += ["", f"Collapses over the {n} paired seeds: Majority-Voting {counts[PRIMARY[0]]}, Co-rewarding-II "
               f"{counts[PRIMARY[1]]} (one-sided Fisher p = {fisher:.3f}). Each run's reading:", "",
               *collapse_table(runs, base_accuracy), ""]
+    disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs if not monitor_agrees(r, status(r, base_accuracy))]
+    lines += ["The collapse monitor (`corewarding/trainer/monitor.py`, replayed over each run's metrics at this "
+              "version's rules; it reads the 64-question validation set where the protocol reads the held-out one) "
+              + (f"disagrees with the protocol's reading on {', '.join(disagree)}." if disagree else
+                 "flags a collapse or a degenerate run exactly where the protocol reads one."), ""]
     lines += ["## Verdict", ""]
     if n >= PRIMARY_SEEDS:
         word, reason = verdict(t_summary(list(primary.values())), counts, n)

@@ -18,7 +18,7 @@ last checkpoint.
 Writes (into `--figs`, default figs/): `replication.png` (per method vs step: validation accuracy
 with a standard-error band, pseudo-label accuracy, majority ratio, distinct answers, entropy,
 reward), `replication.md` (base / best / final validation accuracy per method, the share of groups
-with a learning signal, the step where a collapse sign first fired) and `replication_metrics.jsonl`
+with a learning signal, the collapse monitor's reading) and `replication_metrics.jsonl`
 (every logged step of every method).
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 from corewarding.experiments.builtin_runs import (
     EXTRA_METHODS, LABELS, METHODS, REPLICATED, add_run_args, run_overrides,
 )
-from corewarding.experiments.runs import REPLICATION_DONE
+from corewarding.experiments.runs import MONITOR_NOTE, REPLICATION_DONE, monitor_cell, replay_monitor
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -112,19 +112,18 @@ def run_method(args: argparse.Namespace, method: str, data: dict[str, Path]) -> 
 
 def summarise(method: str, history: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """Base / best / final validation accuracy (with standard errors), the mean share of groups with
-    a learning signal, the first step with a collapse sign, and the run time."""
+    a learning signal, the collapse monitor's reading, and the run time."""
     val = [h for h in history if "val/acc" in h]
     steps = [h for h in history if h["step"] > 0 and "reward/mean" in h]
     best = max(val, key=lambda h: h["val/acc"]) if val else None
     signal = [1.0 - h["monitor/zero_adv_groups"] for h in steps if "monitor/zero_adv_groups" in h]
-    collapsed = [h["step"] for h in steps if h.get("monitor/collapse")]
     return {
         "method": method,
         "base": val[0] if val else None,
         "best": best,
         "final": val[-1] if val else None,
         "signal": sum(signal) / len(signal) if signal else None,
-        "collapse_step": collapsed[0] if collapsed else None,
+        "monitor": monitor_cell(replay_monitor(history)),
         "seconds": seconds,
     }
 
@@ -143,17 +142,17 @@ def write_table(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path
         f"SmolLM2-135M-Instruct, built-in arithmetic with rephrased twins, {args.steps} steps x {args.batch} questions "
         f"x {args.n} rollouts (Co-rewarding-I: {args.batch} pairs; Co-rewarding-II: {args.n} teacher rollouts), "
         f"<= {args.max_new_tokens} new tokens, T={args.temperature}, lr {args.lr}, KL {args.kl}. Validation: "
-        f"{args.val_size} held-out questions, avg@{args.val_n} at T=0.8, ± one standard error over questions.",
+        f"{args.val_size} held-out questions, avg@{args.val_n} at T=0.8, ± one standard error over questions. "
+        + MONITOR_NOTE,
         "",
-        "| method | base | best (step) | final | groups with a learning signal | first collapse sign | run time |",
+        "| method | base | best (step) | final | groups with a learning signal | collapse monitor | run time |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         best = f"{_acc(r['best'])} ({r['best']['step']})" if r["best"] else "-"
         signal = f"{100 * r['signal']:.0f} %" if r["signal"] is not None else "-"
-        collapse = f"step {r['collapse_step']}" if r["collapse_step"] is not None else "none"
         minutes = f"{r['seconds'] / 60:.0f} min"
-        cells = [LABELS[r["method"]], _acc(r["base"]), best, _acc(r["final"]), signal, collapse, minutes]
+        cells = [LABELS[r["method"]], _acc(r["base"]), best, _acc(r["final"]), signal, r["monitor"], minutes]
         lines.append("| " + " | ".join(cells) + " |")
     total = sum(r["seconds"] for r in rows) / 60
     lines += ["", f"Command: `{command}`", "",

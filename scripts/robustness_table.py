@@ -11,7 +11,7 @@ the metrics file itself is accepted too), given as `f=<folder>`. Where replicate
 may leave f out and take it from there). Writes into `--figs`: `robustness.md` (per run: base /
 best / final validation accuracy with its standard error where logged, mean pseudo-label accuracy
 over the training steps, its split by faithful / unfaithful pairs and the share of unfaithful
-originals labelled with their twin's answer where logged, the first collapse sign) and
+originals labelled with their twin's answer where logged, the collapse monitor's reading) and
 `robustness.png` (validation and pseudo-label accuracy vs step per f, the union dashed; the split
 vs step; best / final vs f).
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from corewarding.experiments.builtin_runs import LABELS
-from corewarding.experiments.runs import accuracy_cells, collapse_cell, parse_run_arg, points, run_summary
+from corewarding.experiments.runs import MONITOR_NOTE, accuracy_cells, monitor_cell, parse_run_arg, points, run_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def _mean_of(steps: list[dict[str, Any]], key: str) -> float | None:
 
 def fraction_summary(method: str, f: float | None, metrics_file: Path) -> dict[str, Any]:
     """The run's summary (`corewarding.experiments.runs.run_summary`: validation by step, base / best
-    / final, the first collapse sign, the history) with its method, its f and the mean over training
+    / final, the collapse monitor replayed, the history) with its method, its f and the mean over training
     steps of the pseudo-label accuracy and of its split."""
     run = run_summary(metrics_file)
     training = [h for h in run["history"] if h["step"] > 0]
@@ -92,14 +92,13 @@ def write_table(runs: list[dict[str, Any]], path: Path, command: str) -> None:
              "training steps of the share of groups whose pseudo-label equals the ground truth, over all groups, "
              "the groups of faithful pairs and those of unfaithful pairs; the last of them is, over the original "
              "questions of unfaithful pairs, the share labelled with the twin's own answer (the model answered the "
-             "twin right and so taught the original a wrong label). Collapse: this version's monitor replayed over "
-             "the logged metrics.", "",
+             "twin right and so taught the original a wrong label). " + MONITOR_NOTE, "",
              "| method | f | base | best (step) | final | pseudo-label acc | " + " | ".join(SPLIT.values())
-             + " | first collapse sign |",
+             + " | collapse monitor |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         cells = [LABELS[run["method"]], _f(run["f"]), *accuracy_cells(run), _cell(run["pseudo"]),
-                 *(_cell(run["split"][k]) for k in SPLIT), collapse_cell(run)]
+                 *(_cell(run["split"][k]) for k in SPLIT), monitor_cell(run["monitor"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{command}`"]
     path.write_text("\n".join(lines) + "\n")

@@ -1,5 +1,5 @@
 """The replication over several seeds: per method, base / best / final validation accuracy as the
-mean over seeds with its standard error, each seed's final and first collapse sign, and paired
+mean over seeds with its standard error, each seed's final and the collapse monitor's reading, and paired
 differences between methods (paired by question within a seed, standard error over seeds).
 
     python scripts/seed_table.py --root outputs/seeds --seeds 0 1 2 --figs figs
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from corewarding.experiments.builtin_runs import EXTRA_METHODS, LABELS, METHODS, REPLICATED
 from corewarding.experiments.curves import plot_curves
-from corewarding.experiments.runs import REPLICATION_DONE, plus_minus, run_summary
+from corewarding.experiments.runs import MONITOR_NOTE, REPLICATION_DONE, monitor_cell, plus_minus, run_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,13 +79,13 @@ def per_seed(by_seed: dict[int, Any], cell: Callable[[Any], str]) -> str:
 def write_table(runs: dict[str, dict[int, dict]], seeds: list[int], path: Path, command: str) -> None:
     lines = ["# Micro-replication over seeds", "",
              f"Seeds {', '.join(map(str, seeds))}; mean ± standard error over seeds (a method's best step is its own "
-             "per seed: the maximum over steps, so it is biased upwards).", "",
-             "| method | seeds | base | best | final | final per seed | first collapse sign per seed | minutes per seed |",
+             "per seed: the maximum over steps, so it is biased upwards). " + MONITOR_NOTE, "",
+             "| method | seeds | base | best | final | final per seed | collapse monitor per seed | minutes per seed |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method, by_seed in runs.items():
         cols = {k: mean_se([r["val"][r[k]] for r in by_seed.values()]) for k in ("base", "best", "final")}
         finals = per_seed(by_seed, lambda r: f"{r['val'][r['final']]:.3f}")
-        collapse = per_seed(by_seed, lambda r: f"step {r['collapse']}" if r["collapse"] is not None else "none")
+        collapse = per_seed(by_seed, lambda r: monitor_cell(r["monitor"]))
         minutes = per_seed(by_seed, lambda r: f"{r['minutes']:.1f}" if r["minutes"] is not None else "-")
         lines.append(f"| {LABELS[method]} | {len(by_seed)} | {plus_minus(*cols['base'])} | {plus_minus(*cols['best'])} | "
                      f"{plus_minus(*cols['final'])} | {finals} | {collapse} | {minutes} |")

@@ -17,17 +17,16 @@ SPLIT = ("reward/pseudo_label_acc_faithful", "reward/pseudo_label_acc_unfaithful
 
 
 def write_run(folder: Path, val: dict[int, tuple], pseudo: list[float], split: list[tuple] | None = None,
-              vanish_at: int | None = None, recorded_f: float | None = None) -> Path:
+              majority: float = 0.5, recorded_f: float | None = None) -> Path:
     """A run of len(pseudo) training steps as replicate.py writes it: validation at the steps of `val`
     ((acc, se) or (acc,)), the pseudo-label accuracy and (`split`) its three split metrics per step,
-    the answers vanishing from the rollouts at `vanish_at`; `recorded_f` goes to <out>/data/args.json."""
+    the rollouts' majority ratio `majority`; `recorded_f` goes to <out>/data/args.json."""
     folder.mkdir(parents=True)
     history = []
     for step in range(len(pseudo) + 1):
         entry: dict = {"step": step}
         if step > 0:
-            entry.update({"reward/mean": 0.5, PSEUDO: pseudo[step - 1],
-                          "reward/answer_present": 0.0 if vanish_at is not None and step >= vanish_at else 0.9})
+            entry.update({"reward/mean": 0.5, PSEUDO: pseudo[step - 1], "monitor/majority_ratio": majority})
             if split is not None:
                 entry.update(dict(zip(SPLIT, split[step - 1])))
         if step in val:
@@ -52,7 +51,7 @@ def test_robustness_table_numbers_and_figure(tmp_path):
     f025 = write_run(tmp_path / "f025" / "co_rewarding_i", {0: (0.1, 0.02), 4: (0.3, 0.04), 8: (0.3, 0.04)},
                      [0.4] * 4 + [0.6] * 4, split=[(0.6, 0.2, 0.5)] * 4 + [(0.6, 0.4, 0.5)] * 4)
     f05 = write_run(tmp_path / "f050" / "co_rewarding_i", {0: (0.1, 0.02), 4: (0.2, 0.03), 8: (0.05, 0.02)}, [0.3] * 8,
-                    split=[(0.4, 0.1, 0.7)] * 8, vanish_at=6, recorded_f=0.5)
+                    split=[(0.4, 0.1, 0.7)] * 8, majority=0.95, recorded_f=0.5)
     union = write_run(tmp_path / "union" / "majority_voting_union", {0: (0.1,), 4: (0.25,), 8: (0.2,)}, [0.45] * 8,
                       recorded_f=0.0)
     figs = tmp_path / "figs"
@@ -65,8 +64,9 @@ def test_robustness_table_numbers_and_figure(tmp_path):
     assert "| Co-rewarding-I | 0 | 0.100 ± 0.020 | 0.400 ± 0.050 (4) | 0.300 ± 0.050 | 0.500 | - | - | - | none |" in table
     # best: a tie goes to the earlier step; split means over the 8 steps: (4 x 0.2 + 4 x 0.4) / 8 = 0.3
     assert "| Co-rewarding-I | 0.25 | 0.100 ± 0.020 | 0.300 ± 0.040 (4) | 0.300 ± 0.040 | 0.500 | 0.600 | 0.300 | 0.500 | none |" in table
-    # answers vanish at step 6: windows of 3 give 0.3 at step 7 <= half the best window (0.9)
-    assert "| Co-rewarding-I | 0.5 | 0.100 ± 0.020 | 0.200 ± 0.030 (4) | 0.050 ± 0.020 | 0.300 | 0.400 | 0.100 | 0.700 | step 7 |" in table
+    # the validation falls to 0.05 < half of 0.2 at step 8 while the groups agree (0.95): a collapse
+    assert ("| Co-rewarding-I | 0.5 | 0.100 ± 0.020 | 0.200 ± 0.030 (4) | 0.050 ± 0.020 | 0.300 | 0.400 | 0.100 | 0.700 "
+            "| collapse (step 8) |") in table
     # the union: f from its recorded data, no standard error logged
     assert "| Majority-Voting, both views | 0 | 0.100 | 0.250 (4) | 0.200 | 0.450 | - | - | - | none |" in table
     assert (figs / "robustness.png").stat().st_size > 10_000

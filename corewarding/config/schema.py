@@ -169,11 +169,12 @@ class CollapseMonitorConfig(Section):
     drop: float  # fall in accuracy from its best window that counts
     relative_drop: float  # ... or this share of the best window (a model at 5 % cannot fall by 0.1)
     consensus: float  # majority ratio that counts as consensus
+    truncation: float  # share of responses cut at the length limit that makes a fall "degenerate"
     entropy_fraction: float  # entropy below this share of the first step's: a warning, not a collapse
 
     def __post_init__(self) -> None:
         self.positive("window")
-        for name in ("drop", "relative_drop", "consensus", "entropy_fraction"):
+        for name in ("drop", "relative_drop", "consensus", "truncation", "entropy_fraction"):
             check_real(self.key(name), getattr(self, name), 0.0, 1.0)
 
 

@@ -1,5 +1,5 @@
 """A run's records as the scripts read them: the file of a run given on a command line, the series
-of one logged key, and a run's validation summary (base / best / final step, the first collapse sign)
+of one logged key, and a run's validation summary (base / best / final step, the collapse monitor's reading)
 with its table cells. A run is a folder with the `metrics.jsonl` the trainer writes
 (`corewarding.trainer.tracking`) and, from `scripts/replicate.py`, a finished marker.
 """
@@ -70,21 +70,25 @@ def merged_steps(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def first_collapse(history: list[dict[str, Any]]) -> int | None:
-    """The first step with a collapse sign by this version's monitor (at its default rules), replayed
-    over the logged metrics: every seed and method is judged alike, whichever version ran it."""
+def replay_monitor(history: list[dict[str, Any]]) -> dict[str, int]:
+    """This version's collapse monitor (at its default rules) replayed over the logged metrics: the
+    first step of each sign it saw (`CollapseMonitor.first`). Every seed and method is judged alike,
+    whichever version ran it."""
     from corewarding.config import compose_config, load_config
     from corewarding.trainer.monitor import CollapseMonitor
 
-    monitor = CollapseMonitor(load_config(compose_config([]), check_paths=False).trainer.collapse_monitor)
-    for entry in sorted((h for h in history if h["step"] > 0), key=lambda h: h["step"]):
-        monitor.update(entry["step"], dict(entry))
-    return monitor.first_step
+    monitor = CollapseMonitor(load_config(compose_config([]), check_paths=False).trainer.collapse_monitor, warn=False)
+    for entry in sorted(history, key=lambda h: h["step"]):
+        if entry["step"] > 0:
+            monitor.update(entry["step"], dict(entry))
+        if "val/acc" in entry:
+            monitor.validation(entry["step"], dict(entry))
+    return monitor.first
 
 
 def run_summary(metrics_file: Path) -> dict[str, Any]:
     """Validation accuracy by step (`val`, with standard errors `se` where logged), its base / best /
-    final step, the first step with a collapse sign, the logged history (one entry per step; a
+    final step, the collapse monitor replayed (`monitor`: the first step of each sign), the logged history (one entry per step; a
     truncated last line, a run still writing, is skipped) and the run's folder (`dir`)."""
     history = merged_steps(read_metrics(metrics_file, skip_bad_lines=True))
     found = points(history, "val/acc")
@@ -96,7 +100,7 @@ def run_summary(metrics_file: Path) -> dict[str, Any]:
     steps = sorted(val)
     return {"val": val, "se": se, "base": steps[0], "final": steps[-1],
             "best": max(steps, key=lambda s: (val[s], -s)),  # ties go to the earlier step
-            "collapse": first_collapse(history), "history": history, "dir": metrics_file.parent}
+            "monitor": replay_monitor(history), "history": history, "dir": metrics_file.parent}
 
 
 def plus_minus(mean: float, se: float | None) -> str:
@@ -113,5 +117,18 @@ def accuracy_cells(run: dict[str, Any]) -> list[str]:
     return [_accuracy(run, "base"), f"{_accuracy(run, 'best')} ({run['best']})", _accuracy(run, "final")]
 
 
-def collapse_cell(run: dict[str, Any]) -> str:
-    return f"step {run['collapse']}" if run["collapse"] is not None else "none"
+MONITOR_NOTE = ("Collapse monitor: this version's monitor replayed over the logged metrics; `collapse`: the validation "
+                "accuracy below half of its best with the rollouts' majority ratio at least 0.9, `degenerate`: the "
+                "same fall with half of the responses cut at the length limit, `fell`: the fall alone.")
+
+
+def monitor_cell(first: dict[str, int]) -> str:
+    """The monitor's reading of a run from `replay_monitor`: its first collapse or degenerate step,
+    else the first step its validation accuracy fell by half, else none."""
+    from corewarding.trainer.monitor import CollapseMonitor
+
+    for sign, word in ((CollapseMonitor.COLLAPSE, "collapse"), (CollapseMonitor.DEGENERATE, "degenerate"),
+                       (CollapseMonitor.FELL, "fell")):
+        if sign in first:
+            return f"{word} (step {first[sign]})"
+    return "none"

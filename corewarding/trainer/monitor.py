@@ -4,9 +4,10 @@ Self-rewarding methods fail in a recognisable way (the paper's Figure 1): the po
 consistent or confident answer that is wrong. The rollouts' groups agree ever more (majority ratio
 towards 1, one distinct answer per group), entropy collapses, and accuracy against the ground truth
 falls while the self-made reward keeps rising. `group_metrics` measures the first signs on every
-step's rollouts (`monitor/*`), whatever the method; `CollapseMonitor` turns them, with the reward,
-pseudo-label, answer and entropy metrics, into one-line warnings, a `monitor/collapse` flag (1 while
-any collapse sign holds) and a `monitor/entropy_low` flag, which every logger and the plots receive.
+step's rollouts (`monitor/*`), whatever the method. `CollapseMonitor` gives the verdict on the
+validation accuracy, as the decisive experiment defines a collapse (`monitor/collapse`, and
+`monitor/degenerate` for a fall by truncation), and reports the noisier signs of the step's own
+rollouts apart (`monitor/hacking_signs`, `monitor/entropy_low`); every logger and the plots receive them.
 """
 
 from __future__ import annotations
@@ -59,59 +60,88 @@ def _mean(values: Sequence[float]) -> float:
 
 
 class CollapseMonitor:
-    """Feed it every step's metrics; it adds `monitor/collapse` (0 / 1, while any collapse sign holds)
-    and `monitor/entropy_low` (0 / 1), and warns once per sign (`trainer.collapse_monitor` sets
-    `window`, `drop`, `relative_drop`, `consensus` and `entropy_fraction`). An accuracy "falls" when
-    its latest window is `drop` below its best window, or `relative_drop` of that best window.
-    Collapse signs:
+    """Feed it every step's metrics (`update`) and every validation's (`validation`); it adds flags
+    (0 / 1) to them and warns once per sign (`trainer.collapse_monitor` sets the thresholds).
+
+    The verdict, given at each validation and held until the next, as figs/decisive/PROTOCOL.md
+    defines a collapse (there at step 48, over steps 45-48: `window` 4):
+    - `monitor/acc_fell`: the validation accuracy (`val/acc`) is below `relative_drop` of the best
+      one before it (the base model's included);
+    - `monitor/collapse`: it fell, and the rollouts' majority ratio over the `window` steps before
+      the validation is at least `consensus`: confident and wrong, the paper's collapse;
+    - `monitor/degenerate`: it fell, and the share of responses cut at the length limit
+      (`response_length/clip_ratio`, same steps) is at least `truncation`: the model stops
+      answering within the limit (Self-Certainty's way here), counted apart from a collapse.
+    `monitor/hacking_signs`, early signs on the step's own rollouts (noisy on small batches: a batch
+    of 8 prompts moves its accuracy by 0.1 from step to step; docs/metrics.md). An accuracy "falls"
+    when its latest window is `drop` below its best window, or `relative_drop` of it:
     - consensus without correctness: the majority ratio's recent mean is at least `consensus` while
       the label accuracy (pseudo-label accuracy, or maj@n where there is no pseudo-label) falls;
     - reward up, truth down: the reward's recent mean is `drop` above its first window while the
       accuracy of the rollouts against the ground truth falls, and the reward did not fall with it
       (no lower than where the truth had its best window: a GT reward is the truth);
     - answers vanish: the share of rollouts with an answer (`reward/answer_present`) falls by
-      `relative_drop` of its best window (the model stops answering; Self-Certainty's way).
-    Entropy below `entropy_fraction` of the first step's is reported apart: learning with the ground
-    truth lowers it too, so it is a warning, not a collapse."""
+      `relative_drop` of its best window.
+    `monitor/entropy_low`: entropy below `entropy_fraction` of the first step's. GT learning lowers
+    it too, so it is a warning."""
 
     SERIES = ("monitor/majority_ratio", "reward/pseudo_label_acc", "monitor/majority_acc", "reward/mean",
-              "reward/gt_acc", "reward/answer_present", "actor/entropy")
+              "reward/gt_acc", "reward/answer_present", "actor/entropy", "response_length/clip_ratio")
+    FELL, COLLAPSE, DEGENERATE = "validation accuracy fell", "collapse", "degenerate by truncation"
+    HACKING = ("consensus without correctness", "reward up, truth down", "answers vanish")
     ENTROPY = "entropy low"
+    FLAGS = {"monitor/acc_fell": (FELL,), "monitor/collapse": (COLLAPSE,), "monitor/degenerate": (DEGENERATE,),
+             "monitor/hacking_signs": HACKING, "monitor/entropy_low": (ENTROPY,)}
 
-    def __init__(self, rules: CollapseMonitorConfig) -> None:
-        self.rules = rules
+    def __init__(self, rules: CollapseMonitorConfig, warn: bool = True) -> None:
+        self.rules, self.warn = rules, warn
         self.series: dict[str, list[float]] = {}
+        self.val_acc: list[float] = []
+        self.verdict: dict[str, str] = {}
         self.warned: set[str] = set()
-        self.first_step: int | None = None
+        self.first: dict[str, int] = {}
 
     def update(self, step: int, metrics: dict[str, Any]) -> None:
+        """A training step's metrics: its series move on, and the flags are added to `metrics`."""
         for key in self.SERIES:
             if isinstance(metrics.get(key), (int, float)):
                 self.series.setdefault(key, []).append(float(metrics[key]))
+        self._flag(step, metrics)
+
+    def validation(self, step: int, metrics: dict[str, Any]) -> None:
+        """A validation's metrics (`val/acc`), at `step` (0: the base model): the verdict, then the
+        flags again."""
+        if isinstance(metrics.get("val/acc"), (int, float)):
+            self.val_acc.append(float(metrics["val/acc"]))
+            self.verdict = self._verdict()
+        self._flag(step, metrics)
+
+    def _flag(self, step: int, metrics: dict[str, Any]) -> None:
         signs = self.signs()
-        collapse = {name: detail for name, detail in signs.items() if name != self.ENTROPY}
-        metrics["monitor/collapse"] = float(bool(collapse))
-        metrics["monitor/entropy_low"] = float(self.ENTROPY in signs)
-        if collapse and self.first_step is None:
-            self.first_step = step
+        for flag, names in self.FLAGS.items():
+            metrics[flag] = float(any(name in signs for name in names))
         for name, detail in signs.items():
-            if name not in self.warned:
+            self.first.setdefault(name, step)
+            if self.warn and name not in self.warned:
                 self.warned.add(name)
-                kind = "warning" if name == self.ENTROPY else "sign of reward hacking"
+                kind = "sign of reward hacking" if name in self.HACKING else "warning" if name == self.ENTROPY else "monitor"
                 logger.warning("step %d: %s: %s (%s)", step, kind, name, detail)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps (JSON), so that a resumed run judges the same windows."""
-        return {"series": self.series, "warned": sorted(self.warned), "first_step": self.first_step}
+        return {"series": self.series, "val_acc": self.val_acc, "verdict": self.verdict, "warned": sorted(self.warned),
+                "first": self.first}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.series = {key: list(values) for key, values in state.get("series", {}).items()}
+        self.val_acc = list(state.get("val_acc", []))
+        self.verdict = dict(state.get("verdict", {}))
         self.warned = set(state.get("warned", []))
-        self.first_step = state.get("first_step")
+        self.first = dict(state.get("first", {}))
 
     def signs(self) -> dict[str, str]:
         """The signs that hold now: name -> what was seen."""
-        found = {}
+        found = dict(self.verdict)
         label = "reward/pseudo_label_acc" if "reward/pseudo_label_acc" in self.series else "monitor/majority_acc"
         consensus, fall = self._recent("monitor/majority_ratio"), self._fall(label)
         if consensus is not None and fall is not None and consensus >= self.rules.consensus and self._fell(label):
@@ -127,6 +157,22 @@ class CollapseMonitor:
         recent = self._recent("actor/entropy")
         if recent is not None and entropy[0] > 0 and recent < self.rules.entropy_fraction * entropy[0]:
             found[self.ENTROPY] = f"entropy {recent:.3f} < {self.rules.entropy_fraction} x {entropy[0]:.3f}"
+        return found
+
+    def _verdict(self) -> dict[str, str]:
+        """The validation signs: a fall to below `relative_drop` of the best validation before the
+        latest, and what the rollouts did in the `window` steps before it (consensus, or truncation)."""
+        if len(self.val_acc) < 2 or self.rules.relative_drop <= 0:
+            return {}
+        latest, best = self.val_acc[-1], max(self.val_acc[:-1])
+        if latest >= self.rules.relative_drop * best:
+            return {}
+        found = {self.FELL: f"val/acc {latest:.3f} < {self.rules.relative_drop} x its best {best:.3f}"}
+        consensus, truncated = self._recent("monitor/majority_ratio"), self._recent("response_length/clip_ratio")
+        if truncated is not None and truncated >= self.rules.truncation:
+            found[self.DEGENERATE] = f"{found[self.FELL]}, {truncated:.2f} of the responses cut at the length limit"
+        elif consensus is not None and consensus >= self.rules.consensus:
+            found[self.COLLAPSE] = f"{found[self.FELL]}, majority ratio {consensus:.2f}"
         return found
 
     def _fell(self, key: str, absolute: bool = True) -> bool:

@@ -367,7 +367,9 @@ class Trainer:
         trainer_cfg = self.config.trainer
         save_freq, test_freq = trainer_cfg.save_freq or -1, trainer_cfg.test_freq or -1
         if self.global_step == 0 and trainer_cfg.val_before_train and self.val_dataset is not None:
-            self._log(self.validate(), self.global_step)
+            base = self.validate()
+            self.monitor.validation(self.global_step, base)
+            self._log(base, self.global_step)
             if trainer_cfg.val_only:
                 return self.history
         # trainer.max_steps_this_run: stop after a checkpoint (whatever save_freq says) once this
@@ -382,6 +384,7 @@ class Trainer:
                 stopping = self.global_step >= stop_at
                 if self.val_dataset is not None and test_freq > 0 and (self.global_step % test_freq == 0 or last):
                     metrics.update(self.validate())
+                    self.monitor.validation(self.global_step, metrics)
                 if (save_freq > 0 and (self.global_step % save_freq == 0 or stopping)) or (stop_after and stopping):
                     self._save_and_time(metrics)
                 bad = [k for k, v in metrics.items() if k.startswith("actor/") and isinstance(v, float) and not math.isfinite(v)]
