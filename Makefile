@@ -17,12 +17,9 @@ lock-gpu:
 	bash scripts/lock_gpu_env.sh
 
 # make test runs the vLLM tests or fails: tests/conftest.py turns a broken vllm into an error.
-# Two pytest-xdist workers: the end-to-end runs on one, the single-threaded rest beside them on the
-# other (lanes: tests/conftest.py; why: docs/speed.md). TEST_WORKERS=0 runs the suite in one process.
-TEST_WORKERS ?= 2
 test: export COREWARDING_REQUIRE_VLLM := 1
 test: env
-	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 demo: env
 	$(PY) scripts/demo.py --method co_rewarding_ii

@@ -54,8 +54,8 @@ def save_model_folder(model: Any, tokenizer: Any, out: Path) -> Path:
 
 def build_once(out: Path, build: Callable[[Path], Path], needs: tuple[str, ...] = ("config.json",)) -> Path:
     """`out`, made by `build(out)` unless it already holds the files in `needs`. Two processes that
-    want the same folder at once (two test workers, two runs started together) build it once: the
-    second waits on a lock file beside it and then finds it made."""
+    want the same folder at once (a test run and a demo, two runs started together) build it once:
+    the second waits on a lock file beside it and then finds it made."""
     if all((out / name).exists() for name in needs):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,8 @@ REQUIRE_VLLM = "COREWARDING_REQUIRE_VLLM"
 
 def pytest_configure(config: pytest.Config) -> None:
     """With COREWARDING_REQUIRE_VLLM=1, fail the run when `import vllm` fails (checked in a subprocess,
-    so that this process does not import vllm before the tests that need it). Under pytest-xdist the
-    controller checks once; its workers do not repeat it."""
-    if os.environ.get(REQUIRE_VLLM) != "1" or hasattr(config, "workerinput"):
+    so that this process does not import vllm before the tests that need it)."""
+    if os.environ.get(REQUIRE_VLLM) != "1":
         return
     result = subprocess.run([sys.executable, "-c", "import vllm"], capture_output=True, text=True)
     if result.returncode != 0:
@@ -41,17 +40,6 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{tail}\nreinstall it (`rm .venv/.corewarding-installed && make env`), or run pytest without "
             f"{REQUIRE_VLLM}=1 (`make test {REQUIRE_VLLM}=0`) to let those tests skip"
         )
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Lanes for pytest-xdist (`make test`: two workers, --dist loadgroup). The end-to-end runs (marker
-    `slow`) keep both cores busy: they run one after another on one worker, since two at once only
-    make each wait for the other. The rest, single-threaded for the most part, take the other worker,
-    a module at a time (its module fixtures built once). Without xdist the marker is inert."""
-    for item in items:
-        lane = "slow" if item.get_closest_marker("slow") else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(lane))
 
 
 @pytest.fixture(scope="session")
