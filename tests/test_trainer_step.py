@@ -362,6 +362,19 @@ def test_per_view_loss_gives_every_worker_both_views_and_monitor_metrics(tiny_mo
     assert metrics["monitor/zero_adv_groups"] == pytest.approx(0.5)  # the originals all score 0
 
 
+def test_fit_gives_the_monitor_every_validation(tiny_model_path, data, tmp_path):
+    """The collapse monitor's verdict reads the validations: the base model's before step 1 and those
+    at test_freq, each logged with the flags, after the step's own update."""
+    trainer, _, _ = make_trainer(tiny_model_path, data, tmp_path, "majority_voting", "trainer.test_freq=2",
+                                 "trainer.save_freq=-1", "trainer.val_before_train=True")
+    history = trainer.fit(progress=False)
+    validated = [h for h in history if "val/acc" in h]
+    assert [h["step"] for h in validated] == [0, 2, 4]
+    assert trainer.monitor.val_acc == [h["val/acc"] for h in validated]
+    for entry in history:
+        assert {"monitor/acc_fell", "monitor/collapse", "monitor/degenerate", "monitor/hacking_signs"} <= set(entry)
+
+
 def filtered_trainer(tiny_model_path, data, tmp_path, method: str, *extra: str):
     """Dynamic sampling over the unshuffled items 0..7, 2 per generation batch and 2 groups per
     step; the policy answers items 0, 1, 2 with one answer ("5") on all N rollouts."""
