@@ -102,7 +102,9 @@ def make_tiny_model(
     return build_once(Path(out_dir), lambda out: _save_tiny_llama(out, tokenizer_path, num_layers, hidden_size, seed))
 
 
-def _save_tiny_llama(out: Path, tokenizer_path: str | Path | None, num_layers: int, hidden_size: int, seed: int) -> Path:
+def _save_tiny_llama(
+    out: Path, tokenizer_path: str | Path | None, num_layers: int, hidden_size: int, seed: int,
+) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

@@ -205,7 +205,8 @@ def report(base: list[int], runs: list[Run]) -> str:
     lines += ["", f"Collapses over the {n} paired seeds: Majority-Voting {counts[PRIMARY[0]]}, Co-rewarding-II "
               f"{counts[PRIMARY[1]]} (one-sided Fisher p = {fisher:.3f}). Each run's reading:", "",
               *collapse_table(runs, base_accuracy), ""]
-    disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs if not monitor_agrees(r, status(r, base_accuracy))]
+    disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
+                if not monitor_agrees(r, status(r, base_accuracy))]
     lines += ["The collapse monitor (`corewarding/trainer/monitor.py`, replayed over each run's metrics at this "
               "version's rules; it reads the 64-question validation set where the protocol reads the held-out one) "
               + (f"disagrees with the protocol's reading on {', '.join(disagree)}." if disagree else

@@ -89,7 +89,8 @@ def boxing_model(tiny_model_path):
     """The tiny model, trained (about a minute, once) to answer "The answer is \\boxed{d}." (d in 1..3)."""
     from corewarding.model_zoo import build_once, cache_dir
 
-    return build_once(cache_dir() / "tiny-llama-2l-128h-boxing-v3", lambda out: _train_boxing_model(tiny_model_path, out))
+    out = cache_dir() / "tiny-llama-2l-128h-boxing-v3"
+    return build_once(out, lambda folder: _train_boxing_model(tiny_model_path, folder))
 
 
 def _train_boxing_model(tiny_model_path: Path, out: Path) -> Path:

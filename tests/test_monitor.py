@@ -220,4 +220,5 @@ def test_the_monitor_agrees_with_the_decisive_protocol_on_its_runs():
     for run in runs:
         reading = decisive_results.status(run, statistics.fmean(base))
         monitor = _reading(FIGS / "decisive" / "runs" / f"seed{run.seed}" / run.name)
-        assert (monitor if monitor in protocol.values() else "neither") == protocol.get(reading, "neither"), (run.name, run.seed)
+        expected = protocol.get(reading, "neither")
+        assert (monitor if monitor in protocol.values() else "neither") == expected, (run.name, run.seed)

@@ -1,6 +1,6 @@
 """A run's records as the scripts read them: the file of a run given on a command line, the series
-of one logged key, and a run's validation summary (base / best / final step, the collapse monitor's reading)
-with its table cells. A run is a folder with the `metrics.jsonl` the trainer writes
+of one logged key, and a run's validation summary (base / best / final step, the collapse monitor's
+reading) with its table cells. A run is a folder with the `metrics.jsonl` the trainer writes
 (`corewarding.trainer.tracking`) and, from `scripts/replicate.py`, a finished marker.
 """
 
@@ -88,8 +88,9 @@ def replay_monitor(history: list[dict[str, Any]]) -> dict[str, int]:
 
 def run_summary(metrics_file: Path) -> dict[str, Any]:
     """Validation accuracy by step (`val`, with standard errors `se` where logged), its base / best /
-    final step, the collapse monitor replayed (`monitor`: the first step of each sign), the logged history (one entry per step; a
-    truncated last line, a run still writing, is skipped) and the run's folder (`dir`)."""
+    final step, the collapse monitor replayed (`monitor`: the first step of each sign), the logged
+    history (one entry per step; a truncated last line, a run still writing, is skipped) and the
+    run's folder (`dir`)."""
     history = merged_steps(read_metrics(metrics_file, skip_bad_lines=True))
     found = points(history, "val/acc")
     if found is None:

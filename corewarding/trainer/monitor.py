@@ -124,7 +124,8 @@ class CollapseMonitor:
             self.first.setdefault(name, step)
             if self.warn and name not in self.warned:
                 self.warned.add(name)
-                kind = "sign of reward hacking" if name in self.HACKING else "warning" if name == self.ENTROPY else "monitor"
+                kind = ("sign of reward hacking" if name in self.HACKING
+                        else "warning" if name == self.ENTROPY else "monitor")
                 logger.warning("step %d: %s: %s (%s)", step, kind, name, detail)
 
     def state_dict(self) -> dict[str, Any]:
