@@ -16,6 +16,7 @@ import gzip
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,15 @@ def collapse_table(runs: list[Run], base_accuracy: float) -> list[str]:
     return lines
 
 
+def reading_counts(runs: list[Run], base_accuracy: float) -> str:
+    """How many runs of each method got each reading (`status`), e.g. `Majority-Voting: fell 4, held 1`."""
+    by_method: dict[str, Counter] = {}
+    for r in sorted(runs, key=lambda r: list(LABELS).index(r.name) if r.name in LABELS else 99):
+        by_method.setdefault(LABELS.get(r.name, r.name), Counter())[status(r, base_accuracy)] += 1
+    return "; ".join(f"{label}: " + ", ".join(f"{word} {k}" for word, k in sorted(c.items()))
+                     for label, c in by_method.items())
+
+
 def report(base: list[int], runs: list[Run]) -> str:
     """RESULTS.md: the endpoints, the collapse readings and, once the primary seeds are in, the verdict."""
     base_accuracy = statistics.fmean(base)
@@ -203,8 +213,8 @@ def report(base: list[int], runs: list[Run]) -> str:
     n = len(primary)
     fisher = fisher_greater(counts[PRIMARY[0]], n, counts[PRIMARY[1]], n) if n else math.nan
     lines += ["", f"Collapses over the {n} paired seeds: Majority-Voting {counts[PRIMARY[0]]}, Co-rewarding-II "
-              f"{counts[PRIMARY[1]]} (one-sided Fisher p = {fisher:.3f}). Each run's reading:", "",
-              *collapse_table(runs, base_accuracy), ""]
+              f"{counts[PRIMARY[1]]} (one-sided Fisher p = {fisher:.3f}). Readings: {reading_counts(runs, base_accuracy)}. "
+              "Each run's reading:", "", *collapse_table(runs, base_accuracy), ""]
     disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
                 if not monitor_agrees(r, status(r, base_accuracy))]
     lines += ["The collapse monitor (`corewarding/trainer/monitor.py`, replayed over each run's metrics at this "

@@ -36,6 +36,9 @@ def _run(root: Path, seed: int, name: str, right: dict[int, int], majority: floa
         _heldout(folder / "heldout" / f"{step}.jsonl.gz", _first(k))
     rows = [{"step": s, "monitor/majority_ratio": majority if s >= 45 else 0.3,
              "response_length/clip_ratio": truncated if s >= 45 else 0.0} for s in range(1, 49)]
+    val = {0: 10, **right}  # the 64-question validation the monitor reads, here as the held-out set
+    rows = [{"step": 0, "val/acc": val[0] / N}] + [r | ({"val/acc": val[r["step"]] / N} if r["step"] in val else {})
+                                                   for r in rows]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "decisive_done.json").write_text(json.dumps({"train_seconds": 1800.0, "eval_seconds": {"16": 60.0}}))
 
@@ -104,4 +107,16 @@ def test_the_report_gives_no_verdict_before_eight_seeds(records, tmp_path):
     assert "None yet: 2 of the protocol's 8 primary seed pairs" in text
     assert "D = +0.270 ± 0.060" in text and "s0: +0.330, s1: +0.210" in text
     assert "Majority-Voting 1, Co-rewarding-II 0" in text
+    assert "Readings: Majority-Voting: collapsed 1, truncation 1; Co-rewarding-II: held 2." in text
+    assert "flags a collapse or a degenerate run exactly where the protocol reads one." in text
+
+
+def test_the_report_names_the_runs_where_the_monitor_disagrees(records, tmp_path):
+    """Seed 0's Majority-Voting without its validations: the monitor gives no verdict where the
+    protocol reads a collapse, and the report says so."""
+    metrics = records / "seed0" / "majority_voting" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    metrics.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "val/acc"}) + "\n" for r in rows))
+    text = dr.main(["--root", str(records), "--out", str(tmp_path)])
+    assert "disagrees with the protocol's reading on Majority-Voting s0." in text
     assert (tmp_path / "decisive.png").stat().st_size > 10_000 and (tmp_path / "RESULTS.md").read_text() == text
