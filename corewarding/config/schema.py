@@ -167,7 +167,7 @@ class CollapseMonitorConfig(Section):
     PREFIX: ClassVar[str] = "trainer.collapse_monitor"
     window: int  # steps averaged before comparing
     drop: float  # fall in accuracy from its best window that counts
-    relative_drop: float  # ... or this share of the best window (a model at 5 % cannot fall by 0.1)
+    relative_drop: float  # val/acc below this share of its best is a fall; the hacking signs: this share of a best window
     consensus: float  # majority ratio that counts as consensus
     truncation: float  # share of responses cut at the length limit that makes a fall "degenerate"
     entropy_fraction: float  # entropy below this share of the first step's: a warning, not a collapse
