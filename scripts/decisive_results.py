@@ -108,10 +108,10 @@ def status(run: Run, base_accuracy: float) -> str:
     return "collapsed" if (run.late_mean("monitor/majority_ratio") or 0.0) >= 0.9 else "fell"
 
 
-def monitor_agrees(run: Run, reading: str) -> bool:
-    """The collapse monitor, replayed over the run's metrics, flags a collapse exactly when the
-    protocol reads the run as collapsed, and a degenerate run exactly when it reads truncation."""
-    first = replay_monitor(merged_steps(run.history))
+def monitor_agrees(first: dict[str, int], reading: str) -> bool:
+    """The collapse monitor, replayed over a run's metrics (`first`: `replay_monitor`'s), flags a
+    collapse exactly when the protocol reads the run as collapsed, and a degenerate run exactly when
+    it reads truncation."""
     return ((CollapseMonitor.COLLAPSE in first) == (reading == "collapsed")
             and (CollapseMonitor.DEGENERATE in first) == (reading == "truncation"))
 
@@ -165,14 +165,15 @@ def accuracy_table(runs: list[Run]) -> list[str]:
     return lines
 
 
-def collapse_table(runs: list[Run], base_accuracy: float) -> list[str]:
+def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, dict[str, int]]) -> list[str]:
+    """Each run's reading by the protocol and by the collapse monitor (`monitors`: id(run) -> first)."""
     lines = ["| run | seed | step 16 | step 48 | majority ratio 45-48 | truncated 45-48 | reading | collapse monitor |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed)):
         majority, truncated = r.late_mean("monitor/majority_ratio"), r.late_mean("response_length/clip_ratio")
         cells = [LABELS.get(r.name, r.name), str(r.seed), f"{r.accuracy(16):.3f}", f"{r.accuracy(48):.3f}",
                  f"{majority:.2f}" if majority is not None else "-", f"{truncated:.2f}" if truncated is not None else "-",
-                 status(r, base_accuracy), monitor_cell(replay_monitor(merged_steps(r.history)))]
+                 status(r, base_accuracy), monitor_cell(monitors[id(r)])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -211,12 +212,13 @@ def report(base: list[int], runs: list[Run]) -> str:
         gap = [by_seed[PRIMARY[1]][s] - by_seed[PRIMARY[0]][s] for s in both]
         lines.append(f"- Co-rewarding-II's change − Majority-Voting's, paired by seed: {_fmt(t_summary(gap))}")
     n = len(primary)
+    monitors = {id(r): replay_monitor(merged_steps(r.history)) for r in runs}
     fisher = fisher_greater(counts[PRIMARY[0]], n, counts[PRIMARY[1]], n) if n else math.nan
     lines += ["", f"Collapses over the {n} paired seeds: Majority-Voting {counts[PRIMARY[0]]}, Co-rewarding-II "
               f"{counts[PRIMARY[1]]} (one-sided Fisher p = {fisher:.3f}). Readings: {reading_counts(runs, base_accuracy)}. "
-              "Each run's reading:", "", *collapse_table(runs, base_accuracy), ""]
+              "Each run's reading:", "", *collapse_table(runs, base_accuracy, monitors), ""]
     disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
-                if not monitor_agrees(r, status(r, base_accuracy))]
+                if not monitor_agrees(monitors[id(r)], status(r, base_accuracy))]
     lines += ["The collapse monitor (`corewarding/trainer/monitor.py`, replayed over each run's metrics at this "
               "version's rules; it reads the 64-question validation set where the protocol reads the held-out one) "
               + (f"disagrees with the protocol's reading on {', '.join(disagree)}." if disagree else

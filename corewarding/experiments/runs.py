@@ -6,6 +6,7 @@ reading) with its table cells. A run is a folder with the `metrics.jsonl` the tr
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -70,14 +71,21 @@ def merged_steps(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+@functools.cache
+def _default_monitor_rules() -> Any:
+    """`trainer.collapse_monitor` of the default config, composed once per process."""
+    from corewarding.config import compose_config, load_config
+
+    return load_config(compose_config([]), check_paths=False).trainer.collapse_monitor
+
+
 def replay_monitor(history: list[dict[str, Any]]) -> dict[str, int]:
     """This version's collapse monitor (at its default rules) replayed over the logged metrics: the
     first step of each sign it saw (`CollapseMonitor.first`). Every seed and method is judged alike,
     whichever version ran it."""
-    from corewarding.config import compose_config, load_config
     from corewarding.trainer.monitor import CollapseMonitor
 
-    monitor = CollapseMonitor(load_config(compose_config([]), check_paths=False).trainer.collapse_monitor, warn=False)
+    monitor = CollapseMonitor(_default_monitor_rules(), warn=False)
     for entry in sorted(history, key=lambda h: h["step"]):
         if entry["step"] > 0:
             monitor.update(entry["step"], dict(entry))
