@@ -5,6 +5,7 @@
     python scripts/decisive.py run                       # the protocol's queue, in its order
     python scripts/decisive.py run --only majority_voting:0 --steps 2   # one run (a smoke test: --out elsewhere)
     python scripts/decisive.py status                    # which runs are finished, in flight, waiting
+    python scripts/decisive.py remaining                 # METHOD:SEED of the runs without records yet
 
 Every run trains through `corewarding.trainer.run.run_training` on the replication's settings
 (`corewarding/experiments/builtin_runs.py`) at 48 steps, on its seed's own training problems (384,
@@ -220,6 +221,11 @@ def base_model(out: Path, heldout: Path, records: Path) -> None:
     shutil.copy2(folder / "0" / "summary.json", records / "base" / "heldout" / "0.json")
 
 
+def unrecorded(runs: list[tuple[str, int]], records: Path) -> list[tuple[str, int]]:
+    """The runs whose finished records are not in `records` yet, in the queue's order."""
+    return [(name, seed) for name, seed in runs if not (records / f"seed{seed}" / name / DONE).exists()]
+
+
 def state_of(out: Path, name: str, seed: int) -> str:
     run_dir = out / f"seed{seed}" / name
     if (run_dir / DONE).exists():
@@ -230,7 +236,7 @@ def state_of(out: Path, name: str, seed: int) -> str:
 # ----------------------------------------------------------------------------- entry point
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["sets", "run", "status"])
+    p.add_argument("command", choices=["sets", "run", "status", "remaining"])
     p.add_argument("--plan", default="all", choices=["primary", "references", "all"])
     p.add_argument("--only", nargs="+", default=None, metavar="METHOD:SEED", help="these runs instead of the plan's")
     p.add_argument("--steps", type=int, default=STEPS, help="the protocol's 48; fewer only for a smoke test")
@@ -252,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "status":
         for name, seed in runs:
             print(f"seed {seed} {name}: {state_of(out, name, seed)}")
+        return
+    if args.command == "remaining":  # for `run --only` on a machine whose outputs/ are gone
+        print(" ".join(f"{name}:{seed}" for name, seed in unrecorded(runs, records)))
         return
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.strip()

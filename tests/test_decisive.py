@@ -63,6 +63,17 @@ def test_queue_pairs_the_primary_methods_seed_by_seed_then_the_references():
     assert decisive.split_run("co_rewarding_ii") == ("co_rewarding_ii", "bfloat16")
 
 
+def test_remaining_lists_the_runs_without_records_in_queue_order(tmp_path, capsys):
+    for name, seed in [("majority_voting", 0), ("co_rewarding_ii", 0), ("majority_voting", 1)]:
+        (tmp_path / f"seed{seed}" / name).mkdir(parents=True)
+        (tmp_path / f"seed{seed}" / name / decisive.DONE).write_text("{}")
+    (tmp_path / "seed1" / "co_rewarding_ii").mkdir(parents=True)  # records of a run that did not finish
+    decisive.main(["remaining", "--plan", "primary", "--records", str(tmp_path)])
+    printed = capsys.readouterr().out.split()
+    assert printed[:2] == ["co_rewarding_ii:1", "majority_voting:2"]
+    assert len(printed) == len(decisive.queue("primary")) - 3
+
+
 class _Stop(Exception):
     pass
 
