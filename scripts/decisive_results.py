@@ -167,15 +167,25 @@ def accuracy_table(runs: list[Run]) -> list[str]:
 
 def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, dict[str, int]]) -> list[str]:
     """Each run's reading by the protocol and by the collapse monitor (`monitors`: id(run) -> first)."""
-    lines = ["| run | seed | step 16 | step 48 | majority ratio 45-48 | truncated 45-48 | reading | collapse monitor |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| run | seed | step 16 | step 48 | majority ratio 45-48 | truncated 45-48 | answered 45-48 | reading "
+             "| collapse monitor |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed)):
-        majority, truncated = r.late_mean("monitor/majority_ratio"), r.late_mean("response_length/clip_ratio")
+        late = [r.late_mean(key) for key in ("monitor/majority_ratio", "response_length/clip_ratio",
+                                             "reward/answer_present")]
         cells = [LABELS.get(r.name, r.name), str(r.seed), f"{r.accuracy(16):.3f}", f"{r.accuracy(48):.3f}",
-                 f"{majority:.2f}" if majority is not None else "-", f"{truncated:.2f}" if truncated is not None else "-",
+                 *(f"{value:.2f}" if value is not None else "-" for value in late),
                  status(r, base_accuracy), monitor_cell(monitors[id(r)])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def truncation_note(runs: list[Run]) -> str:
+    """What "truncated" and "answered" count, and the runs whose late rollouts are mostly cut yet answered."""
+    cut = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
+           if (r.late_mean("response_length/clip_ratio") or 0.0) >= 0.5 and (r.late_mean("reward/answer_present") or 0.0) >= 0.5]
+    return ("Truncated: the share of training rollouts cut at the 40-token cap; answered: the share with an extractable "
+            "(boxed) answer. A rollout can be both: it answers, then writes on to the cap"
+            + (f" (mostly so in {', '.join(cut)}: cut but answered, not a degenerate run)." if cut else "."))
 
 
 def reading_counts(runs: list[Run], base_accuracy: float) -> str:
@@ -219,6 +229,7 @@ def report(base: list[int], runs: list[Run]) -> str:
               "Each run's reading:", "", *collapse_table(runs, base_accuracy, monitors), ""]
     disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
                 if not monitor_agrees(monitors[id(r)], status(r, base_accuracy))]
+    lines += [truncation_note(runs), ""]
     lines += ["The collapse monitor (`corewarding/trainer/monitor.py`, replayed over each run's metrics at this "
               "version's rules; it reads the 64-question validation set where the protocol reads the held-out one) "
               + (f"disagrees with the protocol's reading on {', '.join(disagree)}." if disagree else

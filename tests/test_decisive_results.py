@@ -74,6 +74,20 @@ def test_each_run_is_read_as_the_protocol_defines(records):
     assert dr.status(early, 0.10) == "fell"  # fell, but not confidently: neither sign
 
 
+def test_the_truncation_note_names_the_runs_cut_at_the_cap_but_answered(records):
+    _, runs = dr.read_runs(records)
+    for r in runs:  # MV s1 is cut and unanswered (degenerate); CR-II s1 cut but answered; the rest not cut
+        cut = (r.name, r.seed) in {("majority_voting", 1), ("co_rewarding_ii", 1)}
+        r.history = [{**h, "response_length/clip_ratio": 1.0 if cut and h["step"] >= 45 else 0.0,
+                      "reward/answer_present": 0.0 if r.name == "majority_voting" and cut else 1.0} for h in r.history]
+    note = dr.truncation_note(runs)
+    assert note.endswith("(mostly so in Co-rewarding-II s1: cut but answered, not a degenerate run).")
+    assert "Majority-Voting" not in note
+    table = dr.collapse_table(runs, 0.10, {id(r): {} for r in runs})
+    assert "| answered 45-48 |" in table[0]
+    assert table[2].split(" | ")[5:7] == ["0.00", "1.00"]  # MV s0: not cut, answered
+
+
 def test_t_summary_and_fisher_against_their_formulas():
     stat = dr.t_summary([0.1, 0.2, 0.3])
     se = math.sqrt(0.01 / 3)  # sample variance 0.01
