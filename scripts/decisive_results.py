@@ -182,9 +182,10 @@ def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, di
 def truncation_note(runs: list[Run]) -> str:
     """What "truncated" and "answered" count, and the runs whose late rollouts are mostly cut yet answered."""
     cut = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
-           if (r.late_mean("response_length/clip_ratio") or 0.0) >= 0.5 and (r.late_mean("reward/answer_present") or 0.0) >= 0.5]
-    return ("Truncated: the share of training rollouts cut at the 40-token cap; answered: the share with an extractable "
-            "(boxed) answer. A rollout can be both: it answers, then writes on to the cap"
+           if (r.late_mean("response_length/clip_ratio") or 0.0) >= 0.5
+           and (r.late_mean("reward/answer_present") or 0.0) >= 0.5]
+    return ("Truncated: the share of training rollouts cut at the 40-token cap; answered: the share with an "
+            "extractable (boxed) answer. A rollout can be both: it answers, then writes on to the cap"
             + (f" (mostly so in {', '.join(cut)}: cut but answered, not a degenerate run)." if cut else "."))
 
 
