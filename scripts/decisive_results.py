@@ -144,7 +144,8 @@ def verdict(primary: dict[str, float], collapses: dict[str, int], seeds: int) ->
 def _fmt(stat: dict[str, float]) -> str:
     if stat["n"] < 2:
         return f"{stat['mean']:+.3f} (1 seed)"
-    return (f"{stat['mean']:+.3f} ± {stat['se']:.3f} (t = {stat['t']:.2f}, df {stat['df']}, p = {stat['p']:.3f}; "
+    p = f"p = {stat['p']:.3f}" if stat["p"] >= 0.001 else "p < 0.001"
+    return (f"{stat['mean']:+.3f} ± {stat['se']:.3f} (t = {stat['t']:.2f}, df {stat['df']}, {p}; "
             f"90 % interval {stat['lo90']:+.3f} .. {stat['hi90']:+.3f})")
 
 

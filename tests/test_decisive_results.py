@@ -99,6 +99,8 @@ def test_t_summary_and_fisher_against_their_formulas():
     assert stat["hi90"] - stat["mean"] == pytest.approx(2.919986 * se, rel=1e-6)  # t(0.95, 2)
     # 4 of 8 against 0 of 8: the hypergeometric tail C(8,4) C(8,0) / C(16,4)
     assert dr.fisher_greater(4, 8, 0, 8) == pytest.approx(70 / 1820, rel=1e-9)
+    assert ", p = 0.074;" in dr._fmt(stat)
+    assert ", p < 0.001;" in dr._fmt(dr.t_summary([0.10, 0.11, 0.12, 0.105, 0.115]))
 
 
 @pytest.mark.parametrize("mean, t, hi90, mv, cr, expected", [
