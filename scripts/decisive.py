@@ -56,6 +56,11 @@ REFERENCES = (("gt", range(3)), ("entropy", range(3)), ("co_rewarding_iii", rang
               ("majority_voting-float32", range(3)))
 
 
+def run_folder(root: Path, name: str, seed: int) -> Path:
+    """Where run `name` of `seed` lives under `root` (its outputs, or its records)."""
+    return root / f"seed{seed}" / name
+
+
 def split_run(name: str) -> tuple[str, str]:
     """A run's (method, compute dtype) from its name."""
     method, _, dtype = name.partition("-")
@@ -140,7 +145,7 @@ def train(name: str, seed: int, steps: int, out: Path, sets: dict[str, list[dict
     args = run_args(seed, steps, dtype)
     data = write_builtin_dataset(out / "data" / f"seed{seed}", n_train=args.batch * steps, seed=seed, word_fraction=0.0,
                                  heldout_keys=heldout_keys(sets), val_problems=sets["val_64"])
-    run_dir = out / f"seed{seed}" / name
+    run_dir = run_folder(out, name, seed)
     overrides = [*run_overrides(args, method, data, run_dir), "trainer.project_name=decisive", "trainer.resume_mode=auto",
                  f"trainer.save_freq={EVERY}", "trainer.max_actor_ckpt_to_keep=null"]
     run_training(compose_config(overrides))
@@ -175,7 +180,7 @@ def heldout_steps(steps: int) -> list[int]:
 
 def finish_run(name: str, seed: int, steps: int, out: Path, sets: dict[str, list[dict]], heldout: Path) -> Path:
     """Train, grade the held-out steps, delete the checkpoints, mark the run finished."""
-    run_dir = out / f"seed{seed}" / name
+    run_dir = run_folder(out, name, seed)
     if (run_dir / DONE).exists():
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -223,11 +228,11 @@ def base_model(out: Path, heldout: Path, records: Path) -> None:
 
 def unrecorded(runs: list[tuple[str, int]], records: Path) -> list[tuple[str, int]]:
     """The runs whose finished records are not in `records` yet, in the queue's order."""
-    return [(name, seed) for name, seed in runs if not (records / f"seed{seed}" / name / DONE).exists()]
+    return [(name, seed) for name, seed in runs if not (run_folder(records, name, seed) / DONE).exists()]
 
 
 def state_of(out: Path, name: str, seed: int) -> str:
-    run_dir = out / f"seed{seed}" / name
+    run_dir = run_folder(out, name, seed)
     if (run_dir / DONE).exists():
         return "finished"
     return "in flight" if (run_dir / "metrics.jsonl").exists() else "waiting"
@@ -275,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, seed in runs:
             print(f"== seed {seed} {name} ({state_of(out, name, seed)})", flush=True)
             run_dir = finish_run(name, seed, args.steps, out, sets, heldout)
-            keep_records(run_dir, records / f"seed{seed}" / name)
+            keep_records(run_dir, run_folder(records, name, seed))
 
 
 if __name__ == "__main__":

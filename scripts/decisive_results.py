@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corewarding.experiments.decisive_protocol import DONE, HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS
+from corewarding.experiments.decisive_protocol import DONE, HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS, TRUNCATED
 from corewarding.experiments.runs import merged_steps, monitor_cell, replay_monitor
 from corewarding.trainer.monitor import CollapseMonitor
 from corewarding.trainer.tracking import read_metrics
@@ -103,7 +103,7 @@ def status(run: Run, base_accuracy: float) -> str:
         return "unfinished"
     if acc48 >= 0.5 * max(base_accuracy, acc16):
         return "held"
-    if (run.late_mean("response_length/clip_ratio") or 0.0) >= 0.5:
+    if (run.late_mean("response_length/clip_ratio") or 0.0) >= TRUNCATED:
         return "truncation"
     return "collapsed" if (run.late_mean("monitor/majority_ratio") or 0.0) >= 0.9 else "fell"
 
@@ -183,7 +183,7 @@ def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, di
 def truncation_note(runs: list[Run]) -> str:
     """What "truncated" and "answered" count, and the runs whose late rollouts are mostly cut yet answered."""
     cut = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
-           if (r.late_mean("response_length/clip_ratio") or 0.0) >= 0.5
+           if (r.late_mean("response_length/clip_ratio") or 0.0) >= TRUNCATED
            and (r.late_mean("reward/answer_present") or 0.0) >= 0.5]
     return ("Truncated: the share of training rollouts cut at the 40-token cap; answered: the share with an "
             "extractable (boxed) answer. A rollout can be both: it answers, then writes on to the cap"
