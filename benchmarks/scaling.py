@@ -1,17 +1,20 @@
 """How one GRPO step's time and peak memory grow with the rollouts per step and the response length.
 
-    make bench-scaling                                # rollouts 32..256 at 64 tokens, tokens 32..128 at 64 rollouts
+    make bench-scaling                                # rollouts 32..256 at 64 tokens, tokens 32..1,024 at 16 rollouts
     python benchmarks/scaling.py --rollouts 32 64 --tokens 32 64 --steps 2 --json out.json
 
 One configuration throughout: SmolLM2-135M-Instruct's architecture and tokenizer with random
 weights (seed 0), so that every rollout runs to the token limit (a trained model stops when it has
 answered, and the response length would not be the one asked for; the measured mean length is in
-the table), fp32 on CPU, `--n` rollouts per prompt, GT reward, KL loss, micro-batch `--micro-batch`,
-one optimizer step per step, `--workers` workers with `--rollout` generation. Each point is one run
+the table), `--dtype` on CPU (`auto`: bfloat16 where the CPU multiplies it natively, as `make demo`),
+`--n` rollouts per prompt, GT reward, KL loss, micro-batch `--micro-batch`, one optimizer step per
+step, `--workers` workers with `--rollout` generation. Each point is one run
 of `benchmarks/step.py`'s `ours` side in its own subprocess (median of steps 2..N, peak PSS of the
 whole process tree, Ray's processes included). The exponent of each column is the slope of a
-least-squares line through log(value) against log(rollouts) or log(mean response tokens): 1 is
-linear; a large fixed part (start-up memory, the KV cache vLLM reserves) pulls it towards 0.
+least-squares line through log(value) against log(rollouts), and for the tokens sweep against
+log(mean response tokens) and log(whole-rollout tokens: mean prompt + mean response, what one
+rollout's forward and backward run over): 1 is linear; a large fixed part (start-up memory, the KV
+cache vLLM reserves) pulls it towards 0.
 """
 
 from __future__ import annotations
@@ -67,45 +70,54 @@ def run_point(args: argparse.Namespace, rollouts: int, tokens: int, work: Path) 
     point = argparse.Namespace(passthrough=[
         f"--model={args.model}", f"--steps={args.steps}", f"--prompts={rollouts // args.n}", f"--n={args.n}",
         f"--max-new-tokens={tokens}", "--temperature=1.0", "--lr=1e-5", "--kl=0.001",
-        f"--micro-batch={args.micro_batch}"])
+        f"--micro-batch={args.micro_batch}", f"--dtype={args.dtype}"], dtype=args.dtype)
     work.mkdir(parents=True)
     variant = f"ours:workers={args.workers},rollout={args.rollout},single={int(args.single_process)}"
     result = step.measure(variant, point, work)
     timed = result["steps"][1:] or result["steps"]
+    mean_tokens = sum(s.get("response_length", 0.0) for s in timed) / len(timed)
+    prompt_tokens = sum(s.get("prompt_length", 0.0) for s in timed) / len(timed)
     return {"rollouts": rollouts, "max_tokens": tokens, **{k: result["median"][k] for k in ("step", "gen", "update")},
-            "peak_gb": result["peak_pss_gb"],
-            "mean_tokens": sum(s.get("response_length", 0.0) for s in timed) / len(timed)}
+            "peak_gb": result["peak_pss_gb"], "mean_tokens": mean_tokens, "rollout_tokens": prompt_tokens + mean_tokens}
 
 
 def sweep_table(points: list[dict[str, Any]], axis: str) -> list[str]:
-    """Markdown rows of one sweep and its fitted exponents (against rollouts or mean tokens)."""
-    header = "| rollouts | max tokens | mean tokens | s/step | gen s | update s | peak GB |"
+    """Markdown rows of one sweep and its fitted exponents: against rollouts, or against mean response
+    tokens and whole-rollout tokens (prompt + response)."""
+    header = "| rollouts | max tokens | mean tokens | rollout tokens | s/step | gen s | update s | peak GB |"
     rows = [header, "| " + " | ".join("---" for _ in header.split("|")[1:-1]) + " |"]
     for p in points:
-        rows.append(f"| {p['rollouts']} | {p['max_tokens']} | {p['mean_tokens']:.1f} | {p['step']:.2f} | "
-                    f"{p['gen']:.2f} | {p['update']:.2f} | {p['peak_gb']:.2f} |")
-    xs = [float(p["rollouts"] if axis == "rollouts" else p["mean_tokens"]) for p in points]
-    slopes = {c: loglog_slope(xs, [float(p[c]) for p in points]) for c in COLUMNS}
-    cells = ["exponent", "", ""] + [("-" if slopes[c] is None else f"{slopes[c]:.2f}") for c in COLUMNS]
-    rows.append("| " + " | ".join(cells) + " |")
+        rows.append(f"| {p['rollouts']} | {p['max_tokens']} | {p['mean_tokens']:.1f} | {p['rollout_tokens']:.1f} | "
+                    f"{p['step']:.2f} | {p['gen']:.2f} | {p['update']:.2f} | {p['peak_gb']:.2f} |")
+    labels = {"rollouts": "exponent", "mean_tokens": "exponent (response tokens)",
+              "rollout_tokens": "exponent (rollout tokens)"}
+    for x_key in (["rollouts"] if axis == "rollouts" else ["mean_tokens", "rollout_tokens"]):
+        xs = [float(p[x_key]) for p in points]
+        slopes = {c: loglog_slope(xs, [float(p[c]) for p in points]) for c in COLUMNS}
+        cells = [labels[x_key], "", "", ""] + [("-" if slopes[c] is None else f"{slopes[c]:.2f}") for c in COLUMNS]
+        rows.append("| " + " | ".join(cells) + " |")
     return rows
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rollouts", type=int, nargs="+", default=[32, 64, 128, 256], help="rollouts per step to sweep")
-    p.add_argument("--tokens", type=int, nargs="+", default=[32, 64, 128], help="response token limits to sweep")
+    p.add_argument("--tokens", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024],
+                   help="response token limits to sweep")
     p.add_argument("--fixed-tokens", type=int, default=64, help="token limit of the rollouts sweep")
-    p.add_argument("--fixed-rollouts", type=int, default=64, help="rollouts per step of the tokens sweep")
+    p.add_argument("--fixed-rollouts", type=int, default=16, help="rollouts per step of the tokens sweep")
     p.add_argument("--n", type=int, default=4, help="rollouts per prompt")
     p.add_argument("--steps", type=int, default=3, help="steps per point (the first is a warm-up)")
     p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype (auto: bfloat16 where this CPU multiplies it natively)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rollout", default="vllm", choices=ENGINE_NAMES)
     p.add_argument("--single-process", action="store_true", help="one worker inside the driver, without Ray")
     p.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M's shape, random weights)")
     p.add_argument("--json", default=None, help="write every point here")
     args = p.parse_args(argv)
+    args.dtype = step.concrete_dtype(args.dtype)
     if args.model is None:
         from corewarding.model_zoo import cache_dir, prepare_smollm2
 
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
             print(f"running {rollouts} rollouts x <= {tokens} tokens ({args.steps} steps) ...", flush=True)
             measured[(rollouts, tokens)] = run_point(args, rollouts, tokens, Path(tmp) / f"r{rollouts}-t{tokens}")
     sweeps = {axis: [measured[key] for key in keys] for axis, keys in plan.items()}
-    print(f"\n{args.workers} worker(s), {args.rollout} rollout, {args.n} rollouts per prompt, micro-batch "
+    print(f"\n{args.workers} worker(s), {args.rollout} rollout, {args.dtype}, {args.n} rollouts per prompt, micro-batch "
           f"{args.micro_batch}, median of steps 2..{args.steps}; peak PSS of the process tree")
     for axis, title in (("rollouts", f"rollouts per step (<= {args.fixed_tokens} tokens)"),
                         ("tokens", f"response tokens ({args.fixed_rollouts} rollouts)")):

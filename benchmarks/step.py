@@ -4,23 +4,26 @@
     python benchmarks/step.py --variants ours ours:workers=2 ours:rollout=hf trl --steps 6
     pip install -e ".[bench]"                         # TRL, for the trl variant
 
-The work, on both sides: SmolLM2-135M-Instruct (fp32, CPU), `--prompts` built-in arithmetic prompts
+The work, on both sides: SmolLM2-135M-Instruct (CPU), `--prompts` built-in arithmetic prompts
 per step (one-shot system prompt) x `--n` rollouts, at most `--max-new-tokens` new tokens at
 `--temperature`, GT reward (boxed answer vs ground truth), GRPO advantages per group (std-scaled),
 clipped surrogate + low-variance KL to a frozen reference (`--kl`), token-mean loss over the whole
 batch (TRL's `dapo`), AdamW at `--lr` (constant), gradient clip 1.0, micro-batches of `--micro-batch`
-rollouts, one optimizer step per step. TRL runs in one process with all the machine's threads,
-generating with the policy itself (`use_vllm=False`).
+rollouts, one optimizer step per step, computed in `--dtype` with float32 master weights: `auto` (the
+default, what `make demo` asks for) is bfloat16 on a CPU that multiplies it natively (`avx512_bf16`,
+AMX, Arm's bf16) and float32 elsewhere; ours sets `model.dtype` (FSDP2's mixed precision, vLLM in the
+same dtype), TRL `bf16=True` (autocast, its mixed precision). TRL runs in one process with all the
+machine's threads, generating with the policy itself (`use_vllm=False`).
 
 A variant is `ours` or `trl`, optionally with `:key=value,...` (ours: `workers`, `rollout` = vllm | hf,
 `remove_padding` = 0 | 1, `shortcut` = 0 | 1, `preload` = 0 | 1 (`trainer.cpu_preload`), `single` =
 0 | 1: the one worker inside the run's process, without Ray; `attn` = sdpa | sdpa_segments | eager:
-`model.attn_implementation`, the CPU default sdpa_segments when not given; `dtype` = float32 | bfloat16:
-`model.dtype`, the compute dtype of the workers and the rollout engine (float32 master weights); `reshard`
-= 0 | 1: `actor.fsdp_config.reshard_after_forward`; trl: `preload` = 0 | 1, the same
-tcmalloc in TRL's process). Each variant runs in its own subprocess; this process samples the
-proportional set size (PSS: shared pages counted once) of that subprocess and all its descendants
-(Ray's processes and workers included) every 0.25 s and reports the peak. Step times are the median
+`model.attn_implementation`, the CPU default sdpa_segments when not given; `reshard` = 0 | 1:
+`actor.fsdp_config.reshard_after_forward`; trl: `preload` = 0 | 1, the same tcmalloc in TRL's process;
+both: `dtype` = float32 | bfloat16, this variant's compute dtype instead of `--dtype`'s). Each
+variant runs in its own subprocess; this process samples the proportional set size (PSS: shared
+pages counted once) of that subprocess and all its descendants (Ray's processes and workers
+included) every 0.25 s and reports the peak. Step times are the median
 over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old (a separate
 old-log-prob pass), ref (reference forward), update (policy forward + backward + optimizer), other
 (reward, advantages, transfers, the rest). The last line reads
@@ -70,7 +73,7 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
         f"trainer.single_process={bool(int(options.get('single', 0)))}",
         f"trainer.cpu_preload={bool(int(options.get('preload', 1)))}",
         *([f"actor_rollout_ref.model.attn_implementation={options['attn']}"] if "attn" in options else []),
-        *([f"actor_rollout_ref.model.dtype={options['dtype']}"] if "dtype" in options else []),
+        f"actor_rollout_ref.model.dtype={options.get('dtype', args.dtype)}",
         *([f"actor_rollout_ref.actor.fsdp_config.reshard_after_forward={bool(int(options['reshard']))}"]
           if "reshard" in options else []),
         f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.warmup_style=constant",
@@ -89,11 +92,12 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
         phases = {"gen": h.get("timing/gen", 0.0), "old": h.get("timing/old_log_prob", 0.0),
                   "ref": h.get("timing/ref", 0.0), "update": h.get("timing/update_actor", 0.0)}
         steps.append(_with_other(phases, h["timing/step"], reward=h["reward/mean"],
-                                 response_length=h.get("response_length/mean", 0.0)))
+                                 response_length=h.get("response_length/mean", 0.0),
+                                 prompt_length=h.get("prompt_length/mean", 0.0)))
     return steps
 
 
-def trl_step_times(args: argparse.Namespace, data: dict[str, Path], out: Path) -> list[dict]:
+def trl_step_times(args: argparse.Namespace, options: dict[str, str], data: dict[str, Path], out: Path) -> list[dict]:
     """Per-step phase times of TRL's GRPOTrainer on the same work (phases timed by wrapping its methods)."""
     import pandas as pd
     import torch
@@ -121,7 +125,8 @@ def trl_step_times(args: argparse.Namespace, data: dict[str, Path], out: Path) -
         max_completion_length=args.max_new_tokens, temperature=args.temperature, top_p=1.0, top_k=0,
         beta=args.kl, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
         max_grad_norm=1.0, num_iterations=1, epsilon=0.2, loss_type="dapo", scale_rewards="group",
-        max_steps=args.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, bf16=False,
+        max_steps=args.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+        bf16=options.get("dtype", args.dtype) == "bfloat16",
         gradient_checkpointing=False, shuffle_dataset=False, seed=0, disable_tqdm=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -193,7 +198,7 @@ def run_one(args: argparse.Namespace) -> None:
     side, options = parse_variant(args.run_one)
     out = Path(args.work_dir)
     data = write_builtin_dataset(out / "data", n_train=args.prompts * args.steps, n_val=4, word_fraction=0.0)
-    steps = ours_step_times(args, options, data, out) if side == "ours" else trl_step_times(args, data, out)
+    steps = (ours_step_times if side == "ours" else trl_step_times)(args, options, data, out)
     Path(args.result).write_text(json.dumps(steps))
 
 
@@ -240,19 +245,29 @@ def measure(variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     steps = json.loads(result.read_text())
     timed = steps[1:] if len(steps) > 1 else steps
     median = {key: statistics.median(s[key] for s in timed) for key in (*PHASES, "step")}
-    return {"variant": variant, "steps": steps, "median": median, "peak_pss_gb": peak / 2**30,
+    return {"variant": variant, "dtype": options.get("dtype", args.dtype), "steps": steps, "median": median,
+            "peak_pss_gb": peak / 2**30,
             "wall_s": time.perf_counter() - started}
 
 
 def print_table(results: list[dict[str, Any]], trl_step: float | None) -> None:
-    header = f"{'variant':<28} {'s/step':>7} " + " ".join(f"{p:>7}" for p in PHASES) + f" {'peak GB':>8} {'vs TRL':>7}"
+    header = f"{'variant':<28} {'dtype':>8} {'s/step':>7} " + " ".join(f"{p:>7}" for p in PHASES) + f" {'peak GB':>8} {'vs TRL':>7}"
     print(header)
     print("-" * len(header))
     for r in results:
         m = r["median"]
         ratio = f"{trl_step / m['step']:.2f}" if trl_step else "-"
-        print(f"{r['variant']:<28} {m['step']:7.2f} " + " ".join(f"{m[p]:7.2f}" for p in PHASES)
+        print(f"{r['variant']:<28} {r['dtype']:>8} {m['step']:7.2f} " + " ".join(f"{m[p]:7.2f}" for p in PHASES)
               + f" {r['peak_pss_gb']:8.2f} {ratio:>7}")
+
+
+def concrete_dtype(name: str) -> str:
+    """`--dtype`: auto is bfloat16 on a CPU that multiplies it natively, else float32 (`model.dtype=auto`'s rule)."""
+    if name != "auto":
+        return name
+    from corewarding.hardware import native_bf16_cpu
+
+    return "bfloat16" if native_bf16_cpu() else "float32"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -267,6 +282,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--kl", type=float, default=0.001)
     p.add_argument("--micro-batch", type=int, default=8)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="compute dtype of both sides (auto: bfloat16 where this CPU multiplies it natively)")
     p.add_argument("--json", default=None, help="write every variant's per-step times here")
     p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
@@ -279,6 +296,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.passthrough = [f"--model={args.model}", f"--steps={args.steps}", f"--prompts={args.prompts}", f"--n={args.n}",
                         f"--max-new-tokens={args.max_new_tokens}", f"--temperature={args.temperature}",
                         f"--lr={args.lr}", f"--kl={args.kl}", f"--micro-batch={args.micro_batch}"]
+    args.dtype = concrete_dtype(args.dtype)  # once, so that every child and the table name the same dtype
+    args.passthrough.append(f"--dtype={args.dtype}")
     return args
 
 
@@ -297,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trl = next((r for r in results if r["variant"].startswith("trl")), None)
     trl_step = trl["median"]["step"] if trl else None
     print(f"\n{args.prompts} prompts x {args.n} rollouts, <= {args.max_new_tokens} new tokens, T={args.temperature}, "
-          f"micro-batch {args.micro_batch}; median of steps 2..{args.steps} (s); peak PSS of the process tree\n")
+          f"micro-batch {args.micro_batch}, float32 master weights; median of steps 2..{args.steps} (s); peak PSS of the process tree\n")
     print_table(results, trl_step)
     summary = {"results": results, "trl_step_s": trl_step}
     if args.json:

@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from corewarding.hardware import native_bf16_cpu
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -39,6 +41,8 @@ def test_step_benchmark_against_trl(tiny_model_path, capsys):
         assert median["step"] > 0 and median["gen"] > 0 and median["update"] > 0
         assert sum(median[p] for p in bench.PHASES) == pytest.approx(median["step"], rel=1e-6)
     ours, trl = summary["results"]
+    # --dtype auto, resolved once for both sides: the same precision as make demo's on this CPU
+    assert ours["dtype"] == trl["dtype"] == ("bfloat16" if native_bf16_cpu() else "float32")
     assert ours["median"]["old"] == 0.0  # one optimizer step per batch: no separate old-log-prob pass
     assert trl["median"]["ref"] > 0  # TRL's reference forward (beta > 0)
 
@@ -76,8 +80,10 @@ def test_scaling_benchmark_sweeps_rollouts_and_tokens(tiny_model_path, capsys, t
     for point in sweeps["rollouts"]:
         assert point["step"] > 0 and point["update"] > 0 and point["peak_gb"] > 0.1
         assert 0 < point["mean_tokens"] <= point["max_tokens"]
+        assert point["rollout_tokens"] > point["mean_tokens"] + 20  # + the one-shot prompt's tokens
     out = capsys.readouterr().out
-    assert out.count("| exponent |") == 2 and out.count("running ") == 2
+    assert out.count("running ") == 2 and out.count("| exponent |") == 1
+    assert out.count("| exponent (response tokens) |") == 1 and out.count("| exponent (rollout tokens) |") == 1
     assert json.loads((tmp_path / "scaling.json").read_text()) == sweeps
 
 
