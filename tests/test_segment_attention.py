@@ -46,11 +46,11 @@ def inputs(tokens: int, dtype: torch.dtype) -> list[torch.Tensor]:
     return [torch.randn(shape, generator=g).to(dtype).requires_grad_() for shape in shapes]
 
 
+@pytest.mark.parametrize("upcast_below", [12, 1000])  # bfloat16 computed as it is, and in float32
 @pytest.mark.parametrize("dtype,forward_rel,grad_rel", [(torch.float32, FORWARD_REL, GRAD_REL),
                                                          (torch.bfloat16, BF16_FORWARD_REL, BF16_GRAD_REL)])
-def test_segments_equal_the_dense_mask_in_float64(dtype, forward_rel, grad_rel, monkeypatch):
-    # a threshold inside the lengths below, so that bfloat16 takes both paths (float32 and its own)
-    monkeypatch.setattr(segment_attention, "UPCAST_BELOW", 12)
+def test_segments_equal_the_dense_mask_in_float64(dtype, forward_rel, grad_rel, upcast_below, monkeypatch):
+    monkeypatch.setattr(segment_attention, "UPCAST_BELOW", upcast_below)
     segments, tokens = shared_prefix_segments([5, 9, 3], [[4, 1, 7], [6], [2, 11]])
     q, k, v = inputs(tokens, dtype)
     out = segments_attention(q, k, v, segments, enable_gqa=True)
@@ -66,20 +66,20 @@ def test_segments_equal_the_dense_mask_in_float64(dtype, forward_rel, grad_rel, 
 
 
 def test_short_bfloat16_segments_run_in_float32(monkeypatch):
-    """A bfloat16 segment shorter than UPCAST_BELOW (its prefix and its own tokens) reaches SDPA in
-    float32, a longer one in bfloat16; float32 inputs are left alone."""
+    """A bfloat16 call whose segments (a prefix and its own tokens) are all shorter than UPCAST_BELOW
+    reaches SDPA in float32, one with a longer segment in bfloat16; float32 inputs are left alone."""
     seen = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(segment_attention.F, "scaled_dot_product_attention",
                         lambda q, *a, **k: seen.append((q.shape[2], q.dtype)) or sdpa(q, *a, **k))
-    monkeypatch.setattr(segment_attention, "UPCAST_BELOW", 10)
     segments, tokens = shared_prefix_segments([4, 8], [[3, 6], [5]])
-    segments_attention(*inputs(tokens, torch.bfloat16), segments, enable_gqa=True)
-    assert seen == [(4, torch.float32), (7, torch.float32), (10, torch.bfloat16),
-                    (8, torch.float32), (13, torch.bfloat16)]
-    seen.clear()
-    segments_attention(*inputs(tokens, torch.float32), segments, enable_gqa=True)
-    assert {dtype for _, dtype in seen} == {torch.float32}
+    for upcast_below, dtype, expected in [(14, torch.bfloat16, torch.float32), (13, torch.bfloat16, torch.bfloat16),
+                                          (14, torch.float32, torch.float32)]:
+        monkeypatch.setattr(segment_attention, "UPCAST_BELOW", upcast_below)
+        seen.clear()
+        out = segments_attention(*inputs(tokens, dtype), segments, enable_gqa=True)
+        assert seen == [(4, expected), (7, expected), (10, expected), (8, expected), (13, expected)]
+        assert out.dtype == dtype
 
 
 def test_packed_rows_are_attended_apart_without_a_gather():

@@ -37,8 +37,8 @@ class Segment(NamedTuple):
 # Below this many attended tokens (a segment's prefix and its own), PyTorch's CPU flash kernel runs
 # a bfloat16 segment's forward + backward 1.1-2.5x slower than float32's on the same tensors (AMD
 # Zen 4, 1 thread, 9 heads of 64: 40 tokens 1.5 vs 0.6 ms, 133 tokens 5.1 vs 2.0 ms, 384 equal, 1,024
-# 51 vs 72 ms). Such segments are computed in float32: no less exact, and a rollout's own segment is
-# short at the replication's lengths.
+# 51 vs 72 ms). A call whose segments are all that short is computed in float32 (cast once per
+# tensor): no less exact, and at the replication's lengths every segment is.
 UPCAST_BELOW = 384
 
 
@@ -60,18 +60,18 @@ def segments_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     # one split, where slicing each segment out (and writing each output into place) cost a
     # full-size gradient per segment; packed rows without prefixes need no gather at all
     index = _gather_index(segments, query.device) if any(prefixes) else None
-    q, k, v = ((t if index is None else t.index_select(2, index)).split(sizes, dim=2) for t in (query, key, value))
     low = query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
+    compute = torch.float32 if low and max(sizes, default=0) < UPCAST_BELOW else query.dtype
+    q, k, v = ((t if index is None else t.index_select(2, index)).to(compute).split(sizes, dim=2)
+               for t in (query, key, value))
     outputs = []
-    for prefix, size, *qkv in zip(prefixes, sizes, q, k, v):
-        if low and size < UPCAST_BELOW:
-            qkv = [t.float() for t in qkv]
+    for prefix, *qkv in zip(prefixes, q, k, v):
         # a prefix's queries ride along so that the fused causal kernel applies (a mask would leave
         # it): they see only the prefix, and their outputs are dropped
         own = F.scaled_dot_product_attention(*qkv, dropout_p=dropout, is_causal=True, scale=scaling,
                                              enable_gqa=enable_gqa)
-        outputs.append(own[:, :, prefix:].to(query.dtype))
-    return torch.cat(outputs, dim=2)
+        outputs.append(own[:, :, prefix:])
+    return torch.cat(outputs, dim=2).to(query.dtype)
 
 
 def _attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
