@@ -12,9 +12,10 @@ step, `--workers` workers with `--rollout` generation. Each point is one run
 of `benchmarks/step.py`'s `ours` side in its own subprocess (median of steps 2..N, peak PSS of the
 whole process tree, Ray's processes included). The exponent of each column is the slope of a
 least-squares line through log(value) against log(rollouts), and for the tokens sweep against
-log(mean response tokens) and log(whole-rollout tokens: mean prompt + mean response, what one
-rollout's forward and backward run over): 1 is linear; a large fixed part (start-up memory, the KV
-cache vLLM reserves) pulls it towards 0.
+log(mean response tokens), log(whole-rollout tokens: mean prompt + mean response) and log(the
+tokens the update computes per rollout: CPU workers run each prompt once for its `--n` rollouts,
+so prompt / n + response): 1 is linear; a large fixed part (start-up memory, the KV cache vLLM
+reserves) pulls it towards 0.
 """
 
 from __future__ import annotations
@@ -78,23 +79,25 @@ def run_point(args: argparse.Namespace, rollouts: int, tokens: int, work: Path) 
     mean_tokens = sum(s.get("response_length", 0.0) for s in timed) / len(timed)
     prompt_tokens = sum(s.get("prompt_length", 0.0) for s in timed) / len(timed)
     return {"rollouts": rollouts, "max_tokens": tokens, **{k: result["median"][k] for k in ("step", "gen", "update")},
-            "peak_gb": result["peak_pss_gb"], "mean_tokens": mean_tokens, "rollout_tokens": prompt_tokens + mean_tokens}
+            "peak_gb": result["peak_pss_gb"], "mean_tokens": mean_tokens, "rollout_tokens": prompt_tokens + mean_tokens,
+            "computed_tokens": prompt_tokens / args.n + mean_tokens}
 
 
 def sweep_table(points: list[dict[str, Any]], axis: str) -> list[str]:
     """Markdown rows of one sweep and its fitted exponents: against rollouts, or against mean response
-    tokens and whole-rollout tokens (prompt + response)."""
-    header = "| rollouts | max tokens | mean tokens | rollout tokens | s/step | gen s | update s | peak GB |"
+    tokens, whole-rollout tokens (prompt + response) and the tokens computed per rollout."""
+    header = "| rollouts | max tokens | mean tokens | rollout tokens | computed tokens | s/step | gen s | update s | peak GB |"
     rows = [header, "| " + " | ".join("---" for _ in header.split("|")[1:-1]) + " |"]
     for p in points:
         rows.append(f"| {p['rollouts']} | {p['max_tokens']} | {p['mean_tokens']:.1f} | {p['rollout_tokens']:.1f} | "
+                    f"{p['computed_tokens']:.1f} | "
                     f"{p['step']:.2f} | {p['gen']:.2f} | {p['update']:.2f} | {p['peak_gb']:.2f} |")
     labels = {"rollouts": "exponent", "mean_tokens": "exponent (response tokens)",
-              "rollout_tokens": "exponent (rollout tokens)"}
-    for x_key in (["rollouts"] if axis == "rollouts" else ["mean_tokens", "rollout_tokens"]):
+              "rollout_tokens": "exponent (rollout tokens)", "computed_tokens": "exponent (computed tokens)"}
+    for x_key in (["rollouts"] if axis == "rollouts" else ["mean_tokens", "rollout_tokens", "computed_tokens"]):
         xs = [float(p[x_key]) for p in points]
         slopes = {c: loglog_slope(xs, [float(p[c]) for p in points]) for c in COLUMNS}
-        cells = [labels[x_key], "", "", ""] + [("-" if slopes[c] is None else f"{slopes[c]:.2f}") for c in COLUMNS]
+        cells = [labels[x_key], "", "", "", ""] + [("-" if slopes[c] is None else f"{slopes[c]:.2f}") for c in COLUMNS]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 

@@ -81,9 +81,10 @@ def test_scaling_benchmark_sweeps_rollouts_and_tokens(tiny_model_path, capsys, t
         assert point["step"] > 0 and point["update"] > 0 and point["peak_gb"] > 0.1
         assert 0 < point["mean_tokens"] <= point["max_tokens"]
         assert point["rollout_tokens"] > point["mean_tokens"] + 20  # + the one-shot prompt's tokens
+        assert point["computed_tokens"] == pytest.approx(point["mean_tokens"] + (point["rollout_tokens"] - point["mean_tokens"]) / 2)
     out = capsys.readouterr().out
     assert out.count("running ") == 2 and out.count("| exponent |") == 1
-    assert out.count("| exponent (response tokens) |") == 1 and out.count("| exponent (rollout tokens) |") == 1
+    assert all(out.count(f"| exponent ({x} tokens) |") == 1 for x in ("response", "rollout", "computed"))
     assert json.loads((tmp_path / "scaling.json").read_text()) == sweeps
 
 
