@@ -29,6 +29,7 @@ from numerics import (
     BF16_GRAD_REL,
     FORWARD_REL,
     GRAD_REL,
+    WEIGHTS_REL,
     assert_all_rel_close,
     assert_rel_close,
     assert_scalar_close,
@@ -485,6 +486,41 @@ def test_rollout_correction_weights_the_pg_loss(model_path, level, on_policy):
     assert result.metrics["rollout_corr/rollout_is_mean"] == pytest.approx(float((weights * mask).sum() / mask.sum()), rel=1e-5)
     _, plain = one_update(model_path, Batch(tensors), settings())
     assert relative_error(plain["model.norm.weight"], step["model.norm.weight"]) > 100 * GRAD_REL
+
+
+def test_deferred_sync_keeps_the_gathered_parameters_between_micro_batches(model_path, tmp_path):
+    """With `defer_grad_sync` (CPU workers) the FSDP2 layers gather their parameters once per
+    mini-batch: the micro-batches after the first find them still gathered (no all-gather, no cast),
+    the last backward reshards them and the layers' reshard_after_forward comes back; the weights
+    after the step equal those of an update that gathers per micro-batch (GPUs)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    from corewarding.workers.model import sharding
+
+    batch = with_old_log_probs(model_path, ragged_rollouts(seed=7), noise=0.3)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        weights = {}
+        for defer in (True, False):
+            model = load(model_path)
+            sharding.shard_model(model, init_device_mesh("cpu", (1,)), torch.float32, offload=False, reshard=True,
+                                 rank=0, device=CPU)
+            q_proj = model.get_decoder().layers[0].self_attn.q_proj
+            held: list[bool] = []  # per forward: layer 0's parameters already gathered when the model starts
+            model.get_decoder().register_forward_pre_hook(lambda *_: held.append(not isinstance(q_proj.weight, DTensor)))
+            ppo_update(model, torch.optim.SGD(model.parameters(), lr=0.1), batch,
+                       settings(defer_grad_sync=defer), 1, world_size=1, device=CPU)
+            assert held == ([False, True, True] if defer else [False, False, False])  # 3 micro-batches of 2 rows
+            assert all(isinstance(p, DTensor) for p in model.parameters())  # resharded after the last backward
+            with torch.no_grad():
+                model(input_ids=torch.tensor([[5, 6, 7]]))
+            assert isinstance(q_proj.weight, DTensor)  # reshard_after_forward is back
+            weights[defer] = {name: p.full_tensor().detach().clone() for name, p in model.named_parameters()}
+    finally:
+        dist.destroy_process_group()
+    assert_all_rel_close(weights[True], weights[False], WEIGHTS_REL, "weights")
 
 
 def test_rollout_correction_needs_the_samplers_log_probs(model_path):

@@ -286,6 +286,7 @@ class ActorRolloutRefWorker(WorkerApi):
             loss_scale_factor=a.loss_scale_factor or self.config.data.max_response_length,
             mask_truncated=a.mask_truncated_completions, rollout_is=correction.rollout_is,
             rollout_is_threshold=correction.rollout_is_threshold, defer_grad_sync=self.device.type == "cpu",
+            reshard_after_forward=a.fsdp_config.reshard_after_forward,
         )
 
     @register(Dispatch.SPLIT_ROWS, ActorUpdate.gather)

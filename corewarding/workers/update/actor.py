@@ -215,26 +215,44 @@ def _accumulate_gradients(
     terms; on-policy, each micro-batch's log-probs and entropy into `kept` (at its rows `mini_index`)."""
     step_losses: dict[str, float] = {}
     plan = plan_micro_batches(mini, settings, world_size, reduce_device)
-    for index, (group, weights, view) in enumerate(plan):
+    if settings.defer_grad_sync:
+        _set_layers_reshard_after_forward(model, False)
+    try:
+        for index, (group, weights, view) in enumerate(plan):
+            if settings.defer_grad_sync:
+                _set_gradient_sync(model, index == len(plan) - 1)
+            stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weights)
+            if view is not None:
+                losses[f"actor/pg_loss_{VIEW_NAMES[view]}"] = losses["actor/pg_loss"]
+            for key, value in losses.items():
+                step_losses[key] = step_losses.get(key, 0.0) + value
+            if kept is not None:
+                rows = [mini_index[i] for i in group]
+                kept[0][rows], kept[1][rows] = stats.log_probs.float().cpu(), stats.entropy.float().cpu()
+    finally:
         if settings.defer_grad_sync:
-            _set_gradient_sync(model, index == len(plan) - 1)
-        stats, losses = _micro_batch_loss(model, mini.select(group), settings, on_policy, meter, weights)
-        if view is not None:
-            losses[f"actor/pg_loss_{VIEW_NAMES[view]}"] = losses["actor/pg_loss"]
-        for key, value in losses.items():
-            step_losses[key] = step_losses.get(key, 0.0) + value
-        if kept is not None:
-            rows = [mini_index[i] for i in group]
-            kept[0][rows], kept[1][rows] = stats.log_probs.float().cpu(), stats.entropy.float().cpu()
+            _set_gradient_sync(model, True)
+            _set_layers_reshard_after_forward(model, settings.reshard_after_forward)
     for key, value in step_losses.items():
         meter.add(key, value)
 
 
 def _set_gradient_sync(model: torch.nn.Module, sync: bool) -> None:
-    """Whether this backward reduces the gradients over ranks (FSDP2); a module that is not
-    sharded reduces nothing."""
+    """Whether this backward reduces the gradients over ranks and then reshards the parameters
+    (FSDP2); without, the gathered parameters stay for the next micro-batch. A module that is not
+    sharded reduces and reshards nothing."""
     if hasattr(model, "set_requires_gradient_sync"):
         model.set_requires_gradient_sync(sync)
+    if hasattr(model, "set_reshard_after_backward"):
+        model.set_reshard_after_backward(sync)
+
+
+def _set_layers_reshard_after_forward(model: torch.nn.Module, reshard: bool) -> None:
+    """Whether the sharded layers free their gathered parameters after forward (FSDP2); the root
+    keeps FSDP2's own choice (never), which setting it would override."""
+    for module in model.modules():
+        if module is not model and hasattr(module, "set_reshard_after_forward"):
+            module.set_reshard_after_forward(reshard, recurse=False)
 
 
 def _optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float, meter: _Meter) -> bool:

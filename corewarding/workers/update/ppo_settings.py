@@ -32,8 +32,11 @@ class PPOSettings:
     kl_loss_type: str = "low_var_kl"
     grad_clip: float = 1.0
     # Reduce the gradients over ranks once per mini-batch, after its last micro-batch, instead of after
-    # every backward: on CPU (gloo) a collective is not overlapped with compute (a 135M-parameter
-    # float32 reduce-scatter takes ~0.8 s on two cores) and the unsharded gradients it accumulates
-    # meanwhile live in host memory; on GPUs the per-backward reduce-scatter hides behind compute and
-    # the unsharded gradients would cost GPU memory.
+    # every backward, and keep the gathered parameters from the first micro-batch's forward to the
+    # last one's backward (they do not change before the optimizer step): on CPU (gloo) a collective
+    # is not overlapped with compute (a 135M-parameter float32 reduce-scatter takes ~0.8 s on two
+    # cores), each all-gather also casts the shards to the compute dtype, and the unsharded gradients
+    # and parameters live in host memory; on GPUs the per-backward collectives hide behind compute and
+    # the unsharded tensors would cost GPU memory.
     defer_grad_sync: bool = False
+    reshard_after_forward: bool = True  # the actor's FSDP setting, restored after each mini-batch
