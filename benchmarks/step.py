@@ -26,8 +26,9 @@ pages counted once) of that subprocess and all its descendants (Ray's processes 
 included) every 0.25 s and reports the peak. Step times are the median
 over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old (a separate
 old-log-prob pass), ref (reference forward), update (policy forward + backward + optimizer), other
-(reward, advantages, transfers, the rest). The last line reads
-`speedup_vs_trl=<TRL s/step / the first ours variant's s/step>` (ours faster: above 1).
+(reward, advantages, transfers, the rest). "vs TRL" divides the first TRL variant of the same dtype's
+step by each variant's; the last line reads `speedup_vs_trl=<that ratio for the first ours variant>`
+(ours faster: above 1).
 """
 
 from __future__ import annotations
@@ -250,24 +251,31 @@ def measure(variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any
             "wall_s": time.perf_counter() - started}
 
 
-def print_table(results: list[dict[str, Any]], trl_step: float | None) -> None:
+def trl_steps_by_dtype(results: list[dict[str, Any]]) -> dict[str, float]:
+    """dtype -> the median step of the first TRL variant computed in it."""
+    steps: dict[str, float] = {}
+    for r in results:
+        if r["variant"].startswith("trl"):
+            steps.setdefault(r["dtype"], r["median"]["step"])
+    return steps
+
+
+def print_table(results: list[dict[str, Any]], trl_steps: dict[str, float]) -> None:
     header = f"{'variant':<28} {'dtype':>8} {'s/step':>7} " + " ".join(f"{p:>7}" for p in PHASES) + f" {'peak GB':>8} {'vs TRL':>7}"
     print(header)
     print("-" * len(header))
     for r in results:
         m = r["median"]
-        ratio = f"{trl_step / m['step']:.2f}" if trl_step else "-"
+        ratio = f"{trl_steps[r['dtype']] / m['step']:.2f}" if r["dtype"] in trl_steps else "-"
         print(f"{r['variant']:<28} {r['dtype']:>8} {m['step']:7.2f} " + " ".join(f"{m[p]:7.2f}" for p in PHASES)
               + f" {r['peak_pss_gb']:8.2f} {ratio:>7}")
 
 
 def concrete_dtype(name: str) -> str:
-    """`--dtype`: auto is bfloat16 on a CPU that multiplies it natively, else float32 (`model.dtype=auto`'s rule)."""
-    if name != "auto":
-        return name
-    from corewarding.hardware import native_bf16_cpu
+    """`--dtype` as `model.dtype=auto` resolves it on this CPU."""
+    from corewarding.hardware import auto_compute_dtype
 
-    return "bfloat16" if native_bf16_cpu() else "float32"
+    return auto_compute_dtype("cpu") if name == "auto" else name
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -313,17 +321,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             work.mkdir()
             print(f"running {variant} ({args.steps} steps) ...", flush=True)
             results.append(measure(variant, args, work))
-    trl = next((r for r in results if r["variant"].startswith("trl")), None)
-    trl_step = trl["median"]["step"] if trl else None
+    trl_steps = trl_steps_by_dtype(results)
     print(f"\n{args.prompts} prompts x {args.n} rollouts, <= {args.max_new_tokens} new tokens, T={args.temperature}, "
           f"micro-batch {args.micro_batch}, float32 master weights; median of steps 2..{args.steps} (s); peak PSS of the process tree\n")
-    print_table(results, trl_step)
-    summary = {"results": results, "trl_step_s": trl_step}
+    print_table(results, trl_steps)
+    summary = {"results": results, "trl_step_s": trl_steps}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     ours = next((r for r in results if r["variant"].startswith("ours")), None)
-    if ours and trl_step:
-        summary["speedup_vs_trl"] = trl_step / ours["median"]["step"]
+    if ours and ours["dtype"] in trl_steps:
+        summary["speedup_vs_trl"] = trl_steps[ours["dtype"]] / ours["median"]["step"]
         print(f"speedup_vs_trl={summary['speedup_vs_trl']:.2f}")
     return summary
 

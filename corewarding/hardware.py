@@ -44,6 +44,11 @@ def native_bf16_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> bool:
     return bool(cpu_flags(_cpuinfo(cpuinfo_path)) & NATIVE_BF16_FLAGS)
 
 
+def auto_compute_dtype(device: str) -> str:
+    """`model.dtype=auto`: bfloat16 on GPUs and on CPUs that multiply it natively, else float32."""
+    return "bfloat16" if device == "cuda" or native_bf16_cpu() else "float32"
+
+
 def describe_machine(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
     """The processor a run computes on, as a run's record keeps it: its model name, the cores this
     process sees and whether it multiplies bfloat16 natively (what `model.dtype=auto` follows)."""

@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from corewarding.hardware import native_bf16_cpu
+from corewarding.hardware import auto_compute_dtype
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -42,9 +42,26 @@ def test_step_benchmark_against_trl(tiny_model_path, capsys):
         assert sum(median[p] for p in bench.PHASES) == pytest.approx(median["step"], rel=1e-6)
     ours, trl = summary["results"]
     # --dtype auto, resolved once for both sides: the same precision as make demo's on this CPU
-    assert ours["dtype"] == trl["dtype"] == ("bfloat16" if native_bf16_cpu() else "float32")
+    assert ours["dtype"] == trl["dtype"] == auto_compute_dtype("cpu")
     assert ours["median"]["old"] == 0.0  # one optimizer step per batch: no separate old-log-prob pass
     assert trl["median"]["ref"] > 0  # TRL's reference forward (beta > 0)
+
+
+def test_step_table_compares_each_variant_with_trl_in_its_dtype(capsys):
+    bench = load_benchmark("step")
+
+    def row(variant: str, dtype: str, step: float) -> dict:
+        return {"variant": variant, "dtype": dtype, "median": {**dict.fromkeys(bench.PHASES, 0.0), "step": step},
+                "peak_pss_gb": 1.0}
+
+    results = [row("ours", "bfloat16", 10.0), row("trl", "bfloat16", 25.0), row("ours:dtype=float32", "float32", 20.0),
+               row("trl:dtype=float32", "float32", 50.0), row("trl:preload=0", "float32", 60.0),
+               row("ours:dtype=float16", "float16", 9.0)]
+    trl_steps = bench.trl_steps_by_dtype(results)
+    assert trl_steps == {"bfloat16": 25.0, "float32": 50.0}  # the first TRL variant of each dtype
+    bench.print_table(results, trl_steps)
+    ratios = [line.split()[-1] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert ratios == ["2.50", "1.00", "2.50", "1.00", "0.83", "-"]
 
 
 def test_memory_benchmark_chunked_head_bounds_the_logits(capsys):

@@ -36,9 +36,9 @@ def _model_dtype(name: str | None, device: str) -> str:
     """`model.dtype`: null is bfloat16 on GPU and float32 on CPU (the reference); auto is bfloat16
     on GPU and on CPUs that multiply it natively (float32 master weights either way), else float32."""
     if name == "auto":
-        from corewarding.hardware import native_bf16_cpu
+        from corewarding.hardware import auto_compute_dtype
 
-        name = "bfloat16" if device == "cuda" or native_bf16_cpu() else "float32"
+        name = auto_compute_dtype(device)
         if device == "cpu":
             logger.info("actor_rollout_ref.model.dtype=auto: %s compute on this CPU (%s)", name,
                         "native bfloat16 matrix multiply" if name == "bfloat16" else "no native bfloat16")
