@@ -74,7 +74,7 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
         f"trainer.single_process={bool(int(options.get('single', 0)))}",
         f"trainer.cpu_preload={bool(int(options.get('preload', 1)))}",
         *([f"actor_rollout_ref.model.attn_implementation={options['attn']}"] if "attn" in options else []),
-        f"actor_rollout_ref.model.dtype={options.get('dtype', args.dtype)}",
+        f"actor_rollout_ref.model.dtype={variant_dtype(options, args)}",
         *([f"actor_rollout_ref.actor.fsdp_config.reshard_after_forward={bool(int(options['reshard']))}"]
           if "reshard" in options else []),
         f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.warmup_style=constant",
@@ -127,7 +127,7 @@ def trl_step_times(args: argparse.Namespace, options: dict[str, str], data: dict
         beta=args.kl, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
         max_grad_norm=1.0, num_iterations=1, epsilon=0.2, loss_type="dapo", scale_rewards="group",
         max_steps=args.steps, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-        bf16=options.get("dtype", args.dtype) == "bfloat16",
+        bf16=variant_dtype(options, args) == "bfloat16",
         gradient_checkpointing=False, shuffle_dataset=False, seed=0, disable_tqdm=True,
     )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -246,7 +246,7 @@ def measure(variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     steps = json.loads(result.read_text())
     timed = steps[1:] if len(steps) > 1 else steps
     median = {key: statistics.median(s[key] for s in timed) for key in (*PHASES, "step")}
-    return {"variant": variant, "dtype": options.get("dtype", args.dtype), "steps": steps, "median": median,
+    return {"variant": variant, "dtype": variant_dtype(options, args), "steps": steps, "median": median,
             "peak_pss_gb": peak / 2**30,
             "wall_s": time.perf_counter() - started}
 
@@ -269,6 +269,11 @@ def print_table(results: list[dict[str, Any]], trl_steps: dict[str, float]) -> N
         ratio = f"{trl_steps[r['dtype']] / m['step']:.2f}" if r["dtype"] in trl_steps else "-"
         print(f"{r['variant']:<28} {r['dtype']:>8} {m['step']:7.2f} " + " ".join(f"{m[p]:7.2f}" for p in PHASES)
               + f" {r['peak_pss_gb']:8.2f} {ratio:>7}")
+
+
+def variant_dtype(options: dict[str, str], args: argparse.Namespace) -> str:
+    """A variant's compute dtype: its own `dtype`, else the benchmark's `--dtype`."""
+    return options.get("dtype", args.dtype)
 
 
 def concrete_dtype(name: str) -> str:

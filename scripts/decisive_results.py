@@ -60,6 +60,10 @@ class Run:
         values = [h[key] for h in self.history if h.get("step") in LATE_STEPS and key in h]
         return statistics.fmean(values) if values else None
 
+    def truncated(self) -> bool:
+        """The protocol's test: at least TRUNCATED of the late rollouts cut at the length cap."""
+        return (self.late_mean("response_length/clip_ratio") or 0.0) >= TRUNCATED
+
 
 def read_runs(root: Path) -> tuple[list[int], list[Run]]:
     """The base model's correctness and every finished run under `root`."""
@@ -103,7 +107,7 @@ def status(run: Run, base_accuracy: float) -> str:
         return "unfinished"
     if acc48 >= 0.5 * max(base_accuracy, acc16):
         return "held"
-    if (run.late_mean("response_length/clip_ratio") or 0.0) >= TRUNCATED:
+    if run.truncated():
         return "truncation"
     return "collapsed" if (run.late_mean("monitor/majority_ratio") or 0.0) >= 0.9 else "fell"
 
@@ -183,8 +187,7 @@ def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, di
 def truncation_note(runs: list[Run]) -> str:
     """What "truncated" and "answered" count, and the runs whose late rollouts are mostly cut yet answered."""
     cut = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
-           if (r.late_mean("response_length/clip_ratio") or 0.0) >= TRUNCATED
-           and (r.late_mean("reward/answer_present") or 0.0) >= 0.5]
+           if r.truncated() and (r.late_mean("reward/answer_present") or 0.0) >= 0.5]
     return ("Truncated: the share of training rollouts cut at the 40-token cap; answered: the share with an "
             "extractable (boxed) answer. A rollout can be both: it answers, then writes on to the cap"
             + (f" (mostly so in {', '.join(cut)}: cut but answered, not a degenerate run)." if cut else "."))
