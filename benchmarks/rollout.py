@@ -78,8 +78,7 @@ def trainer_push_state(model_path: Path, device: str) -> dict[str, torch.Tensor]
     return {name: param.detach() for name, param in model.named_parameters()}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, print the table and return the results."""
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M-Instruct, prepared offline)")
     parser.add_argument("--prompts", type=int, default=16)
@@ -93,8 +92,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--kv-cache-gb", type=float, default=1.0, help="vLLM KV cache on CPU")
     parser.add_argument("--threads", type=int, default=1, help="torch threads on CPU")
     parser.add_argument("--json", default=None, help="also write the results to this file")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
+    print(f"\nmodel {Path(results['model']).name} on {results['device']} ({results['dtype']}), {args.prompts} prompts x "
+          f"n={args.n}, <= {args.max_tokens} new tokens, T={args.temperature}; weight push = full model, fp32 on "
+          f"{results['device']} ({results['push_mb']:.0f} MB)")
+    header = f"{'engine':<8}{'start s':>9}{'tokens':>9}{'gen s':>9}{'tokens/s':>10}{'stopped':>9}{'push s':>9}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results["engines"].items():
+        print(f"{name:<8}{r['start_s']:>9.1f}{r['tokens']:>9d}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}"
+              f"{r['stopped']:>9.0%}{r['push_s']:>9.2f}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table and return the results."""
+    args = parse_args(argv)
     from transformers import AutoTokenizer
 
     from corewarding.model_zoo import prepare_smollm2
@@ -129,15 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del engine
         print(f"[{name}] done: {gen['tokens_per_s']:.1f} tokens/s, push {push_s:.2f} s", file=sys.stderr, flush=True)
 
-    print(f"\nmodel {Path(results['model']).name} on {device} ({results['dtype']}), {args.prompts} prompts x n={args.n}, "
-          f"<= {args.max_tokens} new tokens, T={args.temperature}; weight push = full model, fp32 on {device} "
-          f"({results['push_mb']:.0f} MB)")
-    header = f"{'engine':<8}{'start s':>9}{'tokens':>9}{'gen s':>9}{'tokens/s':>10}{'stopped':>9}{'push s':>9}"
-    print(header)
-    print("-" * len(header))
-    for name, r in results["engines"].items():
-        print(f"{name:<8}{r['start_s']:>9.1f}{r['tokens']:>9d}{r['seconds']:>9.1f}{r['tokens_per_s']:>10.1f}"
-              f"{r['stopped']:>9.0%}{r['push_s']:>9.2f}")
+    print_table(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

@@ -98,12 +98,12 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
     return steps
 
 
-def trl_step_times(args: argparse.Namespace, options: dict[str, str], data: dict[str, Path], out: Path) -> list[dict]:
-    """Per-step phase times of TRL's GRPOTrainer on the same work (phases timed by wrapping its methods)."""
+def trl_trainer(args: argparse.Namespace, options: dict[str, str], data: dict[str, Path], out: Path) -> Any:
+    """TRL's GRPOTrainer set up for the benchmark's work."""
     import pandas as pd
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from corewarding.rewards import answers_equivalent, extract_boxed_answer
@@ -132,8 +132,16 @@ def trl_step_times(args: argparse.Namespace, options: dict[str, str], data: dict
     )
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    trainer = GRPOTrainer(model=model, reward_funcs=gt_reward, args=config, train_dataset=dataset,
-                          processing_class=tokenizer)
+    return GRPOTrainer(model=model, reward_funcs=gt_reward, args=config, train_dataset=dataset,
+                       processing_class=tokenizer)
+
+
+def trl_step_times(args: argparse.Namespace, options: dict[str, str], data: dict[str, Path], out: Path) -> list[dict]:
+    """Per-step phase times of TRL's GRPOTrainer on the same work (phases timed by wrapping its methods)."""
+    import torch
+    from transformers import TrainerCallback
+
+    trainer = trl_trainer(args, options, data, out)
     current: dict[str, float] = {}
 
     def timed(name_of, fn):

@@ -75,30 +75,23 @@ def cell_value(summary: dict[str, Any], benchmark: str, metric: str) -> tuple[fl
     return (100.0 * float(value) if value is not None else None), name
 
 
-def markdown_table(
-    runs: list[tuple[str | None, str, dict[str, Any]]],
-    benchmarks: list[str] | None = None,
-    metrics: dict[str, str] | None = None,
-    digits: int = 1,
-    average: bool = True,
-    baseline: str | None = None,
-    bold_best: bool = True,
-) -> str:
-    """runs: (group or None, row name, summary dict). metrics: benchmark -> metric ("pass@1",
-    "avg@k", "maj@k", "pass@k"; "*" for every benchmark)."""
-    metrics = metrics or {}
-    if benchmarks is None:
-        benchmarks = []
-        for _, _, summary in runs:
-            # the harness tasks asked for (its results also hold every subtask of a group)
-            asked = summary.get("lm_eval_settings", {}).get("tasks", list(summary.get("lm_eval", {})))
-            for name in [*summary.get("benchmarks", {}), *asked]:
-                if name not in benchmarks:
-                    benchmarks.append(name)
-    chosen = {b: metrics.get(b, metrics.get("*", default_metric(b))) for b in benchmarks}
+def benchmarks_of(runs: list[tuple[str | None, str, dict[str, Any]]]) -> list[str]:
+    """Every benchmark any run has, in order of first appearance."""
+    benchmarks: list[str] = []
+    for _, _, summary in runs:
+        # the harness tasks asked for (its results also hold every subtask of a group)
+        asked = summary.get("lm_eval_settings", {}).get("tasks", list(summary.get("lm_eval", {})))
+        for name in [*summary.get("benchmarks", {}), *asked]:
+            if name not in benchmarks:
+                benchmarks.append(name)
+    return benchmarks
 
-    # values[row][col]; the header shows the metric with k filled in from the first run that has it
-    header_metric = {b: None for b in benchmarks}
+
+def value_rows(runs: list[tuple[str | None, str, dict[str, Any]]], benchmarks: list[str], chosen: dict[str, str],
+               average: bool) -> tuple[list[list[float | None]], dict[str, str | None]]:
+    """values[row][column] (the average last when asked) and each benchmark's metric name with k
+    filled in from the first run that has it."""
+    header_metric: dict[str, str | None] = {b: None for b in benchmarks}
     values: list[list[float | None]] = []
     for _, _, summary in runs:
         row = []
@@ -111,17 +104,45 @@ def markdown_table(
             present = [v for v in row if v is not None]
             row.append(sum(present) / len(present) if len(present) == len(benchmarks) and present else None)
         values.append(row)
+    return values, header_metric
+
+
+def markdown_table(
+    runs: list[tuple[str | None, str, dict[str, Any]]],
+    benchmarks: list[str] | None = None,
+    metrics: dict[str, str] | None = None,
+    digits: int = 1,
+    average: bool = True,
+    baseline: str | None = None,
+    bold_best: bool = True,
+) -> str:
+    """runs: (group or None, row name, summary dict). metrics: benchmark -> metric ("pass@1",
+    "avg@k", "maj@k", "pass@k"; "*" for every benchmark)."""
+    metrics = metrics or {}
+    benchmarks = benchmarks_of(runs) if benchmarks is None else benchmarks
+    chosen = {b: metrics.get(b, metrics.get("*", default_metric(b))) for b in benchmarks}
+    values, header_metric = value_rows(runs, benchmarks, chosen, average)
     columns = [f"{PRETTY.get(b, b)} ({header_metric[b] or chosen[b]})" for b in benchmarks]
     if average:
         columns.append("Avg")
 
-    groups = [g for g, _, _ in runs]
     best: dict[tuple[str | None, int], float] = {}
-    for g, row in zip(groups, values):
+    for (g, _, _), row in zip(runs, values):
         for c, v in enumerate(row):
             if v is not None and (best.get((g, c)) is None or v > best[(g, c)]):
                 best[(g, c)] = v
     base_rows = {g: values[i] for i, (g, name, _) in enumerate(runs) if baseline is not None and name == baseline}
+
+    def cell(group: str | None, name: str, c: int, v: float | None) -> str:
+        if v is None:
+            return "–"
+        text = f"{v:.{digits}f}"
+        if bold_best and len(runs) > 1 and abs(v - best[(group, c)]) < 0.5 * 10**-digits:
+            text = f"**{text}**"
+        base = base_rows.get(group)
+        if base is not None and name != baseline and base[c] is not None:
+            text += f" ({v - base[c]:+.{digits}f})"
+        return text
 
     lines = ["| Method | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     last_group: object = object()
@@ -129,19 +150,7 @@ def markdown_table(
         if group != last_group and group is not None:
             lines.append(f"| ***{group}*** |" + " |" * len(columns))
         last_group = group
-        cells = []
-        base = base_rows.get(group)
-        for c, v in enumerate(row):
-            if v is None:
-                cells.append("–")
-                continue
-            text = f"{v:.{digits}f}"
-            if bold_best and len(runs) > 1 and abs(v - best[(group, c)]) < 0.5 * 10**-digits:
-                text = f"**{text}**"
-            if base is not None and name != baseline and base[c] is not None:
-                text += f" ({v - base[c]:+.{digits}f})"
-            cells.append(text)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(group, name, c, v) for c, v in enumerate(row)) + " |")
     return "\n".join(lines)
 
 
