@@ -421,18 +421,20 @@ def test_token_stats_known_values():
     close(stats_of_logits((2 * P.log())[None], torch.tensor([0]), temperature=2.0).log_probs, [-LN2])
 
 
-@pytest.mark.parametrize("chunk_size", [1, 3, 7, 10_000])
+@pytest.mark.parametrize("chunk_size,compiled", [(1, False), (3, False), (7, False), (10_000, False), (3, True),
+                                                 (10_000, True)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_token_stats_values_and_gradients_match_full_logits(chunk_size, temperature):
+def test_token_stats_values_and_gradients_match_full_logits(chunk_size, compiled, temperature):
     """Values and gradients (to the hidden states and to the output embedding, through log-probs and
-    entropy) equal those of the plain full-logits computation, for every chunk size."""
+    entropy) equal those of the plain full-logits computation, for every chunk size, with the chunk
+    passes compiled or not."""
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(10, 6, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(13, 6, generator=g, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 13, (10,), generator=g)
     w_logp, w_ent = torch.randn(10, generator=g, dtype=torch.float64), torch.randn(10, generator=g, dtype=torch.float64)
 
-    stats = token_stats(hidden, weight, targets, temperature=temperature, chunk_size=chunk_size)
+    stats = token_stats(hidden, weight, targets, temperature=temperature, chunk_size=chunk_size, compiled=compiled)
     ((stats.log_probs * w_logp).sum() + (stats.entropy * w_ent).sum()).backward()
     got = hidden.grad.clone(), weight.grad.clone()
     hidden.grad, weight.grad = None, None
@@ -447,6 +449,41 @@ def test_token_stats_values_and_gradients_match_full_logits(chunk_size, temperat
     ((logp * w_logp).sum() + (entropy * w_ent).sum()).backward()
     close(got[0], hidden.grad)
     close(got[1], weight.grad)
+
+
+@pytest.mark.parametrize("used", ["log_probs", "entropy", "both"])
+def test_compiled_token_stats_equal_the_eager_ones_for_each_gradient_pattern(used):
+    """The compiled chunk passes (actor.use_torch_compile) give the eager values and gradients when
+    the loss uses only the log-probs (no entropy bonus: the training default), only the entropy, or
+    both; float64 in, so the two agree to float32 rounding of the logits (both compute them in float32)."""
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(11, 6, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 11, (9,), generator=g)
+    results = []
+    for compiled in (False, True):
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        stats = token_stats(h, w, targets, temperature=0.7, chunk_size=4, compiled=compiled)
+        loss = {"log_probs": stats.log_probs.sum(), "entropy": stats.entropy.sum(),
+                "both": stats.log_probs.sum() - 0.3 * stats.entropy.sum()}[used]
+        loss.backward()
+        results.append((*stats, h.grad, w.grad))
+    for eager, compiled in zip(*results):
+        close(compiled, eager)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_entropy_of_a_peaked_distribution_keeps_float32_accuracy(compiled):
+    """A trained policy's next-token distribution is peaked (entropy ~0.1 at logits of ~100): its
+    entropy is as exact as the float32 logits allow (a few units of their rounding, 2^-24 x |z|),
+    where lse - sum p z lost ~2^-24 x |z| x |z| to cancellation (8.7e-4 here, against 6e-6)."""
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(64, 16, generator=g) * 10, torch.randn(50, 16, generator=g)
+    stats = token_stats(hidden, weight, torch.zeros(64, dtype=torch.long), temperature=0.8, compiled=compiled)
+    z = hidden.double() @ weight.double().T / 0.8
+    exact = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
+    assert float(exact.mean()) < 0.1  # peaked, as intended
+    assert float((stats.entropy.double() - exact).abs().max()) <= 8 * 2**-24 * float(z.abs().max())
 
 
 def test_token_stats_one_output_used_dtype_and_shape_errors():
