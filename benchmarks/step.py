@@ -19,8 +19,9 @@ A variant is `ours` or `trl`, optionally with `:key=value,...` (ours: `workers`,
 `remove_padding` = 0 | 1, `shortcut` = 0 | 1, `preload` = 0 | 1 (`trainer.cpu_preload`), `single` =
 0 | 1: the one worker inside the run's process, without Ray; `attn` = sdpa | sdpa_segments | eager:
 `model.attn_implementation`, the CPU default sdpa_segments when not given; `reshard` = 0 | 1:
-`actor.fsdp_config.reshard_after_forward`; trl: `preload` = 0 | 1, the same tcmalloc in TRL's process;
-both: `dtype` = float32 | bfloat16, this variant's compute dtype instead of `--dtype`'s). Each
+`actor.fsdp_config.reshard_after_forward`; `compile` = 0 | 1: `actor.use_torch_compile`; trl: `preload`
+= 0 | 1, the same tcmalloc in TRL's process; both: `dtype` = float32 | bfloat16, this variant's compute
+dtype instead of `--dtype`'s). Each
 variant runs in its own subprocess; this process samples the proportional set size (PSS: shared
 pages counted once) of that subprocess and all its descendants (Ray's processes and workers
 included) every 0.25 s and reports the peak. Step times are the median
@@ -77,6 +78,7 @@ def ours_step_times(args: argparse.Namespace, options: dict[str, str], data: dic
         f"actor_rollout_ref.model.dtype={variant_dtype(options, args)}",
         *([f"actor_rollout_ref.actor.fsdp_config.reshard_after_forward={bool(int(options['reshard']))}"]
           if "reshard" in options else []),
+        *([f"actor_rollout_ref.actor.use_torch_compile={bool(int(options['compile']))}"] if "compile" in options else []),
         f"actor_rollout_ref.actor.optim.lr={args.lr}", "actor_rollout_ref.actor.optim.warmup_style=constant",
         "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0", f"actor_rollout_ref.actor.kl_loss_coef={args.kl}",
         "actor_rollout_ref.model.enable_gradient_checkpointing=False",

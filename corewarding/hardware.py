@@ -1,9 +1,13 @@
-"""What this machine's processor can do, read once from /proc/cpuinfo (Linux)."""
+"""What this machine can compute with: its processor, read once from /proc/cpuinfo (Linux), and what
+torch.compile needs."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +58,16 @@ def describe_machine(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
     process sees and whether it multiplies bfloat16 natively (what `model.dtype=auto` follows)."""
     return {"cpu": cpu_model(_cpuinfo(cpuinfo_path)), "cores": os.cpu_count(),
             "bfloat16": native_bf16_cpu(cpuinfo_path)}
+
+
+def torch_compile_missing(device: str) -> str | None:
+    """What torch.compile lacks on `device` here (None: nothing): inductor builds C++ against Python's
+    headers on a CPU (with the compiler `CXX` names, g++ by default, as torch looks for it) and Triton
+    kernels on a GPU."""
+    if device == "cuda":
+        return None if importlib.util.find_spec("triton") else "Triton is not installed"
+    compiler = os.environ.get("CXX") or "g++"
+    if not shutil.which(compiler):
+        return f"no C++ compiler ({compiler}) on PATH"
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    return None if headers.exists() else f"no Python headers ({headers}; Debian / Ubuntu: python3-dev)"

@@ -130,9 +130,14 @@ def with_repeated_prompts(batch: Batch, repeats: int = 3) -> Batch:
                   "position_ids": (attention.cumsum(1) - 1).clamp(min=0)})
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "sdpa_segments"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout, attn):
+# every layout on both attentions, and the CPU workers' default (sdpa_segments, shared prompts) with
+# the output head compiled (actor.use_torch_compile)
+FORWARD_CASES = [(attn, layout, False) for attn in ("sdpa", "sdpa_segments") for layout in LAYOUTS] + [
+    ("sdpa_segments", "shared_prefix", True)]
+
+
+@pytest.mark.parametrize("attn,layout,compiled", FORWARD_CASES)
+def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout, attn, compiled):
     """Padded, packed or with shared prompts, with the chunked output embedding, on SDPA (a mask) or
     on the CPU workers' sdpa_segments (one SDPA call per row / prompt / response, no mask): log-probs,
     entropies and the gradients of a loss on both equal the plain full-logits forward of the padded
@@ -140,7 +145,7 @@ def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout,
     model = load(model_path, attn=attn)
     batch = with_repeated_prompts(ragged_rollouts(seed=2))
     weights = torch.randn(batch["responses"].shape, generator=torch.Generator().manual_seed(3))
-    stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, layout, chunk_size=5))
+    stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, layout, chunk_size=5, compiled=compiled))
     ((stats.log_probs * weights).sum() + (stats.entropy * weights).sum()).backward()
     got = grads(model)
     reference = reference_model(model_path)
@@ -151,9 +156,8 @@ def test_forward_token_stats_and_gradients_match_full_logits(model_path, layout,
     assert_all_rel_close(got, grads(reference), GRAD_REL, "grad")
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "sdpa_segments"])
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_bfloat16_compute_matches_float64_to_bfloat16_rounding(model_path, layout, attn):
+@pytest.mark.parametrize("attn,layout,compiled", FORWARD_CASES)
+def test_bfloat16_compute_matches_float64_to_bfloat16_rounding(model_path, layout, attn, compiled):
     """The bfloat16 path (model.dtype=bfloat16 or auto on a CPU with native bf16: the weights cast to
     bf16, logits and loss in float32) against float64 on the same bf16-rounded weights. Log-probs
     are compared by their deviations from the mean: on a random tiny model they all sit near
@@ -161,7 +165,7 @@ def test_bfloat16_compute_matches_float64_to_bfloat16_rounding(model_path, layou
     model = load(model_path, dtype=torch.bfloat16, attn=attn)
     batch = with_repeated_prompts(ragged_rollouts(seed=2))
     weights = torch.randn(batch["responses"].shape, generator=torch.Generator().manual_seed(3))
-    stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, layout, chunk_size=5))
+    stats = forward_token_stats(model, batch, ForwardSettings(TEMPERATURE, layout, chunk_size=5, compiled=compiled))
     assert stats.log_probs.dtype == torch.float32
     ((stats.log_probs * weights).sum() + (stats.entropy * weights).sum()).backward()
     reference = load(model_path, dtype=torch.bfloat16).to(torch.float64)

@@ -223,6 +223,19 @@ def test_auto_dtype_is_bfloat16_on_a_cpu_that_multiplies_it_natively(model, data
     assert plain.actor_rollout_ref.model.dtype == "float32"  # null stays the float32 reference on CPU
 
 
+def test_torch_compile_is_used_where_the_machine_can_compile_and_said_off_elsewhere(monkeypatch, caplog):
+    """actor.use_torch_compile (verl's key) compiles the output head's passes; on a CPU without a C++
+    compiler the run goes on uncompiled and the log says why and what is missing."""
+    overrides = NO_PATHS + ["actor_rollout_ref.actor.use_torch_compile=True"]
+    assert load_config(compose_config(overrides), check_paths=False).actor_rollout_ref.actor.use_torch_compile is True
+    assert load_config(compose_config(NO_PATHS), check_paths=False).actor_rollout_ref.actor.use_torch_compile is False
+    monkeypatch.setenv("CXX", "no-such-compiler++")
+    with caplog.at_level("WARNING"):
+        cfg = load_config(compose_config(overrides), check_paths=False)
+    assert cfg.actor_rollout_ref.actor.use_torch_compile is False
+    assert "use_torch_compile=True: no C++ compiler (no-such-compiler++) on PATH, so the output head runs uncompiled" in caplog.text
+
+
 def test_cpu_flags_say_which_processors_multiply_bfloat16(tmp_path):
     from corewarding.hardware import cpu_flags, native_bf16_cpu
 
@@ -399,12 +412,12 @@ def test_ignored_verl_keys_warn_once(monkeypatch, caplog):
     from corewarding.config import loading as config_module
 
     monkeypatch.setattr(config_module, "_WARNED_IGNORED", set())
-    overrides = NO_PATHS + ["actor_rollout_ref.actor.use_torch_compile=True", "actor_rollout_ref.hybrid_engine=False"]
+    overrides = NO_PATHS + ["actor_rollout_ref.model.use_fused_kernels=True", "actor_rollout_ref.hybrid_engine=False"]
     for _ in range(2):
         load_config(compose_config(overrides), check_paths=False)
     warned = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
     assert len(warned) == 2
-    assert any(m.startswith("actor_rollout_ref.actor.use_torch_compile=True is accepted for verl compatibility but ignored") for m in warned)
+    assert any(m.startswith("actor_rollout_ref.model.use_fused_kernels=True is accepted for verl compatibility but ignored") for m in warned)
     assert any(m.startswith("actor_rollout_ref.hybrid_engine=False") for m in warned)
     caplog.clear()
     load_config(compose_config(NO_PATHS + ["actor_rollout_ref.model.use_fused_kernels=False"]), check_paths=False)

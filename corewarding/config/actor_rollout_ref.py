@@ -100,7 +100,7 @@ class ActorConfig(Section):
     use_kl_loss: bool
     kl_loss_coef: float
     kl_loss_type: Literal[KL_KINDS]  # type: ignore[valid-type]
-    use_torch_compile: bool = ignored("the model is not compiled")
+    use_torch_compile: bool  # the output head's per-chunk passes (actor and reference) through torch.compile
     optim: OptimConfig
     fsdp_config: ActorFSDPConfig
 

@@ -246,7 +246,8 @@ class ActorRolloutRefWorker(WorkerApi):
     def _forward_settings(self) -> ForwardSettings:
         model = self.config.actor_rollout_ref.model
         return ForwardSettings(temperature=self.config.actor_rollout_ref.rollout.temperature, layout=self._forward_layout(),
-                               chunk_size=model.logits_chunk_size)
+                               chunk_size=model.logits_chunk_size,
+                               compiled=self.config.actor_rollout_ref.actor.use_torch_compile)
 
     def _forward_layout(self) -> str:
         model = self.config.actor_rollout_ref.model

@@ -41,6 +41,7 @@ def _token_stats_method(
     targets: torch.Tensor,
     temperature: float,
     chunk_size: int,
+    compiled: bool = False,
     **attention_kwargs: Any,
 ) -> TokenStats:
     hidden = self.base_model(
@@ -48,7 +49,7 @@ def _token_stats_method(
         **attention_kwargs,
     ).last_hidden_state
     hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, target_positions)
-    return token_stats(hidden, self.get_output_embeddings().weight, targets, temperature, chunk_size)
+    return token_stats(hidden, self.get_output_embeddings().weight, targets, temperature, chunk_size, compiled)
 
 
 def install_token_stats(model: torch.nn.Module) -> None:
@@ -90,6 +91,7 @@ class ForwardSettings:
     temperature: float  # rollout.temperature: the logits are divided by it, as in sampling
     layout: str  # padded | packed (model.use_remove_padding) | shared_prefix (model.share_prompt_prefix)
     chunk_size: int  # tokens per chunk of logits
+    compiled: bool = False  # the head's per-chunk passes through torch.compile (actor.use_torch_compile)
 
 
 def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSettings) -> TokenStats:
@@ -115,7 +117,7 @@ def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSe
         varlen = {"segments": segments} if segments is not None else {}
     stats = model.token_stats(
         inputs.input_ids, inputs.position_ids, inputs.attention_mask, inputs.target_positions, inputs.targets,
-        settings.temperature, settings.chunk_size, **varlen,
+        settings.temperature, settings.chunk_size, settings.compiled, **varlen,
     )
     return TokenStats(*(scatter_to_rows(values, mask) for values in stats))
 
