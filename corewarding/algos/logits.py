@@ -6,7 +6,7 @@ has 15 GB of float32 logits; a chunk of 1,024 tokens needs 0.6 GB per temporary.
 
 With z = hidden @ weight.T / temperature (float32) and p = softmax(z):
 - log-prob of the target token: z[target] - logsumexp(z);
-- entropy: logsumexp(z) - sum_j p_j z_j;
+- entropy: -sum_j p_j log p_j, log p_j = z_j - logsumexp(z);
 - self-certainty (Intuitor): logsumexp(z) - mean_j z_j = KL(Uniform || p) + log V.
 Log-probs and entropy carry gradients to `hidden` and `weight`; self-certainty is a reward signal
 and carries none.
