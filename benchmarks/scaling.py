@@ -71,7 +71,7 @@ def run_point(args: argparse.Namespace, rollouts: int, tokens: int, work: Path) 
     point = argparse.Namespace(passthrough=[
         f"--model={args.model}", f"--steps={args.steps}", f"--prompts={rollouts // args.n}", f"--n={args.n}",
         f"--max-new-tokens={tokens}", "--temperature=1.0", "--lr=1e-5", "--kl=0.001",
-        f"--micro-batch={args.micro_batch}", f"--dtype={args.dtype}"], dtype=args.dtype)
+        f"--micro-batch={args.micro_batch}", f"--dtype={args.dtype}"], dtype=args.dtype, memory_every=args.memory_every)
     work.mkdir(parents=True)
     variant = f"ours:workers={args.workers},rollout={args.rollout},single={int(args.single_process)}"
     result = step.measure(variant, point, work)
@@ -118,6 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rollout", default="vllm", choices=ENGINE_NAMES)
     p.add_argument("--single-process", action="store_true", help="one worker inside the driver, without Ray")
     p.add_argument("--model", default=None, help="HF model folder (default: SmolLM2-135M's shape, random weights)")
+    p.add_argument("--memory-every", type=float, default=2.0, help="seconds between memory samples (step.py's option)")
     p.add_argument("--json", default=None, help="write every point here")
     args = p.parse_args(argv)
     args.dtype = step.concrete_dtype(args.dtype)

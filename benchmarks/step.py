@@ -24,7 +24,8 @@ A variant is `ours` or `trl`, optionally with `:key=value,...` (ours: `workers`,
 dtype instead of `--dtype`'s). Each
 variant runs in its own subprocess; this process samples the proportional set size (PSS: shared
 pages counted once) of that subprocess and all its descendants (Ray's processes and workers
-included) every 0.25 s and reports the peak. Step times are the median
+included) every `--memory-every` seconds (2) and reports the peak; each sample costs CPU that the
+measured run then lacks (the sampling column: at 0.25 s it slowed our 2-worker step by ~20 %). Step times are the median
 over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old (a separate
 old-log-prob pass), ref (reference forward), update (policy forward + backward + optimizer), other
 (reward, advantages, transfers, the rest). "vs TRL" divides the first TRL variant of the same dtype's
@@ -242,14 +243,16 @@ def measure(variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any
         from corewarding.workers.preload import cpu_preload_libraries, with_preload
 
         env["LD_PRELOAD"] = with_preload(env.get("LD_PRELOAD", ""), cpu_preload_libraries())
-    started = time.perf_counter()
+    started, sampler_cpu = time.perf_counter(), time.process_time()
     log = open(work / "log.txt", "w")
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, tree_pss(proc.pid))
-        time.sleep(0.25)
+        if args.memory_every > 0:
+            peak = max(peak, tree_pss(proc.pid))
+        time.sleep(args.memory_every or 0.25)
     log.close()
+    wall, sampler_cpu = time.perf_counter() - started, time.process_time() - sampler_cpu
     if proc.returncode != 0:
         tail = (work / "log.txt").read_text()[-3000:]
         raise SystemExit(f"variant {variant} failed (exit {proc.returncode}):\n{tail}")
@@ -257,8 +260,8 @@ def measure(variant: str, args: argparse.Namespace, work: Path) -> dict[str, Any
     timed = steps[1:] if len(steps) > 1 else steps
     median = {key: statistics.median(s[key] for s in timed) for key in (*PHASES, "step")}
     return {"variant": variant, "dtype": variant_dtype(options, args), "steps": steps, "median": median,
-            "peak_pss_gb": peak / 2**30,
-            "wall_s": time.perf_counter() - started}
+            "peak_pss_gb": peak / 2**30 if args.memory_every > 0 else float("nan"),
+            "wall_s": wall, "sampling": sampler_cpu / wall}
 
 
 def trl_steps_by_dtype(results: list[dict[str, Any]]) -> dict[str, float]:
@@ -271,14 +274,15 @@ def trl_steps_by_dtype(results: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def print_table(results: list[dict[str, Any]], trl_steps: dict[str, float]) -> None:
-    header = f"{'variant':<28} {'dtype':>8} {'s/step':>7} " + " ".join(f"{p:>7}" for p in PHASES) + f" {'peak GB':>8} {'vs TRL':>7}"
+    header = (f"{'variant':<28} {'dtype':>8} {'s/step':>7} " + " ".join(f"{p:>7}" for p in PHASES)
+              + f" {'peak GB':>8} {'sampling':>8} {'vs TRL':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
         m = r["median"]
         ratio = f"{trl_steps[r['dtype']] / m['step']:.2f}" if r["dtype"] in trl_steps else "-"
         print(f"{r['variant']:<28} {r['dtype']:>8} {m['step']:7.2f} " + " ".join(f"{m[p]:7.2f}" for p in PHASES)
-              + f" {r['peak_pss_gb']:8.2f} {ratio:>7}")
+              + f" {r['peak_pss_gb']:8.2f} {r['sampling']:8.0%} {ratio:>7}")
 
 
 def variant_dtype(options: dict[str, str], args: argparse.Namespace) -> str:
@@ -307,6 +311,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="compute dtype of both sides (auto: bfloat16 where this CPU multiplies it natively)")
+    p.add_argument("--memory-every", type=float, default=2.0,
+                   help="seconds between samples of a variant's memory (0: none). A sample reads every process's "
+                        "smaps_rollup, ~0.15 s of a core for ours' ~11 processes: the table's sampling column is "
+                        "that cost, as a share of one core over the variant's run")
     p.add_argument("--json", default=None, help="write every variant's per-step times here")
     p.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
