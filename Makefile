@@ -3,7 +3,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export TOKENIZERS_PARALLELISM := false
 export WANDB_MODE ?= offline
 
-.PHONY: env lock-cpu lock-gpu test demo demo-i demo-iii replicate bench bench-step bench-memory bench-scaling gpu-check clean
+.PHONY: env lock-cpu lock-gpu test demo demo-i demo-iii replicate bench bench-step bench-memory bench-scaling bench-head gpu-check clean
 
 # .venv exactly as requirements/cpu.lock says
 env:
@@ -50,6 +50,9 @@ bench-memory: env
 
 bench-scaling: env
 	$(PY) benchmarks/scaling.py
+
+bench-head: env
+	$(PY) benchmarks/head.py
 
 # on a CUDA machine with this package installed: the prepared check of the GPU path (docs/gpu.md)
 gpu-check:

@@ -10,9 +10,9 @@ CUDA): bf16 mixed precision, gradient checkpointing, an offloaded reference mode
 engine; 3 Co-rewarding-II steps and 2 Co-rewarding-I steps. It checks finite losses, the EMA teacher
 against its formula (from the saved checkpoints), packed = padded log-probs within bf16 tolerance, a
 checkpoint round trip in a fresh process (step 3 resumed from step 2 equals step 3 of the straight
-run), a flat per-step peak memory, and measures one update micro-batch of 8 x (512 + 3,072) tokens of
+run), a flat per-step peak memory, measures one update micro-batch of 8 x (512 + 3,072) tokens of
 a Qwen3-1.7B-shaped model against `benchmarks/memory.py`'s estimate (`--small`: a hidden-256 model,
-4 x (64 + 128) tokens). One JSON file, a table on stdout, exit status 1 when any check fails.
+4 x (64 + 128) tokens), and times the output head compiled against eager (`benchmarks/head.py`). One JSON file, a table on stdout, exit status 1 when any check fails.
 
 The GPU machine lent to this project has torch and transformers but no hydra, omegaconf or
 math-verify: `bash scripts/gpu_check_wheels.sh` downloads their wheels into `.whl/` (the command to
@@ -296,6 +296,20 @@ def update_micro_batch_memory(device: torch.device, small: bool) -> tuple[bool, 
                                    f"bound 0.75-1.25), start-up check {start_up:.2f} GB")
 
 
+def compiled_head(device: torch.device, small: bool) -> tuple[bool, str]:
+    """actor.use_torch_compile's output head against the eager one at Qwen3's vocabulary (bf16):
+    values and gradients within bf16 tolerance, and what each costs (`benchmarks/head.py`)."""
+    from head import compare
+
+    config, tokens = (SMALL, 64) if small else (QWEN3_1_7B, 2048)
+    r = compare(tokens, config["hidden_size"], config["vocab_size"], torch.bfloat16, device, repeats=3)
+    eager, fused = r["eager"], r["compiled"]
+    return r["max_relative_difference"] < BF16_REL, (
+        f"{tokens} x {config['hidden_size']} -> {config['vocab_size']}: max relative difference "
+        f"{r['max_relative_difference']:.1e}; forward + backward eager {eager['step_s'] * 1e3:.0f} ms, compiled "
+        f"{fused['step_s'] * 1e3:.0f} ms (first call {fused['first_s']:.1f} s)")
+
+
 def start_up_estimate_gb(config: dict[str, Any], tokens: int) -> float:
     """What the trainer's start-up memory check (`workers/memory_plan.py`) expects of the same micro-batch."""
     from corewarding.workers import memory_plan
@@ -347,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                 checks.run("flat per-step peak memory", lambda: flat_peak_memory(history))
     checks.run("packed = padded log-probs (bf16)", lambda: packed_equals_padded(model, device))
     checks.run("update micro-batch memory vs estimate", lambda: update_micro_batch_memory(device, args.small))
+    checks.run("compiled head = eager head (bf16)", lambda: compiled_head(device, args.small))
 
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "seconds": round(time.perf_counter() - started, 1)}
@@ -355,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     env["transformers"] = transformers.__version__
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"environment": env, "checks": [asdict(c) for c in checks.items]}, indent=1))
-    print(f"\n| check | result | value | s |\n| --- | --- | --- | --- |")
+    print("\n| check | result | value | s |\n| --- | --- | --- | --- |")
     for c in checks.items:
         print(f"| {c.name} | {'ok' if c.ok else 'FAIL'} | {c.value} | {c.seconds:.1f} |")
     print(f"\n{env}")
