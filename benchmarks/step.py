@@ -24,8 +24,9 @@ A variant is `ours` or `trl`, optionally with `:key=value,...` (ours: `workers`,
 dtype instead of `--dtype`'s). Each
 variant runs in its own subprocess; this process samples the proportional set size (PSS: shared
 pages counted once) of that subprocess and all its descendants (Ray's processes and workers
-included) every `--memory-every` seconds (2) and reports the peak; each sample costs CPU that the
-measured run then lacks (the sampling column: at 0.25 s it slowed our 2-worker step by ~20 %). Step times are the median
+included) every `--memory-every` seconds (2) and reports the peak. Each sample costs CPU that the
+measured run then lacks: the sampling column is the sampler's CPU time as a share of one core over
+the variant's run (at 0.25 s, the old interval, both sides' steps ran 10-20 % slower). Step times are the median
 over steps 2..N (step 1 warms caches up). Per-phase columns: gen (rollouts), old (a separate
 old-log-prob pass), ref (reference forward), update (policy forward + backward + optimizer), other
 (reward, advantages, transfers, the rest). "vs TRL" divides the first TRL variant of the same dtype's
@@ -320,6 +321,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work-dir", default=None, help=argparse.SUPPRESS)
     p.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_every < 0:
+        p.error(f"--memory-every {args.memory_every}: seconds between samples, >= 0 (0: none)")
     if args.model is None:
         from corewarding.model_zoo import prepare_smollm2
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import shutil
 import sysconfig
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 # x86: AVX512-BF16 (AMD Zen 4+, Intel Cooper Lake, Sapphire Rapids+) or AMX; Arm: the BF16 extension
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -58,6 +61,15 @@ def describe_machine(cpuinfo_path: str = "/proc/cpuinfo") -> dict[str, Any]:
     process sees and whether it multiplies bfloat16 natively (what `model.dtype=auto` follows)."""
     return {"cpu": cpu_model(_cpuinfo(cpuinfo_path)), "cores": os.cpu_count(),
             "bfloat16": native_bf16_cpu(cpuinfo_path)}
+
+
+def usable_torch_compile(asked: bool, device: str) -> bool:
+    """`actor.use_torch_compile` on this machine: what was asked, off (and said so) where torch.compile
+    lacks something. Each worker decides on its own node, whose GPU or compiler the driver may not have."""
+    missing = torch_compile_missing(device) if asked else None
+    if missing:
+        logger.warning("actor_rollout_ref.actor.use_torch_compile=True: %s, so the output head runs uncompiled", missing)
+    return asked and missing is None
 
 
 def torch_compile_missing(device: str) -> str | None:

@@ -24,6 +24,7 @@ from corewarding.workers.model.packing import (
     token_budget_groups,
 )
 
+from compile_support import needs_compiler
 from numerics import (
     BF16_FORWARD_REL,
     BF16_GRAD_REL,
@@ -133,7 +134,7 @@ def with_repeated_prompts(batch: Batch, repeats: int = 3) -> Batch:
 # every layout on both attentions, and the CPU workers' default (sdpa_segments, shared prompts) with
 # the output head compiled (actor.use_torch_compile)
 FORWARD_CASES = [(attn, layout, False) for attn in ("sdpa", "sdpa_segments") for layout in LAYOUTS] + [
-    ("sdpa_segments", "shared_prefix", True)]
+    pytest.param("sdpa_segments", "shared_prefix", True, marks=needs_compiler)]
 
 
 @pytest.mark.parametrize("attn,layout,compiled", FORWARD_CASES)

@@ -31,6 +31,8 @@ from corewarding.algos import (
     token_stats,
 )
 
+from compile_support import needs_compiler
+
 LN2 = math.log(2.0)
 
 
@@ -421,8 +423,9 @@ def test_token_stats_known_values():
     close(stats_of_logits((2 * P.log())[None], torch.tensor([0]), temperature=2.0).log_probs, [-LN2])
 
 
-@pytest.mark.parametrize("chunk_size,compiled", [(1, False), (3, False), (7, False), (10_000, False), (3, True),
-                                                 (10_000, True)])
+@pytest.mark.parametrize("chunk_size,compiled", [(1, False), (3, False), (7, False), (10_000, False),
+                                                 pytest.param(3, True, marks=needs_compiler),
+                                                 pytest.param(10_000, True, marks=needs_compiler)])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_token_stats_values_and_gradients_match_full_logits(chunk_size, compiled, temperature):
     """Values and gradients (to the hidden states and to the output embedding, through log-probs and
@@ -451,6 +454,7 @@ def test_token_stats_values_and_gradients_match_full_logits(chunk_size, compiled
     close(got[1], weight.grad)
 
 
+@needs_compiler
 @pytest.mark.parametrize("used", ["log_probs", "entropy", "both"])
 def test_compiled_token_stats_equal_the_eager_ones_for_each_gradient_pattern(used):
     """The compiled chunk passes (actor.use_torch_compile) give the eager values and gradients when
@@ -472,9 +476,9 @@ def test_compiled_token_stats_equal_the_eager_ones_for_each_gradient_pattern(use
         close(compiled, eager)
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=needs_compiler)])
 def test_entropy_of_a_peaked_distribution_keeps_float32_accuracy(compiled):
-    """A trained policy's next-token distribution is peaked (entropy ~0.1 at logits of ~100): its
+    """A trained policy's next-token distribution is peaked (entropy ~0.1 at logits of ~170): its
     entropy is as exact as the float32 logits allow (a few units of their rounding, 2^-24 x |z|),
     where lse - sum p z lost ~2^-24 x |z| x |z| to cancellation (8.7e-4 here, against 6e-6)."""
     g = torch.Generator().manual_seed(0)

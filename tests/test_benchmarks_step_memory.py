@@ -91,7 +91,7 @@ def test_scaling_benchmark_sweeps_rollouts_and_tokens(tiny_model_path, capsys, t
     # two runs: the tokens sweep's one point is the rollouts sweep's first (run once, shared)
     sweeps = bench.main(["--model", str(tiny_model_path), "--rollouts", "2", "4", "--tokens", "4",
                          "--fixed-tokens", "4", "--fixed-rollouts", "2", "--n", "2", "--steps", "2",
-                         "--micro-batch", "2", "--rollout", "hf", "--single-process",
+                         "--micro-batch", "2", "--rollout", "hf", "--single-process", "--memory-every", "0.25",
                          "--json", str(tmp_path / "scaling.json")])
     assert [(p["rollouts"], p["max_tokens"]) for p in sweeps["rollouts"]] == [(2, 4), (4, 4)]
     assert sweeps["tokens"] == [sweeps["rollouts"][0]]

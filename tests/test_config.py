@@ -224,15 +224,19 @@ def test_auto_dtype_is_bfloat16_on_a_cpu_that_multiplies_it_natively(model, data
 
 
 def test_torch_compile_is_used_where_the_machine_can_compile_and_said_off_elsewhere(monkeypatch, caplog):
-    """actor.use_torch_compile (verl's key) compiles the output head's passes; on a CPU without a C++
-    compiler the run goes on uncompiled and the log says why and what is missing."""
+    """actor.use_torch_compile (verl's key) stays as asked in the configuration; each worker decides on
+    its own node (usable_torch_compile): on a CPU without a C++ compiler it runs uncompiled and its log
+    says why and what is missing."""
+    from corewarding.hardware import torch_compile_missing, usable_torch_compile
+
     overrides = NO_PATHS + ["actor_rollout_ref.actor.use_torch_compile=True"]
     assert load_config(compose_config(overrides), check_paths=False).actor_rollout_ref.actor.use_torch_compile is True
     assert load_config(compose_config(NO_PATHS), check_paths=False).actor_rollout_ref.actor.use_torch_compile is False
+    assert usable_torch_compile(True, "cpu") is (torch_compile_missing("cpu") is None)
+    assert usable_torch_compile(False, "cpu") is False
     monkeypatch.setenv("CXX", "no-such-compiler++")
     with caplog.at_level("WARNING"):
-        cfg = load_config(compose_config(overrides), check_paths=False)
-    assert cfg.actor_rollout_ref.actor.use_torch_compile is False
+        assert usable_torch_compile(True, "cpu") is False
     assert "use_torch_compile=True: no C++ compiler (no-such-compiler++) on PATH, so the output head runs uncompiled" in caplog.text
 
 

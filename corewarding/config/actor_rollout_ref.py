@@ -100,7 +100,7 @@ class ActorConfig(Section):
     use_kl_loss: bool
     kl_loss_coef: float
     kl_loss_type: Literal[KL_KINDS]  # type: ignore[valid-type]
-    use_torch_compile: bool  # the output head's per-chunk passes (actor and reference) through torch.compile
+    use_torch_compile: bool  # the output head's per-chunk passes through torch.compile (each worker: where it can)
     optim: OptimConfig
     fsdp_config: ActorFSDPConfig
 

@@ -46,18 +46,6 @@ def _model_dtype(name: str | None, device: str) -> str:
     return name or ("bfloat16" if device == "cuda" else "float32")
 
 
-def _torch_compile(asked: bool, device: str) -> bool:
-    """`actor.use_torch_compile`, off (and said so) where this machine cannot compile."""
-    if not asked:
-        return False
-    from corewarding.hardware import torch_compile_missing
-
-    missing = torch_compile_missing(device)
-    if missing:
-        logger.warning("actor_rollout_ref.actor.use_torch_compile=True: %s, so the output head runs uncompiled", missing)
-    return missing is None
-
-
 def compose_config(overrides: list[str] | tuple[str, ...] = (), config_name: str = "ppo_trainer") -> DictConfig:
     """The hydra config with command-line style overrides, parsed as `python -m corewarding.main` parses them."""
     from hydra import compose, initialize_config_dir
@@ -135,8 +123,7 @@ def _resolve(config: Config, method: Method, check_paths: bool) -> Config:
     # Co-rewarding-III sums its two views' losses, as the release does; Co-rewarding-I aggregates them jointly
     roles = method.roles(config.data.use_aug)
     loss = arr.actor.co_reward_loss or ("per_view" if roles.teacher and roles.trained_views == 2 else "joint")
-    config = replace_in(config, "actor_rollout_ref.actor", co_reward_loss=loss,
-                        use_torch_compile=_torch_compile(arr.actor.use_torch_compile, device))
+    config = replace_in(config, "actor_rollout_ref.actor", co_reward_loss=loss)
     if config.ray_init.temp_dir:
         config = replace_in(config, "ray_init", temp_dir=_abs(config.ray_init.temp_dir))
     if config.custom_reward_function.path:

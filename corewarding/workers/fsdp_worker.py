@@ -40,6 +40,7 @@ from corewarding.batch import Batch
 from corewarding.config import Config
 from corewarding.data import load_tokenizer, pad_token_id
 from corewarding.errors import ConfigError
+from corewarding.hardware import usable_torch_compile
 from corewarding.logs import quiet_worker
 from corewarding.startup import gc_paused, in_ray_worker, skip_unused_imports
 from corewarding.workers import memory_plan, rng_state
@@ -123,6 +124,7 @@ class ActorRolloutRefWorker(WorkerApi):
         memory_line = self._check_memory() if self.device.type == "cuda" else None
         self.tokenizer = load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
         self.attn_impl = sharding.attention_implementation(model.attn_implementation, self.device)
+        self.compiled_head = usable_torch_compile(arr.actor.use_torch_compile, self.device.type)
         compute_dtype = resolve_dtype(model.dtype, self.device)
         actor_fsdp, on_gpu = arr.actor.fsdp_config, self.device.type == "cuda"
         self.actor = self._load_and_shard(train=True, compute_dtype=compute_dtype, reshard=actor_fsdp.reshard_after_forward,
@@ -247,7 +249,7 @@ class ActorRolloutRefWorker(WorkerApi):
         model = self.config.actor_rollout_ref.model
         return ForwardSettings(temperature=self.config.actor_rollout_ref.rollout.temperature, layout=self._forward_layout(),
                                chunk_size=model.logits_chunk_size,
-                               compiled=self.config.actor_rollout_ref.actor.use_torch_compile)
+                               compiled=self.compiled_head)
 
     def _forward_layout(self) -> str:
         model = self.config.actor_rollout_ref.model
