@@ -33,6 +33,8 @@ class TokenStats(NamedTuple):
 def _logits(y: torch.Tensor, temperature: float) -> torch.Tensor:
     """z = y / temperature in float32 from y = hidden @ weight.T, the caller's fresh matmul output,
     which it overwrites when y is float32 already (no copy of a [tokens, vocabulary] tensor)."""
+    if torch.compiler.is_compiling():  # fused anyway; in place, inductor would write z back into its input y
+        return y.float() / temperature
     return y.float().div_(temperature)
 
 
