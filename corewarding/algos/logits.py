@@ -30,21 +30,21 @@ class TokenStats(NamedTuple):
     self_certainty: torch.Tensor  # [M] float32, no gradient
 
 
-def _logits(y: torch.Tensor, temperature: float) -> torch.Tensor:
-    """z = y / temperature in float32 from y = hidden @ weight.T, the caller's fresh matmul output,
-    which it overwrites when y is float32 already (no copy of a [tokens, vocabulary] tensor)."""
-    if torch.compiler.is_compiling():  # fused anyway; in place, inductor would write z back into its input y
-        return y.float() / temperature
-    return y.float().div_(temperature)
+def _logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
+    """z = hidden @ weight.T / temperature in float32: a fresh tensor, which the caller may overwrite.
+    The product in the inputs' dtype is a temporary: it never outlives the cast, so a chunk holds one
+    [tokens, vocabulary] tensor at a time, not two."""
+    return (hidden @ weight.T).float().div_(temperature)
 
 
 # Each pass over a chunk's [tokens, vocabulary] float32 logits costs about what its matmul does on a
 # CPU (one micro-batch of the replication: 320 x 49,152), so both directions overwrite the chunk's
 # fresh tensors in place and compute p from the log-sum-exp instead of a second softmax; compiled
 # (`compiled_kernels`), each direction's passes become one or two fused loops.
-def forward_chunk(y: torch.Tensor, targets: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
+def forward_chunk(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                  temperature: float) -> tuple[torch.Tensor, ...]:
     """One chunk's log-prob, entropy, self-certainty and log-sum-exp, each [tokens] float32."""
-    z = _logits(y, temperature)
+    z = _logits(hidden, weight, temperature)
     lse = torch.logsumexp(z, dim=-1)
     log_probs = z.gather(-1, targets[:, None]).squeeze(-1) - lse
     certainty = lse - z.mean(-1)
@@ -54,12 +54,14 @@ def forward_chunk(y: torch.Tensor, targets: torch.Tensor, temperature: float) ->
     return log_probs, -torch.linalg.vecdot(torch.exp(log_p), log_p), certainty, lse
 
 
-def grad_chunk(y: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor,
-               grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None, temperature: float) -> torch.Tensor:
-    """d loss / d y of one chunk, in y's dtype, from the gradients to its log-probs and entropies."""
-    # 1/T: z is y over T; the minus: both terms below are -p_j times a coefficient
+def grad_chunk(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
+               entropy: torch.Tensor, grad_logp: torch.Tensor | None, grad_entropy: torch.Tensor | None,
+               temperature: float) -> torch.Tensor:
+    """d loss / d (hidden @ weight.T) of one chunk, in hidden's dtype, from the gradients to its
+    log-probs and entropies (the logits recomputed, not kept from the forward)."""
+    # 1/T: z is the product over T; the minus: both terms below are -p_j times a coefficient
     scale = -1.0 / temperature
-    log_p = _logits(y, temperature).sub_(lse[:, None])
+    log_p = _logits(hidden, weight, temperature).sub_(lse[:, None])
     p = torch.exp(log_p)
     # d logp / dz = onehot(target) - p;  d H / dz_j = -p_j (log p_j + H), log p_j = z_j - lse
     if grad_entropy is None:
@@ -71,7 +73,7 @@ def grad_chunk(y: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, entrop
         grad_z = p.mul_(factor)
     if grad_logp is not None:
         grad_z.scatter_add_(-1, targets[:, None], grad_logp[:, None] / temperature)
-    return grad_z.to(y.dtype)
+    return grad_z.to(hidden.dtype)
 
 
 class ChunkKernels(NamedTuple):
@@ -96,7 +98,7 @@ class _LinearTokenStats(torch.autograd.Function):
         out = [hidden.new_empty(n, dtype=torch.float32) for _ in range(4)]  # logp, entropy, sc, lse
         for start in range(0, n, chunk_size):
             rows = slice(start, start + chunk_size)
-            for target, values in zip(out, kernels.forward(hidden[rows] @ weight.T, targets[rows], temperature)):
+            for target, values in zip(out, kernels.forward(hidden[rows], weight, targets[rows], temperature)):
                 target[rows] = values
         logp, entropy, certainty, lse = out
         ctx.save_for_backward(hidden, weight, targets, lse, entropy)
@@ -115,7 +117,7 @@ class _LinearTokenStats(torch.autograd.Function):
             return grad_hidden, grad_weight, None, None, None, None
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
-            grad_z = ctx.kernels.grad(hidden[rows] @ weight.T, targets[rows], lse[rows], entropy[rows],
+            grad_z = ctx.kernels.grad(hidden[rows], weight, targets[rows], lse[rows], entropy[rows],
                                       None if grad_logp is None else grad_logp[rows],
                                       None if grad_entropy is None else grad_entropy[rows], ctx.temperature)
             if want_hidden:

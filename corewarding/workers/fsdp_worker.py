@@ -90,6 +90,8 @@ class ActorRolloutRefWorker(WorkerApi):
             raise ValueError(f"actor_rollout_ref.rollout.tensor_model_parallel_size={tp} does not divide the "
                              f"{world_size} workers (trainer.nnodes x trainer.n_gpus_per_node)")
         self.device = torch.device("cpu")  # until init_model
+        # decided here, on the worker's own node (the driver's may lack its GPU or compiler)
+        self.compiled_head = usable_torch_compile(config.actor_rollout_ref.actor.use_torch_compile, config.trainer.device)
 
     # ------------------------------------------------------------------ setup
     @register(Dispatch.SAME_ARGS, first_rank)
@@ -124,7 +126,6 @@ class ActorRolloutRefWorker(WorkerApi):
         memory_line = self._check_memory() if self.device.type == "cuda" else None
         self.tokenizer = load_tokenizer(model.tokenizer_path or model.path, model.trust_remote_code)
         self.attn_impl = sharding.attention_implementation(model.attn_implementation, self.device)
-        self.compiled_head = usable_torch_compile(arr.actor.use_torch_compile, self.device.type)
         compute_dtype = resolve_dtype(model.dtype, self.device)
         actor_fsdp, on_gpu = arr.actor.fsdp_config, self.device.type == "cuda"
         self.actor = self._load_and_shard(train=True, compute_dtype=compute_dtype, reshard=actor_fsdp.reshard_after_forward,

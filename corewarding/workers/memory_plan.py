@@ -36,8 +36,10 @@ HEADROOM = 0.95  # the share of the card an estimate may fill (fragmentation, ke
 # Per token, a decoder layer's forward keeps ~(16 h + 4 i) compute-dtype values for its backward and
 # the root (embedding output, final norm, the selected hidden states) ~4 h; the output head's weight
 # gradient costs ~10 bytes per weight while the chunks accumulate it (a float32 accumulator, each
-# chunk's float32 product, the compute-dtype gradient). Fitted to benchmarks/memory.py's fake-tensor
-# accounting at Qwen3-8B's shapes (16.6 GB here, 16.7 GB there) and at a 1,024-wide model (0.44 / 0.46).
+# chunk's float32 product, the compute-dtype gradient); beside it, a chunk's two float32
+# [tokens, vocabulary] tensors (log p and p, recomputed in the backward). Fitted to benchmarks/memory.py's
+# fake-tensor accounting at Qwen3-8B's shapes (16.0 GB here, 15.8 GB there), at a 1,024-wide model
+# (0.41 / 0.36) and a 2,048-wide one (1.20 / 1.07): never below it.
 LAYER_VALUES = (16, 4)
 ROOT_VALUES = 4
 HEAD_GRADIENT_BYTES = 10
@@ -111,7 +113,7 @@ def working_gb(shape: ModelShape, s: Settings) -> float:
     kept = t * (shape.layers * (h if s.checkpointing else layer) + ROOT_VALUES * h) * s.compute_bytes
     recompute = t * layer * s.compute_bytes if s.checkpointing else 0
     head_gradient = HEAD_GRADIENT_BYTES * shape.vocab * h
-    logits = 3 * min(s.chunk, t) * shape.vocab * 4  # a float32 chunk, its softmax and its gradient
+    logits = 2 * min(s.chunk, t) * shape.vocab * 4  # a float32 chunk's log p and p (algos.logits.grad_chunk)
     return (kept + logits + max(recompute, head_gradient)) / GIB
 
 
