@@ -35,16 +35,7 @@ from corewarding.checkpoint_layout import (
     step_dir,
     step_name,
 )
-from corewarding.storage import (  # noqa: F401  re-exported for the callers of this module
-    CheckpointError,
-    WorkerCheckpointError,
-    describe_error,
-    fsync_dir,
-    fsync_file,
-    fsync_tree,
-    replace_dir,
-    write_text,
-)
+from corewarding.storage import CheckpointError, describe_error, fsync_dir, replace_dir, write_text
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
-import torch
 import torch.nn.functional as F
 
 from corewarding.batch import Batch
