@@ -1,5 +1,5 @@
 """Cluster life without a cluster: the run folder's lock (`trainer.run_lock`) and the preemption
-signal watch (`trainer.preemption`). The runs that use them are in test_e2e.py."""
+signal watch (`trainer.preemption`). The runs that use them are in test_e2e_resume.py."""
 
 from __future__ import annotations
 

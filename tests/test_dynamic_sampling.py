@@ -1,5 +1,5 @@
 """DAPO's dynamic sampling, the pure part (corewarding/trainer/dynamic_sampling.py) and its keys;
-the trainer's use of it is tested in test_trainer_step.py and test_e2e.py."""
+the trainer's use of it is tested in test_trainer_step_sampling.py and test_e2e_resume.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """End-to-end training runs on CPU: 2 Ray workers (FSDP2 over gloo), the HF rollout engine, the
-real driver loop (`run_training`), a tiny model. One Ray session is shared by the whole module.
+real driver loop (`run_training`), a tiny model. One Ray session is shared by the whole module:
+two steps of each method, a single-process run, the release's override lists, the real model and
+the vLLM engine. Runs that stop and go on are in test_e2e_resume.py, the shared helpers in e2e_runs.py.
 
 The tiny random model never writes `\\boxed{}`, so every vote-based reward would be 0 and nothing
 would train; the `boxing_model` fixture (conftest.py) first teaches it to answer any prompt with
@@ -9,148 +11,22 @@ problems ground truths in {1, 2, 3}. Rewards then vary, and the dumps can be che
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from collections import Counter
-from pathlib import Path
-from typing import Iterator
-
-import pandas as pd
 import pytest
 import torch
 
 from corewarding.algos import ema_weight
-from corewarding.rewards import answers_equivalent, extract_boxed_answer, hendrycks_equivalent
-from corewarding.config import compose_config
+from corewarding.rewards import hendrycks_equivalent
 from corewarding.trainer.tracking import read_metrics
+from e2e_runs import _comparable, check_dump, check_export_of_real_checkpoint, cpu_overrides, load_weights, read_dump, run
+from e2e_runs import data_files  # fixture
 from numerics import WEIGHTS_REL, assert_all_rel_close, assert_ema
 from release_overrides import RELEASE_I, RELEASE_II, RELEASE_III, release
+
 
 pytestmark = pytest.mark.slow
 METHODS = ["naive", "majority_voting", "self_certainty", "entropy", "co_reward", "co_rewarding_II"]
 
 
-# ----------------------------------------------------------------------------- fixtures
-def _small_truths(path: Path) -> None:
-    frame = pd.read_parquet(path)
-    frame["reward_model"] = [{"ground_truth": str(1 + int(info["index"]) % 3), "style": "rule"} for info in frame["extra_info"]]
-    frame.to_parquet(path, index=False)
-
-
-@pytest.fixture(scope="session")
-def data_files(tmp_path_factory):
-    from corewarding.data import write_builtin_dataset
-
-    paths = write_builtin_dataset(tmp_path_factory.mktemp("data"), n_train=32, n_val=8, seed=0)
-    for path in paths.values():
-        _small_truths(path)
-    return paths
-
-
-def cpu_overrides(model: Path, data: dict, out: Path, method: str = "naive") -> list[str]:
-    return [
-        f"reward_model.reward_manager={method}",
-        f"actor_rollout_ref.model.path={model}",
-        f"data.train_files={data['train']}",
-        f"data.train_aug_files={data['train_rewrite']}",
-        f"data.val_files={data['val']}",
-        "data.train_batch_size=4",
-        "data.max_prompt_length=192",
-        "data.max_response_length=16",
-        "data.seed=3",
-        "actor_rollout_ref.rollout.name=hf",
-        "actor_rollout_ref.rollout.n=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.actor.optim.lr=1e-3",
-        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.0",
-        "actor_rollout_ref.model.enable_gradient_checkpointing=False",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8",
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8",
-        "trainer.device=cpu",
-        "trainer.nnodes=1",
-        "trainer.n_gpus_per_node=2",
-        "trainer.total_training_steps=2",
-        "trainer.logger=[console]",
-        f"trainer.default_local_dir={out / 'ckpt'}",
-        f"trainer.rollout_data_dir={out / 'rollouts'}",
-        "trainer.resume_mode=disable",
-        "trainer.val_before_train=False",
-        "trainer.test_freq=-1",
-        "trainer.save_freq=2",  # a checkpoint at the last of two steps; a test that needs step 1's says so
-        "data.val_max_samples=4",
-    ]
-
-
-def run(overrides: list[str]) -> dict:
-    from corewarding.trainer.run import run_training
-
-    return run_training(compose_config(overrides), progress=False)
-
-
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model.safetensors"))
-
-
-def read_dump(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def release_label(voters: list[dict]) -> str | None:
-    """The release's pseudo-label: Counter.most_common over the voters' answers in generation
-    order (sample_index), so a tie goes to the answer generated first."""
-    in_order = sorted(voters, key=lambda r: r["sample_index"])
-    answers = [r["answer"].strip() for r in in_order if r["answer"] is not None and r["answer"].strip()]
-    return Counter(answers).most_common(1)[0][0] if answers else None
-
-
-# ----------------------------------------------------------------------------- hand checks
-def check_dump(method: str, records: list[dict]) -> None:
-    policy = [r for r in records if r["role"] == "policy"]
-    teacher = [r for r in records if r["role"] == "teacher"]
-    assert policy
-    for r in policy:
-        assert r["answer"] == extract_boxed_answer(r["response"])
-    if method in ("self_certainty", "entropy"):
-        assert all(isinstance(r["reward"], float) for r in policy)
-        assert len({round(r["reward"], 6) for r in policy}) > 1  # continuous scores
-        return
-    if method == "naive":
-        for r in policy:
-            assert r["reward"] == float(answers_equivalent(r["answer"], r["ground_truth"]))
-        return
-    if method == "majority_voting":
-        voters_of = lambda r: [q for q in policy if q["uid"] == r["uid"]]  # noqa: E731
-    elif method == "co_reward":
-        other = {"original": "rephrased", "rephrased": "original"}
-        voters_of = lambda r: [q for q in policy if q["pair_id"] == r["pair_id"] and q["view"] == other[r["view"]]]  # noqa: E731
-        assert {r["view"] for r in policy} == {"original", "rephrased"}
-    elif method == "co_rewarding_III":  # the teacher's rollouts on the twin vote
-        other = {"original": "rephrased", "rephrased": "original"}
-        assert teacher and {(r["pair_id"], r["view"]) for r in teacher} == {(r["pair_id"], r["view"]) for r in policy}
-        voters_of = lambda r: [t for t in teacher if t["pair_id"] == r["pair_id"] and t["view"] == other[r["view"]]]  # noqa: E731
-        assert {r["view"] for r in policy} == {"original", "rephrased"}
-    else:  # co_rewarding_II: the teacher's rollouts with the same uid vote
-        assert teacher and {r["uid"] for r in teacher} == {r["uid"] for r in policy}
-        voters_of = lambda r: [t for t in teacher if t["uid"] == r["uid"]]  # noqa: E731
-    for r in policy:
-        voters = voters_of(r)
-        assert sorted(v["sample_index"] for v in voters) == list(range(len(voters)))  # one group, generation order
-        label = release_label(voters)
-        assert r["pseudo_label"] == label
-        assert r["reward"] == float(label is not None and r["answer"] is not None and r["answer"].strip() == label)
-
-
-# ----------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("method", METHODS)
 def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path, two_step_histories):
     extra = []
@@ -214,159 +90,6 @@ def test_two_steps(method, ray_session, boxing_model, data_files, tmp_path, two_
         check_export_of_real_checkpoint(ckpt, tmp_path)
 
 
-def check_export_of_real_checkpoint(run_dir: Path, tmp_path: Path) -> None:
-    """The trainer's own checkpoint (not a hand-made layout): both the policy and the EMA teacher
-    export to HF folders that transformers loads with exactly the saved weights."""
-    from transformers import AutoModelForCausalLM
-
-    from corewarding.export import export_checkpoint, resolve_model_path
-
-    assert resolve_model_path(run_dir) == run_dir / "global_step_2" / "actor"  # what corewarding.eval loads
-    for which in ("actor", "ref"):
-        out = export_checkpoint(run_dir, tmp_path / f"hf_{which}", which=which)
-        loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
-        saved = load_weights(run_dir / "global_step_2" / which)
-        for key, value in saved.items():
-            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
-
-
-def _comparable(entries: list[dict]) -> list[dict]:
-    skip = ("timing/", "perf/tokens_per_s", "checkpoint/")  # when and what a run saved, not what it trained
-    return [{k: v for k, v in e.items() if not k.startswith(skip)} for e in entries if e["step"] > 0]
-
-
-@contextlib.contextmanager
-def main_process(overrides: list[str], out: Path) -> Iterator[subprocess.Popen]:
-    """`python -m corewarding.main` in its own session (stderr in out/stderr.txt); SIGKILLed with its
-    Ray processes at the end of the block if it still runs."""
-    out.mkdir(parents=True, exist_ok=True)
-    ray_dir = tempfile.mkdtemp(prefix="cw_ray_", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
-    proc = subprocess.Popen([sys.executable, "-m", "corewarding.main", *overrides, f"hydra.run.dir={out / 'hydra'}",
-                             f"ray_init.temp_dir={ray_dir}"], cwd=out, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=open(out / "stderr.txt", "w"))
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        shutil.rmtree(ray_dir, ignore_errors=True)
-
-
-def wait_for_step(proc: subprocess.Popen, out: Path, step: int) -> None:
-    """Until metrics.jsonl has `step` (600 s at most); fails if the run ends first."""
-    metrics = out / "ckpt" / "metrics.jsonl"
-    deadline = time.monotonic() + 600
-    while not (metrics.exists() and any(m["step"] == step for m in read_metrics(metrics))):
-        assert proc.poll() is None, f"the run ended early: {(out / 'stderr.txt').read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"the run did not reach step {step} in 600 s"
-        time.sleep(0.2)
-
-
-def run_until_killed(overrides: list[str], out: Path, killed_after_step: int) -> None:
-    """SIGKILL the run (with its Ray processes) as soon as metrics.jsonl has `killed_after_step`:
-    a crash between two checkpoints."""
-    with main_process(overrides, out) as proc:
-        wait_for_step(proc, out, killed_after_step)
-
-
-def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
-    """4 steps straight == 2 steps + SIGKILL during step 4 + resume (1 step, stopped by
-    max_steps_this_run with save_freq=-1) + resume (1 step). Co-rewarding-II: teacher, loader,
-    optimizer, scheduler and the workers' sampling RNG all come back from the checkpoint; the
-    steps the killed run logged past its checkpoint are dropped from metrics.jsonl."""
-    common = ["trainer.total_training_steps=4", "trainer.save_freq=2"]
-    straight = cpu_overrides(boxing_model, data_files, tmp_path / "a", "co_rewarding_II") + common
-    run(straight)
-    split = cpu_overrides(boxing_model, data_files, tmp_path / "b", "co_rewarding_II") + common
-    run_until_killed(split, tmp_path / "b", killed_after_step=3)
-    ckpt_dir = tmp_path / "b" / "ckpt"
-    assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
-    resumed = run(split + ["trainer.resume_mode=auto", "trainer.save_freq=-1", "trainer.max_steps_this_run=1"])
-    assert resumed["global_step"] == 3 and [h["step"] for h in resumed["history"]] == [3]
-    assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
-    second = run(split + ["trainer.resume_mode=auto"])
-    assert second["global_step"] == 4
-    assert [h["step"] for h in second["history"]] == [4]
-    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
-    b = _comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
-    assert [e["step"] for e in a] == [e["step"] for e in b] == [1, 2, 3, 4]
-    assert a == b
-    for step in (3, 4):
-        assert read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
-
-
-@pytest.mark.parametrize("method", ["co_reward", "co_rewarding_II", "co_rewarding_III"])
-def test_dynamic_sampling_two_steps_and_exact_resume(method, ray_session, boxing_model, data_files, tmp_path):
-    """algorithm.filter_groups on, generation batches of 2 prompts (pairs) for steps of 4: 2 steps
-    straight == 1 step + resume + 1 step (the loader's position after several generation batches
-    is in the checkpoint, so the resumed run trains on the same prompts). Every trained group of
-    the dumps has a spread (Co-rewarding-I and -III: at least one group of each pair), and each pair
-    comes with both views. Co-rewarding-III's resumed run also gets its EMA teacher back."""
-    common = ["algorithm.filter_groups.enable=True", "data.gen_batch_size=2", "algorithm.filter_groups.max_num_gen_batches=0"]
-    straight = run(cpu_overrides(boxing_model, data_files, tmp_path / "a", method) + common)
-    split = cpu_overrides(boxing_model, data_files, tmp_path / "b", method) + common
-    first = run(split + ["trainer.max_steps_this_run=1"])
-    assert first["global_step"] == 1
-    second = run(split + ["trainer.resume_mode=auto"])
-    assert second["global_step"] == 2 and [h["step"] for h in second["history"]] == [2]
-    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
-    assert a == _comparable(read_metrics(tmp_path / "b" / "ckpt" / "metrics.jsonl"))
-    assert all(e["train/num_gen_batches"] >= 2 and e["filter_groups/kept"] >= 4 for e in a)
-    for step in (1, 2):
-        records = read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl")
-        assert records == read_dump(tmp_path / "b" / "rollouts" / f"{step}.jsonl")
-        check_dump(method, records)
-        policy = [r for r in records if r["role"] == "policy"]
-        paired = method != "co_rewarding_II"  # both views train: a pair is kept or dropped whole
-        groups: dict = {}
-        for r in policy:
-            groups.setdefault(r["pair_id"] if paired else r["uid"], {}).setdefault(r["uid"], []).append(r["reward"])
-        assert len(groups) == 4 and len(policy) == 4 * 4 * (2 if paired else 1)
-        for unit in groups.values():
-            assert len(unit) == (2 if paired else 1)
-            assert any(max(rewards) > min(rewards) for rewards in unit.values())
-    assert [h["filter_groups/kept"] for h in straight["history"] if h["step"] > 0] == [e["filter_groups/kept"] for e in a]
-
-
-GRACE_S = 120  # docs/training.md's `#SBATCH --signal=B:USR1@120`: the time SLURM leaves before it kills
-
-
-def test_preemption_saves_the_step_in_flight(ray_session, boxing_model, data_files, tmp_path):
-    """SIGTERM to the driver during step 2 of 3, with no periodic checkpoints (save_freq=-1): it
-    finishes step 2, saves global_step_2, names it in one line and exits with status 75 within the
-    grace time; meanwhile a second run on the folder is refused by its lock. The resumed run's
-    metrics and rollouts equal a straight run's."""
-    from corewarding.trainer.checkpoint import folder_bytes
-    from corewarding.trainer.run_lock import LOCK_FILE, RunLockError
-
-    common = ["trainer.total_training_steps=3", "trainer.save_freq=-1"]
-    run(cpu_overrides(boxing_model, data_files, tmp_path / "a") + common)
-    split = cpu_overrides(boxing_model, data_files, tmp_path / "b") + common
-    ckpt_dir = tmp_path / "b" / "ckpt"
-    with main_process(split, tmp_path / "b") as proc:
-        wait_for_step(proc, tmp_path / "b", 1)
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert json.loads((ckpt_dir / LOCK_FILE).read_text())["pid"] == proc.pid
-        with pytest.raises(RunLockError, match=f"is in use by another run \\(pid {proc.pid} on "):
-            run(split)
-        proc.wait(timeout=GRACE_S)
-        took = time.monotonic() - signalled
-    stderr = (tmp_path / "b" / "stderr.txt").read_text()
-    assert proc.returncode == 75, stderr[-3000:]
-    assert f"preempted: SIGTERM: last trained step 2, checkpoint {ckpt_dir / 'global_step_2'}; resume with" in stderr
-    assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
-    assert not (ckpt_dir / LOCK_FILE).exists()  # released on the way out
-    print(f"\nsignal to exit: {took:.1f} s; checkpoint: {folder_bytes(ckpt_dir / 'global_step_2') / 1e6:.1f} MB")
-    resumed = run(split + ["trainer.resume_mode=auto"])
-    assert resumed["global_step"] == 3 and [h["step"] for h in resumed["history"]] == [3]
-    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
-    b = _comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
-    assert [e["step"] for e in b] == [1, 2, 3] and a == b
-    assert read_dump(tmp_path / "a" / "rollouts" / "3.jsonl") == read_dump(tmp_path / "b" / "rollouts" / "3.jsonl")
-
-
 def test_single_process_run_equals_a_ray_run_of_one_worker(ray_session, boxing_model, data_files, tmp_path):
     """trainer.single_process=True: the same worker class inside the driver, no Ray actor; two
     Co-rewarding-II steps log the same metrics and rollouts as the Ray group of one worker."""
@@ -382,61 +105,6 @@ def test_single_process_run_equals_a_ray_run_of_one_worker(ray_session, boxing_m
     assert _comparable(local["history"]) == _comparable(via_ray["history"])
     for step in (1, 2):
         assert read_dump(tmp_path / "local" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "ray" / "rollouts" / f"{step}.jsonl")
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str):
-    """A tmpfs of `size` at `path` (root only: a real full disk, not a simulated error)."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill up ({mounted.stderr.strip()}): this test needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def resize_disk(path: Path, size: int | str) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
-
-
-def _pages(folder: Path) -> int:
-    """Bytes the files directly in `folder` take on a tmpfs (whole 4 KiB pages)."""
-    return sum(-(-f.stat().st_size // 4096) * 4096 for f in folder.iterdir() if f.is_file())
-
-
-def test_full_disk_during_a_save(ray_session, boxing_model, data_files, tmp_path):
-    """The disk fills up while step 2 is saved, as rank 0 writes the reference model and rank 1
-    waits for it: both ranks fail at once, the run ends with one line that says the disk is full and
-    that global_step_1 is still good, the .tmp folder is gone, and the run resumes from step 1."""
-    from corewarding.trainer import CheckpointError
-
-    with small_disk(tmp_path / "disk", "256m") as disk:
-        # Co-rewarding-II: its checkpoints hold the EMA teacher (a reference that never moved is not saved)
-        overrides = (cpu_overrides(boxing_model, data_files, disk, "co_rewarding_II")
-                     + [f"trainer.rollout_data_dir={tmp_path / 'rollouts'}"])
-        run(overrides + ["trainer.max_steps_this_run=1"])
-        ckpt_dir, step1 = disk / "ckpt", disk / "ckpt" / "global_step_1"
-        usage = os.statvfs(disk)
-        used = (usage.f_blocks - usage.f_bfree) * usage.f_frsize
-        # room for the policy's HF folder and half of the reference model's weights
-        resize_disk(disk, used + _pages(step1 / "actor") + (step1 / "ref" / "model.safetensors").stat().st_size // 2)
-        started = time.monotonic()
-        with pytest.raises(CheckpointError) as info:
-            run(overrides + ["trainer.resume_mode=auto"])
-        message = str(info.value)
-        assert time.monotonic() - started < 300  # not a hang until the distributed timeout
-        assert "\n" not in message, message
-        assert f"cannot save checkpoint global_step_2 in {ckpt_dir}: write failed on rank 0: disk full:" in message
-        assert "ref/model.safetensors" in message and "No space left on device" in message
-        assert message.endswith(f"; {step1} is still good"), message
-        # no .tmp left (logs/ holds the workers' logs)
-        assert sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and p.name != "logs") == ["global_step_1"]
-        assert (ckpt_dir / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
-        resize_disk(disk, "256m")
-        resumed = run(overrides + ["trainer.resume_mode=auto"])
-        assert resumed["global_step"] == 2 and (ckpt_dir / "global_step_2" / "ref" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("preset", [False, True], ids=["ours", "preset-release"])

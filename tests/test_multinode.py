@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from corewarding.workers.group import ranks_by_node
-from test_e2e import _comparable, cpu_overrides, data_files, run  # noqa: F401 - data_files is a fixture
+from e2e_runs import _comparable, cpu_overrides, run
+from e2e_runs import data_files  # fixture
 
 
 def test_ranks_are_consecutive_on_each_node_whatever_the_bundle_order():

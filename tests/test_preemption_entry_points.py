@@ -4,7 +4,7 @@ again, resumes that method and goes on) in this process, with SIGTERM sent from 
 while it logs step 1; and `bash run_corewarding-II.sh` (a copy, so its logs stay in tmp), alone and
 inside the SLURM job script of docs/training.md, with the signal sent to the shell alone, as SLURM's
 `--signal=B:...` does. `python -m
-corewarding.main` is test_e2e.py's `test_preemption_saves_the_step_in_flight`."""
+corewarding.main` is test_e2e_resume.py's `test_preemption_saves_the_step_in_flight`."""
 
 from __future__ import annotations
 

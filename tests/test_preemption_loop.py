@@ -1,6 +1,6 @@
 """A preemption signal in every window of the fit loop, sent from inside the loop itself (the
 points where the loop validates, saves, logs or draws the next batch are wrapped to send SIGTERM
-to this process), on the recording worker group of test_trainer_step.py: each time the run ends
+to this process), on the recording worker group of scripted_trainer.py: each time the run ends
 with `Preempted` naming the last trained step, a checkpoint of that step is on disk, and a fresh
 trainer resumed from it trains the remaining steps on the prompts a straight run trains on."""
 
@@ -14,7 +14,8 @@ import pytest
 
 from corewarding.trainer import checkpoint as ckpt
 from corewarding.trainer.preemption import Preempted, PreemptionWatch
-from test_trainer_step import data, make_trainer  # noqa: F401  (data: the module's fixture)
+from scripted_trainer import make_trainer
+from scripted_trainer import data  # fixture
 
 STEPS = 4  # make_trainer plans 4 steps
 

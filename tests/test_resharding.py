@@ -1,7 +1,7 @@
 """Re-slicing FSDP2 optimizer shards across worker counts (`worker_state.load_optimizer_shard`) on
 uneven shards: 3 gloo ranks save AdamW moments of a model whose dimension 0 sizes (5, 1) do not
 divide by 3 or 2 (FSDP2 gives ranks 2, 2, 1 rows and 1, 0, 0), 2 ranks load them. The moments
-must come back bit for bit. The Ray worker test (test_workers.py) covers the whole checkpoint."""
+must come back bit for bit. The Ray worker test (test_workers_checkpoints.py) covers the whole checkpoint."""
 
 from __future__ import annotations
 
