@@ -12,14 +12,18 @@ import torch
 
 from corewarding.algos import agg_loss, kl_penalty, loss_mode_terms, policy_agg_mode, policy_loss, policy_loss_terms
 from corewarding.batch import Batch
+from corewarding.workers.update.actor import ppo_update
 from corewarding.workers.update.ppo_settings import PPOSettings
 from corewarding.workers.model.forward import ForwardSettings
 
 from actor_setup import (
+    CPU,
     LAYOUTS,
+    GradRecorder,
     TEMPERATURE,
     full_logits_stats,
     grads,
+    load,
     one_update,
     ragged_rollouts,
     reference_model,
@@ -180,6 +184,36 @@ def test_per_view_loss_is_the_sum_of_each_views_loss(kl, model_path):
                                                    use_kl_loss=kl))
     assert "actor/pg_loss_ori" not in joint[0].metrics
     assert relative_error(joint[1]["model.norm.weight"], step["model.norm.weight"]) > 100 * GRAD_REL  # the joint form differs
+
+
+class EveryStepRecorder(GradRecorder):
+    """A GradRecorder for several optimizer steps: the gradient of each, in order (the weights never
+    move, so each is its mini-batch's gradient at the same weights)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model)
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.steps.append({n: p.grad.clone() for p, n in self.names.items() if p.grad is not None})
+
+
+@pytest.mark.parametrize("per_view", [False, True], ids=["joint", "per_view"])
+def test_each_mini_batch_trains_both_views_of_the_same_pairs(per_view, model_path):
+    """Three mini-batches of two views laid out as the trainer sends them (a rank's originals, then
+    their twins in the same order): each optimizer step's gradient is that of an update on the i-th
+    original and its twin alone, as the release pairs the i-th mini-batches of the two views."""
+    batch = with_old_log_probs(model_path, ragged_rollouts(seed=13), noise=0.3)
+    batch = Batch({**batch.tensors, "view_id": torch.tensor([0, 0, 0, 1, 1, 1])})
+    ppo = settings(mini_batch_size=2, per_view_loss=per_view)
+    model = load(model_path)
+    recorder = EveryStepRecorder(model)
+    ppo_update(model, recorder, batch, ppo, 1, world_size=1, device=CPU)
+    assert len(recorder.steps) == 3
+    for i, step in enumerate(recorder.steps):
+        _, alone = one_update(model_path, batch.select([i, i + 3]), ppo)
+        assert_all_rel_close(step, alone, GRAD_REL, f"step {i}")
 
 
 # ------------------------------------------------------------------------------- loss toolbox

@@ -1,6 +1,6 @@
 """What a run decides from the machine and the cluster it starts on: bfloat16 and torch.compile
 from the CPU, Ray's token authentication and loopback rendezvous, the cluster's devices, one
-in-process worker; and the balanced order of the groups over the workers."""
+in-process worker."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from corewarding.config import compose_config, load_config
-from corewarding.trainer.ray_trainer import balanced_order
 from config_overrides import NO_PATHS, REPO, base
 from config_overrides import data, model  # fixture
 
@@ -111,24 +110,6 @@ def test_the_entry_point_does_not_switch_off_ray_auth():
     code = "import os, corewarding.main; print(os.environ.get('RAY_AUTH_MODE'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "None"
-
-
-def test_balanced_order():
-    """Whole groups to each worker, equal group counts, similar token totals; with kinds, as many
-    groups of each kind per worker; an unequal split keeps the order."""
-    lengths = [100, 100, 1, 1, 90, 90, 2, 2, 80, 80, 3, 3, 70, 70, 4, 4]
-    groups = [i // 2 for i in range(16)]  # 8 groups of 2 rows
-    order = balanced_order(lengths, groups, 2)
-    assert sorted(order) == list(range(16))
-    assert all(order[i] // 2 == order[i + 1] // 2 for i in range(0, 16, 2))  # a group stays together
-    halves = [sum(lengths[i] for i in order[:8]), sum(lengths[i] for i in order[8:])]
-    assert abs(halves[0] - halves[1]) <= 60
-    kinds = [0] * 8 + [1] * 8  # the first 4 groups of one kind, the last 4 of another
-    order = balanced_order(lengths, groups, 2, kinds)
-    for half in (order[:8], order[8:]):
-        assert [kinds[i] for i in half] == [0] * 4 + [1] * 4
-    assert balanced_order([1, 2, 3], ["a", "b", "c"], 2) == [0, 1, 2]
-    assert balanced_order([5, 5, 1, 1], ["a", "a", "b", "b"], 1) == [0, 1, 2, 3]
 
 
 def test_device_of_a_cluster_run_is_stated_and_checked_against_the_cluster(caplog):

@@ -2,7 +2,7 @@
 scripted engine of scripted_trainer.py, every reward and advantage worked out by hand: the order of
 the worker calls (EMA update before the teacher's rollouts), which prompts the policy and the
 teacher see (`data.use_aug`, `data.p`), `teacher_n`, `update_interval`, the EMA step index, the
-old log-prob pass, and Co-rewarding-I's and -III's per-view groups.
+old log-prob pass, Co-rewarding-I's and -III's per-view groups and their mini-batches of both views.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import math
 import pytest
 
 from corewarding.algos import ema_weight
+from corewarding.workers.update.micro_batches import mini_batch_rows
 from scripted_trainer import N, make_trainer, rows_by_uid, run_steps
 from scripted_trainer import data  # fixture
 
@@ -133,6 +134,29 @@ def test_per_view_loss_gives_every_worker_both_views_and_monitor_metrics(tiny_mo
         assert key in metrics
     assert metrics["monitor/majority_ratio"] == pytest.approx((2 / 4 + 3 / 4) / 2)  # originals 5,5,7,8; rephrased 9,9,9,5
     assert metrics["monitor/zero_adv_groups"] == pytest.approx(0.5)  # the originals all score 0
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("co_reward", []),  # the joint loss, Co-rewarding-I's default
+    ("co_reward", ["actor_rollout_ref.actor.co_reward_loss=per_view"]),
+    ("co_rewarding_III", ["data.use_aug=True"]),
+])
+def test_every_mini_batch_holds_both_views_of_its_pairs(tiny_model_path, data, tmp_path, method, extra):
+    """Four pairs, mini-batches of two: each worker gets whole pairs, its originals then their twins
+    in the same order, so each of its mini-batches trains both views of the same pairs (the release
+    pairs the i-th mini-batches of the two views)."""
+    trainer, workers, _ = make_trainer(tiny_model_path, data, tmp_path, method, "data.train_batch_size=4",
+                                       "actor_rollout_ref.actor.ppo_mini_batch_size=2", *extra)
+    run_steps(trainer, 1)
+    update = workers.updates[0]
+    mini_rows = 2 * workers.rollouts_per_prompt // 2  # 2 pairs x 2 views x N rollouts over 2 workers
+    for share in update.chunk(2):
+        views, pairs = share.tensors["view_id"].tolist(), share.rows["pair_id"]
+        minis = mini_batch_rows(len(share), mini_rows, views, shuffle=False)
+        assert len(minis) == 2
+        for rows in minis:
+            assert sorted(views[r] for r in rows) == [0] * N + [1] * N
+            assert {pairs[r] for r in rows if views[r] == 0} == {pairs[r] for r in rows if views[r] == 1}
 
 
 def test_co_rewarding_iii_one_ema_update_then_the_teacher_on_both_views(tiny_model_path, data, tmp_path):

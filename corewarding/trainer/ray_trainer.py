@@ -82,7 +82,6 @@ class Trainer:
                      and actor.ppo_mini_batch_size == config.data.train_batch_size)
         self.policy_pass_needed = not on_policy or bool(self.method.token_stats)
         self.roles = config.roles
-        self.per_view_loss = self.roles.trained_views == 2 and actor.co_reward_loss == "per_view"
         self.monitor = CollapseMonitor(config.trainer.collapse_monitor)
         self.last_ema_weight: float | None = None
         self.saved_step = 0  # the step of the newest checkpoint this run saved or resumed from (0: none needed)
@@ -159,13 +158,15 @@ class Trainer:
 
     def _balanced(self, rollouts: Batch, voted: RewardOutput | None = None) -> tuple[Batch, RewardOutput | None]:
         """Whole groups to each worker, similar token counts (rewards group by ids, not position), and
-        a reward already computed in the same order; Co-rewarding-I's per-view loss pairs each worker's
-        micro-batches of the two views, so every worker gets as many groups of each view."""
+        a reward already computed in the same order. With two trained views, whole pairs: a worker's
+        original groups, then their twins in the same order, so that every mini-batch trains both views
+        of its pairs (`mini_batch_rows`) and the per-view loss has as many groups of each view on each."""
+        kinds = pairs = None
         if self.roles.trained_views == 2:
             rollouts.tensors["view_id"] = torch.tensor([VIEWS.index(v) for v in rollouts.rows["view"]])
+            kinds, pairs = rollouts.tensors["view_id"].tolist(), rollouts.rows["pair_id"]
         lengths = rollouts.tensors["attention_mask"].sum(-1).tolist()
-        kinds = rollouts.tensors["view_id"].tolist() if self.per_view_loss else None
-        order = balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds)
+        order = balanced_order(lengths, rollouts.rows["uid"], self.world_size, kinds, pairs)
         return rollouts.select(order), voted.select(order) if voted is not None else None
 
     def _ttrl_vote(self, rollouts: Batch, timing: dict[str, float]) -> tuple[Batch, RewardOutput | None]:

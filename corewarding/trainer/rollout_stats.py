@@ -15,32 +15,50 @@ from corewarding.rewards import extract_boxed_answer
 from corewarding.rewards.common import RewardOutput
 
 
-def balanced_order(lengths: list[int], groups: list[Hashable], parts: int, kinds: list[int] | None = None) -> list[int]:
+def balanced_order(lengths: list[int], groups: list[Hashable], parts: int, kinds: list[int] | None = None,
+                   pairs: list[Hashable] | None = None) -> list[int]:
     """A permutation of the rows for `parts` workers (consecutive equal chunks): the rows of a group
     (one prompt's rollouts) stay together and in order, so that the workers can share their prompt;
     every worker gets as many groups (and, with `kinds` such as the view of each row, as many groups
-    of each kind, in kind order) and a similar number of tokens: heaviest group first, each to the
-    lightest worker that still has room. Without an equal split the order is left as it is."""
+    of each kind, in kind order) and a similar number of tokens: heaviest first, each to the lightest
+    worker that still has room. With `pairs` (each row's pair) the groups of a pair go to the same
+    worker, and each kind's groups come in the same pair order: a worker's i-th group of one view is
+    the twin of its i-th of the other. Without an equal split the order is left as it is."""
     units: dict[Hashable, list[int]] = {}
     for row, group in enumerate(groups):
         units.setdefault(group, []).append(row)
-    by_kind: dict[int, list[list[int]]] = {}
-    for rows in units.values():
-        by_kind.setdefault(kinds[rows[0]] if kinds is not None else 0, []).append(rows)
-    if parts <= 1 or any(len(kind_units) % parts for kind_units in by_kind.values()):
+    kind_of = (lambda rows: kinds[rows[0]]) if kinds is not None else (lambda rows: 0)
+    blocks: dict[Hashable, list[list[int]]] = {}  # what goes to one worker: a group, or a pair's groups
+    for group, rows in units.items():
+        blocks.setdefault(pairs[rows[0]] if pairs is not None else group, []).append(rows)
+    by_kinds: dict[tuple[int, ...], list[list[list[int]]]] = {}  # blocks share out among their like
+    for block in blocks.values():
+        by_kinds.setdefault(tuple(sorted(kind_of(rows) for rows in block)), []).append(block)
+    if parts <= 1 or any(len(like) % parts for like in by_kinds.values()):
         return [row for rows in units.values() for row in rows]
-    buckets: list[list[list[int]]] = [[] for _ in range(parts)]
-    for kind in sorted(by_kind):
-        kind_units, per_part = by_kind[kind], len(by_kind[kind]) // parts
-        assigned: list[list[list[int]]] = [[] for _ in range(parts)]
-        totals = [0] * parts
-        for rows in sorted(kind_units, key=lambda u: (-sum(lengths[r] for r in u), u[0])):
-            k = min((p for p in range(parts) if len(assigned[p]) < per_part), key=lambda p: (totals[p], p))
-            assigned[k].append(rows)
-            totals[k] += sum(lengths[r] for r in rows)
-        for part, chosen in zip(buckets, assigned):
-            part.extend(sorted(chosen, key=lambda u: u[0]))
-    return [row for part in buckets for rows in part for row in rows]
+    chosen: list[list[list[list[int]]]] = [[] for _ in range(parts)]
+    for key in sorted(by_kinds):
+        for part, assigned in zip(chosen, _share_out(by_kinds[key], lengths, parts)):
+            part.extend(assigned)
+    order = []
+    for part in chosen:
+        part.sort(key=lambda block: block[0][0])
+        for kind in sorted({kind_of(rows) for block in part for rows in block}):
+            order += [row for block in part for rows in block if kind_of(rows) == kind for row in rows]
+    return order
+
+
+def _share_out(blocks: list[list[list[int]]], lengths: list[int], parts: int) -> list[list[list[list[int]]]]:
+    """`blocks` (each a list of groups' rows) in `parts` equal numbers, heaviest block first, each to
+    the part with the fewest tokens that still has room."""
+    per_part = len(blocks) // parts
+    assigned: list[list[list[list[int]]]] = [[] for _ in range(parts)]
+    totals = [0] * parts
+    for block in sorted(blocks, key=lambda b: (-sum(lengths[r] for rows in b for r in rows), b[0][0])):
+        k = min((p for p in range(parts) if len(assigned[p]) < per_part), key=lambda p: (totals[p], p))
+        assigned[k].append(block)
+        totals[k] += sum(lengths[r] for rows in block for r in rows)
+    return assigned
 
 
 def mean(values: Any) -> float:

@@ -2,8 +2,9 @@
 
 `ppo_update`, as verl's dp_actor:
 - mini-batches of `ppo_mini_batch_size` prompts x rollouts per prompt / world size rows, one optimizer
-  step each, `ppo_epochs` times; micro-batches of `ppo_micro_batch_size_per_gpu` rows, or with
-  `use_dynamic_bsz` of at most `ppo_max_token_len_per_gpu` tokens, with gradient accumulation;
+  step each, `ppo_epochs` times (two views: each mini-batch the same share of both, `mini_batch_rows`);
+  micro-batches of `ppo_micro_batch_size_per_gpu` rows, or with `use_dynamic_bsz` of at most
+  `ppo_max_token_len_per_gpu` tokens, with gradient accumulation;
 - loss = policy loss - entropy_coeff * entropy + kl_loss_coef * KL(ref), the policy loss of
   `actor.policy_loss.loss_mode` (vanilla: the clipped surrogate with dual clip; gspo; cispo:
   `algos.policy_modes`), every term aggregated with `loss_agg_mode` (GSPO's surrogate with
@@ -46,7 +47,7 @@ from corewarding.algos import (
 )
 from corewarding.batch import Batch
 from corewarding.workers.model.forward import FORWARD_KEYS, forward_token_stats
-from corewarding.workers.update.micro_batches import LossWeights, plan_micro_batches, sum_over_ranks
+from corewarding.workers.update.micro_batches import LossWeights, mini_batch_rows, plan_micro_batches, sum_over_ranks
 from corewarding.workers.update.ppo_settings import PPOSettings
 
 logger = logging.getLogger(__name__)
@@ -179,10 +180,9 @@ def ppo_update(
     skipped = 0
     model.train()
     reduce_device = _reduce_device(device)
+    views = data.tensors["view_id"].tolist() if "view_id" in data.tensors else None
     for _ in range(settings.ppo_epochs):
-        order = torch.randperm(len(data)).tolist() if settings.shuffle else list(range(len(data)))
-        for start in range(0, len(data), mini_rows):
-            mini_index = order[start : start + mini_rows]
+        for mini_index in mini_batch_rows(len(data), mini_rows, views, settings.shuffle):
             optimizer.zero_grad(set_to_none=True)
             _accumulate_gradients(model, data.select(mini_index), settings, on_policy, meter, world_size, reduce_device,
                                   kept, mini_index)
@@ -197,7 +197,7 @@ def _update_rows(batch: Batch, settings: PPOSettings, on_policy: bool, device: t
     """The tensors the update reads, on `device`, with `loss_mask`: the response mask, less the
     truncated responses with `mask_truncated`."""
     keys = [*FORWARD_KEYS, "advantages", *(["old_log_probs"] if not on_policy else []),
-            *(["ref_log_probs"] if settings.use_kl_loss else []), *(["view_id"] if settings.per_view_loss else []),
+            *(["ref_log_probs"] if settings.use_kl_loss else []), *(["view_id"] if "view_id" in batch.tensors else []),
             *(["truncated"] if settings.mask_truncated else []),
             *(["rollout_log_probs"] if settings.rollout_is is not None else [])]
     data = batch.subset(keys).to(device)

@@ -1,4 +1,4 @@
-"""How `ppo_update` splits a mini-batch into micro-batches, and the factors each micro-batch's loss
+"""How `ppo_update` splits a rank's rows into mini-batches and a mini-batch into micro-batches, and the factors each micro-batch's loss
 numerators are multiplied by before backward, so that the accumulated gradient is that of the
 mini-batch's aggregate (the two loss scopes: `corewarding.workers.update.actor`'s module docstring).
 
@@ -22,7 +22,7 @@ from corewarding.batch import Batch
 from corewarding.workers.model.packing import micro_batch_groups
 from corewarding.workers.update.ppo_settings import PPOSettings
 
-__all__ = ["LossWeights", "micro_batch_weights", "plan_micro_batches", "sum_over_ranks"]
+__all__ = ["LossWeights", "micro_batch_weights", "mini_batch_rows", "plan_micro_batches", "sum_over_ranks"]
 
 
 def sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -30,6 +30,22 @@ def sum_over_ranks(values: torch.Tensor, world_size: int) -> torch.Tensor:
     if world_size > 1:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def mini_batch_rows(num_rows: int, mini_rows: int, views: list[int] | None, shuffle: bool) -> list[list[int]]:
+    """The rows of each mini-batch of one epoch: `mini_rows` consecutive rows (of a random order with
+    `shuffle`). With two views (`views[i]`: 0 original, 1 rephrased; the trainer lays a rank's rows out
+    as its pairs' original groups, then the same pairs' rephrased groups in the same order), the i-th
+    share of each view's rows together (the same positions of both with `shuffle`; in row order):
+    every optimizer step trains both views of the same pairs, as the release's (L_original +
+    L_rephrased) does."""
+    halves = [[row for row, view in enumerate(views) if view == v] for v in (0, 1)] if views is not None else None
+    if halves is None or len(halves[0]) != len(halves[1]) or mini_rows % 2:
+        order = torch.randperm(num_rows).tolist() if shuffle else list(range(num_rows))
+        return [order[start : start + mini_rows] for start in range(0, num_rows, mini_rows)]
+    share = mini_rows // 2
+    order = torch.randperm(len(halves[0])).tolist() if shuffle else list(range(len(halves[0])))
+    return [sorted(half[i] for half in halves for i in order[start : start + share]) for start in range(0, len(order), share)]
 
 
 class LossWeights(NamedTuple):
