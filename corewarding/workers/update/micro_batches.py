@@ -1,6 +1,7 @@
-"""How `ppo_update` splits a rank's rows into mini-batches and a mini-batch into micro-batches, and the factors each micro-batch's loss
-numerators are multiplied by before backward, so that the accumulated gradient is that of the
-mini-batch's aggregate (the two loss scopes: `corewarding.workers.update.actor`'s module docstring).
+"""How `ppo_update` splits a rank's rows into mini-batches and a mini-batch into micro-batches, and
+the factors each micro-batch's loss numerators are multiplied by before backward, so that the
+accumulated gradient is that of the mini-batch's aggregate (the two loss scopes:
+`corewarding.workers.update.actor`'s module docstring).
 
 Why the mini-batch scope is exact: every aggregation mode is numerator / denominator, both sums over
 rows (`algos.agg_loss_parts`); each micro-batch backpropagates its own numerator divided by the
