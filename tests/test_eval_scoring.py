@@ -82,3 +82,10 @@ def test_resolve_benchmark(tmp_path: Path) -> None:
         benchmarks.resolve_benchmark("mmlu", tmp_path)
     with pytest.raises(EvalError, match="not found"):
         benchmarks.resolve_benchmark(str(tmp_path / "x.parquet"), tmp_path)
+
+
+def test_the_default_benchmarks_are_the_papers() -> None:
+    """Without --benchmarks: MATH500 and GSM8K one sample each, AMC eight (the paper's avg@8)."""
+    args = cli.build_parser().parse_args(["--model", "m"])
+    specs = [benchmarks.parse_benchmark_spec(s, args.k) for s in args.benchmarks.split(",")]
+    assert specs == [("math500", 1), ("gsm8k", 1), ("amc", 8)]

@@ -16,7 +16,7 @@ BENCHMARK_FILES: dict[str, tuple[str, ...]] = {
     name: (f"{name}/test.parquet", f"eval/{name}.parquet", f"eval/{name}_test.parquet")
     for name in ("math500", "gsm8k", "amc", "amc23", "aime24", "math")
 }
-DEFAULT_BENCHMARKS = "math500,gsm8k,amc"
+DEFAULT_BENCHMARKS = "math500,gsm8k,amc:8"  # the paper's: one sample each, AMC's 83 questions eight
 
 
 def resolve_benchmark(spec: str, data_dir: str | Path = "data") -> tuple[str, Path]:

@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--benchmarks",
         default=DEFAULT_BENCHMARKS,
-        help=f"comma-separated names or parquet paths, each optionally NAME:K for its own k, e.g. "
-        f"math500,gsm8k,amc:8 (the paper's setting with --k 1; default {DEFAULT_BENCHMARKS}); none: only --lm_eval",
+        help=f"comma-separated names or parquet paths, each optionally NAME:K for its own k (default "
+        f"{DEFAULT_BENCHMARKS}: the paper's setting with --k 1); none: only --lm_eval",
     )
     parser.add_argument("--data_dir", default="data", help="folder of the preprocessed files (default data/)")
     parser.add_argument("--k", type=int, default=1, help="samples per question unless NAME:K says otherwise (default 1)")
