@@ -1,5 +1,5 @@
 """The worker's forward in one process (no Ray, no process group) on a tiny random Llama: padded,
-packed and shared-prompt inputs, token-budget groups, and the chunked token statistics and their
+packed and shared-prompt inputs, and the chunked token statistics and their
 gradients (float32 and bfloat16) against plain full-logits float64 computations."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from corewarding.workers.model.packing import (
     padded_inputs,
     scatter_to_rows,
     shared_prefix_inputs,
-    token_budget_groups,
 )
 
 from actor_setup import (
@@ -117,16 +116,6 @@ def test_shared_prefix_inputs_hold_each_prompt_once():
     start1 = start0 + length0
     assert visible[start1, :start0].all() and not visible[start1, start0:start1].any()
     assert shared.position_ids[0, start1] == prompt_tokens[0]  # each response continues its prompt's positions
-
-
-def test_token_budget_groups():
-    lengths = [10, 3, 7, 2, 8, 5]
-    groups = token_budget_groups(lengths, budget=12)
-    assert sorted(i for g in groups for i in g) == list(range(6))
-    assert all(sum(lengths[i] for i in g) <= 12 for g in groups)
-    assert len(groups) == 3  # 35 tokens need at least 3 bins of 12; first-fit decreasing finds 3
-    with pytest.raises(ValueError, match="budget"):
-        token_budget_groups(lengths, budget=9)
 
 
 def test_compute_token_stats_keeps_row_order_with_a_token_budget(model_path):

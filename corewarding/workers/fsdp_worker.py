@@ -267,7 +267,7 @@ class ActorRolloutRefWorker(WorkerApi):
         section = arr.rollout if net is self.actor else arr.ref
         budget = section.log_prob_max_token_len_per_gpu if section.log_prob_use_dynamic_bsz else None
         stats = compute_token_stats(net, batch.to(self.device), self._forward_settings(),
-                                    section.log_prob_micro_batch_size_per_gpu, budget)
+                                    section.log_prob_micro_batch_size_per_gpu, budget, self.world_size)
         tensors = {"old_log_probs" if net is self.actor else "ref_log_probs": stats.log_probs}
         if with_entropy:
             tensors["entropy"] = stats.entropy

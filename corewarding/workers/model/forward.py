@@ -124,14 +124,16 @@ def forward_token_stats(model: torch.nn.Module, rows: Batch, settings: ForwardSe
 
 @torch.no_grad()
 def compute_token_stats(
-    model: torch.nn.Module, batch: Batch, settings: ForwardSettings, micro_rows: int, max_tokens: int | None
+    model: torch.nn.Module, batch: Batch, settings: ForwardSettings, micro_rows: int, max_tokens: int | None,
+    world_size: int = 1,
 ) -> TokenStats:
-    """`forward_token_stats` over micro-batches, results in the batch's row order (on the CPU)."""
+    """`forward_token_stats` over micro-batches (as many on each of `world_size` ranks), results in
+    the batch's row order (on the CPU)."""
     data = batch.subset(FORWARD_KEYS)
     out = [torch.zeros(data.tensors["response_mask"].shape) for _ in TokenStats._fields]
     was_training = model.training
     model.eval()
-    for group in micro_batch_groups(data, micro_rows, max_tokens):
+    for group in micro_batch_groups(data, micro_rows, max_tokens, world_size):
         stats = forward_token_stats(model, data.select(group), settings)
         for target, values in zip(out, stats):
             target[group] = values.float().cpu()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from corewarding.batch import Batch
 from corewarding.workers.model.segment_attention import Segment
@@ -170,10 +171,12 @@ def scatter_to_rows(values: torch.Tensor, response_mask: torch.Tensor) -> torch.
     return out.index_put(_response_coordinates(response_mask), values)
 
 
-def token_budget_groups(lengths: list[int], budget: int) -> list[list[int]]:
+def token_budget_groups(lengths: list[int], budget: int, count: int | None = None) -> list[list[int]]:
     """Rows grouped into as few micro-batches of at most `budget` tokens as first-fit decreasing
-    finds (verl's use_dynamic_bsz); each group lists row indices in ascending order. A row longer
-    than the budget is an error (raise the budget to at least prompt + response length)."""
+    finds (verl's use_dynamic_bsz), or into exactly `count` (no fewer than that; the group with the
+    most tokens split in two, balanced, until there are enough); each group lists row indices in
+    ascending order. A row longer than the budget is an error (raise the budget to at least prompt +
+    response length)."""
     if budget <= 0:
         raise ValueError(f"token budget must be positive, got {budget}")
     longest = max(lengths, default=0)
@@ -190,6 +193,15 @@ def token_budget_groups(lengths: list[int], budget: int) -> list[list[int]]:
         else:
             groups.append([row])
             loads.append(lengths[row])
+    if count is not None and not len(groups) <= count <= len(lengths):
+        raise ValueError(f"{len(lengths)} rows cannot make {count} micro-batches (first-fit makes {len(groups)})")
+    while count is not None and len(groups) < count:
+        fullest = max((g for g in groups if len(g) > 1), key=lambda g: sum(lengths[r] for r in g))
+        groups.remove(fullest)
+        halves: list[list[int]] = [[], []]
+        for row in sorted(fullest, key=lambda r: -lengths[r]):  # longest first, each to the lighter half
+            halves[min((0, 1), key=lambda h: sum(lengths[r] for r in halves[h]))].append(row)
+        groups += halves
     return [sorted(group) for group in groups]
 
 
@@ -198,8 +210,17 @@ def row_tokens(rows: Batch) -> list[int]:
     return rows.tensors["attention_mask"].sum(dim=1).tolist()
 
 
-def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None) -> list[list[int]]:
-    """Row indices of each micro-batch: consecutive `micro_rows`, or by token budget."""
-    if max_tokens is not None:
-        return token_budget_groups(row_tokens(rows), max_tokens)
-    return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]
+def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None, world_size: int = 1) -> list[list[int]]:
+    """Row indices of each micro-batch: consecutive `micro_rows`, or by token budget. By budget,
+    every rank of `world_size` makes as many as the rank that needs the most (verl's
+    same_micro_num_in_dp): FSDP gathers the parameters in each micro-batch's forward, so ranks that
+    ran different numbers would wait in different collectives (on GPU, an NCCL hang)."""
+    if max_tokens is None:
+        return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]
+    lengths = row_tokens(rows)
+    groups = token_budget_groups(lengths, max_tokens)
+    if world_size > 1:  # a CPU tensor: the group has gloo on every device (`process_group_options`)
+        count = torch.tensor([len(groups)])
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        groups = token_budget_groups(lengths, max_tokens, int(count))
+    return groups

@@ -62,7 +62,7 @@ def plan_micro_batches(
     aggregate, and the two views' losses add up (the release's Co-rewarding-I update)."""
     masks = mini.tensors["loss_mask"]
     if not settings.per_view_loss:
-        groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens)
+        groups = micro_batch_groups(mini, settings.micro_batch_rows, settings.max_tokens, world_size)
         weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
         return [(group, weight, None) for group, weight in zip(groups, weights)]
     plan = []
@@ -70,7 +70,7 @@ def plan_micro_batches(
     for view in (0, 1):
         rows = [i for i, v in enumerate(views) if v == view]
         groups = [[rows[j] for j in g] for g in micro_batch_groups(mini.select(rows), settings.micro_batch_rows,
-                                                                   settings.max_tokens)]
+                                                                   settings.max_tokens, world_size)]
         weights = micro_batch_weights([masks[g] for g in groups], settings, world_size, device)
         plan += [(group, weight, view) for group, weight in zip(groups, weights)]
     return plan
