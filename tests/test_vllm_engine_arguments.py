@@ -1,6 +1,6 @@
 """The vLLM engine's arguments, without starting an engine: seeds per rollout group, the factory's
-settings, the tensor-parallel launcher and its environment, and sleep mode's two-part wake-up (a
-recording stand-in for vLLM's LLM)."""
+settings, the tensor-parallel launcher and its environment, sleep mode's two-part wake-up and the
+heap at start-up (a recording stand-in for vLLM's LLM)."""
 
 from __future__ import annotations
 
@@ -108,3 +108,20 @@ def test_gpu_sleep_and_wake_up_in_two_parts():
     engine.wake_up()  # awake already: nothing to do
     assert calls == [("sleep", 2), ("wake_up", ["weights"]), ("rpc", "reload_weights", 1), ("reset",),
                      ("wake_up", ["kv_cache"]), ("reset",)]
+
+
+def test_the_engine_starts_on_a_collected_then_frozen_heap(monkeypatch):
+    """Garbage cycles are collected before the heap is frozen for vLLM's start-up (frozen, they
+    would wait for the engine's shutdown), and torch.set_num_threads comes back afterwards."""
+    import gc
+
+    from corewarding.workers.rollout import vllm_engine
+
+    calls = []
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(vllm, "LLM", lambda **kwargs: calls.append(("LLM", kwargs)) or "engine")
+    set_num_threads = torch.set_num_threads
+    assert vllm_engine._start_llm(model="m") == "engine"
+    assert calls == ["collect", "freeze", ("LLM", {"model": "m"})]
+    assert torch.set_num_threads is set_num_threads

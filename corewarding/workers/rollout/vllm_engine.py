@@ -263,7 +263,9 @@ def _start_llm(**llm_kwargs: Any) -> Any:
     # vLLM's start-up runs five full garbage collections, each walking every object torch,
     # transformers and vLLM made at import (~0.25 s each on CPU); frozen, they skip that heap.
     # vLLM itself freezes the heap after start-up and unfreezes it when the engine shuts down; a
-    # frozen object is still freed when its last reference goes, only cycles wait for the unfreeze.
+    # frozen object is still freed when its last reference goes, only cycles wait for the unfreeze,
+    # so the cycles already garbage (the model loads', on a GPU tensors too) are collected first.
+    gc.collect()
     gc.freeze()
     set_num_threads = torch.set_num_threads
     try:
