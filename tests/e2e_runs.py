@@ -153,7 +153,7 @@ def check_export_of_real_checkpoint(run_dir: Path, tmp_path: Path) -> None:
             torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
 
 
-def _comparable(entries: list[dict]) -> list[dict]:
+def comparable(entries: list[dict]) -> list[dict]:
     skip = ("timing/", "perf/tokens_per_s", "checkpoint/")  # when and what a run saved, not what it trained
     return [{k: v for k, v in e.items() if not k.startswith(skip)} for e in entries if e["step"] > 0]
 
@@ -210,6 +210,6 @@ def resize_disk(path: Path, size: int | str) -> None:
     subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
 
 
-def _pages(folder: Path) -> int:
+def disk_pages(folder: Path) -> int:
     """Bytes the files directly in `folder` take on a tmpfs (whole 4 KiB pages)."""
     return sum(-(-f.stat().st_size // 4096) * 4096 for f in folder.iterdir() if f.is_file())

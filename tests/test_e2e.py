@@ -17,7 +17,7 @@ import torch
 from corewarding.algos import ema_weight
 from corewarding.rewards import hendrycks_equivalent
 from corewarding.trainer.tracking import read_metrics
-from e2e_runs import _comparable, check_dump, check_export_of_real_checkpoint, cpu_overrides, load_weights, read_dump, run
+from e2e_runs import check_dump, check_export_of_real_checkpoint, comparable, cpu_overrides, load_weights, read_dump, run
 from e2e_runs import data_files  # fixture
 from numerics import WEIGHTS_REL, assert_all_rel_close, assert_ema
 from release_overrides import RELEASE_I, RELEASE_II, RELEASE_III, release
@@ -102,7 +102,7 @@ def test_single_process_run_equals_a_ray_run_of_one_worker(ray_session, boxing_m
     finally:
         torch.set_num_threads(threads)  # the worker, here the test's own process, set its threads
     assert [h["step"] for h in local["history"]] == [1, 2]
-    assert _comparable(local["history"]) == _comparable(via_ray["history"])
+    assert comparable(local["history"]) == comparable(via_ray["history"])
     for step in (1, 2):
         assert read_dump(tmp_path / "local" / "rollouts" / f"{step}.jsonl") == read_dump(tmp_path / "ray" / "rollouts" / f"{step}.jsonl")
 

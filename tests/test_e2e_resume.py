@@ -12,7 +12,7 @@ import time
 import pytest
 
 from corewarding.trainer.tracking import read_metrics
-from e2e_runs import (_comparable, _pages, check_dump, cpu_overrides, main_process, read_dump, resize_disk, run,
+from e2e_runs import (check_dump, comparable, cpu_overrides, disk_pages, main_process, read_dump, resize_disk, run,
                       run_until_killed, small_disk, wait_for_step)
 from e2e_runs import data_files  # fixture
 
@@ -38,8 +38,8 @@ def test_exact_resume(ray_session, boxing_model, data_files, tmp_path):
     second = run(split + ["trainer.resume_mode=auto"])
     assert second["global_step"] == 4
     assert [h["step"] for h in second["history"]] == [4]
-    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
-    b = _comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
+    a = comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
+    b = comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
     assert [e["step"] for e in a] == [e["step"] for e in b] == [1, 2, 3, 4]
     assert a == b
     for step in (3, 4):
@@ -60,8 +60,8 @@ def test_dynamic_sampling_two_steps_and_exact_resume(method, ray_session, boxing
     assert first["global_step"] == 1
     second = run(split + ["trainer.resume_mode=auto"])
     assert second["global_step"] == 2 and [h["step"] for h in second["history"]] == [2]
-    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
-    assert a == _comparable(read_metrics(tmp_path / "b" / "ckpt" / "metrics.jsonl"))
+    a = comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
+    assert a == comparable(read_metrics(tmp_path / "b" / "ckpt" / "metrics.jsonl"))
     assert all(e["train/num_gen_batches"] >= 2 and e["filter_groups/kept"] >= 4 for e in a)
     for step in (1, 2):
         records = read_dump(tmp_path / "a" / "rollouts" / f"{step}.jsonl")
@@ -111,8 +111,8 @@ def test_preemption_saves_the_step_in_flight(ray_session, boxing_model, data_fil
     print(f"\nsignal to exit: {took:.1f} s; checkpoint: {folder_bytes(ckpt_dir / 'global_step_2') / 1e6:.1f} MB")
     resumed = run(split + ["trainer.resume_mode=auto"])
     assert resumed["global_step"] == 3 and [h["step"] for h in resumed["history"]] == [3]
-    a = _comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
-    b = _comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
+    a = comparable(read_metrics(tmp_path / "a" / "ckpt" / "metrics.jsonl"))
+    b = comparable(read_metrics(ckpt_dir / "metrics.jsonl"))
     assert [e["step"] for e in b] == [1, 2, 3] and a == b
     assert read_dump(tmp_path / "a" / "rollouts" / "3.jsonl") == read_dump(tmp_path / "b" / "rollouts" / "3.jsonl")
 
@@ -132,7 +132,7 @@ def test_full_disk_during_a_save(ray_session, boxing_model, data_files, tmp_path
         usage = os.statvfs(disk)
         used = (usage.f_blocks - usage.f_bfree) * usage.f_frsize
         # room for the policy's HF folder and half of the reference model's weights
-        resize_disk(disk, used + _pages(step1 / "actor") + (step1 / "ref" / "model.safetensors").stat().st_size // 2)
+        resize_disk(disk, used + disk_pages(step1 / "actor") + (step1 / "ref" / "model.safetensors").stat().st_size // 2)
         started = time.monotonic()
         with pytest.raises(CheckpointError) as info:
             run(overrides + ["trainer.resume_mode=auto"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from corewarding.workers.group import ranks_by_node
-from e2e_runs import _comparable, cpu_overrides, run
+from e2e_runs import comparable, cpu_overrides, run
 from e2e_runs import data_files  # fixture
 
 
@@ -56,4 +56,4 @@ def test_two_nodes_on_one_machine_train_as_one_node_does(boxing_model, data_file
     (workers,) = groups
     assert len(set(workers.node_of_rank)) == 2  # one rank on each node
     assert not workers.loopback and workers.master_addr == "127.0.0.1"  # rank 0's node address, asked in its bundle
-    assert _comparable(two["history"]) == _comparable(single)
+    assert comparable(two["history"]) == comparable(single)
