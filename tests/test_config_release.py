@@ -74,7 +74,7 @@ def test_method_roles_table():
 @pytest.mark.parametrize(
     "parametrisation, alphas, teacher_weights",
     [("paper", (0.01, 1e-5), (0.01, 1e-5)), ("release", (0.01, 0.001), (0.99, 0.999)),
-     ("auto", (0.99, 0.9999), (0.99, 0.9999)), ("auto", (0.2, 0.7), (0.2, 0.7))],
+     ("auto", (0.99, 0.9999), (0.99, 0.9999)), ("paper", (0.2, 0.7), (0.2, 0.7))],
 )
 def test_ema_parametrisation(parametrisation, alphas, teacher_weights, model, data):
     cfg = load_config(compose_config(base(model, data, "co_rewarding_II") + [
@@ -83,6 +83,26 @@ def test_ema_parametrisation(parametrisation, alphas, teacher_weights, model, da
         f"actor_rollout_ref.ref.sliding_average.alpha_end={alphas[1]}"]))
     sa = cfg.actor_rollout_ref.ref.sliding_average
     assert (sa.alpha_start, sa.alpha_end) == pytest.approx(teacher_weights)
+
+
+@pytest.mark.parametrize("alphas", [(0.01, 0.9999), (0.99, 1e-5)])
+def test_alphas_in_two_forms_are_refused(alphas, model, data):
+    """auto with one alpha below 0.5 (the release's form) and one above (the paper's): either reading
+    makes the teacher a copy of the policy at one end, so the run is refused, naming both keys."""
+    overrides = base(model, data, "co_rewarding_II") + [f"actor_rollout_ref.ref.sliding_average.alpha_start={alphas[0]}",
+                                                         f"actor_rollout_ref.ref.sliding_average.alpha_end={alphas[1]}"]
+    with pytest.raises(ConfigError, match="alpha_start=.* and alpha_end=.* read in different forms"):
+        load_config(compose_config(overrides))
+    load_config(compose_config(overrides + ["actor_rollout_ref.ref.sliding_average.parametrisation=paper"]))
+
+
+@pytest.mark.parametrize("method", ["co_rewarding_ii", "co_rewarding_iii"])
+def test_the_presets_teacher_samples_as_many_as_the_policy(method, model, data):
+    """The method presets leave teacher_n to rollout.n (8), so an override of n moves both, as the
+    release's teacher samples rollout.n."""
+    cfg = load_config(compose_config([f"+method={method}"] + base(model, data, method)
+                                     + ["actor_rollout_ref.rollout.n=16"]))
+    assert cfg.actor_rollout_ref.rollout.teacher_n == 16
 
 
 SCRIPTS = ["Co-rewarding-I/run_corewarding-I.sh", "Co-rewarding-II/run_corewarding-II.sh",

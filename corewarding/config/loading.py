@@ -141,8 +141,15 @@ def _ema_schedule(sa: Any, method: Method) -> Any:
         logger.warning("co_rewarding_II with actor_rollout_ref.ref.sliding_average.enable=False: the teacher stays the "
                        "initial model (a frozen-teacher ablation), not the paper's EMA teacher")
     a0, a1, form = sa.alpha_start, sa.alpha_end, sa.parametrisation
+    if enable and form == "auto" and (a0 < 0.5) != (a1 < 0.5):  # one alpha in each form: either reading is wrong
+        raise ConfigError(
+            f"actor_rollout_ref.ref.sliding_average.alpha_start={a0} and alpha_end={a1} read in different forms "
+            "(below 0.5: the release's weight on the policy; 0.5 or more: the paper's weight on the teacher): set both "
+            "in one form (the release's 0.01 and 1e-5, or the paper's 0.99 and 0.99999), or say which with "
+            "sliding_average.parametrisation=paper|release"
+        )
     if form == "auto":  # a weight below 0.5 on the teacher would make it a copy of the policy
-        form = "release" if a0 < 0.5 and a1 < 0.5 else "paper"
+        form = "release" if a0 < 0.5 else "paper"
         if form == "release" and enable:
             logger.warning(
                 "actor_rollout_ref.ref.sliding_average.alpha_start=%s, alpha_end=%s read as the release's weight on the "
