@@ -1,6 +1,7 @@
 """The worker's model side in one process, without Ray: the entropy term of update_actor and the EMA
 teacher on plain models, the process-group and thread options, the forward layout and attention
-choice, resharding after a no-grad forward, and the dtype of the weight push."""
+choice, resharding after a no-grad forward, the dtype of the weight push, and the rollout stream of a
+resume on another tensor-parallel size."""
 
 from __future__ import annotations
 
@@ -161,3 +162,35 @@ def test_weight_push_in_the_engine_dtype():
     assert {t.dtype for t in pushed.values()} == {torch.bfloat16}
     assert torch.equal(pushed["weight"], model.weight.detach().to(torch.bfloat16))
     assert {t.dtype for _, t in full_params(model, torch.device("cpu"))} == {torch.float32}
+
+
+def test_a_resume_on_another_tensor_parallel_size_starts_the_rollout_stream_anew(tiny_model_path, tmp_path):
+    """The ranks of a TP group must draw the same request seeds, which streams saved per rank (under
+    another TP size) are not: such a checkpoint's rollout stream is re-derived as on another worker
+    count (`_reseed`); under the same TP size the saved stream continues."""
+    import json
+
+    from corewarding import checkpoint_layout as layout
+    from corewarding.workers.local_group import LocalWorkerGroup
+    from corewarding.workers.rng_state import resumed_seed, seeded_rng_state
+    from corewarding.workers.rollout_runner import rollout_seed
+
+    config = make_config(tiny_model_path, **{"trainer.n_gpus_per_node": 1})
+    group = LocalWorkerGroup(config)
+    try:
+        group.init_model(10)
+        worker = group.workers[0]
+        saved_stream = seeded_rng_state(12345, worker.device)  # a stream neither seeding derives
+        worker.rollout.rng = saved_stream.clone()
+        group.save_checkpoint(str(tmp_path / "ckpt"))
+        group.load_checkpoint(str(tmp_path / "ckpt"))
+        assert torch.equal(worker.rollout.rng, saved_stream)
+        state_file = layout.optim_dir(tmp_path / "ckpt") / layout.OPTIM_STATE_FILE
+        state = json.loads(state_file.read_text())
+        assert state["tensor_parallel_size"] == 1
+        state_file.write_text(json.dumps({**state, "tensor_parallel_size": 2}))
+        group.load_checkpoint(str(tmp_path / "ckpt"))
+        reseeded = seeded_rng_state(resumed_seed(rollout_seed(config.actor_rollout_ref.rollout, 0), 0), worker.device)
+        assert torch.equal(worker.rollout.rng, reseeded) and not torch.equal(reseeded, saved_stream)
+    finally:
+        group.close()

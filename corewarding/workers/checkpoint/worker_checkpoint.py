@@ -114,6 +114,7 @@ def _write_states(worker: CheckpointedWorker, root: Path, optim: dict[str, Any] 
             "teacher_version": worker.teacher_version,
             "skipped_steps": worker.skipped_steps,
             "world_size": worker.world_size,
+            "tensor_parallel_size": worker.config.actor_rollout_ref.rollout.tensor_model_parallel_size,
             # False: the reference is the model folder it started from (not written again)
             "ref_saved": ref_saved,
             "model_path": str(worker.config.actor_rollout_ref.model.path),
@@ -141,7 +142,8 @@ def load_models(worker: CheckpointedWorker, root: Path) -> dict[str, Any]:
 
 def load_training_state(worker: CheckpointedWorker, root: Path, saved: dict[str, Any]) -> None:
     """The optimizer (re-sliced from every rank's shard on another worker count), the LR schedule,
-    the counters and this rank's RNG states (re-derived on another worker count: `_reseed`)."""
+    the counters and this rank's RNG states (re-derived on another worker count or tensor-parallel
+    size: `_reseed`)."""
     agree = _agree(worker)
     saved_world = int(saved["world_size"])
     if saved["optimizer_has_state"]:
@@ -157,7 +159,8 @@ def load_training_state(worker: CheckpointedWorker, root: Path, saved: dict[str,
     worker.teacher_version = int(saved["teacher_version"])
     worker.skipped_steps = int(saved.get("skipped_steps", 0))
     worker.rollout.forget_weights()
-    if saved_world != worker.world_size:
+    tp = worker.config.actor_rollout_ref.rollout.tensor_model_parallel_size
+    if saved_world != worker.world_size or int(saved.get("tensor_parallel_size", tp)) != tp:
         _reseed(worker)
         return
     rng_file = layout.rng_file(root, worker.rank)
@@ -171,9 +174,11 @@ def load_training_state(worker: CheckpointedWorker, root: Path, saved: dict[str,
 
 
 def _reseed(worker: CheckpointedWorker) -> None:
-    """After a resume on another worker count: the rows a rank samples are not the ones it sampled
-    before, so no saved stream continues; every rank's trainer and rollout streams start anew from
-    its seed and the policy version (`rng_state.resumed_seed`), the same for the same checkpoint."""
+    """After a resume on another worker count, the rows a rank samples are not the ones it sampled
+    before; on another tensor-parallel size, the ranks of a TP group must draw the same seeds, which
+    streams saved per rank do not: so no saved stream continues. Every rank's trainer and rollout
+    streams start anew from its seed and the policy version (`rng_state.resumed_seed`), the same
+    for the same checkpoint."""
     rollout = worker.config.actor_rollout_ref.rollout
     rng_state.seed_process(rng_state.resumed_seed(rollout.seed + worker.rank, worker.policy_version))
     worker.rollout.rng = rng_state.seeded_rng_state(
