@@ -84,15 +84,17 @@ def test_commit_fsyncs_files_folders_and_latest(tmp_path, monkeypatch):
     assert synced.count(root) >= 2  # the root after each rename
 
 
-def test_resume_before_later_checkpoints_is_refused(tiny_model_path, data, tmp_path):
+@pytest.mark.parametrize("save_freq", [10, -1])
+def test_resume_before_later_checkpoints_is_refused(save_freq, tiny_model_path, data, tmp_path):
     """Resuming from step 30 (or starting afresh) in a folder that holds later checkpoints fails
-    before Ray starts, naming them and how to branch."""
+    before Ray starts, naming them and how to branch; without periodic saves too (a preemption
+    signal saves, and the metrics log would be cut back to the start)."""
     from corewarding.trainer.run import run_training
 
     root = tmp_path / "ckpt"
     for step in (30, 40, 50):
         _save(root, step)
-    overrides = base(tiny_model_path, data, out=tmp_path) + ["trainer.save_freq=10"]
+    overrides = base(tiny_model_path, data, out=tmp_path) + [f"trainer.save_freq={save_freq}"]
     with pytest.raises(CheckpointError, match=r"holds checkpoints after step 30 \(global_step_40 .. global_step_50\).*new folder"):
         run_training(compose_config(overrides + ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={root / 'global_step_30'}"]))
     with pytest.raises(CheckpointError, match=r"after step 0 .*resume it \(trainer.resume_mode=auto\)"):

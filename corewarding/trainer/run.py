@@ -156,9 +156,8 @@ def resume_state(config: Config, steps: int) -> tuple[Path | None, dict[str, Any
     trainer_cfg = config.trainer
     target = resume_target(config)
     state = ckpt.read_state(target) if target is not None else None
-    if (trainer_cfg.save_freq or -1) > 0 or trainer_cfg.max_steps_this_run:
-        start = int(state["global_step"]) if state is not None else 0
-        ckpt.check_start_step(trainer_cfg.default_local_dir, start, target)
+    # whatever save_freq says: a preemption signal saves, and the metrics log is cut back to the start
+    ckpt.check_start_step(trainer_cfg.default_local_dir, int(state["global_step"]) if state is not None else 0, target)
     if state is not None and int(state.get("total_training_steps", steps)) != steps:
         logger.warning("resuming a run planned for %s steps with %s steps", state["total_training_steps"], steps)
     return target, state
