@@ -117,6 +117,28 @@ def test_tracker_jsonl_and_resume_truncation(tmp_path):
     assert read_metrics(tmp_path / "metrics.jsonl") == []
 
 
+def test_a_resume_cuts_back_the_validation_samples_and_tensorboard_too(tmp_path, monkeypatch):
+    """val_generations.jsonl keeps the samples up to the resumed step (a fresh start drops it), and
+    TensorBoard purges the events from the step after it (a crashed run's steps past its checkpoint)."""
+    import types
+
+    tracker = Tracker(tmp_path, [])
+    for step in (2, 4, 6):
+        tracker.log_generations([{"response": f"r{step}"}], step)
+    tracker.close()
+    Tracker(tmp_path, [], resume_step=4).close()
+    samples = [json.loads(line) for line in (tmp_path / "val_generations.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [2, 4]
+    Tracker(tmp_path, [], resume_step=None).close()
+    assert not (tmp_path / "val_generations.jsonl").exists()
+    writers = []
+    fake = types.SimpleNamespace(SummaryWriter=lambda **kw: writers.append(kw) or types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    Tracker(tmp_path, ["tensorboard"], resume_step=4).close()
+    Tracker(tmp_path, ["tensorboard"]).close()
+    assert [w["purge_step"] for w in writers] == [5, None]
+
+
 def test_wandb_run_id_is_new_for_a_fresh_run(tmp_path, monkeypatch):
     """A fresh run must not reuse the id of an earlier run in the same folder (wandb would drop its
     first steps as already logged); a resumed run continues its own."""

@@ -57,6 +57,26 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _truncate_after(path: Path, step: int | None) -> None:
+    """A JSON-lines log of steps: on a fresh start dropped; on resume only the entries up to the
+    resumed step kept (a crashed run may have logged steps past its last checkpoint)."""
+    if not path.exists():
+        return
+    if step is None:
+        path.unlink()
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line)
+        except (ValueError, AttributeError):
+            continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    tmp.replace(path)
+
+
 def format_console(step: int, metrics: Mapping[str, Any]) -> str:
     parts = [f"step {step}"]
     parts += [f"{label} {_fmt(metrics[key])}" for key, label in CONSOLE_KEYS if key in metrics]
@@ -81,7 +101,8 @@ class Tracker:
         self.console_every = max(1, int(console_every))
         self.printer = printer or (lambda line: print(line, file=sys.stdout, flush=True))
         self.jsonl_path = self.out_dir / "metrics.jsonl"
-        self._truncate_after(resume_step)
+        for path in (self.jsonl_path, self.out_dir / "val_generations.jsonl"):
+            _truncate_after(path, resume_step)
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
         self._wandb = None
         self._tb = None
@@ -91,26 +112,8 @@ class Tracker:
             from torch.utils.tensorboard import SummaryWriter
 
             tb_dir = os.environ.get("TENSORBOARD_DIR") or str(self.out_dir / "tensorboard")
-            self._tb = SummaryWriter(log_dir=tb_dir)
-
-    def _truncate_after(self, step: int | None) -> None:
-        """On a fresh start drop the old file; on resume keep only entries up to the resumed step
-        (a crashed run may have logged steps past its last checkpoint)."""
-        if not self.jsonl_path.exists():
-            return
-        if step is None:
-            self.jsonl_path.unlink()
-            return
-        kept = []
-        for line in self.jsonl_path.read_text(encoding="utf-8").splitlines():
-            try:
-                if int(json.loads(line).get("step", 0)) <= step:
-                    kept.append(line)
-            except (ValueError, AttributeError):
-                continue
-        tmp = self.jsonl_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-        tmp.replace(self.jsonl_path)
+            # on resume, TensorBoard hides the events a crashed run logged past the checkpoint
+            self._tb = SummaryWriter(log_dir=tb_dir, purge_step=None if resume_step is None else resume_step + 1)
 
     def _start_wandb(self, project: str, experiment: str, config: Mapping[str, Any] | None, resumed: bool):
         """A resumed run continues its wandb run (the id saved beside the checkpoints); a fresh run
