@@ -85,7 +85,22 @@ def test_the_truncation_note_names_the_runs_cut_at_the_cap_but_answered(records)
     assert "Majority-Voting" not in note
     table = dr.collapse_table(runs, 0.10, {id(r): {} for r in runs})
     assert "| answered 45-48 |" in table[0]
-    assert table[2].split(" | ")[5:7] == ["0.00", "1.00"]  # MV s0: not cut, answered
+    assert table[2].split(" | ")[6:8] == ["0.00", "1.00"]  # MV s0: not cut, answered
+
+
+def test_the_64_question_table_shows_each_seed_and_their_mean(records):
+    """The replication's 64-question avg@4 (`val/acc`) at steps 0, 8, ..., 48: a row per method with
+    the mean ± s.e. over seeds, then a row per seed; a step not validated reads '-'."""
+    _, runs = dr.read_runs(records)
+    for r in runs:
+        r.history = [{"step": step, "val/acc": 0.1 * r.seed + step / 100} for step in range(0, 41, 8)]
+    table = dr.validation_table(runs)
+    assert table[0] == "| run | seeds | step 0 | step 8 | step 16 | step 24 | step 32 | step 40 | step 48 |"
+    rows = [[cell.strip() for cell in row.strip("|").split("|")] for row in table]
+    mv = next(i for i, row in enumerate(rows) if row[0] == "Majority-Voting")
+    se = 0.1 / math.sqrt(2) / math.sqrt(2)  # two seeds 0.1 apart: sample sd 0.1 / sqrt(2)
+    assert rows[mv][1] == "2" and rows[mv][3] == f"0.130 ± {se:.3f}"  # step 8: seeds 0.08 and 0.18
+    assert rows[mv + 1] == ["s0", "", "0.000", "0.080", "0.160", "0.240", "0.320", "0.400", "-"]
 
 
 def test_t_summary_and_fisher_against_their_formulas():
