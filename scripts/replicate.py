@@ -1,5 +1,5 @@
 """A micro-replication of the paper's central claim on this machine: the six methods on the same
-settings, with the collapse monitor on, a held-out validation set, a figure and a table.
+settings, with the collapse monitor on, a validation set, a figure and a table.
 
     make replicate                                       # seeds 0-2, then seed_table.py (about 5 hours on 2 CPU cores)
     python scripts/replicate.py --methods gt co_rewarding_ii --steps 10
@@ -9,9 +9,10 @@ Every method (GT reward, Majority-Voting, Self-Certainty, Entropy, Co-rewarding-
 `--methods co_rewarding_iii` adds the paper's final version, `majority_voting_union` the control) trains SmolLM2-135M-Instruct through the production path (Ray, FSDP2 worker, vLLM rollout) on the
 built-in arithmetic problems with their rephrased twins, with identical settings: the same seeds,
 steps, questions per step, rollouts, learning rate, lengths, KL, temperature and validation set.
-Nothing is tuned per method. Validation: `--val-size` held-out questions, avg@`--val-n` at T=0.8,
-before training (the base model) and every `--test-freq` steps; its standard error is over
-questions. Each method runs in its own folder under `--out` with checkpoints: a killed replication
+Nothing is tuned per method. Validation: `--val-size` questions whose texts are not training texts
+(a few are training problems in other words; `scripts/decisive.py` holds out by problem),
+avg@`--val-n` at T=0.8, before training (the base model) and every `--test-freq` steps; its
+standard error is over questions. Each method runs in its own folder under `--out` with checkpoints: a killed replication
 started again with the same command skips the finished methods and resumes the others from their
 last checkpoint.
 
@@ -142,7 +143,7 @@ def write_table(rows: list[dict[str, Any]], args: argparse.Namespace, path: Path
         f"SmolLM2-135M-Instruct, built-in arithmetic with rephrased twins, {args.steps} steps x {args.batch} questions "
         f"x {args.n} rollouts (Co-rewarding-I: {args.batch} pairs; Co-rewarding-II: {args.n} teacher rollouts), "
         f"<= {args.max_new_tokens} new tokens, T={args.temperature}, lr {args.lr}, KL {args.kl}. Validation: "
-        f"{args.val_size} held-out questions, avg@{args.val_n} at T=0.8, ± one standard error over questions. "
+        f"{args.val_size} questions (not training texts; a few are training problems in other words), avg@{args.val_n} at T=0.8, ± one standard error over questions. "
         + MONITOR_NOTE,
         "",
         "| method | base | best (step) | final | groups with a learning signal | collapse monitor | run time |",

@@ -43,7 +43,7 @@ def add_run_args(p: argparse.ArgumentParser, **defaults: object) -> None:
     p.add_argument("--kl", type=float, default=values["kl"], help="KL loss coefficient")
     p.add_argument("--word-fraction", type=float, default=values["word_fraction"],
                    help="share of word problems in the built-in data")
-    p.add_argument("--val-size", type=int, default=values["val_size"], help="held-out validation questions")
+    p.add_argument("--val-size", type=int, default=values["val_size"], help="validation questions (not training texts)")
     p.add_argument("--val-n", type=int, default=values["val_n"], help="validation samples per question (avg@n, T=0.8)")
     p.add_argument("--test-freq", type=int, default=values["test_freq"], help="validate every this many steps")
     p.add_argument("--rollout", default=values["rollout"], choices=ENGINE_NAMES)
