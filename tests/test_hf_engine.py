@@ -1,4 +1,5 @@
-"""HFRolloutEngine on the tiny random model: n expansion order, stop tokens, left padding, weight loads."""
+"""HFRolloutEngine on the tiny random model: n expansion order, stop tokens, left padding, weight loads,
+and none of the model's own generation settings in its sampling."""
 
 from __future__ import annotations
 
@@ -110,3 +111,22 @@ def test_factory_builds_hf_and_rejects_unknown(tiny_model_path, parts):
     assert tok.eos_token_id in engine.eos_token_ids
     with pytest.raises(ValueError, match="unknown rollout engine 'sglang'"):
         make_engine(EngineSettings(name="sglang", max_model_len=12), str(tiny_model_path), tok, "cpu")
+
+
+def test_the_models_own_generation_settings_do_not_reach_sampling(tiny_model_path):
+    """A model whose generation_config.json suppresses a token or sets min_p (transformers' generate
+    would fill both in): greedy still takes the plain argmax, and sampling still varies (min_p 0.99
+    would leave only the argmax of this near-uniform tiny model)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32)
+    prompt = tokenizer.encode("the quick brown fox")
+    with torch.no_grad():
+        argmax = int(model(torch.tensor([prompt])).logits[0, -1].argmax())
+    model.generation_config.suppress_tokens = [argmax]
+    model.generation_config.min_p = 0.99
+    engine = HFRolloutEngine(model, tokenizer.pad_token_id, [tokenizer.eos_token_id])
+    assert engine.generate([prompt], SamplingSettings(n=1, temperature=0.0, max_new_tokens=1))[0].token_ids == [argmax]
+    sampled = engine.generate([prompt], SamplingSettings(n=8, temperature=1.0, max_new_tokens=1, seed=3))
+    assert len({tuple(o.token_ids) for o in sampled}) > 1

@@ -35,6 +35,10 @@ class HFRolloutEngine:
         micro_batch_size: int = 32,
     ) -> None:
         self.model = model.eval()
+        # `generate` fills every knob our config leaves unset from the model's generation_config.json
+        # (min_p, epsilon_cutoff, suppress_tokens, min_new_tokens, ...): a blank one keeps the hub's
+        # sampling settings out, so the engine samples what vLLM samples and the trainer scores
+        self.model.generation_config = GenerationConfig()
         self.pad_token_id = pad_token_id
         self.eos_token_ids = list(eos_token_ids)
         self.micro_batch_size = micro_batch_size
@@ -71,8 +75,8 @@ class HFRolloutEngine:
 
     def _generation_config(self, sampling: SamplingSettings, stop_ids: list[int]) -> GenerationConfig:
         """Every sampling knob set explicitly: `generate` fills unset ones from the model's
-        generation_config.json and then from global defaults (top_k=50!), which would silently
-        change the sampling distribution (and make log-probs disagree with the trainer's)."""
+        generation config (blank here: `__init__`) and then from global defaults (top_k=50!), which
+        would silently change the sampling distribution (and make log-probs disagree with the trainer's)."""
         common = dict(
             max_new_tokens=sampling.max_new_tokens,
             eos_token_id=stop_ids,
@@ -90,7 +94,6 @@ class HFRolloutEngine:
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else 0,
             typical_p=1.0,
-            min_p=None,
             **common,
         )
 
