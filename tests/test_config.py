@@ -19,6 +19,8 @@ from config_overrides import data, model  # fixture
     "extra, message",
     [
         (["data.train_batch_size=3"], "does not divide by the 2 workers"),
+        (["reward_model.reward_manager=co_reward", "data.train_batch_size=3", "actor_rollout_ref.actor.ppo_mini_batch_size=3"],
+         "data.train_batch_size=3 pairs does not divide by the 2 workers: each worker trains whole pairs"),
         (["data.train_batch_size=6", "actor_rollout_ref.actor.ppo_mini_batch_size=4"], "does not divide by actor_rollout_ref.actor.ppo_mini_batch_size=4"),
         (["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"], "ppo_micro_batch_size_per_gpu=3"),
         (["actor_rollout_ref.actor.ppo_mini_batch_size=8"], "larger than data.train_batch_size"),

@@ -315,6 +315,9 @@ def _check_batches(config: Config, method: Method) -> None:
             f"data.train_batch_size={batch}" + (" pairs (x2 views)" if views == 2 else "")
             + f" = {batch * views} prompts does not divide by the {ws} workers (trainer.nnodes x trainer.n_gpus_per_node)"
         )
+    if views == 2 and batch % ws:  # each worker trains both views of whole pairs (trainer `_balanced`)
+        raise ConfigError(f"data.train_batch_size={batch} pairs does not divide by the {ws} workers: each worker "
+                          "trains whole pairs (both views of its questions); make it a multiple of the workers")
     gen = data.gen_batch_size
     if gen != batch and not config.algorithm.filter_groups.enable:
         raise ConfigError(f"data.gen_batch_size={gen} differs from data.train_batch_size={batch}: it only applies with "
