@@ -221,6 +221,7 @@ def test_the_preset_composes_and_loads(name, roles, kwargs):
     assert config.actor_rollout_ref.rollout.gpu_memory_utilization == 0.6
     assert config.actor_rollout_ref.actor.kl_loss_coef == 0.005 and config.data.train_batch_size == 128
     assert config.method.ground_truth == (name == "incorrect")
+    assert config.reward_model.vote_equivalence == ("math" if name == "empo" else "string")  # EMPO's classes: math
     try_method(config.method, config.method.options("math_verify", "string", kwargs))  # the contract holds
 
 
