@@ -289,5 +289,6 @@ def entropy(
     batch: Batch, teacher: Batch | None = None, *, gt_scorer: str = "math_verify",
     metric_budget_s: float | None = DEFAULT_METRIC_BUDGET_S,
 ) -> RewardOutput:
-    """Entropy (RENT / EMPO): minus the masked mean over response tokens of the per-token entropy."""
+    """Entropy (RENT; EMPO's semantic entropy is `empo`): minus the masked mean over response tokens
+    of the per-token entropy."""
     return _certainty_output(batch, -_response_mean(batch, "entropy", "entropy"), gt_scorer, metric_budget_s)
