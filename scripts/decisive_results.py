@@ -195,7 +195,8 @@ def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, di
     """Each run's reading by the protocol and by the collapse monitor (`monitors`: id(run) -> first)."""
     lines = ["| run | seed | step 16 | step 32 | step 48 | majority ratio 45-48 | truncated 45-48 | answered 45-48 "
              "| reading | collapse monitor | minutes |", "| --- |" + " --- |" * 10]
-    for r in sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed)):
+    finished = [r for r in runs if status(r, base_accuracy) != "unfinished"]
+    for r in sorted(finished, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed)):
         late = [r.late_mean(key) for key in ("monitor/majority_ratio", "response_length/clip_ratio",
                                              "reward/answer_present")]
         cells = [LABELS.get(r.name, r.name), str(r.seed), *(f"{r.accuracy(step):.3f}" for step in HELDOUT_STEPS),
@@ -259,8 +260,8 @@ def report(base: list[int], runs: list[Run]) -> str:
     disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
                 if not monitor_agrees(monitors[id(r)], status(r, base_accuracy))]
     lines += [truncation_note(runs), ""]
-    fell_apart = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
-                  if (CollapseMonitor.FELL in monitors[id(r)]) != (status(r, base_accuracy) in ("fell", "collapsed", "truncation"))]
+    fell_apart = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs if status(r, base_accuracy) != "unfinished"
+                  and (CollapseMonitor.FELL in monitors[id(r)]) != (status(r, base_accuracy) != "held")]
     lines += ["The collapse monitor (`corewarding/trainer/monitor.py`, replayed over each run's metrics at this "
               "version's rules; it reads the 64-question validation set where the protocol reads the held-out one) "
               + (f"disagrees with the protocol's reading on {', '.join(disagree)}." if disagree else

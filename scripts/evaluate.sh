@@ -6,7 +6,7 @@
 #
 # MODEL: an HF folder, a global_step_N checkpoint dir, or a run dir (its latest checkpoint).
 # Environment: NUM_GPUS (default: every GPU the node shows, one engine each; 1 without a GPU),
-# BENCHMARKS (math500,gsm8k,amc:8), BACKEND (vllm | hf; default vllm), MAX_TOKENS (3072),
+# BENCHMARKS (the command's default: math500,gsm8k,amc:8), BACKEND (vllm | hf; default vllm), MAX_TOKENS (3072),
 # TEMPERATURE (0.8), DATA_DIR (data), PYTHON (on a GPU node the active python3, the environment
 # scripts/install_env.sh made; on a CPU machine .venv/bin/python when present).
 # Later arguments win, e.g. `--limit 50` or `--backend hf`.
@@ -31,6 +31,6 @@ fi
 source scripts/visible_gpus.sh
 NUM_GPUS=${NUM_GPUS:-$(visible_gpus)}
 exec "$PYTHON" -m corewarding.eval --model "$MODEL" --output_dir "$OUT" \
-    --benchmarks "${BENCHMARKS:-math500,gsm8k,amc:8}" --k 1 \
+    ${BENCHMARKS:+--benchmarks "$BENCHMARKS"} --k 1 \
     --backend "${BACKEND:-vllm}" --temperature "${TEMPERATURE:-0.8}" \
     --max_tokens "${MAX_TOKENS:-3072}" --data_dir "${DATA_DIR:-data}" --num_gpus "$NUM_GPUS" "$@"

@@ -5,6 +5,7 @@ every optimizer step)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from corewarding.trainer.rollout_stats import balanced_order
@@ -32,7 +33,7 @@ def test_balanced_order():
 def test_balanced_order_gives_a_worker_whole_pairs_and_their_twins_in_the_same_order():
     """Four pairs of two-row groups, the originals first as the trainer generates them: each worker
     gets two whole pairs, its originals then their twins in the same order, and tokens balanced
-    pair by pair (the two heavy pairs on different workers)."""
+    pair by pair (the two heavy pairs on different workers); one worker gets the same layout."""
     pairs = ["p0", "p1", "p2", "p3"] * 2
     lengths = [50, 50, 9, 9, 40, 40, 8, 8] + [60, 60, 7, 7, 45, 45, 6, 6]  # pairs 0 and 2 are heavy
     groups = [f"{'ori' if row < 8 else 'aug'}{row % 8 // 2}" for row in range(16)]
@@ -46,6 +47,11 @@ def test_balanced_order_gives_a_worker_whole_pairs_and_their_twins_in_the_same_o
         assert all(groups[worker[i]] == groups[worker[i + 1]] for i in range(0, 8, 2))  # whole groups
     heavy = {row_pairs[r] for r in order[:8]} & {"p0", "p2"}
     assert len(heavy) == 1
+    # one worker: the same layout, whatever order the rows came in (here each original beside its twin)
+    mixed = [0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15]
+    columns = [[column[r] for r in mixed] for column in (lengths, groups, kinds, row_pairs)]
+    one = balanced_order(columns[0], columns[1], 1, columns[2], columns[3])
+    assert [mixed[r] for r in one] == list(range(16))
     # three pairs do not split equally over two workers: the order they came in
     three = [r for r in range(16) if row_pairs[r] != "p3"]
     rows = [[column[r] for r in three] for column in (lengths, groups, kinds, row_pairs)]
@@ -54,8 +60,8 @@ def test_balanced_order_gives_a_worker_whole_pairs_and_their_twins_in_the_same_o
 
 def test_mini_batch_rows_take_each_views_share_of_the_same_pairs():
     """Without views, consecutive rows (or a permutation's with shuffle); with two views, the i-th
-    share of each, in row order, the same positions of both views when shuffled; with unequal views
-    or an odd mini-batch, consecutive rows again."""
+    share of each, in row order, the same positions of both views when shuffled; unequal views or an
+    odd mini-batch are an error (the config refuses both)."""
     assert mini_batch_rows(6, 2, None, shuffle=False) == [[0, 1], [2, 3], [4, 5]]
     torch.manual_seed(0)
     shuffled = mini_batch_rows(6, 3, None, shuffle=True)
@@ -69,5 +75,7 @@ def test_mini_batch_rows_take_each_views_share_of_the_same_pairs():
         assert all(rows[1] - rows[0] == 4 for rows in minis)  # an original with its twin
     interleaved = [0, 1, 0, 1, 0, 1]  # the twin of row 2 * i is row 2 * i + 1
     assert mini_batch_rows(6, 2, interleaved, shuffle=False) == [[0, 1], [2, 3], [4, 5]]
-    assert mini_batch_rows(6, 2, [0, 0, 0, 0, 1, 1], shuffle=False) == [[0, 1], [2, 3], [4, 5]]
-    assert mini_batch_rows(6, 3, [0, 0, 0, 1, 1, 1], shuffle=False) == [[0, 1, 2], [3, 4, 5]]
+    with pytest.raises(ValueError, match="4 original and 2 rephrased"):
+        mini_batch_rows(6, 2, [0, 0, 0, 0, 1, 1], shuffle=False)
+    with pytest.raises(ValueError, match="mini-batches of 3 rows cannot hold both views equally"):
+        mini_batch_rows(6, 3, [0, 0, 0, 1, 1, 1], shuffle=False)

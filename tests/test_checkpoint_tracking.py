@@ -119,7 +119,8 @@ def test_tracker_jsonl_and_resume_truncation(tmp_path):
 
 def test_a_resume_cuts_back_the_validation_samples_and_tensorboard_too(tmp_path, monkeypatch):
     """val_generations.jsonl keeps the samples up to the resumed step (a fresh start drops it), and
-    TensorBoard purges the events from the step after it (a crashed run's steps past its checkpoint)."""
+    TensorBoard purges the events from the step after it (a crashed run's steps past its checkpoint;
+    a fresh start: all of an earlier run's)."""
     import types
 
     tracker = Tracker(tmp_path, [])
@@ -136,7 +137,7 @@ def test_a_resume_cuts_back_the_validation_samples_and_tensorboard_too(tmp_path,
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
     Tracker(tmp_path, ["tensorboard"], resume_step=4).close()
     Tracker(tmp_path, ["tensorboard"]).close()
-    assert [w["purge_step"] for w in writers] == [5, None]
+    assert [w["purge_step"] for w in writers] == [5, 0]
 
 
 def test_wandb_run_id_is_new_for_a_fresh_run(tmp_path, monkeypatch):

@@ -310,14 +310,12 @@ def _check_batches(config: Config, method: Method) -> None:
     batch, n = data.train_batch_size, config.trained_per_prompt
     mini, micro = actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu
     views = config.roles.trained_views
-    if batch * views % ws:
+    if batch % ws:  # two views: each worker trains both views of whole pairs (trainer `_balanced`)
         raise ConfigError(
-            f"data.train_batch_size={batch}" + (" pairs (x2 views)" if views == 2 else "")
-            + f" = {batch * views} prompts does not divide by the {ws} workers (trainer.nnodes x trainer.n_gpus_per_node)"
+            f"data.train_batch_size={batch} " + ("pairs (each worker trains both views of whole pairs)" if views == 2
+                                                 else "prompts")
+            + f" does not divide by the {ws} workers (trainer.nnodes x trainer.n_gpus_per_node)"
         )
-    if views == 2 and batch % ws:  # each worker trains both views of whole pairs (trainer `_balanced`)
-        raise ConfigError(f"data.train_batch_size={batch} pairs does not divide by the {ws} workers: each worker "
-                          "trains whole pairs (both views of its questions); make it a multiple of the workers")
     gen = data.gen_batch_size
     if gen != batch and not config.algorithm.filter_groups.enable:
         raise ConfigError(f"data.gen_batch_size={gen} differs from data.train_batch_size={batch}: it only applies with "
@@ -329,11 +327,14 @@ def _check_batches(config: Config, method: Method) -> None:
         raise ConfigError(f"actor_rollout_ref.actor.ppo_mini_batch_size={mini} is larger than data.train_batch_size={batch}")
     if batch % mini:
         raise ConfigError(f"data.train_batch_size={batch} does not divide by actor_rollout_ref.actor.ppo_mini_batch_size={mini}")
-    mini_rows = mini * views * n  # Co-rewarding-I: a mini-batch holds both views of its pairs
+    mini_rows = mini * views * n  # Co-rewarding-I and -III: a mini-batch holds both views of its pairs
     per_prompt = "ttrl.n_samples_per_prompt" if config.ttrl.enable else "rollout.n"
     what = f"ppo_mini_batch_size x 2 views x {per_prompt}" if views == 2 else f"ppo_mini_batch_size x {per_prompt}"
     if mini_rows % ws:
         raise ConfigError(f"{what} = {mini_rows} rollouts does not divide by the {ws} workers")
+    if views == 2 and mini * n % ws:  # each view's share of a worker's mini-batch (`mini_batch_rows`)
+        raise ConfigError(f"ppo_mini_batch_size x {per_prompt} = {mini * n} rollouts of each view does not divide by "
+                          f"the {ws} workers: every worker's mini-batch holds as many of both views")
     if (mini_rows // ws) % micro:
         raise ConfigError(
             f"each worker gets {mini_rows // ws} rollouts per mini-batch ({what} / workers), which "

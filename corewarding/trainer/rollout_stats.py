@@ -34,7 +34,7 @@ def balanced_order(lengths: list[int], groups: list[Hashable], parts: int, kinds
     by_kinds: dict[tuple[int, ...], list[list[list[int]]]] = {}  # blocks share out among their like
     for block in blocks.values():
         by_kinds.setdefault(tuple(sorted(kind_of(rows) for rows in block)), []).append(block)
-    if parts <= 1 or any(len(like) % parts for like in by_kinds.values()):
+    if any(len(like) % parts for like in by_kinds.values()):
         return [row for rows in units.values() for row in rows]
     chosen: list[list[list[list[int]]]] = [[] for _ in range(parts)]
     for key in sorted(by_kinds):

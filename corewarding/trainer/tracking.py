@@ -112,8 +112,9 @@ class Tracker:
             from torch.utils.tensorboard import SummaryWriter
 
             tb_dir = os.environ.get("TENSORBOARD_DIR") or str(self.out_dir / "tensorboard")
-            # on resume, TensorBoard hides the events a crashed run logged past the checkpoint
-            self._tb = SummaryWriter(log_dir=tb_dir, purge_step=None if resume_step is None else resume_step + 1)
+            # as the JSON-lines logs: TensorBoard hides an earlier run's events (a fresh start) or
+            # those a crashed run logged past the checkpoint (a resume)
+            self._tb = SummaryWriter(log_dir=tb_dir, purge_step=0 if resume_step is None else resume_step + 1)
 
     def _start_wandb(self, project: str, experiment: str, config: Mapping[str, Any] | None, resumed: bool):
         """A resumed run continues its wandb run (the id saved beside the checkpoints); a fresh run

@@ -219,8 +219,8 @@ def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None, wor
         return [list(range(i, min(i + micro_rows, len(rows)))) for i in range(0, len(rows), micro_rows)]
     lengths = row_tokens(rows)
     groups = token_budget_groups(lengths, max_tokens)
-    if world_size > 1:  # a CPU tensor: the group has gloo on every device (`process_group_options`)
-        count = torch.tensor([len(groups)])
+    if world_size > 1:
+        count = torch.tensor([len(groups)], device=rows.tensors["attention_mask"].device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
         groups = token_budget_groups(lengths, max_tokens, int(count))
     return groups

@@ -40,10 +40,13 @@ def mini_batch_rows(num_rows: int, mini_rows: int, views: list[int] | None, shuf
     share of each view's rows together (the same positions of both with `shuffle`; in row order):
     every optimizer step trains both views of the same pairs, as the release's (L_original +
     L_rephrased) does."""
-    halves = [[row for row, view in enumerate(views) if view == v] for v in (0, 1)] if views is not None else None
-    if halves is None or len(halves[0]) != len(halves[1]) or mini_rows % 2:
+    if views is None:
         order = torch.randperm(num_rows).tolist() if shuffle else list(range(num_rows))
         return [order[start : start + mini_rows] for start in range(0, num_rows, mini_rows)]
+    halves = [[row for row, view in enumerate(views) if view == v] for v in (0, 1)]
+    if len(halves[0]) != len(halves[1]) or mini_rows % 2:  # the config's checks rule both out
+        raise ValueError(f"mini-batches of {mini_rows} rows cannot hold both views equally: {len(halves[0])} "
+                         f"original and {len(halves[1])} rephrased rows on this worker")
     share = mini_rows // 2
     order = torch.randperm(len(halves[0])).tolist() if shuffle else list(range(len(halves[0])))
     return [sorted(half[i] for half in halves for i in order[start : start + share]) for start in range(0, len(order), share)]
