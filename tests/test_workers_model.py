@@ -1,7 +1,7 @@
 """The worker's model side in one process, without Ray: the entropy term of update_actor and the EMA
 teacher on plain models, the process-group and thread options, the forward layout and attention
-choice, resharding after a no-grad forward, the dtype of the weight push, and the rollout stream of a
-resume on another tensor-parallel size."""
+choice, resharding after a no-grad forward, the dtype of the weight push, the rollout stream of a
+resume on another tensor-parallel size, and the generation config an export carries."""
 
 from __future__ import annotations
 
@@ -194,3 +194,27 @@ def test_a_resume_on_another_tensor_parallel_size_starts_the_rollout_stream_anew
         assert torch.equal(worker.rollout.rng, reseeded) and not torch.equal(reseeded, saved_stream)
     finally:
         group.close()
+
+
+def test_an_export_keeps_the_models_generation_config_as_it_came(tiny_model_path, tmp_path):
+    """A model folder whose generation_config.json transformers loads but refuses to save (a
+    temperature without do_sample): checkpoints and exports carry the file as it came, instead of
+    failing at the first save."""
+    import json
+    import shutil
+    import types
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from corewarding.workers.checkpoint.worker_checkpoint import export
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_path, model_dir)
+    text = json.dumps({"bos_token_id": 1, "eos_token_id": 2, "temperature": 0.6, "top_p": 0.95, "do_sample": False})
+    (model_dir / "generation_config.json").write_text(text)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    worker = types.SimpleNamespace(config=make_config(model_dir), actor=model, rank=0, world_size=1,
+                                   tokenizer=AutoTokenizer.from_pretrained(model_dir))
+    export(worker, model, tmp_path / "out")
+    assert (tmp_path / "out" / "generation_config.json").read_text() == text
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out") is not None

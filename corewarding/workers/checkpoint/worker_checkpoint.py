@@ -8,11 +8,13 @@ rank makes every rank raise the same one-line error at once (`worker_state.agree
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
+from transformers.utils import GENERATION_CONFIG_NAME as GENERATION_CONFIG
 
 from corewarding import checkpoint_layout as layout
 from corewarding.config import Config
@@ -54,7 +56,10 @@ def _write_hf_folder(worker: CheckpointedWorker, out_dir: Path, state: dict[str,
     worker_state.save_safetensors(state, out_dir / MODEL_FILE, metadata={"format": "pt"})
     if with_config:
         worker.actor.config.save_pretrained(out_dir)
-        if getattr(worker.actor, "generation_config", None) is not None:
+        source = Path(worker.config.actor_rollout_ref.model.path) / GENERATION_CONFIG
+        if source.is_file():  # as it came: transformers refuses to save some it loads (a temperature, no do_sample)
+            shutil.copyfile(source, out_dir / GENERATION_CONFIG)
+        elif getattr(worker.actor, "generation_config", None) is not None:
             worker.actor.generation_config.save_pretrained(out_dir)
         worker.tokenizer.save_pretrained(out_dir)
     fsync_tree(out_dir)
