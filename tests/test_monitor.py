@@ -124,6 +124,21 @@ def test_answers_vanish():
     assert set(monitor.signs()) == {"answers vanish"}
 
 
+def test_a_non_finite_value_is_left_out_of_the_series_and_numpy_scalars_are_kept():
+    """One NaN (a diverged step, a custom reward) would make every later window's best NaN and
+    silence the sign; it is skipped, and a numpy float counts as a float."""
+    import numpy as np
+
+    monitor = CollapseMonitor(rules())
+    values = [float("nan"), np.float32(0.4), 0.5, float("inf"), 0.3, 0.2, 0.1, 0.0]
+    flags = feed(monitor, {"reward/answer_present": values})
+    assert monitor.series["reward/answer_present"] == pytest.approx([0.4, 0.5, 0.3, 0.2, 0.1, 0.0])
+    assert flags[-1] == 1.0 and set(monitor.signs()) == {"answers vanish"}
+    monitor.validation(0, {"val/acc": float("nan")})
+    monitor.validation(8, {"val/acc": 0.2})
+    assert monitor.val_acc == [0.2]
+
+
 def test_relative_drop_zero_switches_the_relative_rules_off():
     series = {"monitor/majority_ratio": [0.5, 0.7, 0.9, 0.95, 1.0, 1.0],
               "reward/pseudo_label_acc": [0.05, 0.06, 0.05, 0.03, 0.02, 0.01],

@@ -13,6 +13,8 @@ rollouts apart (`monitor/hacking_signs`, `monitor/entropy_low`); every logger an
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections import Counter
 from typing import Any, Hashable, Sequence
 
@@ -53,6 +55,12 @@ def group_metrics(
     if right:
         metrics["monitor/majority_acc"] = _mean(right)
     return metrics
+
+
+def _finite(value: Any) -> bool:
+    """A number the series can take: a Python or numpy scalar, not NaN or infinite (one NaN would
+    poison every window and best value after it)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -104,14 +112,14 @@ class CollapseMonitor:
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         """A training step's metrics: its series move on, and the flags are added to `metrics`."""
         for key in self.SERIES:
-            if isinstance(metrics.get(key), (int, float)):
+            if _finite(metrics.get(key)):
                 self.series.setdefault(key, []).append(float(metrics[key]))
         self._flag(step, metrics)
 
     def validation(self, step: int, metrics: dict[str, Any]) -> None:
         """A validation's metrics (`val/acc`), at `step` (0: the base model): the verdict, then the
         flags again."""
-        if isinstance(metrics.get("val/acc"), (int, float)):
+        if _finite(metrics.get("val/acc")):
             self.val_acc.append(float(metrics["val/acc"]))
             self.verdict = self._verdict()
         self._flag(step, metrics)
