@@ -92,6 +92,18 @@ def test_an_update_that_does_not_fit_names_the_micro_batch_keys():
     assert offloaded["update"]["actor"] == 0.0
 
 
+def test_without_resharding_after_the_forward_every_layer_stays_gathered():
+    """reshard_after_forward=False: the update holds all 36 layers unsharded in bf16 (~14 GB more at
+    Qwen3-8B), which the plan counts and names when it does not fit."""
+    resharded = memory_plan.phases_gb(QWEN3_8B, PAPER_CO_REWARDING_I)["update"]["unsharded"]
+    kept = dataclasses.replace(PAPER_CO_REWARDING_I, reshard=False)
+    gathered = memory_plan.phases_gb(QWEN3_8B, kept)["update"]["unsharded"]
+    assert gathered - resharded == pytest.approx(34 * QWEN3_8B.layer * 2 / 2**30, rel=1e-9)
+    small_card = dataclasses.replace(kept, vllm_share=0.3, total_gb=40, sleeps=False)
+    with pytest.raises(ValueError, match="reshard_after_forward=True"):
+        memory_plan.check(QWEN3_8B, small_card)
+
+
 def test_model_shape_from_a_config_counts_the_parameters():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

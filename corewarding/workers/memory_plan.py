@@ -85,6 +85,7 @@ class Settings:
     checkpointing: bool
     compute_bytes: int = 2  # bf16
     rollout_tp: int = 1  # the engine's tensor parallel size (its weights are split that many ways)
+    reshard: bool = True  # actor.fsdp_config.reshard_after_forward: False keeps every layer gathered
 
 
 def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
@@ -101,6 +102,7 @@ def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
         sleeps=rollout.free_cache_engine and engine.sleeps, actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
         ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, chunk=arr.model.logits_chunk_size,
         checkpointing=arr.model.enable_gradient_checkpointing, rollout_tp=rollout.tensor_model_parallel_size,
+        reshard=actor.fsdp_config.reshard_after_forward,
     )
 
 
@@ -126,7 +128,9 @@ def phases_gb(shape: ModelShape, s: Settings) -> dict[str, dict[str, float]]:
     ref = 0.0 if s.ref_offload else 4 * per_gpu
     vllm = s.vllm_share * s.total_gb
     push = 2 * shape.largest * s.compute_bytes / GIB
-    unsharded = (shape.root + 2 * shape.layer) * s.compute_bytes / GIB
+    # FSDP computes with the root and two layers gathered (one prefetched); without resharding after
+    # the forward every layer stays gathered until its backward
+    unsharded = (shape.root + (2 if s.reshard else shape.layers) * shape.layer) * s.compute_bytes / GIB
     rollout = {"actor": actor_shards + moments, "reference": ref, "vLLM": vllm, "push": push, "context": CONTEXT_GB}
     update = {"actor": actor_shards + moments + gradients, "reference": ref, "unsharded": unsharded,
               "micro-batch": working_gb(shape, s), "context": CONTEXT_GB}
@@ -185,6 +189,8 @@ def check(shape: ModelShape, s: Settings) -> str:
                      "with use_dynamic_bsz)")
         if not s.checkpointing:
             hints.append("actor_rollout_ref.model.enable_gradient_checkpointing=True")
+        if not s.reshard:
+            hints.append("actor_rollout_ref.actor.fsdp_config.reshard_after_forward=True")
         if not s.sleeps and s.vllm_share > 0:
             hints.append("actor_rollout_ref.rollout.free_cache_engine=True")
     if not s.actor_offload:
