@@ -119,3 +119,22 @@ def test_a_signal_during_the_last_step_saves_it_and_ends_the_run(tiny_model_path
         watch.restore()
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert ckpt.latest_dir(tmp_path) == ckpt.step_dir(tmp_path, STEPS)
+
+
+def test_a_signal_in_start_up_skips_the_pre_training_validation(tiny_model_path, data, tmp_path):
+    """A signal that arrived while the workers loaded (before `fit`): the run stops at once with no
+    step to save, without first running the whole pre-training validation (minutes at scale, longer
+    than a scheduler's grace time)."""
+    trainer, _, _ = make_trainer(tiny_model_path, data, tmp_path, "majority_voting", "trainer.save_freq=-1",
+                                 "trainer.test_freq=-1", "trainer.val_before_train=True")
+    validations = []
+    signal_inside(trainer, "validate", lambda: validations.append(trainer.global_step) and False)
+    watch = PreemptionWatch(["SIGTERM"], lambda: None)
+    watch.install()
+    try:
+        sigterm()
+        with pytest.raises(Preempted) as stopped:
+            trainer.fit(progress=False, preemption=watch)
+    finally:
+        watch.restore()
+    assert validations == [] and trainer.global_step == 0 and stopped.value.checkpoint is None

@@ -22,8 +22,8 @@ With `algorithm.filter_groups.enable` (DAPO's dynamic sampling, docs/method.md) 
 over further batches of `data.gen_batch_size` prompts, each scored at once, until
 `data.train_batch_size` groups whose score varies are kept; steps 3-5 then run on exactly those.
 
-Rows are reordered after generation so that every worker gets whole groups and a similar number of
-tokens; nothing downstream depends on row order.
+Rows are reordered after generation so that every worker gets whole groups (two trained views: whole
+pairs, originals then their twins) and a similar number of tokens; the rewards never depend on row order.
 """
 
 from __future__ import annotations
@@ -307,14 +307,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """This step's checkpoint: the workers' files and the driver's state (`save_resume.save_step`)."""
-        state = {
-            "dataloader": self.loader.state_dict(),
-            "total_training_steps": self.total_steps,
-            "method": self.method.name,
-            "world_size": self.world_size,
-            "last_ema_weight": self.last_ema_weight,
-            "collapse_monitor": self.monitor.state_dict(),
-        }
+        state = {"dataloader": self.loader.state_dict(), "total_training_steps": self.total_steps,
+                 "method": self.method.name, "world_size": self.world_size, "last_ema_weight": self.last_ema_weight,
+                 "collapse_monitor": self.monitor.state_dict()}
         publishing = self.preemption.publishing() if self.preemption is not None else contextlib.nullcontext()
         trainer_cfg = self.config.trainer
         saved = save_step(self.workers, trainer_cfg.default_local_dir, self.global_step, state,
@@ -367,7 +362,9 @@ class Trainer:
         self.preemption = preemption
         trainer_cfg = self.config.trainer
         save_freq, test_freq = trainer_cfg.save_freq or -1, trainer_cfg.test_freq or -1
-        if self.global_step == 0 and trainer_cfg.val_before_train and self.val_dataset is not None:
+        # a signal received in start-up goes straight to `_done`, without the pre-training validation
+        signalled = preemption is not None and preemption.received is not None
+        if self.global_step == 0 and trainer_cfg.val_before_train and self.val_dataset is not None and not signalled:
             base = self.validate()
             self.monitor.validation(self.global_step, base)
             self._log(base, self.global_step)
