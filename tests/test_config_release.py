@@ -154,7 +154,8 @@ RELEASE = (1.0, "hendrycks", "string", False, 1, "per_view", "micro_batch")
 
 
 def test_release_preset(model, data):
-    """+preset=release selects every release behaviour at once; command-line overrides still win."""
+    """+preset=release selects every release behaviour at once (but the EMA's end weight and vLLM's
+    share); command-line overrides still win."""
     assert release_preset_values(load_config(compose_config(base(model, data)))) == OURS
     cfg = load_config(compose_config(base(model, data) + ["+preset=release"]))
     assert release_preset_values(cfg) == RELEASE and cfg.actor_rollout_ref.rollout.val_kwargs.temperature == 0

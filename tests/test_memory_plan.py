@@ -93,15 +93,17 @@ def test_an_update_that_does_not_fit_names_the_micro_batch_keys():
 
 
 def test_without_resharding_after_the_forward_every_layer_stays_gathered():
-    """reshard_after_forward=False: the update holds all 36 layers unsharded in bf16 (~14 GB more at
-    Qwen3-8B), which the plan counts and names when it does not fit."""
+    """reshard_after_forward=False: the update holds all 36 layers unsharded in bf16 (12.3 GB more at
+    Qwen3-8B), which the plan counts: a 64 GB card that fits the update with resharding does not
+    without it, and the refusal names the key."""
     resharded = memory_plan.phases_gb(QWEN3_8B, PAPER_CO_REWARDING_I)["update"]["unsharded"]
     kept = dataclasses.replace(PAPER_CO_REWARDING_I, reshard=False)
     gathered = memory_plan.phases_gb(QWEN3_8B, kept)["update"]["unsharded"]
     assert gathered - resharded == pytest.approx(34 * QWEN3_8B.layer * 2 / 2**30, rel=1e-9)
-    small_card = dataclasses.replace(kept, vllm_share=0.3, total_gb=40, sleeps=False)
+    card = dataclasses.replace(PAPER_CO_REWARDING_I, vllm_share=0.3, total_gb=64, sleeps=False)
+    memory_plan.check(QWEN3_8B, card)
     with pytest.raises(ValueError, match="reshard_after_forward=True"):
-        memory_plan.check(QWEN3_8B, small_card)
+        memory_plan.check(QWEN3_8B, dataclasses.replace(card, reshard=False))
 
 
 def test_model_shape_from_a_config_counts_the_parameters():

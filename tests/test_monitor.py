@@ -124,15 +124,22 @@ def test_answers_vanish():
     assert set(monitor.signs()) == {"answers vanish"}
 
 
-def test_a_non_finite_value_is_left_out_of_the_series_and_numpy_scalars_are_kept():
+def test_a_non_finite_value_is_left_out_of_the_means_and_numpy_scalars_are_kept():
     """One NaN (a diverged step, a custom reward) would make every later window's best NaN and
-    silence the sign; it is skipped, and a numpy float counts as a float."""
+    silence the sign: it stays in the series as NaN, so the series keep step by step aligned (the
+    GT-reward guard compares two of them window by window), and is left out of every mean; a numpy
+    float counts as a float; a NaN validation is no baseline."""
+    import math
+
     import numpy as np
 
     monitor = CollapseMonitor(rules())
     values = [float("nan"), np.float32(0.4), 0.5, float("inf"), 0.3, 0.2, 0.1, 0.0]
-    flags = feed(monitor, {"reward/answer_present": values})
-    assert monitor.series["reward/answer_present"] == pytest.approx([0.4, 0.5, 0.3, 0.2, 0.1, 0.0])
+    flags = feed(monitor, {"reward/answer_present": values, "reward/gt_acc": [0.5] * len(values)})
+    series = monitor.series["reward/answer_present"]
+    assert len(series) == len(monitor.series["reward/gt_acc"]) == len(values)
+    assert [i for i, v in enumerate(series) if math.isnan(v)] == [0, 3]
+    assert monitor._windows("reward/answer_present") == pytest.approx([0.4, 0.45, 0.5, 0.3, 0.25, 0.15, 0.05])
     assert flags[-1] == 1.0 and set(monitor.signs()) == {"answers vanish"}
     monitor.validation(0, {"val/acc": float("nan")})
     monitor.validation(8, {"val/acc": 0.2})
@@ -210,6 +217,7 @@ FIGS = Path(__file__).resolve().parents[1] / "figs"
 REPLICATION = {"union/majority_voting_union": "collapse", "f050/co_rewarding_i": "collapse",
                "seed0/self_certainty": "degenerate", "seed1/self_certainty": "degenerate",
                "seed2/self_certainty": "degenerate", "controls/random": "degenerate",
+               "seed0/entropy": "none", "seed1/entropy": "fell", "seed2/entropy": "fell",  # falls, no consensus
                **{f"seed{s}/{m}": "none" for s in range(3) for m in ("gt", "co_rewarding_ii", "majority_voting")}}
 
 

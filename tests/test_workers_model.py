@@ -199,7 +199,7 @@ def test_a_resume_on_another_tensor_parallel_size_starts_the_rollout_stream_anew
 def test_an_export_keeps_the_models_generation_config_as_it_came(tiny_model_path, tmp_path):
     """A model folder whose generation_config.json transformers loads but refuses to save (a
     temperature without do_sample): checkpoints and exports carry the file as it came, instead of
-    failing at the first save."""
+    failing at the first save; without a file, the one transformers made is written unvalidated."""
     import json
     import shutil
     import types
@@ -218,3 +218,10 @@ def test_an_export_keeps_the_models_generation_config_as_it_came(tiny_model_path
     export(worker, model, tmp_path / "out")
     assert (tmp_path / "out" / "generation_config.json").read_text() == text
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out") is not None
+    # no file: transformers makes one from config.json's sampling keys, which it would not save either
+    (model_dir / "generation_config.json").unlink()
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "temperature": 0.6, "top_p": 0.95}))
+    worker.actor = model = AutoModelForCausalLM.from_pretrained(model_dir)
+    export(worker, model, tmp_path / "out2")
+    assert json.loads((tmp_path / "out2" / "generation_config.json").read_text())["temperature"] == 0.6

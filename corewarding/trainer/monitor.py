@@ -57,10 +57,9 @@ def group_metrics(
     return metrics
 
 
-def _finite(value: Any) -> bool:
-    """A number the series can take: a Python or numpy scalar, not NaN or infinite (one NaN would
-    poison every window and best value after it)."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: Any) -> bool:
+    """A metric value: a Python or numpy number (a bool is a flag, not a value)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -112,14 +111,15 @@ class CollapseMonitor:
     def update(self, step: int, metrics: dict[str, Any]) -> None:
         """A training step's metrics: its series move on, and the flags are added to `metrics`."""
         for key in self.SERIES:
-            if _finite(metrics.get(key)):
-                self.series.setdefault(key, []).append(float(metrics[key]))
+            if _number(metrics.get(key)):  # NaN / inf kept as NaN: the series stay step by step aligned
+                value = float(metrics[key])
+                self.series.setdefault(key, []).append(value if math.isfinite(value) else math.nan)
         self._flag(step, metrics)
 
     def validation(self, step: int, metrics: dict[str, Any]) -> None:
         """A validation's metrics (`val/acc`), at `step` (0: the base model): the verdict, then the
         flags again."""
-        if _finite(metrics.get("val/acc")):
+        if _number(metrics.get("val/acc")) and math.isfinite(metrics["val/acc"]):
             self.val_acc.append(float(metrics["val/acc"]))
             self.verdict = self._verdict()
         self._flag(step, metrics)
@@ -162,10 +162,10 @@ class CollapseMonitor:
         if self._fell("reward/answer_present", absolute=False):
             windows = self._windows("reward/answer_present")
             found["answers vanish"] = f"answer present {windows[-1]:.2f}, best window {max(windows):.2f}"
-        entropy = self.series.get("actor/entropy", [])
+        first = next((e for e in self.series.get("actor/entropy", []) if math.isfinite(e)), None)
         recent = self._recent("actor/entropy")
-        if recent is not None and entropy[0] > 0 and recent < self.rules.entropy_fraction * entropy[0]:
-            found[self.ENTROPY] = f"entropy {recent:.3f} < {self.rules.entropy_fraction} x {entropy[0]:.3f}"
+        if recent is not None and first is not None and first > 0 and recent < self.rules.entropy_fraction * first:
+            found[self.ENTROPY] = f"entropy {recent:.3f} < {self.rules.entropy_fraction} x {first:.3f}"
         return found
 
     def _verdict(self) -> dict[str, str]:
@@ -202,8 +202,11 @@ class CollapseMonitor:
         return windows[-1] >= windows[ref.index(max(ref))]
 
     def _windows(self, key: str) -> list[float]:
+        """Means of `window` consecutive steps over their finite values (a step's NaN is left out; a
+        window without any is dropped, which only a run of NaN steps as long as a window makes)."""
         values, w = self.series.get(key, []), self.rules.window
-        return [_mean(values[i : i + w]) for i in range(0, len(values) - w + 1)]
+        spans = [[v for v in values[i : i + w] if math.isfinite(v)] for i in range(0, len(values) - w + 1)]
+        return [_mean(span) for span in spans if span]
 
     def _recent(self, key: str) -> float | None:
         windows = self._windows(key)

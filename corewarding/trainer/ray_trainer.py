@@ -363,6 +363,7 @@ class Trainer:
         trainer_cfg = self.config.trainer
         save_freq, test_freq = trainer_cfg.save_freq or -1, trainer_cfg.test_freq or -1
         # a signal received in start-up goes straight to `_done`, without the pre-training validation
+        # (a val_only run too: it is requeued)
         signalled = preemption is not None and preemption.received is not None
         if self.global_step == 0 and trainer_cfg.val_before_train and self.val_dataset is not None and not signalled:
             base = self.validate()

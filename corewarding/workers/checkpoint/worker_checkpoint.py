@@ -59,8 +59,8 @@ def _write_hf_folder(worker: CheckpointedWorker, out_dir: Path, state: dict[str,
         source = Path(worker.config.actor_rollout_ref.model.path) / GENERATION_CONFIG
         if source.is_file():  # as it came: transformers refuses to save some it loads (a temperature, no do_sample)
             shutil.copyfile(source, out_dir / GENERATION_CONFIG)
-        elif getattr(worker.actor, "generation_config", None) is not None:
-            worker.actor.generation_config.save_pretrained(out_dir)
+        elif getattr(worker.actor, "generation_config", None) is not None:  # made from config.json: unvalidated
+            worker.actor.generation_config.to_json_file(out_dir / GENERATION_CONFIG)
         worker.tokenizer.save_pretrained(out_dir)
     fsync_tree(out_dir)
 
