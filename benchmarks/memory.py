@@ -1,5 +1,7 @@
 """Peak memory of one policy-update micro-batch at the paper's scale (Qwen3-8B, 512 + 3,072 tokens,
-micro-batch 8, vocabulary 151,936): padded vs packed rows, full logits vs the chunked output head.
+micro-batch 8, vocabulary 151,936): padded vs packed rows, full logits vs the chunked output head;
+and of one no-grad log-prob micro-batch (the old and reference log-probs, `--log-prob-rows`, 16 as
+the presets' `log_prob_micro_batch_size_per_gpu`).
 
     make bench-memory                                        # Qwen3-8B's shapes, all 36 layers
     python benchmarks/memory.py --lengths 512 3072 --check --json out.json
@@ -128,9 +130,19 @@ def update_micro_batch(model: torch.nn.Module, inputs: Any, logit_rows: torch.Te
     (-(log_probs.mean()) - 0.001 * entropy.mean()).backward()
 
 
+def log_prob_micro_batch(model: torch.nn.Module, inputs: Any, chunk: int, to) -> None:
+    """The old / reference log-prob pass on one micro-batch: `token_stats` in eval mode, no gradients."""
+    ids, positions, targets, where = map(to, (inputs.input_ids, inputs.position_ids, inputs.targets, inputs.target_positions))
+    attention = None if inputs.attention_mask is None else to(inputs.attention_mask)
+    model.eval()
+    with torch.no_grad():
+        model.token_stats(ids, positions, attention, where, targets, 1.0, chunk)
+
+
 def tracked_peak(model_config: dict[str, Any], case: Case, rows: int, prompt_width: int, chunk: int,
-                 checkpointing: bool, fake: bool) -> dict[str, float]:
-    """Peak bytes per category (parameters, gradients, activations, temporaries) of one micro-batch."""
+                 checkpointing: bool, fake: bool, log_prob: bool = False) -> dict[str, float]:
+    """Peak GB per category (parameters, gradients, activations, temporaries) of one micro-batch of
+    the update, or with `log_prob` of the no-grad log-prob pass (`case` chunked)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed._tools.mem_tracker import MemTracker
 
@@ -147,7 +159,10 @@ def tracked_peak(model_config: dict[str, Any], case: Case, rows: int, prompt_wid
         tracker.track_external(model)
         to = mode.from_tensor if mode is not None else (lambda t: t)
         with tracker:
-            update_micro_batch(model, inputs, logit_rows, case, chunk, to)
+            if log_prob:
+                log_prob_micro_batch(model, inputs, chunk, to)
+            else:
+                update_micro_batch(model, inputs, logit_rows, case, chunk, to)
         snapshot = tracker.get_tracker_snapshot("peak")
     finally:
         if mode is not None:
@@ -193,7 +208,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
-def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+def run_log_prob(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The no-grad log-prob pass in the padded layout with the chunked head (what the trainer runs on
+    a GPU without flash-attention; packed rows on flash-attention hold no mask). A layer's tensors
+    are freed when it returns, so two layers stand for any depth (measured: a third adds nothing)."""
+    results = []
+    for length in args.lengths:
+        case = Case(length, packed=False, chunked=True)
+        peak = tracked_peak(dict(QWEN3_8B, num_hidden_layers=2), case, args.log_prob_rows, args.prompt_length,
+                            args.chunk, args.checkpointing, fake=True, log_prob=True)
+        results.append({"response_length": length, "rows": args.log_prob_rows, "work_gb": peak["Total"] - peak["Parameter"]})
+    return results
+
+
+def print_table(results: list[dict[str, Any]], results_log_prob: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nQwen3-8B shapes, {args.layers} decoder layers (1 and 2 built, a layer's share extrapolated), micro-batch {args.rows} x ({args.prompt_length} + R) tokens, "
           f"bf16, gradient checkpointing {'on' if args.checkpointing else 'off'}, chunk {args.chunk}\n")
     header = (f"{'R':>5}  {'layout':<22} {'act GB':>7} {'temp GB':>8} {'grad GB':>8} {'work GB':>8}   "
@@ -207,6 +235,9 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
               f"{r['per_gpu_gb']:20.1f} {'yes' if r['per_gpu_gb'] <= 80 else 'NO':>10}")
     print("\nat the peak: act = kept for backward, temp = transient, grad = full gradients not yet reduced, "
           "work = all but the weights")
+    print(f"\nlog-prob pass (no grad, padded, chunked), micro-batch {args.log_prob_rows} x ({args.prompt_length} + R) tokens:")
+    for r in results_log_prob:
+        print(f"{r['response_length']:>5}  work {r['work_gb']:.2f} GB")
 
 
 def check(args: argparse.Namespace) -> dict[str, float]:
@@ -227,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--prompt-length", type=int, default=512)
     p.add_argument("--rows", type=int, default=8, help="rollouts per micro-batch")
     p.add_argument("--chunk", type=int, default=1024, help="tokens per logits chunk (model.logits_chunk_size)")
+    p.add_argument("--log-prob-rows", type=int, default=16, help="rollouts per log-prob micro-batch")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     p.add_argument("--check", action="store_true", help="also compare real and fake accounting at a small size")
@@ -236,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.check:
         summary["check"] = check(args)
     summary["results"] = run(args)
-    print_table(summary["results"], args)
+    summary["log_prob"] = run_log_prob(args)
+    print_table(summary["results"], summary["log_prob"], args)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return summary

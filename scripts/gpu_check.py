@@ -10,8 +10,8 @@ CUDA): bf16 mixed precision, gradient checkpointing, an offloaded reference mode
 engine; 3 Co-rewarding-II steps and 2 Co-rewarding-I steps. It checks finite losses, the EMA teacher
 against its formula (from the saved checkpoints), packed = padded log-probs within bf16 tolerance, a
 checkpoint round trip in a fresh process (step 3 resumed from step 2 equals step 3 of the straight
-run), a flat per-step peak memory, measures one update micro-batch of 8 x (512 + 3,072) tokens of
-a Qwen3-1.7B-shaped model against `benchmarks/memory.py`'s estimate (`--small`: a hidden-256 model,
+run), a flat per-step peak memory, measures one update micro-batch and one no-grad log-prob
+micro-batch of 8 x (512 + 3,072) tokens of a Qwen3-1.7B-shaped model against `benchmarks/memory.py`'s estimate (`--small`: a hidden-256 model,
 4 x (64 + 128) tokens), and times the output head compiled against eager (`benchmarks/head.py`). One JSON file, a table on stdout, exit status 1 when any check fails.
 
 The GPU machine lent to this project has torch and transformers but no hydra, omegaconf or
@@ -259,19 +259,21 @@ def flat_peak_memory(history: list[dict[str, Any]]) -> tuple[bool, str]:
     return ok, "per-step peak GB " + ", ".join(f"{p:.3f}" for p in peaks)
 
 
-def update_micro_batch_memory(device: torch.device, small: bool) -> tuple[bool, str]:
-    """One update micro-batch's working memory (all but the weights), measured, against memory.py's
-    estimate (fake tensors, one and two layers, a layer's share extrapolated)."""
-    from memory import Case, build_model, model_inputs, rollout_rows, tracked_peak, update_micro_batch
+def micro_batch_memory(device: torch.device, small: bool, log_prob: bool) -> tuple[bool, str]:
+    """One update (or no-grad log-prob) micro-batch's working memory (all but the weights), measured,
+    against memory.py's estimate (fake tensors, one and two layers; the update's layer share extrapolated)."""
+    from memory import Case, build_model, log_prob_micro_batch, model_inputs, rollout_rows, tracked_peak, update_micro_batch
 
     from corewarding.workers.model import sharding
 
     config, rows, prompt, response = (SMALL, 4, 64, 128) if small else (QWEN3_1_7B, 8, 512, 3072)
     packed = sharding.forward_layout(True, "false", device, "sdpa") == "packed"  # what the trainer would use here
     case = Case(response, packed=packed, chunked=True)
-    one, two = (tracked_peak(dict(config, num_hidden_layers=n), case, rows, prompt, 1024, True, fake=True) for n in (1, 2))
+    one, two = (tracked_peak(dict(config, num_hidden_layers=n), case, rows, prompt, 1024, True, fake=True, log_prob=log_prob)
+                for n in (1, 2))
     layers = config["num_hidden_layers"]
-    estimate = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
+    # without gradients a layer's tensors go when it returns: two layers stand for any depth
+    estimate = two if log_prob else {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
     estimate_gb = estimate["Total"] - estimate["Parameter"]
     if device.type == "cuda":
         model = build_model(config, checkpointing=True).to(device)
@@ -281,15 +283,18 @@ def update_micro_batch_memory(device: torch.device, small: bool) -> tuple[bool, 
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        update_micro_batch(model, inputs, logit_rows, case, 1024, lambda t: t.to(device))
+        if log_prob:
+            log_prob_micro_batch(model, inputs, 1024, lambda t: t.to(device))
+        else:
+            update_micro_batch(model, inputs, logit_rows, case, 1024, lambda t: t.to(device))
         torch.cuda.synchronize(device)
         measured_gb = (torch.cuda.max_memory_allocated(device) - base) / 2**30
         del model
         torch.cuda.empty_cache()
     else:
-        real = tracked_peak(config, case, rows, prompt, 1024, True, fake=False)
+        real = tracked_peak(config, case, rows, prompt, 1024, True, fake=False, log_prob=log_prob)
         measured_gb = real["Total"] - real["Parameter"]
-    start_up = start_up_estimate_gb(config, rows * (prompt + response))
+    start_up = start_up_estimate_gb(config, rows, prompt + response, log_prob)
     ratio = measured_gb / estimate_gb
     return 0.75 <= ratio <= 1.25, (f"{case.name}, {rows} x ({prompt} + {response}) tokens, {layers} layers: measured "
                                    f"{measured_gb:.2f} GB, benchmarks/memory.py {estimate_gb:.2f} GB (ratio {ratio:.2f}, "
@@ -315,7 +320,7 @@ def compiled_head(device: torch.device, small: bool) -> tuple[bool, str]:
         f"{fused['step_s'] * 1e3:.0f} ms (first call {fused['first_s']:.1f} s)")
 
 
-def start_up_estimate_gb(config: dict[str, Any], tokens: int) -> float:
+def start_up_estimate_gb(config: dict[str, Any], rows: int, row_length: int, log_prob: bool) -> float:
     """What the trainer's start-up memory check (`workers/memory_plan.py`) expects of the same micro-batch."""
     from corewarding.workers import memory_plan
 
@@ -323,8 +328,9 @@ def start_up_estimate_gb(config: dict[str, Any], tokens: int) -> float:
                                    hidden=config["hidden_size"], intermediate=config["intermediate_size"],
                                    vocab=config["vocab_size"])
     settings = memory_plan.Settings(world_size=1, total_gb=0.0, vllm_share=0.0, sleeps=True, actor_offload=False,
-                                    ref_offload=False, micro_tokens=tokens, chunk=1024, checkpointing=True)
-    return memory_plan.working_gb(shape, settings)
+                                    ref_offload=False, micro_tokens=rows * row_length, log_prob_tokens=rows * row_length,
+                                    row_length=row_length, chunk=1024, checkpointing=True)
+    return (memory_plan.log_prob_gb if log_prob else memory_plan.working_gb)(shape, settings)
 
 
 # ----------------------------------------------------------------------------------- main
@@ -365,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             if device.type == "cuda":
                 checks.run("flat per-step peak memory", lambda: flat_peak_memory(history))
     checks.run("packed = padded log-probs (bf16)", lambda: packed_equals_padded(model, device))
-    checks.run("update micro-batch memory vs estimate", lambda: update_micro_batch_memory(device, args.small))
+    checks.run("update micro-batch memory vs estimate", lambda: micro_batch_memory(device, args.small, log_prob=False))
+    checks.run("log-prob micro-batch memory vs estimate", lambda: micro_batch_memory(device, args.small, log_prob=True))
     checks.run("compiled head = eager head (bf16)", lambda: compiled_head(device, args.small))
 
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -18,6 +18,7 @@ SCRIPT = REPO / "scripts" / "gpu_check.py"
 EXPECTED = [
     "co_rewarding_II: 3 steps, finite losses", "EMA teacher = its formula", "checkpoint round trip in a fresh process",
     "co_reward: 2 steps, finite losses", "packed = padded log-probs (bf16)", "update micro-batch memory vs estimate",
+    "log-prob micro-batch memory vs estimate",
     "compiled head = eager head (bf16)",
 ]
 

@@ -22,7 +22,8 @@ QWEN3_8B_ROOT = 2 * 151936 * 4096 + 4096
 QWEN3_8B = ModelShape(total=QWEN3_8B_TOTAL, root=QWEN3_8B_ROOT, layer=(QWEN3_8B_TOTAL - QWEN3_8B_ROOT) // 36,
                       largest=151936 * 4096, layers=36, hidden=4096, intermediate=12288, vocab=151936)
 PAPER_CO_REWARDING_I = Settings(world_size=8, total_gb=80, vllm_share=0.8, sleeps=True, actor_offload=False,
-                                ref_offload=True, micro_tokens=8 * (512 + 3072), chunk=1024, checkpointing=True)
+                                ref_offload=True, micro_tokens=8 * (512 + 3072), log_prob_tokens=16 * (512 + 3072),
+                                row_length=512 + 3072, chunk=1024, checkpointing=True)
 
 
 @pytest.mark.parametrize("hidden, intermediate, layers, vocab, rows, prompt, response, chunk", [
@@ -46,6 +47,51 @@ def test_micro_batch_model_agrees_with_the_fake_tensor_benchmark(hidden, interme
     settings = dataclasses.replace(PAPER_CO_REWARDING_I, micro_tokens=rows * (prompt + response), chunk=chunk)
     estimate = memory_plan.working_gb(shape, settings)
     assert abs(estimate / measured - 1) < 0.15, (estimate, measured)
+
+
+@pytest.mark.parametrize("hidden, intermediate, vocab, rows, prompt, response, chunk", [
+    (4096, 12288, 151936, 16, 512, 3072, 1024),  # Qwen3-8B at the presets' 16 rows: a layer's transients
+    (4096, 12288, 151936, 8, 512, 3072, 2048),  # wide chunks: the logits chunk is the peak
+    (2048, 5632, 50000, 4, 256, 1024, 512),  # a shape the constants were not fitted to
+])
+def test_log_prob_model_agrees_with_the_fake_tensor_benchmark(hidden, intermediate, vocab, rows, prompt, response, chunk):
+    """The no-grad log-prob micro-batch's analytic peak within 15 % of benchmarks/memory.py's
+    MemTracker count on fake tensors (padded rows, chunked head, three layers)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from memory import Case, tracked_peak
+
+    config = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=3,
+                  num_attention_heads=hidden // 128, num_key_value_heads=hidden // 256, head_dim=128,
+                  tie_word_embeddings=False)
+    peak = tracked_peak(config, Case(response, packed=False, chunked=True), rows, prompt, chunk, True, fake=True,
+                        log_prob=True)
+    measured = peak["Total"] - peak["Parameter"]
+    shape = dataclasses.replace(QWEN3_8B, hidden=hidden, intermediate=intermediate, vocab=vocab)
+    settings = dataclasses.replace(PAPER_CO_REWARDING_I, log_prob_tokens=rows * (prompt + response),
+                                   row_length=prompt + response, chunk=chunk)
+    assert abs(memory_plan.log_prob_gb(shape, settings) / measured - 1) < 0.15, (memory_plan.log_prob_gb(shape, settings), measured)
+
+
+def test_a_log_prob_micro_batch_that_does_not_fit_names_its_keys():
+    """The old / reference log-probs at 192 rows of 3,584 tokens need ~70 GB of one layer's transients:
+    refused in the log-prob phase (the update at 8 rows fits), naming the log-prob micro-batch keys."""
+    settings = dataclasses.replace(PAPER_CO_REWARDING_I, vllm_share=0.6, log_prob_tokens=192 * (512 + 3072))
+    phases = memory_plan.phases_gb(QWEN3_8B, settings)
+    assert sum(phases["update"].values()) < memory_plan.HEADROOM * 80 < sum(phases["log-prob"].values())
+    with pytest.raises(ValueError, match=r"the log-prob phase needs .*rollout\.log_prob_micro_batch_size_per_gpu and "
+                                         r"ref\.log_prob_micro_batch_size_per_gpu") as err:
+        memory_plan.check(QWEN3_8B, settings)
+    assert "ppo_micro_batch_size_per_gpu (or" not in str(err.value)  # the update is not the one to shrink
+    memory_plan.check(QWEN3_8B, dataclasses.replace(settings, log_prob_tokens=32 * (512 + 3072)))
+
+
+def test_the_update_counts_fsdp_gradients_waiting_for_their_reduce_scatter():
+    """Qwen3-8B: the output head's bf16 gradient (151,936 x 4,096 x 2 bytes) held until the root's
+    reduce-scatter, and one layer's bf16 gradients beside their float32 copy: ~2.2 GB the fake-tensor
+    accounting cannot see (it frees each gradient at once)."""
+    update = memory_plan.phases_gb(QWEN3_8B, PAPER_CO_REWARDING_I)["update"]
+    expected = (151936 * 4096 * 2 + QWEN3_8B.layer * (2 + 4)) / 2**30
+    assert update["reduce-scatter"] == pytest.approx(expected, rel=1e-12) and 2.0 < expected < 2.5
 
 
 def test_the_release_share_for_co_rewarding_i_does_not_fit_an_80_gb_card():
@@ -74,10 +120,32 @@ def test_the_method_presets_fit_qwen3_8b_on_8_x_80_gb(preset, tmp_path):
                                          "trainer.n_gpus_per_node=8", "trainer.device=cuda"]), check_paths=False)
     settings = memory_plan.settings_of(config, 8, 80)
     assert settings.micro_tokens == (4 if preset == "co_rewarding_iii" else 8) * (512 + 3072)
+    assert settings.log_prob_tokens == 16 * (512 + 3072) and settings.row_length == 512 + 3072
     assert settings.vllm_share == 0.6 and settings.ref_offload and settings.checkpointing
     line = memory_plan.check(QWEN3_8B, settings)
     phases = memory_plan.phases_gb(QWEN3_8B, settings)
     assert max(sum(p.values()) for p in phases.values()) < memory_plan.HEADROOM * 80, line
+
+
+def test_the_log_prob_micro_batch_is_the_larger_of_the_actors_and_the_references(tmp_path):
+    """rollout.log_prob_* for the old log-probs, ref.log_prob_* for the reference's; a dynamic batch
+    counts its token budget."""
+    from corewarding.config.loading import compose_config, load_config
+
+    def tokens(*overrides: str) -> int:
+        config = load_config(compose_config([f"actor_rollout_ref.model.path={tmp_path}", "data.train_files=x.parquet",
+                                             "data.max_prompt_length=100", "data.max_response_length=300", *overrides]),
+                             check_paths=False)
+        return memory_plan.settings_of(config, 1, 80).log_prob_tokens
+
+    assert tokens("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=3",
+                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5") == 5 * 400
+    assert tokens("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=7",
+                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5") == 7 * 400
+    assert tokens("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
+                  "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True",
+                  "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=9000") == 9000
 
 
 def test_an_update_that_does_not_fit_names_the_micro_batch_keys():

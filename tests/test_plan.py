@@ -68,7 +68,7 @@ def test_every_preset_starts_on_8_x_80_gb(selection, model, capsys):
 def test_the_printed_phases_of_qwen3_8b_with_co_rewarding_i(capsys):
     status, out, _ = plan(capsys, "+method=co_rewarding_i", *run_args(MODELS / "Qwen3-8B-Base"))
     rows = {line[:14].strip(): line[14:].split() for line in out.splitlines()}
-    assert status == 0 and rows["total"] == ["63.3", "35.8"] and rows["vLLM"] == ["48.0", "-"]
+    assert status == 0 and rows["total"] == ["63.3", "21.9", "38.1"] and rows["vLLM"] == ["48.0", "-", "-"]
     assert "largest gpu_memory_utilization that fits: 0.76" in out
 
 
@@ -90,7 +90,7 @@ def test_a_card_too_small_for_any_share_is_refused_naming_the_key(capsys):
     """On 24 GB cards the largest share that fits (0.31) cannot hold Qwen3-8B's 16 GB of weights."""
     status, out, err = plan(capsys, "+method=co_rewarding_i", *run_args(MODELS / "Qwen3-8B-Base"), "--gpu-memory-gb", "24")
     assert status == 1, out + err
-    assert "note: " not in out and err.startswith("refused: the update phase needs ~35.8 GB of this 24 GB GPU")
+    assert "note: " not in out and err.startswith("refused: the update phase needs ~38.1 GB of this 24 GB GPU")
     assert "actor_rollout_ref.rollout.gpu_memory_utilization=0.6 -> at most 0.31" in err
 
 

@@ -1,20 +1,29 @@
 """The start-up memory check of a GPU run: one GPU's memory, estimated before any model loads, in
-its two phases, and a refusal naming the keys to change when the larger one does not fit.
+the three phases of a step, and a refusal naming the keys to change when one does not fit.
 
 - **rollout**: the actor's float32 shards and AdamW moments (from step 2 on), the reference's float32
   shards, vLLM's budget (`gpu_memory_utilization` x the card's *total* memory: vLLM's own weights and
   KV cache), the weight push's transient (the largest tensor, gathered in the engine's dtype, and its
   shard's cast) and the CUDA / NCCL contexts;
+- **log-prob**: the old and reference log-probs, one no-grad micro-batch at a time: the shards and
+  moments, the reference, the unsharded compute-dtype parameters FSDP computes with, the larger
+  log-prob micro-batch's working memory (`rollout.` / `ref.log_prob_micro_batch_size_per_gpu`), the
+  contexts, and vLLM's budget unless `free_cache_engine` sleeps it (the engine sleeps after rollouts);
 - **update**: the actor's shards, gradients and moments, the reference, the unsharded compute-dtype
   parameters FSDP holds while computing (the root module and two decoder layers), the update
-  micro-batch's working memory, the contexts, and vLLM's budget unless `free_cache_engine` sleeps it.
+  micro-batch's working memory, FSDP's gradients waiting for their reduce-scatter, the contexts, and
+  vLLM's budget unless `free_cache_engine` sleeps it.
 
 Offloading (`fsdp_config.param_offload` / `optimizer_offload`) moves the shards and moments off the
-GPU. The micro-batch's working memory follows `benchmarks/memory.py`'s model (gradient checkpointing:
-each layer keeps its input; one layer's recomputation or the output head's gradient; the logits
-chunk); `tests/test_memory_plan.py` holds it against that benchmark's
-fake-tensor accounting. It does not see allocator fragmentation or kernel workspaces: the check
-refuses above `HEADROOM` of the card.
+GPU. Both micro-batches' working memory follows `benchmarks/memory.py`'s model (the update with
+gradient checkpointing: each layer keeps its input; one layer's recomputation or the output head's
+gradient; the logits chunk. The log-prob pass: one layer's transients, or a logits chunk);
+`tests/test_memory_plan.py` holds them against that benchmark's fake-tensor accounting. The
+reduce-scatter term is FSDP2's, which that accounting cannot see (it frees every gradient at once):
+the output head's compute-dtype gradient stays until the root module's reduce-scatter at the end of
+the backward, and a layer's gradients sit beside their float32 copy (`reduce_dtype`) while reduced.
+It does not see allocator fragmentation or kernel workspaces: the check refuses above `HEADROOM` of
+the card.
 
 When vLLM's share alone keeps a run from fitting (the release's Co-rewarding-I script asks for 0.8,
 which an 80 GB card cannot hold beside the FSDP state at Qwen3-8B), `fit_rollout_share` lowers it to
@@ -43,6 +52,16 @@ HEADROOM = 0.95  # the share of the card an estimate may fill (fragmentation, ke
 LAYER_VALUES = (16, 4)
 ROOT_VALUES = 4
 HEAD_GRADIENT_BYTES = 10
+# A no-grad forward frees a layer's tensors when the layer returns, so its peak is one layer's
+# transients, ~(4 h + 3 i) compute-dtype values per token (input, residual, output; the MLP's gate,
+# up and their product) beside the padded rows' boolean [rows, 1, L, L] attention mask (L bytes per
+# token), or after the decoder the final and the selected hidden states beside a chunk's three
+# float32 [tokens, vocabulary] tensors. Fitted to benchmarks/memory.py --log-prob-rows at Qwen3-8B's
+# shapes (16 x 3,584 tokens: 5.88 GB here, 5.91 GB there; 8 rows with 2,048-token chunks: 3.92 / 3.82)
+# and at 1,024- and 2,048-wide models.
+LOG_PROB_LAYER_VALUES = (4, 3)
+LOG_PROB_CHUNK_TENSORS = 3
+REDUCE_BYTES = 4  # FSDP's reduce_dtype (float32, workers/model/sharding.py)
 
 
 @dataclass(frozen=True)
@@ -81,6 +100,8 @@ class Settings:
     actor_offload: bool
     ref_offload: bool
     micro_tokens: int  # tokens of one update micro-batch
+    log_prob_tokens: int  # tokens of the larger log-prob micro-batch (actor's or reference's)
+    row_length: int  # a padded row's tokens (data.max_prompt_length + max_response_length)
     chunk: int  # model.logits_chunk_size
     checkpointing: bool
     compute_bytes: int = 2  # bf16
@@ -94,13 +115,16 @@ def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
     is fixed and the update goes micro-batch by micro-batch."""
     arr, data = config.actor_rollout_ref, config.data
     actor, rollout = arr.actor, arr.rollout
-    tokens = (actor.ppo_max_token_len_per_gpu if actor.use_dynamic_bsz
-              else actor.ppo_micro_batch_size_per_gpu * (data.max_prompt_length + data.max_response_length))
+    row = data.max_prompt_length + data.max_response_length
+    tokens = actor.ppo_max_token_len_per_gpu if actor.use_dynamic_bsz else actor.ppo_micro_batch_size_per_gpu * row
+    log_prob_tokens = max(section.log_prob_max_token_len_per_gpu if section.log_prob_use_dynamic_bsz
+                          else section.log_prob_micro_batch_size_per_gpu * row for section in (rollout, arr.ref))
     engine = engine_spec(rollout.name)
     return Settings(
         world_size=world_size, total_gb=total_gb, vllm_share=rollout.gpu_memory_utilization if engine.memory_share else 0.0,
         sleeps=rollout.free_cache_engine and engine.sleeps, actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
-        ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, chunk=arr.model.logits_chunk_size,
+        ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, log_prob_tokens=log_prob_tokens,
+        row_length=row, chunk=arr.model.logits_chunk_size,
         checkpointing=arr.model.enable_gradient_checkpointing, rollout_tp=rollout.tensor_model_parallel_size,
         reshard=actor.fsdp_config.reshard_after_forward,
     )
@@ -119,6 +143,22 @@ def working_gb(shape: ModelShape, s: Settings) -> float:
     return (kept + logits + max(recompute, head_gradient)) / GIB
 
 
+def log_prob_gb(shape: ModelShape, s: Settings) -> float:
+    """One no-grad log-prob micro-batch's peak beyond the weights: a layer's transients (with the
+    padded rows' mask) or, after the decoder, the hidden states beside a logits chunk."""
+    t, h = s.log_prob_tokens, shape.hidden
+    layer = LOG_PROB_LAYER_VALUES[0] * h + LOG_PROB_LAYER_VALUES[1] * shape.intermediate
+    decoder = t * layer * s.compute_bytes + t * s.row_length
+    head = 2 * t * h * s.compute_bytes + LOG_PROB_CHUNK_TENSORS * min(s.chunk, t) * shape.vocab * 4
+    return max(decoder, head) / GIB
+
+
+def reduce_scatter_gb(shape: ModelShape, s: Settings) -> float:
+    """FSDP's gradients waiting for their reduce-scatter: the output head's (the root module reduces
+    last) and one layer's beside their `reduce_dtype` copy."""
+    return (shape.vocab * shape.hidden * s.compute_bytes + shape.layer * (s.compute_bytes + REDUCE_BYTES)) / GIB
+
+
 def phases_gb(shape: ModelShape, s: Settings) -> dict[str, dict[str, float]]:
     """Per phase, each part's GB on one GPU."""
     per_gpu = shape.total / s.world_size / GIB
@@ -132,11 +172,13 @@ def phases_gb(shape: ModelShape, s: Settings) -> dict[str, dict[str, float]]:
     # the forward every layer stays gathered until its backward
     unsharded = (shape.root + (2 if s.reshard else shape.layers) * shape.layer) * s.compute_bytes / GIB
     rollout = {"actor": actor_shards + moments, "reference": ref, "vLLM": vllm, "push": push, "context": CONTEXT_GB}
+    log_prob = {"actor": actor_shards + moments, "reference": ref, "unsharded": unsharded,
+                "micro-batch": log_prob_gb(shape, s), "context": CONTEXT_GB}
     update = {"actor": actor_shards + moments + gradients, "reference": ref, "unsharded": unsharded,
-              "micro-batch": working_gb(shape, s), "context": CONTEXT_GB}
+              "micro-batch": working_gb(shape, s), "reduce-scatter": reduce_scatter_gb(shape, s), "context": CONTEXT_GB}
     if not s.sleeps and s.vllm_share > 0:
-        update["vLLM"] = vllm
-    return {"rollout": rollout, "update": update}
+        log_prob["vLLM"] = update["vLLM"] = vllm
+    return {"rollout": rollout, "log-prob": log_prob, "update": update}
 
 
 def describe(phases: dict[str, dict[str, float]], total_gb: float) -> str:
@@ -184,6 +226,10 @@ def check(shape: ModelShape, s: Settings) -> str:
     if "rollout" in over and s.vllm_share > 0:
         hints.append(f"actor_rollout_ref.rollout.gpu_memory_utilization={s.vllm_share:g} -> at most "
                      f"{largest_share(phases, s.total_gb):.2f}")
+    if "log-prob" in over:
+        hints.append("a smaller actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu and "
+                     "ref.log_prob_micro_batch_size_per_gpu (or log_prob_max_token_len_per_gpu with "
+                     "log_prob_use_dynamic_bsz)")
     if "update" in over:
         hints.append("a smaller actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu (or ppo_max_token_len_per_gpu "
                      "with use_dynamic_bsz)")
@@ -191,8 +237,8 @@ def check(shape: ModelShape, s: Settings) -> str:
             hints.append("actor_rollout_ref.model.enable_gradient_checkpointing=True")
         if not s.reshard:
             hints.append("actor_rollout_ref.actor.fsdp_config.reshard_after_forward=True")
-        if not s.sleeps and s.vllm_share > 0:
-            hints.append("actor_rollout_ref.rollout.free_cache_engine=True")
+    if over.keys() - {"rollout"} and not s.sleeps and s.vllm_share > 0:
+        hints.append("actor_rollout_ref.rollout.free_cache_engine=True")
     if not s.actor_offload:
         hints.append("actor_rollout_ref.actor.fsdp_config.param_offload=True")
     if not s.ref_offload:
