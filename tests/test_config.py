@@ -23,6 +23,8 @@ from config_overrides import data, model  # fixture
          "data.train_batch_size=3 pairs (each worker trains both views of whole pairs) does not divide by the 2 workers"),
         (["reward_model.reward_manager=co_reward", "actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.ppo_mini_batch_size=1"],
          "ppo_mini_batch_size x rollout.n = 1 rollouts of each view does not divide by the 2 workers"),
+        (["actor_rollout_ref.rollout.n=1", "actor_rollout_ref.actor.ppo_mini_batch_size=1"],
+         "ppo_mini_batch_size x rollout.n = 1 rollouts does not divide by the 2 workers"),
         (["data.train_batch_size=6", "actor_rollout_ref.actor.ppo_mini_batch_size=4"], "does not divide by actor_rollout_ref.actor.ppo_mini_batch_size=4"),
         (["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"], "ppo_micro_batch_size_per_gpu=3"),
         (["actor_rollout_ref.actor.ppo_mini_batch_size=8"], "larger than data.train_batch_size"),

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from corewarding.batch import Batch
-from corewarding.workers.model.packing import micro_batch_groups, token_budget_groups
+from corewarding.workers.model.packing import micro_batch_groups, split_to_count, token_budget_groups
 from corewarding.workers.ports import free_port
 from spawned_ranks import run_spawned_ranks
 
@@ -31,16 +31,18 @@ def test_token_budget_groups_to_a_count():
     """Exactly `count` groups, each within the budget, every row once; the fullest group is split
     in two balanced halves; fewer groups than first-fit needs, or more than rows, is an error."""
     lengths = [10, 3, 7, 2, 8, 5]
-    assert token_budget_groups(lengths, 12, count=3) == token_budget_groups(lengths, 12)
+    first_fit = token_budget_groups(lengths, 12)
+    assert split_to_count(first_fit, lengths, 3) == first_fit
     for count in (4, 5, 6):
-        groups = token_budget_groups(lengths, 12, count=count)
+        groups = split_to_count(first_fit, lengths, count)
         assert len(groups) == count and sorted(i for g in groups for i in g) == list(range(6))
         assert all(g == sorted(g) and sum(lengths[i] for i in g) <= 12 for g in groups)
-    assert token_budget_groups([4, 4, 3, 3, 2], 100, count=2) == [[0, 2, 4], [1, 3]]  # longest first: 9 / 7 tokens
+    small = [4, 4, 3, 3, 2]
+    assert split_to_count(token_budget_groups(small, 100), small, 2) == [[0, 2, 4], [1, 3]]  # longest first: 9 / 7
     with pytest.raises(ValueError, match="cannot make 2"):
-        token_budget_groups(lengths, 12, count=2)
+        split_to_count(first_fit, lengths, 2)
     with pytest.raises(ValueError, match="cannot make 7"):
-        token_budget_groups(lengths, 12, count=7)
+        split_to_count(first_fit, lengths, 7)
 
 
 ROW_TOKENS = ([3, 3, 3, 3], [9, 9, 9, 2])  # per rank: first-fit in 10 tokens makes 2 and 4 groups

@@ -330,11 +330,10 @@ def _check_batches(config: Config, method: Method) -> None:
     mini_rows = mini * views * n  # Co-rewarding-I and -III: a mini-batch holds both views of its pairs
     per_prompt = "ttrl.n_samples_per_prompt" if config.ttrl.enable else "rollout.n"
     what = f"ppo_mini_batch_size x 2 views x {per_prompt}" if views == 2 else f"ppo_mini_batch_size x {per_prompt}"
-    if mini_rows % ws:
-        raise ConfigError(f"{what} = {mini_rows} rollouts does not divide by the {ws} workers")
-    if views == 2 and mini * n % ws:  # each view's share of a worker's mini-batch (`mini_batch_rows`)
-        raise ConfigError(f"ppo_mini_batch_size x {per_prompt} = {mini * n} rollouts of each view does not divide by "
-                          f"the {ws} workers: every worker's mini-batch holds as many of both views")
+    if mini * n % ws:  # with two views, each view's share of a worker's mini-batch (`mini_batch_rows`)
+        raise ConfigError(f"ppo_mini_batch_size x {per_prompt} = {mini * n} rollouts"
+                          + (" of each view" if views == 2 else "") + f" does not divide by the {ws} workers"
+                          + (": every worker's mini-batch holds as many of both views" if views == 2 else ""))
     if (mini_rows // ws) % micro:
         raise ConfigError(
             f"each worker gets {mini_rows // ws} rollouts per mini-batch ({what} / workers), which "

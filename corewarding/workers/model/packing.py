@@ -32,7 +32,8 @@ import torch.distributed as dist
 from corewarding.batch import Batch
 from corewarding.workers.model.segment_attention import Segment
 
-__all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "shared_prefix_inputs", "token_budget_groups"]
+__all__ = ["ModelInputs", "packed_inputs", "padded_inputs", "scatter_to_rows", "shared_prefix_inputs", "split_to_count",
+           "token_budget_groups"]
 
 
 @dataclass(frozen=True)
@@ -171,12 +172,10 @@ def scatter_to_rows(values: torch.Tensor, response_mask: torch.Tensor) -> torch.
     return out.index_put(_response_coordinates(response_mask), values)
 
 
-def token_budget_groups(lengths: list[int], budget: int, count: int | None = None) -> list[list[int]]:
+def token_budget_groups(lengths: list[int], budget: int) -> list[list[int]]:
     """Rows grouped into as few micro-batches of at most `budget` tokens as first-fit decreasing
-    finds (verl's use_dynamic_bsz), or into exactly `count` (no fewer than that; the group with the
-    most tokens split in two, balanced, until there are enough); each group lists row indices in
-    ascending order. A row longer than the budget is an error (raise the budget to at least prompt +
-    response length)."""
+    finds (verl's use_dynamic_bsz); each group lists row indices in ascending order. A row longer
+    than the budget is an error (raise the budget to at least prompt + response length)."""
     if budget <= 0:
         raise ValueError(f"token budget must be positive, got {budget}")
     longest = max(lengths, default=0)
@@ -193,16 +192,23 @@ def token_budget_groups(lengths: list[int], budget: int, count: int | None = Non
         else:
             groups.append([row])
             loads.append(lengths[row])
-    if count is not None and not len(groups) <= count <= len(lengths):
+    return [sorted(group) for group in groups]
+
+
+def split_to_count(groups: list[list[int]], lengths: list[int], count: int) -> list[list[int]]:
+    """`groups` made exactly `count` (no fewer than they are): the group with the most tokens split
+    in two balanced halves (longest row first, each to the lighter half) until there are enough."""
+    if not len(groups) <= count <= len(lengths):
         raise ValueError(f"{len(lengths)} rows cannot make {count} micro-batches (first-fit makes {len(groups)})")
-    while count is not None and len(groups) < count:
+    groups = list(groups)
+    while len(groups) < count:
         fullest = max((g for g in groups if len(g) > 1), key=lambda g: sum(lengths[r] for r in g))
         groups.remove(fullest)
         halves: list[list[int]] = [[], []]
-        for row in sorted(fullest, key=lambda r: -lengths[r]):  # longest first, each to the lighter half
+        for row in sorted(fullest, key=lambda r: -lengths[r]):
             halves[min((0, 1), key=lambda h: sum(lengths[r] for r in halves[h]))].append(row)
-        groups += halves
-    return [sorted(group) for group in groups]
+        groups += [sorted(half) for half in halves]
+    return groups
 
 
 def row_tokens(rows: Batch) -> list[int]:
@@ -222,5 +228,5 @@ def micro_batch_groups(rows: Batch, micro_rows: int, max_tokens: int | None, wor
     if world_size > 1:
         count = torch.tensor([len(groups)], device=rows.tensors["attention_mask"].device)
         dist.all_reduce(count, op=dist.ReduceOp.MAX)
-        groups = token_budget_groups(lengths, max_tokens, int(count))
+        groups = split_to_count(groups, lengths, int(count))
     return groups
