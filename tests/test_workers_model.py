@@ -82,6 +82,20 @@ def test_an_offloading_gpu_worker_takes_its_share_of_the_node_cores():
     assert gpu_worker_threads(12, actor_offload=True, node_cpus=64, gpus_per_node=8) == 12  # set by hand: kept
 
 
+def test_a_worker_seeing_several_gpus_is_refused_where_vllm_would_take_gpu_0():
+    """Ray shows each worker one GPU (device 0). A worker that sees all eight trains on LOCAL_RANK,
+    where a TP-1 vLLM engine, which starts on the first visible GPU, would not follow it: refused
+    off GPU 0, naming the variable; an engine that follows the worker passes."""
+    from corewarding.errors import ConfigError
+    from corewarding.workers.fsdp_worker import worker_gpu
+
+    assert worker_gpu(1, 5, engine_takes_first_gpu=True) == 0
+    assert worker_gpu(8, 0, engine_takes_first_gpu=True) == 0
+    assert worker_gpu(8, 5, engine_takes_first_gpu=False) == 5
+    with pytest.raises(ConfigError, match="sees 8 GPUs and trains on GPU 5 .*RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES"):
+        worker_gpu(8, 5, engine_takes_first_gpu=True)
+
+
 def test_forward_layout_is_padded_on_a_gpu_without_flash_attention(caplog):
     """Packed rows without flash-attention make transformers build a dense [T, T] mask: on CUDA the
     layout falls back to padded, with one warning; flash-attention keeps packing; CPU shares prompts."""

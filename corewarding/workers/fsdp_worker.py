@@ -42,6 +42,7 @@ from corewarding.data import load_tokenizer, pad_token_id
 from corewarding.errors import ConfigError
 from corewarding.hardware import usable_torch_compile
 from corewarding.logs import quiet_worker
+from corewarding.rollout_engines import engine_spec
 from corewarding.startup import gc_paused, in_ray_worker, skip_unused_imports
 from corewarding.workers import memory_plan, rng_state
 from corewarding.workers.checkpoint import worker_checkpoint
@@ -71,6 +72,21 @@ def gpu_worker_threads(configured: int, actor_offload: bool, node_cpus: int, gpu
     """CPU threads of a GPU worker: `trainer.cpus_per_worker` (1 unless set); one whose actor is
     offloaded runs AdamW over its shards on the CPU, so it takes its share of the node's cores."""
     return max(configured, node_cpus // gpus_per_node) if actor_offload else configured
+
+
+def worker_gpu(visible: int, local_rank: int, engine_takes_first_gpu: bool) -> int:
+    """This worker's CUDA device: 0 when it sees one GPU (Ray narrows CUDA_VISIBLE_DEVICES to it),
+    else its LOCAL_RANK. vLLM at tensor parallel size 1 runs in its uni-process executor on the first
+    visible GPU whatever the worker's device (`engine_takes_first_gpu`): such a worker off GPU 0 is
+    refused rather than left to put every engine on GPU 0."""
+    if visible <= 1:
+        return 0
+    if engine_takes_first_gpu and local_rank != 0:
+        raise ConfigError(
+            f"this worker sees {visible} GPUs and trains on GPU {local_rank} (LOCAL_RANK), but its rollout engine at "
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=1 would start on GPU 0: let Ray give each worker its "
+            "own GPU (unset RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES)")
+    return local_rank
 
 
 class ActorRolloutRefWorker(WorkerApi):
@@ -155,7 +171,9 @@ class ActorRolloutRefWorker(WorkerApi):
         else:
             if not torch.cuda.is_available():
                 raise RuntimeError("trainer.device=cuda but no GPU is visible: set trainer.device=cpu for a CPU run")
-            local = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.device_count() > 1 else 0
+            rollout = self.config.actor_rollout_ref.rollout
+            takes_first = engine_spec(rollout.name).first_gpu_at_tp1 and rollout.tensor_model_parallel_size == 1
+            local = worker_gpu(torch.cuda.device_count(), int(os.environ.get("LOCAL_RANK", 0)), takes_first)
             torch.cuda.set_device(local)
             self.device = torch.device("cuda", local)
             fsdp = self.config.actor_rollout_ref.actor.fsdp_config
