@@ -31,6 +31,7 @@ FIGS = REPO / "figs" / "decisive"
 EXTENDED_SEEDS = 12
 MIN_EFFECT = 0.03
 TABLE_STEPS = (0, *HELDOUT_STEPS)  # the base model and the graded checkpoints
+EXAMPLE_ANSWER = "68"  # the one-shot example's answer in the built-in task's prompt (corewarding/data/builtin.py)
 LATE_STEPS = range(45, 49)  # the steps whose majority ratio and truncated share say what a fall is
 LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "entropy": "Entropy",
           "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
@@ -45,6 +46,12 @@ def heldout_correct(path: Path) -> list[int]:
     return [int(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
 
 
+def heldout_answers(path: Path) -> Counter:
+    """How many held-out questions got each extracted greedy answer (None: no answer)."""
+    with gzip.open(path, "rt") as handle:
+        return Counter(json.loads(line)["extracted_answer"] for line in handle)
+
+
 @dataclass
 class Run:
     name: str
@@ -52,6 +59,7 @@ class Run:
     heldout: dict[int, list[int]]  # step -> per-question correctness (step 0: the base model)
     history: list[dict[str, Any]]
     minutes: float | None
+    final_answers: Counter  # the held-out greedy answers at step 48 (post-hoc: outside the protocol)
 
     def accuracy(self, step: int) -> float | None:
         return statistics.fmean(self.heldout[step]) if step in self.heldout else None
@@ -74,7 +82,8 @@ def read_runs(root: Path) -> tuple[list[int], list[Run]]:
         heldout = {0: base} | {int(p.name.split(".")[0]): heldout_correct(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
         history = read_metrics(folder / "metrics.jsonl")
         seconds = marker.get("train_seconds", 0.0) + sum(marker.get("eval_seconds", {}).values())
-        runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60))
+        runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60,
+                        heldout_answers(folder / "heldout" / "48.jsonl.gz")))
     return base, runs
 
 
@@ -196,7 +205,7 @@ def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, di
     lines = ["| run | seed | step 16 | step 32 | step 48 | majority ratio 45-48 | truncated 45-48 | answered 45-48 "
              "| reading | collapse monitor | minutes |", "| --- |" + " --- |" * 10]
     finished = [r for r in runs if status(r, base_accuracy) != "unfinished"]
-    for r in sorted(finished, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed)):
+    for r in by_method(finished):
         late = [r.late_mean(key) for key in ("monitor/majority_ratio", "response_length/clip_ratio",
                                              "reward/answer_present")]
         cells = [LABELS.get(r.name, r.name), str(r.seed), *(f"{r.accuracy(step):.3f}" for step in HELDOUT_STEPS),
@@ -223,6 +232,28 @@ def reading_counts(runs: list[Run], base_accuracy: float) -> str:
         by_method.setdefault(LABELS.get(r.name, r.name), Counter())[status(r, base_accuracy)] += 1
     return "; ".join(f"{label}: " + ", ".join(f"{word} {k}" for word, k in sorted(c.items()))
                      for label, c in by_method.items())
+
+
+def by_method(runs: list[Run]) -> list[Run]:
+    """Runs in the tables' order: by method (as `LABELS` lists them), then seed."""
+    return sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed))
+
+
+def answer_table(runs: list[Run]) -> list[str]:
+    """Post-hoc: a sentence naming the runs that give one answer to at least 90 % of the held-out
+    questions at step 48, then each run's most common answer and how many gave the one-shot
+    example's (`EXAMPLE_ANSWER`, in every prompt of the built-in task)."""
+    shares = {id(r): (r.final_answers.most_common(1)[0], sum(r.final_answers.values())) for r in runs}
+    gathered = [f"{LABELS.get(r.name, r.name)} s{r.seed} ({answer})" for r in by_method(runs)
+                for (answer, count), total in [shares[id(r)]] if count >= 0.9 * total]
+    rows = ["Runs answering one value to at least 90 % of the questions: " + (", ".join(gathered) or "none") + ".", "",
+            "| run | seed | most common answer at step 48 | its share | share answering " + EXAMPLE_ANSWER + " |",
+            "| --- | --- | --- | --- | --- |"]
+    for r in by_method(runs):
+        (answer, count), total = shares[id(r)]
+        rows.append(f"| {LABELS.get(r.name, r.name)} | {r.seed} | {answer} | {count / total:.2f} | "
+                    f"{r.final_answers[EXAMPLE_ANSWER] / total:.2f} |")
+    return rows
 
 
 def report(base: list[int], runs: list[Run]) -> str:
@@ -276,6 +307,9 @@ def report(base: list[int], runs: list[Run]) -> str:
     else:
         lines.append(f"None yet: {n} of the protocol's {PRIMARY_SEEDS} primary seed pairs are finished (an interim "
                      "look; the verdict is taken at 8 seeds, or at 12 after the one extension).")
+    lines += ["", "## Post-hoc, outside the protocol: what the runs answer at step 48", "",
+              "Every prompt carries the built-in task's one-shot example, `23 + 45 = 68 ... \\boxed{68}`: copying its "
+              f"answer {EXAMPLE_ANSWER} is a consensus that any reward by agreement pays for.", "", *answer_table(runs)]
     return "\n".join(lines) + "\n"
 
 

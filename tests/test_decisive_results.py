@@ -19,21 +19,24 @@ import decisive_results as dr  # noqa: E402
 N = 100  # held-out questions of the made-up records
 
 
-def _heldout(path: Path, correct: list[int]) -> None:
+def _heldout(path: Path, correct: list[int], wrong: str | None = None) -> None:
+    """Question i answered `i` when right, else `wrong` (None: a wrong answer of its own, `-i`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(path, "wt") as handle:
         for i in reversed(range(len(correct))):  # out of order: the reader sorts by index
-            handle.write(json.dumps({"index": i, "correct": bool(correct[i])}) + "\n")
+            answer = str(i) if correct[i] else (wrong or str(-i))
+            handle.write(json.dumps({"index": i, "correct": bool(correct[i]), "extracted_answer": answer}) + "\n")
 
 
 def _first(k: int) -> list[int]:
     return [1] * k + [0] * (N - k)
 
 
-def _run(root: Path, seed: int, name: str, right: dict[int, int], majority: float, truncated: float) -> None:
+def _run(root: Path, seed: int, name: str, right: dict[int, int], majority: float, truncated: float,
+         wrong: str | None = None) -> None:
     folder = root / f"seed{seed}" / name
     for step, k in right.items():
-        _heldout(folder / "heldout" / f"{step}.jsonl.gz", _first(k))
+        _heldout(folder / "heldout" / f"{step}.jsonl.gz", _first(k), wrong)
     rows = [{"step": s, "monitor/majority_ratio": majority if s >= 45 else 0.3,
              "response_length/clip_ratio": truncated if s >= 45 else 0.0} for s in range(1, 49)]
     val = {0: 10, **right}  # the 64-question validation the monitor reads, here as the held-out set
@@ -47,7 +50,7 @@ def _run(root: Path, seed: int, name: str, right: dict[int, int], majority: floa
 def records(tmp_path):
     _heldout(tmp_path / "base" / "heldout" / "0.jsonl.gz", _first(10))
     # seed 0: MV collapses (10 -> 30 -> 2 right, confident); CR-II holds (30 -> 35)
-    _run(tmp_path, 0, "majority_voting", {16: 30, 32: 20, 48: 2}, majority=0.95, truncated=0.0)
+    _run(tmp_path, 0, "majority_voting", {16: 30, 32: 20, 48: 2}, majority=0.95, truncated=0.0, wrong="68")
     _run(tmp_path, 0, "co_rewarding_ii", {16: 30, 32: 32, 48: 35}, majority=0.8, truncated=0.0)
     # seed 1: MV falls by truncation (25 -> 5, clipped); CR-II holds (25 -> 26)
     _run(tmp_path, 1, "majority_voting", {16: 25, 32: 15, 48: 5}, majority=0.95, truncated=0.7)
@@ -151,3 +154,15 @@ def test_the_report_names_the_runs_where_the_monitor_disagrees(records, tmp_path
     text = dr.main(["--root", str(records), "--out", str(tmp_path)])
     assert "disagrees with the protocol's reading on Majority-Voting s0." in text
     assert (tmp_path / "decisive.png").stat().st_size > 10_000 and (tmp_path / "RESULTS.md").read_text() == text
+
+
+def test_the_post_hoc_table_names_the_runs_that_gather_on_one_answer(records):
+    """MV s0 answers the one-shot example's 68 to its 98 wrong questions: named, 0.98 of both columns;
+    the others answer each question differently."""
+    _, runs = dr.read_runs(records)
+    lines = dr.answer_table(runs)
+    assert lines[0] == "Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68)."
+    assert "| Majority-Voting | 0 | 68 | 0.98 | 0.98 |" in lines
+    other = next(line for line in lines if line.startswith("| Co-rewarding-II | 0 |"))
+    assert other.endswith("| 0.01 | 0.00 |")  # every answer once (which one is "most common" is a tie)
+    assert "## Post-hoc, outside the protocol" in dr.report(*dr.read_runs(records))
