@@ -19,7 +19,9 @@ from pathlib import Path
 from corewarding.data.schema import make_row, write_verl_parquet
 
 # No placeholder answer in the instruction: a model that copies one ("\\boxed{N}") gives every voting
-# method a free, wrong consensus; an empty box extracts to no answer, which never wins a vote.
+# method a free, wrong consensus; an empty box extracts to no answer, which never wins a vote. The
+# example's own answer is such a consensus too: the runs that collapse on this data answer 68
+# (docs/results.md). It stays, so that every recorded run keeps meaning the same prompt.
 ONE_SHOT_SYSTEM_PROMPT = (
     "Solve the math problem. Answer in one short line, as in the example, with the final answer in \\boxed{}.\n"
     "Example:\n"
