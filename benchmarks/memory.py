@@ -29,8 +29,9 @@ The last columns estimate one GPU's peak when the model trains with FSDP2 over 8
 master parameters, gradients and Adam moments sharded 8 ways (16 bytes x parameters / 8), plus the
 unsharded bfloat16 parameters FSDP holds while computing (the root module: embeddings and lm_head;
 and two decoder layers, the current one and the prefetched one), plus everything else measured here:
-activations, temporaries and the full gradients of the module being reduced (in the fake run each
-gradient is freed as soon as it is complete, as FSDP frees it after the reduce-scatter).
+activations and temporaries (in the fake run each gradient is freed as soon as it is complete; FSDP
+keeps a module's gradients until its reduce-scatter, which the trainer's start-up check,
+`corewarding/workers/memory_plan.py`, adds with the CUDA contexts: docs/gpu.md's update phase).
 """
 
 from __future__ import annotations

@@ -47,7 +47,10 @@ def heldout_correct(path: Path) -> list[int]:
 
 
 def heldout_answers(path: Path) -> Counter:
-    """How many held-out questions got each extracted greedy answer (None: no answer)."""
+    """How many held-out questions got each extracted greedy answer (None: no answer); empty for a
+    run without that checkpoint's grading."""
+    if not path.exists():
+        return Counter()
     with gzip.open(path, "rt") as handle:
         return Counter(json.loads(line)["extracted_answer"] for line in handle)
 
@@ -227,11 +230,11 @@ def truncation_note(runs: list[Run]) -> str:
 
 def reading_counts(runs: list[Run], base_accuracy: float) -> str:
     """How many runs of each method got each reading (`status`), e.g. `Majority-Voting: fell 4, held 1`."""
-    by_method: dict[str, Counter] = {}
-    for r in sorted(runs, key=lambda r: list(LABELS).index(r.name) if r.name in LABELS else 99):
-        by_method.setdefault(LABELS.get(r.name, r.name), Counter())[status(r, base_accuracy)] += 1
+    counts: dict[str, Counter] = {}
+    for r in by_method(runs):
+        counts.setdefault(LABELS.get(r.name, r.name), Counter())[status(r, base_accuracy)] += 1
     return "; ".join(f"{label}: " + ", ".join(f"{word} {k}" for word, k in sorted(c.items()))
-                     for label, c in by_method.items())
+                     for label, c in counts.items())
 
 
 def by_method(runs: list[Run]) -> list[Run]:
@@ -241,15 +244,17 @@ def by_method(runs: list[Run]) -> list[Run]:
 
 def answer_table(runs: list[Run]) -> list[str]:
     """Post-hoc: a sentence naming the runs that give one answer to at least 90 % of the held-out
-    questions at step 48, then each run's most common answer and how many gave the one-shot
-    example's (`EXAMPLE_ANSWER`, in every prompt of the built-in task)."""
-    shares = {id(r): (r.final_answers.most_common(1)[0], sum(r.final_answers.values())) for r in runs}
-    gathered = [f"{LABELS.get(r.name, r.name)} s{r.seed} ({answer})" for r in by_method(runs)
+    questions at step 48, then each graded run's most common answer (no answer not counted as one)
+    and how many gave the one-shot example's (`EXAMPLE_ANSWER`, in every prompt of the built-in task)."""
+    graded = [r for r in by_method(runs) if any(a is not None for a in r.final_answers)]
+    shares = {id(r): (Counter({a: k for a, k in r.final_answers.items() if a is not None}).most_common(1)[0],
+                      sum(r.final_answers.values())) for r in graded}
+    gathered = [f"{LABELS.get(r.name, r.name)} s{r.seed} ({answer})" for r in graded
                 for (answer, count), total in [shares[id(r)]] if count >= 0.9 * total]
     rows = ["Runs answering one value to at least 90 % of the questions: " + (", ".join(gathered) or "none") + ".", "",
             "| run | seed | most common answer at step 48 | its share | share answering " + EXAMPLE_ANSWER + " |",
             "| --- | --- | --- | --- | --- |"]
-    for r in by_method(runs):
+    for r in graded:
         (answer, count), total = shares[id(r)]
         rows.append(f"| {LABELS.get(r.name, r.name)} | {r.seed} | {answer} | {count / total:.2f} | "
                     f"{r.final_answers[EXAMPLE_ANSWER] / total:.2f} |")

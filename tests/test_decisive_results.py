@@ -166,3 +166,17 @@ def test_the_post_hoc_table_names_the_runs_that_gather_on_one_answer(records):
     other = next(line for line in lines if line.startswith("| Co-rewarding-II | 0 |"))
     assert other.endswith("| 0.01 | 0.00 |")  # every answer once (which one is "most common" is a tie)
     assert "## Post-hoc, outside the protocol" in dr.report(*dr.read_runs(records))
+
+
+def test_a_run_without_step_48_or_with_unanswered_questions_is_read(records):
+    """A run stopped before its last grading reads as unfinished and stays out of the answers table;
+    questions without an answer are not one shared answer."""
+    (records / "seed1" / "majority_voting" / "heldout" / "48.jsonl.gz").unlink()
+    with gzip.open(records / "seed1" / "co_rewarding_ii" / "heldout" / "48.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps({"index": i, "correct": False, "extracted_answer": None}) + "\n" for i in range(N))
+    base, runs = dr.read_runs(records)
+    stopped = next(r for r in runs if (r.name, r.seed) == ("majority_voting", 1))
+    assert dr.status(stopped, sum(base) / N) == "unfinished"
+    lines = dr.answer_table(runs)
+    assert lines[0] == "Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68)."
+    assert not any(line.startswith(("| Majority-Voting | 1 |", "| Co-rewarding-II | 1 |")) for line in lines)

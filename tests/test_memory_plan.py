@@ -85,13 +85,31 @@ def test_a_log_prob_micro_batch_that_does_not_fit_names_its_keys():
     memory_plan.check(QWEN3_8B, dataclasses.replace(settings, log_prob_tokens=32 * (512 + 3072)))
 
 
-def test_the_update_counts_fsdp_gradients_waiting_for_their_reduce_scatter():
-    """Qwen3-8B: the output head's bf16 gradient (151,936 x 4,096 x 2 bytes) held until the root's
-    reduce-scatter, and one layer's bf16 gradients beside their float32 copy: ~2.2 GB the fake-tensor
-    accounting cannot see (it frees each gradient at once)."""
-    update = memory_plan.phases_gb(QWEN3_8B, PAPER_CO_REWARDING_I)["update"]
-    expected = (151936 * 4096 * 2 + QWEN3_8B.layer * (2 + 4)) / 2**30
-    assert update["reduce-scatter"] == pytest.approx(expected, rel=1e-12) and 2.0 < expected < 2.5
+def test_fsdp_gradients_waiting_for_their_reduce_scatter_count_where_they_meet_the_peak():
+    """FSDP2 keeps the output head's bf16 gradient until the root reduces at the end of the backward,
+    and a layer's gradients beside their float32 copy: at 8 rows of Qwen3-8B (a layer's recomputation
+    is the peak) they add 2.2 GB; at 4 rows the head's gradient is the peak, which already holds
+    its own gradient and precedes every layer's: nothing; at a few tokens the root's end-of-backward
+    reduce (bf16 gradients and float32 copy of embedding and head) is the peak."""
+    def term(tokens: int) -> float:
+        return memory_plan.phases_gb(QWEN3_8B, dataclasses.replace(PAPER_CO_REWARDING_I, micro_tokens=tokens))["update"][
+            "reduce-scatter"]
+
+    waiting = (151936 * 4096 * 2 + QWEN3_8B.layer * (2 + 4)) / 2**30
+    assert term(8 * 3584) == pytest.approx(waiting, rel=1e-9) and 2.0 < waiting < 2.5
+    assert term(4 * 3584) == 0.0
+    few = dataclasses.replace(PAPER_CO_REWARDING_I, micro_tokens=16, chunk=16)
+    root_reduce = QWEN3_8B.root * (2 + 4) / 2**30
+    assert term(16) == pytest.approx(root_reduce - memory_plan.working_gb(QWEN3_8B, few), rel=1e-9) and term(16) > 0
+
+
+def test_without_resharding_the_actor_stays_gathered_through_the_references_log_probs():
+    """reshard_after_forward=False: after the old log-probs every actor layer stays gathered while
+    the reference computes with its own root and two layers."""
+    resharded = memory_plan.phases_gb(QWEN3_8B, PAPER_CO_REWARDING_I)["log-prob"]["unsharded"]
+    gathered = memory_plan.phases_gb(QWEN3_8B, dataclasses.replace(PAPER_CO_REWARDING_I, reshard=False))["log-prob"]
+    assert gathered["unsharded"] - resharded == pytest.approx((34 * QWEN3_8B.layer + QWEN3_8B.root + 2 * QWEN3_8B.layer)
+                                                             * 2 / 2**30, rel=1e-9)
 
 
 def test_the_release_share_for_co_rewarding_i_does_not_fit_an_80_gb_card():

@@ -21,7 +21,9 @@ gradient; the logits chunk. The log-prob pass: one layer's transients, or a logi
 `tests/test_memory_plan.py` holds them against that benchmark's fake-tensor accounting. The
 reduce-scatter term is FSDP2's, which that accounting cannot see (it frees every gradient at once):
 the output head's compute-dtype gradient stays until the root module's reduce-scatter at the end of
-the backward, and a layer's gradients sit beside their float32 copy (`reduce_dtype`) while reduced.
+the backward, and a layer's gradients sit beside their float32 copy (`reduce_dtype`) while reduced;
+it is what they add to the micro-batch's peak (nothing where the head's gradient is the peak). Read
+from torch's FSDP2 source, not measured on a GPU.
 It does not see allocator fragmentation or kernel workspaces: the check refuses above `HEADROOM` of
 the card.
 
@@ -58,7 +60,8 @@ HEAD_GRADIENT_BYTES = 10
 # token), or after the decoder the final and the selected hidden states beside a chunk's three
 # float32 [tokens, vocabulary] tensors. Fitted to benchmarks/memory.py --log-prob-rows at Qwen3-8B's
 # shapes (16 x 3,584 tokens: 5.88 GB here, 5.91 GB there; 8 rows with 2,048-token chunks: 3.92 / 3.82)
-# and at 1,024- and 2,048-wide models.
+# and at 16 x 3,584 tokens of 1,024- and 2,048-wide models; tests/test_memory_plan.py checks a
+# configuration it was not fitted to.
 LOG_PROB_LAYER_VALUES = (4, 3)
 LOG_PROB_CHUNK_TENSORS = 3
 REDUCE_BYTES = 4  # FSDP's reduce_dtype (float32, workers/model/sharding.py)
@@ -130,17 +133,24 @@ def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
     )
 
 
-def working_gb(shape: ModelShape, s: Settings) -> float:
-    """One update micro-batch's memory beyond the weights: what the forward keeps (with gradient
-    checkpointing each layer's input, without it all a layer needs), then the larger of the two
-    peaks of the backward: one layer's recomputation, or the output head's weight gradient."""
+def _update_peaks(shape: ModelShape, s: Settings) -> tuple[float, float, float]:
+    """An update micro-batch's bytes beyond the weights: what the forward keeps with the logits
+    chunk (with gradient checkpointing each layer's input, without it all a layer needs), one
+    layer's recomputation in the backward, and the output head's weight gradient."""
     t, h = s.micro_tokens, shape.hidden
     layer = LAYER_VALUES[0] * h + LAYER_VALUES[1] * shape.intermediate
     kept = t * (shape.layers * (h if s.checkpointing else layer) + ROOT_VALUES * h) * s.compute_bytes
-    recompute = t * layer * s.compute_bytes if s.checkpointing else 0
-    head_gradient = HEAD_GRADIENT_BYTES * shape.vocab * h
     logits = 2 * min(s.chunk, t) * shape.vocab * 4  # a float32 chunk's log p and p (algos.logits.grad_chunk)
-    return (kept + logits + max(recompute, head_gradient)) / GIB
+    recompute = t * layer * s.compute_bytes if s.checkpointing else 0
+    return kept + logits, recompute, HEAD_GRADIENT_BYTES * shape.vocab * h
+
+
+def working_gb(shape: ModelShape, s: Settings) -> float:
+    """One update micro-batch's memory beyond the weights, as the fake-tensor benchmark counts it:
+    what the forward keeps, then the larger of the backward's two peaks (a layer's recomputation or
+    the output head's weight gradient)."""
+    kept, recompute, head_gradient = _update_peaks(shape, s)
+    return (kept + max(recompute, head_gradient)) / GIB
 
 
 def log_prob_gb(shape: ModelShape, s: Settings) -> float:
@@ -154,9 +164,14 @@ def log_prob_gb(shape: ModelShape, s: Settings) -> float:
 
 
 def reduce_scatter_gb(shape: ModelShape, s: Settings) -> float:
-    """FSDP's gradients waiting for their reduce-scatter: the output head's (the root module reduces
-    last) and one layer's beside their `reduce_dtype` copy."""
-    return (shape.vocab * shape.hidden * s.compute_bytes + shape.layer * (s.compute_bytes + REDUCE_BYTES)) / GIB
+    """What FSDP's gradients waiting for their reduce-scatter add to `working_gb`'s peak: through the
+    backward the output head's compute-dtype gradient (the root module reduces last) and one layer's
+    gradients beside their `reduce_dtype` copy, beside a layer's recomputation (the head-gradient
+    peak already counts the head's); at the end the root's gradients and their copy, alone."""
+    kept, recompute, head_gradient = _update_peaks(shape, s)
+    waiting = shape.vocab * shape.hidden * s.compute_bytes + shape.layer * (s.compute_bytes + REDUCE_BYTES)
+    root_reduce = shape.root * (s.compute_bytes + REDUCE_BYTES)
+    return max(kept + max(recompute + waiting, head_gradient), root_reduce) / GIB - working_gb(shape, s)
 
 
 def phases_gb(shape: ModelShape, s: Settings) -> dict[str, dict[str, float]]:
@@ -172,7 +187,9 @@ def phases_gb(shape: ModelShape, s: Settings) -> dict[str, dict[str, float]]:
     # the forward every layer stays gathered until its backward
     unsharded = (shape.root + (2 if s.reshard else shape.layers) * shape.layer) * s.compute_bytes / GIB
     rollout = {"actor": actor_shards + moments, "reference": ref, "vLLM": vllm, "push": push, "context": CONTEXT_GB}
-    log_prob = {"actor": actor_shards + moments, "reference": ref, "unsharded": unsharded,
+    # without resharding after the forward the actor stays gathered through the reference's pass
+    log_prob_unsharded = unsharded + (0 if s.reshard else (shape.root + 2 * shape.layer) * s.compute_bytes / GIB)
+    log_prob = {"actor": actor_shards + moments, "reference": ref, "unsharded": log_prob_unsharded,
                 "micro-batch": log_prob_gb(shape, s), "context": CONTEXT_GB}
     update = {"actor": actor_shards + moments + gradients, "reference": ref, "unsharded": unsharded,
               "micro-batch": working_gb(shape, s), "reduce-scatter": reduce_scatter_gb(shape, s), "context": CONTEXT_GB}
