@@ -84,9 +84,9 @@ def report(config: Config, shape: ModelShape, s: Settings) -> list[str]:
         f"model {config.actor_rollout_ref.model.path}: {shape.total / 1e9:.2f} B parameters, {shape.layers} layers",
         f"GPUs: {s.world_size} ({trainer.nnodes} node(s) x {trainer.n_gpus_per_node}) of {s.total_gb:g} GB; "
         f"limit {memory_plan.HEADROOM:.0%} = {limit:.1f} GB",
-        f"settings: gpu_memory_utilization {s.vllm_share:g}, vLLM asleep after rollouts {on[s.sleeps]}, update micro-batch "
-        f"{s.micro_tokens:,} tokens, log-prob micro-batch {s.log_prob_tokens:,} tokens, gradient checkpointing {on[s.checkpointing]}, actor offload "
-        f"{on[s.actor_offload]}, reference offload {on[s.ref_offload]}",
+        f"settings: gpu_memory_utilization {s.vllm_share:g}, vLLM asleep after rollouts {on[s.sleeps]}, update "
+        f"micro-batch {s.micro_tokens:,} tokens, log-prob micro-batch {s.log_prob_tokens:,} tokens, gradient "
+        f"checkpointing {on[s.checkpointing]}, actor offload {on[s.actor_offload]}, reference offload {on[s.ref_offload]}",
         *table(phases, s.total_gb),
     ]
     if s.vllm_share > 0:

@@ -1,8 +1,9 @@
 """The rollout engines, in one registry: each engine's name, its module, the package it needs and
 what it can do. Nothing else in the package knows an engine by name: the config checks
 (`config/loading.py`), the allowed `actor_rollout_ref.rollout.name` values (`config/schema.py`),
-the GPU memory plan (`workers/memory_plan.py`), the worker's choice of GPU, the engine factory (`workers/rollout.make_engine`)
-and evaluation (`corewarding.eval --backend`) ask this registry.
+the GPU memory plan (`workers/memory_plan.py`), the worker's choice of GPU (`workers/fsdp_worker.py`),
+the engine factory (`workers/rollout.make_engine`) and evaluation (`corewarding.eval --backend`)
+ask this registry.
 
 Adding an engine is one `EngineSpec` in `ENGINES` and its module, which defines
 `build(settings, model_path, tokenizer, device)` (the `EngineSettings` of `corewarding.workers.rollout`)

@@ -22,10 +22,9 @@ gradient; the logits chunk. The log-prob pass: one layer's transients, or a logi
 reduce-scatter term is FSDP2's, which that accounting cannot see (it frees every gradient at once):
 the output head's compute-dtype gradient stays until the root module's reduce-scatter at the end of
 the backward, and a layer's gradients sit beside their float32 copy (`reduce_dtype`) while reduced;
-it is what they add to the micro-batch's peak (nothing where the head's gradient is the peak). Read
-from torch's FSDP2 source, not measured on a GPU.
-It does not see allocator fragmentation or kernel workspaces: the check refuses above `HEADROOM` of
-the card.
+it is what they add to the micro-batch's peak (nothing where the head's gradient is the peak), read
+from torch's FSDP2 source, not measured on a GPU. The plan does not see allocator fragmentation or
+kernel workspaces: the check refuses above `HEADROOM` of the card.
 
 When vLLM's share alone keeps a run from fitting (the release's Co-rewarding-I script asks for 0.8,
 which an 80 GB card cannot hold beside the FSDP state at Qwen3-8B), `fit_rollout_share` lowers it to
