@@ -140,6 +140,15 @@ def log_prob_micro_batch(model: torch.nn.Module, inputs: Any, chunk: int, to) ->
         model.token_stats(ids, positions, attention, where, targets, 1.0, chunk)
 
 
+def micro_batch(model: torch.nn.Module, inputs: Any, logit_rows: torch.Tensor, case: Case, chunk: int, to,
+                log_prob: bool) -> None:
+    """One micro-batch of the update, or with `log_prob` of the no-grad log-prob pass."""
+    if log_prob:
+        log_prob_micro_batch(model, inputs, chunk, to)
+    else:
+        update_micro_batch(model, inputs, logit_rows, case, chunk, to)
+
+
 def tracked_peak(model_config: dict[str, Any], case: Case, rows: int, prompt_width: int, chunk: int,
                  checkpointing: bool, fake: bool, log_prob: bool = False) -> dict[str, float]:
     """Peak GB per category (parameters, gradients, activations, temporaries) of one micro-batch of
@@ -160,10 +169,7 @@ def tracked_peak(model_config: dict[str, Any], case: Case, rows: int, prompt_wid
         tracker.track_external(model)
         to = mode.from_tensor if mode is not None else (lambda t: t)
         with tracker:
-            if log_prob:
-                log_prob_micro_batch(model, inputs, chunk, to)
-            else:
-                update_micro_batch(model, inputs, logit_rows, case, chunk, to)
+            micro_batch(model, inputs, logit_rows, case, chunk, to, log_prob)
         snapshot = tracker.get_tracker_snapshot("peak")
     finally:
         if mode is not None:

@@ -11,7 +11,8 @@ engine; 3 Co-rewarding-II steps and 2 Co-rewarding-I steps. It checks finite los
 against its formula (from the saved checkpoints), packed = padded log-probs within bf16 tolerance, a
 checkpoint round trip in a fresh process (step 3 resumed from step 2 equals step 3 of the straight
 run), a flat per-step peak memory, measures one update micro-batch and one no-grad log-prob
-micro-batch of 8 x (512 + 3,072) tokens of a Qwen3-1.7B-shaped model against `benchmarks/memory.py`'s estimate (`--small`: a hidden-256 model,
+micro-batch of 8 x (512 + 3,072) tokens of a Qwen3-1.7B-shaped model against
+`benchmarks/memory.py`'s estimate (`--small`: a hidden-256 model,
 4 x (64 + 128) tokens), and times the output head compiled against eager (`benchmarks/head.py`). One JSON file, a table on stdout, exit status 1 when any check fails.
 
 The GPU machine lent to this project has torch and transformers but no hydra, omegaconf or
@@ -262,18 +263,22 @@ def flat_peak_memory(history: list[dict[str, Any]]) -> tuple[bool, str]:
 def micro_batch_memory(device: torch.device, small: bool, log_prob: bool) -> tuple[bool, str]:
     """One update (or no-grad log-prob) micro-batch's working memory (all but the weights), measured,
     against memory.py's estimate (fake tensors, one and two layers; the update's layer share extrapolated)."""
-    from memory import Case, build_model, log_prob_micro_batch, model_inputs, rollout_rows, tracked_peak, update_micro_batch
+    from memory import Case, build_model, micro_batch, model_inputs, rollout_rows, tracked_peak
 
     from corewarding.workers.model import sharding
 
     config, rows, prompt, response = (SMALL, 4, 64, 128) if small else (QWEN3_1_7B, 8, 512, 3072)
     packed = sharding.forward_layout(True, "false", device, "sdpa") == "packed"  # what the trainer would use here
     case = Case(response, packed=packed, chunked=True)
-    one, two = (tracked_peak(dict(config, num_hidden_layers=n), case, rows, prompt, 1024, True, fake=True, log_prob=log_prob)
-                for n in (1, 2))
+    def fake_peak(n: int) -> dict[str, float]:
+        return tracked_peak(dict(config, num_hidden_layers=n), case, rows, prompt, 1024, True, fake=True, log_prob=log_prob)
+
     layers = config["num_hidden_layers"]
-    # without gradients a layer's tensors go when it returns: two layers stand for any depth
-    estimate = two if log_prob else {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
+    if log_prob:  # without gradients a layer's tensors go when it returns: two layers stand for any depth
+        estimate = fake_peak(2)
+    else:
+        one, two = fake_peak(1), fake_peak(2)
+        estimate = {k: one[k] + (layers - 1) * (two[k] - one[k]) for k in one}
     estimate_gb = estimate["Total"] - estimate["Parameter"]
     if device.type == "cuda":
         model = build_model(config, checkpointing=True).to(device)
@@ -283,10 +288,7 @@ def micro_batch_memory(device: torch.device, small: bool, log_prob: bool) -> tup
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
-        if log_prob:
-            log_prob_micro_batch(model, inputs, 1024, lambda t: t.to(device))
-        else:
-            update_micro_batch(model, inputs, logit_rows, case, 1024, lambda t: t.to(device))
+        micro_batch(model, inputs, logit_rows, case, 1024, lambda t: t.to(device), log_prob)
         torch.cuda.synchronize(device)
         measured_gb = (torch.cuda.max_memory_allocated(device) - base) / 2**30
         del model
