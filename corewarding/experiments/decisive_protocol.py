@@ -9,3 +9,4 @@ HELDOUT_STEPS = (16, 32, 48)  # the checkpoints graded on the held-out set (the 
 PRIMARY = ("majority_voting", "co_rewarding_ii")  # the primary pair, compared seed by seed
 PRIMARY_SEEDS = 8  # seed pairs of the primary runs: the verdict is taken once they are all finished
 TRUNCATED = 0.5  # share of late rollouts cut at the cap from which a fall reads as truncation, not a collapse
+LATE_STEPS = range(45, 49)  # the steps whose majority ratio and truncated share say what a fall is

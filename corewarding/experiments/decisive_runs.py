@@ -1,0 +1,67 @@
+"""The decisive experiment's finished runs as `scripts/decisive.py` keeps their records: each run's
+held-out correctness per graded step, its logged metrics and its run time (read by
+`scripts/decisive_results.py` and the monitor's tests)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import statistics
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corewarding.experiments.decisive_protocol import DONE, LATE_STEPS, TRUNCATED
+from corewarding.trainer.tracking import read_metrics
+
+
+def heldout_correct(path: Path) -> list[int]:
+    """Per held-out question (in index order), 1 when the greedy answer was right."""
+    with gzip.open(path, "rt") as handle:
+        records = [json.loads(line) for line in handle]
+    return [int(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
+
+
+def heldout_answers(path: Path) -> Counter:
+    """How many held-out questions got each extracted greedy answer (None: no answer); empty for a
+    run without that checkpoint's grading."""
+    if not path.exists():
+        return Counter()
+    with gzip.open(path, "rt") as handle:
+        return Counter(json.loads(line)["extracted_answer"] for line in handle)
+
+
+@dataclass
+class Run:
+    name: str
+    seed: int
+    heldout: dict[int, list[int]]  # step -> per-question correctness (step 0: the base model)
+    history: list[dict[str, Any]]
+    minutes: float | None
+    final_answers: Counter  # the held-out greedy answers at step 48 (post-hoc: outside the protocol)
+
+    def accuracy(self, step: int) -> float | None:
+        return statistics.fmean(self.heldout[step]) if step in self.heldout else None
+
+    def late_mean(self, key: str) -> float | None:
+        values = [h[key] for h in self.history if h.get("step") in LATE_STEPS and key in h]
+        return statistics.fmean(values) if values else None
+
+    def truncated(self) -> bool:
+        """The protocol's test: at least TRUNCATED of the late rollouts cut at the length cap."""
+        return (self.late_mean("response_length/clip_ratio") or 0.0) >= TRUNCATED
+
+
+def read_runs(root: Path) -> tuple[list[int], list[Run]]:
+    """The base model's correctness and every finished run under `root`."""
+    base = heldout_correct(root / "base" / "heldout" / "0.jsonl.gz")
+    runs = []
+    for done in sorted(root.glob(f"seed*/*/{DONE}")):
+        folder, marker = done.parent, json.loads(done.read_text())
+        heldout = {0: base} | {int(p.name.split(".")[0]): heldout_correct(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
+        history = read_metrics(folder / "metrics.jsonl")
+        seconds = marker.get("train_seconds", 0.0) + sum(marker.get("eval_seconds", {}).values())
+        runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60,
+                        heldout_answers(folder / "heldout" / "48.jsonl.gz")))
+    return base, runs
