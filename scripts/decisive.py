@@ -6,6 +6,7 @@
     python scripts/decisive.py run --only majority_voting:0 --steps 2   # one run (a smoke test: --out elsewhere)
     python scripts/decisive.py status                    # which runs are finished, in flight, waiting
     python scripts/decisive.py remaining                 # METHOD:SEED of the runs without records yet
+    python scripts/decisive.py run --plan exploratory    # the follow-up of figs/decisive/EXPLORATORY.md
 
 Every run trains through `corewarding.trainer.run.run_training` on the replication's settings
 (`corewarding/experiments/builtin_runs.py`) at 48 steps, on its seed's own training problems (384,
@@ -16,9 +17,10 @@ questions (greedy, one sample each), then the checkpoints are deleted. The base 
 once (step 0, the same for every run). A queue started again (after a preemption: exit status 75,
 or a killed session) skips the finished runs, resumes the run in flight from its last checkpoint
 and does the evaluations still missing. Each finished run's records go to `--records`
-(default figs/decisive/runs/seed<S>/<run>/, a run named by its method, or `<method>-float32`): metrics.jsonl, validation/<step>.jsonl,
-heldout/<step>.json (summary) and heldout/<step>.jsonl.gz (samples), rollouts/<step>.jsonl.gz, and
-decisive_done.json (commit, run time). The queue refuses to start from a worktree with uncommitted
+(default figs/decisive/runs/seed<S>/<run>/, the exploratory runs' to figs/decisive/exploratory/; a
+run is named by its method, or `<method>-<variant>`: `VARIANTS`): metrics.jsonl,
+validation/<step>.jsonl, heldout/<step>.json (summary) and heldout/<step>.jsonl.gz (samples),
+rollouts/<step>.jsonl.gz, and decisive_done.json (commit, run time). The queue refuses to start from a worktree with uncommitted
 changes: every run of the experiment is trained at one commit, and the marker names it.
 """
 
@@ -31,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,9 +54,27 @@ from corewarding.hardware import describe_machine  # noqa: E402
 
 FIGS = REPO / "figs" / "decisive"
 HELDOUT_COUNTS = {"+": 496, "-": 496, "*": 32}  # 1,024; "*" has only 121 (a, b): training keeps the rest
-# a run's name is its method, or "<method>-float32" for the same method computed in float32
 REFERENCES = (("gt", range(3)), ("entropy", range(3)), ("co_rewarding_iii", range(4)), ("co_rewarding_i", range(4)),
               ("majority_voting-float32", range(3)))
+# after the protocol, outside its verdict (figs/decisive/EXPLORATORY.md): the seeds where III collapsed
+EXPLORATORY = (("co_rewarding_iii-release_ema", range(1, 3)),)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a run named `<method>-<variant>` changes in the method's protocol run."""
+
+    dtype: str = "bfloat16"
+    overrides: tuple[str, ...] = ()  # hydra overrides applied after the run's own
+
+
+VARIANTS = {
+    "": Variant(),
+    "float32": Variant(dtype="float32"),
+    # the authors' release's EMA teacher (its weight 0.99 -> 0.99999) in place of the runs' 0.9 -> 0.99
+    "release_ema": Variant(overrides=("actor_rollout_ref.ref.sliding_average.alpha_start=0.99",
+                                      "actor_rollout_ref.ref.sliding_average.alpha_end=0.99999")),
+}
 
 
 def run_folder(root: Path, name: str, seed: int) -> Path:
@@ -61,17 +82,28 @@ def run_folder(root: Path, name: str, seed: int) -> Path:
     return root / f"seed{seed}" / name
 
 
-def split_run(name: str) -> tuple[str, str]:
-    """A run's (method, compute dtype) from its name."""
-    method, _, dtype = name.partition("-")
-    return method, dtype or "bfloat16"
+def split_run(name: str) -> tuple[str, Variant]:
+    """A run's method and variant from its name; an unknown variant is refused."""
+    method, _, variant = name.partition("-")
+    if variant not in VARIANTS:
+        raise SystemExit(f"error: run {name!r}: no variant {variant!r} (known: {', '.join(filter(None, VARIANTS))})")
+    return method, VARIANTS[variant]
 
 
 def queue(plan: str) -> list[tuple[str, int]]:
-    """(run name, seed) in the protocol's order: the primary pairs seed by seed, then the references."""
+    """(run name, seed) in the protocol's order: the primary pairs seed by seed, then the references;
+    or the exploratory runs (never part of "all")."""
     primary = [(method, seed) for seed in range(PRIMARY_SEEDS) for method in PRIMARY]
     references = [(method, seed) for method, seeds in REFERENCES for seed in seeds]
-    return {"primary": primary, "references": references, "all": primary + references}[plan]
+    exploratory = [(name, seed) for name, seeds in EXPLORATORY for seed in seeds]
+    return {"primary": primary, "references": references, "all": primary + references, "exploratory": exploratory}[plan]
+
+
+def records_root(records: str | None, name: str) -> Path:
+    """Where run `name`'s records go: `--records`, else the protocol's or the exploratory runs' folder."""
+    if records:
+        return Path(records)
+    return FIGS / ("exploratory" if any(name == n for n, _ in EXPLORATORY) else "runs")
 
 
 # ----------------------------------------------------------------------------- validation sets
@@ -141,13 +173,13 @@ def train(name: str, seed: int, steps: int, out: Path, sets: dict[str, list[dict
     from corewarding.data import write_builtin_dataset
     from corewarding.trainer.run import run_training
 
-    method, dtype = split_run(name)
-    args = run_args(seed, steps, dtype)
+    method, variant = split_run(name)
+    args = run_args(seed, steps, variant.dtype)
     data = write_builtin_dataset(out / "data" / f"seed{seed}", n_train=args.batch * steps, seed=seed, word_fraction=0.0,
                                  heldout_keys=heldout_keys(sets), val_problems=sets["val_64"])
     run_dir = run_folder(out, name, seed)
     overrides = [*run_overrides(args, method, data, run_dir), "trainer.project_name=decisive", "trainer.resume_mode=auto",
-                 f"trainer.save_freq={EVERY}", "trainer.max_actor_ckpt_to_keep=null"]
+                 f"trainer.save_freq={EVERY}", "trainer.max_actor_ckpt_to_keep=null", *variant.overrides]
     run_training(compose_config(overrides))
 
 
@@ -200,9 +232,10 @@ def finish_run(name: str, seed: int, steps: int, out: Path, sets: dict[str, list
             progress.write_text(json.dumps(record))
     for checkpoint in checkpoint_layout.step_folders(run_dir, staging=True):
         shutil.rmtree(checkpoint)
-    method, dtype = split_run(name)
+    method, variant = split_run(name)
     (run_dir / DONE).write_text(json.dumps({**record, "commit": commit_of(), "steps": steps, "method": method,
-                                            "dtype": dtype, "seed": seed, "machine": describe_machine()}, indent=1))
+                                            "dtype": variant.dtype, "overrides": list(variant.overrides), "seed": seed,
+                                            "machine": describe_machine()}, indent=1))
     return run_dir
 
 
@@ -226,9 +259,10 @@ def base_model(out: Path, heldout: Path, records: Path) -> None:
     shutil.copy2(folder / "0" / "summary.json", records / "base" / "heldout" / "0.json")
 
 
-def unrecorded(runs: list[tuple[str, int]], records: Path) -> list[tuple[str, int]]:
-    """The runs whose finished records are not in `records` yet, in the queue's order."""
-    return [(name, seed) for name, seed in runs if not (run_folder(records, name, seed) / DONE).exists()]
+def unrecorded(runs: list[tuple[str, int]], records: str | None) -> list[tuple[str, int]]:
+    """The runs whose finished records are not kept yet (`records_root`), in the queue's order."""
+    return [(name, seed) for name, seed in runs
+            if not (run_folder(records_root(records, name), name, seed) / DONE).exists()]
 
 
 def state_of(out: Path, name: str, seed: int) -> str:
@@ -242,30 +276,33 @@ def state_of(out: Path, name: str, seed: int) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["sets", "run", "status", "remaining"])
-    p.add_argument("--plan", default="all", choices=["primary", "references", "all"])
+    p.add_argument("--plan", default="all", choices=["primary", "references", "all", "exploratory"])
     p.add_argument("--only", nargs="+", default=None, metavar="METHOD:SEED", help="these runs instead of the plan's")
     p.add_argument("--steps", type=int, default=STEPS, help="the protocol's 48; fewer only for a smoke test")
     p.add_argument("--out", default=str(REPO / "outputs" / "decisive"), help="runs, checkpoints and data")
-    p.add_argument("--records", default=str(FIGS / "runs"), help="where finished runs' records go")
+    p.add_argument("--records", default=None, help="where finished runs' records go (default: figs/decisive/runs, "
+                   "or figs/decisive/exploratory for the exploratory runs)")
     p.add_argument("--allow-dirty", action="store_true", help="train from uncommitted code (smoke tests only)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    out, records = Path(args.out), Path(args.records)
+    out = Path(args.out)
     if args.command == "sets":
         for name, problems in make_sets().items():
             (FIGS / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
             print(f"wrote {FIGS / f'{name}.jsonl'} ({len(problems)} questions)")
         return
     runs = [(m, int(s)) for m, s in (item.split(":") for item in args.only)] if args.only else queue(args.plan)
+    for name, _ in runs:
+        split_run(name)  # an unknown variant stops here, before anything trains
     if args.command == "status":
         for name, seed in runs:
             print(f"seed {seed} {name}: {state_of(out, name, seed)}")
         return
     if args.command == "remaining":  # for `run --only` on a machine whose outputs/ are gone
-        print(" ".join(f"{name}:{seed}" for name, seed in unrecorded(runs, records)))
+        print(" ".join(f"{name}:{seed}" for name, seed in unrecorded(runs, args.records)))
         return
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.strip()
@@ -276,11 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     from corewarding.trainer.run import exit_status
 
     with exit_status():  # preempted (status 75): run the same command again
-        base_model(out, heldout, records)
+        for records in sorted({records_root(args.records, name) for name, _ in runs}):
+            base_model(out, heldout, records)
         for name, seed in runs:
             print(f"== seed {seed} {name} ({state_of(out, name, seed)})", flush=True)
             run_dir = finish_run(name, seed, args.steps, out, sets, heldout)
-            keep_records(run_dir, run_folder(records, name, seed))
+            keep_records(run_dir, run_folder(records_root(args.records, name), name, seed))
 
 
 if __name__ == "__main__":

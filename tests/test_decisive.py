@@ -59,8 +59,39 @@ def test_queue_pairs_the_primary_methods_seed_by_seed_then_the_references():
     assert decisive.queue("all") == primary + decisive.queue("references")
     assert {m for m, _ in decisive.queue("references")} == {"gt", "entropy", "co_rewarding_iii", "co_rewarding_i",
                                                             "majority_voting-float32"}
-    assert decisive.split_run("majority_voting-float32") == ("majority_voting", "float32")
-    assert decisive.split_run("co_rewarding_ii") == ("co_rewarding_ii", "bfloat16")
+    assert decisive.split_run("majority_voting-float32") == ("majority_voting", decisive.Variant(dtype="float32"))
+    assert decisive.split_run("co_rewarding_ii") == ("co_rewarding_ii", decisive.Variant())
+    assert not set(decisive.queue("exploratory")) & set(decisive.queue("all"))
+
+
+def test_an_unknown_variant_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(SystemExit, match="run 'co_rewarding_iii-release_emma': no variant 'release_emma'"):
+        decisive.main(["run", "--only", "co_rewarding_iii-release_emma:1", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name, dtype, alphas", [("co_rewarding_iii", "bfloat16", (0.9, 0.99)),
+                                                 ("co_rewarding_iii-release_ema", "bfloat16", (0.99, 0.99999)),
+                                                 ("majority_voting-float32", "float32", (0.9, 0.99))])
+def test_a_variant_changes_only_its_settings(tmp_path, monkeypatch, name, dtype, alphas):
+    """The run's composed config: the protocol's settings, with the variant's dtype and overrides last."""
+    from corewarding.config import load_config
+
+    composed = []
+    monkeypatch.setattr("corewarding.trainer.run.run_training", composed.append)
+    decisive.train(name, 1, 48, tmp_path, decisive.make_sets())
+    config = load_config(composed[0])
+    teacher = config.actor_rollout_ref.ref.sliding_average
+    assert (teacher.alpha_start, teacher.alpha_end) == pytest.approx(alphas)
+    assert config.actor_rollout_ref.model.dtype == dtype
+    assert config.trainer.total_training_steps == 48 and config.data.seed == 1
+
+
+def test_exploratory_runs_keep_their_records_apart(tmp_path, monkeypatch):
+    monkeypatch.setattr(decisive, "FIGS", tmp_path)
+    assert decisive.records_root(None, "co_rewarding_iii-release_ema") == tmp_path / "exploratory"
+    assert decisive.records_root(None, "co_rewarding_iii") == tmp_path / "runs"
+    assert decisive.records_root(str(tmp_path / "x"), "co_rewarding_iii-release_ema") == tmp_path / "x"
 
 
 def test_remaining_lists_the_runs_without_records_in_queue_order(tmp_path, capsys):
