@@ -6,7 +6,8 @@ endpoint with its t-test, the secondary endpoints, each run's collapse status, a
 
 Reads the records `scripts/decisive.py` keeps (`<root>/seed<S>/<run>/`: metrics.jsonl,
 heldout/<step>.jsonl.gz, decisive_done.json; `<root>/base/heldout/0.jsonl.gz`). Before the primary
-seeds are all in, it writes an interim report and no verdict.
+seeds are all in, it writes an interim report and no verdict. The follow-up of EXPLORATORY.md
+(`--exploratory`, the same layout) gets a section of its own after the protocol's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import math
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from corewarding.experiments.decisive_protocol import HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS
@@ -30,7 +32,11 @@ TABLE_STEPS = (0, *HELDOUT_STEPS)  # the base model and the graded checkpoints
 EXAMPLE_ANSWER = "68"  # the one-shot example's answer in the built-in task's prompt (corewarding/data/builtin.py)
 LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "entropy": "Entropy",
           "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
-          "co_rewarding_iii": "Co-rewarding-III", "majority_voting-float32": "Majority-Voting (float32)"}
+          "co_rewarding_iii": "Co-rewarding-III", "majority_voting-float32": "Majority-Voting (float32)",
+          "co_rewarding_iii-release_ema": "Co-rewarding-III (release's EMA teacher)",
+          "co_rewarding_ii-release_ema": "Co-rewarding-II (release's EMA teacher)"}
+# what step 1 of two runs may log differently and still have computed the same step
+UNCOMPARED = ("timing/", "perf/", "teacher/ema_weight")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -204,8 +210,45 @@ def answer_table(runs: list[Run]) -> list[str]:
     return rows
 
 
-def report(base: list[int], runs: list[Run]) -> str:
-    """RESULTS.md: the endpoints, the collapse readings and, once the primary seeds are in, the verdict."""
+def step_one_check(run: Run, twin: Run) -> str:
+    """EXPLORATORY.md's check: step 1 comes before the teacher's first EMA update, so a variant of the
+    teacher logs the same step 1 as the protocol's run of its method and seed (timings and the EMA
+    weight aside) unless the two trainers compute differently."""
+    first = [next((h for h in r.history if h.get("step") == 1), {}) for r in (run, twin)]
+    keys = sorted(k for k in first[0].keys() & first[1].keys() - {"step"} if not k.startswith(UNCOMPARED))
+    gaps = {k: abs(first[0][k] - first[1][k]) / max(abs(first[1][k]), 1e-12) for k in keys if first[0][k] != first[1][k]}
+    if not keys:
+        return "no step 1 to compare"
+    if not gaps:
+        return f"equal ({len(keys)} metrics)"
+    worst = max(gaps, key=gaps.get)
+    return f"differs in {len(gaps)} of {len(keys)} metrics (largest: {worst}, relative {gaps[worst]:.1e})"
+
+
+def exploratory_section(runs: list[Run], explored: Sequence[Run], base_accuracy: float) -> list[str]:
+    """EXPLORATORY.md's runs, each beside the protocol's run of its method on the same seed."""
+    lines = ["## Exploratory, outside the protocol: figs/decisive/EXPLORATORY.md", "",
+             "Each run of the follow-up (`exploratory/`, pre-registered in EXPLORATORY.md, never in the verdict) "
+             "under the protocol's run of its method on the same seed. Step 1 comes before the teacher's first "
+             "update: the last column checks that the two trainers computed it alike.", "",
+             "| run | seed | step 16 | step 32 | step 48 | reading | share answering " + EXAMPLE_ANSWER
+             + " at step 48 | step 1 against the protocol's run |", "| --- |" + " --- |" * 7]
+    for run in sorted(explored, key=lambda r: (r.name, r.seed)):
+        twin = next((r for r in runs if r.name == run.name.partition("-")[0] and r.seed == run.seed), None)
+        for r, check in ((run, step_one_check(run, twin) if twin else "no protocol run"), (twin, "-")):
+            if r is None:
+                continue
+            total = sum(r.final_answers.values())
+            cells = [LABELS.get(r.name, r.name), str(r.seed),
+                     *(f"{r.accuracy(s):.3f}" if r.accuracy(s) is not None else "-" for s in HELDOUT_STEPS),
+                     status(r, base_accuracy), f"{r.final_answers[EXAMPLE_ANSWER] / total:.2f}" if total else "-", check]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def report(base: list[int], runs: list[Run], explored: Sequence[Run] = ()) -> str:
+    """RESULTS.md: the endpoints, the collapse readings and, once the primary seeds are in, the verdict;
+    then the post-hoc answers and the exploratory runs (`explored`), outside the protocol."""
     base_accuracy = statistics.fmean(base)
     primary = paired_differences(runs, PRIMARY[1], PRIMARY[0], 48)
     counts = {name: sum(status(r, base_accuracy) == "collapsed" for r in runs if r.name == name and r.seed in primary)
@@ -258,6 +301,8 @@ def report(base: list[int], runs: list[Run]) -> str:
     lines += ["", "## Post-hoc, outside the protocol: what the runs answer at step 48", "",
               "Every prompt carries the built-in task's one-shot example, `23 + 45 = 68 ... \\boxed{68}`: copying its "
               f"answer {EXAMPLE_ANSWER} is a consensus that any reward by agreement pays for.", "", *answer_table(runs)]
+    if explored:
+        lines += ["", *exploratory_section(runs, explored, base_accuracy)]
     return "\n".join(lines) + "\n"
 
 
@@ -297,10 +342,12 @@ def plot(base: list[int], runs: list[Run], path: Path) -> None:
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(FIGS / "runs"))
+    p.add_argument("--exploratory", default=str(FIGS / "exploratory"), help="the follow-up's records (EXPLORATORY.md)")
     p.add_argument("--out", default=str(FIGS))
     args = p.parse_args(argv)
     base, runs = read_runs(Path(args.root))
-    text = report(base, runs)
+    explored = read_runs(Path(args.exploratory))[1] if Path(args.exploratory).is_dir() else []
+    text = report(base, runs, explored)
     out = Path(args.out)
     (out / "RESULTS.md").write_text(text)
     if runs:

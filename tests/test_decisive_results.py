@@ -180,3 +180,25 @@ def test_a_run_without_step_48_or_with_unanswered_questions_is_read(records):
     lines = dr.answer_table(runs)
     assert lines[0] == "Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68)."
     assert not any(line.startswith(("| Majority-Voting | 1 |", "| Co-rewarding-II | 1 |")) for line in lines)
+
+
+def test_the_exploratory_runs_sit_under_their_protocol_twin_with_the_step_one_check(records, tmp_path):
+    """An exploratory run is reported beside the protocol's run of its method and seed, never in the
+    verdict's numbers; its step 1 (before any EMA update) is compared with the twin's, timings aside."""
+    explored = tmp_path / "exploratory"
+    _heldout(explored / "base" / "heldout" / "0.jsonl.gz", _first(10))
+    _run(explored, 0, "co_rewarding_ii-release_ema", {16: 30, 32: 10, 48: 1}, majority=0.95, truncated=0.0, wrong="68")
+    _run(explored, 1, "co_rewarding_ii-release_ema", {16: 25, 32: 26, 48: 27}, majority=0.8, truncated=0.0)
+    metrics = explored / "seed1" / "co_rewarding_ii-release_ema" / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    rows[1] |= {"monitor/majority_ratio": 0.33, "timing/step": 5.0}
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base, runs = dr.read_runs(records)
+    text = dr.main(["--root", str(records), "--exploratory", str(explored), "--out", str(tmp_path)])
+    assert text.split("## Exploratory")[0].rstrip() == dr.report(base, runs).rstrip()  # the protocol's part unchanged
+    section = text.split("## Exploratory")[1].splitlines()
+    rows = [line for line in section if line.startswith("| Co-rewarding-II")]
+    assert rows[0] == ("| Co-rewarding-II (release's EMA teacher) | 0 | 0.300 | 0.100 | 0.010 | collapsed | 0.99 "
+                       "| equal (2 metrics) |")
+    assert rows[1] == "| Co-rewarding-II | 0 | 0.300 | 0.320 | 0.350 | held | 0.00 | - |"
+    assert rows[2].endswith("| held | 0.00 | differs in 1 of 2 metrics (largest: monitor/majority_ratio, relative 1.0e-01) |")
