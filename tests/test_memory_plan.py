@@ -79,9 +79,13 @@ def test_a_log_prob_micro_batch_that_does_not_fit_names_its_keys():
     phases = memory_plan.phases_gb(QWEN3_8B, settings)
     assert sum(phases["update"].values()) < memory_plan.HEADROOM * 80 < sum(phases["log-prob"].values())
     with pytest.raises(ValueError, match=r"the log-prob phase needs .*rollout\.log_prob_micro_batch_size_per_gpu and "
-                                         r"ref\.log_prob_micro_batch_size_per_gpu") as err:
+                                         r"actor_rollout_ref\.ref\.log_prob_micro_batch_size_per_gpu") as err:
         memory_plan.check(QWEN3_8B, settings)
     assert "ppo_micro_batch_size_per_gpu (or" not in str(err.value)  # the update is not the one to shrink
+    only_ref = dataclasses.replace(settings, log_prob_keys=("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",))
+    with pytest.raises(ValueError, match=r"a smaller actor_rollout_ref\.ref\.log_prob_max_token_len_per_gpu; ") as err:
+        memory_plan.check(QWEN3_8B, only_ref)
+    assert "rollout.log_prob" not in str(err.value)  # the old log-probs' batch is not the one to shrink
     memory_plan.check(QWEN3_8B, dataclasses.replace(settings, log_prob_tokens=32 * (512 + 3072)))
 
 
@@ -147,23 +151,24 @@ def test_the_method_presets_fit_qwen3_8b_on_8_x_80_gb(preset, tmp_path):
 
 def test_the_log_prob_micro_batch_is_the_larger_of_the_actors_and_the_references(tmp_path):
     """rollout.log_prob_* for the old log-probs, ref.log_prob_* for the reference's; a dynamic batch
-    counts its token budget."""
+    counts its token budget. The plan keeps the keys that set the larger one, for its refusal."""
     from corewarding.config.loading import compose_config, load_config
 
-    def tokens(*overrides: str) -> int:
+    def tokens(*overrides: str) -> tuple[int, tuple[str, ...]]:
         config = load_config(compose_config([f"actor_rollout_ref.model.path={tmp_path}", "data.train_files=x.parquet",
                                              "data.max_prompt_length=100", "data.max_response_length=300", *overrides]),
                              check_paths=False)
-        return memory_plan.settings_of(config, 1, 80).log_prob_tokens
+        settings = memory_plan.settings_of(config, 1, 80)
+        return settings.log_prob_tokens, settings.log_prob_keys
 
-    assert tokens("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=3",
-                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5") == 5 * 400
-    assert tokens("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=7",
-                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=5") == 7 * 400
-    assert tokens("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
-                  "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2",
-                  "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True",
-                  "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=9000") == 9000
+    rollout_key, ref_key = "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu", \
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu"
+    assert tokens(f"{rollout_key}=3", f"{ref_key}=5") == (5 * 400, (ref_key,))
+    assert tokens(f"{rollout_key}=7", f"{ref_key}=5") == (7 * 400, (rollout_key,))
+    assert tokens(f"{rollout_key}=5", f"{ref_key}=5") == (5 * 400, (rollout_key, ref_key))
+    assert tokens(f"{rollout_key}=2", f"{ref_key}=2", "actor_rollout_ref.ref.log_prob_use_dynamic_bsz=True",
+                  "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=9000") == \
+        (9000, ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",))
 
 
 def test_an_update_that_does_not_fit_names_the_micro_batch_keys():

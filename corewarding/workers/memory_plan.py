@@ -109,6 +109,9 @@ class Settings:
     compute_bytes: int = 2  # bf16
     rollout_tp: int = 1  # the engine's tensor parallel size (its weights are split that many ways)
     reshard: bool = True  # actor.fsdp_config.reshard_after_forward: False keeps every layer gathered
+    # the keys that set the larger log-prob micro-batch (both when the two are equal)
+    log_prob_keys: tuple[str, ...] = ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+                                      "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu")
 
 
 def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
@@ -119,13 +122,19 @@ def settings_of(config: Any, world_size: int, total_gb: float) -> Settings:
     actor, rollout = arr.actor, arr.rollout
     row = data.max_prompt_length + data.max_response_length
     tokens = actor.ppo_max_token_len_per_gpu if actor.use_dynamic_bsz else actor.ppo_micro_batch_size_per_gpu * row
-    log_prob_tokens = max(section.log_prob_max_token_len_per_gpu if section.log_prob_use_dynamic_bsz
-                          else section.log_prob_micro_batch_size_per_gpu * row for section in (rollout, arr.ref))
+    log_prob = {}  # the key that sets each log-prob micro-batch (old, reference) -> its tokens
+    for section in (rollout, arr.ref):
+        if section.log_prob_use_dynamic_bsz:
+            log_prob[section.key("log_prob_max_token_len_per_gpu")] = section.log_prob_max_token_len_per_gpu
+        else:
+            log_prob[section.key("log_prob_micro_batch_size_per_gpu")] = section.log_prob_micro_batch_size_per_gpu * row
+    log_prob_tokens = max(log_prob.values())
     engine = engine_spec(rollout.name)
     return Settings(
         world_size=world_size, total_gb=total_gb, vllm_share=rollout.gpu_memory_utilization if engine.memory_share else 0.0,
         sleeps=rollout.free_cache_engine and engine.sleeps, actor_offload=actor.fsdp_config.param_offload or actor.fsdp_config.optimizer_offload,
         ref_offload=arr.ref.fsdp_config.param_offload, micro_tokens=tokens, log_prob_tokens=log_prob_tokens,
+        log_prob_keys=tuple(key for key, value in log_prob.items() if value == log_prob_tokens),
         row_length=row, chunk=arr.model.logits_chunk_size,
         checkpointing=arr.model.enable_gradient_checkpointing, rollout_tp=rollout.tensor_model_parallel_size,
         reshard=actor.fsdp_config.reshard_after_forward,
@@ -243,9 +252,9 @@ def check(shape: ModelShape, s: Settings) -> str:
         hints.append(f"actor_rollout_ref.rollout.gpu_memory_utilization={s.vllm_share:g} -> at most "
                      f"{largest_share(phases, s.total_gb):.2f}")
     if "log-prob" in over:
-        hints.append("a smaller actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu and "
-                     "ref.log_prob_micro_batch_size_per_gpu (or log_prob_max_token_len_per_gpu with "
-                     "log_prob_use_dynamic_bsz)")
+        fixed = any(key.endswith("micro_batch_size_per_gpu") for key in s.log_prob_keys)
+        hints.append("a smaller " + " and ".join(s.log_prob_keys)
+                     + (" (or log_prob_max_token_len_per_gpu with log_prob_use_dynamic_bsz)" if fixed else ""))
     if "update" in over:
         hints.append("a smaller actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu (or ppo_max_token_len_per_gpu "
                      "with use_dynamic_bsz)")
