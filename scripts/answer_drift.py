@@ -30,11 +30,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from corewarding.data import ONE_SHOT_SYSTEM_PROMPT
+from corewarding.data.builtin import ONE_SHOT_EXAMPLE_ANSWER as EXAMPLE_ANSWER
 from corewarding.experiments.builtin_runs import EXTRA_METHODS, REPLICATED
 from corewarding.trainer.tracking import read_metrics  # any JSONL file of records
 
-EXAMPLE_ANSWER = re.search(r"\\boxed\{(\d+)\}", ONE_SHOT_SYSTEM_PROMPT).group(1)  # the one-shot example's answer
 OPERATIONS = (operator.add, operator.sub, operator.mul)
 METHODS = (*REPLICATED, *EXTRA_METHODS)  # the replication's methods and the union control
 

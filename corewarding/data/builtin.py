@@ -13,6 +13,7 @@ for the paper's prompt).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ ONE_SHOT_SYSTEM_PROMPT = (
     "Question: What is 23 + 45?\n"
     "Answer: 23 + 45 = 68. The answer is \\boxed{68}."
 )
+ONE_SHOT_EXAMPLE_ANSWER = re.search(r"\\boxed\{(\d+)\}", ONE_SHOT_SYSTEM_PROMPT).group(1)  # "68"
 
 # "What is ..."-style wordings: SmolLM2-135M boxes those far more often than "Compute"/"Calculate".
 ARITHMETIC_TEMPLATES = {
