@@ -13,6 +13,7 @@ seeds are all in, it writes an interim report and no verdict. The follow-up of E
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 from collections import Counter
@@ -20,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from corewarding.experiments.decisive_protocol import HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS
-from corewarding.experiments.decisive_runs import Run, read_runs
+from corewarding.experiments.decisive_posthoc import EXAMPLE_ANSWER, answer_table, operation_table
+from corewarding.experiments.decisive_runs import LABELS, Run, by_method, read_runs
 from corewarding.experiments.runs import merged_steps, monitor_cell, replay_monitor
 from corewarding.trainer.monitor import CollapseMonitor
 
@@ -29,12 +31,6 @@ FIGS = REPO / "figs" / "decisive"
 EXTENDED_SEEDS = 12
 MIN_EFFECT = 0.03
 TABLE_STEPS = (0, *HELDOUT_STEPS)  # the base model and the graded checkpoints
-EXAMPLE_ANSWER = "68"  # the one-shot example's answer in the built-in task's prompt (corewarding/data/builtin.py)
-LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "entropy": "Entropy",
-          "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
-          "co_rewarding_iii": "Co-rewarding-III", "majority_voting-float32": "Majority-Voting (float32)",
-          "co_rewarding_iii-release_ema": "Co-rewarding-III (release's EMA teacher)",
-          "co_rewarding_ii-release_ema": "Co-rewarding-II (release's EMA teacher)"}
 # what step 1 of two runs may log differently and still have computed the same step
 UNCOMPARED = ("timing/", "perf/", "teacher/ema_weight")
 
@@ -186,30 +182,6 @@ def reading_counts(runs: list[Run], base_accuracy: float) -> str:
                      for label, c in counts.items())
 
 
-def by_method(runs: list[Run]) -> list[Run]:
-    """Runs in the tables' order: by method (as `LABELS` lists them), then seed."""
-    return sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed))
-
-
-def answer_table(runs: list[Run]) -> list[str]:
-    """Post-hoc: a sentence naming the runs that give one answer to at least 90 % of the held-out
-    questions at step 48, then each graded run's most common answer (no answer not counted as one)
-    and how many gave the one-shot example's (`EXAMPLE_ANSWER`, in every prompt of the built-in task)."""
-    graded = [r for r in by_method(runs) if any(a is not None for a in r.final_answers)]
-    shares = {id(r): (Counter({a: k for a, k in r.final_answers.items() if a is not None}).most_common(1)[0],
-                      sum(r.final_answers.values())) for r in graded}
-    gathered = [f"{LABELS.get(r.name, r.name)} s{r.seed} ({answer})" for r in graded
-                for (answer, count), total in [shares[id(r)]] if count >= 0.9 * total]
-    rows = ["Runs answering one value to at least 90 % of the questions: " + (", ".join(gathered) or "none") + ".", "",
-            "| run | seed | most common answer at step 48 | its share | share answering " + EXAMPLE_ANSWER + " |",
-            "| --- | --- | --- | --- | --- |"]
-    for r in graded:
-        (answer, count), total = shares[id(r)]
-        rows.append(f"| {LABELS.get(r.name, r.name)} | {r.seed} | {answer} | {count / total:.2f} | "
-                    f"{r.final_answers[EXAMPLE_ANSWER] / total:.2f} |")
-    return rows
-
-
 def step_one_check(run: Run, twin: Run) -> str:
     """EXPLORATORY.md's check: step 1 comes before the teacher's first EMA update, so a variant of the
     teacher logs the same step 1 as the protocol's run of its method and seed (timings and the EMA
@@ -238,15 +210,15 @@ def exploratory_section(runs: list[Run], explored: Sequence[Run], base_accuracy:
         for r, check in ((run, step_one_check(run, twin) if twin else "no protocol run"), (twin, "-")):
             if r is None:
                 continue
-            total = sum(r.final_answers.values())
+            total = len(r.final_answers)
             cells = [LABELS.get(r.name, r.name), str(r.seed),
                      *(f"{r.accuracy(s):.3f}" if r.accuracy(s) is not None else "-" for s in HELDOUT_STEPS),
-                     status(r, base_accuracy), f"{r.final_answers[EXAMPLE_ANSWER] / total:.2f}" if total else "-", check]
+                     status(r, base_accuracy), f"{r.answer_counts()[EXAMPLE_ANSWER] / total:.2f}" if total else "-", check]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
-def report(base: list[int], runs: list[Run], explored: Sequence[Run] = ()) -> str:
+def report(base: list[int], runs: list[Run], ops: Sequence[str], explored: Sequence[Run] = ()) -> str:
     """RESULTS.md: the endpoints, the collapse readings and, once the primary seeds are in, the verdict;
     then the post-hoc answers and the exploratory runs (`explored`), outside the protocol."""
     base_accuracy = statistics.fmean(base)
@@ -300,7 +272,9 @@ def report(base: list[int], runs: list[Run], explored: Sequence[Run] = ()) -> st
                      "look; the verdict is taken at 8 seeds, or at 12 after the one extension).")
     lines += ["", "## Post-hoc, outside the protocol: what the runs answer at step 48", "",
               "Every prompt carries the built-in task's one-shot example, `23 + 45 = 68 ... \\boxed{68}`: copying its "
-              f"answer {EXAMPLE_ANSWER} is a consensus that any reward by agreement pays for.", "", *answer_table(runs)]
+              f"answer {EXAMPLE_ANSWER} is a consensus that any reward by agreement pays for.", "", *answer_table(runs, ops),
+              "", "Held-out accuracy on each operation's questions (greedy; mean over a method's seeds):", "",
+              *operation_table(base, runs, ops)]
     if explored:
         lines += ["", *exploratory_section(runs, explored, base_accuracy)]
     return "\n".join(lines) + "\n"
@@ -339,15 +313,25 @@ def plot(base: list[int], runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
+def read_ops(path: Path, questions: int) -> list[str]:
+    """Each held-out question's operation, in index order, from the set the runs were graded on."""
+    ops = [json.loads(line)["op"] for line in path.read_text().splitlines()]
+    if len(ops) != questions:
+        raise SystemExit(f"error: {path} has {len(ops)} questions, the records {questions}: pass the set they were "
+                         "graded on with --set")
+    return ops
+
+
 def main(argv: list[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(FIGS / "runs"))
     p.add_argument("--exploratory", default=str(FIGS / "exploratory"), help="the follow-up's records (EXPLORATORY.md)")
+    p.add_argument("--set", default=str(FIGS / "val_1024.jsonl"), help="the held-out questions (their operations)")
     p.add_argument("--out", default=str(FIGS))
     args = p.parse_args(argv)
     base, runs = read_runs(Path(args.root))
     explored = read_runs(Path(args.exploratory))[1] if Path(args.exploratory).is_dir() else []
-    text = report(base, runs, explored)
+    text = report(base, runs, read_ops(Path(args.set), len(base)), explored)
     out = Path(args.out)
     (out / "RESULTS.md").write_text(text)
     if runs:

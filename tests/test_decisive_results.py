@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import decisive_results as dr  # noqa: E402
 
 N = 100  # held-out questions of the made-up records
+OPS = ["+"] * (N // 2) + ["-"] * (N // 2)  # their operations
 
 
 def _heldout(path: Path, correct: list[int], wrong: str | None = None) -> None:
@@ -55,6 +56,7 @@ def records(tmp_path):
     # seed 1: MV falls by truncation (25 -> 5, clipped); CR-II holds (25 -> 26)
     _run(tmp_path, 1, "majority_voting", {16: 25, 32: 15, 48: 5}, majority=0.95, truncated=0.7)
     _run(tmp_path, 1, "co_rewarding_ii", {16: 25, 32: 26, 48: 26}, majority=0.85, truncated=0.0)
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps({"op": op}) + "\n" for op in OPS))
     return tmp_path
 
 
@@ -137,7 +139,7 @@ def test_the_verdict_rules(mean, t, hi90, mv, cr, expected):
 
 
 def test_the_report_gives_no_verdict_before_eight_seeds(records, tmp_path):
-    text = dr.main(["--root", str(records), "--out", str(tmp_path)])
+    text = dr.main(["--root", str(records), "--set", str(records / "set.jsonl"), "--out", str(tmp_path)])
     assert "None yet: 2 of the protocol's 8 primary seed pairs" in text
     assert "D = +0.270 ± 0.060" in text and "s0: +0.330, s1: +0.210" in text
     assert "Majority-Voting 1, Co-rewarding-II 0" in text
@@ -151,21 +153,37 @@ def test_the_report_names_the_runs_where_the_monitor_disagrees(records, tmp_path
     metrics = records / "seed0" / "majority_voting" / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     metrics.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "val/acc"}) + "\n" for r in rows))
-    text = dr.main(["--root", str(records), "--out", str(tmp_path)])
+    text = dr.main(["--root", str(records), "--set", str(records / "set.jsonl"), "--out", str(tmp_path)])
     assert "disagrees with the protocol's reading on Majority-Voting s0." in text
     assert (tmp_path / "decisive.png").stat().st_size > 10_000 and (tmp_path / "RESULTS.md").read_text() == text
 
 
 def test_the_post_hoc_table_names_the_runs_that_gather_on_one_answer(records):
-    """MV s0 answers the one-shot example's 68 to its 98 wrong questions: named, 0.98 of both columns;
-    the others answer each question differently."""
+    """MV s0 answers the one-shot example's 68 to its 98 wrong questions: named, 0.98 of both columns,
+    all of the subtractions; CR-II s1 answers 1 to every subtraction (half the questions): named for
+    that operation only; the others answer each question differently."""
+    with gzip.open(records / "seed1" / "co_rewarding_ii" / "heldout" / "48.jsonl.gz", "wt") as handle:
+        handle.writelines(json.dumps({"index": i, "correct": i < 26, "extracted_answer": str(i + 100) if OPS[i] == "+" else "1"})
+                          + "\n" for i in range(N))
     _, runs = dr.read_runs(records)
-    lines = dr.answer_table(runs)
-    assert lines[0] == "Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68)."
-    assert "| Majority-Voting | 0 | 68 | 0.98 | 0.98 |" in lines
+    lines = dr.answer_table(runs, OPS)
+    assert lines[0] == ("Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68). To at "
+                        "least 90 % of one operation's: Majority-Voting s0 (68 on -), Co-rewarding-II s1 (1 on -).")
+    assert "| Majority-Voting | 0 | 68 | 0.98 | 0.98 | -: 68 (1.00) |" in lines
+    assert "| Co-rewarding-II | 1 | 1 | 0.50 | 0.00 | -: 1 (1.00) |" in lines
     other = next(line for line in lines if line.startswith("| Co-rewarding-II | 0 |"))
-    assert other.endswith("| 0.01 | 0.00 |")  # every answer once (which one is "most common" is a tie)
-    assert "## Post-hoc, outside the protocol" in dr.report(*dr.read_runs(records))
+    assert other.endswith("| 0.01 | 0.00 | +: 0 (0.02) |")  # every answer once (which is "most common" is a tie)
+    assert "## Post-hoc, outside the protocol" in dr.report(*dr.read_runs(records), OPS)
+
+
+def test_the_operation_table_splits_accuracy_by_each_questions_operation(records):
+    """The made-up runs are right on the first k questions: all additions (the first half) while k <= 50."""
+    base, runs = dr.read_runs(records)
+    lines = dr.operation_table(base, runs, OPS)
+    assert lines[0] == "| run | seeds | + (50 questions): step 16 -> 48 | - (50 questions): step 16 -> 48 |"
+    assert lines[2] == "| base model | | 0.200 | 0.000 |"
+    assert "| Majority-Voting | 2 | 0.550 -> 0.070 | 0.000 -> 0.000 |" in lines
+    assert "| Co-rewarding-II | 2 | 0.550 -> 0.610 | 0.000 -> 0.000 |" in lines
 
 
 def test_a_run_without_step_48_or_with_unanswered_questions_is_read(records):
@@ -177,8 +195,8 @@ def test_a_run_without_step_48_or_with_unanswered_questions_is_read(records):
     base, runs = dr.read_runs(records)
     stopped = next(r for r in runs if (r.name, r.seed) == ("majority_voting", 1))
     assert dr.status(stopped, sum(base) / N) == "unfinished"
-    lines = dr.answer_table(runs)
-    assert lines[0] == "Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68)."
+    lines = dr.answer_table(runs, OPS)
+    assert lines[0].startswith("Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68).")
     assert not any(line.startswith(("| Majority-Voting | 1 |", "| Co-rewarding-II | 1 |")) for line in lines)
 
 
@@ -194,8 +212,9 @@ def test_the_exploratory_runs_sit_under_their_protocol_twin_with_the_step_one_ch
     rows[1] |= {"monitor/majority_ratio": 0.33, "timing/step": 5.0}
     metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
     base, runs = dr.read_runs(records)
-    text = dr.main(["--root", str(records), "--exploratory", str(explored), "--out", str(tmp_path)])
-    assert text.split("## Exploratory")[0].rstrip() == dr.report(base, runs).rstrip()  # the protocol's part unchanged
+    text = dr.main(["--root", str(records), "--set", str(records / "set.jsonl"), "--exploratory", str(explored),
+                    "--out", str(tmp_path)])
+    assert text.split("## Exploratory")[0].rstrip() == dr.report(base, runs, OPS).rstrip()  # the protocol's part unchanged
     section = text.split("## Exploratory")[1].splitlines()
     rows = [line for line in section if line.startswith("| Co-rewarding-II")]
     assert rows[0] == ("| Co-rewarding-II (release's EMA teacher) | 0 | 0.300 | 0.100 | 0.010 | collapsed | 0.99 "

@@ -10,10 +10,17 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from corewarding.experiments.decisive_protocol import DONE, LATE_STEPS, TRUNCATED
 from corewarding.trainer.tracking import read_metrics
+
+# each run name's label in the tables, in their order
+LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "entropy": "Entropy",
+          "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
+          "co_rewarding_iii": "Co-rewarding-III", "majority_voting-float32": "Majority-Voting (float32)",
+          "co_rewarding_iii-release_ema": "Co-rewarding-III (release's EMA teacher)",
+          "co_rewarding_ii-release_ema": "Co-rewarding-II (release's EMA teacher)"}
 
 
 def heldout_correct(path: Path) -> list[int]:
@@ -23,13 +30,14 @@ def heldout_correct(path: Path) -> list[int]:
     return [int(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
 
 
-def heldout_answers(path: Path) -> Counter:
-    """How many held-out questions got each extracted greedy answer (None: no answer); empty for a
-    run without that checkpoint's grading."""
+def heldout_answers(path: Path) -> list[str | None]:
+    """Per held-out question (in index order), its extracted greedy answer (None: no answer); empty
+    for a run without that checkpoint's grading."""
     if not path.exists():
-        return Counter()
+        return []
     with gzip.open(path, "rt") as handle:
-        return Counter(json.loads(line)["extracted_answer"] for line in handle)
+        records = [json.loads(line) for line in handle]
+    return [r["extracted_answer"] for r in sorted(records, key=lambda r: r["index"])]
 
 
 @dataclass
@@ -39,7 +47,7 @@ class Run:
     heldout: dict[int, list[int]]  # step -> per-question correctness (step 0: the base model)
     history: list[dict[str, Any]]
     minutes: float | None
-    final_answers: Counter  # the held-out greedy answers at step 48 (post-hoc: outside the protocol)
+    final_answers: list[str | None]  # per held-out question, the greedy answer at step 48 (post-hoc)
 
     def accuracy(self, step: int) -> float | None:
         return statistics.fmean(self.heldout[step]) if step in self.heldout else None
@@ -47,6 +55,11 @@ class Run:
     def late_mean(self, key: str) -> float | None:
         values = [h[key] for h in self.history if h.get("step") in LATE_STEPS and key in h]
         return statistics.fmean(values) if values else None
+
+    def answer_counts(self, questions: Iterable[int] | None = None) -> Counter:
+        """How many of `questions` (indices; default all) got each answer at step 48, None included."""
+        indices = range(len(self.final_answers)) if questions is None else questions
+        return Counter(self.final_answers[i] for i in indices)
 
     def truncated(self) -> bool:
         """The protocol's test: at least TRUNCATED of the late rollouts cut at the length cap."""
@@ -65,3 +78,8 @@ def read_runs(root: Path) -> tuple[list[int], list[Run]]:
         runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60,
                         heldout_answers(folder / "heldout" / "48.jsonl.gz")))
     return base, runs
+
+
+def by_method(runs: list[Run]) -> list[Run]:
+    """Runs in the tables' order: by method (as `LABELS` lists them), then seed."""
+    return sorted(runs, key=lambda r: (list(LABELS).index(r.name) if r.name in LABELS else 99, r.seed))
