@@ -20,8 +20,9 @@ and does the evaluations still missing. Each finished run's records go to `--rec
 (default figs/decisive/runs/seed<S>/<run>/, the exploratory runs' to figs/decisive/exploratory/; a
 run is named by its method, or `<method>-<variant>`: `VARIANTS`): metrics.jsonl,
 validation/<step>.jsonl, heldout/<step>.json (summary) and heldout/<step>.jsonl.gz (samples),
-rollouts/<step>.jsonl.gz, and decisive_done.json (commit, run time). The queue refuses to start from a worktree with uncommitted
-changes: every run of the experiment is trained at one commit, and the marker names it.
+rollouts/<step>.jsonl.gz, and decisive_done.json (commit, run time). The queue refuses to start
+from a worktree with uncommitted changes: every run of the experiment is trained at one commit, and
+the marker names it.
 """
 
 from __future__ import annotations
