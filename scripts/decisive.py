@@ -56,17 +56,28 @@ REFERENCES = (("gt", range(3)), ("entropy", range(3)), ("co_rewarding_iii", rang
               ("majority_voting-float32", range(3)))
 
 
+# figs/decisive/EXPLORATORY.md (on main): the protocol's trainer, one setting changed by a variant's overrides
+EXPLORATORY = (("co_rewarding_iii-release_ema", range(1, 3)),)
+VARIANT_OVERRIDES = {"release_ema": ("actor_rollout_ref.ref.sliding_average.alpha_start=0.99",
+                                     "actor_rollout_ref.ref.sliding_average.alpha_end=0.99999")}
+
+
 def split_run(name: str) -> tuple[str, str]:
     """A run's (method, compute dtype) from its name."""
-    method, _, dtype = name.partition("-")
-    return method, dtype or "bfloat16"
+    method, _, variant = name.partition("-")
+    return method, "float32" if variant == "float32" else "bfloat16"
+
+
+def variant_overrides(name: str) -> tuple[str, ...]:
+    return VARIANT_OVERRIDES.get(name.partition("-")[2], ())
 
 
 def queue(plan: str) -> list[tuple[str, int]]:
     """(run name, seed) in the protocol's order: the primary pairs seed by seed, then the references."""
     primary = [(method, seed) for seed in PRIMARY_SEEDS for method in PRIMARY]
     references = [(method, seed) for method, seeds in REFERENCES for seed in seeds]
-    return {"primary": primary, "references": references, "all": primary + references}[plan]
+    exploratory = [(name, seed) for name, seeds in EXPLORATORY for seed in seeds]
+    return {"primary": primary, "references": references, "all": primary + references, "exploratory": exploratory}[plan]
 
 
 # ----------------------------------------------------------------------------- validation sets
@@ -142,7 +153,7 @@ def train(name: str, seed: int, steps: int, out: Path, sets: dict[str, list[dict
                                  heldout_keys=heldout_keys(sets), val_problems=sets["val_64"])
     run_dir = out / f"seed{seed}" / name
     overrides = [*run_overrides(args, method, data, run_dir), "trainer.project_name=decisive", "trainer.resume_mode=auto",
-                 f"trainer.save_freq={EVERY}", "trainer.max_actor_ckpt_to_keep=null"]
+                 f"trainer.save_freq={EVERY}", "trainer.max_actor_ckpt_to_keep=null", *variant_overrides(name)]
     run_training(compose_config(overrides))
 
 
@@ -206,7 +217,7 @@ def finish_run(name: str, seed: int, steps: int, out: Path, sets: dict[str, list
         shutil.rmtree(checkpoint)
     method, dtype = split_run(name)
     (run_dir / DONE).write_text(json.dumps({**record, "commit": commit_of(), "steps": steps, "method": method,
-                                            "dtype": dtype, "seed": seed, "machine": machine()}, indent=1))
+                                            "dtype": dtype, "overrides": list(variant_overrides(name)), "seed": seed, "machine": machine()}, indent=1))
     return run_dir
 
 
@@ -254,7 +265,7 @@ def state_of(out: Path, name: str, seed: int) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["sets", "run", "status"])
-    p.add_argument("--plan", default="all", choices=["primary", "references", "all"])
+    p.add_argument("--plan", default="all", choices=["primary", "references", "all", "exploratory"])
     p.add_argument("--only", nargs="+", default=None, metavar="METHOD:SEED", help="these runs instead of the plan's")
     p.add_argument("--steps", type=int, default=STEPS, help="the protocol's 48; fewer only for a smoke test")
     p.add_argument("--out", default=str(REPO / "outputs" / "decisive"), help="runs, checkpoints and data")
