@@ -31,8 +31,9 @@ FIGS = REPO / "figs" / "decisive"
 EXTENDED_SEEDS = 12
 MIN_EFFECT = 0.03
 TABLE_STEPS = (0, *HELDOUT_STEPS)  # the base model and the graded checkpoints
-# what step 1 of two runs may log differently and still have computed the same step
-UNCOMPARED = ("timing/", "perf/", "teacher/ema_weight")
+# step 1's metrics of the policy's own rollouts and log-probs, which no change of the teacher touches
+POLICY_OWN = ("actor/entropy", "prompt_length/", "response_length/", "reward/answer_present", "reward/gt_acc",
+              "monitor/majority_ratio", "monitor/distinct_answers", "monitor/majority_acc", "rollout/log_prob_diff")
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -183,11 +184,11 @@ def reading_counts(runs: list[Run], base_accuracy: float) -> str:
 
 
 def step_one_check(run: Run, twin: Run) -> str:
-    """EXPLORATORY.md's check: step 1 comes before the teacher's first EMA update, so a variant of the
-    teacher logs the same step 1 as the protocol's run of its method and seed (timings and the EMA
-    weight aside) unless the two trainers compute differently."""
+    """EXPLORATORY.md's check (as amended): a variant of the teacher leaves the policy's step 1 as the
+    protocol's run of its method and seed computed it, unless the two trainers compute differently.
+    The teacher's own step 1 differs: its EMA update, with the variant's weight, comes before it."""
     first = [next((h for h in r.history if h.get("step") == 1), {}) for r in (run, twin)]
-    keys = sorted(k for k in first[0].keys() & first[1].keys() - {"step"} if not k.startswith(UNCOMPARED))
+    keys = sorted(k for k in first[0].keys() & first[1].keys() if k.startswith(POLICY_OWN))
     gaps = {k: abs(first[0][k] - first[1][k]) / max(abs(first[1][k]), 1e-12) for k in keys if first[0][k] != first[1][k]}
     if not keys:
         return "no step 1 to compare"
@@ -201,10 +202,10 @@ def exploratory_section(runs: list[Run], explored: Sequence[Run], base_accuracy:
     """EXPLORATORY.md's runs, each beside the protocol's run of its method on the same seed."""
     lines = ["## Exploratory, outside the protocol: figs/decisive/EXPLORATORY.md", "",
              "Each run of the follow-up (`exploratory/`, pre-registered in EXPLORATORY.md, never in the verdict) "
-             "under the protocol's run of its method on the same seed. Step 1 comes before the teacher's first "
-             "update: the last column checks that the two trainers computed it alike.", "",
+             "under the protocol's run of its method on the same seed. The last column checks that the two "
+             "trainers computed the policy's step 1 alike (its rollouts and log-probs; the teacher's differ).", "",
              "| run | seed | step 16 | step 32 | step 48 | reading | share answering " + EXAMPLE_ANSWER
-             + " at step 48 | step 1 against the protocol's run |", "| --- |" + " --- |" * 7]
+             + " at step 48 | the policy's step 1 against the protocol's run |", "| --- |" + " --- |" * 7]
     for run in sorted(explored, key=lambda r: (r.name, r.seed)):
         twin = next((r for r in runs if r.name == run.name.partition("-")[0] and r.seed == run.seed), None)
         for r, check in ((run, step_one_check(run, twin) if twin else "no protocol run"), (twin, "-")):

@@ -202,15 +202,21 @@ def test_a_run_without_step_48_or_with_unanswered_questions_is_read(records):
 
 def test_the_exploratory_runs_sit_under_their_protocol_twin_with_the_step_one_check(records, tmp_path):
     """An exploratory run is reported beside the protocol's run of its method and seed, never in the
-    verdict's numbers; its step 1 (before any EMA update) is compared with the twin's, timings aside."""
+    verdict's numbers; the policy's own step-1 metrics are compared with the twin's, the rest not."""
     explored = tmp_path / "exploratory"
     _heldout(explored / "base" / "heldout" / "0.jsonl.gz", _first(10))
     _run(explored, 0, "co_rewarding_ii-release_ema", {16: 30, 32: 10, 48: 1}, majority=0.95, truncated=0.0, wrong="68")
     _run(explored, 1, "co_rewarding_ii-release_ema", {16: 25, 32: 26, 48: 27}, majority=0.8, truncated=0.0)
-    metrics = explored / "seed1" / "co_rewarding_ii-release_ema" / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    rows[1] |= {"monitor/majority_ratio": 0.33, "timing/step": 5.0}
-    metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def change_step_one(metrics: Path, **values: float) -> None:
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+        rows[1] |= {key.replace("__", "/"): value for key, value in values.items()}
+        metrics.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    for seed in (0, 1):  # the teacher's labels differ, so do the rewards: not the policy's own metrics
+        change_step_one(records / f"seed{seed}" / "co_rewarding_ii" / "metrics.jsonl", reward__mean=0.1, timing__step=9.0)
+        change_step_one(explored / f"seed{seed}" / "co_rewarding_ii-release_ema" / "metrics.jsonl", reward__mean=0.5,
+                        timing__step=5.0)
+    change_step_one(explored / "seed1" / "co_rewarding_ii-release_ema" / "metrics.jsonl", monitor__majority_ratio=0.33)
     base, runs = dr.read_runs(records)
     text = dr.main(["--root", str(records), "--set", str(records / "set.jsonl"), "--exploratory", str(explored),
                     "--out", str(tmp_path)])
