@@ -6,7 +6,7 @@
     python scripts/decisive.py run --only majority_voting:0 --steps 2   # one run (a smoke test: --out elsewhere)
     python scripts/decisive.py status                    # which runs are finished, in flight, waiting
     python scripts/decisive.py remaining                 # METHOD:SEED of the runs without records yet
-    python scripts/decisive.py run --plan exploratory    # the follow-up of figs/decisive/EXPLORATORY.md
+    python scripts/decisive.py run --plan exploratory    # EXPLORATORY.md's follow-up (RUNNING.md: at 1d3e1f5)
 
 Every run trains through `corewarding.trainer.run.run_training` on the replication's settings
 (`corewarding/experiments/builtin_runs.py`) at 48 steps, on its seed's own training problems (384,
@@ -50,6 +50,7 @@ from corewarding.experiments.builtin_runs import add_run_args, run_overrides  # 
 from corewarding.experiments.decisive_protocol import (  # noqa: E402
     DONE, EVERY, HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS, STEPS,
 )
+from corewarding.experiments.decisive_runs import split_name  # noqa: E402
 from corewarding.experiments.records import gzip_copy, keep_run_records  # noqa: E402
 from corewarding.hardware import describe_machine  # noqa: E402
 
@@ -67,6 +68,7 @@ class Variant:
 
     dtype: str = "bfloat16"
     overrides: tuple[str, ...] = ()  # hydra overrides applied after the run's own
+    exploratory: bool = False  # outside the protocol: its records go to figs/decisive/exploratory/
 
 
 VARIANTS = {
@@ -74,7 +76,7 @@ VARIANTS = {
     "float32": Variant(dtype="float32"),
     # the authors' release's EMA teacher (its weight 0.99 -> 0.99999) in place of the runs' 0.9 -> 0.99
     "release_ema": Variant(overrides=("actor_rollout_ref.ref.sliding_average.alpha_start=0.99",
-                                      "actor_rollout_ref.ref.sliding_average.alpha_end=0.99999")),
+                                      "actor_rollout_ref.ref.sliding_average.alpha_end=0.99999"), exploratory=True),
 }
 
 
@@ -85,7 +87,7 @@ def run_folder(root: Path, name: str, seed: int) -> Path:
 
 def split_run(name: str) -> tuple[str, Variant]:
     """A run's method and variant from its name; an unknown variant is refused."""
-    method, _, variant = name.partition("-")
+    method, variant = split_name(name)
     if variant not in VARIANTS:
         raise SystemExit(f"error: run {name!r}: no variant {variant!r} (known: {', '.join(filter(None, VARIANTS))})")
     return method, VARIANTS[variant]
@@ -104,7 +106,7 @@ def records_root(records: str | None, name: str) -> Path:
     """Where run `name`'s records go: `--records`, else the protocol's or the exploratory runs' folder."""
     if records:
         return Path(records)
-    return FIGS / ("exploratory" if any(name == n for n, _ in EXPLORATORY) else "runs")
+    return FIGS / ("exploratory" if split_run(name)[1].exploratory else "runs")
 
 
 # ----------------------------------------------------------------------------- validation sets

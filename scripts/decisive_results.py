@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from corewarding.experiments.decisive_protocol import HELDOUT_STEPS, PRIMARY, PRIMARY_SEEDS
-from corewarding.experiments.decisive_posthoc import EXAMPLE_ANSWER, answer_table, operation_table
-from corewarding.experiments.decisive_runs import LABELS, Run, by_method, read_runs
+from corewarding.data.builtin import ONE_SHOT_EXAMPLE_ANSWER as EXAMPLE_ANSWER
+from corewarding.experiments.decisive_posthoc import answer_table, operation_table
+from corewarding.experiments.decisive_runs import LABELS, Run, by_method, label, read_runs, split_name
 from corewarding.experiments.runs import merged_steps, monitor_cell, replay_monitor
 from corewarding.trainer.monitor import CollapseMonitor
 
@@ -157,7 +158,7 @@ def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, di
     for r in by_method(finished):
         late = [r.late_mean(key) for key in ("monitor/majority_ratio", "response_length/clip_ratio",
                                              "reward/answer_present")]
-        cells = [LABELS.get(r.name, r.name), str(r.seed), *(f"{r.accuracy(step):.3f}" for step in HELDOUT_STEPS),
+        cells = [label(r.name), str(r.seed), *(f"{r.accuracy(step):.3f}" for step in HELDOUT_STEPS),
                  *(f"{value:.2f}" if value is not None else "-" for value in late),
                  status(r, base_accuracy), monitor_cell(monitors[id(r)]),
                  f"{r.minutes:.0f}" if r.minutes is not None else "-"]
@@ -167,7 +168,7 @@ def collapse_table(runs: list[Run], base_accuracy: float, monitors: dict[int, di
 
 def truncation_note(runs: list[Run]) -> str:
     """What "truncated" and "answered" count, and the runs whose late rollouts are mostly cut yet answered."""
-    cut = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
+    cut = [f"{label(r.name)} s{r.seed}" for r in runs
            if r.truncated() and (r.late_mean("reward/answer_present") or 0.0) >= 0.5]
     return ("Truncated: the share of training rollouts cut at the 40-token cap; answered: the share with an "
             "extractable (boxed) answer. A rollout can be both: it answers, then writes on to the cap"
@@ -178,7 +179,7 @@ def reading_counts(runs: list[Run], base_accuracy: float) -> str:
     """How many runs of each method got each reading (`status`), e.g. `Majority-Voting: fell 4, held 1`."""
     counts: dict[str, Counter] = {}
     for r in by_method(runs):
-        counts.setdefault(LABELS.get(r.name, r.name), Counter())[status(r, base_accuracy)] += 1
+        counts.setdefault(label(r.name), Counter())[status(r, base_accuracy)] += 1
     return "; ".join(f"{label}: " + ", ".join(f"{word} {k}" for word, k in sorted(c.items()))
                      for label, c in counts.items())
 
@@ -207,12 +208,12 @@ def exploratory_section(runs: list[Run], explored: Sequence[Run], base_accuracy:
              "| run | seed | step 16 | step 32 | step 48 | reading | share answering " + EXAMPLE_ANSWER
              + " at step 48 | the policy's step 1 against the protocol's run |", "| --- |" + " --- |" * 7]
     for run in sorted(explored, key=lambda r: (r.name, r.seed)):
-        twin = next((r for r in runs if r.name == run.name.partition("-")[0] and r.seed == run.seed), None)
+        twin = next((r for r in runs if r.name == split_name(run.name)[0] and r.seed == run.seed), None)
         for r, check in ((run, step_one_check(run, twin) if twin else "no protocol run"), (twin, "-")):
             if r is None:
                 continue
             total = len(r.final_answers)
-            cells = [LABELS.get(r.name, r.name), str(r.seed),
+            cells = [label(r.name), str(r.seed),
                      *(f"{r.accuracy(s):.3f}" if r.accuracy(s) is not None else "-" for s in HELDOUT_STEPS),
                      status(r, base_accuracy), f"{r.answer_counts()[EXAMPLE_ANSWER] / total:.2f}" if total else "-", check]
             lines.append("| " + " | ".join(cells) + " |")
@@ -252,10 +253,10 @@ def report(base: list[int], runs: list[Run], ops: Sequence[str], explored: Seque
     lines += ["", f"Collapses over the {n} paired seeds: Majority-Voting {counts[PRIMARY[0]]}, Co-rewarding-II "
               f"{counts[PRIMARY[1]]} (one-sided Fisher p = {fisher:.3f}). Readings: {reading_counts(runs, base_accuracy)}. "
               "Each run's reading:", "", *collapse_table(runs, base_accuracy, monitors), ""]
-    disagree = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs
+    disagree = [f"{label(r.name)} s{r.seed}" for r in runs
                 if not monitor_agrees(monitors[id(r)], status(r, base_accuracy))]
     lines += [truncation_note(runs), ""]
-    fell_apart = [f"{LABELS.get(r.name, r.name)} s{r.seed}" for r in runs if status(r, base_accuracy) != "unfinished"
+    fell_apart = [f"{label(r.name)} s{r.seed}" for r in runs if status(r, base_accuracy) != "unfinished"
                   and (CollapseMonitor.FELL in monitors[id(r)]) != (status(r, base_accuracy) != "held")]
     lines += ["The collapse monitor (`corewarding/trainer/monitor.py`, replayed over each run's metrics at this "
               "version's rules; it reads the 64-question validation set where the protocol reads the held-out one) "
@@ -273,7 +274,7 @@ def report(base: list[int], runs: list[Run], ops: Sequence[str], explored: Seque
                      "look; the verdict is taken at 8 seeds, or at 12 after the one extension).")
     lines += ["", "## Post-hoc, outside the protocol: what the runs answer at step 48", "",
               "Every prompt carries the built-in task's one-shot example, `23 + 45 = 68 ... \\boxed{68}`: copying its "
-              f"answer {EXAMPLE_ANSWER} is a consensus that any reward by agreement pays for.", "", *answer_table(runs, ops),
+              f"answer {EXAMPLE_ANSWER} is a consensus that any reward by agreement pays for.", "", *answer_table(runs, ops, EXAMPLE_ANSWER),
               "", "Held-out accuracy on each operation's questions (greedy; mean over a method's seeds):", "",
               *operation_table(base, runs, ops)]
     if explored:

@@ -70,21 +70,42 @@ def test_an_unknown_variant_is_refused_before_anything_runs(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name, dtype, alphas", [("co_rewarding_iii", "bfloat16", (0.9, 0.99)),
-                                                 ("co_rewarding_iii-release_ema", "bfloat16", (0.99, 0.99999)),
-                                                 ("majority_voting-float32", "float32", (0.9, 0.99))])
-def test_a_variant_changes_only_its_settings(tmp_path, monkeypatch, name, dtype, alphas):
-    """The run's composed config: the protocol's settings, with the variant's dtype and overrides last."""
-    from corewarding.config import load_config
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("co_rewarding_iii-release_ema", {"actor_rollout_ref.ref.sliding_average.alpha_start": 0.99,
+                                      "actor_rollout_ref.ref.sliding_average.alpha_end": 0.99999}),
+    ("majority_voting-float32", {"actor_rollout_ref.model.dtype": "float32"}),
+])
+def test_a_variant_changes_only_its_settings(tmp_path, monkeypatch, name, changed):
+    """A variant's composed config is its method's protocol run's, key for key, but for the variant's
+    own settings and the run's folders (named after the run)."""
+    from omegaconf import OmegaConf
 
     composed = []
     monkeypatch.setattr("corewarding.trainer.run.run_training", composed.append)
-    decisive.train(name, 1, 48, tmp_path, decisive.make_sets())
-    config = load_config(composed[0])
-    teacher = config.actor_rollout_ref.ref.sliding_average
-    assert (teacher.alpha_start, teacher.alpha_end) == pytest.approx(alphas)
-    assert config.actor_rollout_ref.model.dtype == dtype
-    assert config.trainer.total_training_steps == 48 and config.data.seed == 1
+    sets = decisive.make_sets()
+    decisive.train(name, 1, 48, tmp_path, sets)
+    decisive.train(decisive.split_run(name)[0], 1, 48, tmp_path, sets)
+    variant, protocol = (_flat(OmegaConf.to_container(c, resolve=True)) for c in composed)
+    differing = {key for key in variant.keys() | protocol.keys() if variant.get(key) != protocol.get(key)}
+    folders = {"trainer.default_local_dir", "trainer.validation_data_dir", "trainer.rollout_data_dir"}
+    assert differing - folders == set(changed)
+    assert {key: variant[key] for key in changed} == changed
+
+
+def test_remaining_finds_the_exploratory_records_in_their_own_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(decisive, "FIGS", tmp_path)
+    (tmp_path / "exploratory" / "seed1" / "co_rewarding_iii-release_ema").mkdir(parents=True)
+    (tmp_path / "exploratory" / "seed1" / "co_rewarding_iii-release_ema" / decisive.DONE).write_text("{}")
+    (tmp_path / "runs" / "seed2" / "co_rewarding_iii-release_ema").mkdir(parents=True)  # not where they belong
+    (tmp_path / "runs" / "seed2" / "co_rewarding_iii-release_ema" / decisive.DONE).write_text("{}")
+    decisive.main(["remaining", "--plan", "exploratory"])
+    assert capsys.readouterr().out.split() == ["co_rewarding_iii-release_ema:2"]
 
 
 def test_exploratory_runs_keep_their_records_apart(tmp_path, monkeypatch):

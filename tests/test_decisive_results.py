@@ -16,6 +16,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import decisive_results as dr  # noqa: E402
 
+from corewarding.experiments.decisive_posthoc import answer_table, operation_table  # noqa: E402
+
 N = 100  # held-out questions of the made-up records
 OPS = ["+"] * (N // 2) + ["-"] * (N // 2)  # their operations
 
@@ -166,7 +168,7 @@ def test_the_post_hoc_table_names_the_runs_that_gather_on_one_answer(records):
         handle.writelines(json.dumps({"index": i, "correct": i < 26, "extracted_answer": str(i + 100) if OPS[i] == "+" else "1"})
                           + "\n" for i in range(N))
     _, runs = dr.read_runs(records)
-    lines = dr.answer_table(runs, OPS)
+    lines = answer_table(runs, OPS, "68")
     assert lines[0] == ("Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68). To at "
                         "least 90 % of one operation's: Majority-Voting s0 (68 on -), Co-rewarding-II s1 (1 on -).")
     assert "| Majority-Voting | 0 | 68 | 0.98 | 0.98 | -: 68 (1.00) |" in lines
@@ -179,7 +181,7 @@ def test_the_post_hoc_table_names_the_runs_that_gather_on_one_answer(records):
 def test_the_operation_table_splits_accuracy_by_each_questions_operation(records):
     """The made-up runs are right on the first k questions: all additions (the first half) while k <= 50."""
     base, runs = dr.read_runs(records)
-    lines = dr.operation_table(base, runs, OPS)
+    lines = operation_table(base, runs, OPS)
     assert lines[0] == "| run | seeds | + (50 questions): step 16 -> 48 | - (50 questions): step 16 -> 48 |"
     assert lines[2] == "| base model | | 0.200 | 0.000 |"
     assert "| Majority-Voting | 2 | 0.550 -> 0.070 | 0.000 -> 0.000 |" in lines
@@ -195,7 +197,7 @@ def test_a_run_without_step_48_or_with_unanswered_questions_is_read(records):
     base, runs = dr.read_runs(records)
     stopped = next(r for r in runs if (r.name, r.seed) == ("majority_voting", 1))
     assert dr.status(stopped, sum(base) / N) == "unfinished"
-    lines = dr.answer_table(runs, OPS)
+    lines = answer_table(runs, OPS, "68")
     assert lines[0].startswith("Runs answering one value to at least 90 % of the questions: Majority-Voting s0 (68).")
     assert not any(line.startswith(("| Majority-Voting | 1 |", "| Co-rewarding-II | 1 |")) for line in lines)
 
@@ -223,7 +225,26 @@ def test_the_exploratory_runs_sit_under_their_protocol_twin_with_the_step_one_ch
     assert text.split("## Exploratory")[0].rstrip() == dr.report(base, runs, OPS).rstrip()  # the protocol's part unchanged
     section = text.split("## Exploratory")[1].splitlines()
     rows = [line for line in section if line.startswith("| Co-rewarding-II")]
-    assert rows[0] == ("| Co-rewarding-II (release's EMA teacher) | 0 | 0.300 | 0.100 | 0.010 | collapsed | 0.99 "
+    assert rows[0] == ("| Co-rewarding-II (release_ema) | 0 | 0.300 | 0.100 | 0.010 | collapsed | 0.99 "
                        "| equal (2 metrics) |")
     assert rows[1] == "| Co-rewarding-II | 0 | 0.300 | 0.320 | 0.350 | held | 0.00 | - |"
     assert rows[2].endswith("| held | 0.00 | differs in 1 of 2 metrics (largest: monitor/majority_ratio, relative 1.0e-01) |")
+
+
+def test_records_of_another_set_are_refused_by_name(records, tmp_path):
+    """A held-out set of another size than the records' (the set file, or one run's grading) is an
+    error that names what to pass or the run's folder, not an index error or wrong per-operation numbers."""
+    with pytest.raises(SystemExit, match=r"set.jsonl has 100 questions, the records 101: pass the set"):
+        dr.read_ops(records / "set.jsonl", N + 1)
+    _heldout(records / "seed1" / "co_rewarding_ii" / "heldout" / "32.jsonl.gz", _first(20)[:90])
+    with pytest.raises(SystemExit, match=r"seed1/co_rewarding_ii: graded on \[90, 100\] held-out questions"):
+        dr.read_runs(records)
+
+
+def test_an_exploratory_run_without_its_protocol_twin_is_listed_alone(records, tmp_path):
+    explored = tmp_path / "exploratory"
+    _heldout(explored / "base" / "heldout" / "0.jsonl.gz", _first(10))
+    _run(explored, 5, "co_rewarding_ii-release_ema", {16: 30, 32: 31, 48: 32}, majority=0.8, truncated=0.0)
+    base, runs = dr.read_runs(records)
+    section = dr.exploratory_section(runs, dr.read_runs(explored)[1], sum(base) / N)
+    assert section[-1] == "| Co-rewarding-II (release_ema) | 5 | 0.300 | 0.310 | 0.320 | held | 0.00 | no protocol run |"

@@ -19,8 +19,21 @@ from corewarding.trainer.tracking import read_metrics
 LABELS = {"gt": "GT reward", "majority_voting": "Majority-Voting", "entropy": "Entropy",
           "co_rewarding_i": "Co-rewarding-I", "co_rewarding_ii": "Co-rewarding-II",
           "co_rewarding_iii": "Co-rewarding-III", "majority_voting-float32": "Majority-Voting (float32)",
-          "co_rewarding_iii-release_ema": "Co-rewarding-III (release's EMA teacher)",
-          "co_rewarding_ii-release_ema": "Co-rewarding-II (release's EMA teacher)"}
+          "co_rewarding_iii-release_ema": "Co-rewarding-III (release's EMA teacher)"}
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """A run name's method and variant: `<method>` or `<method>-<variant>` (variant "" for the first)."""
+    method, _, variant = name.partition("-")
+    return method, variant
+
+
+def label(name: str) -> str:
+    """A run's label in the tables: `LABELS`', or its method's with the variant named."""
+    if name in LABELS:
+        return LABELS[name]
+    method, variant = split_name(name)
+    return LABELS.get(method, method) + (f" ({variant})" if variant else "")
 
 
 def heldout_correct(path: Path) -> list[int]:
@@ -73,6 +86,9 @@ def read_runs(root: Path) -> tuple[list[int], list[Run]]:
     for done in sorted(root.glob(f"seed*/*/{DONE}")):
         folder, marker = done.parent, json.loads(done.read_text())
         heldout = {0: base} | {int(p.name.split(".")[0]): heldout_correct(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
+        if any(len(correct) != len(base) for correct in heldout.values()):
+            raise SystemExit(f"error: {folder}: graded on {sorted({len(c) for c in heldout.values()})} held-out questions, "
+                             f"the base model in {root} on {len(base)}: records of another set do not belong here")
         history = read_metrics(folder / "metrics.jsonl")
         seconds = marker.get("train_seconds", 0.0) + sum(marker.get("eval_seconds", {}).values())
         runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60,
