@@ -212,10 +212,9 @@ def exploratory_section(runs: list[Run], explored: Sequence[Run], base_accuracy:
         for r, check in ((run, step_one_check(run, twin) if twin else "no protocol run"), (twin, "-")):
             if r is None:
                 continue
-            total = len(r.final_answers)
             cells = [label(r.name), str(r.seed),
                      *(f"{r.accuracy(s):.3f}" if r.accuracy(s) is not None else "-" for s in HELDOUT_STEPS),
-                     status(r, base_accuracy), f"{r.answer_counts()[EXAMPLE_ANSWER] / total:.2f}" if total else "-", check]
+                     status(r, base_accuracy), f"{r.answer_share(EXAMPLE_ANSWER):.2f}" if r.final_answers else "-", check]
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 

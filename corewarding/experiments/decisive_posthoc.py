@@ -30,24 +30,21 @@ def answer_table(runs: list[Run], ops: Sequence[str], example: str) -> list[str]
     operation with the most questions)."""
     graded = [r for r in by_method(runs) if any(a is not None for a in r.final_answers)]
     by_op = questions_by_op(ops)
-    overall = {id(r): most_common_answer(r.answer_counts()) for r in graded}
-    within = {id(r): max(((op, *most_common_answer(r.answer_counts(questions))) for op, questions in by_op.items()
-                          if any(r.final_answers[i] is not None for i in questions)),
-                         key=lambda t: (t[2], len(by_op[t[0]])))
-              for r in graded}
+    overall = [most_common_answer(r.answer_counts()) for r in graded]
+    within = [max(((op, *most_common_answer(r.answer_counts(questions))) for op, questions in by_op.items()
+                   if any(r.final_answers[i] is not None for i in questions)), key=lambda t: (t[2], len(by_op[t[0]])))
+              for r in graded]
 
-    def named(shares: dict[int, tuple], show) -> str:
-        return ", ".join(f"{label(r.name)} s{r.seed} ({show(shares[id(r)])})" for r in graded
-                         if shares[id(r)][-1] >= 0.9) or "none"
+    def named(shares: list[tuple], show) -> str:
+        return ", ".join(f"{label(r.name)} s{r.seed} ({show(s)})" for r, s in zip(graded, shares) if s[-1] >= 0.9) or "none"
 
     rows = [f"Runs answering one value to at least 90 % of the questions: {named(overall, lambda s: s[0])}. "
             f"To at least 90 % of one operation's: {named(within, lambda s: f'{s[1]} on {s[0]}')}.", "",
             "| run | seed | most common answer at step 48 | its share | share answering " + example
             + " | within one operation: its most common answer (share) |", "| --- |" + " --- |" * 5]
-    for r in graded:
-        (answer, share), (op, op_answer, op_share) = overall[id(r)], within[id(r)]
-        rows.append(f"| {label(r.name)} | {r.seed} | {answer} | {share:.2f} | "
-                    f"{r.answer_counts()[example] / len(r.final_answers):.2f} | {op}: {op_answer} ({op_share:.2f}) |")
+    for r, (answer, share), (op, op_answer, op_share) in zip(graded, overall, within):
+        rows.append(f"| {label(r.name)} | {r.seed} | {answer} | {share:.2f} | {r.answer_share(example):.2f} | "
+                    f"{op}: {op_answer} ({op_share:.2f}) |")
     return rows
 
 

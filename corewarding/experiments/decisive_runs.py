@@ -36,21 +36,15 @@ def label(name: str) -> str:
     return LABELS.get(method, method) + (f" ({variant})" if variant else "")
 
 
-def heldout_correct(path: Path) -> list[int]:
-    """Per held-out question (in index order), 1 when the greedy answer was right."""
+def heldout_records(path: Path) -> list[dict[str, Any]]:
+    """A graded checkpoint's per-question records (`correct`, `extracted_answer`, ...), in index order."""
     with gzip.open(path, "rt") as handle:
-        records = [json.loads(line) for line in handle]
-    return [int(r["correct"]) for r in sorted(records, key=lambda r: r["index"])]
+        return sorted((json.loads(line) for line in handle), key=lambda r: r["index"])
 
 
-def heldout_answers(path: Path) -> list[str | None]:
-    """Per held-out question (in index order), its extracted greedy answer (None: no answer); empty
-    for a run without that checkpoint's grading."""
-    if not path.exists():
-        return []
-    with gzip.open(path, "rt") as handle:
-        records = [json.loads(line) for line in handle]
-    return [r["extracted_answer"] for r in sorted(records, key=lambda r: r["index"])]
+def correctness(records: list[dict[str, Any]]) -> list[int]:
+    """Per question, 1 when the greedy answer was right."""
+    return [int(r["correct"]) for r in records]
 
 
 @dataclass
@@ -60,7 +54,7 @@ class Run:
     heldout: dict[int, list[int]]  # step -> per-question correctness (step 0: the base model)
     history: list[dict[str, Any]]
     minutes: float | None
-    final_answers: list[str | None]  # per held-out question, the greedy answer at step 48 (post-hoc)
+    final_answers: list[str | None]  # per held-out question, the greedy answer at step 48 (post-hoc; None: none)
 
     def accuracy(self, step: int) -> float | None:
         return statistics.fmean(self.heldout[step]) if step in self.heldout else None
@@ -74,6 +68,10 @@ class Run:
         indices = range(len(self.final_answers)) if questions is None else questions
         return Counter(self.final_answers[i] for i in indices)
 
+    def answer_share(self, answer: str) -> float:
+        """The share of the held-out questions answered `answer` at step 48 (the run has that grading)."""
+        return self.answer_counts()[answer] / len(self.final_answers)
+
     def truncated(self) -> bool:
         """The protocol's test: at least TRUNCATED of the late rollouts cut at the length cap."""
         return (self.late_mean("response_length/clip_ratio") or 0.0) >= TRUNCATED
@@ -81,18 +79,19 @@ class Run:
 
 def read_runs(root: Path) -> tuple[list[int], list[Run]]:
     """The base model's correctness and every finished run under `root`."""
-    base = heldout_correct(root / "base" / "heldout" / "0.jsonl.gz")
+    base = correctness(heldout_records(root / "base" / "heldout" / "0.jsonl.gz"))
     runs = []
     for done in sorted(root.glob(f"seed*/*/{DONE}")):
         folder, marker = done.parent, json.loads(done.read_text())
-        heldout = {0: base} | {int(p.name.split(".")[0]): heldout_correct(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
+        graded = {int(p.name.split(".")[0]): heldout_records(p) for p in (folder / "heldout").glob("*.jsonl.gz")}
+        heldout = {0: base} | {step: correctness(records) for step, records in graded.items()}
         if any(len(correct) != len(base) for correct in heldout.values()):
             raise SystemExit(f"error: {folder}: graded on {sorted({len(c) for c in heldout.values()})} held-out questions, "
                              f"the base model in {root} on {len(base)}: records of another set do not belong here")
         history = read_metrics(folder / "metrics.jsonl")
         seconds = marker.get("train_seconds", 0.0) + sum(marker.get("eval_seconds", {}).values())
         runs.append(Run(folder.name, int(folder.parent.name.removeprefix("seed")), heldout, history, seconds / 60,
-                        heldout_answers(folder / "heldout" / "48.jsonl.gz")))
+                        [r["extracted_answer"] for r in graded.get(48, [])]))
     return base, runs
 
 
